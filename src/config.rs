@@ -1,0 +1,228 @@
+//! Validated server configuration with every default in one place.
+//!
+//! The JavaScript layer validates option types and ranges first and throws `TypeError` /
+//! `RangeError` with a stable `code`; [`Config::from_options`] checks the same relations again so
+//! that the native core never runs with an inconsistent configuration.
+
+use std::time::Duration;
+
+use crate::policy::{Limits, OverflowAction};
+
+/// Default `pingInterval`: 30 s, as most proxies time out idle connections after 60 s.
+pub const DEFAULT_PING_INTERVAL_MS: u32 = 30_000;
+/// Default `pongTimeout`: 10 s after a ping without pong the connection is a zombie.
+pub const DEFAULT_PONG_TIMEOUT_MS: u32 = 10_000;
+/// Default `handshakeTimeout`: 5 s from TCP accept to a complete upgrade request.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u32 = 5_000;
+/// Default `closeTimeout`: 5 s from a close request to the peer's close frame (flush included).
+pub const DEFAULT_CLOSE_TIMEOUT_MS: u32 = 5_000;
+/// Default `maxPayload`: 1 MiB per inbound message; larger ones close the connection with 1009.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+/// Default `maxConnections`: no limit beyond the process's file descriptors.
+pub const DEFAULT_MAX_CONNECTIONS: usize = usize::MAX;
+/// Largest upgrade request head we read before answering 431.
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+/// Bytes the reader allocates per connection for inbound frames. tungstenite's default (128 KiB,
+/// zero-filled on first read) would make every idle connection cost ~140 KiB resident; inbound
+/// traffic in a broadcast server is small (pongs, chat), and larger messages still work: the buffer
+/// is only the unit of each socket read.
+pub const READ_BUFFER_SIZE: usize = 4 * 1024;
+/// At most this many frames go into one vectored write (well under Linux's IOV_MAX of 1024).
+pub const MAX_IOVECS: usize = 64;
+/// A batch stops growing once it holds this many bytes: big enough to coalesce many small frames
+/// into one syscall, small enough that a Critical frame queued behind it is not held up long.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Inbound message bytes waiting for the JS thread before readers pause (TCP then pushes back on
+/// the clients). Bounds the event queue when JS handlers are slower than the clients.
+pub const MAX_PENDING_EVENT_BYTES: usize = 64 * 1024 * 1024;
+/// Encoded broadcast bytes waiting for the fan-out task before `broadcast` returns false.
+pub const MAX_PENDING_FANOUT_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    pub path: Option<String>,
+    pub limits: Limits,
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub close_timeout: Duration,
+    pub max_payload: usize,
+    pub max_connections: usize,
+    pub threads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 0,
+            path: None,
+            limits: Limits::default(),
+            ping_interval: Some(ms(DEFAULT_PING_INTERVAL_MS)),
+            pong_timeout: ms(DEFAULT_PONG_TIMEOUT_MS),
+            handshake_timeout: ms(DEFAULT_HANDSHAKE_TIMEOUT_MS),
+            close_timeout: ms(DEFAULT_CLOSE_TIMEOUT_MS),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            threads: default_threads(),
+        }
+    }
+}
+
+/// Runtime worker threads: the machine's cores, at most 4 (fan-out is memory-bound and the JS
+/// thread needs a core too).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 4)
+}
+
+pub fn ms(v: u32) -> Duration {
+    Duration::from_millis(v as u64)
+}
+
+/// Raw options as they come from JavaScript; `None` means "use the default".
+#[derive(Default, Debug)]
+pub struct RawOptions {
+    pub host: Option<String>,
+    pub port: Option<u32>,
+    pub path: Option<String>,
+    pub max_buffered_amount: Option<f64>,
+    pub low_priority_limit: Option<f64>,
+    pub on_overflow: Option<String>,
+    pub high_water_mark: Option<f64>,
+    pub low_water_mark: Option<f64>,
+    pub ping_interval: Option<u32>,
+    pub pong_timeout: Option<u32>,
+    pub handshake_timeout: Option<u32>,
+    pub close_timeout: Option<u32>,
+    pub max_payload: Option<f64>,
+    pub max_connections: Option<f64>,
+    pub threads: Option<u32>,
+}
+
+/// A configuration error: the option's name and what is wrong with it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub option: &'static str,
+    pub message: String,
+}
+
+fn bytes(v: Option<f64>, name: &'static str, default: usize) -> Result<usize, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(x) if x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x <= (1u64 << 40) as f64 => {
+            Ok(x as usize)
+        }
+        Some(x) => Err(ConfigError {
+            option: name,
+            message: format!("{name} must be a whole number of bytes between 0 and 2^40, got {x}"),
+        }),
+    }
+}
+
+impl Config {
+    pub fn from_options(o: RawOptions) -> Result<Self, ConfigError> {
+        let d = Config::default();
+        let limits = Limits {
+            max_buffered_amount: bytes(
+                o.max_buffered_amount,
+                "maxBufferedAmount",
+                d.limits.max_buffered_amount,
+            )?,
+            low_priority_limit: bytes(
+                o.low_priority_limit,
+                "lowPriorityLimit",
+                d.limits.low_priority_limit,
+            )?,
+            high_water_mark: bytes(o.high_water_mark, "highWaterMark", d.limits.high_water_mark)?,
+            low_water_mark: bytes(o.low_water_mark, "lowWaterMark", d.limits.low_water_mark)?,
+            on_overflow: match o.on_overflow.as_deref() {
+                None | Some("terminate") => OverflowAction::Terminate,
+                Some("drop") => OverflowAction::Drop,
+                Some(other) => {
+                    return Err(ConfigError {
+                        option: "onOverflow",
+                        message: format!("onOverflow must be 'terminate' or 'drop', got '{other}'"),
+                    })
+                }
+            },
+        };
+        if limits.low_water_mark > limits.high_water_mark {
+            return Err(ConfigError {
+                option: "lowWaterMark",
+                message: "lowWaterMark must not exceed highWaterMark".into(),
+            });
+        }
+        if limits.max_buffered_amount == 0 {
+            return Err(ConfigError {
+                option: "maxBufferedAmount",
+                message: "maxBufferedAmount must be at least 1".into(),
+            });
+        }
+        if o.port.is_some_and(|p| p > u16::MAX as u32) {
+            return Err(ConfigError {
+                option: "port",
+                message: "port must be between 0 and 65535".into(),
+            });
+        }
+        let max_connections = match o.max_connections {
+            Some(x) if x == f64::INFINITY => usize::MAX,
+            v => bytes(v, "maxConnections", d.max_connections)?,
+        };
+        Ok(Config {
+            host: o.host.unwrap_or(d.host),
+            port: o.port.unwrap_or(0) as u16,
+            path: o.path,
+            limits,
+            ping_interval: match o.ping_interval {
+                None => d.ping_interval,
+                Some(0) => None,
+                Some(v) => Some(ms(v)),
+            },
+            pong_timeout: o.pong_timeout.map(ms).unwrap_or(d.pong_timeout),
+            handshake_timeout: o.handshake_timeout.map(ms).unwrap_or(d.handshake_timeout),
+            close_timeout: o.close_timeout.map(ms).unwrap_or(d.close_timeout),
+            max_payload: bytes(o.max_payload, "maxPayload", d.max_payload)?.max(1),
+            max_connections,
+            threads: o
+                .threads
+                .map(|t| t.clamp(1, 64) as usize)
+                .unwrap_or(d.threads),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let c = Config::from_options(RawOptions::default()).unwrap();
+        assert_eq!(c.limits.max_buffered_amount, 512 * 1024);
+        assert_eq!(c.limits.low_priority_limit, 128 * 1024);
+        assert_eq!(c.ping_interval, Some(Duration::from_secs(30)));
+        let e = Config::from_options(RawOptions {
+            on_overflow: Some("explode".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.option, "onOverflow");
+        let e = Config::from_options(RawOptions {
+            max_buffered_amount: Some(-1.0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.option, "maxBufferedAmount");
+        let e = Config::from_options(RawOptions {
+            low_water_mark: Some(1e6),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.option, "lowWaterMark");
+    }
+}

@@ -1,0 +1,672 @@
+//! One WebSocket connection after the handshake: its reader, its writer, its heartbeat and its end.
+//!
+//! Each connection runs two tasks on the server's runtime:
+//!
+//! * the **writer** moves frames from the [`Outbox`] into a batch and hands the batch to the kernel
+//!   with one vectored `write` per readiness, however many frames are queued. It counts every
+//!   byte the kernel took, which is what brings `bufferedAmount` down.
+//! * the **reader** parses inbound frames with tungstenite's protocol state machine (RFC 6455
+//!   masking, fragmentation, UTF-8, close codes, `maxPayload`), passes messages to JavaScript,
+//!   answers pings, sends our own pings every `pingInterval`, and drives the close handshake.
+//!
+//! tungstenite never writes to the socket: what it wants to send (pong, close reply) is captured
+//! and queued in the outbox's control lane, ahead of data.
+//!
+//! **How a connection ends.** Gracefully: a close frame is written, the peer's close frame is
+//! received (either order), the server half-closes (FIN first, as RFC 6455 §7.1.1 asks of servers)
+//! and waits for the peer's FIN. Abnormally ([`Conn::end`] with a [`Termination`]): overflow that
+//! cannot even take a close frame, a missed pong, `closeTimeout` elapsed, `terminate()`, an I/O
+//! error. Then queued frames are discarded (and counted), the socket is shut down (with a reset
+//! where the kernel's send buffer should be freed at once) and both tasks stop. JavaScript then
+//! gets one `close` event: the peer's close code if it sent one, else ours if it went out, else 1006.
+
+use std::collections::HashSet;
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
+
+use crate::config::{MAX_BATCH_BYTES, MAX_IOVECS, READ_BUFFER_SIZE};
+use crate::events::Event;
+use crate::frame::{encode, encode_close, Frame, OpCode};
+use crate::metrics::Termination;
+use crate::outbox::{ControlKind, Outbox, Outcome};
+use crate::policy::Priority;
+use crate::server::ServerShared;
+
+/// Close codes the server sends.
+pub mod close_code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const NO_STATUS: u16 = 1005;
+    pub const ABNORMAL: u16 = 1006;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub const INTERNAL_ERROR: u16 = 1011;
+}
+
+pub struct Conn {
+    pub id: u64,
+    pub server: Arc<ServerShared>,
+    sock: TcpStream,
+    outbox: Mutex<Outbox>,
+    /// Mirror of `outbox.buffered()`, stored under the outbox lock after every change, so that
+    /// `conn.bufferedAmount` reads it without locking. Relaxed: a snapshot for observers; every
+    /// decision is taken under the lock.
+    buffered: AtomicUsize,
+    writer_wake: Notify,
+    reader_wake: Notify,
+    kill: watch::Sender<bool>,
+    ended: AtomicBool,
+    /// Why the server ended the connection abnormally; the first reason wins.
+    why: OnceLock<Termination>,
+    /// Close frame we queued (code, reason).
+    sent_close: OnceLock<(u16, String)>,
+    /// Close frame the peer sent (code, reason).
+    peer_close: OnceLock<(u16, String)>,
+    /// Our close frame is in the kernel. Set by the writer, read by the reader (SeqCst: paired
+    /// with `peer_close` so that one of the two tasks always sees both halves).
+    close_written: AtomicBool,
+    /// The connection is being failed (protocol error, overflow): after our close frame, do not
+    /// wait for the peer's.
+    failing: AtomicBool,
+    /// Overflow: if the close frame cannot be written right now, drop the TCP connection.
+    urgent: AtomicBool,
+    close_deadline: Mutex<Option<Instant>>,
+    pub topics: Mutex<HashSet<Arc<str>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Conn {
+    pub fn new(id: u64, server: Arc<ServerShared>, sock: TcpStream) -> Arc<Self> {
+        let limits = server.config.limits;
+        Arc::new(Self {
+            id,
+            server,
+            sock,
+            outbox: Mutex::new(Outbox::new(limits)),
+            buffered: AtomicUsize::new(0),
+            writer_wake: Notify::new(),
+            reader_wake: Notify::new(),
+            kill: watch::channel(false).0,
+            ended: AtomicBool::new(false),
+            why: OnceLock::new(),
+            sent_close: OnceLock::new(),
+            peer_close: OnceLock::new(),
+            close_written: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+            urgent: AtomicBool::new(false),
+            close_deadline: Mutex::new(None),
+            topics: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Bytes queued for this connection and not yet handed to the kernel.
+    pub fn buffered_amount(&self) -> usize {
+        self.buffered.load(Ordering::Relaxed)
+    }
+
+    /// Bytes in the kernel's send queue (not yet acknowledged by the peer), from `SIOCOUTQ`.
+    /// `None` where the platform has no such query or the socket is gone.
+    pub fn kernel_buffered_amount(&self) -> Option<usize> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            if self.ended.load(Ordering::Acquire) {
+                return None;
+            }
+            let mut v: libc::c_int = 0;
+            // SAFETY: the fd belongs to `self.sock`, open for as long as `self` lives; TIOCOUTQ
+            // (== SIOCOUTQ on Linux) writes one c_int through the pointer, which outlives the call.
+            let r = unsafe { libc::ioctl(self.sock.as_raw_fd(), libc::TIOCOUTQ, &mut v) };
+            if r == 0 {
+                Some(v.max(0) as usize)
+            } else {
+                None
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        !self.ended.load(Ordering::Acquire) && lock(&self.outbox).is_open()
+    }
+
+    /// Queues a data frame under the policy. Returns whether it was queued.
+    pub fn deliver(&self, frame: Frame, priority: Priority) -> bool {
+        let pushed = {
+            let mut o = lock(&self.outbox);
+            let p = o.push(frame, priority);
+            self.buffered.store(o.buffered(), Ordering::Relaxed);
+            p
+        };
+        let m = &self.server.metrics;
+        m.add_drops(&pushed.drops);
+        if pushed.wake {
+            self.writer_wake.notify_one();
+        }
+        if let Some(amount) = pushed.backpressure {
+            m.backpressure_events.fetch_add(1, Ordering::Relaxed);
+            self.server.events.push(Event::Backpressure {
+                id: self.id,
+                amount,
+            });
+        }
+        match pushed.outcome {
+            Outcome::Queued => true,
+            Outcome::Overflow => {
+                // The message itself is not dropped silently: the connection is closed for it.
+                self.fail(
+                    close_code::POLICY_VIOLATION,
+                    "send buffer limit exceeded",
+                    Termination::Overflow,
+                    true,
+                );
+                false
+            }
+            Outcome::Dropped | Outcome::Closed => false,
+        }
+    }
+
+    fn push_control(&self, frame: Bytes, kind: ControlKind) {
+        let wake = {
+            let mut o = lock(&self.outbox);
+            let w = o.push_control(
+                Frame {
+                    bytes: frame,
+                    probe: None,
+                },
+                kind,
+            );
+            self.buffered.store(o.buffered(), Ordering::Relaxed);
+            w
+        };
+        if wake {
+            self.writer_wake.notify_one();
+        }
+    }
+
+    fn arm_close_deadline(&self) {
+        let mut d = lock(&self.close_deadline);
+        if d.is_none() {
+            *d = Some(Instant::now() + self.server.config.close_timeout);
+        }
+    }
+
+    /// Graceful close: the close frame goes out after everything already queued; the connection
+    /// ends when the peer answers, or after `closeTimeout`. Returns false if already closing.
+    pub fn close(&self, code: u16, reason: &str) -> bool {
+        let frame = Frame {
+            bytes: encode_close(code, reason),
+            probe: None,
+        };
+        let queued = {
+            let mut o = lock(&self.outbox);
+            let r = o.close_after_data(frame);
+            self.buffered.store(o.buffered(), Ordering::Relaxed);
+            r
+        };
+        let Some(wake) = queued else { return false };
+        let _ = self.sent_close.set((code, reason.to_string()));
+        self.arm_close_deadline();
+        if wake {
+            self.writer_wake.notify_one();
+        }
+        self.reader_wake.notify_one();
+        true
+    }
+
+    /// Fails the connection: discards what is queued (counted), sends a close frame with `code`
+    /// ahead of everything, then drops the connection without waiting for the peer. With `urgent`,
+    /// the TCP connection is dropped at once if the close frame cannot be written right now.
+    pub fn fail(&self, code: u16, reason: &str, why: Termination, urgent: bool) {
+        let _ = self.why.set(why);
+        self.failing.store(true, Ordering::SeqCst);
+        if urgent {
+            self.urgent.store(true, Ordering::SeqCst);
+        }
+        let frame = Frame {
+            bytes: encode_close(code, reason),
+            probe: None,
+        };
+        let queued = {
+            let mut o = lock(&self.outbox);
+            let r = o.close_now(frame);
+            self.buffered.store(o.buffered(), Ordering::Relaxed);
+            r
+        };
+        if let Some((drops, wake)) = queued {
+            self.server.metrics.add_drops(&drops);
+            let _ = self.sent_close.set((code, reason.to_string()));
+            if wake {
+                self.writer_wake.notify_one();
+            }
+        }
+        self.arm_close_deadline();
+        self.reader_wake.notify_one();
+    }
+
+    /// Ends the connection now. Idempotent; the first reason given is kept.
+    pub fn end(&self, why: Option<Termination>) {
+        if let Some(w) = why {
+            let _ = self.why.set(w);
+        }
+        if self.ended.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let drops = {
+            let mut o = lock(&self.outbox);
+            let d = o.discard();
+            self.buffered.store(0, Ordering::Relaxed);
+            d
+        };
+        self.server.metrics.add_drops(&drops);
+        let sock = SockRef::from(&self.sock);
+        if matches!(
+            self.why.get(),
+            Some(Termination::Overflow | Termination::PongTimeout | Termination::Requested)
+        ) {
+            // Reset instead of FIN: the kernel frees the unsent bytes of a stalled peer at once.
+            let _ = sock.set_linger(Some(Duration::ZERO));
+        }
+        let _ = sock.shutdown(std::net::Shutdown::Both);
+        self.kill.send_replace(true);
+    }
+
+    /// The close event's code and reason, once the connection has ended.
+    pub fn close_info(&self) -> (u16, String) {
+        if let Some((c, r)) = self.peer_close.get() {
+            return (*c, r.clone());
+        }
+        if self.close_written.load(Ordering::SeqCst) {
+            if let Some((c, r)) = self.sent_close.get() {
+                return (*c, r.clone());
+            }
+        }
+        (close_code::ABNORMAL, String::new())
+    }
+
+    pub fn termination(&self) -> Option<Termination> {
+        self.why.get().copied()
+    }
+
+    /// Runs the connection until it ends. `leftover` holds bytes read past the handshake.
+    pub async fn run(self: Arc<Self>, leftover: Vec<u8>) {
+        let writer = tokio::spawn(self.clone().write_loop());
+        self.read_loop(leftover).await;
+        self.end(None);
+        let _ = writer.await;
+    }
+
+    async fn write_loop(self: Arc<Self>) {
+        let mut kill = self.kill.subscribe();
+        let mut batch: Vec<Frame> = Vec::with_capacity(MAX_IOVECS);
+        let mut done = 0usize; // frames of `batch` fully written
+        let mut offset = 0usize; // bytes of batch[done] already written
+        let mut close_in_batch = false;
+        let m = &self.server.metrics;
+        loop {
+            if done == batch.len() {
+                batch.clear();
+                done = 0;
+                offset = 0;
+                let taken = {
+                    let mut o = lock(&self.outbox);
+                    let t = o.take_batch(&mut batch, MAX_IOVECS, MAX_BATCH_BYTES);
+                    self.buffered.store(o.buffered(), Ordering::Relaxed);
+                    t
+                };
+                close_in_batch = taken.close;
+                if batch.is_empty() {
+                    tokio::select! {
+                        _ = self.writer_wake.notified() => continue,
+                        _ = killed(&mut kill) => return,
+                    }
+                }
+            }
+            let result = {
+                let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() - done);
+                iov.push(IoSlice::new(&batch[done].bytes[offset..]));
+                iov.extend(batch[done + 1..].iter().map(|f| IoSlice::new(&f.bytes)));
+                self.sock.try_write_vectored(&iov)
+            };
+            match result {
+                Ok(0) => return self.end(Some(Termination::Io)),
+                Ok(mut n) => {
+                    m.writes.fetch_add(1, Ordering::Relaxed);
+                    m.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                    let drain = {
+                        let mut o = lock(&self.outbox);
+                        let d = o.written(n);
+                        self.buffered.store(o.buffered(), Ordering::Relaxed);
+                        d
+                    };
+                    while n > 0 {
+                        let rest = batch[done].len() - offset;
+                        if n >= rest {
+                            n -= rest;
+                            batch[done].mark_written();
+                            done += 1;
+                            offset = 0;
+                            m.frames_sent.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            offset += n;
+                            n = 0;
+                        }
+                    }
+                    if let Some(amount) = drain {
+                        m.drain_events.fetch_add(1, Ordering::Relaxed);
+                        self.server.events.push(Event::Drain {
+                            id: self.id,
+                            amount,
+                        });
+                    }
+                    if done == batch.len() && close_in_batch {
+                        self.close_written.store(true, Ordering::SeqCst);
+                        self.reader_wake.notify_one();
+                        // Nothing follows a close frame: wait for the reader to finish.
+                        let _ = killed(&mut kill).await;
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.urgent.load(Ordering::SeqCst) {
+                        // Overflow and the kernel takes nothing more: no close frame can go out.
+                        return self.end(Some(Termination::Overflow));
+                    }
+                    tokio::select! {
+                        r = self.sock.writable() => if r.is_err() {
+                            return self.end(Some(Termination::Io));
+                        },
+                        _ = killed(&mut kill) => return,
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.end(Some(Termination::Io)),
+            }
+        }
+    }
+
+    async fn read_loop(&self, leftover: Vec<u8>) {
+        let cfg = &self.server.config;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_SIZE)
+            .max_message_size(Some(cfg.max_payload))
+            .max_frame_size(Some(cfg.max_payload))
+            .accept_unmasked_frames(false);
+        let mut ctx =
+            WebSocketContext::from_partially_read(leftover, Role::Server, Some(ws_config));
+        let mut kill = self.kill.subscribe();
+        let mut captured: Vec<u8> = Vec::new();
+        let mut parsing = true; // false: the protocol is over, inbound bytes are discarded
+        let mut half_closed = false;
+        let mut next_ping = cfg.ping_interval.map(|d| Instant::now() + d);
+        let mut pong_deadline: Option<Instant> = None;
+        let events = &self.server.events;
+        let m = &self.server.metrics;
+        loop {
+            if *kill.borrow() {
+                return;
+            }
+            // 1. Consume what the socket has.
+            let mut paused = false;
+            if parsing {
+                loop {
+                    if events.is_full() {
+                        paused = true;
+                        break;
+                    }
+                    let r = ctx.read(&mut Io {
+                        sock: &self.sock,
+                        out: &mut captured,
+                    });
+                    match r {
+                        Ok(msg) => {
+                            // Any queued pong or close reply goes to `captured`.
+                            let _ = ctx.flush(&mut Io {
+                                sock: &self.sock,
+                                out: &mut captured,
+                            });
+                            self.send_captured(&mut captured);
+                            match msg {
+                                Message::Text(t) => {
+                                    m.messages_received.fetch_add(1, Ordering::Relaxed);
+                                    m.bytes_received
+                                        .fetch_add(t.len() as u64, Ordering::Relaxed);
+                                    events.push(Event::Message {
+                                        id: self.id,
+                                        data: t.into(),
+                                        binary: false,
+                                    });
+                                }
+                                Message::Binary(b) => {
+                                    m.messages_received.fetch_add(1, Ordering::Relaxed);
+                                    m.bytes_received
+                                        .fetch_add(b.len() as u64, Ordering::Relaxed);
+                                    events.push(Event::Message {
+                                        id: self.id,
+                                        data: b,
+                                        binary: true,
+                                    });
+                                }
+                                Message::Pong(_) => pong_deadline = None,
+                                Message::Ping(_) | Message::Frame(_) => {}
+                                Message::Close(frame) => {
+                                    let info = frame
+                                        .map(|f| (u16::from(f.code), f.reason.to_string()))
+                                        .unwrap_or((close_code::NO_STATUS, String::new()));
+                                    let _ = self.peer_close.set(info);
+                                    self.arm_close_deadline();
+                                    parsing = false;
+                                    break;
+                                }
+                            }
+                        }
+                        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                            parsing = false;
+                            break;
+                        }
+                        Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))
+                        | Err(WsError::Io(_)) => {
+                            // EOF or reset without a close frame.
+                            return self.end(Some(Termination::Io));
+                        }
+                        Err(e) => {
+                            let (code, reason) = match &e {
+                                WsError::Utf8(_) => (close_code::INVALID_PAYLOAD, "invalid UTF-8"),
+                                WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                                    (close_code::MESSAGE_TOO_BIG, "message too big")
+                                }
+                                WsError::Protocol(_) | WsError::Capacity(_) => {
+                                    (close_code::PROTOCOL_ERROR, "protocol error")
+                                }
+                                _ => (close_code::INTERNAL_ERROR, "internal error"),
+                            };
+                            tracing::debug!(id = self.id, error = %e, code, "failing connection");
+                            self.fail(code, reason, Termination::Protocol, false);
+                            parsing = false;
+                            break;
+                        }
+                    }
+                }
+            }
+            if !parsing {
+                // Drain and discard until EOF: the close handshake (or failure) is under way.
+                let mut scratch = [0u8; 4096];
+                loop {
+                    match self.sock.try_read(&mut scratch) {
+                        Ok(0) => {
+                            return self.end(
+                                if self.peer_close.get().is_some()
+                                    || self.failing.load(Ordering::SeqCst)
+                                {
+                                    None
+                                } else {
+                                    Some(Termination::Io)
+                                },
+                            )
+                        }
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return self.end(None),
+                    }
+                }
+            }
+            // 2. Close handshake progress: once our close frame is out and the peer's is in (or
+            // we are failing the connection), the server closes its side first.
+            if !half_closed
+                && self.close_written.load(Ordering::SeqCst)
+                && (self.peer_close.get().is_some() || self.failing.load(Ordering::SeqCst))
+            {
+                half_closed = true;
+                parsing = false;
+                let _ = SockRef::from(&self.sock).shutdown(std::net::Shutdown::Write);
+            }
+            // 3. Wait for input, a timer, a wake-up from the writer or a close request.
+            let close_deadline = *lock(&self.close_deadline);
+            let timer = [
+                close_deadline,
+                pong_deadline,
+                if parsing { next_ping } else { None },
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let room = events.room.notified();
+            tokio::select! {
+                r = self.sock.readable(), if !paused => if r.is_err() {
+                    return self.end(Some(Termination::Io));
+                },
+                _ = room, if paused => {}
+                // notify_waiters() only reaches registered waiters; re-check now and then too.
+                _ = tokio::time::sleep(Duration::from_millis(10)), if paused => {}
+                _ = self.reader_wake.notified() => {}
+                _ = killed(&mut kill) => return,
+                _ = sleep_until(timer.unwrap_or_else(far_future)), if timer.is_some() => {
+                    let now = Instant::now();
+                    if close_deadline.is_some_and(|d| d <= now) {
+                        return self.end(Some(Termination::CloseTimeout));
+                    }
+                    if pong_deadline.is_some_and(|d| d <= now) {
+                        return self.end(Some(Termination::PongTimeout));
+                    }
+                    if let (Some(at), Some(interval)) = (next_ping, cfg.ping_interval) {
+                        if at <= now && parsing {
+                            self.push_control(encode(OpCode::Ping, b""), ControlKind::Ping);
+                            pong_deadline = Some(now + cfg.pong_timeout);
+                            next_ping = Some(now + interval);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues what tungstenite wrote (pongs, the reply to a close) in the control lane.
+    fn send_captured(&self, captured: &mut Vec<u8>) {
+        let mut rest = &captured[..];
+        // Server frames of control messages: 2-byte header (unmasked, payload <= 125) + payload.
+        while rest.len() >= 2 {
+            let len = 2 + (rest[1] & 0x7f) as usize;
+            if rest.len() < len {
+                break;
+            }
+            let frame = Bytes::copy_from_slice(&rest[..len]);
+            match rest[0] & 0x0f {
+                0xA => self.push_control(frame, ControlKind::Pong),
+                0x8 => {
+                    // The reply to the peer's close. If we already sent (or queued) ours, that
+                    // one answers it.
+                    let code = if len >= 4 {
+                        u16::from_be_bytes([rest[2], rest[3]])
+                    } else {
+                        close_code::NO_STATUS
+                    };
+                    let queued = {
+                        let mut o = lock(&self.outbox);
+                        let r = if o.is_open() {
+                            o.close_now(Frame {
+                                bytes: frame,
+                                probe: None,
+                            })
+                        } else {
+                            None
+                        };
+                        self.buffered.store(o.buffered(), Ordering::Relaxed);
+                        r
+                    };
+                    if let Some((drops, wake)) = queued {
+                        self.server.metrics.add_drops(&drops);
+                        let reason = String::from_utf8_lossy(&rest[4.min(len)..len]).into_owned();
+                        let _ = self.sent_close.set((code, reason));
+                        if wake {
+                            self.writer_wake.notify_one();
+                        }
+                    }
+                }
+                _ => {}
+            }
+            rest = &rest[len..];
+        }
+        captured.clear();
+    }
+}
+
+/// Resolves once the flag is true (at once if it already is). `watch::Receiver::wait_for` would
+/// hold a non-`Send` guard across the await.
+pub async fn killed(rx: &mut watch::Receiver<bool>) {
+    if *rx.borrow_and_update() {
+        return;
+    }
+    while rx.changed().await.is_ok() {
+        if *rx.borrow_and_update() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
+/// The blocking-style stream tungstenite's protocol state machine reads from: reads are
+/// non-blocking reads of the socket (WouldBlock when empty), writes are captured.
+struct Io<'a> {
+    sock: &'a TcpStream,
+    out: &'a mut Vec<u8>,
+}
+
+impl Read for Io<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.sock.try_read(buf)
+    }
+}
+
+impl Write for Io<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,253 @@
+//! Events from the runtime threads to JavaScript, batched.
+//!
+//! Runtime tasks [`EventSink::push`] events into one queue per server. The first push into an
+//! empty queue schedules one call of a thread-safe function; that call takes the whole queue and
+//! hands it to JavaScript as one array. However many events pile up between two turns of the event
+//! loop (10,000 `backpressure` events after one broadcast to stalled clients, say) they cost one
+//! wake-up and one JS call, and are delivered in the order they were pushed: a connection's
+//! `connection` event always precedes its messages, its messages precede its `close`.
+//!
+//! The thread-safe function is created *weak*: pending events never keep the process alive. The
+//! server refs it while it listens (as a listening `net.Server` keeps the process alive) and unrefs
+//! it on `unref()` and after `close()`.
+//!
+//! Inbound messages are the one event source the server does not control, so their bytes are
+//! counted: above [`MAX_PENDING_EVENT_BYTES`] readers stop reading (see [`EventSink::room`]) and
+//! TCP flow control slows the clients down until JavaScript has caught up.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{sys, Env};
+use tokio::sync::Notify;
+
+use crate::config::MAX_PENDING_EVENT_BYTES;
+use crate::connection::Conn;
+use crate::handshake::Request;
+use crate::napi_api::NativeConnection;
+
+/// Event kinds as the JS dispatcher sees them (first element of each event array).
+pub mod kind {
+    pub const CONNECTION: u32 = 0;
+    pub const MESSAGE: u32 = 1;
+    pub const CLOSE: u32 = 2;
+    pub const BACKPRESSURE: u32 = 3;
+    pub const DRAIN: u32 = 4;
+    pub const ERROR: u32 = 5;
+    pub const CLOSED: u32 = 6;
+}
+
+pub enum Event {
+    Connection {
+        conn: Arc<Conn>,
+        request: Request,
+    },
+    Message {
+        id: u64,
+        data: Bytes,
+        binary: bool,
+    },
+    Close {
+        id: u64,
+        code: u16,
+        reason: String,
+    },
+    Backpressure {
+        id: u64,
+        amount: usize,
+    },
+    Drain {
+        id: u64,
+        amount: usize,
+    },
+    Error {
+        code: &'static str,
+        message: String,
+    },
+    /// The server finished closing: every connection is gone.
+    Closed,
+}
+
+/// `(events) => void`, weak, called with the batch built in the callback.
+pub type EventsTsfn = ThreadsafeFunction<(), (), EventBatch, Status, false, true, 0>;
+
+pub struct EventSink {
+    queue: Mutex<Vec<Event>>,
+    /// A JS call is scheduled and has not yet taken the queue. Set by the pusher that finds it
+    /// clear (swap), cleared by the JS thread *before* it takes the queue, so an event pushed after
+    /// the take always schedules another call. SeqCst pairs the flag with the queue's mutex.
+    scheduled: AtomicBool,
+    /// Inbound message bytes queued for JS. Relaxed: a threshold for pausing readers, not a guard.
+    pending_bytes: AtomicUsize,
+    /// Notified when JS has taken a batch: paused readers re-check `pending_bytes`.
+    pub room: Notify,
+    tsfn: Mutex<Option<EventsTsfn>>,
+}
+
+impl EventSink {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(Vec::new()),
+            scheduled: AtomicBool::new(false),
+            pending_bytes: AtomicUsize::new(0),
+            room: Notify::new(),
+            tsfn: Mutex::new(None),
+        })
+    }
+
+    /// Wraps the JS dispatcher. Called once, on the JS thread.
+    pub fn attach(self: &Arc<Self>, dispatcher: Function<'_, EventBatch, ()>) -> Result<()> {
+        let weak: Weak<EventSink> = Arc::downgrade(self);
+        let tsfn: EventsTsfn = dispatcher
+            .build_threadsafe_function::<()>()
+            .callee_handled::<false>()
+            .weak::<true>()
+            .build_callback(move |_ctx| {
+                Ok(EventBatch(match weak.upgrade() {
+                    Some(sink) => sink.take(),
+                    None => Vec::new(),
+                }))
+            })?;
+        *self.tsfn.lock().unwrap_or_else(|e| e.into_inner()) = Some(tsfn);
+        Ok(())
+    }
+
+    pub fn push(&self, ev: Event) {
+        if let Event::Message { data, .. } = &ev {
+            self.pending_bytes.fetch_add(data.len(), Ordering::Relaxed);
+        }
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ev);
+        if !self.scheduled.swap(true, Ordering::SeqCst) {
+            if let Some(tsfn) = self.tsfn.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                // NonBlocking on an unbounded queue: fails only while the env is shutting down,
+                // when there is nobody left to deliver to.
+                tsfn.call((), ThreadsafeFunctionCallMode::NonBlocking);
+            }
+        }
+    }
+
+    fn take(&self) -> Vec<Event> {
+        self.scheduled.store(false, Ordering::SeqCst);
+        let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        let bytes: usize = batch
+            .iter()
+            .map(|e| match e {
+                Event::Message { data, .. } => data.len(),
+                _ => 0,
+            })
+            .sum();
+        if bytes > 0 {
+            self.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.room.notify_waiters();
+        }
+        batch
+    }
+
+    /// True while readers should pause: JavaScript has not caught up with inbound messages.
+    pub fn is_full(&self) -> bool {
+        self.pending_bytes.load(Ordering::Relaxed) > MAX_PENDING_EVENT_BYTES
+    }
+
+    /// Keeps the process alive (`true`) or lets it exit (`false`). JS thread only.
+    #[allow(deprecated)] // napi-rs deprecates ref/unref in favour of clone/drop, which can't unref a live TSFN.
+    pub fn set_ref(&self, env: &Env, keep_alive: bool) -> Result<()> {
+        if let Some(tsfn) = self.tsfn.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            if keep_alive {
+                tsfn.refer(env)?;
+            } else {
+                tsfn.unref(env)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases the thread-safe function: no further events reach JavaScript.
+    pub fn detach(&self) {
+        self.tsfn.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// One batch of events, converted to `Array<[kind, id, a, b]>` on the JS thread.
+pub struct EventBatch(pub Vec<Event>);
+
+impl ToNapiValue for EventBatch {
+    unsafe fn to_napi_value(raw_env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
+        let env = Env::from_raw(raw_env);
+        let mut out = env.create_array(val.0.len() as u32)?;
+        for (i, ev) in val.0.into_iter().enumerate() {
+            let mut e = env.create_array(4)?;
+            match ev {
+                Event::Connection { conn, request } => {
+                    e.set(0, kind::CONNECTION)?;
+                    e.set(1, conn.id as f64)?;
+                    e.set(2, NativeConnection::new(&conn))?;
+                    e.set(3, request_object(&env, request)?)?;
+                }
+                Event::Message { id, data, binary } => {
+                    e.set(0, kind::MESSAGE)?;
+                    e.set(1, id as f64)?;
+                    e.set(2, &BufferSlice::copy_from(&env, &data)?)?;
+                    e.set(3, binary)?;
+                }
+                Event::Close { id, code, reason } => {
+                    e.set(0, kind::CLOSE)?;
+                    e.set(1, id as f64)?;
+                    e.set(2, code as u32)?;
+                    e.set(3, reason)?;
+                }
+                Event::Backpressure { id, amount } => {
+                    e.set(0, kind::BACKPRESSURE)?;
+                    e.set(1, id as f64)?;
+                    e.set(2, amount as f64)?;
+                }
+                Event::Drain { id, amount } => {
+                    e.set(0, kind::DRAIN)?;
+                    e.set(1, id as f64)?;
+                    e.set(2, amount as f64)?;
+                }
+                Event::Error { code, message } => {
+                    e.set(0, kind::ERROR)?;
+                    e.set(1, 0)?;
+                    e.set(2, code)?;
+                    e.set(3, message)?;
+                }
+                Event::Closed => {
+                    e.set(0, kind::CLOSED)?;
+                    e.set(1, 0)?;
+                }
+            }
+            out.set(i as u32, e)?;
+        }
+        unsafe { ToNapiValue::to_napi_value(raw_env, out) }
+    }
+}
+
+fn request_object(env: &Env, r: Request) -> Result<Object<'_>> {
+    let mut o = Object::new(env)?;
+    o.set("url", r.url)?;
+    let mut headers = Object::new(env)?;
+    // Repeated headers are joined with ", " as Node's IncomingMessage does for most of them.
+    let mut seen: Vec<(String, String)> = Vec::with_capacity(r.headers.len());
+    for (name, value) in r.headers {
+        match seen.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => {
+                v.push_str(", ");
+                v.push_str(&value);
+            }
+            None => seen.push((name, value)),
+        }
+    }
+    for (name, value) in seen {
+        headers.set(name, value)?;
+    }
+    o.set("headers", headers)?;
+    o.set("remoteAddress", r.remote.ip().to_string())?;
+    o.set("remotePort", r.remote.port() as u32)?;
+    Ok(o)
+}

@@ -1,0 +1,35 @@
+//! sluice: a Rust-owned WebSocket server for Node.js whose broadcast never blocks the event loop.
+//!
+//! JavaScript calls `broadcast(buffer, priority)`; the payload is copied once into a frame, and a
+//! runtime task queues a reference to that frame for every recipient. Each connection has a bounded
+//! outbox with priority lanes and a per-priority policy, and its own writer that coalesces queued
+//! frames into vectored writes. Events (connections, messages, backpressure, drain, close) reach
+//! JavaScript in batches.
+//!
+//! Where things are:
+//!
+//! | role | file |
+//! |---|---|
+//! | napi surface (native classes, options, metrics object) | `napi_api.rs` |
+//! | listener, accept loop, registry, topics, shutdown | `server.rs` |
+//! | opening handshake | `handshake.rs` |
+//! | per-connection reader, writer, heartbeat, close | `connection.rs` |
+//! | per-connection outbox (lanes, accounting) | `outbox.rs` |
+//! | per-priority overflow policy | `policy.rs` |
+//! | fan-out of broadcasts and publishes | `fanout.rs` |
+//! | frame encoding | `frame.rs` |
+//! | events to JavaScript | `events.rs` |
+//! | metrics | `metrics.rs` |
+//! | options and their defaults | `config.rs` |
+
+pub mod config;
+pub mod connection;
+pub mod events;
+pub mod fanout;
+pub mod frame;
+pub mod handshake;
+pub mod metrics;
+pub mod napi_api;
+pub mod outbox;
+pub mod policy;
+pub mod server;

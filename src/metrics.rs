@@ -1,0 +1,149 @@
+//! Server metrics: counters updated on the runtime threads, read by `server.metrics()`.
+//!
+//! Counters are plain atomics: each one is independent, monotonic and only ever read as a
+//! snapshot, so `Relaxed` is enough everywhere (no counter is used to publish other memory).
+//! Latencies go into an HDR histogram (3 significant digits) behind a mutex that is taken once per
+//! broadcast, never per recipient. The bufferedAmount distribution is computed by the fan-out task
+//! at each broadcast over the recipients of that broadcast, and the last one is kept.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+
+use crate::outbox::Drops;
+use crate::policy::Priority;
+
+/// Why the server ended a connection without a completed close handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Termination {
+    /// Over `maxBufferedAmount` (Normal with `onOverflow: 'terminate'`, or Critical).
+    Overflow,
+    /// No pong within `pongTimeout` after a ping.
+    PongTimeout,
+    /// The peer did not answer our close frame within `closeTimeout`.
+    CloseTimeout,
+    /// `conn.terminate()` or the `close()` timeout of the server.
+    Requested,
+    /// Malformed frame, bad UTF-8, oversized message (a close frame with the code is attempted).
+    Protocol,
+    /// The peer vanished (EOF without close frame, reset, write error).
+    Io,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub connections_opened: AtomicU64,
+    pub connections_closed: AtomicU64,
+    /// Open connections (handshake done, not yet ended).
+    pub open: AtomicUsize,
+    pub handshakes_refused: AtomicU64,
+    pub handshakes_timed_out: AtomicU64,
+    pub refused_max_connections: AtomicU64,
+
+    pub broadcasts: AtomicU64,
+    pub publishes: AtomicU64,
+    /// broadcast/publish calls refused because the fan-out queue was full.
+    pub fanout_rejected: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub writes: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+
+    pub dropped: [AtomicU64; 3],
+    pub dropped_bytes: AtomicU64,
+
+    pub terminated_overflow: AtomicU64,
+    pub terminated_pong_timeout: AtomicU64,
+    pub terminated_close_timeout: AtomicU64,
+    pub terminated_requested: AtomicU64,
+    pub terminated_protocol: AtomicU64,
+    pub terminated_io: AtomicU64,
+
+    pub backpressure_events: AtomicU64,
+    pub drain_events: AtomicU64,
+
+    fanout_latency_us: Mutex<Option<Histogram<u64>>>,
+    /// (p50, p99, max) of bufferedAmount over the recipients of the latest broadcast.
+    buffered_sample: Mutex<(u64, u64, u64)>,
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    // 3 significant figures over 1 µs .. 1 h (or 1 byte .. 4 GiB): a few tens of KiB.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+impl Metrics {
+    pub fn add_drops(&self, d: &Drops) {
+        for p in Priority::ALL {
+            let n = d.frames[p.index()];
+            if n > 0 {
+                self.dropped[p.index()].fetch_add(n, Relaxed);
+            }
+        }
+        if d.bytes > 0 {
+            self.dropped_bytes.fetch_add(d.bytes, Relaxed);
+        }
+    }
+
+    pub fn add_termination(&self, why: Termination) {
+        let c = match why {
+            Termination::Overflow => &self.terminated_overflow,
+            Termination::PongTimeout => &self.terminated_pong_timeout,
+            Termination::CloseTimeout => &self.terminated_close_timeout,
+            Termination::Requested => &self.terminated_requested,
+            Termination::Protocol => &self.terminated_protocol,
+            Termination::Io => &self.terminated_io,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn record_fanout_latency(&self, us: u64) {
+        let mut g = self
+            .fanout_latency_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        g.get_or_insert_with(new_histogram)
+            .saturating_record(us.max(1));
+    }
+
+    pub fn set_buffered_sample(&self, h: &Histogram<u64>) {
+        let v = if h.is_empty() {
+            (0, 0, 0)
+        } else {
+            (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
+        };
+        *self
+            .buffered_sample
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = v;
+    }
+
+    pub fn fanout_latency(&self) -> (u64, u64, u64, u64) {
+        let g = self
+            .fanout_latency_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match g.as_ref() {
+            Some(h) if !h.is_empty() => (
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.max(),
+                h.len(),
+            ),
+            _ => (0, 0, 0, 0),
+        }
+    }
+
+    pub fn buffered_sample(&self) -> (u64, u64, u64) {
+        *self
+            .buffered_sample
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(c: &AtomicU64) -> f64 {
+        c.load(Relaxed) as f64
+    }
+}

@@ -1,0 +1,573 @@
+//! The napi surface: the native classes that `lib/sluice.js` wraps in Node-style EventEmitters.
+//!
+//! Every method here returns at once. `broadcast`/`publish` copy the payload once into a frame and
+//! hand it to the fan-out task; `send` queues into one outbox; getters read atomics. Nothing here
+//! waits on a socket, and nothing loops over connections on the JS thread.
+
+use std::sync::{Arc, Once, Weak};
+use std::time::Duration;
+
+use napi::bindgen_prelude::*;
+use napi::Env;
+use napi_derive::napi;
+
+use crate::config::{self, Config, RawOptions};
+use crate::connection::Conn;
+use crate::events::{EventBatch, EventSink};
+use crate::fanout::{Fanout, Target};
+use crate::frame::{encode, Frame, OpCode};
+use crate::metrics::Metrics as CoreMetrics;
+use crate::metrics::Termination;
+use crate::policy::Priority as CorePriority;
+use crate::server::ServerShared;
+
+/// Message priority. Strings `'critical' | 'normal' | 'low'` are accepted wherever a priority is.
+#[napi(string_enum = "lowercase", js_name = "Priority")]
+pub enum Priority {
+    /// Never dropped; goes ahead of queued Normal and Low frames (never inside a frame already
+    /// being written). A connection that cannot take it under `maxBufferedAmount` is terminated.
+    Critical,
+    /// The default. Over `maxBufferedAmount` the `onOverflow` policy applies.
+    Normal,
+    /// Dropped (and counted) for a connection whose bufferedAmount is above `lowPriorityLimit`,
+    /// and the first to be evicted to make room for Normal and Critical frames.
+    Low,
+}
+
+impl From<Priority> for CorePriority {
+    fn from(p: Priority) -> Self {
+        match p {
+            Priority::Critical => CorePriority::Critical,
+            Priority::Normal => CorePriority::Normal,
+            Priority::Low => CorePriority::Low,
+        }
+    }
+}
+
+/// Options for `new Server(options)`. Every option is optional; sizes are bytes, times milliseconds.
+#[napi(object)]
+#[derive(Default)]
+pub struct ServerOptions {
+    /// Interface to listen on. Default `'0.0.0.0'`.
+    pub host: Option<String>,
+    /// TCP port; `0` picks a free one (read it from `listen()`'s result). Default `0`.
+    pub port: Option<u32>,
+    /// Accept upgrades only on this path (the query string is ignored); others get 404.
+    /// Default: any path.
+    pub path: Option<String>,
+    /// Hard bound of a connection's queued bytes. A Normal message that would exceed it triggers
+    /// `onOverflow`; a Critical one terminates the connection. Default `524288` (512 KiB).
+    pub max_buffered_amount: Option<f64>,
+    /// A Low message is dropped (and counted) for a connection whose bufferedAmount is already
+    /// above this. Default `131072` (128 KiB).
+    pub low_priority_limit: Option<f64>,
+    /// What a Normal message over `maxBufferedAmount` does: `'terminate'` closes the connection
+    /// (1008 if a close frame can still go out, else the TCP connection is dropped); `'drop'` drops
+    /// the message and counts it. Default `'terminate'`.
+    pub on_overflow: Option<String>,
+    /// `backpressure` fires once when bufferedAmount rises above this. Default `65536` (64 KiB).
+    pub high_water_mark: Option<f64>,
+    /// `drain` fires once when bufferedAmount falls back below this. Default `16384` (16 KiB).
+    pub low_water_mark: Option<f64>,
+    /// Ping every connection this often; `0` disables pings. Default `30000`.
+    pub ping_interval: Option<u32>,
+    /// Terminate a connection that has not answered a ping within this time. Default `10000`.
+    pub pong_timeout: Option<u32>,
+    /// Time from TCP accept to a complete upgrade request. Default `5000`.
+    pub handshake_timeout: Option<u32>,
+    /// Time from a close request (`conn.close()`, `server.close()`) to the peer's close frame,
+    /// flushing queued data included, before the connection is dropped. Default `5000`.
+    pub close_timeout: Option<u32>,
+    /// Largest inbound message; a larger one closes the connection with 1009. Default `1048576`.
+    pub max_payload: Option<f64>,
+    /// Upgrades beyond this many open connections are refused with 503. Default: no limit.
+    pub max_connections: Option<f64>,
+    /// Runtime worker threads. Default: the number of cores, at most 4.
+    pub threads: Option<u32>,
+}
+
+/// Result of `listen()`: the bound address, or the error (`code` such as `'EADDRINUSE'`).
+#[napi(object)]
+pub struct ListenResult {
+    pub port: u32,
+    pub address: String,
+    pub family: String,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// p50 / p99 / max of a distribution.
+#[napi(object)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Messages dropped per priority (never silently): refused by policy, evicted to make room, or
+/// discarded when their connection closed.
+#[napi(object)]
+pub struct DroppedMetrics {
+    pub critical: f64,
+    pub normal: f64,
+    pub low: f64,
+    /// Encoded bytes of all dropped frames.
+    pub bytes: f64,
+}
+
+/// Connections the server ended without a completed close handshake, by cause.
+#[napi(object)]
+pub struct TerminatedMetrics {
+    /// Over `maxBufferedAmount` (Normal with `onOverflow: 'terminate'`, or Critical).
+    pub overflow: f64,
+    /// No pong within `pongTimeout`.
+    pub pong_timeout: f64,
+    /// No close frame from the peer within `closeTimeout`.
+    pub close_timeout: f64,
+    /// `conn.terminate()`, or still open when `close()`'s timeout ran out.
+    pub requested: f64,
+    /// Failed for a protocol error (malformed frame 1002, bad UTF-8 1007, too big 1009).
+    pub protocol: f64,
+    /// The peer vanished: reset, EOF without a close frame, write error.
+    pub io: f64,
+}
+
+/// Fan-out latency in microseconds: from the `broadcast`/`publish` call to the last recipient's
+/// socket write of that message.
+#[napi(object)]
+pub struct LatencyMetrics {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    /// Broadcasts measured (those written to at least one socket).
+    pub count: f64,
+}
+
+/// `server.metrics()`: counters since the server was created.
+#[napi(object)]
+pub struct Metrics {
+    /// Open WebSocket connections.
+    pub connections: f64,
+    pub connections_opened: f64,
+    pub connections_closed: f64,
+    /// Upgrades refused (bad request, wrong path, 503 for `maxConnections` or closing).
+    pub handshakes_refused: f64,
+    /// Upgrades refused with 503 because `maxConnections` was reached.
+    pub refused_max_connections: f64,
+    /// Sockets that did not complete the upgrade within `handshakeTimeout`.
+    pub handshakes_timed_out: f64,
+    pub broadcasts: f64,
+    pub publishes: f64,
+    /// `broadcast`/`publish` calls refused because 64 MiB of frames already waited for fan-out.
+    pub fanout_rejected: f64,
+    /// Frames (data and control) completely handed to the kernel, summed over connections.
+    pub messages_sent: f64,
+    /// Bytes handed to the kernel, frame headers included.
+    pub bytes_sent: f64,
+    /// Vectored write system calls; `messagesSent / writes` is the coalescing factor.
+    pub writes: f64,
+    pub messages_received: f64,
+    pub bytes_received: f64,
+    pub dropped: DroppedMetrics,
+    pub terminated: TerminatedMetrics,
+    pub backpressure_events: f64,
+    pub drain_events: f64,
+    /// bufferedAmount across the recipients of the latest broadcast/publish, sampled right after
+    /// the message was queued to them.
+    pub buffered_amount: Percentiles,
+    pub fanout_latency_us: LatencyMetrics,
+}
+
+fn metrics_object(m: &CoreMetrics) -> Metrics {
+    let g = CoreMetrics::get;
+    let (b50, b99, bmax) = m.buffered_sample();
+    let (l50, l99, lmax, lcount) = m.fanout_latency();
+    Metrics {
+        connections: m.open.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        connections_opened: g(&m.connections_opened),
+        connections_closed: g(&m.connections_closed),
+        handshakes_refused: g(&m.handshakes_refused),
+        refused_max_connections: g(&m.refused_max_connections),
+        handshakes_timed_out: g(&m.handshakes_timed_out),
+        broadcasts: g(&m.broadcasts),
+        publishes: g(&m.publishes),
+        fanout_rejected: g(&m.fanout_rejected),
+        messages_sent: g(&m.frames_sent),
+        bytes_sent: g(&m.bytes_sent),
+        writes: g(&m.writes),
+        messages_received: g(&m.messages_received),
+        bytes_received: g(&m.bytes_received),
+        dropped: DroppedMetrics {
+            critical: g(&m.dropped[0]),
+            normal: g(&m.dropped[1]),
+            low: g(&m.dropped[2]),
+            bytes: g(&m.dropped_bytes),
+        },
+        terminated: TerminatedMetrics {
+            overflow: g(&m.terminated_overflow),
+            pong_timeout: g(&m.terminated_pong_timeout),
+            close_timeout: g(&m.terminated_close_timeout),
+            requested: g(&m.terminated_requested),
+            protocol: g(&m.terminated_protocol),
+            io: g(&m.terminated_io),
+        },
+        backpressure_events: g(&m.backpressure_events),
+        drain_events: g(&m.drain_events),
+        buffered_amount: Percentiles {
+            p50: b50 as f64,
+            p99: b99 as f64,
+            max: bmax as f64,
+        },
+        fanout_latency_us: LatencyMetrics {
+            p50: l50 as f64,
+            p99: l99 as f64,
+            max: lmax as f64,
+            count: lcount as f64,
+        },
+    }
+}
+
+static TRACING: Once = Once::new();
+
+/// Rust-side logs go to stderr through `tracing` when `SLUICE_LOG` is set (an `EnvFilter`
+/// directive such as `debug` or `sluice=trace`); off otherwise.
+fn init_tracing() {
+    TRACING.call_once(|| {
+        if let Ok(directive) = std::env::var("SLUICE_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(directive))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    });
+}
+
+/// Native half of `Server`. Use `Server` from `require('sluice')` instead.
+#[napi]
+pub struct NativeServer {
+    shared: Arc<ServerShared>,
+    runtime: Option<tokio::runtime::Runtime>,
+    fanout: Fanout,
+    listening: bool,
+    /// close() was called and `destroy()` not yet: the close must be able to finish.
+    closing: bool,
+    keep_alive: bool,
+}
+
+#[napi]
+impl NativeServer {
+    #[napi(
+        constructor,
+        ts_args_type = "options: ServerOptions, onEvents: (events: Array<Array<any>>) => void"
+    )]
+    pub fn new(options: ServerOptions, on_events: Function<'_, EventBatch, ()>) -> Result<Self> {
+        init_tracing();
+        let config = Config::from_options(RawOptions {
+            host: options.host,
+            port: options.port,
+            path: options.path,
+            max_buffered_amount: options.max_buffered_amount,
+            low_priority_limit: options.low_priority_limit,
+            on_overflow: options.on_overflow,
+            high_water_mark: options.high_water_mark,
+            low_water_mark: options.low_water_mark,
+            ping_interval: options.ping_interval,
+            pong_timeout: options.pong_timeout,
+            handshake_timeout: options.handshake_timeout,
+            close_timeout: options.close_timeout,
+            max_payload: options.max_payload,
+            max_connections: options.max_connections,
+            threads: options.threads,
+        })
+        .map_err(|e| Error::new(Status::InvalidArg, format!("{}: {}", e.option, e.message)))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.threads)
+            .thread_name("sluice-rt")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::from_reason(format!("cannot start the runtime: {e}")))?;
+        let events = EventSink::new();
+        events.attach(on_events)?;
+        let shared = ServerShared::new(config, events);
+        let fanout = Fanout::start(runtime.handle(), shared.clone());
+        Ok(Self {
+            shared,
+            runtime: Some(runtime),
+            fanout,
+            listening: false,
+            closing: false,
+            keep_alive: true,
+        })
+    }
+
+    fn handle(&self) -> Result<&tokio::runtime::Handle> {
+        self.runtime
+            .as_ref()
+            .map(|r| r.handle())
+            .ok_or_else(|| Error::from_reason("server is destroyed"))
+    }
+
+    fn update_ref(&self, env: &Env) -> Result<()> {
+        let alive = (self.listening || self.closing) && self.keep_alive && self.runtime.is_some();
+        self.shared.events.set_ref(env, alive)
+    }
+
+    /// Binds and starts accepting. Never throws for socket errors: they come back in the result.
+    #[napi]
+    pub fn listen(&mut self, env: Env) -> Result<ListenResult> {
+        let result = self.shared.listen(self.handle()?);
+        Ok(match result {
+            Ok(addr) => {
+                self.listening = true;
+                self.update_ref(&env)?;
+                ListenResult {
+                    port: addr.port() as u32,
+                    address: addr.ip().to_string(),
+                    family: if addr.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
+                    error_code: None,
+                    error_message: None,
+                }
+            }
+            Err(e) => ListenResult {
+                port: 0,
+                address: String::new(),
+                family: String::new(),
+                error_code: Some(io_error_code(&e).into()),
+                error_message: Some(e.to_string()),
+            },
+        })
+    }
+
+    /// Frames `data` once and queues it for every open connection. False if the fan-out queue
+    /// is full or the server is closing.
+    #[napi]
+    pub fn broadcast(&self, data: &[u8], priority: Priority, text: bool) -> bool {
+        self.submit(data, priority, text, Target::All)
+    }
+
+    /// Like `broadcast`, for a string (sent as a text frame).
+    #[napi]
+    pub fn broadcast_text(&self, data: String, priority: Priority) -> bool {
+        self.submit(data.as_bytes(), priority, true, Target::All)
+    }
+
+    /// Frames `data` once and queues it for the topic's subscribers.
+    #[napi]
+    pub fn publish(&self, topic: String, data: &[u8], priority: Priority, text: bool) -> bool {
+        self.submit(data, priority, text, Target::Topic(Arc::from(topic)))
+    }
+
+    #[napi]
+    pub fn publish_text(&self, topic: String, data: String, priority: Priority) -> bool {
+        self.submit(
+            data.as_bytes(),
+            priority,
+            true,
+            Target::Topic(Arc::from(topic)),
+        )
+    }
+
+    fn submit(&self, data: &[u8], priority: Priority, text: bool, target: Target) -> bool {
+        if self.shared.is_closing() {
+            return false;
+        }
+        let counter = match target {
+            Target::All => &self.shared.metrics.broadcasts,
+            Target::Topic(_) => &self.shared.metrics.publishes,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        self.fanout
+            .submit(&self.shared, data, op, priority.into(), target)
+    }
+
+    #[napi]
+    pub fn subscriber_count(&self, topic: String) -> u32 {
+        self.shared.subscriber_count(&topic) as u32
+    }
+
+    #[napi]
+    pub fn metrics(&self) -> Metrics {
+        metrics_object(&self.shared.metrics)
+    }
+
+    /// Starts the graceful close; the `closed` event follows. False if already closing.
+    #[napi]
+    pub fn close(&mut self, env: Env, timeout_ms: u32) -> Result<bool> {
+        let started = self
+            .shared
+            .begin_close(self.handle()?, Duration::from_millis(timeout_ms as u64));
+        self.closing = true;
+        self.listening = false;
+        self.update_ref(&env)?;
+        Ok(started)
+    }
+
+    /// Stops the runtime threads and releases the event callback. Call after `closed`.
+    #[napi]
+    pub fn destroy(&mut self, env: Env) -> Result<()> {
+        self.listening = false;
+        self.closing = false;
+        self.update_ref(&env)?;
+        if let Some(rt) = self.runtime.take() {
+            // Every connection task has ended by now; the rest (fan-out, timers) is cancelled.
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+        self.shared.events.detach();
+        Ok(())
+    }
+
+    /// Keep the process alive while listening (the default), like `net.Server#ref`.
+    #[napi(js_name = "ref")]
+    pub fn keep_alive(&mut self, env: Env) -> Result<()> {
+        self.keep_alive = true;
+        self.update_ref(&env)
+    }
+
+    /// Let the process exit even while listening, like `net.Server#unref`.
+    #[napi]
+    pub fn unref(&mut self, env: Env) -> Result<()> {
+        self.keep_alive = false;
+        self.update_ref(&env)
+    }
+}
+
+impl Drop for NativeServer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Finalized without close() (GC after unref, or env teardown): never block here.
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn io_error_code(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        AddrInUse => "EADDRINUSE",
+        AddrNotAvailable => "EADDRNOTAVAIL",
+        PermissionDenied => "EACCES",
+        InvalidInput => "ENOTFOUND",
+        _ => "ERR_SLUICE_LISTEN",
+    }
+}
+
+/// Native half of `Connection`. It holds the connection weakly: once the connection has ended its
+/// socket is closed at once, whatever JavaScript still holds.
+#[napi]
+pub struct NativeConnection {
+    conn: Weak<Conn>,
+    id: u64,
+}
+
+impl NativeConnection {
+    pub fn new(conn: &Arc<Conn>) -> Self {
+        Self {
+            conn: Arc::downgrade(conn),
+            id: conn.id,
+        }
+    }
+}
+
+#[napi]
+impl NativeConnection {
+    #[napi(getter)]
+    pub fn id(&self) -> f64 {
+        self.id as f64
+    }
+
+    /// Bytes queued and not yet handed to the kernel; 0 once closed.
+    #[napi(getter)]
+    pub fn buffered_amount(&self) -> f64 {
+        self.conn
+            .upgrade()
+            .map_or(0.0, |c| c.buffered_amount() as f64)
+    }
+
+    /// Bytes in the kernel's send queue not yet acknowledged by the peer (Linux `SIOCOUTQ`);
+    /// `null` elsewhere or once closed.
+    #[napi(getter)]
+    pub fn kernel_buffered_amount(&self) -> Option<f64> {
+        self.conn
+            .upgrade()
+            .and_then(|c| c.kernel_buffered_amount())
+            .map(|v| v as f64)
+    }
+
+    /// True until a close starts.
+    #[napi(getter)]
+    pub fn is_open(&self) -> bool {
+        self.conn.upgrade().is_some_and(|c| c.is_open())
+    }
+
+    #[napi]
+    pub fn send(&self, data: &[u8], priority: Priority, text: bool) -> bool {
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        self.deliver(data, op, priority)
+    }
+
+    #[napi]
+    pub fn send_text(&self, data: String, priority: Priority) -> bool {
+        self.deliver(data.as_bytes(), OpCode::Text, priority)
+    }
+
+    fn deliver(&self, data: &[u8], op: OpCode, priority: Priority) -> bool {
+        match self.conn.upgrade() {
+            Some(c) => c.deliver(
+                Frame {
+                    bytes: encode(op, data),
+                    probe: None,
+                },
+                priority.into(),
+            ),
+            None => false,
+        }
+    }
+
+    /// Graceful close after queued data. False if already closing or closed.
+    #[napi]
+    pub fn close(&self, code: u32, reason: String) -> bool {
+        self.conn
+            .upgrade()
+            .is_some_and(|c| c.close(code as u16, &reason))
+    }
+
+    /// Drops the TCP connection now; queued data is discarded (and counted).
+    #[napi]
+    pub fn terminate(&self) -> bool {
+        match self.conn.upgrade() {
+            Some(c) => {
+                c.end(Some(Termination::Requested));
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[napi]
+    pub fn subscribe(&self, topic: String) -> bool {
+        self.conn
+            .upgrade()
+            .is_some_and(|c| c.server.subscribe(&c, &topic))
+    }
+
+    #[napi]
+    pub fn unsubscribe(&self, topic: String) -> bool {
+        self.conn
+            .upgrade()
+            .is_some_and(|c| c.server.unsubscribe(&c, &topic))
+    }
+}
+
+// Keep the defaults documented above in one place with the constants that implement them.
+const _: () = {
+    assert!(config::DEFAULT_PING_INTERVAL_MS == 30_000);
+    assert!(config::DEFAULT_PONG_TIMEOUT_MS == 10_000);
+    assert!(config::DEFAULT_HANDSHAKE_TIMEOUT_MS == 5_000);
+    assert!(config::DEFAULT_CLOSE_TIMEOUT_MS == 5_000);
+    assert!(config::DEFAULT_MAX_PAYLOAD == 1_048_576);
+    assert!(crate::policy::DEFAULT_MAX_BUFFERED_AMOUNT == 524_288);
+    assert!(crate::policy::DEFAULT_LOW_PRIORITY_LIMIT == 131_072);
+    assert!(crate::policy::DEFAULT_HIGH_WATER_MARK == 65_536);
+    assert!(crate::policy::DEFAULT_LOW_WATER_MARK == 16_384);
+};

@@ -1,0 +1,692 @@
+//! The per-connection outbound queue: priority lanes, exact byte accounting, bounded by policy.
+//!
+//! An [`Outbox`] holds encoded frames that are waiting for one connection's socket:
+//!
+//! * a **control** lane (pong, ping, close) that always goes first and is never subject to the
+//!   policy; at most one unsent pong is kept (a newer ping replaces it, as RFC 6455 §5.5.3 allows),
+//!   so a client flooding pings cannot grow it;
+//! * a **critical** lane that goes ahead of every queued Normal/Low frame;
+//! * a **data** lane of Normal and Low frames in the order they were sent;
+//! * an optional close frame that goes out **after** the queued data (graceful `close()`).
+//!
+//! The writer moves frames out in that order into its own batch (see [`Outbox::take_batch`]) and
+//! reports the bytes the kernel took ([`Outbox::written`]). A frame in the writer's batch is already
+//! committed: priorities reorder only what is still queued, so no frame is ever cut by another.
+//!
+//! **Accounting.** `buffered() = queued + in_flight` is every byte that was accepted and not yet
+//! reported written. It is what `bufferedAmount` shows and what the policy ([`Limits::decide`]) is
+//! applied to. Every frame that is refused, evicted or discarded is returned to the caller as a
+//! [`Drops`] count so that it can be counted in metrics: nothing leaves the queue silently.
+//!
+//! **Events.** `backpressure` is reported once when `buffered()` rises above the high-water mark,
+//! `drain` once when it falls back below the low-water mark; they alternate strictly.
+//!
+//! The struct is plain data with no I/O and no locking: the connection keeps it behind a mutex,
+//! and the tests below drive it directly, from one thread and from several.
+
+use std::collections::VecDeque;
+
+use crate::frame::Frame;
+use crate::policy::{Fallback, Limits, Priority, Verdict};
+
+/// Frames per priority (`[critical, normal, low]`) and their bytes dropped by one call.
+/// Critical is only ever non-zero when a connection is being torn down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drops {
+    pub frames: [u64; 3],
+    pub bytes: u64,
+}
+
+impl Drops {
+    fn add(&mut self, p: Priority, len: usize) {
+        self.frames[p.index()] += 1;
+        self.bytes += len as u64;
+    }
+    pub fn total(&self) -> u64 {
+        self.frames.iter().sum()
+    }
+    pub fn merge(&mut self, other: Drops) {
+        for i in 0..3 {
+            self.frames[i] += other.frames[i];
+        }
+        self.bytes += other.bytes;
+    }
+}
+
+/// What happened to a pushed message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Queued for the socket.
+    Queued,
+    /// Refused by policy (counted in `drops`).
+    Dropped,
+    /// Does not fit and the policy says terminate: the caller must close the connection.
+    Overflow,
+    /// The connection is closing or closed; nothing was queued and nothing is counted as dropped.
+    Closed,
+}
+
+/// The result of [`Outbox::push`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pushed {
+    pub outcome: Outcome,
+    /// Frames refused or evicted by this push.
+    pub drops: Drops,
+    /// The writer was idle and must be woken.
+    pub wake: bool,
+    /// `Some(buffered)` when this push crossed the high-water mark upward.
+    pub backpressure: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlKind {
+    Ping,
+    Pong,
+    Close,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Accepting data.
+    Open,
+    /// A close frame is queued or written: no more data or pings, ever.
+    Closing,
+}
+
+/// What [`Outbox::take_batch`] moved into the writer's batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    pub frames: usize,
+    pub bytes: usize,
+    /// The batch ends with the connection's close frame: nothing will follow it.
+    pub close: bool,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    limits: Limits,
+    control: VecDeque<(Frame, ControlKind)>,
+    critical: VecDeque<Frame>,
+    data: VecDeque<(Frame, Priority)>,
+    close_after_data: Option<Frame>,
+    /// Bytes in the lanes and `close_after_data`.
+    queued: usize,
+    /// Bytes moved to the writer's batch and not yet reported written.
+    in_flight: usize,
+    /// Bytes of Low frames in `data`, so that eviction knows at once whether it can make room.
+    queued_low: usize,
+    above_high_water: bool,
+    state: State,
+    /// The close frame has been moved to the writer: take nothing more.
+    close_taken: bool,
+    /// The writer found nothing to do and waits for a wake-up.
+    writer_idle: bool,
+}
+
+impl Outbox {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            control: VecDeque::new(),
+            critical: VecDeque::new(),
+            data: VecDeque::new(),
+            close_after_data: None,
+            queued: 0,
+            in_flight: 0,
+            queued_low: 0,
+            above_high_water: false,
+            state: State::Open,
+            close_taken: false,
+            writer_idle: true,
+        }
+    }
+
+    /// Bytes accepted and not yet handed to the kernel.
+    pub fn buffered(&self) -> usize {
+        self.queued + self.in_flight
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Queues a data frame under the policy for `priority`.
+    pub fn push(&mut self, frame: Frame, priority: Priority) -> Pushed {
+        let mut drops = Drops::default();
+        if self.state != State::Open {
+            return self.pushed(Outcome::Closed, drops, false);
+        }
+        let len = frame.len();
+        match self.limits.decide(self.buffered(), len, priority) {
+            Verdict::Accept => {}
+            Verdict::Drop => {
+                drops.add(priority, len);
+                return self.pushed(Outcome::Dropped, drops, false);
+            }
+            Verdict::EvictLow { need, otherwise } => {
+                if self.queued_low >= need {
+                    self.evict_low(need, &mut drops);
+                } else {
+                    let outcome = match otherwise {
+                        Fallback::Drop => {
+                            drops.add(priority, len);
+                            Outcome::Dropped
+                        }
+                        Fallback::Terminate => Outcome::Overflow,
+                    };
+                    return self.pushed(outcome, drops, false);
+                }
+            }
+        }
+        self.queued += len;
+        match priority {
+            Priority::Critical => self.critical.push_back(frame),
+            Priority::Low => {
+                self.queued_low += len;
+                self.data.push_back((frame, priority));
+            }
+            Priority::Normal => self.data.push_back((frame, priority)),
+        }
+        let wake = std::mem::take(&mut self.writer_idle);
+        self.pushed(Outcome::Queued, drops, wake)
+    }
+
+    fn pushed(&mut self, outcome: Outcome, drops: Drops, wake: bool) -> Pushed {
+        let backpressure = if outcome == Outcome::Queued
+            && !self.above_high_water
+            && self.buffered() > self.limits.high_water_mark
+        {
+            self.above_high_water = true;
+            Some(self.buffered())
+        } else {
+            None
+        };
+        Pushed {
+            outcome,
+            drops,
+            wake,
+            backpressure,
+        }
+    }
+
+    /// Removes the oldest queued Low frames until at least `need` bytes are freed.
+    fn evict_low(&mut self, need: usize, drops: &mut Drops) {
+        let mut freed = 0;
+        self.data.retain(|(f, p)| {
+            if freed >= need || *p != Priority::Low {
+                return true;
+            }
+            freed += f.len();
+            drops.add(Priority::Low, f.len());
+            false
+        });
+        self.queued -= freed;
+        self.queued_low -= freed;
+    }
+
+    /// Queues a ping or pong ahead of all data. Ignored once the connection is closing.
+    /// An unsent pong is replaced by the newer one. Returns whether the writer must be woken.
+    pub fn push_control(&mut self, frame: Frame, kind: ControlKind) -> bool {
+        debug_assert!(
+            kind != ControlKind::Close,
+            "use close_now / close_after_data"
+        );
+        if self.state != State::Open {
+            return false;
+        }
+        if kind == ControlKind::Pong {
+            if let Some(slot) = self
+                .control
+                .iter_mut()
+                .find(|(_, k)| *k == ControlKind::Pong)
+            {
+                self.queued = self.queued - slot.0.len() + frame.len();
+                slot.0 = frame;
+                return false;
+            }
+        }
+        self.queued += frame.len();
+        self.control.push_back((frame, kind));
+        std::mem::take(&mut self.writer_idle)
+    }
+
+    /// Queues `close` after everything already queued (graceful close). Returns `None` if a close
+    /// is already under way, else whether the writer must be woken.
+    pub fn close_after_data(&mut self, close: Frame) -> Option<bool> {
+        if self.state != State::Open {
+            return None;
+        }
+        self.state = State::Closing;
+        self.queued += close.len();
+        self.close_after_data = Some(close);
+        Some(std::mem::take(&mut self.writer_idle))
+    }
+
+    /// Discards every queued frame (counted) and queues `close` ahead of everything: used when the
+    /// peer closed, on a protocol error and on overflow. Returns `None` if the close frame has
+    /// already been handed to the writer, else the discarded frames and whether to wake the writer.
+    pub fn close_now(&mut self, close: Frame) -> Option<(Drops, bool)> {
+        if self.close_taken {
+            return None;
+        }
+        let drops = self.discard_queued();
+        self.state = State::Closing;
+        self.queued += close.len();
+        self.control.push_back((close, ControlKind::Close));
+        Some((drops, std::mem::take(&mut self.writer_idle)))
+    }
+
+    /// Drops everything still queued and forgets the writer's batch (the connection is gone).
+    pub fn discard(&mut self) -> Drops {
+        let drops = self.discard_queued();
+        self.state = State::Closing;
+        self.close_taken = true;
+        self.in_flight = 0;
+        drops
+    }
+
+    fn discard_queued(&mut self) -> Drops {
+        let mut drops = Drops::default();
+        for f in self.critical.drain(..) {
+            drops.add(Priority::Critical, f.len());
+        }
+        for (f, p) in self.data.drain(..) {
+            drops.add(p, f.len());
+        }
+        self.control.clear();
+        self.close_after_data = None;
+        self.queued = 0;
+        self.queued_low = 0;
+        drops
+    }
+
+    /// Moves queued frames, in wire order, into the writer's `batch` until it holds `max_frames`
+    /// frames or at least `max_bytes` bytes. Marks the writer idle when there is nothing to take.
+    pub fn take_batch(
+        &mut self,
+        batch: &mut Vec<Frame>,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> Taken {
+        let mut t = Taken::default();
+        while !self.close_taken && batch.len() < max_frames && t.bytes < max_bytes {
+            let frame = if let Some((f, kind)) = self.control.pop_front() {
+                if kind == ControlKind::Close {
+                    self.close_taken = true;
+                    t.close = true;
+                }
+                f
+            } else if let Some(f) = self.critical.pop_front() {
+                f
+            } else if let Some((f, p)) = self.data.pop_front() {
+                if p == Priority::Low {
+                    self.queued_low -= f.len();
+                }
+                f
+            } else if let Some(f) = self.close_after_data.take() {
+                self.close_taken = true;
+                t.close = true;
+                f
+            } else {
+                break;
+            };
+            t.frames += 1;
+            t.bytes += frame.len();
+            batch.push(frame);
+        }
+        self.queued -= t.bytes;
+        self.in_flight += t.bytes;
+        if t.frames == 0 && batch.is_empty() {
+            self.writer_idle = true;
+        }
+        t
+    }
+
+    /// Reports `n` bytes of the batch handed to the kernel. Returns `Some(buffered)` when this
+    /// crossed the low-water mark downward after a `backpressure`.
+    pub fn written(&mut self, n: usize) -> Option<usize> {
+        self.in_flight = self.in_flight.saturating_sub(n);
+        if self.above_high_water && self.buffered() < self.limits.low_water_mark {
+            self.above_high_water = false;
+            Some(self.buffered())
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{encode, OpCode};
+    use crate::policy::OverflowAction;
+    use std::sync::{Arc, Mutex};
+
+    const KIB: usize = 1024;
+
+    /// A frame of exactly `len` bytes (`len` >= 3, not 128 or 129) whose first payload byte is `tag`.
+    fn frame(tag: u8, len: usize) -> Frame {
+        let plen = if len - 2 < 126 { len - 2 } else { len - 4 };
+        let mut payload = vec![0u8; plen];
+        payload[0] = tag;
+        let bytes = encode(OpCode::Binary, &payload);
+        assert_eq!(bytes.len(), len);
+        Frame { bytes, probe: None }
+    }
+
+    fn tag(f: &Frame) -> u8 {
+        match f.bytes[1] & 0x7f {
+            126 => f.bytes[4],
+            127 => f.bytes[10],
+            _ => f.bytes[2],
+        }
+    }
+
+    fn drain_all(o: &mut Outbox) -> Vec<Frame> {
+        let mut out = Vec::new();
+        loop {
+            let mut batch = Vec::new();
+            let t = o.take_batch(&mut batch, 64, usize::MAX);
+            if t.frames == 0 {
+                return out;
+            }
+            o.written(t.bytes);
+            out.extend(batch);
+        }
+    }
+
+    #[test]
+    fn critical_overtakes_queued_data_but_not_the_batch() {
+        let mut o = Outbox::new(Limits::default());
+        for i in 0..4 {
+            assert_eq!(
+                o.push(frame(i, 1000), Priority::Normal).outcome,
+                Outcome::Queued
+            );
+        }
+        let mut batch = Vec::new();
+        o.take_batch(&mut batch, 1, usize::MAX); // the writer holds frame 0
+        o.push(frame(9, 1000), Priority::Critical);
+        let order: Vec<u8> = batch
+            .iter()
+            .chain(drain_all(&mut o).iter())
+            .map(tag)
+            .collect();
+        assert_eq!(order, vec![0, 9, 1, 2, 3]);
+    }
+
+    #[test]
+    fn control_goes_first_and_one_pong_is_kept() {
+        let mut o = Outbox::new(Limits::default());
+        o.push(frame(1, 1000), Priority::Normal);
+        o.push(frame(2, 1000), Priority::Critical);
+        o.push_control(frame(7, 10), ControlKind::Pong);
+        o.push_control(frame(8, 12), ControlKind::Pong);
+        assert_eq!(o.buffered(), 2012);
+        let order: Vec<u8> = drain_all(&mut o).iter().map(tag).collect();
+        assert_eq!(order, vec![8, 2, 1]);
+        assert_eq!(o.buffered(), 0);
+    }
+
+    #[test]
+    fn low_is_dropped_above_its_limit_and_evicted_for_normal() {
+        let limits = Limits {
+            low_priority_limit: 4 * KIB,
+            max_buffered_amount: 8 * KIB,
+            ..Limits::default()
+        };
+        let mut o = Outbox::new(limits);
+        for i in 0..5 {
+            assert_eq!(
+                o.push(frame(i, KIB), Priority::Low).outcome,
+                Outcome::Queued
+            );
+        }
+        // 5 KiB queued > 4 KiB: the next Low is dropped.
+        let p = o.push(frame(5, KIB), Priority::Low);
+        assert_eq!((p.outcome, p.drops.frames), (Outcome::Dropped, [0, 0, 1]));
+        for i in 10..13 {
+            assert_eq!(
+                o.push(frame(i, KIB), Priority::Normal).outcome,
+                Outcome::Queued
+            );
+        }
+        // 8 KiB queued: the next Normal evicts the oldest Low.
+        let p = o.push(frame(13, KIB), Priority::Normal);
+        assert_eq!((p.outcome, p.drops.frames), (Outcome::Queued, [0, 0, 1]));
+        assert_eq!(o.buffered(), 8 * KIB);
+        let order: Vec<u8> = drain_all(&mut o).iter().map(tag).collect();
+        assert_eq!(order, vec![1, 2, 3, 4, 10, 11, 12, 13]);
+    }
+
+    #[test]
+    fn overflow_terminates_or_drops_by_option_and_critical_never_drops() {
+        let limits = Limits {
+            max_buffered_amount: 4 * KIB,
+            ..Limits::default()
+        };
+        let mut o = Outbox::new(limits);
+        for i in 0..4 {
+            o.push(frame(i, KIB), Priority::Normal);
+        }
+        assert_eq!(
+            o.push(frame(4, KIB), Priority::Normal).outcome,
+            Outcome::Overflow
+        );
+        assert_eq!(
+            o.push(frame(5, KIB), Priority::Critical).outcome,
+            Outcome::Overflow
+        );
+        let mut d = Outbox::new(Limits {
+            on_overflow: OverflowAction::Drop,
+            ..limits
+        });
+        for i in 0..4 {
+            d.push(frame(i, KIB), Priority::Normal);
+        }
+        let p = d.push(frame(4, KIB), Priority::Normal);
+        assert_eq!((p.outcome, p.drops.frames), (Outcome::Dropped, [0, 1, 0]));
+        assert_eq!(
+            d.push(frame(5, KIB), Priority::Critical).outcome,
+            Outcome::Overflow
+        );
+        assert_eq!(d.buffered(), 4 * KIB);
+    }
+
+    #[test]
+    fn events_fire_once_per_crossing() {
+        let limits = Limits {
+            high_water_mark: 4 * KIB,
+            low_water_mark: 2 * KIB,
+            ..Limits::default()
+        };
+        let mut o = Outbox::new(limits);
+        let mut bp = 0;
+        for i in 0..10 {
+            if o.push(frame(i, KIB), Priority::Normal)
+                .backpressure
+                .is_some()
+            {
+                bp += 1;
+            }
+        }
+        assert_eq!(bp, 1);
+        let mut batch = Vec::new();
+        o.take_batch(&mut batch, 100, usize::MAX);
+        let drains: Vec<usize> = (0..10).filter_map(|_| o.written(KIB)).collect();
+        assert_eq!(drains, vec![KIB]);
+        assert!(o
+            .push(frame(0, 5 * KIB), Priority::Normal)
+            .backpressure
+            .is_some());
+    }
+
+    #[test]
+    fn graceful_close_goes_after_data_and_urgent_close_discards_it() {
+        let mut o = Outbox::new(Limits::default());
+        o.push(frame(1, 100), Priority::Normal);
+        o.push(frame(2, 100), Priority::Low);
+        assert_eq!(o.close_after_data(frame(9, 4)), Some(false));
+        assert_eq!(
+            o.push(frame(3, 100), Priority::Critical).outcome,
+            Outcome::Closed
+        );
+        assert!(!o.push_control(frame(4, 3), ControlKind::Ping));
+        let mut batch = Vec::new();
+        let t = o.take_batch(&mut batch, 64, usize::MAX);
+        assert!(t.close);
+        assert_eq!(batch.iter().map(tag).collect::<Vec<_>>(), vec![1, 2, 9]);
+
+        let mut u = Outbox::new(Limits::default());
+        u.push(frame(1, 100), Priority::Normal);
+        u.push(frame(2, 100), Priority::Low);
+        u.push(frame(3, 100), Priority::Critical);
+        let (drops, _) = u.close_now(frame(9, 4)).unwrap();
+        assert_eq!(drops.frames, [1, 1, 1]);
+        assert_eq!(drops.bytes, 300);
+        assert_eq!(u.buffered(), 4);
+        let order: Vec<u8> = drain_all(&mut u).iter().map(tag).collect();
+        assert_eq!(order, vec![9]);
+        assert!(u.close_now(frame(9, 4)).is_none());
+    }
+
+    #[test]
+    fn the_writer_is_woken_only_when_idle() {
+        let mut o = Outbox::new(Limits::default());
+        assert!(o.push(frame(1, 100), Priority::Normal).wake);
+        assert!(!o.push(frame(2, 100), Priority::Normal).wake);
+        let mut batch = Vec::new();
+        o.take_batch(&mut batch, 64, usize::MAX);
+        o.written(200);
+        batch.clear();
+        assert_eq!(o.take_batch(&mut batch, 64, usize::MAX).frames, 0);
+        assert!(o.push(frame(3, 100), Priority::Normal).wake);
+    }
+
+    /// Several producers (fan-out and JS `send`) against one writer that writes partial amounts.
+    /// Checks, at every step, that the bound holds, and at the end that every accepted byte was
+    /// written or discarded, that every frame is accounted for, and that events alternate.
+    #[test]
+    fn concurrent_enqueue_drain_overflow_accounting() {
+        let limits = Limits {
+            low_priority_limit: 16 * KIB,
+            max_buffered_amount: 64 * KIB,
+            on_overflow: OverflowAction::Drop,
+            high_water_mark: 32 * KIB,
+            low_water_mark: 8 * KIB,
+        };
+        let o = Arc::new(Mutex::new(Outbox::new(limits)));
+        let events = Arc::new(Mutex::new(Vec::<char>::new()));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        const PER_PRODUCER: usize = 20_000;
+        let producers: Vec<_> = (0..3u64)
+            .map(|seed| {
+                let o = o.clone();
+                let events = events.clone();
+                std::thread::spawn(move || {
+                    let mut rng = seed * 7919 + 1;
+                    let (mut sent, mut accepted_bytes, mut evicted_bytes) = (0u64, 0usize, 0usize);
+                    let mut dropped = Drops::default();
+                    for _ in 0..PER_PRODUCER {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let prio = match rng % 10 {
+                            0 => Priority::Critical,
+                            1..=5 => Priority::Normal,
+                            _ => Priority::Low,
+                        };
+                        let len = 130 + (rng as usize >> 8) % 2048;
+                        let mut g = o.lock().unwrap();
+                        let p = g.push(frame(0, len), prio);
+                        assert!(g.buffered() <= limits.max_buffered_amount);
+                        if p.backpressure.is_some() {
+                            events.lock().unwrap().push('b');
+                        }
+                        drop(g);
+                        sent += 1;
+                        dropped.merge(p.drops);
+                        match p.outcome {
+                            Outcome::Queued => {
+                                accepted_bytes += len;
+                                evicted_bytes += p.drops.bytes as usize;
+                            }
+                            Outcome::Dropped => assert_eq!(p.drops.total(), 1),
+                            // A Critical that does not fit: the caller terminates the connection.
+                            Outcome::Overflow => assert_eq!(prio, Priority::Critical),
+                            Outcome::Closed => unreachable!(),
+                        }
+                    }
+                    (sent, accepted_bytes - evicted_bytes, dropped)
+                })
+            })
+            .collect();
+        let writer = {
+            let o = o.clone();
+            let events = events.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let (mut written_bytes, mut written_frames) = (0usize, 0u64);
+                let mut batch: Vec<Frame> = Vec::new();
+                let mut pending = 0usize;
+                let mut rng = 42u64;
+                loop {
+                    let mut g = o.lock().unwrap();
+                    if pending == 0 {
+                        written_frames += batch.len() as u64;
+                        batch.clear();
+                        pending = g.take_batch(&mut batch, 16, 32 * KIB).bytes;
+                    }
+                    if pending == 0 {
+                        drop(g);
+                        if done.load(std::sync::atomic::Ordering::Acquire) {
+                            // Producers are finished: one more look, then stop.
+                            let mut g = o.lock().unwrap();
+                            if g.take_batch(&mut batch, 16, 32 * KIB).frames == 0 {
+                                break;
+                            }
+                            pending = batch.iter().map(Frame::len).sum();
+                            drop(g);
+                        }
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let n = 1 + (rng as usize) % pending.min(8 * KIB);
+                    pending -= n;
+                    written_bytes += n;
+                    if g.written(n).is_some() {
+                        events.lock().unwrap().push('d');
+                    }
+                }
+                (written_bytes, written_frames)
+            })
+        };
+        let mut kept = 0;
+        let mut dropped = Drops::default();
+        let mut sent = 0;
+        for p in producers {
+            let (s, k, d) = p.join().unwrap();
+            sent += s;
+            kept += k;
+            dropped.merge(d);
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        let (written_bytes, _written_frames) = writer.join().unwrap();
+        let g = o.lock().unwrap();
+        assert_eq!(g.buffered(), 0);
+        // Every byte accepted and not evicted later reached the writer, exactly.
+        assert_eq!(written_bytes, kept);
+        assert_eq!(sent, 3 * PER_PRODUCER as u64);
+        assert!(dropped.frames[2] > 0, "the bound was never reached");
+        let ev = events.lock().unwrap();
+        assert!(ev.windows(2).all(|w| w[0] != w[1]), "events must alternate");
+        assert!(!ev.is_empty());
+    }
+}

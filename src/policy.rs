@@ -1,0 +1,175 @@
+//! What a connection does with a message it cannot take at once: the per-priority policy.
+//!
+//! | priority | below `lowPriorityLimit` | above `lowPriorityLimit` | would exceed `maxBufferedAmount` |
+//! |----------|--------------------------|--------------------------|----------------------------------|
+//! | Low      | queued                   | dropped, counted         | dropped, counted                 |
+//! | Normal   | queued                   | queued                   | queued Low frames are evicted first; if it still does not fit, `onOverflow`: `terminate` (default) or `drop` |
+//! | Critical | queued ahead of Normal/Low | queued ahead           | queued Low frames are evicted first; if it still does not fit, the connection is terminated |
+//!
+//! Control frames (pong, close, ping) bypass the policy and go ahead of all data. A frame the
+//! writer has already started is never interrupted: priorities reorder only what is still queued.
+//!
+//! The policy is a pure function of the queue's state, so it is tested without sockets.
+
+/// Message priority. `Normal` is the default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Priority {
+    Critical,
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::Critical, Priority::Normal, Priority::Low];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What happens to a connection when a Normal message does not fit under `maxBufferedAmount`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverflowAction {
+    /// Close the connection (1008 if a close frame can still go out, else drop the TCP connection).
+    Terminate,
+    /// Drop the message and count it; the connection stays.
+    Drop,
+}
+
+/// Default `lowPriorityLimit`: 128 KiB. A client 128 KiB behind is lagging by ~64 lobby updates;
+/// cosmetic data sent to it now would only delay what matters.
+pub const DEFAULT_LOW_PRIORITY_LIMIT: usize = 128 * 1024;
+/// Default `maxBufferedAmount`: 512 KiB, the bound commonly used with `ws` and uWebSockets.js.
+pub const DEFAULT_MAX_BUFFERED_AMOUNT: usize = 512 * 1024;
+/// Default `highWaterMark`: 64 KiB, where `backpressure` fires.
+pub const DEFAULT_HIGH_WATER_MARK: usize = 64 * 1024;
+/// Default `lowWaterMark`: 16 KiB, where `drain` fires after `backpressure`.
+pub const DEFAULT_LOW_WATER_MARK: usize = 16 * 1024;
+
+/// Per-connection bounds, all in bytes of encoded frames.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub low_priority_limit: usize,
+    pub max_buffered_amount: usize,
+    pub on_overflow: OverflowAction,
+    pub high_water_mark: usize,
+    pub low_water_mark: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            low_priority_limit: DEFAULT_LOW_PRIORITY_LIMIT,
+            max_buffered_amount: DEFAULT_MAX_BUFFERED_AMOUNT,
+            on_overflow: OverflowAction::Terminate,
+            high_water_mark: DEFAULT_HIGH_WATER_MARK,
+            low_water_mark: DEFAULT_LOW_WATER_MARK,
+        }
+    }
+}
+
+/// The policy's verdict for one message, before any eviction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Queue it.
+    Accept,
+    /// Queue it after evicting queued Low frames worth at least `need` bytes, if there are enough;
+    /// otherwise fall back to `otherwise`.
+    EvictLow { need: usize, otherwise: Fallback },
+    /// Drop this message (counted).
+    Drop,
+}
+
+/// What to do when eviction cannot make room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    Drop,
+    Terminate,
+}
+
+impl Limits {
+    /// Decides for a message of `len` bytes at `priority` on a connection with `buffered` bytes.
+    pub fn decide(&self, buffered: usize, len: usize, priority: Priority) -> Verdict {
+        let fits = buffered.saturating_add(len) <= self.max_buffered_amount;
+        match priority {
+            Priority::Low => {
+                if buffered > self.low_priority_limit || !fits {
+                    Verdict::Drop
+                } else {
+                    Verdict::Accept
+                }
+            }
+            _ if fits => Verdict::Accept,
+            Priority::Normal => Verdict::EvictLow {
+                need: buffered + len - self.max_buffered_amount,
+                otherwise: match self.on_overflow {
+                    OverflowAction::Terminate => Fallback::Terminate,
+                    OverflowAction::Drop => Fallback::Drop,
+                },
+            },
+            Priority::Critical => Verdict::EvictLow {
+                need: buffered + len - self.max_buffered_amount,
+                otherwise: Fallback::Terminate,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_table_holds() {
+        let l = Limits::default();
+        let kib = 1024;
+        assert_eq!(l.decide(0, 2 * kib, Priority::Low), Verdict::Accept);
+        assert_eq!(l.decide(129 * kib, 2 * kib, Priority::Low), Verdict::Drop);
+        assert_eq!(
+            l.decide(129 * kib, 2 * kib, Priority::Normal),
+            Verdict::Accept
+        );
+        assert_eq!(
+            l.decide(511 * kib, 2 * kib, Priority::Normal),
+            Verdict::EvictLow {
+                need: kib,
+                otherwise: Fallback::Terminate
+            }
+        );
+        assert_eq!(
+            l.decide(511 * kib, 2 * kib, Priority::Critical),
+            Verdict::EvictLow {
+                need: kib,
+                otherwise: Fallback::Terminate
+            }
+        );
+        let drop = Limits {
+            on_overflow: OverflowAction::Drop,
+            ..l
+        };
+        assert_eq!(
+            drop.decide(511 * kib, 2 * kib, Priority::Normal),
+            Verdict::EvictLow {
+                need: kib,
+                otherwise: Fallback::Drop
+            }
+        );
+        // Critical ignores onOverflow: it is never dropped.
+        assert_eq!(
+            drop.decide(511 * kib, 2 * kib, Priority::Critical),
+            Verdict::EvictLow {
+                need: kib,
+                otherwise: Fallback::Terminate
+            }
+        );
+        // A Low frame never pushes the queue past the hard bound either.
+        let tight = Limits {
+            low_priority_limit: 600 * kib,
+            ..l
+        };
+        assert_eq!(
+            tight.decide(511 * kib, 2 * kib, Priority::Low),
+            Verdict::Drop
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! The server: its listener and accept loop, the connection registry, topics, and shutdown.
+//!
+//! * **Accepting.** The listener is bound synchronously on the JS thread (so `listen()` reports
+//!   `EADDRINUSE` at once) and then served by an accept task on the runtime. Each accepted socket
+//!   gets `TCP_NODELAY` and its own handshake task under `handshakeTimeout`. Accept errors such as
+//!   `EMFILE` pause the loop briefly instead of spinning.
+//! * **Admission.** `maxConnections` counts open connections; when it is reached, or when the
+//!   server is closing, the upgrade is refused with 503 before any 101 is sent.
+//! * **Registry.** Open connections by id, and topic subscriptions. Fan-out takes a snapshot under
+//!   the read lock; registration and removal take the write lock briefly.
+//! * **Closing.** [`ServerShared::begin_close`] stops accepting, asks every connection to close
+//!   gracefully (1001 after its queued data), waits up to the timeout, terminates whatever is left,
+//!   and then emits the `closed` event. The runtime threads are stopped by the napi layer after it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+
+use crate::config::Config;
+use crate::connection::{close_code, Conn};
+use crate::events::{Event, EventSink};
+use crate::handshake::{self, Refusal};
+use crate::metrics::{Metrics, Termination};
+
+/// Pause after an accept error (e.g. out of file descriptors) before trying again.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// After the close timeout, how long terminated connections get to finish their tasks.
+const TERMINATE_GRACE: Duration = Duration::from_secs(2);
+/// Listen backlog: Node's default (511); bursts of thousands of clients connecting at once
+/// otherwise overflow a small accept queue and see SYN retries of a second or more.
+const LISTEN_BACKLOG: i32 = 511;
+
+type Registry = HashMap<u64, Arc<Conn>>;
+
+pub struct ServerShared {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub events: Arc<EventSink>,
+    conns: RwLock<Registry>,
+    topics: RwLock<HashMap<Arc<str>, Registry>>,
+    next_id: AtomicU64,
+    closing: AtomicBool,
+    stop_accept: watch::Sender<bool>,
+    /// Notified whenever a connection is removed while closing.
+    removed: Notify,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ServerShared {
+    pub fn new(config: Config, events: Arc<EventSink>) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            metrics: Arc::new(Metrics::default()),
+            events,
+            conns: RwLock::new(HashMap::new()),
+            topics: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
+            stop_accept: watch::channel(false).0,
+            removed: Notify::new(),
+        })
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Binds the listener (on the caller's thread, inside the runtime) and starts accepting.
+    pub fn listen(self: &Arc<Self>, rt: &tokio::runtime::Handle) -> std::io::Result<SocketAddr> {
+        let addr: SocketAddr = resolve(&self.config.host, self.config.port)?;
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        // As Node does: a restarted server can bind while old connections sit in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            let _ = socket.set_only_v6(false);
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        socket.set_nonblocking(true)?;
+        let std_listener: std::net::TcpListener = socket.into();
+        let local = std_listener.local_addr()?;
+        let _guard = rt.enter();
+        let listener = TcpListener::from_std(std_listener)?;
+        rt.spawn(self.clone().accept_loop(listener));
+        Ok(local)
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let mut stop = self.stop_accept.subscribe();
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((stream, peer)) => {
+                        tokio::spawn(self.clone().handshake_then_run(stream, peer));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    }
+                },
+                _ = crate::connection::killed(&mut stop) => return,
+            }
+        }
+    }
+
+    async fn handshake_then_run(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let timeout = self.config.handshake_timeout;
+        let upgrade = match tokio::time::timeout(
+            timeout,
+            handshake::read_upgrade(&mut stream, peer, self.config.path.as_deref()),
+        )
+        .await
+        {
+            Ok(Ok(u)) => u,
+            Ok(Err(Refusal::Http(status))) => {
+                tracing::debug!(%peer, status, "upgrade refused");
+                self.metrics
+                    .handshakes_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(Err(Refusal::Io(_))) => return,
+            Err(_) => {
+                self.metrics
+                    .handshakes_timed_out
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        if self.is_closing() || !self.admit() {
+            if !self.is_closing() {
+                self.metrics
+                    .refused_max_connections
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            self.metrics
+                .handshakes_refused
+                .fetch_add(1, Ordering::Relaxed);
+            handshake::refuse(&mut stream, 503, &[]).await;
+            return;
+        }
+        let accepted =
+            tokio::time::timeout(timeout, handshake::accept(&mut stream, &upgrade.accept_key))
+                .await;
+        if !matches!(accepted, Ok(Ok(()))) {
+            self.metrics.open.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Conn::new(id, self.clone(), stream);
+        write(&self.conns).insert(id, conn.clone());
+        self.metrics
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
+        self.events.push(Event::Connection {
+            conn: conn.clone(),
+            request: upgrade.request,
+        });
+        if self.is_closing() {
+            // close() ran between admission and registration and did not see this connection.
+            conn.close(close_code::GOING_AWAY, "server closing");
+        }
+        conn.clone().run(upgrade.leftover).await;
+        self.remove(&conn);
+    }
+
+    /// Reserves a slot under `maxConnections`.
+    fn admit(&self) -> bool {
+        let max = self.config.max_connections;
+        self.metrics
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn remove(&self, conn: &Arc<Conn>) {
+        write(&self.conns).remove(&conn.id);
+        let topics: Vec<Arc<str>> = conn
+            .topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        if !topics.is_empty() {
+            let mut t = write(&self.topics);
+            for name in topics {
+                if let Some(subs) = t.get_mut(&name) {
+                    subs.remove(&conn.id);
+                    if subs.is_empty() {
+                        t.remove(&name);
+                    }
+                }
+            }
+        }
+        if let Some(why) = conn.termination() {
+            self.metrics.add_termination(why);
+        }
+        let (code, reason) = conn.close_info();
+        self.metrics
+            .connections_closed
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.open.fetch_sub(1, Ordering::AcqRel);
+        self.events.push(Event::Close {
+            id: conn.id,
+            code,
+            reason,
+        });
+        self.removed.notify_waiters();
+    }
+
+    pub fn subscribe(&self, conn: &Arc<Conn>, topic: &str) -> bool {
+        if !conn.is_open() {
+            return false;
+        }
+        let name: Arc<str> = Arc::from(topic);
+        let mut mine = conn.topics.lock().unwrap_or_else(|e| e.into_inner());
+        if !mine.insert(name.clone()) {
+            return false;
+        }
+        write(&self.topics)
+            .entry(name)
+            .or_default()
+            .insert(conn.id, conn.clone());
+        true
+    }
+
+    pub fn unsubscribe(&self, conn: &Conn, topic: &str) -> bool {
+        let mut mine = conn.topics.lock().unwrap_or_else(|e| e.into_inner());
+        if !mine.remove(topic) {
+            return false;
+        }
+        let mut t = write(&self.topics);
+        if let Some(subs) = t.get_mut(topic) {
+            subs.remove(&conn.id);
+            if subs.is_empty() {
+                t.remove(topic);
+            }
+        }
+        true
+    }
+
+    pub fn snapshot_all(&self, out: &mut Vec<Arc<Conn>>) {
+        out.extend(read(&self.conns).values().cloned());
+    }
+
+    pub fn snapshot_topic(&self, topic: &str, out: &mut Vec<Arc<Conn>>) {
+        if let Some(subs) = read(&self.topics).get(topic) {
+            out.extend(subs.values().cloned());
+        }
+    }
+
+    pub fn subscriber_count(&self, topic: &str) -> usize {
+        read(&self.topics).get(topic).map_or(0, |s| s.len())
+    }
+
+    /// Starts the graceful shutdown on `rt`; emits [`Event::Closed`] when it is complete.
+    /// Returns false if a close is already under way.
+    pub fn begin_close(self: &Arc<Self>, rt: &tokio::runtime::Handle, timeout: Duration) -> bool {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.stop_accept.send_replace(true);
+        let mut conns = Vec::new();
+        self.snapshot_all(&mut conns);
+        for c in &conns {
+            c.close(close_code::GOING_AWAY, "server closing");
+        }
+        drop(conns);
+        let this = self.clone();
+        rt.spawn(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            this.wait_empty_until(deadline).await;
+            let mut rest = Vec::new();
+            this.snapshot_all(&mut rest);
+            for c in rest.drain(..) {
+                c.end(Some(Termination::Requested));
+            }
+            this.wait_empty_until(tokio::time::Instant::now() + TERMINATE_GRACE)
+                .await;
+            this.events.push(Event::Closed);
+        });
+        true
+    }
+
+    async fn wait_empty_until(&self, deadline: tokio::time::Instant) {
+        loop {
+            let removed = self.removed.notified();
+            tokio::pin!(removed);
+            removed.as_mut().enable();
+            if read(&self.conns).is_empty() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, removed).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    (host, port).to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("cannot resolve host '{host}'"),
+        )
+    })
+}
