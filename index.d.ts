@@ -138,7 +138,7 @@ export interface Percentiles {
 }
 
 /** Message priority. Strings `'critical' | 'normal' | 'low'` are accepted wherever a priority is. */
-export declare const enum Priority {
+export declare enum Priority {
   /**
    * Never dropped; goes ahead of queued Normal and Low frames (never inside a frame already
    * being written). A connection that cannot take it under `maxBufferedAmount` is terminated.

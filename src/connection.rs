@@ -315,7 +315,7 @@ impl Conn {
 
     async fn write_loop(self: Arc<Self>) {
         let mut kill = self.kill.subscribe();
-        let mut batch: Vec<Frame> = Vec::with_capacity(MAX_IOVECS);
+        let mut batch: Vec<Frame> = Vec::new();
         let mut done = 0usize; // frames of `batch` fully written
         let mut offset = 0usize; // bytes of batch[done] already written
         let mut close_in_batch = false;
@@ -593,8 +593,9 @@ impl Conn {
             match rest[0] & 0x0f {
                 0xA => self.push_control(frame, ControlKind::Pong),
                 0x8 => {
-                    // The reply to the peer's close. If we already sent (or queued) ours, that
-                    // one answers it.
+                    // The reply to the peer's close goes out at once, ahead of (and instead of)
+                    // queued data, even if our own graceful close was waiting behind that data.
+                    // If our close frame is already with the writer, that one is the answer.
                     let code = if len >= 4 {
                         u16::from_be_bytes([rest[2], rest[3]])
                     } else {
@@ -602,14 +603,10 @@ impl Conn {
                     };
                     let queued = {
                         let mut o = lock(&self.outbox);
-                        let r = if o.is_open() {
-                            o.close_now(Frame {
-                                bytes: frame,
-                                probe: None,
-                            })
-                        } else {
-                            None
-                        };
+                        let r = o.close_now(Frame {
+                            bytes: frame,
+                            probe: None,
+                        });
                         self.buffered.store(o.buffered(), Ordering::Relaxed);
                         r
                     };

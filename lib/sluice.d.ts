@@ -1,0 +1,146 @@
+/// <reference types="node" />
+// Public API of sluice. The native types (options with their defaults, metrics, Priority) are
+// generated from src/ by napi-rs into ../index.d.ts and re-exported here.
+import { EventEmitter } from 'events'
+import type { ServerOptions, Metrics, NativeConnection } from '../index'
+import { Priority } from '../index'
+
+export { Priority }
+export type {
+  ServerOptions,
+  Metrics,
+  DroppedMetrics,
+  TerminatedMetrics,
+  Percentiles,
+  LatencyMetrics,
+} from '../index'
+
+/** A priority, as the enum or its string value. Default `'normal'`. */
+export type PriorityLike = Priority | 'critical' | 'normal' | 'low'
+
+/** Message data: a string goes out as a text frame, anything binary as a binary frame. */
+export type Data = string | Buffer | ArrayBufferView | ArrayBuffer | SharedArrayBuffer
+
+/** The upgrade request, as seen by the `connection` event. */
+export interface UpgradeRequest {
+  /** Request target, path and query, e.g. `'/lobby?table=7'`. */
+  url: string
+  /** Header names in lower case; repeated headers joined with `', '`. */
+  headers: Record<string, string>
+  remoteAddress: string
+  remotePort: number
+}
+
+export interface AddressInfo {
+  port: number
+  address: string
+  family: 'IPv4' | 'IPv6' | string
+}
+
+/** An error from sluice: `code` is stable, the message may change. */
+export interface SluiceError extends Error {
+  code: string
+}
+
+export declare class Connection extends EventEmitter {
+  private constructor(native: NativeConnection, request: UpgradeRequest)
+  /** Server-unique id. */
+  readonly id: number
+  readonly request: UpgradeRequest
+  readonly remoteAddress: string
+  /** Bytes queued in sluice for this connection and not yet handed to the kernel (read from Rust, synchronous). */
+  readonly bufferedAmount: number
+  /** Bytes in the kernel's send queue not yet acknowledged by the peer (Linux `SIOCOUTQ`), else `null`. */
+  readonly kernelBufferedAmount: number | null
+  /** True until the connection starts closing. */
+  readonly isOpen: boolean
+  /**
+   * Queues `data` at `priority` (default Normal). Returns `false` if it was not queued: dropped by
+   * policy (counted), refused by overflow (the connection is then closed), or the connection is closed.
+   * @throws {TypeError} `ERR_SLUICE_INVALID_DATA`, `ERR_SLUICE_INVALID_PRIORITY`
+   */
+  send(data: Data, priority?: PriorityLike): boolean
+  /** Subscribes to `topic`; false if already subscribed or closed. */
+  subscribe(topic: string): boolean
+  /** Unsubscribes from `topic`; false if not subscribed. */
+  unsubscribe(topic: string): boolean
+  /**
+   * Graceful close: the close frame goes out after the data already queued; the connection ends
+   * when the peer answers, or after `closeTimeout`. Returns false if already closing.
+   * @param code Default `1000`. 1000-1003, 1007-1014 or 3000-4999.
+   * @param reason At most 123 bytes of UTF-8. Default `''`.
+   * @throws {RangeError} `ERR_SLUICE_INVALID_CLOSE_CODE`, `ERR_SLUICE_INVALID_CLOSE_REASON`
+   */
+  close(code?: number, reason?: string): boolean
+  /** Drops the TCP connection now; queued data is discarded and counted as dropped. */
+  terminate(): boolean
+
+  on(event: 'message', listener: (data: Buffer, isBinary: boolean) => void): this
+  /** `code`: the peer's close code if it sent one, else the one sluice sent, else 1006. */
+  on(event: 'close', listener: (code: number, reason: string) => void): this
+  /** bufferedAmount rose above `highWaterMark` (once per crossing). */
+  on(event: 'backpressure', listener: (bufferedAmount: number) => void): this
+  /** bufferedAmount fell below `lowWaterMark` after a `backpressure` (once per crossing). */
+  on(event: 'drain', listener: (bufferedAmount: number) => void): this
+  on(event: string | symbol, listener: (...args: any[]) => void): this
+  once(event: 'message', listener: (data: Buffer, isBinary: boolean) => void): this
+  once(event: 'close', listener: (code: number, reason: string) => void): this
+  once(event: 'backpressure' | 'drain', listener: (bufferedAmount: number) => void): this
+  once(event: string | symbol, listener: (...args: any[]) => void): this
+}
+
+export interface CloseOptions {
+  /** Milliseconds to wait for close handshakes before terminating the rest. Default `5000`. */
+  timeout?: number
+}
+
+export declare class Server extends EventEmitter {
+  /**
+   * @throws {TypeError} `ERR_SLUICE_INVALID_OPTIONS`, `ERR_SLUICE_UNKNOWN_OPTION`, `ERR_SLUICE_INVALID_OPTION`
+   * @throws {RangeError} `ERR_SLUICE_OUT_OF_RANGE`, `ERR_SLUICE_INVALID_OPTION`
+   */
+  constructor(options?: ServerOptions)
+  /**
+   * Binds and starts accepting. While listening the server keeps the process alive, as a
+   * listening `net.Server` does (see `unref()`).
+   * Rejects with `code` `'EADDRINUSE'`, `'EADDRNOTAVAIL'`, `'EACCES'`, `'ENOTFOUND'` or
+   * `'ERR_SLUICE_ALREADY_LISTENING'`.
+   */
+  listen(): Promise<AddressInfo>
+  /** The bound address while listening, else `null`. */
+  address(): AddressInfo | null
+  /** Open connections. */
+  readonly connections: IterableIterator<Connection>
+  readonly connectionCount: number
+  /**
+   * Sends `data` to every open connection at `priority` (default Normal). The payload is copied
+   * once and framed once; the fan-out runs on sluice's threads. Returns `false` if nothing was
+   * queued: the server is closing, or 64 MiB of broadcasts already wait for fan-out (counted in
+   * `metrics().fanoutRejected`).
+   */
+  broadcast(data: Data, priority?: PriorityLike): boolean
+  /** Like `broadcast`, to the connections subscribed to `topic`. */
+  publish(topic: string, data: Data, priority?: PriorityLike): boolean
+  subscriberCount(topic: string): number
+  metrics(): Metrics
+  /**
+   * Stops accepting (new upgrades get 503), closes every connection with 1001 after its queued
+   * data, waits up to `timeout` ms, terminates the rest and stops sluice's threads. Calling it
+   * again returns the same promise.
+   */
+  close(options?: CloseOptions): Promise<void>
+  /** Keep the process alive while listening (the default). */
+  ref(): this
+  /** Let the process exit even while listening. */
+  unref(): this
+
+  on(event: 'connection', listener: (conn: Connection, req: UpgradeRequest) => void): this
+  on(event: 'backpressure' | 'drain', listener: (conn: Connection, bufferedAmount: number) => void): this
+  on(event: 'listening' | 'close', listener: () => void): this
+  on(event: 'error', listener: (err: SluiceError) => void): this
+  on(event: string | symbol, listener: (...args: any[]) => void): this
+  once(event: 'connection', listener: (conn: Connection, req: UpgradeRequest) => void): this
+  once(event: 'backpressure' | 'drain', listener: (conn: Connection, bufferedAmount: number) => void): this
+  once(event: 'listening' | 'close', listener: () => void): this
+  once(event: string | symbol, listener: (...args: any[]) => void): this
+}
