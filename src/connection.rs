@@ -253,7 +253,8 @@ impl Conn {
         if let Some((drops, wake)) = queued {
             self.server.metrics.add_drops(&drops);
             let _ = self.sent_close.set((code, reason.to_string()));
-            if wake {
+            // An urgent close must reach a writer that waits for writability, not only an idle one.
+            if wake || urgent {
                 self.writer_wake.notify_one();
             }
         }
@@ -393,6 +394,8 @@ impl Conn {
                         r = self.sock.writable() => if r.is_err() {
                             return self.end(Some(Termination::Io));
                         },
+                        // `fail(.., urgent)` wakes a writer stuck on a socket that never drains.
+                        _ = self.writer_wake.notified() => {}
                         _ = killed(&mut kill) => return,
                     }
                 }

@@ -3,8 +3,9 @@
 //! An [`Outbox`] holds encoded frames that are waiting for one connection's socket:
 //!
 //! * a **control** lane (pong, ping, close) that always goes first and is never subject to the
-//!   policy; at most one unsent pong is kept (a newer ping replaces it, as RFC 6455 §5.5.3 allows),
-//!   so a client flooding pings cannot grow it;
+//!   policy; every ping gets its pong, up to [`MAX_QUEUED_PONGS`] unsent ones, beyond which the
+//!   newest unsent pong is replaced (RFC 6455 §5.5.3 lets a pong answer only the latest ping), so
+//!   a client flooding pings cannot grow the lane past ~2 KiB;
 //! * a **critical** lane that goes ahead of every queued Normal/Low frame;
 //! * a **data** lane of Normal and Low frames in the order they were sent;
 //! * an optional close frame that goes out **after** the queued data (graceful `close()`).
@@ -28,6 +29,11 @@ use std::collections::VecDeque;
 
 use crate::frame::Frame;
 use crate::policy::{Fallback, Limits, Priority, Verdict};
+
+/// Unsent pongs kept per connection (each at most 127 bytes). Bursts of pings, common in keepalive
+/// libraries and in Autobahn's cases 2.10/2.11, each get their own pong; a flood beyond this only
+/// updates the newest.
+pub const MAX_QUEUED_PONGS: usize = 16;
 
 /// Frames per priority (`[critical, normal, low]`) and their bytes dropped by one call.
 /// Critical is only ever non-zero when a connection is being torn down.
@@ -229,7 +235,8 @@ impl Outbox {
     }
 
     /// Queues a ping or pong ahead of all data. Ignored once the connection is closing.
-    /// An unsent pong is replaced by the newer one. Returns whether the writer must be woken.
+    /// With [`MAX_QUEUED_PONGS`] pongs unsent, the newest is replaced instead.
+    /// Returns whether the writer must be woken.
     pub fn push_control(&mut self, frame: Frame, kind: ControlKind) -> bool {
         debug_assert!(
             kind != ControlKind::Close,
@@ -238,10 +245,16 @@ impl Outbox {
         if self.state != State::Open {
             return false;
         }
-        if kind == ControlKind::Pong {
+        let pongs = self
+            .control
+            .iter()
+            .filter(|(_, k)| *k == ControlKind::Pong)
+            .count();
+        if kind == ControlKind::Pong && pongs >= MAX_QUEUED_PONGS {
             if let Some(slot) = self
                 .control
                 .iter_mut()
+                .rev()
                 .find(|(_, k)| *k == ControlKind::Pong)
             {
                 self.queued = self.queued - slot.0.len() + frame.len();
@@ -420,16 +433,26 @@ mod tests {
     }
 
     #[test]
-    fn control_goes_first_and_one_pong_is_kept() {
+    fn control_goes_first_and_pongs_are_bounded() {
         let mut o = Outbox::new(Limits::default());
         o.push(frame(1, 1000), Priority::Normal);
         o.push(frame(2, 1000), Priority::Critical);
         o.push_control(frame(7, 10), ControlKind::Pong);
         o.push_control(frame(8, 12), ControlKind::Pong);
-        assert_eq!(o.buffered(), 2012);
+        assert_eq!(o.buffered(), 2022);
         let order: Vec<u8> = drain_all(&mut o).iter().map(tag).collect();
-        assert_eq!(order, vec![8, 2, 1]);
+        assert_eq!(order, vec![7, 8, 2, 1]);
         assert_eq!(o.buffered(), 0);
+
+        // A ping flood: every pong up to the cap, then only the newest is updated.
+        for i in 0..(MAX_QUEUED_PONGS as u8 + 10) {
+            o.push_control(frame(i, 10), ControlKind::Pong);
+        }
+        assert_eq!(o.buffered(), 10 * MAX_QUEUED_PONGS);
+        let order: Vec<u8> = drain_all(&mut o).iter().map(tag).collect();
+        let mut expected: Vec<u8> = (0..MAX_QUEUED_PONGS as u8 - 1).collect();
+        expected.push(MAX_QUEUED_PONGS as u8 + 9);
+        assert_eq!(order, expected);
     }
 
     #[test]
