@@ -218,3 +218,10 @@ export interface TerminatedMetrics {
   /** The peer vanished: reset, EOF without a close frame, write error. */
   io: number
 }
+
+/**
+ * CPU time consumed by the calling thread, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`). A
+ * diagnostic clock for benchmarks: on the JS thread it shows what a call cost that thread,
+ * unlike wall time, which includes being preempted by sluice's own threads.
+ */
+export declare function threadCpuTimeNs(): number

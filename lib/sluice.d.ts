@@ -3,9 +3,9 @@
 // generated from src/ by napi-rs into ../index.d.ts and re-exported here.
 import { EventEmitter } from 'events'
 import type { ServerOptions, Metrics, NativeConnection } from '../index'
-import { Priority } from '../index'
+import { Priority, threadCpuTimeNs } from '../index'
 
-export { Priority }
+export { Priority, threadCpuTimeNs }
 export type {
   ServerOptions,
   Metrics,

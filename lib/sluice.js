@@ -10,7 +10,7 @@
  */
 
 const { EventEmitter } = require('events')
-const { NativeServer, Priority } = require('../index.js')
+const { NativeServer, Priority, threadCpuTimeNs } = require('../index.js')
 
 /** Largest number of bytes the sizes accept (1 TiB): far above any sane bound, below 2^53. */
 const MAX_BYTES = 2 ** 40
@@ -366,4 +366,4 @@ class Server extends EventEmitter {
   }
 }
 
-module.exports = { Server, Connection, Priority }
+module.exports = { Server, Connection, Priority, threadCpuTimeNs }

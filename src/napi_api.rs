@@ -571,3 +571,20 @@ const _: () = {
     assert!(crate::policy::DEFAULT_HIGH_WATER_MARK == 65_536);
     assert!(crate::policy::DEFAULT_LOW_WATER_MARK == 16_384);
 };
+
+/// CPU time consumed by the calling thread, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`). A
+/// diagnostic clock for benchmarks: on the JS thread it shows what a call cost that thread,
+/// unlike wall time, which includes being preempted by sluice's own threads.
+#[napi]
+pub fn thread_cpu_time_ns() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a pointer to a live local.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
+}
