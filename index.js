@@ -838,3 +838,4 @@ module.exports = nativeBinding
 module.exports.NativeConnection = nativeBinding.NativeConnection
 module.exports.NativeServer = nativeBinding.NativeServer
 module.exports.Priority = nativeBinding.Priority
+module.exports.threadCpuTimeNs = nativeBinding.threadCpuTimeNs
