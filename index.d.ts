@@ -26,7 +26,10 @@ export declare class NativeConnection {
   get isOpen(): boolean
   send(data: Uint8Array, priority: Priority, text: boolean): boolean
   sendText(data: string, priority: Priority): boolean
-  /** Graceful close after queued data. False if already closing or closed. */
+  /**
+   * Graceful close after queued data (and after broadcasts made before it). False if already
+   * closing or closed.
+   */
   close(code: number, reason: string): boolean
   /** Drops the TCP connection now; queued data is discarded (and counted). */
   terminate(): boolean
@@ -182,7 +185,10 @@ export interface ServerOptions {
   onOverflow?: string
   /** `backpressure` fires once when bufferedAmount rises above this. Default `65536` (64 KiB). */
   highWaterMark?: number
-  /** `drain` fires once when bufferedAmount falls back below this. Default `16384` (16 KiB). */
+  /**
+   * `drain` fires once when bufferedAmount falls back below this. Default `16384` (16 KiB), or
+   * `highWaterMark` if that is smaller.
+   */
   lowWaterMark?: number
   /** Ping every connection this often; `0` disables pings. Default `30000`. */
   pingInterval?: number

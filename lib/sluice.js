@@ -18,6 +18,9 @@ const MAX_BYTES = 2 ** 40
 const MAX_MS = 2 ** 31 - 1
 /** Default `close()` timeout, the same as the per-connection `closeTimeout`. */
 const DEFAULT_CLOSE_TIMEOUT = 5000
+/** Defaults of the event thresholds (the native side holds the same values). */
+const DEFAULT_HIGH_WATER_MARK = 64 * 1024
+const DEFAULT_LOW_WATER_MARK = 16 * 1024
 
 const KIND = {
   CONNECTION: 0,
@@ -89,8 +92,11 @@ function validateOptions(options) {
     }
     out[name] = value
   }
-  const high = out.highWaterMark ?? 64 * 1024
-  const low = out.lowWaterMark ?? 16 * 1024
+  // "No limit" is any count no machine reaches; the native side takes it as Infinity.
+  if (out.maxConnections >= MAX_BYTES) out.maxConnections = Infinity
+  const high = out.highWaterMark ?? DEFAULT_HIGH_WATER_MARK
+  // The default lowWaterMark follows a smaller highWaterMark down rather than conflicting with it.
+  const low = out.lowWaterMark ?? Math.min(DEFAULT_LOW_WATER_MARK, high)
   if (low > high) {
     throw sluiceError(RangeError, 'ERR_SLUICE_OUT_OF_RANGE', `lowWaterMark (${low}) must not exceed highWaterMark (${high})`)
   }

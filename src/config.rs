@@ -139,7 +139,7 @@ impl Config {
                 d.limits.low_priority_limit,
             )?,
             high_water_mark: bytes(o.high_water_mark, "highWaterMark", d.limits.high_water_mark)?,
-            low_water_mark: bytes(o.low_water_mark, "lowWaterMark", d.limits.low_water_mark)?,
+            low_water_mark: 0,
             on_overflow: match o.on_overflow.as_deref() {
                 None | Some("terminate") => OverflowAction::Terminate,
                 Some("drop") => OverflowAction::Drop,
@@ -151,6 +151,13 @@ impl Config {
                 }
             },
         };
+        // The default lowWaterMark follows a smaller highWaterMark down.
+        let mut limits = limits;
+        limits.low_water_mark = bytes(
+            o.low_water_mark,
+            "lowWaterMark",
+            d.limits.low_water_mark.min(limits.high_water_mark),
+        )?;
         if limits.low_water_mark > limits.high_water_mark {
             return Err(ConfigError {
                 option: "lowWaterMark",
@@ -224,5 +231,11 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.option, "lowWaterMark");
+        let c = Config::from_options(RawOptions {
+            high_water_mark: Some(1000.0),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.limits.low_water_mark, 1000);
     }
 }

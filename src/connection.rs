@@ -147,8 +147,29 @@ impl Conn {
         !self.ended.load(Ordering::Acquire) && lock(&self.outbox).is_open()
     }
 
-    /// Queues a data frame under the policy. Returns whether it was queued.
-    pub fn deliver(&self, frame: Frame, priority: Priority) -> bool {
+    /// A JavaScript `conn.send`: queued behind broadcasts still being fanned out (then `true`
+    /// means accepted; the policy applies when it reaches the outbox), else queued at once with
+    /// the policy's verdict. Returns whether it was queued (or accepted).
+    pub fn send_ordered(self: &Arc<Self>, frame: Frame, priority: Priority) -> bool {
+        let fanout = self.server.fanout();
+        if fanout.busy() {
+            return self.is_open() && fanout.send_after_pending(self.clone(), frame, priority);
+        }
+        self.deliver(frame, priority) == Outcome::Queued
+    }
+
+    /// A JavaScript `conn.close`: in call order with pending broadcasts, like [`Self::send_ordered`].
+    pub fn close_ordered(self: &Arc<Self>, code: u16, reason: &str) -> bool {
+        let fanout = self.server.fanout();
+        if fanout.busy() {
+            return self.is_open() && fanout.close_after_pending(self.clone(), code, reason.into());
+        }
+        self.close(code, reason)
+    }
+
+    /// Queues a data frame under the policy and acts on the verdict (events, overflow).
+    /// Frames refused by policy are counted here; `Closed` and `Overflow` are the caller's to count.
+    pub fn deliver(&self, frame: Frame, priority: Priority) -> Outcome {
         let pushed = {
             let mut o = lock(&self.outbox);
             let p = o.push(frame, priority);
@@ -167,20 +188,15 @@ impl Conn {
                 amount,
             });
         }
-        match pushed.outcome {
-            Outcome::Queued => true,
-            Outcome::Overflow => {
-                // The message itself is not dropped silently: the connection is closed for it.
-                self.fail(
-                    close_code::POLICY_VIOLATION,
-                    "send buffer limit exceeded",
-                    Termination::Overflow,
-                    true,
-                );
-                false
-            }
-            Outcome::Dropped | Outcome::Closed => false,
+        if pushed.outcome == Outcome::Overflow {
+            self.fail(
+                close_code::POLICY_VIOLATION,
+                "send buffer limit exceeded",
+                Termination::Overflow,
+                true,
+            );
         }
+        pushed.outcome
     }
 
     fn push_control(&self, frame: Bytes, kind: ControlKind) {

@@ -1,4 +1,4 @@
-//! Fan-out: one broadcast, framed once, queued to every recipient on the runtime.
+//! Fan-out: one broadcast, framed once, queued to every recipient on the runtime — in call order.
 //!
 //! `broadcast` and `publish` run on the JS thread and do three things only: check the fan-out
 //! budget, encode the frame (the single copy of the payload) and send one job down a channel. The
@@ -6,10 +6,16 @@
 //! [`Frame`] into each outbox, waking the writers that were idle. No per-recipient work happens
 //! on the JS thread and no payload is copied or allocated per recipient.
 //!
-//! The channel is bounded by bytes: at most [`MAX_PENDING_FANOUT_BYTES`] of encoded frames may wait
-//! for the fan-out task. Past that, `broadcast` returns `false` and the refusal is counted
-//! (`fanoutRejected`): the caller learns at once that the server is saturated, nothing is dropped
-//! silently and memory stays bounded.
+//! **Order.** Everything JavaScript does to connections takes effect in the order it was called.
+//! While broadcast jobs are waiting in the channel, `conn.send`, `conn.close` and `server.close`
+//! are sent down the same channel behind them, so `broadcast(a); conn.send(b)` delivers `a` then
+//! `b`, and `broadcast(a); server.close()` delivers `a` before the close frame. When the channel is
+//! empty (the common case) `conn.send` queues directly and reports the policy's verdict at once.
+//!
+//! **Bounds.** At most [`MAX_PENDING_FANOUT_BYTES`] of encoded frames may wait for the fan-out task.
+//! Past that, `broadcast` returns `false` and the refusal is counted (`fanoutRejected`): the caller
+//! learns at once that the server is saturated, nothing is dropped silently and memory stays
+//! bounded. A frame that reaches a connection that is already closing is counted as dropped.
 //!
 //! At each broadcast the task records the recipients' `bufferedAmount` distribution (p50/p99/max)
 //! into the metrics; the frame's [`FanoutProbe`] records the time from the JS call to the last
@@ -26,6 +32,7 @@ use crate::config::MAX_PENDING_FANOUT_BYTES;
 use crate::connection::Conn;
 use crate::frame::{encode, FanoutProbe, Frame, OpCode};
 use crate::metrics::new_histogram;
+use crate::outbox::{Drops, Outcome};
 use crate::policy::Priority;
 use crate::server::ServerShared;
 
@@ -34,32 +41,71 @@ pub enum Target {
     Topic(Arc<str>),
 }
 
-pub struct Job {
-    frame: Frame,
-    priority: Priority,
-    target: Target,
+enum Job {
+    Broadcast {
+        frame: Frame,
+        priority: Priority,
+        target: Target,
+    },
+    /// A `conn.send` issued while broadcasts were pending.
+    Send {
+        conn: Arc<Conn>,
+        frame: Frame,
+        priority: Priority,
+    },
+    /// A `conn.close` issued while broadcasts were pending.
+    Close {
+        conn: Arc<Conn>,
+        code: u16,
+        reason: String,
+    },
+    /// `server.close()`: close every connection once the broadcasts before it are queued.
+    CloseAll { deadline: tokio::time::Instant },
 }
 
 /// The JS-thread end of the fan-out channel.
 pub struct Fanout {
     tx: mpsc::UnboundedSender<Job>,
-    /// Encoded bytes sent to the task and not yet fanned out. Relaxed: a budget, not a guard; the
-    /// channel itself orders the jobs.
-    pending: Arc<AtomicUsize>,
+    /// Encoded broadcast bytes sent to the task and not yet fanned out. Relaxed: a budget, not a
+    /// guard; the channel itself orders the jobs.
+    pending_bytes: Arc<AtomicUsize>,
+    /// Jobs sent and not yet completely processed. The task decrements it (Release) only after a
+    /// job's frames are in every outbox; the JS thread reads it (Acquire) to decide whether a
+    /// direct `send` could overtake a broadcast.
+    pending_jobs: Arc<AtomicUsize>,
 }
 
 impl Fanout {
     /// Starts the fan-out task on `rt`.
     pub fn start(rt: &tokio::runtime::Handle, server: Arc<ServerShared>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let pending = Arc::new(AtomicUsize::new(0));
-        rt.spawn(run(server, rx, pending.clone()));
-        Self { tx, pending }
+        let pending_bytes = Arc::new(AtomicUsize::new(0));
+        let pending_jobs = Arc::new(AtomicUsize::new(0));
+        rt.spawn(run(server, rx, pending_bytes.clone(), pending_jobs.clone()));
+        Self {
+            tx,
+            pending_bytes,
+            pending_jobs,
+        }
+    }
+
+    /// True while earlier jobs are still being fanned out: a direct enqueue could overtake them.
+    pub fn busy(&self) -> bool {
+        self.pending_jobs.load(Ordering::Acquire) > 0
+    }
+
+    fn send(&self, job: Job) -> bool {
+        self.pending_jobs.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(job).is_err() {
+            self.pending_jobs.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     /// Encodes `payload` once and queues it for every target connection. Returns false if the
     /// fan-out queue is full (nothing is queued then).
-    pub fn submit(
+    pub fn broadcast(
         &self,
         server: &ServerShared,
         payload: &[u8],
@@ -69,7 +115,7 @@ impl Fanout {
     ) -> bool {
         let born = Instant::now();
         let len = crate::frame::header_len(payload.len()) + payload.len();
-        if self.pending.load(Ordering::Relaxed) + len > MAX_PENDING_FANOUT_BYTES {
+        if self.pending_bytes.load(Ordering::Relaxed) + len > MAX_PENDING_FANOUT_BYTES {
             server
                 .metrics
                 .fanout_rejected
@@ -80,40 +126,95 @@ impl Fanout {
             bytes: encode(op, payload),
             probe: Some(FanoutProbe::new(born, server.metrics.clone())),
         };
-        self.pending.fetch_add(len, Ordering::Relaxed);
-        let job = Job {
+        self.pending_bytes.fetch_add(len, Ordering::Relaxed);
+        let sent = self.send(Job::Broadcast {
             frame,
             priority,
             target,
-        };
-        if self.tx.send(job).is_err() {
-            self.pending.fetch_sub(len, Ordering::Relaxed);
-            return false;
+        });
+        if !sent {
+            self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
         }
-        true
+        sent
+    }
+
+    /// Queues a direct send behind pending broadcasts.
+    pub fn send_after_pending(&self, conn: Arc<Conn>, frame: Frame, priority: Priority) -> bool {
+        self.send(Job::Send {
+            conn,
+            frame,
+            priority,
+        })
+    }
+
+    /// Queues a graceful close behind pending broadcasts.
+    pub fn close_after_pending(&self, conn: Arc<Conn>, code: u16, reason: String) -> bool {
+        self.send(Job::Close { conn, code, reason })
+    }
+
+    /// Closes every connection once the broadcasts already accepted are queued to them.
+    pub fn close_all_after_pending(&self, deadline: tokio::time::Instant) -> bool {
+        self.send(Job::CloseAll { deadline })
+    }
+}
+
+/// A frame that `broadcast`/`send` accepted but that did not reach its connection because the
+/// connection was closing, or was closed for it (overflow), is a drop like any other. (Frames the
+/// policy refused are already counted by the outbox.)
+fn count_lost(outcome: Outcome, frame: &Frame, priority: Priority, lost: &mut Drops) {
+    if matches!(outcome, Outcome::Closed | Outcome::Overflow) {
+        lost.frames[priority.index()] += 1;
+        lost.bytes += frame.len() as u64;
     }
 }
 
 async fn run(
     server: Arc<ServerShared>,
     mut rx: mpsc::UnboundedReceiver<Job>,
-    pending: Arc<AtomicUsize>,
+    pending_bytes: Arc<AtomicUsize>,
+    pending_jobs: Arc<AtomicUsize>,
 ) {
     let mut sample: Histogram<u64> = new_histogram();
     let mut recipients: Vec<Arc<Conn>> = Vec::new();
     while let Some(job) = rx.recv().await {
-        // Take the recipient list under the read lock, deliver outside it: a delivery may end a
-        // connection, and registration must never wait behind a long fan-out.
-        match &job.target {
-            Target::All => server.snapshot_all(&mut recipients),
-            Target::Topic(t) => server.snapshot_topic(t, &mut recipients),
+        match job {
+            Job::Broadcast {
+                frame,
+                priority,
+                target,
+            } => {
+                // Take the recipient list under the read lock, deliver outside it: a delivery may
+                // end a connection, and registration must never wait behind a long fan-out.
+                match &target {
+                    Target::All => server.snapshot_all(&mut recipients),
+                    Target::Topic(t) => server.snapshot_topic(t, &mut recipients),
+                }
+                sample.reset();
+                let mut lost = Drops::default();
+                for conn in recipients.drain(..) {
+                    let outcome = conn.deliver(frame.clone(), priority);
+                    count_lost(outcome, &frame, priority, &mut lost);
+                    sample.saturating_record(conn.buffered_amount() as u64);
+                }
+                server.metrics.add_drops(&lost);
+                server.metrics.set_buffered_sample(&sample);
+                pending_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+            }
+            Job::Send {
+                conn,
+                frame,
+                priority,
+            } => {
+                let mut lost = Drops::default();
+                let outcome = conn.deliver(frame.clone(), priority);
+                count_lost(outcome, &frame, priority, &mut lost);
+                server.metrics.add_drops(&lost);
+            }
+            Job::Close { conn, code, reason } => {
+                conn.close(code, &reason);
+            }
+            Job::CloseAll { deadline } => server.close_all(deadline),
         }
-        sample.reset();
-        for conn in recipients.drain(..) {
-            conn.deliver(job.frame.clone(), job.priority);
-            sample.saturating_record(conn.buffered_amount() as u64);
-        }
-        server.metrics.set_buffered_sample(&sample);
-        pending.fetch_sub(job.frame.len(), Ordering::Relaxed);
+        pending_jobs.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -14,7 +14,7 @@ use napi_derive::napi;
 use crate::config::{self, Config, RawOptions};
 use crate::connection::Conn;
 use crate::events::{EventBatch, EventSink};
-use crate::fanout::{Fanout, Target};
+use crate::fanout::Target;
 use crate::frame::{encode, Frame, OpCode};
 use crate::metrics::Metrics as CoreMetrics;
 use crate::metrics::Termination;
@@ -67,7 +67,8 @@ pub struct ServerOptions {
     pub on_overflow: Option<String>,
     /// `backpressure` fires once when bufferedAmount rises above this. Default `65536` (64 KiB).
     pub high_water_mark: Option<f64>,
-    /// `drain` fires once when bufferedAmount falls back below this. Default `16384` (16 KiB).
+    /// `drain` fires once when bufferedAmount falls back below this. Default `16384` (16 KiB), or
+    /// `highWaterMark` if that is smaller.
     pub low_water_mark: Option<f64>,
     /// Ping every connection this often; `0` disables pings. Default `30000`.
     pub ping_interval: Option<u32>,
@@ -247,7 +248,6 @@ fn init_tracing() {
 pub struct NativeServer {
     shared: Arc<ServerShared>,
     runtime: Option<tokio::runtime::Runtime>,
-    fanout: Fanout,
     listening: bool,
     /// close() was called and `destroy()` not yet: the close must be able to finish.
     closing: bool,
@@ -289,11 +289,10 @@ impl NativeServer {
         let events = EventSink::new();
         events.attach(on_events)?;
         let shared = ServerShared::new(config, events);
-        let fanout = Fanout::start(runtime.handle(), shared.clone());
+        shared.start_fanout(runtime.handle());
         Ok(Self {
             shared,
             runtime: Some(runtime),
-            fanout,
             listening: false,
             closing: false,
             keep_alive: true,
@@ -377,8 +376,9 @@ impl NativeServer {
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let op = if text { OpCode::Text } else { OpCode::Binary };
-        self.fanout
-            .submit(&self.shared, data, op, priority.into(), target)
+        self.shared
+            .fanout()
+            .broadcast(&self.shared, data, op, priority.into(), target)
     }
 
     #[napi]
@@ -394,9 +394,10 @@ impl NativeServer {
     /// Starts the graceful close; the `closed` event follows. False if already closing.
     #[napi]
     pub fn close(&mut self, env: Env, timeout_ms: u32) -> Result<bool> {
+        self.handle()?;
         let started = self
             .shared
-            .begin_close(self.handle()?, Duration::from_millis(timeout_ms as u64));
+            .begin_close(Duration::from_millis(timeout_ms as u64));
         self.closing = true;
         self.listening = false;
         self.update_ref(&env)?;
@@ -447,7 +448,7 @@ fn io_error_code(e: &std::io::Error) -> &'static str {
         AddrInUse => "EADDRINUSE",
         AddrNotAvailable => "EADDRNOTAVAIL",
         PermissionDenied => "EACCES",
-        InvalidInput => "ENOTFOUND",
+        NotFound => "ENOTFOUND",
         _ => "ERR_SLUICE_LISTEN",
     }
 }
@@ -513,7 +514,7 @@ impl NativeConnection {
 
     fn deliver(&self, data: &[u8], op: OpCode, priority: Priority) -> bool {
         match self.conn.upgrade() {
-            Some(c) => c.deliver(
+            Some(c) => c.send_ordered(
                 Frame {
                     bytes: encode(op, data),
                     probe: None,
@@ -524,12 +525,13 @@ impl NativeConnection {
         }
     }
 
-    /// Graceful close after queued data. False if already closing or closed.
+    /// Graceful close after queued data (and after broadcasts made before it). False if already
+    /// closing or closed.
     #[napi]
     pub fn close(&self, code: u32, reason: String) -> bool {
         self.conn
             .upgrade()
-            .is_some_and(|c| c.close(code as u16, &reason))
+            .is_some_and(|c| c.close_ordered(code as u16, &reason))
     }
 
     /// Drops the TCP connection now; queued data is discarded (and counted).

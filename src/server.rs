@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -24,6 +24,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::Config;
 use crate::connection::{close_code, Conn};
 use crate::events::{Event, EventSink};
+use crate::fanout::Fanout;
 use crate::handshake::{self, Refusal};
 use crate::metrics::{Metrics, Termination};
 
@@ -48,6 +49,8 @@ pub struct ServerShared {
     stop_accept: watch::Sender<bool>,
     /// Notified whenever a connection is removed while closing.
     removed: Notify,
+    /// The ordered channel to the fan-out task; set once, right after construction.
+    fanout: OnceLock<Fanout>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -69,7 +72,19 @@ impl ServerShared {
             closing: AtomicBool::new(false),
             stop_accept: watch::channel(false).0,
             removed: Notify::new(),
+            fanout: OnceLock::new(),
         })
+    }
+
+    /// Starts the fan-out task. Called once, by the constructor of the napi server.
+    pub fn start_fanout(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
+        let _ = self.fanout.set(Fanout::start(rt, self.clone()));
+    }
+
+    pub fn fanout(&self) -> &Fanout {
+        self.fanout
+            .get()
+            .expect("fan-out is started with the server")
     }
 
     pub fn is_closing(&self) -> bool {
@@ -271,13 +286,20 @@ impl ServerShared {
         read(&self.topics).get(topic).map_or(0, |s| s.len())
     }
 
-    /// Starts the graceful shutdown on `rt`; emits [`Event::Closed`] when it is complete.
-    /// Returns false if a close is already under way.
-    pub fn begin_close(self: &Arc<Self>, rt: &tokio::runtime::Handle, timeout: Duration) -> bool {
+    /// Starts the graceful shutdown: stops accepting now, and closes the connections once the
+    /// broadcasts already accepted are queued to them (see [`Fanout`]). Emits [`Event::Closed`]
+    /// when it is complete. Returns false if a close is already under way.
+    pub fn begin_close(&self, timeout: Duration) -> bool {
         if self.closing.swap(true, Ordering::AcqRel) {
             return false;
         }
         self.stop_accept.send_replace(true);
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.fanout().close_all_after_pending(deadline)
+    }
+
+    /// Runs on the fan-out task, after every job that preceded `close()`.
+    pub fn close_all(self: &Arc<Self>, deadline: tokio::time::Instant) {
         let mut conns = Vec::new();
         self.snapshot_all(&mut conns);
         for c in &conns {
@@ -285,8 +307,7 @@ impl ServerShared {
         }
         drop(conns);
         let this = self.clone();
-        rt.spawn(async move {
-            let deadline = tokio::time::Instant::now() + timeout;
+        tokio::spawn(async move {
             this.wait_empty_until(deadline).await;
             let mut rest = Vec::new();
             this.snapshot_all(&mut rest);
@@ -297,7 +318,6 @@ impl ServerShared {
                 .await;
             this.events.push(Event::Closed);
         });
-        true
     }
 
     async fn wait_empty_until(&self, deadline: tokio::time::Instant) {
@@ -322,10 +342,15 @@ fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
     } else {
         host
     };
-    (host, port).to_socket_addrs()?.next().ok_or_else(|| {
+    let not_found = |detail: String| {
         std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("cannot resolve host '{host}'"),
+            std::io::ErrorKind::NotFound,
+            format!("cannot resolve host '{host}'{detail}"),
         )
-    })
+    };
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| not_found(format!(": {e}")))?
+        .next()
+        .ok_or_else(|| not_found(String::new()))
 }
