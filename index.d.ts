@@ -126,8 +126,8 @@ export interface Metrics {
   backpressureEvents: number
   drainEvents: number
   /**
-   * bufferedAmount across the recipients of the latest broadcast/publish, sampled right after
-   * the message was queued to them.
+   * bufferedAmount across the recipients of the latest broadcast/publish, as that message found
+   * them: the backlog it joined (0 for clients that keep up).
    */
   bufferedAmount: Percentiles
   fanoutLatencyUs: LatencyMetrics
@@ -205,8 +205,18 @@ export interface ServerOptions {
   maxPayload?: number
   /** Upgrades beyond this many open connections are refused with 503. Default: no limit. */
   maxConnections?: number
-  /** Runtime worker threads. Default: the number of cores, at most 4. */
+  /**
+   * Runtime worker threads. Default: one less than the number of cores (the JS thread keeps
+   * a core to itself), at least 1, at most 4.
+   */
   threads?: number
+  /**
+   * Unsent bytes the kernel may hold per connection (`TCP_NOTSENT_LOWAT`, Linux) before data
+   * waits in sluice's queue, where `bufferedAmount` counts it and the policy applies. Without
+   * it the kernel alone can buffer megabytes for a stalled client. `0` leaves the kernel's
+   * default. Default `65536` (64 KiB).
+   */
+  kernelUnsentLimit?: number
 }
 
 /** Connections the server ended without a completed close handshake, by cause. */

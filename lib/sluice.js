@@ -55,6 +55,7 @@ const OPTIONS = {
   maxPayload: ['int', 1, MAX_BYTES],
   maxConnections: ['int', 1, Infinity],
   threads: ['int', 1, 64],
+  kernelUnsentLimit: ['int', 0, 2 ** 31 - 1],
 }
 
 function validateOptions(options) {

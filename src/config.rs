@@ -20,6 +20,12 @@ pub const DEFAULT_CLOSE_TIMEOUT_MS: u32 = 5_000;
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 /// Default `maxConnections`: no limit beyond the process's file descriptors.
 pub const DEFAULT_MAX_CONNECTIONS: usize = usize::MAX;
+/// Default `kernelUnsentLimit`: 64 KiB. Without a limit, Linux lets a socket's send buffer grow to
+/// megabytes (4 MiB on loopback) of data the peer has not asked for yet, all of it invisible to
+/// `bufferedAmount` and the policy. With `TCP_NOTSENT_LOWAT` the kernel holds at most this much
+/// unsent data (plus what is in flight within the peer's window); the rest waits in sluice's
+/// outbox, where the priorities and bounds apply. 64 KiB keeps a fast loopback or LAN link busy.
+pub const DEFAULT_KERNEL_UNSENT_LIMIT: usize = 64 * 1024;
 /// Largest upgrade request head we read before answering 431.
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// Bytes the reader allocates per connection for inbound frames. tungstenite's default (128 KiB,
@@ -51,6 +57,8 @@ pub struct Config {
     pub max_payload: usize,
     pub max_connections: usize,
     pub threads: usize,
+    /// `TCP_NOTSENT_LOWAT` for accepted sockets; `None` leaves the kernel's default.
+    pub kernel_unsent_limit: Option<usize>,
 }
 
 impl Default for Config {
@@ -67,16 +75,19 @@ impl Default for Config {
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             threads: default_threads(),
+            kernel_unsent_limit: Some(DEFAULT_KERNEL_UNSENT_LIMIT),
         }
     }
 }
 
-/// Runtime worker threads: the machine's cores, at most 4 (fan-out is memory-bound and the JS
-/// thread needs a core too).
+/// Runtime worker threads: one core less than the machine has (the JS thread needs one to
+/// itself: with as many workers as cores, a fan-out preempts the JS thread and a cheap
+/// `broadcast()` call then takes milliseconds of wall time), at least 1, at most 4.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
+        .saturating_sub(1)
         .clamp(1, 4)
 }
 
@@ -102,6 +113,7 @@ pub struct RawOptions {
     pub max_payload: Option<f64>,
     pub max_connections: Option<f64>,
     pub threads: Option<u32>,
+    pub kernel_unsent_limit: Option<f64>,
 }
 
 /// A configuration error: the option's name and what is wrong with it.
@@ -199,6 +211,14 @@ impl Config {
                 .threads
                 .map(|t| t.clamp(1, 64) as usize)
                 .unwrap_or(d.threads),
+            kernel_unsent_limit: match bytes(
+                o.kernel_unsent_limit,
+                "kernelUnsentLimit",
+                DEFAULT_KERNEL_UNSENT_LIMIT,
+            )? {
+                0 => None,
+                n => Some(n.min(i32::MAX as usize)),
+            },
         })
     }
 }

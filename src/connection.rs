@@ -38,7 +38,7 @@ use crate::config::{MAX_BATCH_BYTES, MAX_IOVECS, READ_BUFFER_SIZE};
 use crate::events::Event;
 use crate::frame::{encode, encode_close, Frame, OpCode};
 use crate::metrics::Termination;
-use crate::outbox::{ControlKind, Outbox, Outcome};
+use crate::outbox::{Batched, ControlKind, Drops, Outbox, Outcome};
 use crate::policy::Priority;
 use crate::server::ServerShared;
 
@@ -331,20 +331,33 @@ impl Conn {
     }
 
     async fn write_loop(self: Arc<Self>) {
-        let mut kill = self.kill.subscribe();
-        let mut batch: Vec<Frame> = Vec::new();
+        let mut batch: Vec<Batched> = Vec::new();
         let mut done = 0usize; // frames of `batch` fully written
+        self.write_batches(&mut batch, &mut done).await;
+        // The connection ended with frames taken from the outbox but not (completely) written:
+        // they are dropped like the ones still queued, and counted.
+        let mut drops = Drops::default();
+        for b in &batch[done.min(batch.len())..] {
+            if let Some(p) = b.priority {
+                drops.add(p, b.frame.len());
+            }
+        }
+        self.server.metrics.add_drops(&drops);
+    }
+
+    async fn write_batches(&self, batch: &mut Vec<Batched>, done: &mut usize) {
+        let mut kill = self.kill.subscribe();
         let mut offset = 0usize; // bytes of batch[done] already written
         let mut close_in_batch = false;
         let m = &self.server.metrics;
         loop {
-            if done == batch.len() {
+            if *done == batch.len() {
                 batch.clear();
-                done = 0;
+                *done = 0;
                 offset = 0;
                 let taken = {
                     let mut o = lock(&self.outbox);
-                    let t = o.take_batch(&mut batch, MAX_IOVECS, MAX_BATCH_BYTES);
+                    let t = o.take_batch(batch, MAX_IOVECS, MAX_BATCH_BYTES);
                     self.buffered.store(o.buffered(), Ordering::Relaxed);
                     t
                 };
@@ -357,9 +370,13 @@ impl Conn {
                 }
             }
             let result = {
-                let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() - done);
-                iov.push(IoSlice::new(&batch[done].bytes[offset..]));
-                iov.extend(batch[done + 1..].iter().map(|f| IoSlice::new(&f.bytes)));
+                let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() - *done);
+                iov.push(IoSlice::new(&batch[*done].frame.bytes[offset..]));
+                iov.extend(
+                    batch[*done + 1..]
+                        .iter()
+                        .map(|b| IoSlice::new(&b.frame.bytes)),
+                );
                 self.sock.try_write_vectored(&iov)
             };
             match result {
@@ -374,11 +391,11 @@ impl Conn {
                         d
                     };
                     while n > 0 {
-                        let rest = batch[done].len() - offset;
+                        let rest = batch[*done].frame.len() - offset;
                         if n >= rest {
                             n -= rest;
-                            batch[done].mark_written();
-                            done += 1;
+                            batch[*done].frame.mark_written();
+                            *done += 1;
                             offset = 0;
                             m.frames_sent.fetch_add(1, Ordering::Relaxed);
                         } else {
@@ -393,7 +410,7 @@ impl Conn {
                             amount,
                         });
                     }
-                    if done == batch.len() && close_in_batch {
+                    if *done == batch.len() && close_in_batch {
                         self.close_written.store(true, Ordering::SeqCst);
                         self.reader_wake.notify_one();
                         // Nothing follows a close frame: wait for the reader to finish.

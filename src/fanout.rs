@@ -18,7 +18,7 @@
 //! bounded. A frame that reaches a connection that is already closing is counted as dropped.
 //!
 //! At each broadcast the task records the recipients' `bufferedAmount` distribution (p50/p99/max)
-//! into the metrics; the frame's [`FanoutProbe`] records the time from the JS call to the last
+//! as the message found it (the backlog it joins) into the metrics; the frame's [`FanoutProbe`] records the time from the JS call to the last
 //! recipient's socket write.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -192,9 +192,10 @@ async fn run(
                 sample.reset();
                 let mut lost = Drops::default();
                 for conn in recipients.drain(..) {
+                    // The backlog this message joins: 0 for a client that keeps up.
+                    sample.saturating_record(conn.buffered_amount() as u64);
                     let outcome = conn.deliver(frame.clone(), priority);
                     count_lost(outcome, &frame, priority, &mut lost);
-                    sample.saturating_record(conn.buffered_amount() as u64);
                 }
                 server.metrics.add_drops(&lost);
                 server.metrics.set_buffered_sample(&sample);

@@ -83,8 +83,14 @@ pub struct ServerOptions {
     pub max_payload: Option<f64>,
     /// Upgrades beyond this many open connections are refused with 503. Default: no limit.
     pub max_connections: Option<f64>,
-    /// Runtime worker threads. Default: the number of cores, at most 4.
+    /// Runtime worker threads. Default: one less than the number of cores (the JS thread keeps
+    /// a core to itself), at least 1, at most 4.
     pub threads: Option<u32>,
+    /// Unsent bytes the kernel may hold per connection (`TCP_NOTSENT_LOWAT`, Linux) before data
+    /// waits in sluice's queue, where `bufferedAmount` counts it and the policy applies. Without
+    /// it the kernel alone can buffer megabytes for a stalled client. `0` leaves the kernel's
+    /// default. Default `65536` (64 KiB).
+    pub kernel_unsent_limit: Option<f64>,
 }
 
 /// Result of `listen()`: the bound address, or the error (`code` such as `'EADDRINUSE'`).
@@ -173,8 +179,8 @@ pub struct Metrics {
     pub terminated: TerminatedMetrics,
     pub backpressure_events: f64,
     pub drain_events: f64,
-    /// bufferedAmount across the recipients of the latest broadcast/publish, sampled right after
-    /// the message was queued to them.
+    /// bufferedAmount across the recipients of the latest broadcast/publish, as that message found
+    /// them: the backlog it joined (0 for clients that keep up).
     pub buffered_amount: Percentiles,
     pub fanout_latency_us: LatencyMetrics,
 }
@@ -278,6 +284,7 @@ impl NativeServer {
             max_payload: options.max_payload,
             max_connections: options.max_connections,
             threads: options.threads,
+            kernel_unsent_limit: options.kernel_unsent_limit,
         })
         .map_err(|e| Error::new(Status::InvalidArg, format!("{}: {}", e.option, e.message)))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()

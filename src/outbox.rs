@@ -44,7 +44,7 @@ pub struct Drops {
 }
 
 impl Drops {
-    fn add(&mut self, p: Priority, len: usize) {
+    pub fn add(&mut self, p: Priority, len: usize) {
         self.frames[p.index()] += 1;
         self.bytes += len as u64;
     }
@@ -97,6 +97,14 @@ enum State {
     Open,
     /// A close frame is queued or written: no more data or pings, ever.
     Closing,
+}
+
+/// A frame in the writer's batch, with its priority (`None` for control frames), so that a frame
+/// the writer could not finish before the connection ended is counted as dropped.
+#[derive(Debug)]
+pub struct Batched {
+    pub frame: Frame,
+    pub priority: Option<Priority>,
 }
 
 /// What [`Outbox::take_batch`] moved into the writer's batch.
@@ -321,35 +329,35 @@ impl Outbox {
     /// frames or at least `max_bytes` bytes. Marks the writer idle when there is nothing to take.
     pub fn take_batch(
         &mut self,
-        batch: &mut Vec<Frame>,
+        batch: &mut Vec<Batched>,
         max_frames: usize,
         max_bytes: usize,
     ) -> Taken {
         let mut t = Taken::default();
         while !self.close_taken && batch.len() < max_frames && t.bytes < max_bytes {
-            let frame = if let Some((f, kind)) = self.control.pop_front() {
+            let (frame, priority) = if let Some((f, kind)) = self.control.pop_front() {
                 if kind == ControlKind::Close {
                     self.close_taken = true;
                     t.close = true;
                 }
-                f
+                (f, None)
             } else if let Some(f) = self.critical.pop_front() {
-                f
+                (f, Some(Priority::Critical))
             } else if let Some((f, p)) = self.data.pop_front() {
                 if p == Priority::Low {
                     self.queued_low -= f.len();
                 }
-                f
+                (f, Some(p))
             } else if let Some(f) = self.close_after_data.take() {
                 self.close_taken = true;
                 t.close = true;
-                f
+                (f, None)
             } else {
                 break;
             };
             t.frames += 1;
             t.bytes += frame.len();
-            batch.push(frame);
+            batch.push(Batched { frame, priority });
         }
         self.queued -= t.bytes;
         self.in_flight += t.bytes;
@@ -408,8 +416,12 @@ mod tests {
                 return out;
             }
             o.written(t.bytes);
-            out.extend(batch);
+            out.extend(batch.into_iter().map(|b| b.frame));
         }
+    }
+
+    fn tags(batch: &[Batched]) -> Vec<u8> {
+        batch.iter().map(|b| tag(&b.frame)).collect()
     }
 
     #[test]
@@ -424,11 +436,8 @@ mod tests {
         let mut batch = Vec::new();
         o.take_batch(&mut batch, 1, usize::MAX); // the writer holds frame 0
         o.push(frame(9, 1000), Priority::Critical);
-        let order: Vec<u8> = batch
-            .iter()
-            .chain(drain_all(&mut o).iter())
-            .map(tag)
-            .collect();
+        let mut order = tags(&batch);
+        order.extend(drain_all(&mut o).iter().map(tag));
         assert_eq!(order, vec![0, 9, 1, 2, 3]);
     }
 
@@ -562,7 +571,11 @@ mod tests {
         let mut batch = Vec::new();
         let t = o.take_batch(&mut batch, 64, usize::MAX);
         assert!(t.close);
-        assert_eq!(batch.iter().map(tag).collect::<Vec<_>>(), vec![1, 2, 9]);
+        assert_eq!(tags(&batch), vec![1, 2, 9]);
+        assert_eq!(
+            batch.iter().map(|b| b.priority).collect::<Vec<_>>(),
+            vec![Some(Priority::Normal), Some(Priority::Low), None]
+        );
 
         let mut u = Outbox::new(Limits::default());
         u.push(frame(1, 100), Priority::Normal);
@@ -654,7 +667,7 @@ mod tests {
             let done = done.clone();
             std::thread::spawn(move || {
                 let (mut written_bytes, mut written_frames) = (0usize, 0u64);
-                let mut batch: Vec<Frame> = Vec::new();
+                let mut batch: Vec<Batched> = Vec::new();
                 let mut pending = 0usize;
                 let mut rng = 42u64;
                 loop {
@@ -672,7 +685,7 @@ mod tests {
                             if g.take_batch(&mut batch, 16, 32 * KIB).frames == 0 {
                                 break;
                             }
-                            pending = batch.iter().map(Frame::len).sum();
+                            pending = batch.iter().map(|b| b.frame.len()).sum();
                             drop(g);
                         }
                         std::thread::yield_now();

@@ -135,6 +135,9 @@ impl ServerShared {
 
     async fn handshake_then_run(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
+        if let Some(limit) = self.config.kernel_unsent_limit {
+            set_notsent_lowat(&stream, limit);
+        }
         let timeout = self.config.handshake_timeout;
         let upgrade = match tokio::time::timeout(
             timeout,
@@ -353,4 +356,31 @@ fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
         .map_err(|e| not_found(format!(": {e}")))?
         .next()
         .ok_or_else(|| not_found(String::new()))
+}
+
+/// Caps the unsent bytes the kernel keeps for this socket (`TCP_NOTSENT_LOWAT`): writes beyond
+/// it return `WouldBlock`, so the backlog stays in the outbox, under the policy. Best effort: on
+/// a kernel without the option the socket keeps its default.
+fn set_notsent_lowat(stream: &TcpStream, limit: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let v = limit as libc::c_int;
+        // SAFETY: the fd is a live TCP socket owned by `stream`; the option value is a c_int read
+        // from a local that outlives the call, with its exact size passed.
+        let r = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_NOTSENT_LOWAT not set");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (stream, limit);
 }
