@@ -28,11 +28,12 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = usize::MAX;
 pub const DEFAULT_KERNEL_UNSENT_LIMIT: usize = 64 * 1024;
 /// Largest upgrade request head we read before answering 431.
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
-/// Bytes the reader allocates per connection for inbound frames. tungstenite's default (128 KiB,
-/// zero-filled on first read) would make every idle connection cost ~140 KiB resident; inbound
-/// traffic in a broadcast server is small (pongs, chat), and larger messages still work: the buffer
-/// is only the unit of each socket read.
-pub const READ_BUFFER_SIZE: usize = 4 * 1024;
+/// Bytes the reader allocates per connection for inbound frames, and the most it reads per
+/// system call. tungstenite's default (128 KiB, zero-filled on first read) would make every idle
+/// connection cost ~140 KiB resident. Inbound traffic in a broadcast server is small (pongs, chat,
+/// acks), so 1 KiB costs little; a larger message still works (the buffer grows to the frame's
+/// size while it is read) but takes one read per KiB: 1 ms of system calls per MiB here.
+pub const READ_BUFFER_SIZE: usize = 1024;
 /// At most this many frames go into one vectored write (well under Linux's IOV_MAX of 1024).
 pub const MAX_IOVECS: usize = 64;
 /// A batch stops growing once it holds this many bytes: big enough to coalesce many small frames

@@ -64,14 +64,17 @@ pub async fn read_upgrade(
     remote: SocketAddr,
     path: Option<&str>,
 ) -> Result<Upgrade, Refusal> {
+    // On the heap, not in the future: a stack array here would stay in every connection task's
+    // state for the connection's whole life (the task's size is that of its largest state).
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
     loop {
-        let n = stream.read(&mut chunk).await?;
+        if buf.len() == buf.capacity() {
+            buf.reserve(1024);
+        }
+        let n = stream.read_buf(&mut buf).await?;
         if n == 0 {
             return Err(Refusal::Io(io::ErrorKind::UnexpectedEof.into()));
         }
-        buf.extend_from_slice(&chunk[..n]);
         match parse(&buf, remote, path) {
             Parsed::Partial if buf.len() > MAX_REQUEST_HEAD => {
                 return Err(refuse(stream, 431, &[]).await)
