@@ -217,6 +217,12 @@ export interface ServerOptions {
    * default. Default `65536` (64 KiB).
    */
   kernelUnsentLimit?: number
+  /**
+   * Niceness of sluice's threads relative to the JS thread (Linux; 0 to 19). Fan-out is
+   * throughput work and the event loop is latency-sensitive: when both want the same core, the
+   * kernel lets the JS thread run first. `0` gives them equal weight. Default `5`.
+   */
+  workerNice?: number
 }
 
 /** Connections the server ended without a completed close handshake, by cause. */

@@ -1,10 +1,13 @@
 //! Validated server configuration with every default in one place.
 //!
-//! The JavaScript layer validates option types and ranges first and throws `TypeError` /
+//! [`ServerOptions`] is the options object exactly as JavaScript passes it (its doc comments become
+//! `index.d.ts`). The JavaScript layer validates types and ranges first and throws `TypeError` /
 //! `RangeError` with a stable `code`; [`Config::from_options`] checks the same relations again so
 //! that the native core never runs with an inconsistent configuration.
 
 use std::time::Duration;
+
+use napi_derive::napi;
 
 use crate::policy::{Limits, OverflowAction};
 
@@ -26,6 +29,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = usize::MAX;
 /// unsent data (plus what is in flight within the peer's window); the rest waits in sluice's
 /// outbox, where the priorities and bounds apply. 64 KiB keeps a fast loopback or LAN link busy.
 pub const DEFAULT_KERNEL_UNSENT_LIMIT: usize = 64 * 1024;
+/// Default `workerNice`: 5. With nice 5 a runtime thread weighs about a third of the JS thread
+/// when they compete for a core, so a fan-out to thousands of sockets does not delay the event
+/// loop's next turn; on an idle core it runs at full speed all the same.
+pub const DEFAULT_WORKER_NICE: i32 = 5;
 /// Largest upgrade request head we read before answering 431.
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// Bytes the reader allocates per connection for inbound frames, and the most it reads per
@@ -60,6 +67,8 @@ pub struct Config {
     pub threads: usize,
     /// `TCP_NOTSENT_LOWAT` for accepted sockets; `None` leaves the kernel's default.
     pub kernel_unsent_limit: Option<usize>,
+    /// Niceness added to sluice's runtime threads.
+    pub worker_nice: i32,
 }
 
 impl Default for Config {
@@ -77,6 +86,7 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             threads: default_threads(),
             kernel_unsent_limit: Some(DEFAULT_KERNEL_UNSENT_LIMIT),
+            worker_nice: DEFAULT_WORKER_NICE,
         }
     }
 }
@@ -96,25 +106,57 @@ pub fn ms(v: u32) -> Duration {
     Duration::from_millis(v as u64)
 }
 
-/// Raw options as they come from JavaScript; `None` means "use the default".
+/// Options for `new Server(options)`. Every option is optional; sizes are bytes, times milliseconds.
+#[napi(object)]
 #[derive(Default, Debug)]
-pub struct RawOptions {
+pub struct ServerOptions {
+    /// Interface to listen on. Default `'0.0.0.0'`.
     pub host: Option<String>,
+    /// TCP port; `0` picks a free one (read it from `listen()`'s result). Default `0`.
     pub port: Option<u32>,
+    /// Accept upgrades only on this path (the query string is ignored); others get 404.
+    /// Default: any path.
     pub path: Option<String>,
+    /// Hard bound of a connection's queued bytes. A Normal message that would exceed it triggers
+    /// `onOverflow`; a Critical one terminates the connection. Default `524288` (512 KiB).
     pub max_buffered_amount: Option<f64>,
+    /// A Low message is dropped (and counted) for a connection whose bufferedAmount is already
+    /// above this. Default `131072` (128 KiB).
     pub low_priority_limit: Option<f64>,
+    /// What a Normal message over `maxBufferedAmount` does: `'terminate'` closes the connection
+    /// (1008 if a close frame can still go out, else the TCP connection is dropped); `'drop'` drops
+    /// the message and counts it. Default `'terminate'`.
     pub on_overflow: Option<String>,
+    /// `backpressure` fires once when bufferedAmount rises above this. Default `65536` (64 KiB).
     pub high_water_mark: Option<f64>,
+    /// `drain` fires once when bufferedAmount falls back below this. Default `16384` (16 KiB), or
+    /// `highWaterMark` if that is smaller.
     pub low_water_mark: Option<f64>,
+    /// Ping every connection this often; `0` disables pings. Default `30000`.
     pub ping_interval: Option<u32>,
+    /// Terminate a connection that has not answered a ping within this time. Default `10000`.
     pub pong_timeout: Option<u32>,
+    /// Time from TCP accept to a complete upgrade request. Default `5000`.
     pub handshake_timeout: Option<u32>,
+    /// Time from a close request (`conn.close()`, `server.close()`) to the peer's close frame,
+    /// flushing queued data included, before the connection is dropped. Default `5000`.
     pub close_timeout: Option<u32>,
+    /// Largest inbound message; a larger one closes the connection with 1009. Default `1048576`.
     pub max_payload: Option<f64>,
+    /// Upgrades beyond this many open connections are refused with 503. Default: no limit.
     pub max_connections: Option<f64>,
+    /// Runtime worker threads. Default: one less than the number of cores (the JS thread keeps
+    /// a core to itself), at least 1, at most 4.
     pub threads: Option<u32>,
+    /// Unsent bytes the kernel may hold per connection (`TCP_NOTSENT_LOWAT`, Linux) before data
+    /// waits in sluice's queue, where `bufferedAmount` counts it and the policy applies. Without
+    /// it the kernel alone can buffer megabytes for a stalled client. `0` leaves the kernel's
+    /// default. Default `65536` (64 KiB).
     pub kernel_unsent_limit: Option<f64>,
+    /// Niceness of sluice's threads relative to the JS thread (Linux; 0 to 19). Fan-out is
+    /// throughput work and the event loop is latency-sensitive: when both want the same core, the
+    /// kernel lets the JS thread run first. `0` gives them equal weight. Default `5`.
+    pub worker_nice: Option<u32>,
 }
 
 /// A configuration error: the option's name and what is wrong with it.
@@ -138,7 +180,7 @@ fn bytes(v: Option<f64>, name: &'static str, default: usize) -> Result<usize, Co
 }
 
 impl Config {
-    pub fn from_options(o: RawOptions) -> Result<Self, ConfigError> {
+    pub fn from_options(o: ServerOptions) -> Result<Self, ConfigError> {
         let d = Config::default();
         let limits = Limits {
             max_buffered_amount: bytes(
@@ -220,6 +262,10 @@ impl Config {
                 0 => None,
                 n => Some(n.min(i32::MAX as usize)),
             },
+            worker_nice: o
+                .worker_nice
+                .map(|n| n.min(19) as i32)
+                .unwrap_or(d.worker_nice),
         })
     }
 }
@@ -230,29 +276,29 @@ mod tests {
 
     #[test]
     fn defaults_and_errors() {
-        let c = Config::from_options(RawOptions::default()).unwrap();
+        let c = Config::from_options(ServerOptions::default()).unwrap();
         assert_eq!(c.limits.max_buffered_amount, 512 * 1024);
         assert_eq!(c.limits.low_priority_limit, 128 * 1024);
         assert_eq!(c.ping_interval, Some(Duration::from_secs(30)));
-        let e = Config::from_options(RawOptions {
+        let e = Config::from_options(ServerOptions {
             on_overflow: Some("explode".into()),
             ..Default::default()
         })
         .unwrap_err();
         assert_eq!(e.option, "onOverflow");
-        let e = Config::from_options(RawOptions {
+        let e = Config::from_options(ServerOptions {
             max_buffered_amount: Some(-1.0),
             ..Default::default()
         })
         .unwrap_err();
         assert_eq!(e.option, "maxBufferedAmount");
-        let e = Config::from_options(RawOptions {
+        let e = Config::from_options(ServerOptions {
             low_water_mark: Some(1e6),
             ..Default::default()
         })
         .unwrap_err();
         assert_eq!(e.option, "lowWaterMark");
-        let c = Config::from_options(RawOptions {
+        let c = Config::from_options(ServerOptions {
             high_water_mark: Some(1000.0),
             ..Default::default()
         })

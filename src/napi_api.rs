@@ -11,7 +11,7 @@ use napi::bindgen_prelude::*;
 use napi::Env;
 use napi_derive::napi;
 
-use crate::config::{self, Config, RawOptions};
+use crate::config::{self, Config, ServerOptions};
 use crate::connection::Conn;
 use crate::events::{EventBatch, EventSink};
 use crate::fanout::Target;
@@ -42,55 +42,6 @@ impl From<Priority> for CorePriority {
             Priority::Low => CorePriority::Low,
         }
     }
-}
-
-/// Options for `new Server(options)`. Every option is optional; sizes are bytes, times milliseconds.
-#[napi(object)]
-#[derive(Default)]
-pub struct ServerOptions {
-    /// Interface to listen on. Default `'0.0.0.0'`.
-    pub host: Option<String>,
-    /// TCP port; `0` picks a free one (read it from `listen()`'s result). Default `0`.
-    pub port: Option<u32>,
-    /// Accept upgrades only on this path (the query string is ignored); others get 404.
-    /// Default: any path.
-    pub path: Option<String>,
-    /// Hard bound of a connection's queued bytes. A Normal message that would exceed it triggers
-    /// `onOverflow`; a Critical one terminates the connection. Default `524288` (512 KiB).
-    pub max_buffered_amount: Option<f64>,
-    /// A Low message is dropped (and counted) for a connection whose bufferedAmount is already
-    /// above this. Default `131072` (128 KiB).
-    pub low_priority_limit: Option<f64>,
-    /// What a Normal message over `maxBufferedAmount` does: `'terminate'` closes the connection
-    /// (1008 if a close frame can still go out, else the TCP connection is dropped); `'drop'` drops
-    /// the message and counts it. Default `'terminate'`.
-    pub on_overflow: Option<String>,
-    /// `backpressure` fires once when bufferedAmount rises above this. Default `65536` (64 KiB).
-    pub high_water_mark: Option<f64>,
-    /// `drain` fires once when bufferedAmount falls back below this. Default `16384` (16 KiB), or
-    /// `highWaterMark` if that is smaller.
-    pub low_water_mark: Option<f64>,
-    /// Ping every connection this often; `0` disables pings. Default `30000`.
-    pub ping_interval: Option<u32>,
-    /// Terminate a connection that has not answered a ping within this time. Default `10000`.
-    pub pong_timeout: Option<u32>,
-    /// Time from TCP accept to a complete upgrade request. Default `5000`.
-    pub handshake_timeout: Option<u32>,
-    /// Time from a close request (`conn.close()`, `server.close()`) to the peer's close frame,
-    /// flushing queued data included, before the connection is dropped. Default `5000`.
-    pub close_timeout: Option<u32>,
-    /// Largest inbound message; a larger one closes the connection with 1009. Default `1048576`.
-    pub max_payload: Option<f64>,
-    /// Upgrades beyond this many open connections are refused with 503. Default: no limit.
-    pub max_connections: Option<f64>,
-    /// Runtime worker threads. Default: one less than the number of cores (the JS thread keeps
-    /// a core to itself), at least 1, at most 4.
-    pub threads: Option<u32>,
-    /// Unsent bytes the kernel may hold per connection (`TCP_NOTSENT_LOWAT`, Linux) before data
-    /// waits in sluice's queue, where `bufferedAmount` counts it and the policy applies. Without
-    /// it the kernel alone can buffer megabytes for a stalled client. `0` leaves the kernel's
-    /// default. Default `65536` (64 KiB).
-    pub kernel_unsent_limit: Option<f64>,
 }
 
 /// Result of `listen()`: the bound address, or the error (`code` such as `'EADDRINUSE'`).
@@ -234,6 +185,23 @@ fn metrics_object(m: &CoreMetrics) -> Metrics {
     }
 }
 
+/// Raises the calling thread's niceness by `nice` (Linux: `setpriority` on a thread id applies to
+/// that thread only). Raising it needs no privilege; failure leaves the default priority.
+fn lower_thread_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    if nice > 0 {
+        // SAFETY: gettid takes no arguments and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+        // SAFETY: plain syscall on this thread's own id; no memory is passed.
+        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+        if r != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "worker nice not set");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
 static TRACING: Once = Once::new();
 
 /// Rust-side logs go to stderr through `tracing` when `SLUICE_LOG` is set (an `EnvFilter`
@@ -268,28 +236,13 @@ impl NativeServer {
     )]
     pub fn new(options: ServerOptions, on_events: Function<'_, EventBatch, ()>) -> Result<Self> {
         init_tracing();
-        let config = Config::from_options(RawOptions {
-            host: options.host,
-            port: options.port,
-            path: options.path,
-            max_buffered_amount: options.max_buffered_amount,
-            low_priority_limit: options.low_priority_limit,
-            on_overflow: options.on_overflow,
-            high_water_mark: options.high_water_mark,
-            low_water_mark: options.low_water_mark,
-            ping_interval: options.ping_interval,
-            pong_timeout: options.pong_timeout,
-            handshake_timeout: options.handshake_timeout,
-            close_timeout: options.close_timeout,
-            max_payload: options.max_payload,
-            max_connections: options.max_connections,
-            threads: options.threads,
-            kernel_unsent_limit: options.kernel_unsent_limit,
-        })
-        .map_err(|e| Error::new(Status::InvalidArg, format!("{}: {}", e.option, e.message)))?;
+        let config = Config::from_options(options)
+            .map_err(|e| Error::new(Status::InvalidArg, format!("{}: {}", e.option, e.message)))?;
+        let nice = config.worker_nice;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.threads)
             .thread_name("sluice-rt")
+            .on_thread_start(move || lower_thread_priority(nice))
             .enable_all()
             .build()
             .map_err(|e| Error::from_reason(format!("cannot start the runtime: {e}")))?;
