@@ -52,6 +52,13 @@ export declare class NativeServer {
   /** Frames `data` once and queues it for the topic's subscribers. */
   publish(topic: string, data: Uint8Array, priority: Priority, text: boolean): boolean
   publishText(topic: string, data: string, priority: Priority): boolean
+  /**
+   * Connections above `highWaterMark` right now. One atomic read: cheap enough to consult
+   * before every broadcast, to pace a producer to what the clients take.
+   */
+  get backpressuredCount(): number
+  /** Broadcasts and publishes accepted and not yet queued to their recipients. One atomic read. */
+  get pendingBroadcasts(): number
   subscriberCount(topic: string): number
   metrics(): Metrics
   /** Starts the graceful close; the `closed` event follows. False if already closing. */
@@ -111,7 +118,10 @@ export interface Metrics {
   handshakesTimedOut: number
   broadcasts: number
   publishes: number
-  /** `broadcast`/`publish` calls refused because 64 MiB of frames already waited for fan-out. */
+  /**
+   * `broadcast`/`publish` calls refused because `maxBufferedAmount - highWaterMark` bytes of
+   * broadcasts already waited for fan-out (the producer is ahead of the server).
+   */
   fanoutRejected: number
   /** Frames (data and control) completely handed to the kernel, summed over connections. */
   messagesSent: number
@@ -125,6 +135,8 @@ export interface Metrics {
   terminated: TerminatedMetrics
   backpressureEvents: number
   drainEvents: number
+  /** Connections above `highWaterMark` right now (had `backpressure`, not yet `drain`). */
+  backpressured: number
   /**
    * bufferedAmount across the recipients of the latest broadcast/publish, as that message found
    * them: the backlog it joined (0 for clients that keep up).

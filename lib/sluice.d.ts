@@ -115,12 +115,22 @@ export declare class Server extends EventEmitter {
   /**
    * Sends `data` to every open connection at `priority` (default Normal). The payload is copied
    * once and framed once; the fan-out runs on sluice's threads. Returns `false` if nothing was
-   * queued: the server is closing, or 64 MiB of broadcasts already wait for fan-out (counted in
+   * queued: the server is closing, or broadcasts adding up to `maxBufferedAmount - highWaterMark` already wait for fan-out (counted in
    * `metrics().fanoutRejected`).
    */
   broadcast(data: Data, priority?: PriorityLike): boolean
   /** Like `broadcast`, to the connections subscribed to `topic`. */
   publish(topic: string, data: Data, priority?: PriorityLike): boolean
+  /**
+   * Connections above `highWaterMark` right now (had `backpressure`, no `drain` yet). One atomic
+   * read: cheap enough to consult before every broadcast to pace a producer to its clients.
+   */
+  readonly backpressuredCount: number
+  /**
+   * Broadcasts and publishes accepted and not yet queued to their recipients. One atomic read; a
+   * producer sending as fast as it can should wait while this is above a few.
+   */
+  readonly pendingBroadcasts: number
   subscriberCount(topic: string): number
   metrics(): Metrics
   /**

@@ -269,7 +269,8 @@ class Server extends EventEmitter {
   /**
    * Sends `data` to every open connection. The payload is copied once and framed once; the
    * fan-out runs on sluice's threads. Returns false if nothing was queued (server closing, or
-   * 64 MiB of broadcasts already waiting).
+   * broadcasts adding up to maxBufferedAmount - highWaterMark already waiting for fan-out: the
+   * producer is ahead of the server).
    */
   broadcast(data, priority) {
     const p = toPriority(priority)
@@ -283,6 +284,24 @@ class Server extends EventEmitter {
     const p = toPriority(priority)
     const bytes = toBytes(data)
     return bytes === null ? this._native.publishText(t, data, p) : this._native.publish(t, bytes, p, false)
+  }
+
+  /**
+   * Connections whose bufferedAmount is above `highWaterMark` right now (they had `backpressure`
+   * and no `drain` yet). One atomic read: a producer can consult it before every broadcast to
+   * send only as fast as the clients take, e.g. `if (server.backpressuredCount < server.connectionCount / 10)`.
+   */
+  get backpressuredCount() {
+    return this._native.backpressuredCount
+  }
+
+  /**
+   * Broadcasts and publishes accepted and not yet queued to their recipients (the fan-out runs
+   * on sluice's threads). One atomic read. A producer that sends as fast as it can should wait
+   * while this is above a few, so that it learns about lagging clients before it gets far ahead.
+   */
+  get pendingBroadcasts() {
+    return this._native.pendingBroadcasts
   }
 
   subscriberCount(topic) {

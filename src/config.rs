@@ -49,8 +49,6 @@ pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Inbound message bytes waiting for the JS thread before readers pause (TCP then pushes back on
 /// the clients). Bounds the event queue when JS handlers are slower than the clients.
 pub const MAX_PENDING_EVENT_BYTES: usize = 64 * 1024 * 1024;
-/// Encoded broadcast bytes waiting for the fan-out task before `broadcast` returns false.
-pub const MAX_PENDING_FANOUT_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct Config {

@@ -183,6 +183,7 @@ impl Conn {
         }
         if let Some(amount) = pushed.backpressure {
             m.backpressure_events.fetch_add(1, Ordering::Relaxed);
+            m.backpressured.fetch_add(1, Ordering::Relaxed);
             self.server.events.push(Event::Backpressure {
                 id: self.id,
                 amount,
@@ -286,13 +287,20 @@ impl Conn {
         if self.ended.swap(true, Ordering::AcqRel) {
             return;
         }
-        let drops = {
+        let (drops, was_above) = {
             let mut o = lock(&self.outbox);
+            let above = o.above_high_water();
             let d = o.discard();
             self.buffered.store(0, Ordering::Relaxed);
-            d
+            (d, above)
         };
         self.server.metrics.add_drops(&drops);
+        if was_above {
+            self.server
+                .metrics
+                .backpressured
+                .fetch_sub(1, Ordering::Relaxed);
+        }
         let sock = SockRef::from(&self.sock);
         if matches!(
             self.why.get(),
@@ -405,6 +413,7 @@ impl Conn {
                     }
                     if let Some(amount) = drain {
                         m.drain_events.fetch_add(1, Ordering::Relaxed);
+                        m.backpressured.fetch_sub(1, Ordering::Relaxed);
                         self.server.events.push(Event::Drain {
                             id: self.id,
                             amount,

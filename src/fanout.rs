@@ -12,10 +12,12 @@
 //! `b`, and `broadcast(a); server.close()` delivers `a` before the close frame. When the channel is
 //! empty (the common case) `conn.send` queues directly and reports the policy's verdict at once.
 //!
-//! **Bounds.** At most [`MAX_PENDING_FANOUT_BYTES`] of encoded frames may wait for the fan-out task.
-//! Past that, `broadcast` returns `false` and the refusal is counted (`fanoutRejected`): the caller
-//! learns at once that the server is saturated, nothing is dropped silently and memory stays
-//! bounded. A frame that reaches a connection that is already closing is counted as dropped.
+//! **Bounds.** The broadcasts waiting for the fan-out task may add up to `maxBufferedAmount -
+//! highWaterMark` (one is always accepted when none waits): every one of them is bound for every
+//! recipient, so more than that would overflow a client that is still under its high-water mark
+//! but not draining at that very moment. Past it,
+//! `broadcast` returns `false` and the refusal is counted (`fanoutRejected`): the producer learns at
+//! once that it is ahead of the server, nothing is dropped silently and memory stays bounded. A frame that reaches a connection that is already closing is counted as dropped.
 //!
 //! At each broadcast the task records the recipients' `bufferedAmount` distribution (p50/p99/max)
 //! as the message found it (the backlog it joins) into the metrics; the frame's [`FanoutProbe`] records the time from the JS call to the last
@@ -28,7 +30,6 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
-use crate::config::MAX_PENDING_FANOUT_BYTES;
 use crate::connection::Conn;
 use crate::frame::{encode, FanoutProbe, Frame, OpCode};
 use crate::metrics::new_histogram;
@@ -94,6 +95,11 @@ impl Fanout {
         self.pending_jobs.load(Ordering::Acquire) > 0
     }
 
+    /// Jobs (mostly broadcasts) accepted and not yet fanned out.
+    pub fn pending_jobs(&self) -> usize {
+        self.pending_jobs.load(Ordering::Relaxed)
+    }
+
     fn send(&self, job: Job) -> bool {
         self.pending_jobs.fetch_add(1, Ordering::AcqRel);
         if self.tx.send(job).is_err() {
@@ -115,7 +121,12 @@ impl Fanout {
     ) -> bool {
         let born = Instant::now();
         let len = crate::frame::header_len(payload.len()) + payload.len();
-        if self.pending_bytes.load(Ordering::Relaxed) + len > MAX_PENDING_FANOUT_BYTES {
+        let pending = self.pending_bytes.load(Ordering::Relaxed);
+        let limits = &server.config.limits;
+        let budget = limits
+            .max_buffered_amount
+            .saturating_sub(limits.high_water_mark);
+        if pending > 0 && pending + len > budget {
             server
                 .metrics
                 .fanout_rejected

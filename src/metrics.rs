@@ -63,6 +63,9 @@ pub struct Metrics {
 
     pub backpressure_events: AtomicU64,
     pub drain_events: AtomicU64,
+    /// Connections between a `backpressure` and its `drain` right now: +1 at backpressure, -1 at
+    /// drain or when such a connection ends.
+    pub backpressured: AtomicUsize,
 
     fanout_latency_us: Mutex<Option<Histogram<u64>>>,
     /// (p50, p99, max) of bufferedAmount over the recipients of the latest broadcast.

@@ -116,7 +116,8 @@ pub struct Metrics {
     pub handshakes_timed_out: f64,
     pub broadcasts: f64,
     pub publishes: f64,
-    /// `broadcast`/`publish` calls refused because 64 MiB of frames already waited for fan-out.
+    /// `broadcast`/`publish` calls refused because `maxBufferedAmount - highWaterMark` bytes of
+    /// broadcasts already waited for fan-out (the producer is ahead of the server).
     pub fanout_rejected: f64,
     /// Frames (data and control) completely handed to the kernel, summed over connections.
     pub messages_sent: f64,
@@ -130,6 +131,8 @@ pub struct Metrics {
     pub terminated: TerminatedMetrics,
     pub backpressure_events: f64,
     pub drain_events: f64,
+    /// Connections above `highWaterMark` right now (had `backpressure`, not yet `drain`).
+    pub backpressured: f64,
     /// bufferedAmount across the recipients of the latest broadcast/publish, as that message found
     /// them: the backlog it joined (0 for clients that keep up).
     pub buffered_amount: Percentiles,
@@ -171,6 +174,7 @@ fn metrics_object(m: &CoreMetrics) -> Metrics {
         },
         backpressure_events: g(&m.backpressure_events),
         drain_events: g(&m.drain_events),
+        backpressured: m.backpressured.load(std::sync::atomic::Ordering::Relaxed) as f64,
         buffered_amount: Percentiles {
             p50: b50 as f64,
             p99: b99 as f64,
@@ -221,7 +225,10 @@ fn init_tracing() {
 #[napi]
 pub struct NativeServer {
     shared: Arc<ServerShared>,
+    /// Connections, fan-out, timers: `threads` workers at `workerNice`.
     runtime: Option<tokio::runtime::Runtime>,
+    /// The listener and handshakes: one thread at normal priority.
+    accept_runtime: Option<tokio::runtime::Runtime>,
     listening: bool,
     /// close() was called and `destroy()` not yet: the close must be able to finish.
     closing: bool,
@@ -246,13 +253,20 @@ impl NativeServer {
             .enable_all()
             .build()
             .map_err(|e| Error::from_reason(format!("cannot start the runtime: {e}")))?;
+        let accept_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-accept")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::from_reason(format!("cannot start the runtime: {e}")))?;
         let events = EventSink::new();
         events.attach(on_events)?;
-        let shared = ServerShared::new(config, events);
+        let shared = ServerShared::new(config, events, runtime.handle().clone());
         shared.start_fanout(runtime.handle());
         Ok(Self {
             shared,
             runtime: Some(runtime),
+            accept_runtime: Some(accept_runtime),
             listening: false,
             closing: false,
             keep_alive: true,
@@ -274,7 +288,11 @@ impl NativeServer {
     /// Binds and starts accepting. Never throws for socket errors: they come back in the result.
     #[napi]
     pub fn listen(&mut self, env: Env) -> Result<ListenResult> {
-        let result = self.shared.listen(self.handle()?);
+        let accept = self
+            .accept_runtime
+            .as_ref()
+            .ok_or_else(|| Error::from_reason("server is destroyed"))?;
+        let result = self.shared.listen(accept.handle());
         Ok(match result {
             Ok(addr) => {
                 self.listening = true;
@@ -341,6 +359,22 @@ impl NativeServer {
             .broadcast(&self.shared, data, op, priority.into(), target)
     }
 
+    /// Connections above `highWaterMark` right now. One atomic read: cheap enough to consult
+    /// before every broadcast, to pace a producer to what the clients take.
+    #[napi(getter)]
+    pub fn backpressured_count(&self) -> f64 {
+        self.shared
+            .metrics
+            .backpressured
+            .load(std::sync::atomic::Ordering::Relaxed) as f64
+    }
+
+    /// Broadcasts and publishes accepted and not yet queued to their recipients. One atomic read.
+    #[napi(getter)]
+    pub fn pending_broadcasts(&self) -> f64 {
+        self.shared.fanout().pending_jobs() as f64
+    }
+
     #[napi]
     pub fn subscriber_count(&self, topic: String) -> u32 {
         self.shared.subscriber_count(&topic) as u32
@@ -370,8 +404,12 @@ impl NativeServer {
         self.listening = false;
         self.closing = false;
         self.update_ref(&env)?;
-        if let Some(rt) = self.runtime.take() {
-            // Every connection task has ended by now; the rest (fan-out, timers) is cancelled.
+        // Every connection task has ended by now; the rest (fan-out, timers, the stopped accept
+        // loop) is cancelled.
+        for rt in [self.accept_runtime.take(), self.runtime.take()]
+            .into_iter()
+            .flatten()
+        {
             rt.shutdown_timeout(Duration::from_secs(1));
         }
         self.shared.events.detach();
@@ -395,8 +433,11 @@ impl NativeServer {
 
 impl Drop for NativeServer {
     fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            // Finalized without close() (GC after unref, or env teardown): never block here.
+        // Finalized without close() (GC after unref, or env teardown): never block here.
+        for rt in [self.accept_runtime.take(), self.runtime.take()]
+            .into_iter()
+            .flatten()
+        {
             rt.shutdown_background();
         }
     }

@@ -301,9 +301,15 @@ impl Outbox {
         Some((drops, std::mem::take(&mut self.writer_idle)))
     }
 
+    /// True between a `backpressure` and the following `drain`.
+    pub fn above_high_water(&self) -> bool {
+        self.above_high_water
+    }
+
     /// Drops everything still queued and forgets the writer's batch (the connection is gone).
     pub fn discard(&mut self) -> Drops {
         let drops = self.discard_queued();
+        self.above_high_water = false;
         self.state = State::Closing;
         self.close_taken = true;
         self.in_flight = 0;

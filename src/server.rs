@@ -1,9 +1,11 @@
 //! The server: its listener and accept loop, the connection registry, topics, and shutdown.
 //!
 //! * **Accepting.** The listener is bound synchronously on the JS thread (so `listen()` reports
-//!   `EADDRINUSE` at once) and then served by an accept task on the runtime. Each accepted socket
-//!   gets `TCP_NODELAY` and its own handshake task under `handshakeTimeout`. Accept errors such as
-//!   `EMFILE` pause the loop briefly instead of spinning.
+//!   `EADDRINUSE` at once) and then served by an accept task on a runtime of its own, one thread at
+//!   normal priority, so that a fan-out keeping the workers busy never delays a new client's
+//!   handshake. Each accepted socket gets `TCP_NODELAY` and its own handshake task under
+//!   `handshakeTimeout`; once upgraded it is handed over to the worker runtime. Accept errors such
+//!   as `EMFILE` pause the loop briefly instead of spinning.
 //! * **Admission.** `maxConnections` counts open connections; when it is reached, or when the
 //!   server is closing, the upgrade is refused with 503 before any 101 is sent.
 //! * **Registry.** Open connections by id, and topic subscriptions. Fan-out takes a snapshot under
@@ -51,6 +53,9 @@ pub struct ServerShared {
     removed: Notify,
     /// The ordered channel to the fan-out task; set once, right after construction.
     fanout: OnceLock<Fanout>,
+    /// The worker runtime, where connections run once upgraded (the listener and handshakes run
+    /// on the accept runtime).
+    workers: tokio::runtime::Handle,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -61,7 +66,11 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl ServerShared {
-    pub fn new(config: Config, events: Arc<EventSink>) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        events: Arc<EventSink>,
+        workers: tokio::runtime::Handle,
+    ) -> Arc<Self> {
         Arc::new(Self {
             config,
             metrics: Arc::new(Metrics::default()),
@@ -73,6 +82,7 @@ impl ServerShared {
             stop_accept: watch::channel(false).0,
             removed: Notify::new(),
             fanout: OnceLock::new(),
+            workers,
         })
     }
 
@@ -91,7 +101,8 @@ impl ServerShared {
         self.closing.load(Ordering::Acquire)
     }
 
-    /// Binds the listener (on the caller's thread, inside the runtime) and starts accepting.
+    /// Binds the listener (on the caller's thread) and starts accepting on `rt`, the accept
+    /// runtime.
     pub fn listen(self: &Arc<Self>, rt: &tokio::runtime::Handle) -> std::io::Result<SocketAddr> {
         let addr: SocketAddr = resolve(&self.config.host, self.config.port)?;
         let socket = socket2::Socket::new(
@@ -121,7 +132,7 @@ impl ServerShared {
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((stream, peer)) => {
-                        tokio::spawn(self.clone().handshake_then_run(stream, peer));
+                        tokio::spawn(self.clone().handshake(stream, peer));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -133,7 +144,9 @@ impl ServerShared {
         }
     }
 
-    async fn handshake_then_run(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+    /// Runs on the accept thread: the handshake never waits behind fan-out work, so new clients
+    /// get their 101 promptly however busy the workers are.
+    async fn handshake(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         if let Some(limit) = self.config.kernel_unsent_limit {
             set_notsent_lowat(&stream, limit);
@@ -180,6 +193,24 @@ impl ServerShared {
             self.metrics.open.fetch_sub(1, Ordering::AcqRel);
             return;
         }
+        // Hand the socket from the accept thread's reactor to the workers'.
+        let handed = stream.into_std();
+        let this = self.clone();
+        self.workers.spawn(async move {
+            let stream = match handed.and_then(TcpStream::from_std) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "hand-over to the workers failed");
+                    this.metrics.open.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+            };
+            this.run_connection(stream, upgrade).await;
+        });
+    }
+
+    /// Registers an upgraded connection and runs it to its end, on the worker runtime.
+    async fn run_connection(self: Arc<Self>, stream: TcpStream, upgrade: handshake::Upgrade) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Conn::new(id, self.clone(), stream);
         write(&self.conns).insert(id, conn.clone());
