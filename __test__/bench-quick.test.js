@@ -1,0 +1,149 @@
+'use strict'
+
+/**
+ * The benchmark harness works end to end: builds the load generator (bench/loadgen, a standalone
+ * Rust crate; the addon itself is built by `npm test`), then runs `node bench/run.js --quick`
+ * (every adapter through every scenario with tiny counts over loopback) and checks that every run
+ * produced both JSON results with sane shapes, and that the report and its SVG charts exist.
+ *
+ * No performance assertions: --quick numbers mean nothing (tiny counts, 3 s windows, and the
+ * machine is shared with the load generator and whatever else CI runs).
+ */
+
+const fs = require('fs')
+const os = require('os')
+const path = require('path')
+const { execFile } = require('child_process')
+
+const ROOT = path.resolve(__dirname, '..')
+const { QUICK, ADAPTERS, SCENARIO_ORDER } = require('../bench/run.js')
+
+const BUILD_TIMEOUT_MS = 240000
+const RUN_TIMEOUT_MS = 360000
+
+function run(cmd, args, timeout) {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { cwd: ROOT, timeout, killSignal: 'SIGTERM', maxBuffer: 64 * 1024 * 1024 }, (error, stdout, stderr) => {
+      resolve({ code: error ? (error.code ?? error.signal) : 0, error, stdout, stderr })
+    })
+  })
+}
+
+let outDir
+let runOutput
+let summary
+
+beforeAll(async () => {
+  const build = await run('cargo', ['build', '--release', '--manifest-path', 'bench/loadgen/Cargo.toml'], BUILD_TIMEOUT_MS)
+  if (build.code !== 0) throw new Error(`loadgen build failed (${build.code}):\n${build.stderr.slice(-4000)}`)
+  outDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-bench-test-'))
+  runOutput = await run(process.execPath, ['bench/run.js', '--quick', '--out-dir', outDir], RUN_TIMEOUT_MS)
+  const summaries = fs.readdirSync(outDir).filter((d) => fs.existsSync(path.join(outDir, d, 'summary.json')))
+  if (summaries.length === 1) summary = JSON.parse(fs.readFileSync(path.join(outDir, summaries[0], 'summary.json'), 'utf8'))
+}, BUILD_TIMEOUT_MS + RUN_TIMEOUT_MS + 10000)
+
+afterAll(() => {
+  if (outDir) fs.rmSync(outDir, { recursive: true, force: true })
+})
+
+const isNum = (x) => typeof x === 'number' && Number.isFinite(x)
+
+describe('bench/run.js --quick', () => {
+  test('exits 0 and writes a summary', () => {
+    if (runOutput.code !== 0) {
+      throw new Error(`run.js exited ${runOutput.code}\nstdout:\n${runOutput.stdout.slice(-6000)}\nstderr:\n${runOutput.stderr.slice(-4000)}`)
+    }
+    expect(runOutput.code).toBe(0)
+    expect(summary).toBeDefined()
+    expect(summary.runs).toHaveLength(SCENARIO_ORDER.length * ADAPTERS.length)
+    for (const r of summary.runs) expect({ run: `${r.scenario}/${r.adapter}`, ok: r.ok, error: r.error }).toEqual({ run: `${r.scenario}/${r.adapter}`, ok: true, error: undefined })
+  })
+
+  const cases = []
+  for (const scenario of SCENARIO_ORDER) for (const adapter of ADAPTERS) cases.push([scenario, adapter])
+
+  test.each(cases)('%s × %s: both JSON results with sane shapes', (scenario, adapter) => {
+    const entry = summary && summary.runs.find((r) => r.scenario === scenario && r.adapter === adapter)
+    expect(entry).toBeDefined()
+    const sc = QUICK[scenario]
+    const a = JSON.parse(fs.readFileSync(entry.adapterJson, 'utf8'))
+    const l = JSON.parse(fs.readFileSync(entry.loadgenJson, 'utf8'))
+
+    // Adapter result
+    expect(a.adapter).toBe(adapter)
+    expect(a.stopReason).toBe('SIGTERM')
+    expect(Array.isArray(a.rss) && a.rss.length > 0).toBe(true)
+    expect(a.rss.every(([t, b]) => isNum(t) && isNum(b) && b > 0)).toBe(true)
+    expect(Array.isArray(a.heapUsed) && a.heapUsed.length > 0).toBe(true)
+    expect(a.rssMaxBytes).toBeGreaterThan(0)
+    expect(isNum(a.cpuUs.user) && isNum(a.cpuUs.system)).toBe(true)
+    expect(isNum(a.eldMs.p99) && isNum(a.eldMs.max)).toBe(true)
+    expect(isNum(a.terminatedByPolicy)).toBe(true)
+    const total = sc.fast + sc.stalled + sc.slow
+    expect(a.connectionsPeak).toBeGreaterThanOrEqual(total)
+    if (sc.idle) {
+      expect(a.broadcasts).toBe(0)
+      expect(a.idle).not.toBeNull()
+      expect(a.idle.connections).toBe(sc.fast)
+      expect(isNum(a.idle.perConnectionBytes)).toBe(true)
+    } else {
+      expect(a.broadcasts).toBeGreaterThan(0)
+      expect(a.broadcastsInWindow).toBeGreaterThan(0)
+      for (const k of ['jsCallUs', 'jsCallCpuUs', 'turnUs']) {
+        // One sample per call in the window (sluice's rejected calls included). A turn is recorded
+        // in the setImmediate after its call: when SIGTERM ends the window, the last one is lost.
+        expect(a[k].count).toBeGreaterThanOrEqual(a.broadcastsInWindow - (k === 'turnUs' ? 1 : 0))
+        expect(a[k].count).toBeGreaterThan(0)
+        expect(isNum(a[k].p50) && isNum(a[k].p99) && isNum(a[k].max)).toBe(true)
+        expect(a[k].p50).toBeLessThanOrEqual(a[k].p99)
+        expect(a[k].p99).toBeLessThanOrEqual(a[k].max)
+      }
+    }
+
+    // Load generator result
+    expect(l.windowS).toBeGreaterThan(0)
+    expect(l.roles.fast.target).toBe(sc.fast)
+    expect(l.roles.fast.connected).toBe(sc.fast)
+    if (sc.stalled) {
+      expect(l.roles.stalled.target).toBe(sc.stalled)
+      expect(l.roles.stalled.connected).toBe(sc.stalled)
+    }
+    if (sc.slow) {
+      expect(l.roles.slow.target).toBe(sc.slow)
+      expect(l.roles.slow.connected).toBe(sc.slow)
+    }
+    if (!sc.idle) {
+      if (!(l.fast.messages > 0)) {
+        // Same assertion as below, with the reason spelled out (e.g. the server ended every client).
+        throw new Error(`${scenario} × ${adapter}: no message reached a fast client in the window; fast clients ended by the server: ${l.roles.fast.endedByServer}/${sc.fast} ${JSON.stringify(l.roles.fast.endKinds)}; adapter broadcasts ${a.broadcasts} (refused ${a.rejected})${a.extra && a.extra.metrics ? `; sluice terminated ${JSON.stringify(a.extra.metrics.terminated)}` : ''}`)
+      }
+      expect(l.fast.messages).toBeGreaterThan(0)
+      expect(l.fast.bytes).toBeGreaterThan(0)
+      expect(isNum(l.fast.gaps)).toBe(true)
+      expect(l.fast.latencyUs.count).toBeGreaterThan(0)
+      expect(l.fast.latencyUs.p50).toBeLessThanOrEqual(l.fast.latencyUs.p99)
+      expect(Array.isArray(l.fast.latencyHistogram) && l.fast.latencyHistogram.length > 0).toBe(true)
+    }
+    if (sc.probeMs) {
+      expect(l.probes.attempts).toBeGreaterThan(0)
+      expect(l.probes.ok + l.probes.failed + l.probes.timeouts).toBeLessThanOrEqual(l.probes.attempts)
+    }
+  })
+
+  test('report and SVG charts exist', () => {
+    expect(summary).toBeDefined()
+    const report = fs.readFileSync(summary.reportPath, 'utf8')
+    expect(report).toMatch(/^# sluice benchmark/)
+    expect(report).toContain('## Machine')
+    expect(report).toContain('## Targets')
+    for (const scenario of SCENARIO_ORDER) for (const adapter of ADAPTERS) expect(report).toContain(`| ${scenario} | ${adapter} |`)
+    expect(summary.charts.length).toBeGreaterThanOrEqual(2)
+    for (const file of summary.charts) {
+      const svg = fs.readFileSync(file, 'utf8')
+      expect(svg.startsWith('<svg ')).toBe(true)
+      expect(svg.trim().endsWith('</svg>')).toBe(true)
+      expect(svg).toContain('<polyline')
+      expect(report).toContain(path.basename(file))
+    }
+  })
+})

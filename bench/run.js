@@ -1,0 +1,860 @@
+#!/usr/bin/env node
+'use strict'
+
+/**
+ * sluice benchmark runner.
+ *
+ * Runs every adapter (bench/adapters/<name>.js) through every scenario, one at a time: start the
+ * adapter (it prints `PORT n`), start bench/loadgen/target/release/sluice-loadgen with the
+ * scenario's client roles and --ready-file, signal the adapter (SIGUSR2) once every client is
+ * connected, wait for the load generator to finish its window, stop the adapter (SIGTERM) and read
+ * both JSON results. Then it prints one comparison table and the targets, and writes a report
+ * (<out-dir>/<YYYY-MM-DD>.md) with charts (SVG) and the raw JSON next to it.
+ *
+ *   node bench/run.js [--quick] [--scenarios lobby,slow] [--adapters sluice,uws] [--out-dir DIR]
+ *
+ * --quick: tiny counts and short windows; proves the harness works, says nothing about
+ * performance; writes to a fresh temp dir unless --out-dir is given. Without --quick the report
+ * goes to bench/results/.
+ */
+
+const fs = require('fs')
+const os = require('os')
+const path = require('path')
+const { spawn, execFileSync } = require('child_process')
+
+const ROOT = path.resolve(__dirname, '..')
+const LOADGEN = path.join(__dirname, 'loadgen', 'target', 'release', 'sluice-loadgen')
+const ADAPTERS = ['sluice', 'ws-naive', 'ws-guarded', 'uws']
+const SCENARIO_ORDER = ['lobby', 'slow', 'base', 'storm', 'idle']
+const MAX_BUFFERED = 524288
+
+// Full-run parameters (bench/README / the spec). `interval` 0 = storm; payload 0 = idle (nothing sent).
+const FULL = {
+  lobby: { fast: 10000, stalled: 0, slow: 0, probeMs: 100, payload: 2048, interval: 500, windowS: 30 },
+  slow: { fast: 5000, stalled: 50, slow: 5, slowRate: 10000, probeMs: 0, payload: 2048, interval: 100, windowS: 60 },
+  base: { fast: 5000, stalled: 0, slow: 0, probeMs: 0, payload: 2048, interval: 100, windowS: 30 },
+  storm: { fast: 2000, stalled: 20, slow: 0, probeMs: 100, payload: 2048, interval: 0, windowS: 20 },
+  idle: { fast: 10000, stalled: 0, slow: 0, probeMs: 0, payload: 0, interval: 0, windowS: 10, idle: true },
+}
+const QUICK = {
+  lobby: { ...FULL.lobby, fast: 200, windowS: 3 },
+  slow: { ...FULL.slow, fast: 200, stalled: 10, slow: 2, windowS: 3 },
+  base: { ...FULL.base, fast: 200, windowS: 3 },
+  storm: { ...FULL.storm, fast: 200, stalled: 10, windowS: 3 },
+  idle: { ...FULL.idle, fast: 200, windowS: 3 },
+}
+const DESCRIPTIONS = {
+  lobby: 'fast clients + a probe connection every 100 ms; one 2 KiB broadcast every 500 ms',
+  slow: 'fast + stalled (SO_RCVBUF 4096, never read) + slow (10 KB/s) clients; 2 KiB every 100 ms',
+  base: 'the slow scenario without stalled/slow clients: its latency and RSS baseline',
+  storm: 'fast + stalled clients + probes; 2 KiB broadcasts as fast as the server keeps up',
+  idle: 'connections held open, nothing sent; memory per open connection',
+}
+
+// ------------------------------------------------------------------------------------------------
+// Flags
+
+function parseFlags(argv) {
+  const f = { quick: false, scenarios: SCENARIO_ORDER.slice(), adapters: ADAPTERS.slice(), outDir: null, warmupS: null }
+  const list = (v, allowed, what) => {
+    if (!v) throw new Error(`--${what} needs a comma-separated list`)
+    const items = v.split(',').map((s) => s.trim()).filter(Boolean)
+    for (const it of items) if (!allowed.includes(it)) throw new Error(`unknown ${what.replace(/s$/, '')} '${it}' (one of ${allowed.join(', ')})`)
+    return allowed.filter((a) => items.includes(a))
+  }
+  for (let i = 2; i < argv.length; i++) {
+    const a = argv[i]
+    if (a === '--quick') f.quick = true
+    else if (a === '--scenarios') f.scenarios = list(argv[++i], SCENARIO_ORDER, 'scenarios')
+    else if (a === '--adapters') f.adapters = list(argv[++i], ADAPTERS, 'adapters')
+    else if (a === '--out-dir') f.outDir = argv[++i]
+    else if (a === '--warmup-s') f.warmupS = Number(argv[++i])
+    else if (a === '--help' || a === '-h') {
+      process.stdout.write('usage: node bench/run.js [--quick] [--scenarios a,b] [--adapters a,b] [--out-dir DIR] [--warmup-s W]\n')
+      process.exit(0)
+    } else throw new Error(`unknown argument ${a}`)
+  }
+  if (!f.outDir) f.outDir = f.quick ? fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-bench-quick-')) : path.join(__dirname, 'results')
+  f.outDir = path.resolve(f.outDir)
+  if (f.warmupS === null) f.warmupS = f.quick ? 1 : 2
+  if (!Number.isInteger(f.warmupS) || f.warmupS < 0) throw new Error('--warmup-s must be a whole number of seconds')
+  return f
+}
+
+// ------------------------------------------------------------------------------------------------
+// Processes
+
+const live = new Set() // child processes (each the leader of its own process group)
+
+function killGroup(child, signal = 'SIGKILL') {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return
+  try {
+    process.kill(-child.pid, signal)
+  } catch {
+    try {
+      child.kill(signal)
+    } catch {
+      /* already gone */
+    }
+  }
+}
+
+function killAll() {
+  for (const c of live) killGroup(c)
+}
+
+function installSignalHandlers() {
+  for (const sig of ['SIGINT', 'SIGTERM']) {
+    process.on(sig, () => {
+      process.stderr.write(`\nrun.js: ${sig}, killing children\n`)
+      killAll()
+      process.exit(130)
+    })
+  }
+  process.on('exit', killAll)
+}
+
+function startProcess(cmd, args, logPath, { pipeStdout = false } = {}) {
+  const log = fs.openSync(logPath, 'w')
+  const child = spawn(cmd, args, { cwd: ROOT, stdio: ['pipe', pipeStdout ? 'pipe' : log, log], detached: true })
+  fs.closeSync(log)
+  live.add(child)
+  child.exited = new Promise((resolve) => {
+    child.on('exit', (code, signal) => {
+      live.delete(child)
+      resolve({ code, signal })
+    })
+    child.on('error', (err) => {
+      live.delete(child)
+      resolve({ code: null, signal: null, error: err })
+    })
+  })
+  child.stdin.on('error', () => {})
+  return child
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+function withTimeout(promise, ms, what) {
+  let t
+  return Promise.race([
+    promise.finally(() => clearTimeout(t)),
+    new Promise((_, reject) => {
+      t = setTimeout(() => reject(new Error(`timeout after ${Math.round(ms / 1000)} s: ${what}`)), ms)
+    }),
+  ])
+}
+
+function waitForPort(child, logPath) {
+  return new Promise((resolve, reject) => {
+    let buf = ''
+    child.stdout.setEncoding('utf8')
+    child.stdout.on('data', (d) => {
+      buf += d
+      const m = /^PORT (\d+)$/m.exec(buf)
+      if (m) resolve(Number(m[1]))
+    })
+    child.exited.then(({ code, signal }) => {
+      let tail = ''
+      try {
+        tail = fs.readFileSync(logPath, 'utf8').slice(-2000)
+      } catch {
+        /* none */
+      }
+      reject(new Error(`adapter exited (code ${code}, signal ${signal}) before printing PORT\n${tail}`))
+    })
+  })
+}
+
+async function waitForFile(file, child, what) {
+  for (;;) {
+    if (fs.existsSync(file)) return
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${what} exited (code ${child.exitCode}, signal ${child.signalCode}) before it was ready`)
+    await sleep(20)
+  }
+}
+
+function readJson(file) {
+  return JSON.parse(fs.readFileSync(file, 'utf8'))
+}
+
+// ------------------------------------------------------------------------------------------------
+// One run: one adapter through one scenario
+
+async function runOne(adapter, scenario, sc, flags, rawDir) {
+  const base = `${scenario}-${adapter}`
+  const files = {
+    adapterJson: path.join(rawDir, `${base}.adapter.json`),
+    loadgenJson: path.join(rawDir, `${base}.loadgen.json`),
+    adapterLog: path.join(rawDir, `${base}.adapter.log`),
+    loadgenLog: path.join(rawDir, `${base}.loadgen.log`),
+    ready: path.join(rawDir, `${base}.ready`),
+  }
+  for (const f of [files.adapterJson, files.loadgenJson, files.ready]) fs.rmSync(f, { force: true })
+  const W = flags.warmupS
+  const total = sc.fast + sc.stalled + sc.slow
+  const rampS = total / 2000 // the load generator's default ramp rate, 2000 connections/s
+
+  const adapterArgs = [
+    `bench/adapters/${adapter}.js`,
+    '--port', '0',
+    '--host', '127.0.0.1',
+    '--payload', String(sc.idle ? 2048 : sc.payload),
+    '--interval', String(sc.interval),
+    '--warmup-s', String(W),
+    '--duration-s', String(sc.windowS),
+    '--max-buffered', String(MAX_BUFFERED),
+    '--out', files.adapterJson,
+  ]
+  if (sc.idle) adapterArgs.push('--idle')
+  // The hard limit may be below 65536 (it is 20000 on the reference machine): then take the hard limit.
+  const quoted = adapterArgs.map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ')
+  const adapterCmd = `ulimit -n 65536 2>/dev/null || ulimit -n hard; exec node --expose-gc ${quoted}`
+
+  let adapterProc = null
+  let loadgenProc = null
+  const t0 = Date.now()
+  try {
+    adapterProc = startProcess('bash', ['-c', adapterCmd], files.adapterLog, { pipeStdout: true })
+    const port = await withTimeout(waitForPort(adapterProc, files.adapterLog), 20000, `${adapter} PORT line`)
+
+    const lgArgs = [
+      '--url', `ws://127.0.0.1:${port}/`,
+      '--fast', String(sc.fast),
+      '--stalled', String(sc.stalled),
+      '--slow', String(sc.slow),
+      '--warmup-s', String(W),
+      '--duration-s', String(sc.windowS),
+      '--ready-file', files.ready,
+      '--out', files.loadgenJson,
+    ]
+    if (sc.slow) lgArgs.push('--slow-rate', String(sc.slowRate))
+    if (sc.probeMs) lgArgs.push('--probe-interval-ms', String(sc.probeMs))
+    if (sc.idle) lgArgs.push('--idle')
+    loadgenProc = startProcess(LOADGEN, lgArgs, files.loadgenLog)
+
+    await withTimeout(waitForFile(files.ready, loadgenProc, 'sluice-loadgen'), (rampS * 4 + 60) * 1000, 'clients connected (ready file)')
+    adapterProc.kill('SIGUSR2')
+
+    const lg = await withTimeout(loadgenProc.exited, (W + sc.windowS + rampS + 90) * 1000, 'sluice-loadgen finished')
+    if (lg.code !== 0) throw new Error(`sluice-loadgen exited with code ${lg.code} signal ${lg.signal} (see ${files.loadgenLog})`)
+
+    adapterProc.kill('SIGTERM')
+    const ad = await withTimeout(adapterProc.exited, 20000, `${adapter} exit after SIGTERM`)
+    if (ad.code !== 0) throw new Error(`${adapter} exited with code ${ad.code} signal ${ad.signal} (see ${files.adapterLog})`)
+
+    const result = { adapter, scenario, ok: true, files, adapterResult: readJson(files.adapterJson), loadgenResult: readJson(files.loadgenJson), elapsedS: (Date.now() - t0) / 1000 }
+    fs.rmSync(files.ready, { force: true })
+    return result
+  } catch (err) {
+    killGroup(loadgenProc)
+    killGroup(adapterProc)
+    const wait = (c) => (c ? withTimeout(c.exited, 5000, 'kill').catch(() => {}) : null)
+    await Promise.all([wait(loadgenProc), wait(adapterProc)])
+    const r = { adapter, scenario, ok: false, error: String(err && err.message ? err.message : err), files, elapsedS: (Date.now() - t0) / 1000 }
+    // Keep whatever results were written, for the report.
+    try { r.adapterResult = readJson(files.adapterJson) } catch { /* none */ }
+    try { r.loadgenResult = readJson(files.loadgenJson) } catch { /* none */ }
+    return r
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Derived figures
+
+const num = (x) => (typeof x === 'number' && Number.isFinite(x) ? x : null)
+
+function derive(run, sc) {
+  const a = run.adapterResult || {}
+  const l = run.loadgenResult || {}
+  const fast = l.fast || {}
+  const slow = l.slow || {}
+  const probes = l.probes || null
+  const roles = l.roles || {}
+  const windowS = num(l.windowS) || sc.windowS
+  const deliveredMsgs = (num(fast.messages) || 0) + (num(slow.messages) || 0)
+  const deliveredBytes = (num(fast.bytes) || 0) + (num(slow.bytes) || 0)
+  const cpuUs = a.cpuUs && num(a.cpuUs.user) !== null ? a.cpuUs.user + a.cpuUs.system : null
+  const stalled = roles.stalled && roles.stalled.target > 0 ? roles.stalled : null
+  const endedMs = stalled && Array.isArray(stalled.endedAfterMs) ? stalled.endedAfterMs.slice().sort((x, y) => x - y) : []
+  const idle = a.idle || null
+  return {
+    callP99Us: a.jsCallUs ? num(a.jsCallUs.p99) : null,
+    callCpuP99Us: a.jsCallCpuUs ? num(a.jsCallCpuUs.p99) : null,
+    turnP99Us: a.turnUs ? num(a.turnUs.p99) : null,
+    eldP99Ms: a.eldMs ? num(a.eldMs.p99) : null,
+    eldMaxMs: a.eldMs ? num(a.eldMs.max) : null,
+    probeP99Ms: probes && probes.handshakeUs && num(probes.handshakeUs.p99) !== null ? probes.handshakeUs.p99 / 1000 : null,
+    probeAttempts: probes ? num(probes.attempts) : null,
+    probeFailures: probes ? (num(probes.failed) || 0) + (num(probes.timeouts) || 0) : null,
+    fastP50Ms: fast.latencyUs && num(fast.latencyUs.p50) !== null ? fast.latencyUs.p50 / 1000 : null,
+    fastP99Ms: fast.latencyUs && num(fast.latencyUs.p99) !== null ? fast.latencyUs.p99 / 1000 : null,
+    fastGaps: num(fast.gaps),
+    slowGaps: roles.slow && roles.slow.target > 0 ? num(slow.gaps) : null,
+    msgsPerS: sc.idle ? null : deliveredMsgs / windowS,
+    deliveredBytes,
+    cpuMsPerMB: !sc.idle && cpuUs !== null && deliveredBytes > 0 ? cpuUs / 1000 / (deliveredBytes / 1e6) : null,
+    cpuS: cpuUs !== null ? cpuUs / 1e6 : null,
+    rssMaxMB: num(a.rssMaxBytes) !== null ? a.rssMaxBytes / 1048576 : null,
+    rssMaxBytes: num(a.rssMaxBytes),
+    idleKBPerConn: idle && num(idle.perConnectionBytes) !== null ? idle.perConnectionBytes / 1024 : null,
+    idleConnections: idle ? idle.connections : null,
+    fastConnected: roles.fast ? roles.fast.connected : null,
+    fastTarget: roles.fast ? roles.fast.target : null,
+    fastEnded: roles.fast ? roles.fast.endedByServer : null,
+    stalledTarget: stalled ? stalled.target : null,
+    stalledEnded: stalled ? stalled.endedByServer : null,
+    stalledEndedP50S: endedMs.length ? endedMs[Math.floor((endedMs.length - 1) / 2)] / 1000 : null,
+    stalledEndedMaxS: endedMs.length ? endedMs[endedMs.length - 1] / 1000 : null,
+    slowTarget: roles.slow && roles.slow.target > 0 ? roles.slow.target : null,
+    loadgenCpuPct: l.loadgen ? num(l.loadgen.cpuWindowPct) : null,
+    slowEnded: roles.slow ? roles.slow.endedByServer : null,
+    terminatedByPolicy: num(a.terminatedByPolicy),
+    broadcasts: num(a.broadcastsInWindow),
+    rejected: num(a.rejected),
+    jsOnCpuMs: a.jsThreadSched ? num(a.jsThreadSched.onCpuMs) : null,
+    jsRunQueueWaitMs: a.jsThreadSched ? num(a.jsThreadSched.runQueueWaitMs) : null,
+    sluiceMetrics: a.extra && a.extra.metrics ? a.extra.metrics : null,
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Formatting
+
+function fmt(x, digits = 1) {
+  if (x === null || x === undefined || Number.isNaN(x)) return '–'
+  if (typeof x !== 'number') return String(x)
+  if (x !== 0 && Math.abs(x) < 0.1 && digits < 3) return x.toPrecision(2)
+  if (Math.abs(x) >= 1e6) return x.toExponential(2)
+  return x.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: 0 })
+}
+
+function mdTable(header, rows) {
+  const lines = [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`]
+  for (const r of rows) lines.push(`| ${r.join(' | ')} |`)
+  return lines.join('\n')
+}
+
+const COLUMNS = [
+  'scenario', 'adapter', 'JS call p99 µs (wall / CPU)', 'turn p99 µs', 'ELD p99 / max ms', 'probe p99 ms (fail/attempts)',
+  'fast lat p50 / p99 ms', 'gaps', 'msgs/s delivered', 'CPU ms per MB', 'RSS max MB', 'idle KB/conn', 'stalled ended (p50 / max s)', 'fast connected', 'fast ended by server', 'loadgen CPU %',
+]
+
+function tableRows(runs, scenarios) {
+  const rows = []
+  for (const run of runs) {
+    const sc = scenarios[run.scenario]
+    if (!run.ok && !run.adapterResult && !run.loadgenResult) {
+      rows.push([run.scenario, run.adapter, `FAILED: ${run.error.split('\n')[0]}`, ...COLUMNS.slice(3).map(() => '')])
+      continue
+    }
+    const d = run.derived
+    const stalled = d.stalledTarget ? `${fmt(d.stalledEnded, 0)}/${d.stalledTarget} (${fmt(d.stalledEndedP50S)} / ${fmt(d.stalledEndedMaxS)})` : '–'
+    const gaps = d.slowGaps !== null ? `${fmt(d.fastGaps, 0)} (slow ${fmt(d.slowGaps, 0)})` : fmt(d.fastGaps, 0)
+    rows.push([
+      run.scenario + (run.ok ? '' : ' (FAILED)'),
+      run.adapter,
+      sc.idle ? '–' : `${fmt(d.callP99Us)} / ${fmt(d.callCpuP99Us)}`,
+      sc.idle ? '–' : fmt(d.turnP99Us),
+      `${fmt(d.eldP99Ms)} / ${fmt(d.eldMaxMs)}`,
+      d.probeAttempts ? `${fmt(d.probeP99Ms, 2)} (${d.probeFailures}/${d.probeAttempts})` : '–',
+      sc.idle ? '–' : `${fmt(d.fastP50Ms, 2)} / ${fmt(d.fastP99Ms, 2)}`,
+      sc.idle ? '–' : gaps,
+      sc.idle ? '–' : fmt(d.msgsPerS, 0),
+      sc.idle ? '–' : fmt(d.cpuMsPerMB, 2),
+      fmt(d.rssMaxMB),
+      sc.idle ? fmt(d.idleKBPerConn, 2) : '–',
+      stalled,
+      `${fmt(d.fastConnected, 0)}/${fmt(d.fastTarget, 0)}`,
+      fmt(d.fastEnded, 0),
+      fmt(d.loadgenCpuPct),
+    ])
+  }
+  return rows
+}
+
+function detailsTable(runs) {
+  const rows = []
+  for (const run of runs) {
+    if (!run.adapterResult) continue
+    const d = run.derived
+    const m = d.sluiceMetrics
+    rows.push([
+      run.scenario,
+      run.adapter,
+      fmt(d.broadcasts, 0),
+      fmt(d.rejected, 0),
+      fmt(d.cpuS, 2),
+      `${fmt(d.jsOnCpuMs, 0)} / ${fmt(d.jsRunQueueWaitMs, 0)}`,
+      fmt(d.terminatedByPolicy, 0),
+      m ? `${m.terminated.overflow} / ${m.terminated.pongTimeout} / ${m.terminated.io}` : '–',
+      m ? `${m.backpressureEvents}` : '–',
+      m ? `${m.dropped.normal}` : '–',
+      m ? `${fmt(m.fanoutLatencyUs.p50 / 1000, 2)} / ${fmt(m.fanoutLatencyUs.p99 / 1000, 2)}` : '–',
+    ])
+  }
+  return mdTable(['scenario', 'adapter', 'broadcasts in window', 'refused (false)', 'server CPU s in window', 'JS thread on-CPU / run-queue wait ms', 'terminated by policy', 'sluice ended: overflow / pongTimeout / io', 'sluice backpressure events', 'sluice dropped Normal', 'sluice fan-out latency p50 / p99 ms'], rows)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Targets: each MET / NOT MET from the measured numbers, or n/a when the runs it needs are missing.
+
+function evaluateTargets(byKey) {
+  const get = (scenario, adapter) => {
+    const r = byKey.get(`${scenario}/${adapter}`)
+    return r && r.ok ? r.derived : null
+  }
+  const ratio = (a, b) => (a !== null && b !== null && b > 0 ? a / b : null)
+  const verdict = (ok) => (ok === null ? 'n/a' : ok ? 'MET' : 'NOT MET')
+  const targets = []
+
+  // (a) lobby: sluice (call + turn) p99 <= 0.2 ms and >= 500x less than ws and uWS.
+  {
+    const s = get('lobby', 'sluice')
+    const peers = ['ws-naive', 'ws-guarded', 'uws'].map((p) => [p, get('lobby', p)]).filter(([, d]) => d)
+    if (!s || peers.length === 0) {
+      targets.push({ id: 'a', name: 'lobby: sluice turn p99 ≤ 0.2 ms and ≥ 500× below ws and uWS', verdict: 'n/a', detail: 'lobby runs for sluice and its peers are needed' })
+    } else {
+      const parts = [`sluice call p99 ${fmt(s.callP99Us)} µs (CPU ${fmt(s.callCpuP99Us)} µs), turn p99 ${fmt(s.turnP99Us)} µs (the turn includes the call)`]
+      let ok = s.turnP99Us !== null && s.turnP99Us <= 200
+      for (const [p, d] of peers) {
+        const r = ratio(d.turnP99Us, s.turnP99Us)
+        parts.push(`${p} turn p99 ${fmt(d.turnP99Us)} µs = ${fmt(r, 1)}× sluice`)
+        ok = ok && r !== null && r >= 500
+      }
+      targets.push({ id: 'a', name: 'lobby: sluice turn (call + deferred work) p99 ≤ 200 µs and ≥ 500× below ws-naive, ws-guarded and uWS', verdict: verdict(ok), detail: parts.join('; ') })
+    }
+  }
+
+  // (b) probe handshake p99 <= 10 ms with 0 failures, in lobby and storm.
+  {
+    const parts = []
+    let ok = true
+    let any = false
+    for (const scn of ['lobby', 'storm']) {
+      const s = get(scn, 'sluice')
+      if (!s) {
+        parts.push(`${scn}: not run`)
+        ok = null
+        continue
+      }
+      any = true
+      parts.push(`${scn}: p99 ${fmt(s.probeP99Ms, 2)} ms, ${s.probeFailures} failed of ${s.probeAttempts}`)
+      const good = s.probeP99Ms !== null && s.probeP99Ms <= 10 && s.probeFailures === 0 && s.probeAttempts > 0
+      if (ok !== null) ok = ok && good
+    }
+    targets.push({ id: 'b', name: 'probe handshake p99 ≤ 10 ms with 0 failures (sluice, lobby and storm)', verdict: any ? verdict(ok) : 'n/a', detail: parts.join('; ') })
+  }
+
+  // (c) slow: RSS bound, fast p99 vs base, zero gaps, stalled terminated.
+  {
+    const s = get('slow', 'sluice')
+    const b = get('base', 'sluice')
+    if (!s || !b) {
+      targets.push({ id: 'c', name: 'slow: bounded RSS, fast p99 ≤ 1.2× base, zero gaps, stalled terminated', verdict: 'n/a', detail: 'slow and base runs for sluice are needed' })
+    } else {
+      const bound = b.rssMaxBytes + 50 * MAX_BUFFERED
+      const rssOk = s.rssMaxBytes !== null && b.rssMaxBytes !== null && s.rssMaxBytes <= bound
+      const latOk = s.fastP99Ms !== null && b.fastP99Ms !== null && s.fastP99Ms <= 1.2 * b.fastP99Ms
+      const gapsOk = s.fastGaps === 0
+      const stalledOk = s.stalledTarget > 0 && s.stalledEnded === s.stalledTarget
+      const detail = [
+        `RSS max ${fmt(s.rssMaxMB)} MB vs bound ${fmt(bound / 1048576)} MB (base ${fmt(b.rssMaxMB)} MB + 50 × ${MAX_BUFFERED} B): ${rssOk ? 'ok' : 'over'}`,
+        `fast p99 ${fmt(s.fastP99Ms, 2)} ms vs 1.2 × base ${fmt(b.fastP99Ms, 2)} ms = ${fmt(1.2 * b.fastP99Ms, 2)} ms: ${latOk ? 'ok' : 'over'}`,
+        `fast gaps ${fmt(s.fastGaps, 0)}${s.slowGaps !== null ? ` (slow clients ${fmt(s.slowGaps, 0)})` : ''}`,
+        `stalled ended by server ${fmt(s.stalledEnded, 0)}/${fmt(s.stalledTarget, 0)}, after p50 ${fmt(s.stalledEndedP50S)} s / max ${fmt(s.stalledEndedMaxS)} s from connect`,
+        `slow clients ended ${fmt(s.slowEnded, 0)}/${fmt(s.slowTarget, 0)}`,
+        s.sluiceMetrics ? `sluice's own count of connections it ended: overflow ${s.sluiceMetrics.terminated.overflow}, pongTimeout ${s.sluiceMetrics.terminated.pongTimeout}; backpressure events ${s.sluiceMetrics.backpressureEvents}` : null,
+      ].filter(Boolean).join('; ')
+      targets.push({ id: 'c', name: 'slow: sluice RSS max ≤ base RSS + 50 × maxBufferedAmount, fast p99 ≤ 1.2 × base, zero gaps, all stalled terminated', verdict: verdict(rssOk && latOk && gapsOk && stalledOk), detail })
+    }
+  }
+
+  // (d) storm: msgs/s >= 1.5x uWS and CPU per delivered GB <= uWS.
+  {
+    const s = get('storm', 'sluice')
+    const u = get('storm', 'uws')
+    if (!s || !u) {
+      targets.push({ id: 'd', name: 'storm: msgs/s ≥ 1.5× uWS and CPU per delivered GB ≤ uWS', verdict: 'n/a', detail: 'storm runs for sluice and uws are needed' })
+    } else {
+      const r = ratio(s.msgsPerS, u.msgsPerS)
+      const cpuR = ratio(s.cpuMsPerMB, u.cpuMsPerMB)
+      const ok = r !== null && r >= 1.5 && cpuR !== null && cpuR <= 1
+      targets.push({
+        id: 'd',
+        name: 'storm: sluice msgs/s ≥ 1.5 × uWS and CPU per delivered GB ≤ uWS',
+        verdict: verdict(ok),
+        detail: `sluice ${fmt(s.msgsPerS, 0)} msgs/s (fast clients ended by the server: ${fmt(s.fastEnded, 0)}/${fmt(s.fastTarget, 0)}) vs uWS ${fmt(u.msgsPerS, 0)} (ended ${fmt(u.fastEnded, 0)}/${fmt(u.fastTarget, 0)}) = ${fmt(r, 2)}×; CPU ${fmt(s.cpuMsPerMB, 2)} vs ${fmt(u.cpuMsPerMB, 2)} ms per MB (= ${fmt(s.cpuMsPerMB, 2)} vs ${fmt(u.cpuMsPerMB, 2)} s per GB) = ${fmt(cpuR, 2)}×`,
+      })
+    }
+  }
+
+  // (e) idle: memory per connection <= uWS.
+  {
+    const s = get('idle', 'sluice')
+    const u = get('idle', 'uws')
+    if (!s || !u) {
+      targets.push({ id: 'e', name: 'idle: memory per connection ≤ uWS', verdict: 'n/a', detail: 'idle runs for sluice and uws are needed' })
+    } else {
+      const ok = s.idleKBPerConn !== null && u.idleKBPerConn !== null && s.idleKBPerConn <= u.idleKBPerConn
+      targets.push({
+        id: 'e',
+        name: 'idle: sluice memory per open connection ≤ uWS',
+        verdict: verdict(ok),
+        detail: `sluice ${fmt(s.idleKBPerConn, 2)} KB/conn (${fmt(s.idleConnections, 0)} conns) vs uWS ${fmt(u.idleKBPerConn, 2)} KB/conn (${fmt(u.idleConnections, 0)} conns) = ${fmt(ratio(s.idleKBPerConn, u.idleKBPerConn), 2)}×`,
+      })
+    }
+  }
+  return targets
+}
+
+function ratioTable(byKey, scenarios, adapters) {
+  // sluice / peer for the headline figures, per scenario (lower is better except msgs/s).
+  const peers = adapters.filter((a) => a !== 'sluice')
+  const metrics = [
+    ['turn p99', (d) => d.turnP99Us],
+    ['ELD p99', (d) => d.eldP99Ms],
+    ['probe p99', (d) => d.probeP99Ms],
+    ['fast p99', (d) => d.fastP99Ms],
+    ['msgs/s', (d) => d.msgsPerS],
+    ['CPU/MB', (d) => d.cpuMsPerMB],
+    ['RSS max', (d) => d.rssMaxMB],
+    ['idle KB/conn', (d) => d.idleKBPerConn],
+  ]
+  const rows = []
+  for (const scn of scenarios) {
+    const s = byKey.get(`${scn}/sluice`)
+    if (!s || !s.ok) continue
+    for (const p of peers) {
+      const r = byKey.get(`${scn}/${p}`)
+      if (!r || !r.ok) continue
+      const cells = metrics.map(([, f]) => {
+        const a = f(s.derived)
+        const b = f(r.derived)
+        return a !== null && b !== null && b > 0 ? fmt(a / b, 3) : '–'
+      })
+      rows.push([scn, `sluice / ${p}`, ...cells])
+    }
+  }
+  return mdTable(['scenario', 'ratio', ...metrics.map(([n]) => n)], rows)
+}
+
+// ------------------------------------------------------------------------------------------------
+// SVG charts, written by hand
+
+const COLORS = { sluice: '#d62728', 'ws-naive': '#1f77b4', 'ws-guarded': '#2ca02c', uws: '#9467bd' }
+const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
+
+function niceTicks(min, max, count = 6) {
+  const span = max - min || 1
+  const step0 = span / count
+  const mag = 10 ** Math.floor(Math.log10(step0))
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => span / s <= count) || 10 * mag
+  const ticks = []
+  for (let v = Math.ceil(min / step) * step; v <= max + 1e-9; v += step) ticks.push(Math.round(v * 1e6) / 1e6 || 0)
+  return ticks
+}
+
+/**
+ * series: [{ name, points: [[x, y], ...] }]. xLog: log10 x axis. Returns an SVG document.
+ */
+function lineChart({ title, xLabel, yLabel, series, xLog = false, yMin = null, yMax = null, note = '' }) {
+  const W = 820
+  const H = 480
+  const M = { l: 80, r: 170, t: 50, b: 70 }
+  const pw = W - M.l - M.r
+  const ph = H - M.t - M.b
+  const all = series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y) && (!xLog || x > 0))
+  const out = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`, `<rect width="${W}" height="${H}" fill="white"/>`, `<text x="${W / 2}" y="24" text-anchor="middle" font-size="16" font-weight="bold">${esc(title)}</text>`]
+  if (all.length === 0) {
+    out.push(`<text x="${W / 2}" y="${H / 2}" text-anchor="middle">no data</text></svg>`)
+    return out.join('\n')
+  }
+  const tx = (x) => (xLog ? Math.log10(x) : x)
+  let x0 = Math.min(...all.map(([x]) => tx(x)))
+  let x1 = Math.max(...all.map(([x]) => tx(x)))
+  if (xLog) {
+    x0 = Math.floor(x0)
+    x1 = Math.ceil(x1)
+  }
+  if (x1 === x0) x1 = x0 + 1
+  let y0 = yMin !== null ? yMin : Math.min(0, ...all.map(([, y]) => y))
+  let y1 = yMax !== null ? yMax : Math.max(...all.map(([, y]) => y)) * 1.05
+  if (y1 === y0) y1 = y0 + 1
+  const sx = (x) => M.l + ((tx(x) - x0) / (x1 - x0)) * pw
+  const sy = (y) => M.t + ph - ((y - y0) / (y1 - y0)) * ph
+  // axes + grid
+  out.push(`<rect x="${M.l}" y="${M.t}" width="${pw}" height="${ph}" fill="none" stroke="#333"/>`)
+  const yt = niceTicks(y0, y1)
+  for (const v of yt) {
+    const y = sy(v)
+    out.push(`<line x1="${M.l}" y1="${y.toFixed(1)}" x2="${M.l + pw}" y2="${y.toFixed(1)}" stroke="#ddd"/>`)
+    out.push(`<text x="${M.l - 6}" y="${(y + 4).toFixed(1)}" text-anchor="end">${esc(fmt(v, 2))}</text>`)
+  }
+  const xt = xLog ? Array.from({ length: x1 - x0 + 1 }, (_, i) => 10 ** (x0 + i)) : niceTicks(x0, x1)
+  for (const v of xt) {
+    const x = sx(v)
+    out.push(`<line x1="${x.toFixed(1)}" y1="${M.t}" x2="${x.toFixed(1)}" y2="${M.t + ph}" stroke="#ddd"/>`)
+    out.push(`<text x="${x.toFixed(1)}" y="${M.t + ph + 18}" text-anchor="middle">${esc(fmt(v, 3))}</text>`)
+  }
+  out.push(`<text x="${M.l + pw / 2}" y="${H - 28}" text-anchor="middle">${esc(xLabel)}</text>`)
+  out.push(`<text transform="translate(20 ${M.t + ph / 2}) rotate(-90)" text-anchor="middle">${esc(yLabel)}</text>`)
+  if (note) out.push(`<text x="${M.l}" y="${H - 8}" font-size="11" fill="#555">${esc(note)}</text>`)
+  // series
+  series.forEach((s, i) => {
+    const pts = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y) && (!xLog || x > 0))
+    const color = COLORS[s.name] || ['#ff7f0e', '#8c564b', '#e377c2'][i % 3]
+    if (pts.length) out.push(`<polyline fill="none" stroke="${color}" stroke-width="2" points="${pts.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(' ')}"/>`)
+    const ly = M.t + 16 + i * 22
+    out.push(`<line x1="${M.l + pw + 14}" y1="${ly}" x2="${M.l + pw + 40}" y2="${ly}" stroke="${color}" stroke-width="3"/>`)
+    out.push(`<text x="${M.l + pw + 46}" y="${ly + 4}">${esc(s.name)}</text>`)
+  })
+  out.push('</svg>')
+  return out.join('\n')
+}
+
+function rssChart(byKey, adapters, scenario) {
+  const series = []
+  for (const a of adapters) {
+    const r = byKey.get(`${scenario}/${a}`)
+    if (!r || !r.adapterResult || !Array.isArray(r.adapterResult.rss)) continue
+    const start = r.adapterResult.startMs || 0
+    series.push({ name: a, points: r.adapterResult.rss.map(([t, b]) => [(t - start) / 1000, b / 1048576]) })
+  }
+  return lineChart({
+    title: `RSS over time, ${scenario} scenario`,
+    xLabel: 'seconds since broadcasting started (negative: clients connecting)',
+    yLabel: 'RSS (MiB)',
+    series,
+    note: 'sampled every 250 ms in each adapter process',
+  })
+}
+
+function latencyCdfChart(byKey, adapters, scenario) {
+  const series = []
+  for (const a of adapters) {
+    const r = byKey.get(`${scenario}/${a}`)
+    const h = r && r.loadgenResult && r.loadgenResult.fast && r.loadgenResult.fast.latencyHistogram
+    if (!Array.isArray(h) || h.length === 0) continue
+    const total = h.reduce((s, [, c]) => s + c, 0)
+    if (!total) continue
+    // Trim the empty buckets below the first message and above the last one (keeping one each).
+    const first = Math.max(0, h.findIndex(([, c]) => c > 0) - 1)
+    let last = h.length - 1
+    while (last > 0 && h[last][1] === 0) last--
+    let acc = 0
+    const points = []
+    for (let i = first; i <= last; i++) {
+      const [upperUs, c] = h[i]
+      acc += c
+      points.push([Math.max(upperUs, 1) / 1000, acc / total])
+    }
+    series.push({ name: a, points })
+  }
+  return lineChart({
+    title: `Fast-client latency CDF, ${scenario} scenario`,
+    xLabel: 'latency, broadcast call to client receive (ms, log scale)',
+    yLabel: 'fraction of messages',
+    series,
+    xLog: true,
+    yMin: 0,
+    yMax: 1,
+    note: 'from each run\'s latencyHistogram (sluice-loadgen)',
+  })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Machine
+
+function machine() {
+  const sh = (cmd, args) => {
+    try {
+      return execFileSync(cmd, args, { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
+    } catch {
+      return null
+    }
+  }
+  let cpuModel = null
+  try {
+    const m = /^model name\s*:\s*(.+)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))
+    cpuModel = m ? m[1].trim() : null
+  } catch {
+    /* not linux */
+  }
+  let addon = null
+  try {
+    const file = path.join(ROOT, 'sluice.linux-x64-gnu.node')
+    const hash = require('crypto').createHash('sha256').update(fs.readFileSync(file)).digest('hex').slice(0, 16)
+    addon = `${path.basename(file)} sha256 ${hash}…, built ${fs.statSync(file).mtime.toISOString()}`
+  } catch {
+    addon = null
+  }
+  const commit = sh('git', ['rev-parse', 'HEAD'])
+  const dirty = sh('git', ['status', '--porcelain', '--untracked-files=no'])
+  return {
+    nproc: sh('nproc', []) || String(os.cpus().length),
+    cpuModel,
+    kernel: sh('uname', ['-r']),
+    node: process.version,
+    memGiB: Math.round((os.totalmem() / 2 ** 30) * 10) / 10,
+    commit: commit ? commit + (dirty ? ' (working tree has uncommitted changes to tracked files)' : '') : 'unknown',
+    nofileHard: sh('bash', ['-c', 'ulimit -Hn']),
+    addon,
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Main
+
+async function main() {
+  installSignalHandlers()
+  const flags = parseFlags(process.argv)
+  const scenarios = flags.quick ? QUICK : FULL
+  if (!fs.existsSync(LOADGEN)) {
+    throw new Error(`${path.relative(ROOT, LOADGEN)} not found: build it with cargo build --release --manifest-path bench/loadgen/Cargo.toml`)
+  }
+  const d = new Date()
+  const date = `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`
+  const assetsDir = path.join(flags.outDir, date)
+  const rawDir = path.join(assetsDir, 'raw')
+  fs.mkdirSync(rawDir, { recursive: true })
+  const mach = machine()
+  const gapMs = flags.quick ? 500 : 3000
+
+  const plan = []
+  for (const scn of flags.scenarios) for (const a of flags.adapters) plan.push([scn, a])
+  process.stdout.write(`sluice bench${flags.quick ? ' --quick' : ''}: ${plan.length} runs, output in ${flags.outDir}\n`)
+  process.stdout.write(`machine: ${mach.nproc} cores (${mach.cpuModel}), kernel ${mach.kernel}, Node ${mach.node}, sluice ${mach.commit}\n`)
+
+  const runs = []
+  const byKey = new Map()
+  const began = Date.now()
+  for (let i = 0; i < plan.length; i++) {
+    const [scn, a] = plan[i]
+    const sc = scenarios[scn]
+    process.stdout.write(`[${i + 1}/${plan.length}] ${scn} × ${a} ... `)
+    const run = await runOne(a, scn, sc, flags, rawDir)
+    run.derived = derive(run, sc)
+    runs.push(run)
+    byKey.set(`${scn}/${a}`, run)
+    process.stdout.write(run.ok ? `ok (${fmt(run.elapsedS)} s)\n` : `FAILED (${fmt(run.elapsedS)} s): ${run.error}\n`)
+    if (i + 1 < plan.length) await sleep(gapMs)
+  }
+  const totalS = (Date.now() - began) / 1000
+
+  const table = mdTable(COLUMNS, tableRows(runs, scenarios))
+  const ratios = ratioTable(byKey, flags.scenarios, flags.adapters)
+  const targets = evaluateTargets(byKey)
+  const targetsMd = mdTable(['target', 'verdict', 'measured'], targets.map((t) => [`(${t.id}) ${t.name}`, `**${t.verdict}**`, t.detail]))
+
+  // Charts
+  const charts = []
+  const writeChart = (name, svg, caption) => {
+    fs.writeFileSync(path.join(assetsDir, name), svg)
+    charts.push({ file: path.join(assetsDir, name), rel: `${date}/${name}`, caption })
+  }
+  if (flags.scenarios.includes('slow')) writeChart('slow-rss.svg', rssChart(byKey, flags.adapters, 'slow'), 'RSS over time per adapter, slow scenario')
+  if (flags.scenarios.includes('lobby')) writeChart('lobby-latency-cdf.svg', latencyCdfChart(byKey, flags.adapters, 'lobby'), 'Fast-client latency distribution (CDF) per adapter, lobby scenario')
+  if (flags.scenarios.includes('storm')) writeChart('storm-rss.svg', rssChart(byKey, flags.adapters, 'storm'), 'RSS over time per adapter, storm scenario')
+
+  // Report
+  const paramRows = flags.scenarios.map((scn) => {
+    const sc = scenarios[scn]
+    const clients = [`${sc.fast} ${sc.idle ? 'idle' : 'fast'}`, sc.stalled && `${sc.stalled} stalled`, sc.slow && `${sc.slow} slow @ ${sc.slowRate} B/s`].filter(Boolean).join(' + ')
+    return [scn, clients, sc.probeMs ? `every ${sc.probeMs} ms` : '–', sc.idle ? 'none' : `${sc.payload} B / ${sc.interval === 0 ? 'as fast as possible' : `${sc.interval} ms`}`, `${flags.warmupS} s`, `${sc.windowS} s`, DESCRIPTIONS[scn]]
+  })
+  const failed = runs.filter((r) => !r.ok)
+  const md = []
+  md.push(`# sluice benchmark, ${date}${flags.quick ? ' (--quick: harness check only, the numbers mean nothing)' : ''}`)
+  md.push('')
+  md.push('Generated by `node bench/run.js' + process.argv.slice(2).map((a) => ` ${a}`).join('') + `\`; ${plan.length} runs in ${fmt(totalS / 60, 1)} min.`)
+  md.push('')
+  md.push('## Machine')
+  md.push('')
+  md.push(`- ${mach.nproc} cores: ${mach.cpuModel}; ${mach.memGiB} GiB RAM`)
+  md.push(`- kernel ${mach.kernel}; Node ${mach.node}; open-files hard limit ${mach.nofileHard}`)
+  md.push(`- sluice commit ${mach.commit}`)
+  if (mach.addon) md.push(`- addon binary: ${mach.addon}`)
+  md.push('- The server under test and the load generator (sluice-loadgen, Rust/tokio) run on the same machine and share its cores: every figure below includes that contention, for every adapter alike.')
+  md.push('')
+  md.push('## Parameters')
+  md.push('')
+  md.push(mdTable(['scenario', 'clients', 'probes', 'payload / interval', 'warmup', 'window', 'what'], paramRows))
+  md.push('')
+  md.push(`Every adapter runs with maxBufferedAmount / maxBackpressure / guard limit ${MAX_BUFFERED} B where it has one; other options are each library's defaults. Adapters: sluice (\`server.broadcast(buf)\`, Normal priority), ws-naive (\`wss.clients.forEach(c => c.send(buf))\`), ws-guarded (same, terminating a client whose bufferedAmount exceeds ${MAX_BUFFERED} B), uws (uWebSockets.js: \`app.publish('lobby', buf, true)\` with maxBackpressure ${MAX_BUFFERED} and closeOnBackpressureLimit). Each adapter is started with \`ulimit -n 65536\` (or the hard limit if lower) and \`node --expose-gc\` (gc() is called only before the idle scenario's two memory readings).`)
+  md.push('')
+  md.push('How each figure is measured:')
+  md.push('')
+  md.push('- **JS call**: wall time (process.hrtime) and JS-thread CPU time (sluice `threadCpuTimeNs()`, CLOCK_THREAD_CPUTIME_ID) of the broadcast call itself, p99 over the window.')
+  md.push('- **turn**: from just before the call until the next setImmediate callback runs, i.e. the call plus whatever work the library deferred onto the JS thread.')
+  md.push('- **ELD**: `monitorEventLoopDelay({ resolution: 1 })` over the window.')
+  md.push('- **probe**: a new connection every 100 ms, timed from TCP connect to the 101 response; failures include timeouts (2 s).')
+  md.push('- **fast latency**: server send timestamp (in the payload, taken just before the broadcast call) to receipt at a fast client; **gaps**: missing sequence numbers within the window, fast clients (and slow clients in brackets).')
+  md.push('- **msgs/s delivered**: messages received by all clients in the window / window length. **CPU ms per MB**: the server process\'s user+system CPU over the window (process.cpuUsage, all threads) per 10^6 payload bytes delivered (ms per MB = s per GB).')
+  md.push('- **RSS max**: largest RSS sample (every 250 ms) over the adapter\'s life. **idle KB/conn**: (RSS with every client connected − RSS before listening) / open connections, each after a full GC.')
+  md.push('- **loadgen CPU %**: the load generator\'s own CPU over the window, as a share of one core (it reports it).')
+  md.push('- **fast ended by server**: fast clients whose connection the server ended during the run (a fast client never closes by itself before the window ends).')
+  md.push('- **stalled ended**: stalled clients the server ended (TCP no longer ESTABLISHED), and p50 / max seconds from their connect to the end (their connect is before the broadcast starts: ramp-up plus warmup are included).')
+  md.push('')
+  md.push('## Results')
+  md.push('')
+  md.push(table)
+  md.push('')
+  md.push('### Server-side details')
+  md.push('')
+  md.push('Process CPU (all threads) over the window; the JS thread\'s time on CPU and waiting on a run queue (runnable but not running: preempted by other threads on the 2 cores) from /proc/self/task/<tid>/schedstat over the window; sluice\'s own metrics() and each adapter\'s policy terminations as of the end of the window (before the load generator\'s clients go away at its exit). For ws-naive, nothing is ever terminated by policy; for uws, a close while the socket is at or over maxBackpressure.')
+  md.push('')
+  md.push(detailsTable(runs))
+  md.push('')
+  md.push('### Ratios, sluice / peer (same run; < 1 means sluice is lower)')
+  md.push('')
+  md.push(ratios)
+  md.push('')
+  md.push('## Targets')
+  md.push('')
+  md.push(targetsMd)
+  md.push('')
+  if (charts.length) {
+    md.push('## Charts')
+    md.push('')
+    for (const c of charts) {
+      md.push(`![${c.caption}](${c.rel})`)
+      md.push('')
+    }
+  }
+  if (failed.length) {
+    md.push('## Failed runs')
+    md.push('')
+    for (const r of failed) md.push(`- ${r.scenario} × ${r.adapter}: ${r.error.replace(/\n/g, ' ')}`)
+    md.push('')
+  }
+  md.push('## Raw results')
+  md.push('')
+  md.push(`Per run: adapter JSON, load generator JSON and both processes' stderr, in \`${path.relative(flags.outDir, rawDir) || '.'}/\` (relative to this report):`)
+  md.push('')
+  for (const r of runs) md.push(`- ${r.scenario} × ${r.adapter}: \`${path.relative(flags.outDir, r.files.adapterJson)}\`, \`${path.relative(flags.outDir, r.files.loadgenJson)}\``)
+  md.push('')
+  const reportPath = path.join(flags.outDir, `${date}.md`)
+  fs.writeFileSync(reportPath, md.join('\n'))
+  const summary = { reportPath, assetsDir, charts: charts.map((c) => c.file), runs: runs.map((r) => ({ scenario: r.scenario, adapter: r.adapter, ok: r.ok, error: r.error, adapterJson: r.files.adapterJson, loadgenJson: r.files.loadgenJson })), targets }
+  fs.writeFileSync(path.join(assetsDir, 'summary.json'), JSON.stringify(summary, null, 2))
+
+  process.stdout.write(`\n${table}\n\nRatios, sluice / peer:\n\n${ratios}\n\nTargets${flags.quick ? ' (--quick: not meaningful)' : ''}:\n\n${targetsMd}\n\n`)
+  process.stdout.write(`report: ${reportPath}\ncharts: ${charts.map((c) => c.file).join(', ')}\nraw: ${rawDir}\nsummary: ${path.join(assetsDir, 'summary.json')}\n`)
+  process.stdout.write(`total ${fmt(totalS / 60, 1)} min\n`)
+  if (failed.length) {
+    process.stdout.write(`${failed.length} run(s) FAILED\n`)
+    process.exitCode = 1
+  }
+}
+
+if (require.main === module) {
+  main().catch((err) => {
+    process.stderr.write(`run.js: ${err && err.stack ? err.stack : err}\n`)
+    killAll()
+    process.exit(2)
+  })
+}
+
+module.exports = { FULL, QUICK, ADAPTERS, SCENARIO_ORDER, MAX_BUFFERED }
