@@ -15,13 +15,14 @@
 //! **Bounds.** The broadcasts waiting for the fan-out task may add up to `maxBufferedAmount -
 //! highWaterMark` (one is always accepted when none waits): every one of them is bound for every
 //! recipient, so more than that would overflow a client that is still under its high-water mark
-//! but not draining at that very moment. Past it,
-//! `broadcast` returns `false` and the refusal is counted (`fanoutRejected`): the producer learns at
-//! once that it is ahead of the server, nothing is dropped silently and memory stays bounded. A frame that reaches a connection that is already closing is counted as dropped.
+//! but not draining at that very moment. Past it, `broadcast` returns `false` and the refusal is
+//! counted (`fanoutRejected`): the producer learns at once that it is ahead of the server, nothing
+//! is dropped silently and memory stays bounded. A frame that reaches a connection that is
+//! already closing is counted as dropped.
 //!
 //! At each broadcast the task records the recipients' `bufferedAmount` distribution (p50/p99/max)
-//! as the message found it (the backlog it joins) into the metrics; the frame's [`FanoutProbe`] records the time from the JS call to the last
-//! recipient's socket write.
+//! as the message found it (the backlog it joins) into the metrics; the frame's [`FanoutProbe`]
+//! records the time from the JS call to the last recipient's socket write.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

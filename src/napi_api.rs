@@ -206,6 +206,25 @@ fn lower_thread_priority(nice: i32) {
     let _ = nice;
 }
 
+/// The server's two runtimes; they live and stop together.
+struct Runtimes {
+    /// Connections, fan-out, timers: `threads` workers at `workerNice`.
+    workers: tokio::runtime::Runtime,
+    /// The listener and handshakes: one thread at normal priority.
+    accept: tokio::runtime::Runtime,
+}
+
+/// A multi-thread runtime of `threads` workers named `name`, each niced by `nice`.
+fn build_runtime(name: &str, threads: usize, nice: i32) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .on_thread_start(move || lower_thread_priority(nice))
+        .enable_all()
+        .build()
+        .map_err(|e| Error::from_reason(format!("cannot start the {name} runtime: {e}")))
+}
+
 static TRACING: Once = Once::new();
 
 /// Rust-side logs go to stderr through `tracing` when `SLUICE_LOG` is set (an `EnvFilter`
@@ -225,10 +244,8 @@ fn init_tracing() {
 #[napi]
 pub struct NativeServer {
     shared: Arc<ServerShared>,
-    /// Connections, fan-out, timers: `threads` workers at `workerNice`.
-    runtime: Option<tokio::runtime::Runtime>,
-    /// The listener and handshakes: one thread at normal priority.
-    accept_runtime: Option<tokio::runtime::Runtime>,
+    /// `None` once destroyed.
+    runtimes: Option<Runtimes>,
     listening: bool,
     /// close() was called and `destroy()` not yet: the close must be able to finish.
     closing: bool,
@@ -245,54 +262,38 @@ impl NativeServer {
         init_tracing();
         let config = Config::from_options(options)
             .map_err(|e| Error::new(Status::InvalidArg, format!("{}: {}", e.option, e.message)))?;
-        let nice = config.worker_nice;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.threads)
-            .thread_name("sluice-rt")
-            .on_thread_start(move || lower_thread_priority(nice))
-            .enable_all()
-            .build()
-            .map_err(|e| Error::from_reason(format!("cannot start the runtime: {e}")))?;
-        let accept_runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("sluice-accept")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::from_reason(format!("cannot start the runtime: {e}")))?;
+        let runtimes = Runtimes {
+            workers: build_runtime("sluice-rt", config.threads, config.worker_nice)?,
+            accept: build_runtime("sluice-accept", 1, 0)?,
+        };
         let events = EventSink::new();
         events.attach(on_events)?;
-        let shared = ServerShared::new(config, events, runtime.handle().clone());
-        shared.start_fanout(runtime.handle());
+        let shared = ServerShared::new(config, events, runtimes.workers.handle().clone());
+        shared.start_fanout();
         Ok(Self {
             shared,
-            runtime: Some(runtime),
-            accept_runtime: Some(accept_runtime),
+            runtimes: Some(runtimes),
             listening: false,
             closing: false,
             keep_alive: true,
         })
     }
 
-    fn handle(&self) -> Result<&tokio::runtime::Handle> {
-        self.runtime
+    fn runtimes(&self) -> Result<&Runtimes> {
+        self.runtimes
             .as_ref()
-            .map(|r| r.handle())
             .ok_or_else(|| Error::from_reason("server is destroyed"))
     }
 
     fn update_ref(&self, env: &Env) -> Result<()> {
-        let alive = (self.listening || self.closing) && self.keep_alive && self.runtime.is_some();
+        let alive = (self.listening || self.closing) && self.keep_alive && self.runtimes.is_some();
         self.shared.events.set_ref(env, alive)
     }
 
     /// Binds and starts accepting. Never throws for socket errors: they come back in the result.
     #[napi]
     pub fn listen(&mut self, env: Env) -> Result<ListenResult> {
-        let accept = self
-            .accept_runtime
-            .as_ref()
-            .ok_or_else(|| Error::from_reason("server is destroyed"))?;
-        let result = self.shared.listen(accept.handle());
+        let result = self.shared.listen(self.runtimes()?.accept.handle());
         Ok(match result {
             Ok(addr) => {
                 self.listening = true;
@@ -388,7 +389,7 @@ impl NativeServer {
     /// Starts the graceful close; the `closed` event follows. False if already closing.
     #[napi]
     pub fn close(&mut self, env: Env, timeout_ms: u32) -> Result<bool> {
-        self.handle()?;
+        self.runtimes()?;
         let started = self
             .shared
             .begin_close(Duration::from_millis(timeout_ms as u64));
@@ -406,11 +407,9 @@ impl NativeServer {
         self.update_ref(&env)?;
         // Every connection task has ended by now; the rest (fan-out, timers, the stopped accept
         // loop) is cancelled.
-        for rt in [self.accept_runtime.take(), self.runtime.take()]
-            .into_iter()
-            .flatten()
-        {
-            rt.shutdown_timeout(Duration::from_secs(1));
+        if let Some(r) = self.runtimes.take() {
+            r.accept.shutdown_timeout(Duration::from_secs(1));
+            r.workers.shutdown_timeout(Duration::from_secs(1));
         }
         self.shared.events.detach();
         Ok(())
@@ -434,11 +433,9 @@ impl NativeServer {
 impl Drop for NativeServer {
     fn drop(&mut self) {
         // Finalized without close() (GC after unref, or env teardown): never block here.
-        for rt in [self.accept_runtime.take(), self.runtime.take()]
-            .into_iter()
-            .flatten()
-        {
-            rt.shutdown_background();
+        if let Some(r) = self.runtimes.take() {
+            r.accept.shutdown_background();
+            r.workers.shutdown_background();
         }
     }
 }

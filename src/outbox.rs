@@ -253,12 +253,13 @@ impl Outbox {
         if self.state != State::Open {
             return false;
         }
-        let pongs = self
-            .control
-            .iter()
-            .filter(|(_, k)| *k == ControlKind::Pong)
-            .count();
-        if kind == ControlKind::Pong && pongs >= MAX_QUEUED_PONGS {
+        let pongs = || {
+            self.control
+                .iter()
+                .filter(|(_, k)| *k == ControlKind::Pong)
+                .count()
+        };
+        if kind == ControlKind::Pong && pongs() >= MAX_QUEUED_PONGS {
             if let Some(slot) = self
                 .control
                 .iter_mut()

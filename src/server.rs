@@ -86,9 +86,9 @@ impl ServerShared {
         })
     }
 
-    /// Starts the fan-out task. Called once, by the constructor of the napi server.
-    pub fn start_fanout(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
-        let _ = self.fanout.set(Fanout::start(rt, self.clone()));
+    /// Starts the fan-out task on the workers. Called once, by the constructor of the napi server.
+    pub fn start_fanout(self: &Arc<Self>) {
+        let _ = self.fanout.set(Fanout::start(&self.workers, self.clone()));
     }
 
     pub fn fanout(&self) -> &Fanout {
