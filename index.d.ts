@@ -24,8 +24,18 @@ export declare class NativeConnection {
   get kernelBufferedAmount(): number | null
   /** True until a close starts. */
   get isOpen(): boolean
-  send(data: Uint8Array, priority: Priority, text: boolean): boolean
-  sendText(data: string, priority: Priority): boolean
+  /** The negotiated subprotocol, `''` if none. */
+  get protocol(): string
+  /** Which inbound events reach JavaScript: bits 1 message, 2 ping, 4 pong. */
+  setInterest(bits: number): void
+  /**
+   * Queues `data` as one frame. With `ack`, a `sent` event with that token reports whether it
+   * was wholly handed to the kernel or dropped.
+   */
+  send(data: Uint8Array, priority: Priority, text: boolean, ack?: number | undefined | null): boolean
+  sendText(data: string, priority: Priority, ack?: number | undefined | null): boolean
+  /** Queues a ping (or, with `pong`, an unsolicited pong) carrying at most 125 bytes. */
+  ping(data: Uint8Array, pong: boolean): boolean
   /**
    * Graceful close after queued data (and after broadcasts made before it). False if already
    * closing or closed.
@@ -40,6 +50,26 @@ export declare class NativeConnection {
 /** Native half of `Server`. Use `Server` from `require('sluice')` instead. */
 export declare class NativeServer {
   constructor(options: ServerOptions, onEvents: (events: Array<Array<any>>) => void)
+  /**
+   * Open connections keep the process alive as open sockets do in Node, also without a
+   * listener of sluice's own (`noServer`). `lib/sluice.js` calls this when its count of open
+   * connections and handshakes in progress leaves or reaches zero.
+   */
+  hold(holding: boolean): void
+  /**
+   * Takes over the socket with descriptor `fd` from Node's http server, whose parser has read
+   * its upgrade request (`method`, `httpVersion`, `url`, `rawHeaders`); `head` holds the bytes
+   * that followed the request head. The descriptor is duplicated before this returns: Node must
+   * then destroy its handle (never `end()` it, which would send a FIN). Returns the handshake's
+   * token; the `connection` event (or a `handshake failed` event) carries it back.
+   */
+  adopt(fd: number, method: string, httpVersion: string, url: string, rawHeaders: Array<string>, head: Uint8Array): number
+  /**
+   * Answers a `verify` event: `status` 0 accepts (with `protocol`, one the client offered, or
+   * none); 400-599 refuses with that status, `headers` (`[name, value, ...]`) and `body`.
+   * False if the handshake no longer waits (it timed out).
+   */
+  verifyReply(token: number, status: number, protocol?: string | undefined | null, headers?: Array<string> | undefined | null, body?: string | undefined | null): boolean
   /** Binds and starts accepting. Never throws for socket errors: they come back in the result. */
   listen(): ListenResult
   /**
@@ -235,6 +265,17 @@ export interface ServerOptions {
    * kernel lets the JS thread run first. `0` gives them equal weight. Default `5`.
    */
   workerNice?: number
+  /**
+   * Browser `Origin`s allowed to connect, compared exactly (ASCII case-insensitively), e.g.
+   * `['https://lobby.example.com']`; an upgrade with another `Origin` gets 403. Requests
+   * without an `Origin` header (non-browser clients) are not affected. Default: any origin.
+   */
+  allowedOrigins?: Array<string>
+  /**
+   * Set by `lib/sluice.js` when `verifyClient` or `handleProtocols` is given: every valid
+   * upgrade waits for their answer (a `verify` event and `verifyReply`) before the 101.
+   */
+  askJs?: boolean
 }
 
 /** Connections the server ended without a completed close handshake, by cause. */

@@ -2,12 +2,13 @@
 // Public API of sluice. The native types (options with their defaults, metrics, Priority) are
 // generated from src/ by napi-rs into ../index.d.ts and re-exported here.
 import { EventEmitter } from 'events'
-import type { ServerOptions, Metrics, NativeConnection } from '../index'
+import type { IncomingMessage, Server as HttpServer } from 'http'
+import type { Duplex } from 'stream'
+import type { ServerOptions as NativeServerOptions, Metrics, NativeConnection } from '../index'
 import { Priority, threadCpuTimeNs } from '../index'
 
 export { Priority, threadCpuTimeNs }
 export type {
-  ServerOptions,
   Metrics,
   DroppedMetrics,
   TerminatedMetrics,
@@ -21,14 +22,55 @@ export type PriorityLike = Priority | 'critical' | 'normal' | 'low'
 /** Message data: a string goes out as a text frame, anything binary as a binary frame. */
 export type Data = string | Buffer | ArrayBufferView | ArrayBuffer | SharedArrayBuffer
 
-/** The upgrade request, as seen by the `connection` event. */
+/** The upgrade request from sluice's own listener, as `verifyClient` and `connection` see it. */
 export interface UpgradeRequest {
   /** Request target, path and query, e.g. `'/lobby?table=7'`. */
   url: string
+  /** Always `'GET'`. */
+  method?: string
   /** Header names in lower case; repeated headers joined with `', '`. */
   headers: Record<string, string>
   remoteAddress: string
   remotePort: number
+  /** `{ remoteAddress, remotePort }`, as on an `IncomingMessage`. */
+  socket?: { remoteAddress: string; remotePort: number }
+}
+
+/** The request a hook or `connection` listener gets: sluice's own, or the `IncomingMessage`
+ * given to `handleUpgrade` / seen by `attach`. */
+export type Request = UpgradeRequest | IncomingMessage
+
+/** A refusal from `verifyClient`: the HTTP status (400-599, default 401), body and headers. */
+export interface Refusal {
+  code?: number
+  message?: string
+  headers?: Record<string, string>
+}
+
+/** `new Server(options)`: the native options (defaults in index.d.ts) and the JavaScript hooks. */
+export interface ServerOptions extends Omit<NativeServerOptions, 'askJs'> {
+  /**
+   * No listener of sluice's own: connections come from an http server through `handleUpgrade`
+   * or `attach`. Excludes `host`, `port` and `path`; `listen()` rejects `ERR_SLUICE_NO_SERVER`.
+   */
+  noServer?: boolean
+  /**
+   * Called with the request before the 101 is sent; nothing is registered as a connection
+   * before it answers. `true` accepts; `false` refuses with 401; `{ code, message, headers }`
+   * refuses with that status. A hook that throws refuses with 500 (and emits `'error'`); one
+   * slower than `handshakeTimeout` refuses with 503.
+   */
+  verifyClient?: (req: Request) => boolean | Refusal | Promise<boolean | Refusal>
+  /**
+   * Picks the subprotocol among those the client offered, or `false` for none. Default: the
+   * client's first choice (as `ws` does).
+   */
+  handleProtocols?: (protocols: Set<string>, req: Request) => string | false
+}
+
+export interface AttachOptions {
+  /** Take only upgrades for this path (the query string is ignored). Default: every path. */
+  path?: string
 }
 
 export interface AddressInfo {
@@ -43,11 +85,14 @@ export interface SluiceError extends Error {
 }
 
 export declare class Connection extends EventEmitter {
-  private constructor(native: NativeConnection, request: UpgradeRequest)
+  private constructor(native: NativeConnection, request: Request, server: Server)
   /** Server-unique id. */
   readonly id: number
-  readonly request: UpgradeRequest
+  /** sluice's request object, or the `IncomingMessage` of a taken-over socket. */
+  readonly request: Request
   readonly remoteAddress: string
+  /** The negotiated subprotocol, `''` if none. */
+  readonly protocol: string
   /** Bytes queued in sluice for this connection and not yet handed to the kernel (read from Rust, synchronous). */
   readonly bufferedAmount: number
   /** Bytes in the kernel's send queue not yet acknowledged by the peer (Linux `SIOCOUTQ`), else `null`. */
@@ -60,6 +105,17 @@ export declare class Connection extends EventEmitter {
    * @throws {TypeError} `ERR_SLUICE_INVALID_DATA`, `ERR_SLUICE_INVALID_PRIORITY`
    */
   send(data: Data, priority?: PriorityLike): boolean
+  /**
+   * As above; `callback` is called once: with `null` when the whole frame has been handed to the
+   * kernel, or with an `ERR_SLUICE_DROPPED` error if it was dropped (policy, overflow, closed).
+   * @throws {TypeError} `ERR_SLUICE_INVALID_CALLBACK`
+   */
+  send(data: Data, priority: PriorityLike | undefined, callback: (err: SluiceError | null) => void): boolean
+  send(data: Data, callback: (err: SluiceError | null) => void): boolean
+  /** Sends a ping; the answer is a `'pong'` event. At most 125 bytes. @throws {RangeError} `ERR_SLUICE_INVALID_DATA` */
+  ping(data?: Data | number): boolean
+  /** Sends an unsolicited pong (a one-way heartbeat). At most 125 bytes. */
+  pong(data?: Data | number): boolean
   /** Subscribes to `topic`; false if already subscribed or closed. */
   subscribe(topic: string): boolean
   /** Unsubscribes from `topic`; false if not subscribed. */
@@ -82,8 +138,11 @@ export declare class Connection extends EventEmitter {
   on(event: 'backpressure', listener: (bufferedAmount: number) => void): this
   /** bufferedAmount fell below `lowWaterMark` after a `backpressure` (once per crossing). */
   on(event: 'drain', listener: (bufferedAmount: number) => void): this
+  /** A ping or pong from the peer. Pings are answered by sluice whether or not this is listened to. */
+  on(event: 'ping' | 'pong', listener: (data: Buffer) => void): this
   on(event: string | symbol, listener: (...args: any[]) => void): this
   once(event: 'message', listener: (data: Buffer, isBinary: boolean) => void): this
+  once(event: 'ping' | 'pong', listener: (data: Buffer) => void): this
   once(event: 'close', listener: (code: number, reason: string) => void): this
   once(event: 'backpressure' | 'drain', listener: (bufferedAmount: number) => void): this
   once(event: string | symbol, listener: (...args: any[]) => void): this
@@ -107,6 +166,23 @@ export declare class Server extends EventEmitter {
    * `'ERR_SLUICE_ALREADY_LISTENING'`.
    */
   listen(): Promise<AddressInfo>
+  /**
+   * Takes a socket over from Node's http server in its `'upgrade'` event (as `ws`'s
+   * `handleUpgrade`): the descriptor is duplicated into sluice and Node's handle destroyed without
+   * a FIN; `head` and bytes Node already buffered are kept. The handshake runs on sluice's threads;
+   * `callback(conn, req)` runs once the connection is open (after `'connection'`), never if the
+   * handshake fails. A closing server answers 503.
+   * @throws `ERR_SLUICE_ENCRYPTED_SOCKET` (TLS), `ERR_SLUICE_SOCKET_TAKEN` (called twice),
+   * `ERR_SLUICE_INVALID_SOCKET`, `ERR_SLUICE_INVALID_ARG`, `ERR_SLUICE_TAKEOVER_FAILED`
+   */
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, callback?: (conn: Connection, req: IncomingMessage) => void): void
+  /**
+   * Hands an http server's upgrade requests (on `path` only, if given) to `handleUpgrade`; its
+   * HTTP routes keep working on the same port. Other paths are left to other `'upgrade'`
+   * listeners, or answered 404. `close()` removes the listener.
+   * @throws `ERR_SLUICE_ENCRYPTED_SOCKET` for an https server, `ERR_SLUICE_INVALID_ARG`
+   */
+  attach(httpServer: HttpServer, options?: AttachOptions): this
   /** The bound address while listening, else `null`. */
   address(): AddressInfo | null
   /** Open connections. */
@@ -144,12 +220,12 @@ export declare class Server extends EventEmitter {
   /** Let the process exit even while listening. */
   unref(): this
 
-  on(event: 'connection', listener: (conn: Connection, req: UpgradeRequest) => void): this
+  on(event: 'connection', listener: (conn: Connection, req: Request) => void): this
   on(event: 'backpressure' | 'drain', listener: (conn: Connection, bufferedAmount: number) => void): this
   on(event: 'listening' | 'close', listener: () => void): this
   on(event: 'error', listener: (err: SluiceError) => void): this
   on(event: string | symbol, listener: (...args: any[]) => void): this
-  once(event: 'connection', listener: (conn: Connection, req: UpgradeRequest) => void): this
+  once(event: 'connection', listener: (conn: Connection, req: Request) => void): this
   once(event: 'backpressure' | 'drain', listener: (conn: Connection, bufferedAmount: number) => void): this
   once(event: 'listening' | 'close', listener: () => void): this
   once(event: string | symbol, listener: (...args: any[]) => void): this

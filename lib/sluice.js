@@ -12,6 +12,12 @@
 const { EventEmitter } = require('events')
 const { NativeServer, Priority, threadCpuTimeNs } = require('../index.js')
 
+/** Marks a Node socket that sluice has taken over (a second `handleUpgrade` on it throws). */
+const kTakenOver = Symbol('sluice.takenOver')
+const EMPTY = Buffer.alloc(0)
+/** Largest payload of a ping or pong (RFC 6455 §5.5). */
+const MAX_CONTROL_PAYLOAD = 125
+
 /** Largest number of bytes the sizes accept (1 TiB): far above any sane bound, below 2^53. */
 const MAX_BYTES = 2 ** 40
 /** Largest timer value Node itself accepts (setTimeout's 2^31 - 1 ms). */
@@ -30,7 +36,15 @@ const KIND = {
   DRAIN: 4,
   ERROR: 5,
   CLOSED: 6,
+  VERIFY: 7,
+  HANDSHAKE_FAILED: 8,
+  PING: 9,
+  PONG: 10,
+  SENT: 11,
 }
+
+/** Inbound events the native side passes on only while JavaScript listens (interest bits). */
+const INTEREST = { message: 1, ping: 2, pong: 4 }
 
 function sluiceError(Class, code, message) {
   const err = new Class(message)
@@ -57,7 +71,14 @@ const OPTIONS = {
   threads: ['int', 1, 64],
   kernelUnsentLimit: ['int', 0, 2 ** 31 - 1],
   workerNice: ['int', 0, 19],
+  noServer: ['boolean'],
+  verifyClient: ['function'],
+  handleProtocols: ['function'],
+  allowedOrigins: ['strings'],
 }
+
+/** Options handled here, not by the native side. */
+const JS_ONLY = ['noServer', 'verifyClient', 'handleProtocols']
 
 function validateOptions(options) {
   if (options === undefined) return {}
@@ -79,9 +100,13 @@ function validateOptions(options) {
       if (!kind.includes(value)) {
         throw sluiceError(RangeError, 'ERR_SLUICE_INVALID_OPTION', `${name} must be one of ${kind.map((k) => `'${k}'`).join(', ')}, got '${value}'`)
       }
-    } else if (kind === 'string') {
-      if (typeof value !== 'string') {
-        throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTION', `${name} must be a string, got ${typeof value}`)
+    } else if (kind === 'string' || kind === 'boolean' || kind === 'function') {
+      if (typeof value !== kind) {
+        throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTION', `${name} must be a ${kind}, got ${typeof value}`)
+      }
+    } else if (kind === 'strings') {
+      if (!Array.isArray(value) || !value.every((v) => typeof v === 'string' && v.length > 0)) {
+        throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTION', `${name} must be an array of non-empty strings`)
       }
     } else {
       if (typeof value !== 'number' || Number.isNaN(value)) {
@@ -102,6 +127,27 @@ function validateOptions(options) {
   if (low > high) {
     throw sluiceError(RangeError, 'ERR_SLUICE_OUT_OF_RANGE', `lowWaterMark (${low}) must not exceed highWaterMark (${high})`)
   }
+  if (out.noServer) {
+    const own = ['host', 'port', 'path'].filter((n) => out[n] !== undefined)
+    if (own.length > 0) {
+      throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTIONS', `noServer excludes ${own.join(', ')}: a noServer server has no listener of its own`)
+    }
+  }
+  return out
+}
+
+/** The options object the native constructor takes. */
+function nativeOptions(options) {
+  const out = { ...options }
+  for (const name of JS_ONLY) delete out[name]
+  if (options.verifyClient || options.handleProtocols) out.askJs = true
+  return out
+}
+
+/** `rawHeaders` of a request object sluice built (own listener): Node's flat form. */
+function flatHeaders(headers) {
+  const out = []
+  for (const [name, value] of Object.entries(headers)) out.push(name, value)
   return out
 }
 
@@ -136,6 +182,16 @@ function toTopic(topic) {
   return topic
 }
 
+function controlPayload(data) {
+  if (data === undefined) return EMPTY
+  const bytes = typeof data === 'string' ? Buffer.from(data) : toBytes(typeof data === 'number' ? String(data) : data)
+  const out = bytes === null ? Buffer.from(data) : bytes
+  if (out.byteLength > MAX_CONTROL_PAYLOAD) {
+    throw sluiceError(RangeError, 'ERR_SLUICE_INVALID_DATA', `ping/pong data must be at most ${MAX_CONTROL_PAYLOAD} bytes, got ${out.byteLength}`)
+  }
+  return out
+}
+
 /** Close codes an application may send (RFC 6455 §7.4): 1000-1003, 1007-1014, 3000-4999. */
 function validCloseCode(code) {
   return (
@@ -157,15 +213,47 @@ function safeEmit(emitter, ...args) {
 }
 
 class Connection extends EventEmitter {
-  constructor(native, request) {
+  constructor(native, request, server) {
     super()
     this._native = native
+    this._server = server
     /** Server-unique id of this connection. */
     this.id = native.id
-    /** The upgrade request: `{ url, headers, remoteAddress, remotePort }`. */
+    /**
+     * The upgrade request: `{ url, method, headers, remoteAddress, remotePort, socket }` from
+     * sluice's own listener, or the `http.IncomingMessage` given to `handleUpgrade`.
+     */
     this.request = request
-    this.remoteAddress = request.remoteAddress
+    this.remoteAddress = request.remoteAddress ?? (request.socket && request.socket.remoteAddress)
+    /** The negotiated subprotocol, `''` if none. */
+    this.protocol = native.protocol
     this._closed = false
+    // The native side starts with messages on, so that none is lost before the 'connection'
+    // handlers have added their listeners; `_syncInterest` then tells it what is listened to.
+    this._interest = 0
+    this._nativeInterest = INTEREST.message
+    this.on('newListener', (event) => {
+      const bit = INTEREST[event]
+      if (bit && !(this._interest & bit)) {
+        this._interest |= bit
+        this._syncInterest()
+      }
+    })
+    this.on('removeListener', (event) => {
+      const bit = INTEREST[event]
+      if (bit && this.listenerCount(event) === 0) {
+        this._interest &= ~bit
+        this._syncInterest()
+      }
+    })
+  }
+
+  /** Tells the native side which inbound events to pass on (none: they never wake this thread). */
+  _syncInterest() {
+    if (this._interest !== this._nativeInterest) {
+      this._nativeInterest = this._interest
+      this._native.setInterest(this._interest)
+    }
   }
 
   /** Bytes queued in sluice for this connection and not yet handed to the kernel. */
@@ -186,11 +274,31 @@ class Connection extends EventEmitter {
   /**
    * Queues `data` (string: text frame; binary: binary frame) at `priority`.
    * Returns false if it was not queued: dropped by policy, overflow, or the connection is closed.
+   * `callback(err)` is called once: without an error when the whole frame has been handed to the
+   * kernel, or with an `ERR_SLUICE_DROPPED` error when it was dropped (policy, overflow, closed).
    */
-  send(data, priority) {
+  send(data, priority, callback) {
+    if (typeof priority === 'function' && callback === undefined) {
+      callback = priority
+      priority = undefined
+    }
     const p = toPriority(priority)
     const bytes = toBytes(data)
-    return bytes === null ? this._native.sendText(data, p) : this._native.send(bytes, p, false)
+    if (callback !== undefined && typeof callback !== 'function') {
+      throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_CALLBACK', 'callback must be a function')
+    }
+    const ack = callback ? this._server._track(callback) : undefined
+    return bytes === null ? this._native.sendText(data, p, ack) : this._native.send(bytes, p, false, ack)
+  }
+
+  /** Sends a ping (at most 125 bytes of data); the peer's pong arrives as a 'pong' event. */
+  ping(data) {
+    return this._native.ping(controlPayload(data), false)
+  }
+
+  /** Sends an unsolicited pong (at most 125 bytes of data). */
+  pong(data) {
+    return this._native.ping(controlPayload(data), true)
   }
 
   subscribe(topic) {
@@ -232,11 +340,22 @@ class Server extends EventEmitter {
     this._address = null
     this._closing = null
     this._resolveClose = null
-    this._native = new NativeServer(this._options, (events) => this._dispatch(events))
+    /** Handshakes JavaScript takes part in, by token: `{ req, cb }`. */
+    this._handshakes = new Map()
+    /** Callbacks of `conn.send(.., callback)` by token. */
+    this._acks = new Map()
+    this._nextAck = 1
+    this._holding = false
+    /** `[httpServer, listener]` pairs added by `attach`. */
+    this._attached = []
+    this._native = new NativeServer(nativeOptions(this._options), (events) => this._dispatch(events))
   }
 
   /** Binds and starts accepting. Resolves with `{ port, address, family }`. */
   listen() {
+    if (this._options.noServer) {
+      return Promise.reject(sluiceError(Error, 'ERR_SLUICE_NO_SERVER', 'a noServer server does not listen: hand it upgrades with handleUpgrade() or attach()'))
+    }
     if (this._state !== 'idle') {
       return Promise.reject(sluiceError(Error, 'ERR_SLUICE_ALREADY_LISTENING', `server is ${this._state}`))
     }
@@ -250,6 +369,102 @@ class Server extends EventEmitter {
     this._address = { port: r.port, address: r.address, family: r.family }
     process.nextTick(() => safeEmit(this, 'listening'))
     return Promise.resolve({ ...this._address })
+  }
+
+  /**
+   * Takes over a socket from Node's http server in its `'upgrade'` event, as `ws`'s
+   * `handleUpgrade` does: the descriptor is duplicated into sluice and Node's handle is destroyed
+   * (without a FIN), so from then on the connection costs the event loop nothing. `head` and any
+   * bytes Node had already buffered go to sluice. The handshake (checks, `verifyClient`,
+   * `allowedOrigins`, the 101) happens on sluice's threads; `callback(conn, req)` is called when
+   * the connection is open, after `'connection'` has been emitted. If the handshake fails (bad
+   * request, refused, client gone) neither happens.
+   * Throws `ERR_SLUICE_ENCRYPTED_SOCKET` for a TLS socket, `ERR_SLUICE_SOCKET_TAKEN` for a socket
+   * already taken over, `ERR_SLUICE_INVALID_SOCKET` for one without a descriptor.
+   */
+  handleUpgrade(req, socket, head, callback) {
+    if (req === null || typeof req !== 'object' || typeof req.url !== 'string' || req.headers === null || typeof req.headers !== 'object') {
+      throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_ARG', 'req must be the http.IncomingMessage of the upgrade request')
+    }
+    if (socket === null || typeof socket !== 'object' || typeof socket.destroy !== 'function') {
+      throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_SOCKET', 'socket must be the net.Socket of the upgrade request')
+    }
+    if (head !== undefined && head !== null && !(head instanceof Uint8Array)) {
+      throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_ARG', 'head must be a Buffer')
+    }
+    if (callback !== undefined && typeof callback !== 'function') {
+      throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_CALLBACK', 'callback must be a function')
+    }
+    if (socket[kTakenOver]) {
+      throw sluiceError(Error, 'ERR_SLUICE_SOCKET_TAKEN', 'handleUpgrade() was called more than once with the same socket')
+    }
+    if (socket.encrypted) {
+      throw sluiceError(Error, 'ERR_SLUICE_ENCRYPTED_SOCKET', 'sluice cannot take over a TLS socket (its bytes are ciphertext): terminate TLS in a proxy in front of Node and let it forward plain HTTP (see the README, "Behind a TLS proxy")')
+    }
+    const fd = socket._handle && socket._handle.fd
+    if (typeof fd !== 'number' || fd < 0 || socket.destroyed) {
+      throw sluiceError(Error, 'ERR_SLUICE_INVALID_SOCKET', 'the socket has no open file descriptor (destroyed, or not a TCP socket)')
+    }
+    if (this._state === 'closing' || this._state === 'closed') {
+      // Not taken over: Node answers and ends it.
+      socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')
+      return
+    }
+    // Bytes Node read after the upgrade event and has not delivered (nothing, when this runs in
+    // the 'upgrade' event's own tick; a caller that awaited something first may have some).
+    const buffered = socket.readableLength > 0 ? socket.read() : null
+    let bytes = head && head.length ? head : EMPTY
+    if (buffered && buffered.length) bytes = Buffer.concat([bytes, buffered])
+    // Read (and so cache) the peer's address while Node still has the handle.
+    void socket.remoteAddress
+    let token
+    try {
+      token = this._native.adopt(fd, req.method || '', req.httpVersion || '', req.url, req.rawHeaders || flatHeaders(req.headers), bytes)
+    } catch (err) {
+      throw sluiceError(Error, 'ERR_SLUICE_TAKEOVER_FAILED', err.message)
+    }
+    socket[kTakenOver] = true
+    this._handshakes.set(token, { req, callback })
+    this._updateHold()
+    // Node closes its descriptor; ours keeps the connection open, so no FIN reaches the peer.
+    socket.destroy()
+  }
+
+  /**
+   * Hands the upgrade requests of an http (or Express, Fastify...) server to sluice, on `path`
+   * only if given (the query string is ignored). HTTP routes keep working on the same port.
+   * Requests for another path are left to other 'upgrade' listeners, or answered 404 if there
+   * are none. `close()` removes the listener. Returns this server.
+   */
+  attach(httpServer, { path } = {}) {
+    if (httpServer === null || typeof httpServer !== 'object' || typeof httpServer.on !== 'function') {
+      throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_ARG', 'attach() takes an http.Server')
+    }
+    if (path !== undefined && (typeof path !== 'string' || !path.startsWith('/'))) {
+      throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTION', `path must be a string starting with '/', got ${typeof path === 'string' ? `'${path}'` : typeof path}`)
+    }
+    if (httpServer instanceof require('tls').Server) {
+      throw sluiceError(Error, 'ERR_SLUICE_ENCRYPTED_SOCKET', 'sluice cannot take over TLS sockets: attach it to a plain http server behind a TLS-terminating proxy (see the README, "Behind a TLS proxy")')
+    }
+    if (this._state === 'closing' || this._state === 'closed') {
+      throw sluiceError(Error, 'ERR_SLUICE_CLOSED', `server is ${this._state}`)
+    }
+    const listener = (req, socket, head) => {
+      if (path !== undefined && req.url.split('?')[0] !== path) {
+        if (httpServer.listenerCount('upgrade') > 1) return
+        socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')
+        return
+      }
+      try {
+        this.handleUpgrade(req, socket, head)
+      } catch (err) {
+        socket.destroy()
+        if (this.listenerCount('error') > 0) safeEmit(this, 'error', err)
+      }
+    }
+    httpServer.on('upgrade', listener)
+    this._attached.push([httpServer, listener])
+    return this
   }
 
   /** `{ port, address, family }` while listening, else null. */
@@ -323,6 +538,8 @@ class Server extends EventEmitter {
       throw sluiceError(RangeError, 'ERR_SLUICE_OUT_OF_RANGE', `timeout must be a whole number from 0 to ${MAX_MS}, got ${timeout}`)
     }
     this._state = 'closing'
+    for (const [httpServer, listener] of this._attached) httpServer.removeListener('upgrade', listener)
+    this._attached = []
     this._closing = new Promise((resolve) => {
       this._resolveClose = resolve
     })
@@ -342,13 +559,134 @@ class Server extends EventEmitter {
     return this
   }
 
+  /** Registers a send callback; returns its token. */
+  _track(callback) {
+    const token = this._nextAck++
+    this._acks.set(token, callback)
+    return token
+  }
+
+  /** Open connections and handshakes in progress keep the process alive, as Node's sockets do. */
+  _updateHold() {
+    const holding = this._connections.size + this._handshakes.size > 0
+    if (holding !== this._holding && this._state !== 'closed') {
+      this._holding = holding
+      this._native.hold(holding)
+    }
+  }
+
+  /** Runs `verifyClient` and `handleProtocols` for a handshake and answers the native side. */
+  async _verify(token, request, protocols) {
+    let entry = this._handshakes.get(token)
+    if (!entry) {
+      // From sluice's own listener: a request object of our own, kept for 'connection'.
+      request.method = 'GET'
+      request.rawHeaders = flatHeaders(request.headers)
+      request.socket = { remoteAddress: request.remoteAddress, remotePort: request.remotePort }
+      entry = { req: request, callback: undefined }
+      this._handshakes.set(token, entry)
+      this._updateHold()
+    }
+    const req = entry.req
+    let status = 0
+    let protocol
+    let headers
+    let body
+    try {
+      const { verifyClient, handleProtocols } = this._options
+      if (verifyClient) {
+        const verdict = await verifyClient(req)
+        if (verdict === false) {
+          status = 401
+        } else if (verdict !== null && typeof verdict === 'object') {
+          status = verdict.code === undefined ? 401 : verdict.code
+          if (!Number.isInteger(status) || status < 400 || status > 599) {
+            throw sluiceError(RangeError, 'ERR_SLUICE_INVALID_VERDICT', `verifyClient's code must be a whole number from 400 to 599, got ${verdict.code}`)
+          }
+          body = verdict.message === undefined ? undefined : String(verdict.message)
+          headers = verdict.headers ? flatHeaders(verdict.headers).map(String) : undefined
+        } else if (verdict !== true) {
+          throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_VERDICT', `verifyClient must return (or resolve to) true, false or { code, message }, got ${verdict === null ? 'null' : typeof verdict}`)
+        }
+      }
+      if (status === 0 && handleProtocols && protocols.length > 0) {
+        const chosen = handleProtocols(new Set(protocols), req)
+        if (chosen !== false) {
+          if (!protocols.includes(chosen)) {
+            throw sluiceError(Error, 'ERR_SLUICE_INVALID_PROTOCOL', `handleProtocols must return one of the offered protocols or false, got ${typeof chosen === 'string' ? `'${chosen}'` : typeof chosen}`)
+          }
+          protocol = chosen
+        }
+      } else if (status === 0 && protocols.length > 0) {
+        protocol = protocols[0]
+      }
+    } catch (err) {
+      status = 500
+      protocol = undefined
+      headers = undefined
+      body = undefined
+      if (this.listenerCount('error') > 0) {
+        if (!err || typeof err !== 'object') err = new Error(String(err))
+        if (!err.code) err.code = 'ERR_SLUICE_VERIFY_FAILED'
+        safeEmit(this, 'error', err)
+      }
+    }
+    if (this._state === 'closed') return
+    try {
+      this._native.verifyReply(token, status, protocol, headers, body)
+    } catch (err) {
+      // Headers the native side refuses (CR/LF in a value...): refuse the upgrade plainly.
+      this._native.verifyReply(token, 500)
+      if (this.listenerCount('error') > 0) safeEmit(this, 'error', sluiceError(Error, 'ERR_SLUICE_INVALID_VERDICT', err.message))
+    }
+  }
+
   _dispatch(events) {
     for (const ev of events) {
       const kind = ev[0]
       if (kind === KIND.CONNECTION) {
-        const conn = new Connection(ev[2], ev[3])
+        const token = ev[4]
+        const entry = token ? this._handshakes.get(token) : undefined
+        if (entry) this._handshakes.delete(token)
+        const req = entry ? entry.req : ev[3]
+        const conn = new Connection(ev[2], req, this)
         this._connections.set(ev[1], conn)
-        safeEmit(this, 'connection', conn, ev[3])
+        this._updateHold()
+        safeEmit(this, 'connection', conn, req)
+        if (entry && entry.callback) {
+          try {
+            entry.callback(conn, req)
+          } catch (err) {
+            process.nextTick(() => {
+              throw err
+            })
+          }
+        }
+        conn._syncInterest()
+        continue
+      }
+      if (kind === KIND.VERIFY) {
+        this._verify(ev[1], ev[2], ev[3])
+        continue
+      }
+      if (kind === KIND.HANDSHAKE_FAILED) {
+        this._handshakes.delete(ev[1])
+        this._updateHold()
+        continue
+      }
+      if (kind === KIND.SENT) {
+        const callback = this._acks.get(ev[2])
+        if (callback) {
+          this._acks.delete(ev[2])
+          const err = ev[3] ? null : sluiceError(Error, 'ERR_SLUICE_DROPPED', 'the message was dropped before it was written: the connection closed, or the policy refused it')
+          try {
+            callback(err)
+          } catch (e) {
+            process.nextTick(() => {
+              throw e
+            })
+          }
+        }
         continue
       }
       if (kind === KIND.CLOSED) {
@@ -368,8 +706,15 @@ class Server extends EventEmitter {
           break
         case KIND.CLOSE:
           this._connections.delete(ev[1])
+          this._updateHold()
           conn._closed = true
           safeEmit(conn, 'close', ev[2], ev[3])
+          break
+        case KIND.PING:
+          safeEmit(conn, 'ping', ev[2])
+          break
+        case KIND.PONG:
+          safeEmit(conn, 'pong', ev[2])
           break
         case KIND.BACKPRESSURE:
           safeEmit(conn, 'backpressure', ev[2])
@@ -388,6 +733,20 @@ class Server extends EventEmitter {
     this._state = 'closed'
     this._address = null
     this._native.destroy()
+    // Every connection is gone and its frames accounted for; anything still unanswered was lost
+    // with the runtime.
+    const acks = [...this._acks.values()]
+    this._acks.clear()
+    this._handshakes.clear()
+    for (const callback of acks) {
+      try {
+        callback(sluiceError(Error, 'ERR_SLUICE_DROPPED', 'the server closed before the message was written'))
+      } catch (e) {
+        process.nextTick(() => {
+          throw e
+        })
+      }
+    }
     if (this._resolveClose) this._resolveClose()
     safeEmit(this, 'close')
   }

@@ -67,6 +67,10 @@ pub struct Config {
     pub kernel_unsent_limit: Option<usize>,
     /// Niceness added to sluice's runtime threads.
     pub worker_nice: i32,
+    /// `Origin` values accepted from browsers; `None`: any.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Ask JavaScript (`verifyClient`, `handleProtocols`) before answering an upgrade.
+    pub ask_js: bool,
 }
 
 impl Default for Config {
@@ -85,6 +89,8 @@ impl Default for Config {
             threads: default_threads(),
             kernel_unsent_limit: Some(DEFAULT_KERNEL_UNSENT_LIMIT),
             worker_nice: DEFAULT_WORKER_NICE,
+            allowed_origins: None,
+            ask_js: false,
         }
     }
 }
@@ -155,6 +161,13 @@ pub struct ServerOptions {
     /// throughput work and the event loop is latency-sensitive: when both want the same core, the
     /// kernel lets the JS thread run first. `0` gives them equal weight. Default `5`.
     pub worker_nice: Option<u32>,
+    /// Browser `Origin`s allowed to connect, compared exactly (ASCII case-insensitively), e.g.
+    /// `['https://lobby.example.com']`; an upgrade with another `Origin` gets 403. Requests
+    /// without an `Origin` header (non-browser clients) are not affected. Default: any origin.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Set by `lib/sluice.js` when `verifyClient` or `handleProtocols` is given: every valid
+    /// upgrade waits for their answer (a `verify` event and `verifyReply`) before the 101.
+    pub ask_js: Option<bool>,
 }
 
 /// A configuration error: the option's name and what is wrong with it.
@@ -264,6 +277,8 @@ impl Config {
                 .worker_nice
                 .map(|n| n.min(19) as i32)
                 .unwrap_or(d.worker_nice),
+            allowed_origins: o.allowed_origins,
+            ask_js: o.ask_js.unwrap_or(false),
         })
     }
 }

@@ -54,9 +54,22 @@ pub mod close_code {
     pub const INTERNAL_ERROR: u16 = 1011;
 }
 
+/// Inbound events JavaScript listens for (`Conn::interest`). Without a listener, inbound traffic
+/// is handled here (pongs answered, messages counted and discarded) and never wakes the JS thread.
+pub mod interest {
+    pub const MESSAGE: u8 = 1;
+    pub const PING: u8 = 2;
+    pub const PONG: u8 = 4;
+}
+
 pub struct Conn {
     pub id: u64,
     pub server: Arc<ServerShared>,
+    /// The negotiated subprotocol, `""` if none.
+    pub protocol: String,
+    /// Which inbound events to pass to JavaScript ([`interest`] bits). Relaxed: a listener added
+    /// in JavaScript applies from the next inbound frame.
+    interest: std::sync::atomic::AtomicU8,
     sock: TcpStream,
     outbox: Mutex<Outbox>,
     /// Mirror of `outbox.buffered()`, stored under the outbox lock after every change, so that
@@ -90,11 +103,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Conn {
-    pub fn new(id: u64, server: Arc<ServerShared>, sock: TcpStream) -> Arc<Self> {
+    pub fn new(id: u64, server: Arc<ServerShared>, sock: TcpStream, protocol: String) -> Arc<Self> {
         let limits = server.config.limits;
         Arc::new(Self {
             id,
             server,
+            protocol,
+            // Messages until JavaScript says otherwise: its `connection` handler may add a
+            // listener after the first messages have arrived.
+            interest: std::sync::atomic::AtomicU8::new(interest::MESSAGE),
             sock,
             outbox: Mutex::new(Outbox::new(limits)),
             buffered: AtomicUsize::new(0),
@@ -200,16 +217,34 @@ impl Conn {
         pushed.outcome
     }
 
+    /// Sets which inbound events go to JavaScript ([`interest`] bits).
+    pub fn set_interest(&self, bits: u8) {
+        self.interest.store(bits, Ordering::Relaxed);
+    }
+
+    fn wants(&self, bit: u8) -> bool {
+        self.interest.load(Ordering::Relaxed) & bit != 0
+    }
+
+    /// Queues a ping (`pong == false`) or an unsolicited pong with `payload` (at most 125 bytes)
+    /// in the control lane. False once the connection is closing.
+    pub fn send_control(&self, pong: bool, payload: &[u8]) -> bool {
+        if !self.is_open() {
+            return false;
+        }
+        let (op, kind) = if pong {
+            (OpCode::Pong, ControlKind::Pong)
+        } else {
+            (OpCode::Ping, ControlKind::Ping)
+        };
+        self.push_control(encode(op, payload), kind);
+        true
+    }
+
     fn push_control(&self, frame: Bytes, kind: ControlKind) {
         let wake = {
             let mut o = lock(&self.outbox);
-            let w = o.push_control(
-                Frame {
-                    bytes: frame,
-                    probe: None,
-                },
-                kind,
-            );
+            let w = o.push_control(Frame::new(frame), kind);
             self.buffered.store(o.buffered(), Ordering::Relaxed);
             w
         };
@@ -228,10 +263,7 @@ impl Conn {
     /// Graceful close: the close frame goes out after everything already queued; the connection
     /// ends when the peer answers, or after `closeTimeout`. Returns false if already closing.
     pub fn close(&self, code: u16, reason: &str) -> bool {
-        let frame = Frame {
-            bytes: encode_close(code, reason),
-            probe: None,
-        };
+        let frame = Frame::new(encode_close(code, reason));
         let queued = {
             let mut o = lock(&self.outbox);
             let r = o.close_after_data(frame);
@@ -257,10 +289,7 @@ impl Conn {
         if urgent {
             self.urgent.store(true, Ordering::SeqCst);
         }
-        let frame = Frame {
-            bytes: encode_close(code, reason),
-            probe: None,
-        };
+        let frame = Frame::new(encode_close(code, reason));
         let queued = {
             let mut o = lock(&self.outbox);
             let r = o.close_now(frame);
@@ -493,24 +522,38 @@ impl Conn {
                                     m.messages_received.fetch_add(1, Ordering::Relaxed);
                                     m.bytes_received
                                         .fetch_add(t.len() as u64, Ordering::Relaxed);
-                                    events.push(Event::Message {
-                                        id: self.id,
-                                        data: t.into(),
-                                        binary: false,
-                                    });
+                                    if self.wants(interest::MESSAGE) {
+                                        events.push(Event::Message {
+                                            id: self.id,
+                                            data: t.into(),
+                                            binary: false,
+                                        });
+                                    }
                                 }
                                 Message::Binary(b) => {
                                     m.messages_received.fetch_add(1, Ordering::Relaxed);
                                     m.bytes_received
                                         .fetch_add(b.len() as u64, Ordering::Relaxed);
-                                    events.push(Event::Message {
-                                        id: self.id,
-                                        data: b,
-                                        binary: true,
-                                    });
+                                    if self.wants(interest::MESSAGE) {
+                                        events.push(Event::Message {
+                                            id: self.id,
+                                            data: b,
+                                            binary: true,
+                                        });
+                                    }
                                 }
-                                Message::Pong(_) => pong_deadline = None,
-                                Message::Ping(_) | Message::Frame(_) => {}
+                                Message::Pong(data) => {
+                                    pong_deadline = None;
+                                    if self.wants(interest::PONG) {
+                                        events.push(Event::Pong { id: self.id, data });
+                                    }
+                                }
+                                Message::Ping(data) => {
+                                    if self.wants(interest::PING) {
+                                        events.push(Event::Ping { id: self.id, data });
+                                    }
+                                }
+                                Message::Frame(_) => {}
                                 Message::Close(frame) => {
                                     let info = frame
                                         .map(|f| (u16::from(f.code), f.reason.to_string()))
@@ -648,10 +691,7 @@ impl Conn {
                     };
                     let queued = {
                         let mut o = lock(&self.outbox);
-                        let r = o.close_now(Frame {
-                            bytes: frame,
-                            probe: None,
-                        });
+                        let r = o.close_now(Frame::new(frame));
                         self.buffered.store(o.buffered(), Ordering::Relaxed);
                         r
                     };

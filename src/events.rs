@@ -38,12 +38,19 @@ pub mod kind {
     pub const DRAIN: u32 = 4;
     pub const ERROR: u32 = 5;
     pub const CLOSED: u32 = 6;
+    pub const VERIFY: u32 = 7;
+    pub const HANDSHAKE_FAILED: u32 = 8;
+    pub const PING: u32 = 9;
+    pub const PONG: u32 = 10;
+    pub const SENT: u32 = 11;
 }
 
 pub enum Event {
     Connection {
         conn: Arc<Conn>,
         request: Request,
+        /// The handshake's token when JavaScript knows it (a taken-over socket), else 0.
+        token: u64,
     },
     Message {
         id: u64,
@@ -69,6 +76,35 @@ pub enum Event {
     },
     /// The server finished closing: every connection is gone.
     Closed,
+    /// A valid upgrade request waits for the JavaScript hooks (`verifyClient`, `handleProtocols`)
+    /// before any answer is sent; JavaScript replies with `verifyReply(token, ..)`.
+    Verify {
+        token: u64,
+        request: Request,
+        protocols: Vec<String>,
+    },
+    /// A taken-over socket's handshake did not complete (answered with `status`, or 0 when the
+    /// socket failed first): JavaScript forgets its token.
+    HandshakeFailed {
+        token: u64,
+        status: u16,
+    },
+    /// A ping from the peer (delivered only while JavaScript listens for it).
+    Ping {
+        id: u64,
+        data: Bytes,
+    },
+    /// A pong from the peer (delivered only while JavaScript listens for it).
+    Pong {
+        id: u64,
+        data: Bytes,
+    },
+    /// The fate of a `send` with a callback: wholly handed to the kernel, or dropped.
+    Sent {
+        id: u64,
+        token: u64,
+        written: bool,
+    },
 }
 
 /// `(events) => void`, weak, called with the batch built in the callback.
@@ -183,11 +219,16 @@ impl ToNapiValue for EventBatch {
         for (i, ev) in val.0.into_iter().enumerate() {
             let mut e = env.create_array(4)?;
             match ev {
-                Event::Connection { conn, request } => {
+                Event::Connection {
+                    conn,
+                    request,
+                    token,
+                } => {
                     e.set(0, kind::CONNECTION)?;
                     e.set(1, conn.id as f64)?;
                     e.set(2, NativeConnection::new(&conn))?;
                     e.set(3, request_object(&env, request)?)?;
+                    e.set(4, token as f64)?;
                 }
                 Event::Message { id, data, binary } => {
                     e.set(0, kind::MESSAGE)?;
@@ -220,6 +261,37 @@ impl ToNapiValue for EventBatch {
                 Event::Closed => {
                     e.set(0, kind::CLOSED)?;
                     e.set(1, 0)?;
+                }
+                Event::Verify {
+                    token,
+                    request,
+                    protocols,
+                } => {
+                    e.set(0, kind::VERIFY)?;
+                    e.set(1, token as f64)?;
+                    e.set(2, request_object(&env, request)?)?;
+                    e.set(3, protocols)?;
+                }
+                Event::HandshakeFailed { token, status } => {
+                    e.set(0, kind::HANDSHAKE_FAILED)?;
+                    e.set(1, token as f64)?;
+                    e.set(2, status as u32)?;
+                }
+                Event::Ping { id, data } => {
+                    e.set(0, kind::PING)?;
+                    e.set(1, id as f64)?;
+                    e.set(2, &BufferSlice::copy_from(&env, &data)?)?;
+                }
+                Event::Pong { id, data } => {
+                    e.set(0, kind::PONG)?;
+                    e.set(1, id as f64)?;
+                    e.set(2, &BufferSlice::copy_from(&env, &data)?)?;
+                }
+                Event::Sent { id, token, written } => {
+                    e.set(0, kind::SENT)?;
+                    e.set(1, id as f64)?;
+                    e.set(2, token as f64)?;
+                    e.set(3, written)?;
                 }
             }
             out.set(i as u32, e)?;

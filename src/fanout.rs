@@ -137,6 +137,7 @@ impl Fanout {
         let frame = Frame {
             bytes: encode(op, payload),
             probe: Some(FanoutProbe::new(born, server.metrics.clone())),
+            ack: None,
         };
         self.pending_bytes.fetch_add(len, Ordering::Relaxed);
         let sent = self.send(Job::Broadcast {

@@ -10,7 +10,7 @@
 //! call to last socket write" in the server's fan-out latency histogram. Recipients that dropped the
 //! frame (policy, closed connection) do not count as writes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,14 +35,25 @@ pub const MAX_CONTROL_PAYLOAD: usize = 125;
 pub const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
 
 /// One encoded frame, ready to be written as it is, plus the optional latency probe of the
-/// broadcast it belongs to. Cloning is two reference-count increments, never a payload copy.
+/// broadcast it belongs to and the optional acknowledgement of a `send` with a callback.
+/// Cloning is reference-count increments, never a payload copy.
 #[derive(Clone, Debug)]
 pub struct Frame {
     pub bytes: Bytes,
     pub probe: Option<Arc<FanoutProbe>>,
+    pub ack: Option<Arc<SendAck>>,
 }
 
 impl Frame {
+    /// A frame with neither probe nor acknowledgement.
+    pub fn new(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            probe: None,
+            ack: None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
@@ -55,6 +66,9 @@ impl Frame {
     pub fn mark_written(&self) {
         if let Some(p) = &self.probe {
             p.mark_written();
+        }
+        if let Some(a) = &self.ack {
+            a.written.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -153,6 +167,38 @@ impl Drop for FanoutProbe {
     }
 }
 
+/// Reports the fate of one `conn.send(data, priority, callback)`: when the frame's last reference
+/// goes away, `report` is called once with whether every byte reached the kernel, or `false` if
+/// the frame was dropped (refused by policy, evicted, discarded when the connection ended).
+/// Dropping is the only way a frame leaves sluice without being written, so no outcome is missed.
+pub struct SendAck {
+    written: AtomicBool,
+    report: Box<dyn Fn(bool) + Send + Sync>,
+}
+
+impl SendAck {
+    pub fn new(report: impl Fn(bool) + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self {
+            written: AtomicBool::new(false),
+            report: Box::new(report),
+        })
+    }
+}
+
+impl std::fmt::Debug for SendAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendAck")
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
+impl Drop for SendAck {
+    fn drop(&mut self) {
+        (self.report)(*self.written.get_mut());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +223,30 @@ mod tests {
             assert_eq!(header_len(len), hdr);
             assert_eq!(&f[off..], &payload[..]);
         }
+    }
+
+    #[test]
+    fn a_send_ack_reports_once_whether_its_frame_was_written() {
+        use std::sync::Mutex;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let ack = |seen: &Arc<Mutex<Vec<bool>>>| {
+            let seen = seen.clone();
+            SendAck::new(move |w| seen.lock().unwrap().push(w))
+        };
+        let mut written = Frame::new(encode(OpCode::Text, b"a"));
+        written.ack = Some(ack(&seen));
+        let copy = written.clone();
+        copy.mark_written();
+        drop(written);
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "reported before the last reference went"
+        );
+        drop(copy);
+        let mut dropped = Frame::new(encode(OpCode::Text, b"b"));
+        dropped.ack = Some(ack(&seen));
+        drop(dropped);
+        assert_eq!(*seen.lock().unwrap(), [true, false]);
     }
 
     #[test]

@@ -10,10 +10,15 @@
 //! | `path` option set and the request path differs | 404 |
 //! | request head over 16 KiB | 431 |
 //! | `Sec-WebSocket-Version` other than 13 | 426 with `Sec-WebSocket-Version: 13` |
+//! | malformed `Sec-WebSocket-Protocol` list | 400 |
+//! | `Origin` not in `allowedOrigins` | 403 |
+//! | `verifyClient` refused | 401, or the status it gave |
+//! | `verifyClient` threw / took longer than `handshakeTimeout` | 500 / 503 |
 //! | `maxConnections` reached, or the server is closing | 503 |
 //!
 //! Bytes the client sent after the request head (its first frames) are returned to the caller so
-//! that the frame reader starts with them.
+//! that the frame reader starts with them. A socket taken over from Node's http server arrives
+//! with its request already parsed by Node: [`from_parts`] applies the same checks to it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -54,8 +59,19 @@ impl From<io::Error> for Refusal {
 pub struct Upgrade {
     pub request: Request,
     pub accept_key: String,
+    /// Subprotocols the client offered (`Sec-WebSocket-Protocol`), in its order of preference.
+    pub protocols: Vec<String>,
     /// Bytes received after the request head.
     pub leftover: Vec<u8>,
+}
+
+/// Extra headers of a 426 answer.
+pub fn extra_for(status: u16) -> &'static [(&'static str, &'static str)] {
+    if status == 426 {
+        &[("Sec-WebSocket-Version", "13")]
+    } else {
+        &[]
+    }
 }
 
 /// Reads and validates the upgrade request. Invalid requests are answered here.
@@ -80,17 +96,11 @@ pub async fn read_upgrade(
                 return Err(refuse(stream, 431, &[]).await)
             }
             Parsed::Partial => continue,
-            Parsed::Invalid(status) => {
-                let extra: &[(&str, &str)] = if status == 426 {
-                    &[("Sec-WebSocket-Version", "13")]
-                } else {
-                    &[]
-                };
-                return Err(refuse(stream, status, extra).await);
-            }
+            Parsed::Invalid(status) => return Err(refuse(stream, status, extra_for(status)).await),
             Parsed::Ok {
                 request,
                 key,
+                protocols,
                 head_len,
             } => {
                 if head_len > MAX_REQUEST_HEAD {
@@ -99,6 +109,7 @@ pub async fn read_upgrade(
                 return Ok(Upgrade {
                     request,
                     accept_key: derive_accept_key(key.as_bytes()),
+                    protocols,
                     leftover: buf[head_len..].to_vec(),
                 });
             }
@@ -112,8 +123,50 @@ enum Parsed {
     Ok {
         request: Request,
         key: String,
+        protocols: Vec<String>,
         head_len: usize,
     },
+}
+
+/// A request Node's http parser has already read: method, `httpVersion` (`"1.1"`), url and
+/// `rawHeaders` (name, value, name, value...).
+pub struct RequestParts {
+    pub method: String,
+    pub http_version: String,
+    pub url: String,
+    pub raw_headers: Vec<String>,
+}
+
+/// Validates a request parsed by Node; `head` holds the bytes that followed its head. On `Err`
+/// the status to answer with (see the module table). No path check: the caller routed it here.
+pub fn from_parts(parts: RequestParts, remote: SocketAddr, head: Vec<u8>) -> Result<Upgrade, u16> {
+    let size: usize =
+        parts.url.len() + parts.raw_headers.iter().map(|h| h.len() + 4).sum::<usize>();
+    if size > MAX_REQUEST_HEAD {
+        return Err(431);
+    }
+    if !parts.raw_headers.len().is_multiple_of(2) || parts.raw_headers.len() / 2 > MAX_HEADERS {
+        return Err(400);
+    }
+    let headers = parts
+        .raw_headers
+        .chunks(2)
+        .map(|h| (h[0].to_ascii_lowercase(), h[1].trim().to_string()))
+        .collect();
+    let (request, key, protocols) = check(
+        &parts.method,
+        parts.http_version == "1.1",
+        parts.url,
+        headers,
+        remote,
+        None,
+    )?;
+    Ok(Upgrade {
+        request,
+        accept_key: derive_accept_key(key.as_bytes()),
+        protocols,
+        leftover: head,
+    })
 }
 
 fn parse(buf: &[u8], remote: SocketAddr, path: Option<&str>) -> Parsed {
@@ -125,9 +178,6 @@ fn parse(buf: &[u8], remote: SocketAddr, path: Option<&str>) -> Parsed {
         Err(httparse::Error::TooManyHeaders) => return Parsed::Invalid(431),
         Err(_) => return Parsed::Invalid(400),
     };
-    if req.method != Some("GET") || req.version != Some(1) {
-        return Parsed::Invalid(400);
-    }
     let url = req.path.unwrap_or("/").to_string();
     let mut out = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
@@ -135,6 +185,31 @@ fn parse(buf: &[u8], remote: SocketAddr, path: Option<&str>) -> Parsed {
             Ok(v) => out.push((h.name.to_ascii_lowercase(), v.trim().to_string())),
             Err(_) => return Parsed::Invalid(400),
         }
+    }
+    let method = req.method.unwrap_or("");
+    match check(method, req.version == Some(1), url, out, remote, path) {
+        Ok((request, key, protocols)) => Parsed::Ok {
+            request,
+            key,
+            protocols,
+            head_len,
+        },
+        Err(status) => Parsed::Invalid(status),
+    }
+}
+
+/// The checks of RFC 6455 §4.2.1 on a parsed request (header names lower-cased). Returns the
+/// request, its key and the offered subprotocols, or the status to answer with.
+fn check(
+    method: &str,
+    http_1_1: bool,
+    url: String,
+    out: Vec<(String, String)>,
+    remote: SocketAddr,
+    path: Option<&str>,
+) -> Result<(Request, String, Vec<String>), u16> {
+    if method != "GET" || !http_1_1 {
+        return Err(400);
     }
     let get = |name: &str| out.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
     let has_token = |name: &str, token: &str| {
@@ -144,29 +219,56 @@ fn parse(buf: &[u8], remote: SocketAddr, path: Option<&str>) -> Parsed {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
-        return Parsed::Invalid(400);
+        return Err(400);
     }
     let key = match get("sec-websocket-key") {
         Some(k) if valid_key(k) => k.to_string(),
-        _ => return Parsed::Invalid(400),
+        _ => return Err(400),
     };
     if get("sec-websocket-version") != Some("13") {
-        return Parsed::Invalid(426);
+        return Err(426);
     }
     if let Some(p) = path {
         let req_path = url.split('?').next().unwrap_or("");
         if req_path != p {
-            return Parsed::Invalid(404);
+            return Err(404);
         }
     }
-    Parsed::Ok {
-        request: Request {
+    let mut protocols: Vec<String> = Vec::new();
+    for (_, v) in out.iter().filter(|(n, _)| n == "sec-websocket-protocol") {
+        for p in v.split(',').map(str::trim) {
+            // RFC 6455 §4.1: each is a token, listed once.
+            if !is_token(p) || protocols.iter().any(|q| q == p) {
+                return Err(400);
+            }
+            protocols.push(p.to_string());
+        }
+    }
+    Ok((
+        Request {
             url,
             headers: out,
             remote,
         },
         key,
-        head_len,
+        protocols,
+    ))
+}
+
+/// An HTTP token (RFC 7230 §3.2.6): visible ASCII except separators.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// True if the request may proceed under `allowedOrigins`: no list, no `Origin` header (not a
+/// browser), or an `Origin` equal (ASCII case-insensitively) to one in the list.
+pub fn origin_allowed(request: &Request, allowed: Option<&[String]>) -> bool {
+    let Some(list) = allowed else { return true };
+    match request.headers.iter().find(|(n, _)| n == "origin") {
+        None => true,
+        Some((_, origin)) => list.iter().any(|a| a.eq_ignore_ascii_case(origin)),
     }
 }
 
@@ -179,38 +281,71 @@ fn valid_key(k: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
-/// Sends the 101 response.
-pub async fn accept(stream: &mut TcpStream, accept_key: &str) -> io::Result<()> {
-    let resp = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+/// Sends the 101 response, with the chosen subprotocol if any (a token, checked by the caller).
+pub async fn accept(
+    stream: &mut TcpStream,
+    accept_key: &str,
+    protocol: Option<&str>,
+) -> io::Result<()> {
+    let mut resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n"
     );
+    if let Some(p) = protocol {
+        resp.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
+    }
+    resp.push_str("\r\n");
     stream.write_all(resp.as_bytes()).await
 }
 
-/// Answers with an HTTP error and closes the write side. Returns the refusal to propagate.
+/// Answers with an HTTP error (its reason phrase as the body) and closes the write side.
+/// Returns the refusal to propagate.
 pub async fn refuse(stream: &mut TcpStream, status: u16, extra: &[(&str, &str)]) -> Refusal {
+    let extra: Vec<(String, String)> = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    refuse_with(stream, status, &extra, reason_phrase(status)).await
+}
+
+/// Answers with `status`, extra headers and a plain-text body, then closes the write side.
+/// Header names and values must already be checked ([`is_token`], [`is_header_value`]).
+pub async fn refuse_with(
+    stream: &mut TcpStream,
+    status: u16,
+    extra: &[(String, String)],
+    body: &str,
+) -> Refusal {
     let reason = reason_phrase(status);
     let mut resp = format!(
-        "HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
-        reason.len()
+        "HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+        body.len()
     );
     for (k, v) in extra {
         resp.push_str(&format!("{k}: {v}\r\n"));
     }
     resp.push_str("\r\n");
-    resp.push_str(reason);
+    resp.push_str(body);
     // Best effort: the peer may already be gone.
     let _ = stream.write_all(resp.as_bytes()).await;
     let _ = stream.shutdown().await;
     Refusal::Http(status)
 }
 
+/// A header value that cannot break the response: no CR, LF or other control characters.
+pub fn is_header_value(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Error",
     }
@@ -233,6 +368,7 @@ mod tests {
                 request,
                 key,
                 head_len,
+                ..
             } => {
                 assert_eq!(request.url, "/lobby?x=1");
                 assert_eq!(key, "dGhlIHNhbXBsZSBub25jZQ==");
@@ -265,5 +401,76 @@ mod tests {
             400
         );
         assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\n", None), 0);
+        let with = |p: &str| {
+            GOOD.replace(
+                "Host: a",
+                &format!("Host: a\r\nSec-WebSocket-Protocol: {p}"),
+            )
+        };
+        assert_eq!(status(&with("chat, chat"), None), 400);
+        assert_eq!(status(&with("a b"), None), 400);
+        assert_eq!(status(&with("chat, v2.json"), None), 101);
+    }
+
+    #[test]
+    fn parts_from_node_get_the_same_checks() {
+        let parts = |version: &str, headers: &[&str]| RequestParts {
+            method: "GET".into(),
+            http_version: version.into(),
+            url: "/x".into(),
+            raw_headers: headers.iter().map(|s| s.to_string()).collect(),
+        };
+        let good = [
+            "Upgrade",
+            "websocket",
+            "Connection",
+            "Upgrade",
+            "Sec-WebSocket-Key",
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version",
+            "13",
+            "Sec-WebSocket-Protocol",
+            "b, a",
+        ];
+        let u = from_parts(parts("1.1", &good), remote(), b"AB".to_vec())
+            .ok()
+            .unwrap();
+        assert_eq!(u.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(u.protocols, ["b", "a"]);
+        assert_eq!(u.leftover, b"AB");
+        assert_eq!(
+            from_parts(parts("1.0", &good), remote(), vec![]).err(),
+            Some(400)
+        );
+        assert_eq!(
+            from_parts(parts("1.1", &good[..9]), remote(), vec![]).err(),
+            Some(400)
+        );
+        let mut v8 = good;
+        v8[7] = "8";
+        assert_eq!(
+            from_parts(parts("1.1", &v8), remote(), vec![]).err(),
+            Some(426)
+        );
+    }
+
+    #[test]
+    fn origins_are_checked_only_when_listed_and_present() {
+        let req = |origin: Option<&str>| Request {
+            url: "/".into(),
+            headers: origin
+                .map(|o| vec![("origin".to_string(), o.to_string())])
+                .unwrap_or_default(),
+            remote: remote(),
+        };
+        let list = ["https://a.example".to_string()];
+        assert!(origin_allowed(&req(Some("https://evil.example")), None));
+        assert!(origin_allowed(&req(None), Some(&list)));
+        assert!(origin_allowed(&req(Some("HTTPS://A.example")), Some(&list)));
+        assert!(!origin_allowed(
+            &req(Some("https://evil.example")),
+            Some(&list)
+        ));
+        assert!(!origin_allowed(&req(Some("null")), Some(&list)));
     }
 }

@@ -13,13 +13,14 @@ use napi_derive::napi;
 
 use crate::config::{self, Config, ServerOptions};
 use crate::connection::Conn;
-use crate::events::{EventBatch, EventSink};
+use crate::events::{Event, EventBatch, EventSink};
 use crate::fanout::Target;
-use crate::frame::{encode, Frame, OpCode};
+use crate::frame::{encode, Frame, OpCode, SendAck, MAX_CONTROL_PAYLOAD};
+use crate::handshake::{is_header_value, is_token, RequestParts};
 use crate::metrics::Metrics as CoreMetrics;
 use crate::metrics::Termination;
 use crate::policy::Priority as CorePriority;
-use crate::server::ServerShared;
+use crate::server::{ServerShared, Verdict};
 
 /// Message priority. Strings `'critical' | 'normal' | 'low'` are accepted wherever a priority is.
 #[napi(string_enum = "lowercase", js_name = "Priority")]
@@ -249,6 +250,8 @@ pub struct NativeServer {
     listening: bool,
     /// close() was called and `destroy()` not yet: the close must be able to finish.
     closing: bool,
+    /// Open connections or handshakes in progress (see `hold`).
+    holding: bool,
     keep_alive: bool,
 }
 
@@ -275,6 +278,7 @@ impl NativeServer {
             runtimes: Some(runtimes),
             listening: false,
             closing: false,
+            holding: false,
             keep_alive: true,
         })
     }
@@ -286,8 +290,104 @@ impl NativeServer {
     }
 
     fn update_ref(&self, env: &Env) -> Result<()> {
-        let alive = (self.listening || self.closing) && self.keep_alive && self.runtimes.is_some();
+        let busy = self.listening || self.closing || self.holding;
+        let alive = busy && self.keep_alive && self.runtimes.is_some();
         self.shared.events.set_ref(env, alive)
+    }
+
+    /// Open connections keep the process alive as open sockets do in Node, also without a
+    /// listener of sluice's own (`noServer`). `lib/sluice.js` calls this when its count of open
+    /// connections and handshakes in progress leaves or reaches zero.
+    #[napi]
+    pub fn hold(&mut self, env: Env, holding: bool) -> Result<()> {
+        self.holding = holding;
+        self.update_ref(&env)
+    }
+
+    /// Takes over the socket with descriptor `fd` from Node's http server, whose parser has read
+    /// its upgrade request (`method`, `httpVersion`, `url`, `rawHeaders`); `head` holds the bytes
+    /// that followed the request head. The descriptor is duplicated before this returns: Node must
+    /// then destroy its handle (never `end()` it, which would send a FIN). Returns the handshake's
+    /// token; the `connection` event (or a `handshake failed` event) carries it back.
+    #[napi]
+    pub fn adopt(
+        &self,
+        fd: i32,
+        method: String,
+        http_version: String,
+        url: String,
+        raw_headers: Vec<String>,
+        head: &[u8],
+    ) -> Result<f64> {
+        let rt = self.runtimes()?.accept.handle();
+        let parts = RequestParts {
+            method,
+            http_version,
+            url,
+            raw_headers,
+        };
+        self.shared
+            .adopt(rt, fd, parts, head.to_vec())
+            .map(|token| token as f64)
+            .map_err(|e| {
+                Error::new(
+                    Status::InvalidArg,
+                    format!("cannot take the socket over: {e}"),
+                )
+            })
+    }
+
+    /// Answers a `verify` event: `status` 0 accepts (with `protocol`, one the client offered, or
+    /// none); 400-599 refuses with that status, `headers` (`[name, value, ...]`) and `body`.
+    /// False if the handshake no longer waits (it timed out).
+    #[napi]
+    pub fn verify_reply(
+        &self,
+        token: f64,
+        status: u32,
+        protocol: Option<String>,
+        headers: Option<Vec<String>>,
+        body: Option<String>,
+    ) -> Result<bool> {
+        let verdict = if status == 0 {
+            if protocol.as_deref().is_some_and(|p| !is_token(p)) {
+                return Err(Error::new(
+                    Status::InvalidArg,
+                    "protocol must be an HTTP token",
+                ));
+            }
+            Verdict::Accept { protocol }
+        } else {
+            if !(400..=599).contains(&status) {
+                return Err(Error::new(
+                    Status::InvalidArg,
+                    "status must be 0 or 400-599",
+                ));
+            }
+            let flat = headers.unwrap_or_default();
+            if !flat.len().is_multiple_of(2) {
+                return Err(Error::new(
+                    Status::InvalidArg,
+                    "headers must be name, value pairs",
+                ));
+            }
+            let mut pairs = Vec::with_capacity(flat.len() / 2);
+            for h in flat.chunks(2) {
+                if !is_token(&h[0]) || !is_header_value(&h[1]) {
+                    return Err(Error::new(
+                        Status::InvalidArg,
+                        format!("invalid header {:?}", h[0]),
+                    ));
+                }
+                pairs.push((h[0].clone(), h[1].clone()));
+            }
+            Verdict::Refuse {
+                status: status as u16,
+                headers: pairs,
+                body: body.unwrap_or_default(),
+            }
+        };
+        Ok(self.shared.verify_reply(token as u64, verdict))
     }
 
     /// Binds and starts accepting. Never throws for socket errors: they come back in the result.
@@ -404,6 +504,7 @@ impl NativeServer {
     pub fn destroy(&mut self, env: Env) -> Result<()> {
         self.listening = false;
         self.closing = false;
+        self.holding = false;
         self.update_ref(&env)?;
         // Every connection task has ended by now; the rest (fan-out, timers, the stopped accept
         // loop) is cancelled.
@@ -457,6 +558,8 @@ fn io_error_code(e: &std::io::Error) -> &'static str {
 pub struct NativeConnection {
     conn: Weak<Conn>,
     id: u64,
+    /// To report a `send` callback's drop once the connection is gone.
+    events: Arc<EventSink>,
 }
 
 impl NativeConnection {
@@ -464,6 +567,7 @@ impl NativeConnection {
         Self {
             conn: Arc::downgrade(conn),
             id: conn.id,
+            events: conn.server.events.clone(),
         }
     }
 }
@@ -499,28 +603,63 @@ impl NativeConnection {
         self.conn.upgrade().is_some_and(|c| c.is_open())
     }
 
-    #[napi]
-    pub fn send(&self, data: &[u8], priority: Priority, text: bool) -> bool {
-        let op = if text { OpCode::Text } else { OpCode::Binary };
-        self.deliver(data, op, priority)
+    /// The negotiated subprotocol, `''` if none.
+    #[napi(getter)]
+    pub fn protocol(&self) -> String {
+        self.conn
+            .upgrade()
+            .map(|c| c.protocol.clone())
+            .unwrap_or_default()
     }
 
+    /// Which inbound events reach JavaScript: bits 1 message, 2 ping, 4 pong.
     #[napi]
-    pub fn send_text(&self, data: String, priority: Priority) -> bool {
-        self.deliver(data.as_bytes(), OpCode::Text, priority)
-    }
-
-    fn deliver(&self, data: &[u8], op: OpCode, priority: Priority) -> bool {
-        match self.conn.upgrade() {
-            Some(c) => c.send_ordered(
-                Frame {
-                    bytes: encode(op, data),
-                    probe: None,
-                },
-                priority.into(),
-            ),
-            None => false,
+    pub fn set_interest(&self, bits: u32) {
+        if let Some(c) = self.conn.upgrade() {
+            c.set_interest(bits as u8);
         }
+    }
+
+    /// Queues `data` as one frame. With `ack`, a `sent` event with that token reports whether it
+    /// was wholly handed to the kernel or dropped.
+    #[napi]
+    pub fn send(&self, data: &[u8], priority: Priority, text: bool, ack: Option<f64>) -> bool {
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        self.deliver(data, op, priority, ack)
+    }
+
+    #[napi]
+    pub fn send_text(&self, data: String, priority: Priority, ack: Option<f64>) -> bool {
+        self.deliver(data.as_bytes(), OpCode::Text, priority, ack)
+    }
+
+    fn deliver(&self, data: &[u8], op: OpCode, priority: Priority, ack: Option<f64>) -> bool {
+        let ack = ack.map(|token| {
+            let (events, id, token) = (self.events.clone(), self.id, token as u64);
+            SendAck::new(move |written| events.push(Event::Sent { id, token, written }))
+        });
+        let Some(c) = self.conn.upgrade() else {
+            // The connection is gone: dropping `ack` reports the send as dropped.
+            return false;
+        };
+        let mut frame = Frame::new(encode(op, data));
+        frame.ack = ack;
+        c.send_ordered(frame, priority.into())
+    }
+
+    /// Queues a ping (or, with `pong`, an unsolicited pong) carrying at most 125 bytes.
+    #[napi]
+    pub fn ping(&self, data: &[u8], pong: bool) -> Result<bool> {
+        if data.len() > MAX_CONTROL_PAYLOAD {
+            return Err(Error::new(
+                Status::InvalidArg,
+                "ping/pong data must be at most 125 bytes",
+            ));
+        }
+        Ok(self
+            .conn
+            .upgrade()
+            .is_some_and(|c| c.send_control(pong, data)))
     }
 
     /// Graceful close after queued data (and after broadcasts made before it). False if already

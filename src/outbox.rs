@@ -403,7 +403,7 @@ mod tests {
         payload[0] = tag;
         let bytes = encode(OpCode::Binary, &payload);
         assert_eq!(bytes.len(), len);
-        Frame { bytes, probe: None }
+        Frame::new(bytes)
     }
 
     fn tag(f: &Frame) -> u8 {

@@ -17,11 +17,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::config::Config;
 use crate::connection::{close_code, Conn};
@@ -40,6 +40,19 @@ const LISTEN_BACKLOG: i32 = 511;
 
 type Registry = HashMap<u64, Arc<Conn>>;
 
+/// JavaScript's answer about an upgrade (`verifyClient`, `handleProtocols`).
+#[derive(Debug)]
+pub enum Verdict {
+    /// Answer 101, with this subprotocol (a token the client offered) or none.
+    Accept { protocol: Option<String> },
+    /// Answer with this status (400-599), extra headers (checked) and plain-text body.
+    Refuse {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+}
+
 pub struct ServerShared {
     pub config: Config,
     pub metrics: Arc<Metrics>,
@@ -47,6 +60,10 @@ pub struct ServerShared {
     conns: RwLock<Registry>,
     topics: RwLock<HashMap<Arc<str>, Registry>>,
     next_id: AtomicU64,
+    /// Tokens of handshakes JavaScript knows about (taken-over sockets, `verify` events).
+    next_token: AtomicU64,
+    /// Handshakes waiting for JavaScript's verdict, by token.
+    verifying: Mutex<HashMap<u64, oneshot::Sender<Verdict>>>,
     closing: AtomicBool,
     stop_accept: watch::Sender<bool>,
     /// Notified whenever a connection is removed while closing.
@@ -60,6 +77,9 @@ pub struct ServerShared {
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|e| e.into_inner())
+}
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
@@ -78,6 +98,8 @@ impl ServerShared {
             conns: RwLock::new(HashMap::new()),
             topics: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            next_token: AtomicU64::new(1),
+            verifying: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             stop_accept: watch::channel(false).0,
             removed: Notify::new(),
@@ -132,7 +154,7 @@ impl ServerShared {
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((stream, peer)) => {
-                        tokio::spawn(self.clone().handshake(stream, peer));
+                        tokio::spawn(self.clone().handshake(stream, peer, None));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -144,55 +166,88 @@ impl ServerShared {
         }
     }
 
+    /// Takes over a socket whose upgrade request Node's http server has parsed (`handleUpgrade`).
+    /// `fd` is Node's descriptor: it is duplicated here, synchronously (Node reuses the number as
+    /// soon as it closes its own), so Node can then destroy its handle without a FIN reaching the
+    /// peer. The handshake then runs like one from sluice's own listener (the same checks, hooks
+    /// and admission) on the accept thread. Returns the handshake's token, which the `connection`
+    /// or `handshake failed` event carries back to JavaScript.
+    pub fn adopt(
+        self: &Arc<Self>,
+        rt: &tokio::runtime::Handle,
+        fd: i32,
+        parts: handshake::RequestParts,
+        head: Vec<u8>,
+    ) -> std::io::Result<u64> {
+        use std::os::fd::BorrowedFd;
+        let invalid =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string());
+        if fd < 0 {
+            return Err(invalid("the socket has no file descriptor"));
+        }
+        // SAFETY: `fd` is the descriptor of Node's socket, open for the whole of this synchronous
+        // call (Node closes it only after we return); we only duplicate it (F_DUPFD_CLOEXEC).
+        let owned = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+        let sock = socket2::Socket::from(owned);
+        let is_tcp = sock.r#type().is_ok_and(|t| t == socket2::Type::STREAM)
+            && sock.local_addr().is_ok_and(|a| a.as_socket().is_some());
+        if !is_tcp {
+            return Err(invalid("not a TCP socket"));
+        }
+        // A peer that already left has no address; the handshake then fails on its first write.
+        let peer = sock
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        sock.set_nonblocking(true)?;
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let upgrade = handshake::from_parts(parts, peer, head);
+        let _guard = rt.enter();
+        let stream = TcpStream::from_std(sock.into())?;
+        rt.spawn(self.clone().handshake(stream, peer, Some((token, upgrade))));
+        Ok(token)
+    }
+
+    /// JavaScript's answer to a [`Event::Verify`]. False if that handshake no longer waits (it
+    /// timed out, or the token is unknown).
+    pub fn verify_reply(&self, token: u64, verdict: Verdict) -> bool {
+        match lock(&self.verifying).remove(&token) {
+            Some(tx) => tx.send(verdict).is_ok(),
+            None => false,
+        }
+    }
+
     /// Runs on the accept thread: the handshake never waits behind fan-out work, so new clients
-    /// get their 101 promptly however busy the workers are.
-    async fn handshake(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+    /// get their 101 promptly however busy the workers are. `taken` is set for a socket taken
+    /// over from Node: its token and its request, already parsed and checked.
+    async fn handshake(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        taken: Option<(u64, Result<handshake::Upgrade, u16>)>,
+    ) {
         let _ = stream.set_nodelay(true);
         if let Some(limit) = self.config.kernel_unsent_limit {
             set_notsent_lowat(&stream, limit);
         }
-        let timeout = self.config.handshake_timeout;
-        let upgrade = match tokio::time::timeout(
-            timeout,
-            handshake::read_upgrade(&mut stream, peer, self.config.path.as_deref()),
-        )
-        .await
-        {
-            Ok(Ok(u)) => u,
-            Ok(Err(Refusal::Http(status))) => {
-                tracing::debug!(%peer, status, "upgrade refused");
-                self.metrics
-                    .handshakes_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Ok(Err(Refusal::Io(_))) => return,
-            Err(_) => {
-                self.metrics
-                    .handshakes_timed_out
-                    .fetch_add(1, Ordering::Relaxed);
+        // JavaScript knows a handshake by its token: a taken-over socket has one already; one from
+        // our listener gets one when the hooks are asked about it.
+        let token = match &taken {
+            Some((t, _)) => *t,
+            None if self.config.ask_js => self.next_token.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
+        let (upgrade, protocol) = match self.negotiate(&mut stream, peer, token, taken).await {
+            Ok(ok) => ok,
+            Err(status) => {
+                // JavaScript forgets the token (a verify event may have been its only trace).
+                if token != 0 {
+                    self.events.push(Event::HandshakeFailed { token, status });
+                }
                 return;
             }
         };
-        if self.is_closing() || !self.admit() {
-            if !self.is_closing() {
-                self.metrics
-                    .refused_max_connections
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            self.metrics
-                .handshakes_refused
-                .fetch_add(1, Ordering::Relaxed);
-            handshake::refuse(&mut stream, 503, &[]).await;
-            return;
-        }
-        let accepted =
-            tokio::time::timeout(timeout, handshake::accept(&mut stream, &upgrade.accept_key))
-                .await;
-        if !matches!(accepted, Ok(Ok(()))) {
-            self.metrics.open.fetch_sub(1, Ordering::AcqRel);
-            return;
-        }
         // Hand the socket from the accept thread's reactor to the workers'.
         let handed = stream.into_std();
         let this = self.clone();
@@ -202,17 +257,139 @@ impl ServerShared {
                 Err(e) => {
                     tracing::debug!(error = %e, "hand-over to the workers failed");
                     this.metrics.open.fetch_sub(1, Ordering::AcqRel);
+                    if token != 0 {
+                        this.events
+                            .push(Event::HandshakeFailed { token, status: 0 });
+                    }
                     return;
                 }
             };
-            this.run_connection(stream, upgrade).await;
+            this.run_connection(stream, upgrade, protocol, token).await;
         });
     }
 
+    /// Everything before the connection exists: read and check the request, the origin, the
+    /// JavaScript hooks (asked under `token`), admission, then the 101. On success the connection's slot under
+    /// `maxConnections` is reserved. `Err` carries the status answered (0: none, the socket failed
+    /// or the request never completed).
+    async fn negotiate(
+        &self,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+        token: u64,
+        taken: Option<(u64, Result<handshake::Upgrade, u16>)>,
+    ) -> Result<(handshake::Upgrade, Option<String>), u16> {
+        let m = &self.metrics;
+        let refused = |status: u16| {
+            tracing::debug!(%peer, status, "upgrade refused");
+            m.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+            status
+        };
+        let timeout = self.config.handshake_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let upgrade = match taken {
+            Some((_, Ok(u))) => u,
+            Some((_, Err(status))) => {
+                handshake::refuse(stream, status, handshake::extra_for(status)).await;
+                return Err(refused(status));
+            }
+            None => match tokio::time::timeout_at(
+                deadline,
+                handshake::read_upgrade(stream, peer, self.config.path.as_deref()),
+            )
+            .await
+            {
+                Ok(Ok(u)) => u,
+                Ok(Err(Refusal::Http(status))) => return Err(refused(status)),
+                Ok(Err(Refusal::Io(_))) => return Err(0),
+                Err(_) => {
+                    m.handshakes_timed_out.fetch_add(1, Ordering::Relaxed);
+                    return Err(0);
+                }
+            },
+        };
+        if !handshake::origin_allowed(&upgrade.request, self.config.allowed_origins.as_deref()) {
+            handshake::refuse(stream, 403, &[]).await;
+            return Err(refused(403));
+        }
+        // As ws does: without a handleProtocols hook, the client's first choice.
+        let mut protocol = upgrade.protocols.first().cloned();
+        if self.config.ask_js && !self.is_closing() {
+            match self.ask_js(&upgrade, token, deadline).await {
+                Some(Verdict::Accept { protocol: p }) => protocol = p,
+                Some(Verdict::Refuse {
+                    status,
+                    headers,
+                    body,
+                }) => {
+                    handshake::refuse_with(stream, status, &headers, &body).await;
+                    return Err(refused(status));
+                }
+                None => {
+                    m.handshakes_timed_out.fetch_add(1, Ordering::Relaxed);
+                    handshake::refuse(stream, 503, &[]).await;
+                    return Err(refused(503));
+                }
+            }
+        }
+        if self.is_closing() || !self.admit() {
+            if !self.is_closing() {
+                m.refused_max_connections.fetch_add(1, Ordering::Relaxed);
+            }
+            handshake::refuse(stream, 503, &[]).await;
+            return Err(refused(503));
+        }
+        let accepted = tokio::time::timeout(
+            timeout,
+            handshake::accept(stream, &upgrade.accept_key, protocol.as_deref()),
+        )
+        .await;
+        if !matches!(accepted, Ok(Ok(()))) {
+            m.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(0);
+        }
+        Ok((upgrade, protocol))
+    }
+
+    /// Asks JavaScript's hooks about a valid upgrade and waits for the verdict until `deadline`.
+    /// `None`: no answer in time. A hook that throws answers 500 from the JavaScript side.
+    async fn ask_js(
+        &self,
+        upgrade: &handshake::Upgrade,
+        token: u64,
+        deadline: tokio::time::Instant,
+    ) -> Option<Verdict> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.verifying).insert(token, tx);
+        self.events.push(Event::Verify {
+            token,
+            request: upgrade.request.clone(),
+            protocols: upgrade.protocols.clone(),
+        });
+        let answer = tokio::time::timeout_at(deadline, rx).await;
+        lock(&self.verifying).remove(&token);
+        match answer {
+            Ok(Ok(v)) => Some(v),
+            // The server is being destroyed: nobody will answer.
+            Ok(Err(_)) => Some(Verdict::Refuse {
+                status: 503,
+                headers: Vec::new(),
+                body: "Service Unavailable".into(),
+            }),
+            Err(_) => None,
+        }
+    }
+
     /// Registers an upgraded connection and runs it to its end, on the worker runtime.
-    async fn run_connection(self: Arc<Self>, stream: TcpStream, upgrade: handshake::Upgrade) {
+    async fn run_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        upgrade: handshake::Upgrade,
+        protocol: Option<String>,
+        token: u64,
+    ) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let conn = Conn::new(id, self.clone(), stream);
+        let conn = Conn::new(id, self.clone(), stream, protocol.unwrap_or_default());
         write(&self.conns).insert(id, conn.clone());
         self.metrics
             .connections_opened
@@ -220,6 +397,7 @@ impl ServerShared {
         self.events.push(Event::Connection {
             conn: conn.clone(),
             request: upgrade.request,
+            token,
         });
         if self.is_closing() {
             // close() ran between admission and registration and did not see this connection.
