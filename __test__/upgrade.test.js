@@ -424,6 +424,28 @@ describe('taking upgrades over from a Node http server', () => {
     expect(sluice.metrics().handshakesRefused).toBe(2)
   })
 
+  test('with noServer, open connections keep the process alive as sockets do, and only they', async () => {
+    const child = spawn(process.execPath, [path.join(__dirname, 'fixtures/noserver-lifetime.js')], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const lines = readline.createInterface({ input: child.stdout })
+    const it = lines[Symbol.asyncIterator]()
+    const exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)))
+    try {
+      const port = Number((await withTimeout(it.next(), 10000, 'child port')).value.split(' ')[1])
+      const ws = await res.ws(`ws://${HOST}:${port}/`)
+      expect((await withTimeout(it.next(), 5000, 'connection line')).value).toBe('connection')
+      // The http server has stopped listening; only the WebSocket connection is left.
+      await delay(700)
+      expect(child.exitCode).toBe(null)
+      ws.close()
+      expect((await withTimeout(it.next(), 5000, 'closed line')).value).toBe('closed')
+      expect((await withTimeout(it.next(), 5000, 'exit line')).value).toBe('exit 0')
+      expect(await withTimeout(exited, 5000, 'child exit')).toBe(0)
+    } finally {
+      child.kill('SIGKILL')
+      lines.close()
+    }
+  })
+
   test('noServer has no listener; close() detaches and later upgrades get 503', async () => {
     expect(() => new Server({ noServer: true, port: 8080 })).toThrow(expect.objectContaining({ code: 'ERR_SLUICE_INVALID_OPTIONS' }))
     const httpServer = http.createServer()
