@@ -144,6 +144,15 @@ function nativeOptions(options) {
   return out
 }
 
+/** Completes the request object of sluice's own listener with the `IncomingMessage` fields
+ * applications read most: `method`, `rawHeaders`, `socket.remoteAddress` / `remotePort`. */
+function ownRequest(request) {
+  request.method = 'GET'
+  request.rawHeaders = flatHeaders(request.headers)
+  request.socket = { remoteAddress: request.remoteAddress, remotePort: request.remotePort }
+  return request
+}
+
 /** `rawHeaders` of a request object sluice built (own listener): Node's flat form. */
 function flatHeaders(headers) {
   const out = []
@@ -580,10 +589,7 @@ class Server extends EventEmitter {
     let entry = this._handshakes.get(token)
     if (!entry) {
       // From sluice's own listener: a request object of our own, kept for 'connection'.
-      request.method = 'GET'
-      request.rawHeaders = flatHeaders(request.headers)
-      request.socket = { remoteAddress: request.remoteAddress, remotePort: request.remotePort }
-      entry = { req: request, callback: undefined }
+      entry = { req: ownRequest(request), callback: undefined }
       this._handshakes.set(token, entry)
       this._updateHold()
     }
@@ -648,7 +654,7 @@ class Server extends EventEmitter {
         const token = ev[4]
         const entry = token ? this._handshakes.get(token) : undefined
         if (entry) this._handshakes.delete(token)
-        const req = entry ? entry.req : ev[3]
+        const req = entry ? entry.req : ownRequest(ev[3])
         const conn = new Connection(ev[2], req, this)
         this._connections.set(ev[1], conn)
         this._updateHold()
