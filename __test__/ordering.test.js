@@ -61,3 +61,39 @@ test('a broadcast made just before server.close() reaches every client before 10
     expect(server.metrics().dropped.normal).toBe(0)
   }
 })
+
+// As with ws, where the 101 and 'connection' happen in one tick: once a client has seen its 101,
+// anything any client sends reaches JavaScript after that client's 'connection' event. (Before
+// the 101 was written after registration, a message of client A could overtake the 'connection'
+// of client B although B was already open: B then missed a relay to "all clients".)
+test("a client's 'connection' event precedes every message sent after it opened", async () => {
+  const server = new Server({ host: '127.0.0.1', port: 0, pingInterval: 0 })
+  const { port } = await server.listen()
+  const known = new Set()
+  let seenAtMessage = null
+  server.on('connection', (conn) => {
+    known.add(conn)
+    conn.on('close', () => known.delete(conn))
+    conn.on('message', () => {
+      seenAtMessage = known.size
+    })
+  })
+  try {
+    // The race this guards against is narrow: before the fix, 100 rounds caught it in about one
+    // run of two on this 2-core machine; 150 rounds make a regression likelier to show.
+    for (let round = 0; round < 150; round++) {
+      seenAtMessage = null
+      const clients = await Promise.all([connect(port), connect(port), connect(port)])
+      clients[0].ws.send(`r${round}`)
+      const until = Date.now() + 3000
+      while (seenAtMessage === null && Date.now() < until) await new Promise((r) => setTimeout(r, 2))
+      expect({ round, seenAtMessage }).toEqual({ round, seenAtMessage: 3 })
+      for (const c of clients) c.ws.terminate()
+      await Promise.all(clients.map((c) => c.closed))
+      const settle = Date.now() + 3000
+      while (known.size > 0 && Date.now() < settle) await new Promise((r) => setTimeout(r, 2))
+    }
+  } finally {
+    await server.close({ timeout: 1000 })
+  }
+}, 60000)

@@ -359,6 +359,20 @@ impl Conn {
         self.why.get().copied()
     }
 
+    /// Writes the HTTP response head (the 101) before the writer starts.
+    pub async fn write_head(&self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match self.sock.try_write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.sock.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Runs the connection until it ends. `leftover` holds bytes read past the handshake.
     pub async fn run(self: Arc<Self>, leftover: Vec<u8>) {
         let writer = tokio::spawn(self.clone().write_loop());

@@ -281,12 +281,9 @@ fn valid_key(k: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
-/// Sends the 101 response, with the chosen subprotocol if any (a token, checked by the caller).
-pub async fn accept(
-    stream: &mut TcpStream,
-    accept_key: &str,
-    protocol: Option<&str>,
-) -> io::Result<()> {
+/// The 101 response, with the chosen subprotocol if any (a token, checked by the caller).
+/// The connection writes it once it is registered (see `ServerShared::run_connection`).
+pub fn accept_response(accept_key: &str, protocol: Option<&str>) -> String {
     let mut resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n"
     );
@@ -294,7 +291,7 @@ pub async fn accept(
         resp.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
     }
     resp.push_str("\r\n");
-    stream.write_all(resp.as_bytes()).await
+    resp
 }
 
 /// Answers with an HTTP error (its reason phrase as the body) and closes the write side.

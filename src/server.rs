@@ -269,8 +269,8 @@ impl ServerShared {
     }
 
     /// Everything before the connection exists: read and check the request, the origin, the
-    /// JavaScript hooks (asked under `token`), admission, then the 101. On success the connection's slot under
-    /// `maxConnections` is reserved. `Err` carries the status answered (0: none, the socket failed
+    /// JavaScript hooks (asked under `token`), admission. On success the connection's slot under
+    /// `maxConnections` is reserved and the 101 is still to be sent (by `run_connection`). `Err` carries the status answered (0: none, the socket failed
     /// or the request never completed).
     async fn negotiate(
         &self,
@@ -339,15 +339,6 @@ impl ServerShared {
             handshake::refuse(stream, 503, &[]).await;
             return Err(refused(503));
         }
-        let accepted = tokio::time::timeout(
-            timeout,
-            handshake::accept(stream, &upgrade.accept_key, protocol.as_deref()),
-        )
-        .await;
-        if !matches!(accepted, Ok(Ok(()))) {
-            m.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(0);
-        }
         Ok((upgrade, protocol))
     }
 
@@ -380,7 +371,11 @@ impl ServerShared {
         }
     }
 
-    /// Registers an upgraded connection and runs it to its end, on the worker runtime.
+    /// Registers an accepted connection, answers 101 and runs it to its end, on the worker
+    /// runtime. The `connection` event is queued *before* the 101 goes out: whatever this client,
+    /// or any client that has seen this 101, sends next reaches JavaScript after it, as with
+    /// `ws`, where the 101 and 'connection' happen in one tick. Frames queued meanwhile (a
+    /// broadcast, a send from the 'connection' handler) wait in the outbox until the writer starts.
     async fn run_connection(
         self: Arc<Self>,
         stream: TcpStream,
@@ -389,6 +384,7 @@ impl ServerShared {
         token: u64,
     ) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let response = handshake::accept_response(&upgrade.accept_key, protocol.as_deref());
         let conn = Conn::new(id, self.clone(), stream, protocol.unwrap_or_default());
         write(&self.conns).insert(id, conn.clone());
         self.metrics
@@ -399,6 +395,17 @@ impl ServerShared {
             request: upgrade.request,
             token,
         });
+        let sent = tokio::time::timeout(
+            self.config.handshake_timeout,
+            conn.write_head(response.as_bytes()),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            // The client left (or never read) before its 101: it ends like any broken connection.
+            conn.end(Some(Termination::Io));
+            self.remove(&conn);
+            return;
+        }
         if self.is_closing() {
             // close() ran between admission and registration and did not see this connection.
             conn.close(close_code::GOING_AWAY, "server closing");
