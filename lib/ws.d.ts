@@ -1,0 +1,303 @@
+/// <reference types="node" />
+// sluice/ws: the server-side API of the `ws` package (version 8) over sluice.
+//
+//   import WebSocket, { WebSocketServer } from 'sluice/ws'
+//   const { WebSocketServer, WebSocket } = require('sluice/ws')
+//
+// Everything ws does on the server side that sluice supports behaves as in ws 8. A ws feature
+// sluice does not have throws an Error with `code: 'ERR_SLUICE_WS_UNSUPPORTED'` naming it when
+// used: the options `perMessageDeflate` (other than false), `skipUTF8Validation: true`,
+// `allowSynchronousEvents: false`, `autoPong: false`, `maxBufferedChunks`, `maxFragments`,
+// `maxPendingAutoPongs`, `backlog`, a `WebSocket` class not extending this one, an https `server`;
+// `new WebSocket(url)` (clients: use `ws`); `send` with `fin: false` or `mask: true` or a Blob;
+// `pause()` / `resume()`; `'headers'` and `'wsClientError'` listeners on the server;
+// `createWebSocketStream`, `Receiver`, `Sender`, `PerMessageDeflate`, `extension`, `subprotocol`.
+//
+// Deliberate differences: `close()` without a code sends 1000 (ws: no code, seen as 1005);
+// `wss.close()` in port mode keeps the port bound (answering 503) until the last client has gone;
+// no pings of sluice's own unless `pingInterval` is given (as ws: applications ping); in port mode
+// `req` is a plain object, not an `http.IncomingMessage`; `ping`/`pong` callbacks run once the
+// frame is queued; a throwing `verifyClient` answers 500 (and is an 'error' event on the server);
+// a `verifyClient` refusal status must be 4xx/5xx; sockets never emit 'error' (a protocol
+// violation shows as 'close' with 1002/1007/1009); `send(buffer, { binary: false })` requires
+// valid UTF-8; `send()` returns whether sluice queued the message.
+
+import { EventEmitter } from 'events'
+import * as http from 'http'
+import type { Duplex } from 'stream'
+import { Priority as SluicePriority } from '../index'
+import type { Connection, Server as SluiceServer, PriorityLike, SluiceError } from './sluice'
+
+// Shaped like @types/ws: `export = WebSocket`, the rest in the WebSocket namespace, so that both
+// `const { WebSocketServer } = require('sluice/ws')` and
+// `import WebSocket, { WebSocketServer } from 'sluice/ws'` type-check.
+
+declare class WebSocket extends EventEmitter {
+  static readonly CONNECTING: 0
+  static readonly OPEN: 1
+  static readonly CLOSING: 2
+  static readonly CLOSED: 3
+  readonly CONNECTING: 0
+  readonly OPEN: 1
+  readonly CLOSING: 2
+  readonly CLOSED: 3
+
+  /** Server side only: `address` must be null (it is, for the instances a server creates). */
+  constructor(address: null, protocols?: undefined, options?: WebSocket.ServerOptions)
+
+  binaryType: 'nodebuffer' | 'arraybuffer' | 'fragments' | 'blob'
+  /** Bytes queued in sluice for this connection and not yet handed to the kernel. */
+  readonly bufferedAmount: number
+  /** Always `''`. */
+  readonly extensions: string
+  /** Always false. */
+  readonly isPaused: boolean
+  readonly protocol: string
+  readonly readyState: 0 | 1 | 2 | 3
+  /** undefined on the server side. */
+  readonly url: undefined
+  /** sluice: the Connection underneath (`id`, `subscribe`, `kernelBufferedAmount`, ...). */
+  readonly sluice: Connection
+
+  onopen: ((event: WebSocket.Event) => void) | null
+  onerror: ((event: WebSocket.ErrorEvent) => void) | null
+  onclose: ((event: WebSocket.CloseEvent) => void) | null
+  onmessage: ((event: WebSocket.MessageEvent) => void) | null
+
+  /**
+   * Sends a message. `cb(err?)`: without an error once the frame is wholly handed to the kernel,
+   * with one if it was dropped or the socket is not open. Returns false if sluice did not queue it.
+   * @throws `ERR_SLUICE_WS_UNSUPPORTED` for `fin: false`, `mask: true`, a Blob.
+   */
+  send(data: WebSocket.Data, cb?: (err?: Error) => void): boolean
+  send(data: WebSocket.Data, options: WebSocket.SendOptions, cb?: (err?: Error) => void): boolean
+  /** `cb(err?)` runs once the ping is queued (ws: once written). */
+  ping(data?: WebSocket.Data, mask?: false, cb?: (err?: Error) => void): void
+  ping(cb: (err?: Error) => void): void
+  pong(data?: WebSocket.Data, mask?: false, cb?: (err?: Error) => void): void
+  pong(cb: (err?: Error) => void): void
+  /** Default code 1000 (ws: none). `data`: at most 123 bytes of UTF-8. */
+  close(code?: number, data?: string | Buffer): void
+  terminate(): void
+  /** @throws `ERR_SLUICE_WS_UNSUPPORTED` */
+  pause(): never
+  /** @throws `ERR_SLUICE_WS_UNSUPPORTED` */
+  resume(): never
+
+  addEventListener(type: 'message', listener: (event: WebSocket.MessageEvent) => void, options?: { once?: boolean }): void
+  addEventListener(type: 'close', listener: (event: WebSocket.CloseEvent) => void, options?: { once?: boolean }): void
+  addEventListener(type: 'error', listener: (event: WebSocket.ErrorEvent) => void, options?: { once?: boolean }): void
+  addEventListener(type: 'open', listener: (event: WebSocket.Event) => void, options?: { once?: boolean }): void
+  removeEventListener(type: 'message' | 'close' | 'error' | 'open', listener: (event: any) => void): void
+
+  on(event: 'message', listener: (this: WebSocket, data: WebSocket.RawData, isBinary: boolean) => void): this
+  on(event: 'close', listener: (this: WebSocket, code: number, reason: Buffer) => void): this
+  on(event: 'error', listener: (this: WebSocket, err: Error) => void): this
+  on(event: 'ping' | 'pong', listener: (this: WebSocket, data: Buffer) => void): this
+  on(event: 'open', listener: (this: WebSocket) => void): this
+  on(event: string | symbol, listener: (this: WebSocket, ...args: any[]) => void): this
+  once(event: 'message', listener: (this: WebSocket, data: WebSocket.RawData, isBinary: boolean) => void): this
+  once(event: 'close', listener: (this: WebSocket, code: number, reason: Buffer) => void): this
+  once(event: 'error', listener: (this: WebSocket, err: Error) => void): this
+  once(event: 'ping' | 'pong', listener: (this: WebSocket, data: Buffer) => void): this
+  once(event: string | symbol, listener: (this: WebSocket, ...args: any[]) => void): this
+  off(event: string | symbol, listener: (this: WebSocket, ...args: any[]) => void): this
+}
+
+declare const WebSocketAlias: typeof WebSocket
+interface WebSocketAlias extends WebSocket {}
+
+declare namespace WebSocket {
+  /**
+   * What a 'message' listener gets, depending on `binaryType` (text messages are always a Buffer).
+   * As in @types/ws, without the Blob that `binaryType = 'blob'` gives.
+   */
+  type RawData = Buffer | ArrayBuffer | Buffer[]
+
+  /**
+   * Data `send` takes: as in ws, a number is sent as its decimal string and anything else that is
+   * not binary goes through `Buffer.from` (so `Buffer[]` is accepted, as by ws, but not joined).
+   */
+  type Data = string | number | Buffer | ArrayBuffer | SharedArrayBuffer | ArrayBufferView | readonly any[]
+
+  interface VerifyClientInfo {
+    /** The `Origin` header (`Sec-WebSocket-Origin` for protocol version 8). */
+    origin: string | undefined
+    /** Always false: sluice serves plain ws:// (TLS ends in a proxy in front). */
+    secure: boolean
+    /**
+     * The upgrade request. With `server` / `noServer` the `http.IncomingMessage`; in `port` mode a
+     * plain object with `url`, `method`, `headers`, `rawHeaders`, `socket.remoteAddress/remotePort`.
+     */
+    req: http.IncomingMessage
+  }
+
+  type VerifyClientCallbackSync = (info: VerifyClientInfo) => boolean
+  type VerifyClientCallbackAsync = (
+    info: VerifyClientInfo,
+    callback: (verified: boolean, code?: number, message?: string, headers?: http.OutgoingHttpHeaders) => void,
+  ) => void
+  /**
+   * Either form, told apart by the function's length as in ws: one parameter, return whether to
+   * accept; two, call `callback(verified, code = 401, message, headers)`. (One signature, so that
+   * the parameters of an inline arrow function are typed.)
+   */
+  type VerifyClient = (
+    info: VerifyClientInfo,
+    callback: (verified: boolean, code?: number, message?: string, headers?: http.OutgoingHttpHeaders) => void,
+  ) => boolean | void
+
+  interface ServerOptions {
+    /** Port to listen on (`0`: a free one). One and only one of `port`, `server`, `noServer`. */
+    port?: number
+    /** Interface to listen on in `port` mode. Default: sluice's `'0.0.0.0'`. */
+    host?: string
+    /** An http.Server whose upgrade requests this server takes (HTTP routes keep working). */
+    server?: http.Server
+    /** No listener: hand upgrades over with `handleUpgrade`. */
+    noServer?: boolean
+    /** Accept upgrades only on this path (query ignored); others get 400. */
+    path?: string
+    /** Largest inbound message; bigger closes with 1009. Default 100 MiB (ws's); `0`: no limit. */
+    maxPayload?: number
+    verifyClient?: VerifyClient
+    /** Keep `wss.clients`. Default true. */
+    clientTracking?: boolean
+    /** Chooses the subprotocol; default: the first the client offered. */
+    handleProtocols?: (protocols: Set<string>, request: http.IncomingMessage) => string | false
+    /** ms from `close()` to the peer's close frame before the connection is dropped. Default 30000. */
+    closeTimeout?: number
+    /** Only `false` (or left out). */
+    perMessageDeflate?: false
+    /** Only `false`. */
+    skipUTF8Validation?: false
+    /** Only `true`. */
+    allowSynchronousEvents?: true
+    /** Only `true`. */
+    autoPong?: true
+    /** This class or one extending it. */
+    WebSocket?: typeof WebSocketAlias
+
+    // sluice options (see ServerOptions in index.d.ts)
+    maxBufferedAmount?: number
+    lowPriorityLimit?: number
+    onOverflow?: 'terminate' | 'drop'
+    highWaterMark?: number
+    lowWaterMark?: number
+    /** sluice pings every client this often (ms), in Rust, and terminates it after `pongTimeout`
+     * without a pong. Default `0` here (none, as ws); the core Server's default is 30000. */
+    pingInterval?: number
+    pongTimeout?: number
+    handshakeTimeout?: number
+    maxConnections?: number
+    threads?: number
+    kernelUnsentLimit?: number
+    workerNice?: number
+    /** Browser Origins allowed to connect (exact); others get 403. */
+    allowedOrigins?: string[]
+  }
+
+  interface AddressInfo {
+    port: number
+    address: string
+    family: string
+  }
+
+  interface SendOptions {
+    /** Default: `typeof data !== 'string'`. */
+    binary?: boolean
+    /** Accepted; no effect (no permessage-deflate), as in ws without it. */
+    compress?: boolean
+    /** Only `true`. */
+    fin?: true
+    /** Only `false`. */
+    mask?: false
+    /** sluice: the message's priority. Default Normal. */
+    priority?: PriorityLike
+  }
+
+  interface Event {
+    readonly type: string
+    readonly target: WebSocket
+  }
+  interface MessageEvent extends Event {
+    /** A string for text messages, else per `binaryType`. */
+    readonly data: string | RawData
+  }
+  interface CloseEvent extends Event {
+    readonly code: number
+    readonly reason: string
+    readonly wasClean: boolean
+  }
+  interface ErrorEvent extends Event {
+    readonly error: any
+    readonly message: string
+  }
+
+  class WebSocketServer extends EventEmitter {
+    /**
+     * @throws {TypeError} unless exactly one of `port`, `server`, `noServer` is given
+     * @throws `ERR_SLUICE_WS_UNSUPPORTED` for the ws options sluice does not have
+     */
+    constructor(options: ServerOptions, callback?: () => void)
+    readonly options: ServerOptions
+    /** Open sockets; undefined with `clientTracking: false`. */
+    clients: Set<WebSocketAlias> | undefined
+    /** sluice: the Server underneath (`metrics()`, `connectionCount`, `publish`, ...). */
+    readonly sluice: SluiceServer
+    /** @throws in `noServer` mode */
+    address(): AddressInfo | string | null
+    /**
+     * Stops accepting (new upgrades get 503); 'close' once the open sockets are gone (they are not
+     * closed for you, as in ws 8). `cb(err?)`: an error if already closed.
+     */
+    close(cb?: (err?: Error) => void): void
+    shouldHandle(request: http.IncomingMessage): boolean
+    /**
+     * Takes the upgrade over. `callback(ws, request)` once open ('connection' is then not emitted:
+     * emit it yourself); without a callback 'connection' is emitted.
+     * @throws `ERR_SLUICE_WS_UNSUPPORTED` for a TLS socket
+     */
+    handleUpgrade(request: http.IncomingMessage, socket: Duplex, head: Buffer, callback?: (client: WebSocketAlias, request: http.IncomingMessage) => void): void
+    /** sluice: one native call sends `data` to every open socket. False if nothing was queued. */
+    broadcast(data: string | number | Buffer | ArrayBuffer | ArrayBufferView, priority?: PriorityLike): boolean
+
+    on(event: 'connection', listener: (this: WebSocketServer, socket: WebSocketAlias, request: http.IncomingMessage) => void): this
+    on(event: 'error', listener: (this: WebSocketServer, error: Error | SluiceError) => void): this
+    on(event: 'listening' | 'close', listener: (this: WebSocketServer) => void): this
+    on(event: string | symbol, listener: (this: WebSocketServer, ...args: any[]) => void): this
+    once(event: 'connection', listener: (this: WebSocketServer, socket: WebSocketAlias, request: http.IncomingMessage) => void): this
+    once(event: 'error', listener: (this: WebSocketServer, error: Error | SluiceError) => void): this
+    once(event: 'listening' | 'close', listener: (this: WebSocketServer) => void): this
+    once(event: string | symbol, listener: (this: WebSocketServer, ...args: any[]) => void): this
+  }
+
+  /** ws's older name of WebSocketServer. */
+  const Server: typeof WebSocketServer
+  type Server = WebSocketServer
+
+  const WebSocket: typeof WebSocketAlias
+  interface WebSocket extends WebSocketAlias {}
+
+  /** sluice message priorities. */
+  const Priority: typeof SluicePriority
+  type Priority = SluicePriority
+
+  /** @throws `ERR_SLUICE_WS_UNSUPPORTED` */
+  function createWebSocketStream(...args: any[]): never
+  /** @throws `ERR_SLUICE_WS_UNSUPPORTED` when constructed (ws internals). */
+  class Receiver {
+    constructor(...args: any[])
+  }
+  class Sender {
+    constructor(...args: any[])
+  }
+  class PerMessageDeflate {
+    constructor(...args: any[])
+  }
+  /** @throws `ERR_SLUICE_WS_UNSUPPORTED` when called (ws internals). */
+  const extension: { parse(...args: any[]): never; format(...args: any[]): never }
+  const subprotocol: { parse(...args: any[]): never }
+}
+
+export = WebSocket
