@@ -10,7 +10,7 @@
  */
 
 const { EventEmitter } = require('events')
-const { NativeServer, Priority, threadCpuTimeNs } = require('../index.js')
+const { NativeServer, Priority, threadCpuTimeNs } = require('./native')
 
 /** Marks a Node socket that sluice has taken over (a second `handleUpgrade` on it throws). */
 const kTakenOver = Symbol('sluice.takenOver')
