@@ -1,0 +1,183 @@
+'use strict'
+
+// A real browser as the client: headless Chromium (the Debian package `chromium`, which
+// scripts/ensure-tools.sh installs) driven by playwright-core. An http server on 127.0.0.1 serves
+// a page; sluice/ws, attached to that server with `{ server, path }`, takes over the upgrades. The
+// page talks through the browser's own WebSocket: it receives broadcasts (text and binary),
+// sends text and an ArrayBuffer, and closes with a code and reason both ways.
+
+const fs = require('fs')
+const http = require('http')
+const { chromium } = require('playwright-core')
+const { WebSocketServer, WebSocket } = require('sluice/ws')
+
+const HOST = '127.0.0.1'
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
+
+const PAGE = `<!doctype html>
+<html>
+<head><meta charset="utf-8"><title>sluice browser test</title></head>
+<body>
+<script>
+  // Everything the socket reports, in order, for the test to read.
+  window.events = [];
+  const params = new URLSearchParams(location.search);
+  const ws = new WebSocket('ws://' + location.host + '/live');
+  ws.binaryType = 'arraybuffer';
+  window.ws = ws;
+  ws.onopen = () => {
+    window.events.push({ type: 'open', protocol: ws.protocol });
+    ws.send('hello from page ' + params.get('id'));
+  };
+  ws.onmessage = (e) => {
+    window.events.push(typeof e.data === 'string'
+      ? { type: 'text', data: e.data }
+      : { type: 'binary', bytes: Array.from(new Uint8Array(e.data)) });
+  };
+  ws.onerror = () => window.events.push({ type: 'error' });
+  ws.onclose = (e) => window.events.push({ type: 'close', code: e.code, reason: e.reason, wasClean: e.wasClean });
+</script>
+</body>
+</html>
+`
+
+let browser
+let httpServer
+let wss
+let origin
+
+function once(emitter, event, ms = 10000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      emitter.removeListener(event, onEvent)
+      reject(new Error(`timed out after ${ms} ms waiting for '${event}'`))
+    }, ms)
+    function onEvent(...args) {
+      clearTimeout(timer)
+      resolve(args)
+    }
+    emitter.once(event, onEvent)
+  })
+}
+
+/** Resolves with the page's events once `pred(events)` holds (polled inside the page). */
+async function pageEvents(page, pred, what, ms = 10000) {
+  try {
+    await page.waitForFunction(pred, undefined, { timeout: ms, polling: 20 })
+  } catch (err) {
+    const events = await page.evaluate(() => window.events).catch(() => 'unavailable')
+    throw new Error(`page never showed ${what} within ${ms} ms; its events: ${JSON.stringify(events)} (${err.message})`)
+  }
+  return page.evaluate(() => window.events)
+}
+
+beforeAll(async () => {
+  if (!fs.existsSync(CHROMIUM)) {
+    throw new Error(`${CHROMIUM} not found: install the Debian package chromium (bash scripts/ensure-tools.sh does)`)
+  }
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+    timeout: 60000,
+  })
+  httpServer = http.createServer((req, res) => {
+    if (req.method === 'GET' && new URL(req.url, 'http://x').pathname === '/') {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' })
+      res.end(PAGE)
+    } else {
+      res.writeHead(404)
+      res.end()
+    }
+  })
+  wss = new WebSocketServer({ server: httpServer, path: '/live' })
+  await new Promise((resolve) => httpServer.listen(0, HOST, resolve))
+  origin = `http://${HOST}:${httpServer.address().port}`
+}, 90000)
+
+afterAll(async () => {
+  if (browser) await browser.close()
+  if (wss) await new Promise((resolve) => wss.close(() => resolve()))
+  if (httpServer) await new Promise((resolve) => httpServer.close(() => resolve()))
+}, 30000)
+
+test('pages connect with the browser WebSocket, get broadcasts and send text and binary', async () => {
+  const context = await browser.newContext()
+  try {
+    // Each server-side connection with its first message (the page's greeting).
+    const seen = []
+    const arrived = new Promise((resolve) => {
+      wss.on('connection', function onConnection(ws, req) {
+        const entry = { ws, req, messages: [] }
+        seen.push(entry)
+        ws.on('message', (data, isBinary) => entry.messages.push({ data, isBinary }))
+        if (seen.length === 2) {
+          wss.off('connection', onConnection)
+          resolve()
+        }
+      })
+    })
+    const pages = [await context.newPage(), await context.newPage()]
+    await Promise.all(pages.map((p, i) => p.goto(`${origin}/?id=${i + 1}`)))
+    await arrived
+
+    // The server saw two browser connections, with the request the browser made.
+    for (const { ws, req } of seen) {
+      expect(ws.readyState).toBe(WebSocket.OPEN)
+      expect(req.url).toBe('/live')
+      expect(req.headers.origin).toBe(origin)
+      expect(req.headers['user-agent']).toMatch(/HeadlessChrome/)
+    }
+    // ... and each page's greeting, as text.
+    const greet = (e) => e.messages.length >= 1
+    const until = Date.now() + 10000
+    while (!seen.every(greet) && Date.now() < until) await new Promise((r) => setTimeout(r, 20))
+    const greetings = seen.map((e) => e.messages[0]).filter(Boolean)
+    expect(greetings.map((m) => [m.data.toString(), m.isBinary]).sort()).toEqual([
+      ['hello from page 1', false],
+      ['hello from page 2', false],
+    ])
+
+    // A broadcast, text then binary, reaches both pages in order.
+    wss.broadcast('news for everyone ✓')
+    wss.broadcast(Buffer.from([0, 1, 2, 127, 128, 255]))
+    for (const page of pages) {
+      const events = await pageEvents(
+        page,
+        () => window.events.filter((e) => e.type === 'text' || e.type === 'binary').length >= 2,
+        'two broadcast messages',
+      )
+      expect(events).toEqual([
+        { type: 'open', protocol: '' },
+        { type: 'text', data: 'news for everyone ✓' },
+        { type: 'binary', bytes: [0, 1, 2, 127, 128, 255] },
+      ])
+    }
+
+    // The page sends an ArrayBuffer: the server gets a binary message with those bytes.
+    const page1 = seen.find((e) => e.messages[0].data.toString() === 'hello from page 1')
+    const got = once(page1.ws, 'message')
+    await pages[0].evaluate(() => window.ws.send(new Uint8Array([9, 8, 7, 0, 255]).buffer))
+    const [data, isBinary] = await got
+    expect(isBinary).toBe(true)
+    expect([...data]).toEqual([9, 8, 7, 0, 255])
+
+    // The page closes with a code and reason; the server sees both.
+    const closed = once(page1.ws, 'close')
+    await pages[0].evaluate(() => window.ws.close(4001, 'page done'))
+    const [code, reason] = await closed
+    expect(code).toBe(4001)
+    expect(Buffer.isBuffer(reason)).toBe(true)
+    expect(reason.toString()).toBe('page done')
+    const page1Events = await pageEvents(pages[0], () => window.events.some((e) => e.type === 'close'), 'its close event')
+    expect(page1Events.at(-1)).toEqual({ type: 'close', code: 4001, reason: 'page done', wasClean: true })
+
+    // The server closes the other one with a code and reason; the page sees both.
+    const page2 = seen.find((e) => e !== page1)
+    page2.ws.close(4002, 'server done')
+    const page2Events = await pageEvents(pages[1], () => window.events.some((e) => e.type === 'close'), 'its close event')
+    expect(page2Events.at(-1)).toEqual({ type: 'close', code: 4002, reason: 'server done', wasClean: true })
+    expect(page2Events.some((e) => e.type === 'error')).toBe(false)
+  } finally {
+    await context.close()
+  }
+}, 60000)

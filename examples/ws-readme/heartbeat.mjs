@@ -1,0 +1,35 @@
+// Origin: the README.md of the npm package ws@8.23.0 (https://www.npmjs.com/package/ws),
+// section "How to detect and close broken connections?", first snippet (server side).
+// Licence: MIT (see ./LICENSE, copied from the same package):
+//   Copyright (c) 2011 Einar Otto Stangvik <einaros@gmail.com>
+//   Copyright (c) 2013 Arnout Kazemier and contributors
+//   Copyright (c) 2016 Luigi Pinca and contributors
+// The one change: the module specifier 'ws' became 'sluice/ws'. The rest of the README's code
+// follows byte for byte.
+
+import { WebSocketServer } from 'sluice/ws';
+
+function heartbeat() {
+  this.isAlive = true;
+}
+
+const wss = new WebSocketServer({ port: 8080 });
+
+wss.on('connection', function connection(ws) {
+  ws.isAlive = true;
+  ws.on('error', console.error);
+  ws.on('pong', heartbeat);
+});
+
+const interval = setInterval(function ping() {
+  wss.clients.forEach(function each(ws) {
+    if (ws.isAlive === false) return ws.terminate();
+
+    ws.isAlive = false;
+    ws.ping();
+  });
+}, 30000);
+
+wss.on('close', function close() {
+  clearInterval(interval);
+});
