@@ -10,6 +10,7 @@ const fs = require('fs')
 const http = require('http')
 const { chromium } = require('playwright-core')
 const { WebSocketServer, WebSocket } = require('sluice/ws')
+const helpers = require('./util/protocol-helpers')
 
 const HOST = '127.0.0.1'
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
@@ -46,18 +47,9 @@ let httpServer
 let wss
 let origin
 
+/** protocol-helpers' `once`, with the longer default a browser needs. */
 function once(emitter, event, ms = 10000) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      emitter.removeListener(event, onEvent)
-      reject(new Error(`timed out after ${ms} ms waiting for '${event}'`))
-    }, ms)
-    function onEvent(...args) {
-      clearTimeout(timer)
-      resolve(args)
-    }
-    emitter.once(event, onEvent)
-  })
+  return helpers.once(emitter, event, ms)
 }
 
 /** Resolves with the page's events once `pred(events)` holds (polled inside the page). */

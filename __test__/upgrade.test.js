@@ -114,6 +114,21 @@ async function noLeak(port, baseline, ms = 5000) {
   expect({ held, aboveBaseline: Math.max(0, total - baseline) }).toEqual({ held: 0, aboveBaseline: 0 })
 }
 
+/** Every text message any connection of `server` receives, as strings, in arrival order. */
+function collectMessages(server) {
+  const messages = []
+  server.on('connection', (conn) => conn.on('message', (d) => messages.push(String(d))))
+  return messages
+}
+
+/** A connected plain TCP socket (tracked for cleanup), to write raw HTTP and frames. */
+async function rawSocket(port) {
+  const socket = res.track(require('net').connect(port, HOST))
+  socket.on('error', () => {})
+  await once(socket, 'connect')
+  return socket
+}
+
 /** One connection opened and closed, both ends seen closed: what exists after it is the baseline. */
 async function warmUp(sluice, port) {
   const { ws, conn } = await res.pair(sluice, `ws://${HOST}:${port}/`)
@@ -250,11 +265,8 @@ describe('taking upgrades over from a Node http server', () => {
     const sluice = noServer()
     sluice.attach(httpServer)
     const port = await listen(httpServer)
-    const messages = []
-    sluice.on('connection', (conn) => conn.on('message', (d) => messages.push(String(d))))
-    const socket = res.track(require('net').connect(port, HOST))
-    socket.on('error', () => {})
-    await once(socket, 'connect')
+    const messages = collectMessages(sluice)
+    const socket = await rawSocket(port)
     // The request and two frames in one write: Node's parser hands the frames over as `head`.
     socket.write(Buffer.concat([
       Buffer.from(upgradeRequest()),
@@ -274,11 +286,8 @@ describe('taking upgrades over from a Node http server', () => {
       sluice.handleUpgrade(req, socket, head)
     })
     const port = await listen(httpServer)
-    const messages = []
-    sluice.on('connection', (conn) => conn.on('message', (d) => messages.push(String(d))))
-    const socket = res.track(require('net').connect(port, HOST))
-    socket.on('error', () => {})
-    await once(socket, 'connect')
+    const messages = collectMessages(sluice)
+    const socket = await rawSocket(port)
     socket.write(upgradeRequest())
     await delay(40)
     socket.write(frame({ opcode: 1, payload: 'early-1' })) // Node reads these: they wait in its buffer

@@ -12,36 +12,9 @@
 const fs = require('fs')
 const path = require('path')
 
+const { platformArchABI } = require('./platform')
+
 const pkgDir = path.join(__dirname, '..')
-
-// The `<platform>` part of the file and package names the napi-rs loader tries (index.js).
-function platformArchABI() {
-  const { platform, arch } = process
-  if (platform === 'linux') {
-    const musl = isMusl()
-    if (arch === 'arm') return musl ? 'linux-arm-musleabihf' : 'linux-arm-gnueabihf'
-    if (arch === 'ppc64' || arch === 's390x') return `linux-${arch}-gnu`
-    return `linux-${arch}-${musl ? 'musl' : 'gnu'}`
-  }
-  if (platform === 'win32') {
-    if (arch === 'x64') {
-      const v = (process.config && process.config.variables) || {}
-      return v.shlib_suffix === 'dll.a' || v.node_target_type === 'shared_library' ? 'win32-x64-gnu' : 'win32-x64-msvc'
-    }
-    return `win32-${arch}-msvc`
-  }
-  if (platform === 'android' && arch === 'arm') return 'android-arm-eabi'
-  return `${platform}-${arch}`
-}
-
-function isMusl() {
-  try {
-    return fs.readFileSync('/usr/bin/ldd', 'utf8').includes('musl')
-  } catch {
-    const report = process.report && typeof process.report.getReport === 'function' ? process.report.getReport() : null
-    return !!(report && report.header && !report.header.glibcVersionRuntime)
-  }
-}
 
 function isDevelopmentCheckout() {
   return fs.existsSync(path.join(pkgDir, '.git')) || fs.existsSync(path.join(pkgDir, '__test__'))

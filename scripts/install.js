@@ -23,6 +23,7 @@ const { spawnSync } = require('child_process')
 const fs = require('fs')
 const os = require('os')
 const path = require('path')
+const { platformArchABI } = require('../lib/platform')
 
 const pkgDir = path.join(__dirname, '..')
 const force = process.argv.includes('--force')
@@ -36,35 +37,6 @@ class BuildError extends Error {}
 // Throws: main()'s `finally` removes the temporary target directory, then the message is printed.
 function fail(msg) {
   throw new BuildError(msg)
-}
-
-// Keep in step with platformArchABI() in lib/native.js: the names the napi-rs loader tries.
-function platformArchABI() {
-  const { platform, arch } = process
-  if (platform === 'linux') {
-    const musl = isMusl()
-    if (arch === 'arm') return musl ? 'linux-arm-musleabihf' : 'linux-arm-gnueabihf'
-    if (arch === 'ppc64' || arch === 's390x') return `linux-${arch}-gnu`
-    return `linux-${arch}-${musl ? 'musl' : 'gnu'}`
-  }
-  if (platform === 'win32') {
-    if (arch === 'x64') {
-      const v = (process.config && process.config.variables) || {}
-      return v.shlib_suffix === 'dll.a' || v.node_target_type === 'shared_library' ? 'win32-x64-gnu' : 'win32-x64-msvc'
-    }
-    return `win32-${arch}-msvc`
-  }
-  if (platform === 'android' && arch === 'arm') return 'android-arm-eabi'
-  return `${platform}-${arch}`
-}
-
-function isMusl() {
-  try {
-    return fs.readFileSync('/usr/bin/ldd', 'utf8').includes('musl')
-  } catch {
-    const report = process.report && typeof process.report.getReport === 'function' ? process.report.getReport() : null
-    return !!(report && report.header && !report.header.glibcVersionRuntime)
-  }
 }
 
 // Loads index.js in a child process, so a broken binary cannot take this script down with it.
