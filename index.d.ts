@@ -101,6 +101,45 @@ export declare class NativeServer {
   unref(): void
 }
 
+/** `metrics().cluster`: the link to the other nodes through Redis. */
+export interface ClusterMetrics {
+  /** `'connecting'`, `'connected'` or `'disconnected'` (waiting to reconnect). */
+  state: string
+  /** Messages this node published to Redis. */
+  published: number
+  /** Messages received from other nodes (second copies not counted). */
+  received: number
+  /** Connections re-established after a loss. */
+  reconnects: number
+  /**
+   * Messages that could not go to Redis, by priority: Normal and Low while the link was down
+   * (or in a pipeline that failed), Critical beyond `criticalQueue`. Local clients got them.
+   */
+  notSent: PriorityCounts
+  /** Critical messages waiting for the link right now. */
+  held: number
+  /** From a publish on another node to the last socket write here, in microseconds. */
+  latencyUs: LatencyMetrics
+}
+
+/** The `cluster` option as `lib/sluice.js` passes it (it maps `redis: url | url[]`). */
+export interface ClusterOptions {
+  /** `redis://` URLs: one for a single Redis, the seed nodes of a Redis Cluster otherwise. */
+  urls: Array<string>
+  /** A Redis Cluster: sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis >= 7). */
+  sharded?: boolean
+  /**
+   * Channel prefix: `<prefix>:all` for broadcasts, `<prefix>:t:<topic>` for topics.
+   * Default `'sluice'`.
+   */
+  prefix?: string
+  /**
+   * Critical messages held, in order, while Redis is unreachable; beyond it they are counted
+   * as not sent. Default `1024`.
+   */
+  criticalQueue?: number
+}
+
 /**
  * Messages dropped per priority (never silently): refused by policy, evicted to make room, or
  * discarded when their connection closed.
@@ -173,6 +212,8 @@ export interface Metrics {
    */
   bufferedAmount: Percentiles
   fanoutLatencyUs: LatencyMetrics
+  /** `null` without the `cluster` option. */
+  cluster?: ClusterMetrics
 }
 
 /** p50 / p99 / max of a distribution. */
@@ -196,6 +237,13 @@ export declare enum Priority {
    * and the first to be evicted to make room for Normal and Critical frames.
    */
   Low = 'low',
+}
+
+/** Messages per priority. */
+export interface PriorityCounts {
+  critical: number
+  normal: number
+  low: number
 }
 
 /** Options for `new Server(options)`. Every option is optional; sizes are bytes, times milliseconds. */
@@ -276,6 +324,16 @@ export interface ServerOptions {
    * upgrade waits for their answer (a `verify` event and `verifyReply`) before the 101.
    */
   askJs?: boolean
+  /**
+   * `SO_REUSEPORT` (Linux): several processes, e.g. the workers of Node's `cluster` module,
+   * each listen on the same port and the kernel spreads the connections. Default `false`.
+   */
+  reusePort?: boolean
+  /**
+   * Scale-out through Redis (see `ClusterOptions`). Default: none, this process alone, and
+   * no Redis connection is ever opened.
+   */
+  cluster?: ClusterOptions
 }
 
 /** Connections the server ended without a completed close handshake, by cause. */

@@ -10,6 +10,8 @@ import { Priority, threadCpuTimeNs } from '../index'
 export { Priority, threadCpuTimeNs }
 export type {
   Metrics,
+  ClusterMetrics,
+  PriorityCounts,
   DroppedMetrics,
   TerminatedMetrics,
   Percentiles,
@@ -47,8 +49,20 @@ export interface Refusal {
   headers?: Record<string, string>
 }
 
+/** Scale-out through Redis: broadcasts and publishes reach the clients of every node. */
+export interface ClusterOption {
+  /** One `redis://host:port` URL (plain pub/sub), or the seed nodes of a Redis Cluster (sharded pub/sub). */
+  redis: string | string[]
+  /** Channel prefix: `<prefix>:all`, `<prefix>:t:<topic>`. Default `'sluice'`. */
+  prefix?: string
+  /** Critical messages held, in order, while Redis is unreachable. Default `1024`. */
+  criticalQueue?: number
+}
+
 /** `new Server(options)`: the native options (defaults in index.d.ts) and the JavaScript hooks. */
-export interface ServerOptions extends Omit<NativeServerOptions, 'askJs'> {
+export interface ServerOptions extends Omit<NativeServerOptions, 'askJs' | 'cluster'> {
+  /** Scale-out through Redis. Without it no Redis connection is ever opened. */
+  cluster?: ClusterOption
   /**
    * No listener of sluice's own: connections come from an http server through `handleUpgrade`
    * or `attach`. Excludes `host`, `port` and `path`; `listen()` rejects `ERR_SLUICE_NO_SERVER`.

@@ -75,6 +75,34 @@ const OPTIONS = {
   verifyClient: ['function'],
   handleProtocols: ['function'],
   allowedOrigins: ['strings'],
+  reusePort: ['boolean'],
+  cluster: ['cluster'],
+}
+
+/** `cluster: { redis, prefix, criticalQueue }`, checked; returns the native form. */
+function clusterOption(value) {
+  const fail = (Class, message) => sluiceError(Class, 'ERR_SLUICE_INVALID_OPTION', `cluster.${message}`)
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTION', 'cluster must be an object: { redis, prefix?, criticalQueue? }')
+  }
+  for (const key of Object.keys(value)) {
+    if (!['redis', 'prefix', 'criticalQueue'].includes(key)) {
+      throw sluiceError(TypeError, 'ERR_SLUICE_UNKNOWN_OPTION', `unknown option 'cluster.${key}'`)
+    }
+  }
+  const { redis, prefix, criticalQueue } = value
+  const sharded = Array.isArray(redis)
+  const urls = sharded ? redis : [redis]
+  if (urls.length === 0 || !urls.every((u) => typeof u === 'string' && /^rediss?:\/\/./.test(u))) {
+    throw fail(TypeError, "redis must be a 'redis://host:port' URL, or an array of them (the seed nodes of a Redis Cluster)")
+  }
+  if (prefix !== undefined && (typeof prefix !== 'string' || prefix.length === 0)) {
+    throw fail(TypeError, 'prefix must be a non-empty string')
+  }
+  if (criticalQueue !== undefined && (!Number.isInteger(criticalQueue) || criticalQueue < 0 || criticalQueue > 1e6)) {
+    throw fail(RangeError, `criticalQueue must be a whole number from 0 to 1000000, got ${criticalQueue}`)
+  }
+  return { urls, sharded, prefix, criticalQueue }
 }
 
 /** Options handled here, not by the native side. */
@@ -104,6 +132,9 @@ function validateOptions(options) {
       if (typeof value !== kind) {
         throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTION', `${name} must be a ${kind}, got ${typeof value}`)
       }
+    } else if (kind === 'cluster') {
+      out[name] = clusterOption(value)
+      continue
     } else if (kind === 'strings') {
       if (!Array.isArray(value) || !value.every((v) => typeof v === 'string' && v.length > 0)) {
         throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTION', `${name} must be an array of non-empty strings`)

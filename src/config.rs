@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use napi_derive::napi;
 
+use crate::cluster::{ClusterConfig, DEFAULT_CRITICAL_QUEUE};
 use crate::policy::{Limits, OverflowAction};
 
 /// Default `pingInterval`: 30 s, as most proxies time out idle connections after 60 s.
@@ -71,6 +72,10 @@ pub struct Config {
     pub allowed_origins: Option<Vec<String>>,
     /// Ask JavaScript (`verifyClient`, `handleProtocols`) before answering an upgrade.
     pub ask_js: bool,
+    /// `SO_REUSEPORT` on the listener.
+    pub reuse_port: bool,
+    /// The link to the other nodes through Redis; `None`: this process alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -91,6 +96,8 @@ impl Default for Config {
             worker_nice: DEFAULT_WORKER_NICE,
             allowed_origins: None,
             ask_js: false,
+            reuse_port: false,
+            cluster: None,
         }
     }
 }
@@ -168,6 +175,28 @@ pub struct ServerOptions {
     /// Set by `lib/sluice.js` when `verifyClient` or `handleProtocols` is given: every valid
     /// upgrade waits for their answer (a `verify` event and `verifyReply`) before the 101.
     pub ask_js: Option<bool>,
+    /// `SO_REUSEPORT` (Linux): several processes, e.g. the workers of Node's `cluster` module,
+    /// each listen on the same port and the kernel spreads the connections. Default `false`.
+    pub reuse_port: Option<bool>,
+    /// Scale-out through Redis (see `ClusterOptions`). Default: none, this process alone, and
+    /// no Redis connection is ever opened.
+    pub cluster: Option<ClusterOptions>,
+}
+
+/// The `cluster` option as `lib/sluice.js` passes it (it maps `redis: url | url[]`).
+#[napi(object)]
+#[derive(Default, Debug, Clone)]
+pub struct ClusterOptions {
+    /// `redis://` URLs: one for a single Redis, the seed nodes of a Redis Cluster otherwise.
+    pub urls: Vec<String>,
+    /// A Redis Cluster: sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis >= 7).
+    pub sharded: Option<bool>,
+    /// Channel prefix: `<prefix>:all` for broadcasts, `<prefix>:t:<topic>` for topics.
+    /// Default `'sluice'`.
+    pub prefix: Option<String>,
+    /// Critical messages held, in order, while Redis is unreachable; beyond it they are counted
+    /// as not sent. Default `1024`.
+    pub critical_queue: Option<u32>,
 }
 
 /// A configuration error: the option's name and what is wrong with it.
@@ -279,8 +308,42 @@ impl Config {
                 .unwrap_or(d.worker_nice),
             allowed_origins: o.allowed_origins,
             ask_js: o.ask_js.unwrap_or(false),
+            reuse_port: o.reuse_port.unwrap_or(false),
+            cluster: match o.cluster {
+                None => None,
+                Some(c) => Some(cluster_config(c)?),
+            },
         })
     }
+}
+
+fn cluster_config(c: ClusterOptions) -> Result<ClusterConfig, ConfigError> {
+    let err = |message: String| ConfigError {
+        option: "cluster",
+        message,
+    };
+    if c.urls.is_empty() {
+        return Err(err(
+            "cluster.redis must name at least one redis:// URL".into()
+        ));
+    }
+    for u in &c.urls {
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            return Err(err(format!("cluster.redis: '{u}' is not a redis:// URL")));
+        }
+    }
+    let prefix = c.prefix.unwrap_or_else(|| "sluice".into());
+    if prefix.is_empty() {
+        return Err(err("cluster.prefix must not be empty".into()));
+    }
+    Ok(ClusterConfig {
+        urls: c.urls,
+        sharded: c.sharded.unwrap_or(false),
+        prefix,
+        critical_queue: c
+            .critical_queue
+            .map_or(DEFAULT_CRITICAL_QUEUE, |n| n as usize),
+    })
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
@@ -110,8 +111,9 @@ impl Fanout {
         true
     }
 
-    /// Encodes `payload` once and queues it for every target connection. Returns false if the
-    /// fan-out queue is full (nothing is queued then).
+    /// Encodes `payload` once and queues it for every target connection. Returns the encoded
+    /// frame (for the cluster link), or `None` if the fan-out queue is full (nothing is queued
+    /// then).
     pub fn broadcast(
         &self,
         server: &ServerShared,
@@ -119,9 +121,40 @@ impl Fanout {
         op: OpCode,
         priority: Priority,
         target: Target,
-    ) -> bool {
+    ) -> Option<Bytes> {
         let born = Instant::now();
         let len = crate::frame::header_len(payload.len()) + payload.len();
+        if !self.has_room(server, len) {
+            return None;
+        }
+        let frame = Frame {
+            bytes: encode(op, payload),
+            probe: Some(FanoutProbe::new(born, server.metrics.clone())),
+            ack: None,
+        };
+        let bytes = frame.bytes.clone();
+        self.submit(frame, priority, target).then_some(bytes)
+    }
+
+    /// Queues a frame that another node of the cluster published. Critical ones are always
+    /// accepted (a node cannot refuse them to a peer that does not wait for an answer); Normal and
+    /// Low ones past the fan-out budget are refused and counted like a refused `broadcast`.
+    pub fn broadcast_remote(
+        &self,
+        server: &ServerShared,
+        frame: Frame,
+        priority: Priority,
+        target: Target,
+    ) -> bool {
+        if priority != Priority::Critical && !self.has_room(server, frame.len()) {
+            return false;
+        }
+        self.submit(frame, priority, target)
+    }
+
+    /// The fan-out budget: broadcasts waiting may add up to `maxBufferedAmount - highWaterMark`
+    /// (one is always accepted when none waits). Counts a refusal.
+    fn has_room(&self, server: &ServerShared, len: usize) -> bool {
         let pending = self.pending_bytes.load(Ordering::Relaxed);
         let limits = &server.config.limits;
         let budget = limits
@@ -134,11 +167,11 @@ impl Fanout {
                 .fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        let frame = Frame {
-            bytes: encode(op, payload),
-            probe: Some(FanoutProbe::new(born, server.metrics.clone())),
-            ack: None,
-        };
+        true
+    }
+
+    fn submit(&self, frame: Frame, priority: Priority, target: Target) -> bool {
+        let len = frame.len();
         self.pending_bytes.fetch_add(len, Ordering::Relaxed);
         let sent = self.send(Job::Broadcast {
             frame,

@@ -123,9 +123,12 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Measures one broadcast from the JS call to the last recipient's socket write.
+/// Measures one broadcast from the JS call (or, for a message from another node of a cluster,
+/// from its publication there) to the last local recipient's socket write.
 pub struct FanoutProbe {
     born: Instant,
+    /// From another node: recorded as cross-node latency rather than fan-out latency.
+    remote: bool,
     /// Nanoseconds after `born` of the latest completed write, 0 while none. Writers on any
     /// runtime thread raise it with `fetch_max`; the value is read once, in `Drop`, after every
     /// other reference is gone, so no ordering beyond the atomic RMW itself is needed.
@@ -137,6 +140,18 @@ impl FanoutProbe {
     pub fn new(born: Instant, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             born,
+            remote: false,
+            last_write_ns: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    /// For a message published on another node at `born` (its publication time, as a local
+    /// instant).
+    pub fn remote(born: Instant, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            born,
+            remote: true,
             last_write_ns: AtomicU64::new(0),
             metrics,
         })
@@ -162,7 +177,12 @@ impl Drop for FanoutProbe {
     fn drop(&mut self) {
         let ns = *self.last_write_ns.get_mut();
         if ns > 0 {
-            self.metrics.record_fanout_latency(ns / 1_000);
+            let histogram = if self.remote {
+                &self.metrics.cluster_latency_us
+            } else {
+                &self.metrics.fanout_latency_us
+            };
+            histogram.record(ns / 1_000);
         }
     }
 }

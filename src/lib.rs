@@ -21,7 +21,9 @@
 //! | events to JavaScript | `events.rs` |
 //! | metrics | `metrics.rs` |
 //! | options and their defaults | `config.rs` |
+//! | the cluster link (Redis pub/sub across processes and machines) | `cluster.rs` |
 
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod events;

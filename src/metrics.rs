@@ -67,9 +67,38 @@ pub struct Metrics {
     /// drain or when such a connection ends.
     pub backpressured: AtomicUsize,
 
-    fanout_latency_us: Mutex<Option<Histogram<u64>>>,
+    /// `broadcast`/`publish` call to the last local socket write, in µs.
+    pub fanout_latency_us: Latency,
+    /// Publish on another node to the last local socket write here, in µs (cluster mode).
+    pub cluster_latency_us: Latency,
     /// (p50, p99, max) of bufferedAmount over the recipients of the latest broadcast.
     buffered_sample: Mutex<(u64, u64, u64)>,
+}
+
+/// A latency distribution in microseconds, created on first use.
+#[derive(Default)]
+pub struct Latency(Mutex<Option<Histogram<u64>>>);
+
+impl Latency {
+    pub fn record(&self, us: u64) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.get_or_insert_with(new_histogram)
+            .saturating_record(us.max(1));
+    }
+
+    /// (p50, p99, max, count); zeros while empty.
+    pub fn summary(&self) -> (u64, u64, u64, u64) {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match g.as_ref() {
+            Some(h) if !h.is_empty() => (
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.max(),
+                h.len(),
+            ),
+            _ => (0, 0, 0, 0),
+        }
+    }
 }
 
 pub fn new_histogram() -> Histogram<u64> {
@@ -102,15 +131,6 @@ impl Metrics {
         c.fetch_add(1, Relaxed);
     }
 
-    pub fn record_fanout_latency(&self, us: u64) {
-        let mut g = self
-            .fanout_latency_us
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        g.get_or_insert_with(new_histogram)
-            .saturating_record(us.max(1));
-    }
-
     pub fn set_buffered_sample(&self, h: &Histogram<u64>) {
         let v = if h.is_empty() {
             (0, 0, 0)
@@ -121,22 +141,6 @@ impl Metrics {
             .buffered_sample
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = v;
-    }
-
-    pub fn fanout_latency(&self) -> (u64, u64, u64, u64) {
-        let g = self
-            .fanout_latency_us
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match g.as_ref() {
-            Some(h) if !h.is_empty() => (
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.99),
-                h.max(),
-                h.len(),
-            ),
-            _ => (0, 0, 0, 0),
-        }
     }
 
     pub fn buffered_sample(&self) -> (u64, u64, u64) {

@@ -11,6 +11,7 @@ use napi::bindgen_prelude::*;
 use napi::Env;
 use napi_derive::napi;
 
+use crate::cluster::Link;
 use crate::config::{self, Config, ServerOptions};
 use crate::connection::Conn;
 use crate::events::{Event, EventBatch, EventSink};
@@ -102,6 +103,34 @@ pub struct LatencyMetrics {
     pub count: f64,
 }
 
+/// Messages per priority.
+#[napi(object)]
+pub struct PriorityCounts {
+    pub critical: f64,
+    pub normal: f64,
+    pub low: f64,
+}
+
+/// `metrics().cluster`: the link to the other nodes through Redis.
+#[napi(object)]
+pub struct ClusterMetrics {
+    /// `'connecting'`, `'connected'` or `'disconnected'` (waiting to reconnect).
+    pub state: String,
+    /// Messages this node published to Redis.
+    pub published: f64,
+    /// Messages received from other nodes (second copies not counted).
+    pub received: f64,
+    /// Connections re-established after a loss.
+    pub reconnects: f64,
+    /// Messages that could not go to Redis, by priority: Normal and Low while the link was down
+    /// (or in a pipeline that failed), Critical beyond `criticalQueue`. Local clients got them.
+    pub not_sent: PriorityCounts,
+    /// Critical messages waiting for the link right now.
+    pub held: f64,
+    /// From a publish on another node to the last socket write here, in microseconds.
+    pub latency_us: LatencyMetrics,
+}
+
 /// `server.metrics()`: counters since the server was created.
 #[napi(object)]
 pub struct Metrics {
@@ -138,12 +167,38 @@ pub struct Metrics {
     /// them: the backlog it joined (0 for clients that keep up).
     pub buffered_amount: Percentiles,
     pub fanout_latency_us: LatencyMetrics,
+    /// `null` without the `cluster` option.
+    pub cluster: Option<ClusterMetrics>,
 }
 
-fn metrics_object(m: &CoreMetrics) -> Metrics {
+fn cluster_metrics(link: &Link, m: &CoreMetrics) -> ClusterMetrics {
+    let st = &link.stats;
+    let g = CoreMetrics::get;
+    let (p50, p99, max, count) = m.cluster_latency_us.summary();
+    ClusterMetrics {
+        state: link.state().name().into(),
+        published: g(&st.published),
+        received: g(&st.received),
+        reconnects: g(&st.reconnects),
+        not_sent: PriorityCounts {
+            critical: g(&st.not_sent[0]),
+            normal: g(&st.not_sent[1]),
+            low: g(&st.not_sent[2]),
+        },
+        held: g(&st.held),
+        latency_us: LatencyMetrics {
+            p50: p50 as f64,
+            p99: p99 as f64,
+            max: max as f64,
+            count: count as f64,
+        },
+    }
+}
+
+fn metrics_object(m: &CoreMetrics, link: Option<&Arc<Link>>) -> Metrics {
     let g = CoreMetrics::get;
     let (b50, b99, bmax) = m.buffered_sample();
-    let (l50, l99, lmax, lcount) = m.fanout_latency();
+    let (l50, l99, lmax, lcount) = m.fanout_latency_us.summary();
     Metrics {
         connections: m.open.load(std::sync::atomic::Ordering::Relaxed) as f64,
         connections_opened: g(&m.connections_opened),
@@ -187,6 +242,7 @@ fn metrics_object(m: &CoreMetrics) -> Metrics {
             max: lmax as f64,
             count: lcount as f64,
         },
+        cluster: link.map(|l| cluster_metrics(l, m)),
     }
 }
 
@@ -273,6 +329,7 @@ impl NativeServer {
         events.attach(on_events)?;
         let shared = ServerShared::new(config, events, runtimes.workers.handle().clone());
         shared.start_fanout();
+        shared.start_cluster();
         Ok(Self {
             shared,
             runtimes: Some(runtimes),
@@ -455,9 +512,30 @@ impl NativeServer {
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let op = if text { OpCode::Text } else { OpCode::Binary };
-        self.shared
+        let priority = priority.into();
+        let Some(cluster) = self.shared.cluster() else {
+            return self
+                .shared
+                .fanout()
+                .broadcast(&self.shared, data, op, priority, target)
+                .is_some();
+        };
+        // Local clients get it at once; the other nodes through Redis.
+        let channel_target = match &target {
+            Target::All => Target::All,
+            Target::Topic(t) => Target::Topic(t.clone()),
+        };
+        match self
+            .shared
             .fanout()
-            .broadcast(&self.shared, data, op, priority.into(), target)
+            .broadcast(&self.shared, data, op, priority, target)
+        {
+            Some(frame) => {
+                cluster.publish(&channel_target, &frame, priority);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Connections above `highWaterMark` right now. One atomic read: cheap enough to consult
@@ -483,7 +561,7 @@ impl NativeServer {
 
     #[napi]
     pub fn metrics(&self) -> Metrics {
-        metrics_object(&self.shared.metrics)
+        metrics_object(&self.shared.metrics, self.shared.cluster())
     }
 
     /// Starts the graceful close; the `closed` event follows. False if already closing.

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Notify};
 
+use crate::cluster::Link;
 use crate::config::Config;
 use crate::connection::{close_code, Conn};
 use crate::events::{Event, EventSink};
@@ -73,6 +74,8 @@ pub struct ServerShared {
     /// The worker runtime, where connections run once upgraded (the listener and handshakes run
     /// on the accept runtime).
     workers: tokio::runtime::Handle,
+    /// The link to the other nodes (`cluster` option); set once, right after construction.
+    cluster: OnceLock<Arc<Link>>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -105,7 +108,21 @@ impl ServerShared {
             removed: Notify::new(),
             fanout: OnceLock::new(),
             workers,
+            cluster: OnceLock::new(),
         })
+    }
+
+    /// Starts the cluster link, if configured. Called once, by the constructor of the napi server.
+    pub fn start_cluster(self: &Arc<Self>) {
+        if let Some(c) = &self.config.cluster {
+            let link = Link::start(c.clone(), &self.workers, Arc::downgrade(self));
+            let _ = self.cluster.set(link);
+        }
+    }
+
+    /// The cluster link, with the `cluster` option.
+    pub fn cluster(&self) -> Option<&Arc<Link>> {
+        self.cluster.get()
     }
 
     /// Starts the fan-out task on the workers. Called once, by the constructor of the napi server.
@@ -134,6 +151,12 @@ impl ServerShared {
         )?;
         // As Node does: a restarted server can bind while old connections sit in TIME_WAIT.
         socket.set_reuse_address(true)?;
+        if self.config.reuse_port {
+            // Several processes (Node's cluster module) listen on one port; the kernel spreads
+            // the connections.
+            #[cfg(unix)]
+            socket.set_reuse_port(true)?;
+        }
         if addr.is_ipv6() {
             let _ = socket.set_only_v6(false);
         }
@@ -440,6 +463,9 @@ impl ServerShared {
                     subs.remove(&conn.id);
                     if subs.is_empty() {
                         t.remove(&name);
+                        if let Some(link) = self.cluster() {
+                            link.want(&name, false);
+                        }
                     }
                 }
             }
@@ -469,10 +495,14 @@ impl ServerShared {
         if !mine.insert(name.clone()) {
             return false;
         }
-        write(&self.topics)
-            .entry(name)
-            .or_default()
-            .insert(conn.id, conn.clone());
+        let mut t = write(&self.topics);
+        let subs = t.entry(name.clone()).or_default();
+        subs.insert(conn.id, conn.clone());
+        if subs.len() == 1 {
+            if let Some(link) = self.cluster() {
+                link.want(&name, true);
+            }
+        }
         true
     }
 
@@ -485,7 +515,11 @@ impl ServerShared {
         if let Some(subs) = t.get_mut(topic) {
             subs.remove(&conn.id);
             if subs.is_empty() {
-                t.remove(topic);
+                if let Some((name, _)) = t.remove_entry(topic) {
+                    if let Some(link) = self.cluster() {
+                        link.want(&name, false);
+                    }
+                }
             }
         }
         true
@@ -513,6 +547,9 @@ impl ServerShared {
             return false;
         }
         self.stop_accept.send_replace(true);
+        if let Some(link) = self.cluster() {
+            link.shutdown();
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         self.fanout().close_all_after_pending(deadline)
     }

@@ -1,0 +1,749 @@
+//! The cluster link: broadcasts and publishes reach the clients of every node through Redis.
+//!
+//! With the `cluster` option each server runs one link task on its worker runtime. It holds one
+//! RESP3 connection (a single Redis: `PUBLISH`/`SUBSCRIBE`; a Redis Cluster: sharded
+//! `SPUBLISH`/`SSUBSCRIBE`, so that topic traffic spreads over the shards) on which it both
+//! publishes and receives push messages. Nothing here runs on the JS thread beyond putting a
+//! message in the link's queue.
+//!
+//! * **Channels.** `<prefix>:all` carries broadcasts, `<prefix>:t:<topic>` a topic's publishes.
+//!   A node subscribes to a topic's channel while it has local subscribers to it.
+//! * **Delivery.** The publishing node fans a message out to its own clients directly (at once,
+//!   whatever the state of Redis) and ignores it when Redis sends it back; every other node fans
+//!   out what it receives, under its own per-connection policy. A message is the WebSocket frame
+//!   itself behind a small header ([`Header`]): receivers queue it without re-encoding.
+//! * **Exactly once, in order.** Each node numbers its messages. Redis keeps one publisher's
+//!   messages in order on a channel; a receiver drops any message whose number is not above the
+//!   last one it had from that node on that channel, so a Critical message sent again after a
+//!   failed pipeline (it may have gone out before the failure) is delivered once.
+//! * **Faults.** On an error, a timeout or a lost connection the link marks itself disconnected,
+//!   reconnects with capped exponential backoff ([`BACKOFF_MIN`] doubling to [`BACKOFF_MAX`], with
+//!   jitter), resubscribes, and counts the reconnect. While disconnected, Critical messages wait
+//!   in a bounded hold queue (`criticalQueue`, default [`DEFAULT_CRITICAL_QUEUE`]); Normal and Low
+//!   ones, and Critical ones beyond the bound, are counted per priority as not sent. The
+//!   publishing node's own clients get them all the same.
+//! * **After a loss.** Redis keeps no pub/sub message for a node that has not resubscribed yet,
+//!   and every node reconnects on its own schedule. So after reconnecting, a node publishes
+//!   nothing until each channel it publishes on has as many subscribers as Redis counted at its
+//!   last publish before the loss (checked with probe messages that receivers ignore), or until
+//!   [`RESUBSCRIBE_GRACE`] has passed (a node that does not come back). Then the held messages
+//!   go out, in order.
+//! * **Bounds.** The link's queue holds at most [`MAX_QUEUE_BYTES`]; past it Normal and Low
+//!   messages are counted as not sent instead of queued.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, RedisResult, Value};
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::fanout::Target;
+use crate::frame::{FanoutProbe, Frame};
+use crate::policy::Priority;
+use crate::server::ServerShared;
+
+/// Default `criticalQueue`: Critical messages held while Redis is unreachable.
+pub const DEFAULT_CRITICAL_QUEUE: usize = 1024;
+/// Bytes the link may hold (queued and held messages together).
+pub const MAX_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// First reconnect delay; it doubles up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Connecting, and any single command, give up after this long.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// An idle link sends a PING this often to notice a Redis that went away silently.
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// Messages per pipeline.
+const BATCH: usize = 256;
+/// After a reconnect, publishing waits until every channel has as many subscribers as it had
+/// before the loss (the other nodes have resubscribed too), at most this long.
+pub const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(7);
+/// How often the subscriber counts are checked while waiting for the other nodes.
+const RECOVERY_POLL: Duration = Duration::from_millis(50);
+/// The priority byte of a probe: a message receivers ignore, published only for the number of
+/// subscribers Redis answers with.
+const PROBE: u8 = 0xFF;
+
+/// The link's state, as `metrics().cluster.state` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting = 0,
+    Connected = 1,
+    Disconnected = 2,
+}
+
+impl LinkState {
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// The `cluster` option, checked.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// One URL (a single Redis), or the seed nodes of a Redis Cluster.
+    pub urls: Vec<String>,
+    /// A Redis Cluster: sharded pub/sub.
+    pub sharded: bool,
+    pub prefix: String,
+    pub critical_queue: usize,
+}
+
+/// The header in front of every frame sent through Redis (all integers big-endian).
+///
+/// | bytes | |
+/// |---|---|
+/// | 0 | magic `b'S'` |
+/// | 1 | version, 1 |
+/// | 2 | priority: 0 Critical, 1 Normal, 2 Low |
+/// | 3..19 | publishing node's id |
+/// | 19..27 | its message number |
+/// | 27..35 | publication time, µs since the Unix epoch |
+/// | 35.. | the WebSocket frame, as the clients get it |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub priority: Priority,
+    pub node: [u8; 16],
+    pub seq: u64,
+    pub published_us: u64,
+}
+
+const MAGIC: u8 = b'S';
+const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 35;
+
+impl Header {
+    pub fn encode(&self, frame: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + frame.len());
+        out.push(MAGIC);
+        out.push(VERSION);
+        out.push(self.priority.index() as u8);
+        out.extend_from_slice(&self.node);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.published_us.to_be_bytes());
+        out.extend_from_slice(frame);
+        out
+    }
+
+    /// A probe: the header alone with [`PROBE`] as priority.
+    fn probe(node: [u8; 16]) -> Vec<u8> {
+        let mut out = Header {
+            priority: Priority::Critical,
+            node,
+            seq: 0,
+            published_us: now_us(),
+        }
+        .encode(&[]);
+        out[2] = PROBE;
+        out
+    }
+
+    /// The header of a message from Redis, or `None` if it is not one of ours (or a probe).
+    pub fn decode(msg: &[u8]) -> Option<Header> {
+        if msg.len() < HEADER_LEN + 2 || msg[0] != MAGIC || msg[1] != VERSION {
+            return None;
+        }
+        let priority = *Priority::ALL.get(msg[2] as usize)?;
+        let mut node = [0u8; 16];
+        node.copy_from_slice(&msg[3..19]);
+        let seq = u64::from_be_bytes(msg[19..27].try_into().ok()?);
+        let published_us = u64::from_be_bytes(msg[27..35].try_into().ok()?);
+        Some(Header {
+            priority,
+            node,
+            seq,
+            published_us,
+        })
+    }
+}
+
+/// A message on its way to Redis.
+struct Outgoing {
+    channel: Arc<str>,
+    message: Vec<u8>,
+    priority: Priority,
+}
+
+#[derive(Default)]
+struct Queue {
+    messages: VecDeque<Outgoing>,
+    bytes: usize,
+    /// Critical messages among `messages`.
+    critical: usize,
+}
+
+/// Counters of the link (see `metrics().cluster`).
+#[derive(Default)]
+pub struct LinkStats {
+    pub published: AtomicU64,
+    pub received: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub not_sent: [AtomicU64; 3],
+    pub held: AtomicU64,
+}
+
+pub struct Link {
+    config: ClusterConfig,
+    node: [u8; 16],
+    seq: AtomicU64,
+    state: AtomicU8,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    /// Topics this node has local subscribers for.
+    wanted: Mutex<HashSet<Arc<str>>>,
+    subs_changed: Notify,
+    pub stats: LinkStats,
+    stop: watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// 16 random bytes from the kernel (a node id need not be secret, only unique).
+fn random_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: getrandom writes at most `id.len()` bytes into the live local array.
+        let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+        if n == id.len() as isize {
+            return id;
+        }
+    }
+    // Fallback: time and address entropy, unique enough for telling nodes apart.
+    let t = now_us() ^ (std::process::id() as u64) << 32;
+    let a = &id as *const _ as u64;
+    id[..8].copy_from_slice(&t.to_be_bytes());
+    id[8..].copy_from_slice(&a.to_be_bytes());
+    id
+}
+
+impl Link {
+    /// Creates the link and starts its task on `rt`. It connects at once and keeps trying.
+    pub fn start(
+        config: ClusterConfig,
+        rt: &tokio::runtime::Handle,
+        server: Weak<ServerShared>,
+    ) -> Arc<Self> {
+        let link = Arc::new(Self {
+            config,
+            node: random_id(),
+            seq: AtomicU64::new(0),
+            state: AtomicU8::new(LinkState::Connecting as u8),
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            wanted: Mutex::new(HashSet::new()),
+            subs_changed: Notify::new(),
+            stats: LinkStats::default(),
+            stop: watch::channel(false).0,
+        });
+        rt.spawn(link.clone().run(server));
+        link
+    }
+
+    pub fn state(&self) -> LinkState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => LinkState::Connected,
+            2 => LinkState::Disconnected,
+            _ => LinkState::Connecting,
+        }
+    }
+
+    fn set_state(&self, s: LinkState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    fn channel(&self, target: &Target) -> Arc<str> {
+        match target {
+            Target::All => Arc::from(format!("{}:all", self.config.prefix)),
+            Target::Topic(t) => Arc::from(format!("{}:t:{}", self.config.prefix, t)),
+        }
+    }
+
+    /// Sends an encoded frame the local fan-out has accepted to the other nodes. Never blocks:
+    /// the message is queued for the link task, held (Critical, while disconnected), or counted
+    /// as not sent.
+    pub fn publish(&self, target: &Target, frame: &Bytes, priority: Priority) {
+        let header = Header {
+            priority,
+            node: self.node,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            published_us: now_us(),
+        };
+        let message = header.encode(frame);
+        let connected = self.state() == LinkState::Connected;
+        let mut q = lock(&self.queue);
+        let fits = q.bytes + message.len() <= MAX_QUEUE_BYTES;
+        let keep = if priority == Priority::Critical {
+            fits && (connected || q.critical < self.config.critical_queue)
+        } else {
+            fits && connected
+        };
+        if !keep {
+            drop(q);
+            self.stats.not_sent[priority.index()].fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        q.bytes += message.len();
+        if priority == Priority::Critical {
+            q.critical += 1;
+            self.stats.held.store(q.critical as u64, Ordering::Relaxed);
+        }
+        q.messages.push_back(Outgoing {
+            channel: self.channel(target),
+            message,
+            priority,
+        });
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    /// The node has its first local subscriber to `topic` (`true`) or lost its last (`false`).
+    pub fn want(&self, topic: &Arc<str>, wanted: bool) {
+        let mut w = lock(&self.wanted);
+        let changed = if wanted {
+            w.insert(topic.clone())
+        } else {
+            w.remove(topic)
+        };
+        drop(w);
+        if changed {
+            self.subs_changed.notify_one();
+        }
+    }
+
+    /// Stops the link task (the server is closing); messages still queued are counted as not
+    /// sent.
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+        let mut q = lock(&self.queue);
+        for m in q.messages.drain(..) {
+            self.stats.not_sent[m.priority.index()].fetch_add(1, Ordering::Relaxed);
+        }
+        *q = Queue::default();
+        self.stats.held.store(0, Ordering::Relaxed);
+    }
+
+    async fn run(self: Arc<Self>, server: Weak<ServerShared>) {
+        let mut stop = self.stop.subscribe();
+        let mut backoff = BACKOFF_MIN;
+        let mut connected_before = false;
+        // Last message number seen per (channel, node). Kept across reconnects: a Critical
+        // message sent again after a failed pipeline must not be delivered twice.
+        let mut seen: HashMap<(Arc<str>, [u8; 16]), u64> = HashMap::new();
+        // Subscribers per channel as Redis last counted them when we published.
+        let mut expected: HashMap<Arc<str>, i64> = HashMap::new();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            self.set_state(LinkState::Connecting);
+            let outcome = tokio::select! {
+                r = self.session(&server, &mut connected_before, &mut backoff, &mut seen, &mut expected) => r,
+                _ = crate::connection::killed(&mut stop) => return,
+            };
+            if let Err(e) = outcome {
+                tracing::debug!(error = %e, "cluster link down");
+            }
+            self.set_state(LinkState::Disconnected);
+            self.drop_unsendable();
+            let jitter = Duration::from_millis(u64::from(random_id()[0]) % 50);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff + jitter) => {}
+                _ = crate::connection::killed(&mut stop) => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// While disconnected only Critical messages are held: the rest of the queue is counted.
+    fn drop_unsendable(&self) {
+        let mut q = lock(&self.queue);
+        let mut freed = 0;
+        let stats = &self.stats;
+        q.messages.retain(|m| {
+            if m.priority == Priority::Critical {
+                return true;
+            }
+            stats.not_sent[m.priority.index()].fetch_add(1, Ordering::Relaxed);
+            freed += m.message.len();
+            false
+        });
+        q.bytes -= freed;
+    }
+
+    /// One connection's life: connect, subscribe, then publish and receive until it fails.
+    async fn session(
+        &self,
+        server: &Weak<ServerShared>,
+        connected_before: &mut bool,
+        backoff: &mut Duration,
+        seen: &mut HashMap<(Arc<str>, [u8; 16]), u64>,
+        expected: &mut HashMap<Arc<str>, i64>,
+    ) -> RedisResult<()> {
+        let (tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
+        let mut conn = tokio::time::timeout(COMMAND_TIMEOUT, RedisConn::connect(&self.config, tx))
+            .await
+            .map_err(|_| timeout_error("connect"))??;
+        let mut current: HashSet<Arc<str>> = HashSet::new();
+        let all = self.channel(&Target::All);
+        conn.subscribe(&all).await?;
+        self.sync_subscriptions(&mut conn, &mut current).await?;
+        if *connected_before {
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        *connected_before = true;
+        *backoff = BACKOFF_MIN;
+        self.set_state(LinkState::Connected);
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // After a loss, the other nodes must resubscribe before anything goes out: Redis keeps
+        // no pub/sub message for a node that is not subscribed yet.
+        let mut recovering = (!expected.is_empty()).then(|| Instant::now() + RESUBSCRIBE_GRACE);
+        loop {
+            if let Some(until) = recovering {
+                let timed_out = Instant::now() >= until;
+                if self.peers_back(&mut conn, expected, timed_out).await? || timed_out {
+                    recovering = None;
+                }
+            }
+            if recovering.is_none() {
+                // Messages held while disconnected, and any queued meanwhile, go out in order.
+                self.flush(&mut conn, expected).await?;
+            }
+            tokio::select! {
+                biased;
+                push = pushes.recv() => match push {
+                    Some(p) if p.kind == PushKind::Disconnection => {
+                        return Err(redis::RedisError::from((redis::ErrorKind::Io, "connection lost")));
+                    }
+                    Some(p) => self.receive(server, p, seen),
+                    None => return Err(redis::RedisError::from((redis::ErrorKind::Io, "push channel closed"))),
+                },
+                _ = self.wake.notified() => {}
+                _ = self.subs_changed.notified() => {
+                    self.sync_subscriptions(&mut conn, &mut current).await?;
+                    // Forget the numbers of channels no longer subscribed.
+                    seen.retain(|(channel, _), _| {
+                        channel.as_ref() == all.as_ref() || current.iter().any(|t| *self.channel(&Target::Topic(t.clone())) == **channel)
+                    });
+                }
+                _ = ping.tick() => conn.ping().await?,
+                _ = tokio::time::sleep(RECOVERY_POLL), if recovering.is_some() => {}
+            }
+        }
+    }
+
+    /// True once every channel has at least the subscribers it had before the loss. With
+    /// `accept`, the counts found now become the expected ones (a node that does not come back).
+    async fn peers_back(
+        &self,
+        conn: &mut RedisConn,
+        expected: &mut HashMap<Arc<str>, i64>,
+        accept: bool,
+    ) -> RedisResult<bool> {
+        let probe = Header::probe(self.node);
+        let mut all_back = true;
+        for (channel, want) in expected.iter_mut() {
+            let now = conn.publish_one(channel, &probe).await?;
+            if now < *want {
+                all_back = false;
+                if accept {
+                    *want = now;
+                }
+            }
+        }
+        Ok(all_back)
+    }
+
+    /// Publishes everything queued, in order, one pipeline of up to [`BATCH`] messages at a time
+    /// (on a Redis Cluster, one channel per pipeline: a pipeline must stay within one slot).
+    async fn flush(
+        &self,
+        conn: &mut RedisConn,
+        expected: &mut HashMap<Arc<str>, i64>,
+    ) -> RedisResult<()> {
+        loop {
+            let batch: Vec<Outgoing> = {
+                let mut q = lock(&self.queue);
+                let mut batch: Vec<Outgoing> = Vec::new();
+                while batch.len() < BATCH {
+                    let same_channel = match (batch.last(), q.messages.front()) {
+                        (_, None) => break,
+                        (None, Some(_)) => true,
+                        (Some(last), Some(next)) => {
+                            !self.config.sharded || last.channel == next.channel
+                        }
+                    };
+                    if !same_channel {
+                        break;
+                    }
+                    let m = q.messages.pop_front().expect("checked above");
+                    q.bytes -= m.message.len();
+                    if m.priority == Priority::Critical {
+                        q.critical -= 1;
+                    }
+                    batch.push(m);
+                }
+                self.stats.held.store(q.critical as u64, Ordering::Relaxed);
+                batch
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let receivers = match conn.publish(&batch).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Whether any of the batch went out is unknown. Critical messages go back to the
+                    // front, in order (receivers drop a second copy); the others are counted.
+                    let mut q = lock(&self.queue);
+                    for m in batch.into_iter().rev() {
+                        if m.priority == Priority::Critical {
+                            q.bytes += m.message.len();
+                            q.critical += 1;
+                            q.messages.push_front(m);
+                        } else {
+                            self.stats.not_sent[m.priority.index()].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    self.stats.held.store(q.critical as u64, Ordering::Relaxed);
+                    return Err(e);
+                }
+            };
+            for (m, n) in batch.iter().zip(receivers) {
+                expected.insert(m.channel.clone(), n);
+            }
+            self.stats
+                .published
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    async fn sync_subscriptions(
+        &self,
+        conn: &mut RedisConn,
+        current: &mut HashSet<Arc<str>>,
+    ) -> RedisResult<()> {
+        let wanted: HashSet<Arc<str>> = lock(&self.wanted).clone();
+        for topic in wanted.difference(current) {
+            conn.subscribe(&self.channel(&Target::Topic(topic.clone())))
+                .await?;
+        }
+        for topic in current.difference(&wanted) {
+            conn.unsubscribe(&self.channel(&Target::Topic(topic.clone())))
+                .await?;
+        }
+        *current = wanted;
+        Ok(())
+    }
+
+    /// A push from Redis: a message of another node is fanned out to the local clients.
+    fn receive(
+        &self,
+        server: &Weak<ServerShared>,
+        push: PushInfo,
+        seen: &mut HashMap<(Arc<str>, [u8; 16]), u64>,
+    ) {
+        if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
+            return;
+        }
+        let mut data = push.data.into_iter();
+        let (Some(Value::BulkString(channel)), Some(Value::BulkString(message))) =
+            (data.next(), data.next())
+        else {
+            return;
+        };
+        let Some(header) = Header::decode(&message) else {
+            if message.get(2) != Some(&PROBE) {
+                tracing::debug!("ignoring a message that is not sluice's");
+            }
+            return;
+        };
+        if header.node == self.node {
+            return; // ours: the local clients already have it
+        }
+        let Ok(channel) = std::str::from_utf8(&channel) else {
+            return;
+        };
+        let target = if channel == &*self.channel(&Target::All) {
+            Target::All
+        } else if let Some(topic) = channel.strip_prefix(&format!("{}:t:", self.config.prefix)) {
+            Target::Topic(Arc::from(topic))
+        } else {
+            return;
+        };
+        let key = (Arc::<str>::from(channel), header.node);
+        match seen.get_mut(&key) {
+            Some(last) if header.seq <= *last => return, // a second copy
+            Some(last) => *last = header.seq,
+            None => {
+                seen.insert(key, header.seq);
+            }
+        }
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        if server.is_closing() {
+            return;
+        }
+        let age = Duration::from_micros(now_us().saturating_sub(header.published_us));
+        let born = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        // The frame is the message's tail: no copy.
+        let bytes = Bytes::from(message).slice(HEADER_LEN..);
+        let frame = Frame {
+            bytes,
+            probe: Some(FanoutProbe::remote(born, server.metrics.clone())),
+            ack: None,
+        };
+        server
+            .fanout()
+            .broadcast_remote(&server, frame, header.priority, target);
+    }
+}
+
+fn timeout_error(what: &str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "timed out",
+        format!("{what} took longer than {COMMAND_TIMEOUT:?}"),
+    ))
+}
+
+/// One RESP3 connection to a single Redis or to a Redis Cluster, with push messages going to
+/// the link's channel.
+enum RedisConn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl RedisConn {
+    async fn connect(
+        config: &ClusterConfig,
+        tx: mpsc::UnboundedSender<PushInfo>,
+    ) -> RedisResult<Self> {
+        if config.sharded {
+            let client = redis::cluster::ClusterClientBuilder::new(config.urls.clone())
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(tx)
+                .connection_timeout(COMMAND_TIMEOUT)
+                .response_timeout(COMMAND_TIMEOUT)
+                .retries(1)
+                .build()?;
+            Ok(RedisConn::Cluster(client.get_async_connection().await?))
+        } else {
+            let info: redis::ConnectionInfo =
+                redis::IntoConnectionInfo::into_connection_info(config.urls[0].as_str())?;
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            let info = info.set_redis_settings(settings);
+            let client = redis::Client::open(info)?;
+            let cfg = redis::AsyncConnectionConfig::new()
+                .set_push_sender(tx)
+                .set_connection_timeout(Some(COMMAND_TIMEOUT))
+                .set_response_timeout(Some(COMMAND_TIMEOUT));
+            Ok(RedisConn::Single(
+                client
+                    .get_multiplexed_async_connection_with_config(&cfg)
+                    .await?,
+            ))
+        }
+    }
+
+    async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
+        match self {
+            RedisConn::Single(c) => c.subscribe(channel).await,
+            RedisConn::Cluster(c) => c.ssubscribe(channel).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
+        match self {
+            RedisConn::Single(c) => c.unsubscribe(channel).await,
+            RedisConn::Cluster(c) => c.sunsubscribe(channel).await,
+        }
+    }
+
+    fn publish_command(&self) -> &'static str {
+        match self {
+            RedisConn::Single(_) => "PUBLISH",
+            RedisConn::Cluster(_) => "SPUBLISH",
+        }
+    }
+
+    /// Publishes a batch in one pipeline; returns each message's receiver count.
+    async fn publish(&mut self, batch: &[Outgoing]) -> RedisResult<Vec<i64>> {
+        let mut pipe = redis::pipe();
+        let command = self.publish_command();
+        for m in batch {
+            pipe.cmd(command).arg(&*m.channel).arg(&m.message[..]);
+        }
+        match self {
+            RedisConn::Single(c) => pipe.query_async(c).await,
+            RedisConn::Cluster(c) => pipe.query_async(c).await,
+        }
+    }
+
+    /// Publishes one message; returns its receiver count.
+    async fn publish_one(&mut self, channel: &str, message: &[u8]) -> RedisResult<i64> {
+        let mut cmd = redis::cmd(self.publish_command());
+        cmd.arg(channel).arg(message);
+        match self {
+            RedisConn::Single(c) => cmd.query_async(c).await,
+            RedisConn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    async fn ping(&mut self) -> RedisResult<()> {
+        let cmd = redis::cmd("PING");
+        match self {
+            RedisConn::Single(c) => cmd.query_async::<()>(c).await,
+            RedisConn::Cluster(c) => cmd.query_async::<()>(c).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_round_trips_and_rejects_foreign_messages() {
+        let h = Header {
+            priority: Priority::Low,
+            node: [7; 16],
+            seq: 42,
+            published_us: 1_700_000_000_000_000,
+        };
+        let frame = crate::frame::encode(crate::frame::OpCode::Binary, &[0, 255, 1]);
+        let msg = h.encode(&frame);
+        assert_eq!(msg.len(), HEADER_LEN + frame.len());
+        assert_eq!(Header::decode(&msg), Some(h));
+        assert_eq!(&msg[HEADER_LEN..], &frame[..]);
+        assert_eq!(Header::decode(b"hello from someone else's app"), None);
+        let mut wrong_version = msg.clone();
+        wrong_version[1] = 9;
+        assert_eq!(Header::decode(&wrong_version), None);
+        let mut bad_priority = msg;
+        bad_priority[2] = 3;
+        assert_eq!(Header::decode(&bad_priority), None);
+    }
+}
