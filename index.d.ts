@@ -22,6 +22,8 @@ export declare class NativeConnection {
    * `null` elsewhere or once closed.
    */
   get kernelBufferedAmount(): number | null
+  /** Queued messages of this connection replaced by a newer one with the same key. */
+  get replaced(): number
   /** True until a close starts. */
   get isOpen(): boolean
   /** The negotiated subprotocol, `''` if none. */
@@ -32,8 +34,8 @@ export declare class NativeConnection {
    * Queues `data` as one frame. With `ack`, a `sent` event with that token reports whether it
    * was wholly handed to the kernel or dropped.
    */
-  send(data: Uint8Array, priority: Priority, text: boolean, ack?: number | undefined | null): boolean
-  sendText(data: string, priority: Priority, ack?: number | undefined | null): boolean
+  send(data: Uint8Array, priority: Priority, text: boolean, ack?: number | undefined | null, key?: string | undefined | null): boolean
+  sendText(data: string, priority: Priority, ack?: number | undefined | null, key?: string | undefined | null): boolean
   /** Queues a ping (or, with `pong`, an unsolicited pong) carrying at most 125 bytes. */
   ping(data: Uint8Array, pong: boolean): boolean
   /**
@@ -75,13 +77,15 @@ export declare class NativeServer {
   /**
    * Frames `data` once and queues it for every open connection. False if the fan-out queue
    * is full or the server is closing.
+   * With `key`, a newer message with the same key replaces this one while it still waits in a
+   * connection's queue (conflation).
    */
-  broadcast(data: Uint8Array, priority: Priority, text: boolean): boolean
+  broadcast(data: Uint8Array, priority: Priority, text: boolean, key?: string | undefined | null): boolean
   /** Like `broadcast`, for a string (sent as a text frame). */
-  broadcastText(data: string, priority: Priority): boolean
+  broadcastText(data: string, priority: Priority, key?: string | undefined | null): boolean
   /** Frames `data` once and queues it for the topic's subscribers. */
-  publish(topic: string, data: Uint8Array, priority: Priority, text: boolean): boolean
-  publishText(topic: string, data: string, priority: Priority): boolean
+  publish(topic: string, data: Uint8Array, priority: Priority, text: boolean, key?: string | undefined | null): boolean
+  publishText(topic: string, data: string, priority: Priority, key?: string | undefined | null): boolean
   /**
    * Connections above `highWaterMark` right now. One atomic read: cheap enough to consult
    * before every broadcast, to pace a producer to what the clients take.
@@ -201,6 +205,11 @@ export interface Metrics {
   messagesReceived: number
   bytesReceived: number
   dropped: DroppedMetrics
+  /**
+   * Queued messages replaced by a newer one with the same conflation key (`key`): a lagging
+   * client got the newer value instead. Not counted in `dropped`.
+   */
+  replaced: number
   terminated: TerminatedMetrics
   backpressureEvents: number
   drainEvents: number

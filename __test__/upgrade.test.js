@@ -615,7 +615,8 @@ describe('connection additions used by the ws facade', () => {
     await delay(50)
     expect(calls).toHaveLength(1)
     expect(calls[0].code).toBe('ERR_SLUICE_DROPPED')
-    expect(() => conn.send('x', 'normal', 'nope')).toThrow(expect.objectContaining({ code: 'ERR_SLUICE_INVALID_CALLBACK' }))
+    expect(() => conn.send('x', 'normal', {}, 'nope')).toThrow(expect.objectContaining({ code: 'ERR_SLUICE_INVALID_CALLBACK' }))
+    expect(() => conn.send('x', 'normal', 'nope')).toThrow(expect.objectContaining({ code: 'ERR_SLUICE_INVALID_OPTIONS' }))
   })
 
   test('ping/pong both ways, and ping/pong events only while listened to', async () => {

@@ -42,6 +42,17 @@ export interface UpgradeRequest {
  * given to `handleUpgrade` / seen by `attach`. */
 export type Request = UpgradeRequest | IncomingMessage
 
+/** Options of a message. */
+export interface MessageOptions {
+  /**
+   * Conflation key (at most 1024 bytes): while a message with this key still waits in a
+   * connection's queue, a newer one with the same key takes its place (counted in `replaced`),
+   * so a lagging client gets the newest value of each key at the pace it can take, and its queue
+   * holds at most one message per key. A message already being written is never replaced.
+   */
+  key?: string
+}
+
 /** A refusal from `verifyClient`: the HTTP status (400-599, default 401), body and headers. */
 export interface Refusal {
   code?: number
@@ -126,6 +137,10 @@ export declare class Connection extends EventEmitter {
    */
   send(data: Data, priority: PriorityLike | undefined, callback: (err: SluiceError | null) => void): boolean
   send(data: Data, callback: (err: SluiceError | null) => void): boolean
+  /** With a conflation key; the callback gets `ERR_SLUICE_REPLACED` if a newer message took its place. */
+  send(data: Data, priority: PriorityLike | undefined, options: MessageOptions, callback?: (err: SluiceError | null) => void): boolean
+  /** Queued messages of this connection replaced by a newer one with the same key. */
+  readonly replaced: number
   /** Sends a ping; the answer is a `'pong'` event. At most 125 bytes. @throws {RangeError} `ERR_SLUICE_INVALID_DATA` */
   ping(data?: Data | number): boolean
   /** Sends an unsolicited pong (a one-way heartbeat). At most 125 bytes. */
@@ -208,9 +223,9 @@ export declare class Server extends EventEmitter {
    * queued: the server is closing, or broadcasts adding up to `maxBufferedAmount - highWaterMark` already wait for fan-out (counted in
    * `metrics().fanoutRejected`).
    */
-  broadcast(data: Data, priority?: PriorityLike): boolean
+  broadcast(data: Data, priority?: PriorityLike, options?: MessageOptions): boolean
   /** Like `broadcast`, to the connections subscribed to `topic`. */
-  publish(topic: string, data: Data, priority?: PriorityLike): boolean
+  publish(topic: string, data: Data, priority?: PriorityLike, options?: MessageOptions): boolean
   /**
    * Connections above `highWaterMark` right now (had `backpressure`, no `drain` yet). One atomic
    * read: cheap enough to consult before every broadcast to pace a producer to its clients.

@@ -15,6 +15,8 @@ const { NativeServer, Priority, threadCpuTimeNs } = require('./native')
 /** Marks a Node socket that sluice has taken over (a second `handleUpgrade` on it throws). */
 const kTakenOver = Symbol('sluice.takenOver')
 const EMPTY = Buffer.alloc(0)
+/** Longest conflation key. */
+const MAX_KEY_BYTES = 1024
 /** Largest payload of a ping or pong (RFC 6455 §5.5). */
 const MAX_CONTROL_PAYLOAD = 125
 
@@ -215,6 +217,23 @@ function toBytes(data) {
   throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_DATA', `data must be a string, Buffer, TypedArray, DataView or ArrayBuffer, got ${data === null ? 'null' : typeof data}`)
 }
 
+/** The conflation key of `{ key }` (a non-empty string of at most 1024 bytes), or undefined. */
+function toKey(options) {
+  if (options === undefined || options === null) return undefined
+  if (typeof options !== 'object') {
+    throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTIONS', `options must be an object such as { key }, got ${typeof options}`)
+  }
+  for (const name of Object.keys(options)) {
+    if (name !== 'key') throw sluiceError(TypeError, 'ERR_SLUICE_UNKNOWN_OPTION', `unknown option '${name}'`)
+  }
+  const { key } = options
+  if (key === undefined) return undefined
+  if (typeof key !== 'string' || key.length === 0 || Buffer.byteLength(key) > MAX_KEY_BYTES) {
+    throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_KEY', `key must be a non-empty string of at most ${MAX_KEY_BYTES} bytes`)
+  }
+  return key
+}
+
 function toTopic(topic) {
   if (typeof topic !== 'string' || topic.length === 0) {
     throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_TOPIC', 'topic must be a non-empty string')
@@ -317,18 +336,28 @@ class Connection extends EventEmitter {
    * `callback(err)` is called once: without an error when the whole frame has been handed to the
    * kernel, or with an `ERR_SLUICE_DROPPED` error when it was dropped (policy, overflow, closed).
    */
-  send(data, priority, callback) {
-    if (typeof priority === 'function' && callback === undefined) {
+  send(data, priority, options, callback) {
+    // send(data, cb), send(data, priority, cb), send(data, priority, options, cb)
+    if (typeof priority === 'function' && options === undefined) {
       callback = priority
       priority = undefined
+    } else if (typeof options === 'function' && callback === undefined) {
+      callback = options
+      options = undefined
     }
     const p = toPriority(priority)
     const bytes = toBytes(data)
+    const key = toKey(options)
     if (callback !== undefined && typeof callback !== 'function') {
       throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_CALLBACK', 'callback must be a function')
     }
     const ack = callback ? this._server._track(callback) : undefined
-    return bytes === null ? this._native.sendText(data, p, ack) : this._native.send(bytes, p, false, ack)
+    return bytes === null ? this._native.sendText(data, p, ack, key) : this._native.send(bytes, p, false, ack, key)
+  }
+
+  /** Queued messages of this connection replaced by a newer one with the same `key`. */
+  get replaced() {
+    return this._native.replaced
   }
 
   /** Sends a ping (at most 125 bytes of data); the peer's pong arrives as a 'pong' event. */
@@ -527,18 +556,20 @@ class Server extends EventEmitter {
    * broadcasts adding up to maxBufferedAmount - highWaterMark already waiting for fan-out: the
    * producer is ahead of the server).
    */
-  broadcast(data, priority) {
+  broadcast(data, priority, options) {
     const p = toPriority(priority)
     const bytes = toBytes(data)
-    return bytes === null ? this._native.broadcastText(data, p) : this._native.broadcast(bytes, p, false)
+    const key = toKey(options)
+    return bytes === null ? this._native.broadcastText(data, p, key) : this._native.broadcast(bytes, p, false, key)
   }
 
   /** Sends `data` to the connections subscribed to `topic`. */
-  publish(topic, data, priority) {
+  publish(topic, data, priority, options) {
     const t = toTopic(topic)
     const p = toPriority(priority)
     const bytes = toBytes(data)
-    return bytes === null ? this._native.publishText(t, data, p) : this._native.publish(t, bytes, p, false)
+    const key = toKey(options)
+    return bytes === null ? this._native.publishText(t, data, p, key) : this._native.publish(t, bytes, p, false, key)
   }
 
   /**
@@ -715,7 +746,12 @@ class Server extends EventEmitter {
         const callback = this._acks.get(ev[2])
         if (callback) {
           this._acks.delete(ev[2])
-          const err = ev[3] ? null : sluiceError(Error, 'ERR_SLUICE_DROPPED', 'the message was dropped before it was written: the connection closed, or the policy refused it')
+          const err =
+            ev[3] === 0
+              ? null
+              : ev[3] === 2
+                ? sluiceError(Error, 'ERR_SLUICE_REPLACED', 'the message was replaced, before it was written, by a newer one with the same key')
+                : sluiceError(Error, 'ERR_SLUICE_DROPPED', 'the message was dropped before it was written: the connection closed, or the policy refused it')
           try {
             callback(err)
           } catch (e) {

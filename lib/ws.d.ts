@@ -214,6 +214,9 @@ declare namespace WebSocket {
     mask?: false
     /** sluice: the message's priority. Default Normal. */
     priority?: PriorityLike
+    /** sluice's conflation key: a newer message with the same key replaces this one while it
+     * still waits in the client's queue (the callback then gets ERR_SLUICE_REPLACED). */
+    key?: string
   }
 
   interface Event {
@@ -260,7 +263,7 @@ declare namespace WebSocket {
      */
     handleUpgrade(request: http.IncomingMessage, socket: Duplex, head: Buffer, callback?: (client: WebSocketAlias, request: http.IncomingMessage) => void): void
     /** sluice: one native call sends `data` to every open socket. False if nothing was queued. */
-    broadcast(data: string | number | Buffer | ArrayBuffer | ArrayBufferView, priority?: PriorityLike): boolean
+    broadcast(data: string | number | Buffer | ArrayBuffer | ArrayBufferView, priority?: PriorityLike, options?: { key?: string }): boolean
 
     on(event: 'connection', listener: (this: WebSocketServer, socket: WebSocketAlias, request: http.IncomingMessage) => void): this
     on(event: 'error', listener: (this: WebSocketServer, error: Error | SluiceError) => void): this

@@ -374,7 +374,8 @@ class WebSocket extends HookedEmitter {
   /**
    * Sends a data message. options: `binary` (default: data is not a string), `compress`
    * (accepted, no effect: no permessage-deflate), `fin` (only true), `mask` (only false), and
-   * `priority` (sluice: Priority.Critical | Normal | Low, default Normal).
+   * `priority` (sluice: Priority.Critical | Normal | Low, default Normal) and `key` (sluice's
+ * conflation key).
    * `cb(err?)` runs once the frame is wholly handed to the kernel, or with an Error if it was
    * dropped (sluice policy, connection closed). Returns false if sluice did not queue it.
    */
@@ -405,12 +406,15 @@ class WebSocket extends HookedEmitter {
       payload = typeof data === 'string' ? data : toBuffer(data)
     }
     const priority = opts.priority
+    // sluice's conflation key: a newer message with the same key replaces this one while it
+    // still waits in the client's queue.
+    const sendOptions = opts.key === undefined ? undefined : { key: opts.key }
     const done = cb ? (err) => cb(err || undefined) : undefined
     if (!binary && typeof payload !== 'string') {
       // A text frame from bytes: sent as they are (ws does not validate them either).
-      return sendTextBytes(this._conn, payload, priority, done)
+      return sendTextBytes(this._conn, payload, priority, sendOptions, done)
     }
-    return done ? this._conn.send(payload, priority, done) : this._conn.send(payload, priority)
+    return this._conn.send(payload, priority, sendOptions, done)
   }
 
   _control(kind, data, mask, cb) {
@@ -591,7 +595,7 @@ function validCloseCode(code) {
 /**
  * A text frame whose payload is given as bytes (ws: `send(buffer, { binary: false })`).
  */
-function sendTextBytes(conn, bytes, priority, cb) {
+function sendTextBytes(conn, bytes, priority, options, cb) {
   // TODO(core): sluice's Connection.send has no text flag for binary data. Until it has, the
   // bytes are decoded as UTF-8 (they must be valid UTF-8: a text frame may carry nothing else).
   let text
@@ -600,7 +604,7 @@ function sendTextBytes(conn, bytes, priority, cb) {
   } catch {
     throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_DATA', 'a text message (binary: false) must be valid UTF-8')
   }
-  return cb ? conn.send(text, priority, cb) : conn.send(text, priority)
+  return conn.send(text, priority, options, cb)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -852,9 +856,9 @@ class WebSocketServer extends HookedEmitter {
    * native call; the payload is framed once. A string is sent as a text frame, binary data as
    * a binary frame. Returns false if nothing was queued.
    */
-  broadcast(data, priority) {
+  broadcast(data, priority, options) {
     if (typeof data === 'number') data = data.toString()
-    return this.sluice.broadcast(data, priority)
+    return this.sluice.broadcast(data, priority, options)
   }
 }
 

@@ -108,28 +108,35 @@ pub struct ClusterConfig {
 /// | 3..19 | publishing node's id |
 /// | 19..27 | its message number |
 /// | 27..35 | publication time, µs since the Unix epoch |
-/// | 35.. | the WebSocket frame, as the clients get it |
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// | 35..37 | length of the conflation key (0: none) |
+/// | 37.. | the key (UTF-8), then the WebSocket frame, as the clients get it |
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     pub priority: Priority,
     pub node: [u8; 16],
     pub seq: u64,
     pub published_us: u64,
+    pub key: Option<Arc<str>>,
 }
 
 const MAGIC: u8 = b'S';
 const VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 35;
+/// The fixed part of the header.
+pub const HEADER_LEN: usize = 37;
 
 impl Header {
     pub fn encode(&self, frame: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + frame.len());
+        let key = self.key.as_deref().unwrap_or("").as_bytes();
+        let key = &key[..key.len().min(u16::MAX as usize)];
+        let mut out = Vec::with_capacity(HEADER_LEN + key.len() + frame.len());
         out.push(MAGIC);
         out.push(VERSION);
         out.push(self.priority.index() as u8);
         out.extend_from_slice(&self.node);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.published_us.to_be_bytes());
+        out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+        out.extend_from_slice(key);
         out.extend_from_slice(frame);
         out
     }
@@ -141,15 +148,17 @@ impl Header {
             node,
             seq: 0,
             published_us: now_us(),
+            key: None,
         }
         .encode(&[]);
         out[2] = PROBE;
         out
     }
 
-    /// The header of a message from Redis, or `None` if it is not one of ours (or a probe).
-    pub fn decode(msg: &[u8]) -> Option<Header> {
-        if msg.len() < HEADER_LEN + 2 || msg[0] != MAGIC || msg[1] != VERSION {
+    /// The header of a message from Redis and where its frame starts, or `None` if it is not
+    /// one of ours (or a probe).
+    pub fn decode(msg: &[u8]) -> Option<(Header, usize)> {
+        if msg.len() < HEADER_LEN || msg[0] != MAGIC || msg[1] != VERSION {
             return None;
         }
         let priority = *Priority::ALL.get(msg[2] as usize)?;
@@ -157,12 +166,28 @@ impl Header {
         node.copy_from_slice(&msg[3..19]);
         let seq = u64::from_be_bytes(msg[19..27].try_into().ok()?);
         let published_us = u64::from_be_bytes(msg[27..35].try_into().ok()?);
-        Some(Header {
-            priority,
-            node,
-            seq,
-            published_us,
-        })
+        let key_len = u16::from_be_bytes(msg[35..37].try_into().ok()?) as usize;
+        let frame_at = HEADER_LEN + key_len;
+        // A frame has at least its 2-byte header.
+        if msg.len() < frame_at + 2 {
+            return None;
+        }
+        let key = match key_len {
+            0 => None,
+            _ => Some(Arc::from(
+                std::str::from_utf8(&msg[HEADER_LEN..frame_at]).ok()?,
+            )),
+        };
+        Some((
+            Header {
+                priority,
+                node,
+                seq,
+                published_us,
+                key,
+            },
+            frame_at,
+        ))
     }
 }
 
@@ -279,12 +304,13 @@ impl Link {
     /// Sends an encoded frame the local fan-out has accepted to the other nodes. Never blocks:
     /// the message is queued for the link task, held (Critical, while disconnected), or counted
     /// as not sent.
-    pub fn publish(&self, target: &Target, frame: &Bytes, priority: Priority) {
+    pub fn publish(&self, target: &Target, frame: &Bytes, priority: Priority, key: Option<&str>) {
         let header = Header {
             priority,
             node: self.node,
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
             published_us: now_us(),
+            key: key.map(Arc::from),
         };
         let message = header.encode(frame);
         let connected = self.state() == LinkState::Connected;
@@ -569,7 +595,7 @@ impl Link {
         else {
             return;
         };
-        let Some(header) = Header::decode(&message) else {
+        let Some((header, frame_at)) = Header::decode(&message) else {
             if message.get(2) != Some(&PROBE) {
                 tracing::debug!("ignoring a message that is not sluice's");
             }
@@ -606,11 +632,12 @@ impl Link {
         let age = Duration::from_micros(now_us().saturating_sub(header.published_us));
         let born = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         // The frame is the message's tail: no copy.
-        let bytes = Bytes::from(message).slice(HEADER_LEN..);
+        let bytes = Bytes::from(message).slice(frame_at..);
         let frame = Frame {
             bytes,
             probe: Some(FanoutProbe::remote(born, server.metrics.clone())),
             ack: None,
+            key: header.key,
         };
         server
             .fanout()
@@ -727,17 +754,22 @@ mod tests {
 
     #[test]
     fn the_header_round_trips_and_rejects_foreign_messages() {
-        let h = Header {
+        let mut h = Header {
             priority: Priority::Low,
             node: [7; 16],
             seq: 42,
             published_us: 1_700_000_000_000_000,
+            key: None,
         };
         let frame = crate::frame::encode(crate::frame::OpCode::Binary, &[0, 255, 1]);
         let msg = h.encode(&frame);
         assert_eq!(msg.len(), HEADER_LEN + frame.len());
-        assert_eq!(Header::decode(&msg), Some(h));
+        assert_eq!(Header::decode(&msg), Some((h.clone(), HEADER_LEN)));
         assert_eq!(&msg[HEADER_LEN..], &frame[..]);
+        h.key = Some(Arc::from("table-7"));
+        let keyed = h.encode(&frame);
+        assert_eq!(Header::decode(&keyed), Some((h, HEADER_LEN + 7)));
+        assert_eq!(&keyed[HEADER_LEN + 7..], &frame[..]);
         assert_eq!(Header::decode(b"hello from someone else's app"), None);
         let mut wrong_version = msg.clone();
         wrong_version[1] = 9;

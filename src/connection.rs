@@ -70,6 +70,8 @@ pub struct Conn {
     /// Which inbound events to pass to JavaScript ([`interest`] bits). Relaxed: a listener added
     /// in JavaScript applies from the next inbound frame.
     interest: std::sync::atomic::AtomicU8,
+    /// Queued frames replaced by a newer one with the same conflation key.
+    pub replaced: std::sync::atomic::AtomicU64,
     sock: TcpStream,
     outbox: Mutex<Outbox>,
     /// Mirror of `outbox.buffered()`, stored under the outbox lock after every change, so that
@@ -112,6 +114,7 @@ impl Conn {
             // Messages until JavaScript says otherwise: its `connection` handler may add a
             // listener after the first messages have arrived.
             interest: std::sync::atomic::AtomicU8::new(interest::MESSAGE),
+            replaced: std::sync::atomic::AtomicU64::new(0),
             sock,
             outbox: Mutex::new(Outbox::new(limits)),
             buffered: AtomicUsize::new(0),
@@ -195,6 +198,10 @@ impl Conn {
         };
         let m = &self.server.metrics;
         m.add_drops(&pushed.drops);
+        if pushed.replaced {
+            self.replaced.fetch_add(1, Ordering::Relaxed);
+            m.replaced.fetch_add(1, Ordering::Relaxed);
+        }
         if pushed.wake {
             self.writer_wake.notify_one();
         }

@@ -99,11 +99,12 @@ pub enum Event {
         id: u64,
         data: Bytes,
     },
-    /// The fate of a `send` with a callback: wholly handed to the kernel, or dropped.
+    /// The fate of a `send` with a callback: 0 wholly handed to the kernel, 1 dropped,
+    /// 2 replaced by a newer frame with the same conflation key.
     Sent {
         id: u64,
         token: u64,
-        written: bool,
+        fate: u8,
     },
 }
 
@@ -287,11 +288,11 @@ impl ToNapiValue for EventBatch {
                     e.set(1, id as f64)?;
                     e.set(2, &BufferSlice::copy_from(&env, &data)?)?;
                 }
-                Event::Sent { id, token, written } => {
+                Event::Sent { id, token, fate } => {
                     e.set(0, kind::SENT)?;
                     e.set(1, id as f64)?;
                     e.set(2, token as f64)?;
-                    e.set(3, written)?;
+                    e.set(3, fate as u32)?;
                 }
             }
             out.set(i as u32, e)?;

@@ -121,6 +121,7 @@ impl Fanout {
         op: OpCode,
         priority: Priority,
         target: Target,
+        key: Option<Arc<str>>,
     ) -> Option<Bytes> {
         let born = Instant::now();
         let len = crate::frame::header_len(payload.len()) + payload.len();
@@ -131,6 +132,7 @@ impl Fanout {
             bytes: encode(op, payload),
             probe: Some(FanoutProbe::new(born, server.metrics.clone())),
             ack: None,
+            key,
         };
         let bytes = frame.bytes.clone();
         self.submit(frame, priority, target).then_some(bytes)

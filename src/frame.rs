@@ -42,6 +42,9 @@ pub struct Frame {
     pub bytes: Bytes,
     pub probe: Option<Arc<FanoutProbe>>,
     pub ack: Option<Arc<SendAck>>,
+    /// Conflation key: a newer frame with the same key replaces this one while it is still queued
+    /// for a connection (see `Outbox::push`).
+    pub key: Option<Arc<str>>,
 }
 
 impl Frame {
@@ -51,6 +54,14 @@ impl Frame {
             bytes,
             probe: None,
             ack: None,
+            key: None,
+        }
+    }
+
+    /// Called by an outbox when a newer frame with the same key took this one's place.
+    pub fn mark_replaced(&self) {
+        if let Some(a) = &self.ack {
+            a.replaced.store(true, Ordering::Relaxed);
         }
     }
 
@@ -187,19 +198,31 @@ impl Drop for FanoutProbe {
     }
 }
 
+/// What became of a frame sent with a callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Every byte reached the kernel.
+    Written,
+    /// Refused by policy, evicted, or discarded when the connection ended.
+    Dropped,
+    /// A newer frame with the same conflation key took its place before it was written.
+    Replaced,
+}
+
 /// Reports the fate of one `conn.send(data, priority, callback)`: when the frame's last reference
-/// goes away, `report` is called once with whether every byte reached the kernel, or `false` if
-/// the frame was dropped (refused by policy, evicted, discarded when the connection ended).
-/// Dropping is the only way a frame leaves sluice without being written, so no outcome is missed.
+/// goes away, `report` is called once with its [`Fate`]. Dropping is the only way a frame leaves
+/// sluice without being written, so no outcome is missed.
 pub struct SendAck {
     written: AtomicBool,
-    report: Box<dyn Fn(bool) + Send + Sync>,
+    replaced: AtomicBool,
+    report: Box<dyn Fn(Fate) + Send + Sync>,
 }
 
 impl SendAck {
-    pub fn new(report: impl Fn(bool) + Send + Sync + 'static) -> Arc<Self> {
+    pub fn new(report: impl Fn(Fate) + Send + Sync + 'static) -> Arc<Self> {
         Arc::new(Self {
             written: AtomicBool::new(false),
+            replaced: AtomicBool::new(false),
             report: Box::new(report),
         })
     }
@@ -215,7 +238,14 @@ impl std::fmt::Debug for SendAck {
 
 impl Drop for SendAck {
     fn drop(&mut self) {
-        (self.report)(*self.written.get_mut());
+        let fate = if *self.written.get_mut() {
+            Fate::Written
+        } else if *self.replaced.get_mut() {
+            Fate::Replaced
+        } else {
+            Fate::Dropped
+        };
+        (self.report)(fate);
     }
 }
 
@@ -249,7 +279,7 @@ mod tests {
     fn a_send_ack_reports_once_whether_its_frame_was_written() {
         use std::sync::Mutex;
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let ack = |seen: &Arc<Mutex<Vec<bool>>>| {
+        let ack = |seen: &Arc<Mutex<Vec<Fate>>>| {
             let seen = seen.clone();
             SendAck::new(move |w| seen.lock().unwrap().push(w))
         };
@@ -266,7 +296,14 @@ mod tests {
         let mut dropped = Frame::new(encode(OpCode::Text, b"b"));
         dropped.ack = Some(ack(&seen));
         drop(dropped);
-        assert_eq!(*seen.lock().unwrap(), [true, false]);
+        let mut replaced = Frame::new(encode(OpCode::Text, b"c"));
+        replaced.ack = Some(ack(&seen));
+        replaced.mark_replaced();
+        drop(replaced);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [Fate::Written, Fate::Dropped, Fate::Replaced]
+        );
     }
 
     #[test]

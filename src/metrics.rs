@@ -52,6 +52,8 @@ pub struct Metrics {
     pub bytes_received: AtomicU64,
 
     pub dropped: [AtomicU64; 3],
+    /// Queued frames replaced by a newer one with the same conflation key (not dropped).
+    pub replaced: AtomicU64,
     pub dropped_bytes: AtomicU64,
 
     pub terminated_overflow: AtomicU64,

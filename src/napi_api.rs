@@ -16,7 +16,7 @@ use crate::config::{self, Config, ServerOptions};
 use crate::connection::Conn;
 use crate::events::{Event, EventBatch, EventSink};
 use crate::fanout::Target;
-use crate::frame::{encode, Frame, OpCode, SendAck, MAX_CONTROL_PAYLOAD};
+use crate::frame::{encode, Fate, Frame, OpCode, SendAck, MAX_CONTROL_PAYLOAD};
 use crate::handshake::{is_header_value, is_token, RequestParts};
 use crate::metrics::Metrics as CoreMetrics;
 use crate::metrics::Termination;
@@ -158,6 +158,9 @@ pub struct Metrics {
     pub messages_received: f64,
     pub bytes_received: f64,
     pub dropped: DroppedMetrics,
+    /// Queued messages replaced by a newer one with the same conflation key (`key`): a lagging
+    /// client got the newer value instead. Not counted in `dropped`.
+    pub replaced: f64,
     pub terminated: TerminatedMetrics,
     pub backpressure_events: f64,
     pub drain_events: f64,
@@ -220,6 +223,7 @@ fn metrics_object(m: &CoreMetrics, link: Option<&Arc<Link>>) -> Metrics {
             low: g(&m.dropped[2]),
             bytes: g(&m.dropped_bytes),
         },
+        replaced: g(&m.replaced),
         terminated: TerminatedMetrics {
             overflow: g(&m.terminated_overflow),
             pong_timeout: g(&m.terminated_pong_timeout),
@@ -475,34 +479,64 @@ impl NativeServer {
 
     /// Frames `data` once and queues it for every open connection. False if the fan-out queue
     /// is full or the server is closing.
+    /// With `key`, a newer message with the same key replaces this one while it still waits in a
+    /// connection's queue (conflation).
     #[napi]
-    pub fn broadcast(&self, data: &[u8], priority: Priority, text: bool) -> bool {
-        self.submit(data, priority, text, Target::All)
+    pub fn broadcast(
+        &self,
+        data: &[u8],
+        priority: Priority,
+        text: bool,
+        key: Option<String>,
+    ) -> bool {
+        self.submit(data, priority, text, Target::All, key)
     }
 
     /// Like `broadcast`, for a string (sent as a text frame).
     #[napi]
-    pub fn broadcast_text(&self, data: String, priority: Priority) -> bool {
-        self.submit(data.as_bytes(), priority, true, Target::All)
+    pub fn broadcast_text(&self, data: String, priority: Priority, key: Option<String>) -> bool {
+        self.submit(data.as_bytes(), priority, true, Target::All, key)
     }
 
     /// Frames `data` once and queues it for the topic's subscribers.
     #[napi]
-    pub fn publish(&self, topic: String, data: &[u8], priority: Priority, text: bool) -> bool {
-        self.submit(data, priority, text, Target::Topic(Arc::from(topic)))
+    pub fn publish(
+        &self,
+        topic: String,
+        data: &[u8],
+        priority: Priority,
+        text: bool,
+        key: Option<String>,
+    ) -> bool {
+        self.submit(data, priority, text, Target::Topic(Arc::from(topic)), key)
     }
 
     #[napi]
-    pub fn publish_text(&self, topic: String, data: String, priority: Priority) -> bool {
+    pub fn publish_text(
+        &self,
+        topic: String,
+        data: String,
+        priority: Priority,
+        key: Option<String>,
+    ) -> bool {
         self.submit(
             data.as_bytes(),
             priority,
             true,
             Target::Topic(Arc::from(topic)),
+            key,
         )
     }
 
-    fn submit(&self, data: &[u8], priority: Priority, text: bool, target: Target) -> bool {
+    fn submit(
+        &self,
+        data: &[u8],
+        priority: Priority,
+        text: bool,
+        target: Target,
+        key: Option<String>,
+    ) -> bool {
+        let key: Option<Arc<str>> = key.map(Arc::from);
         if self.shared.is_closing() {
             return false;
         }
@@ -517,7 +551,7 @@ impl NativeServer {
             return self
                 .shared
                 .fanout()
-                .broadcast(&self.shared, data, op, priority, target)
+                .broadcast(&self.shared, data, op, priority, target, key)
                 .is_some();
         };
         // Local clients get it at once; the other nodes through Redis.
@@ -528,10 +562,10 @@ impl NativeServer {
         match self
             .shared
             .fanout()
-            .broadcast(&self.shared, data, op, priority, target)
+            .broadcast(&self.shared, data, op, priority, target, key.clone())
         {
             Some(frame) => {
-                cluster.publish(&channel_target, &frame, priority);
+                cluster.publish(&channel_target, &frame, priority, key.as_deref());
                 true
             }
             None => false,
@@ -675,6 +709,14 @@ impl NativeConnection {
             .map(|v| v as f64)
     }
 
+    /// Queued messages of this connection replaced by a newer one with the same key.
+    #[napi(getter)]
+    pub fn replaced(&self) -> f64 {
+        self.conn.upgrade().map_or(0.0, |c| {
+            c.replaced.load(std::sync::atomic::Ordering::Relaxed) as f64
+        })
+    }
+
     /// True until a close starts.
     #[napi(getter)]
     pub fn is_open(&self) -> bool {
@@ -701,20 +743,47 @@ impl NativeConnection {
     /// Queues `data` as one frame. With `ack`, a `sent` event with that token reports whether it
     /// was wholly handed to the kernel or dropped.
     #[napi]
-    pub fn send(&self, data: &[u8], priority: Priority, text: bool, ack: Option<f64>) -> bool {
+    pub fn send(
+        &self,
+        data: &[u8],
+        priority: Priority,
+        text: bool,
+        ack: Option<f64>,
+        key: Option<String>,
+    ) -> bool {
         let op = if text { OpCode::Text } else { OpCode::Binary };
-        self.deliver(data, op, priority, ack)
+        self.deliver(data, op, priority, ack, key)
     }
 
     #[napi]
-    pub fn send_text(&self, data: String, priority: Priority, ack: Option<f64>) -> bool {
-        self.deliver(data.as_bytes(), OpCode::Text, priority, ack)
+    pub fn send_text(
+        &self,
+        data: String,
+        priority: Priority,
+        ack: Option<f64>,
+        key: Option<String>,
+    ) -> bool {
+        self.deliver(data.as_bytes(), OpCode::Text, priority, ack, key)
     }
 
-    fn deliver(&self, data: &[u8], op: OpCode, priority: Priority, ack: Option<f64>) -> bool {
+    fn deliver(
+        &self,
+        data: &[u8],
+        op: OpCode,
+        priority: Priority,
+        ack: Option<f64>,
+        key: Option<String>,
+    ) -> bool {
         let ack = ack.map(|token| {
             let (events, id, token) = (self.events.clone(), self.id, token as u64);
-            SendAck::new(move |written| events.push(Event::Sent { id, token, written }))
+            SendAck::new(move |fate| {
+                let fate = match fate {
+                    Fate::Written => 0,
+                    Fate::Dropped => 1,
+                    Fate::Replaced => 2,
+                };
+                events.push(Event::Sent { id, token, fate })
+            })
         });
         let Some(c) = self.conn.upgrade() else {
             // The connection is gone: dropping `ack` reports the send as dropped.
@@ -722,6 +791,7 @@ impl NativeConnection {
         };
         let mut frame = Frame::new(encode(op, data));
         frame.ack = ack;
+        frame.key = key.map(Arc::from);
         c.send_ordered(frame, priority.into())
     }
 

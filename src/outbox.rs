@@ -25,7 +25,8 @@
 //! The struct is plain data with no I/O and no locking: the connection keeps it behind a mutex,
 //! and the tests below drive it directly, from one thread and from several.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use crate::frame::Frame;
 use crate::policy::{Fallback, Limits, Priority, Verdict};
@@ -76,6 +77,8 @@ pub enum Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pushed {
     pub outcome: Outcome,
+    /// A queued frame with the same conflation key was replaced by this one.
+    pub replaced: bool,
     /// Frames refused or evicted by this push.
     pub drops: Drops,
     /// The writer was idle and must be woken.
@@ -116,12 +119,24 @@ pub struct Taken {
     pub close: bool,
 }
 
+/// A queued data frame. `seq` increases along each lane (even after evictions), so a keyed
+/// frame is found by binary search.
+#[derive(Debug)]
+struct Entry {
+    frame: Frame,
+    priority: Priority,
+    seq: u64,
+}
+
 #[derive(Debug)]
 pub struct Outbox {
     limits: Limits,
     control: VecDeque<(Frame, ControlKind)>,
-    critical: VecDeque<Frame>,
-    data: VecDeque<(Frame, Priority)>,
+    critical: VecDeque<Entry>,
+    data: VecDeque<Entry>,
+    /// Where the queued frame of each conflation key is: `(in the critical lane, seq)`.
+    keys: HashMap<Arc<str>, (bool, u64)>,
+    next_seq: u64,
     close_after_data: Option<Frame>,
     /// Bytes in the lanes and `close_after_data`.
     queued: usize,
@@ -144,6 +159,8 @@ impl Outbox {
             control: VecDeque::new(),
             critical: VecDeque::new(),
             data: VecDeque::new(),
+            keys: HashMap::new(),
+            next_seq: 0,
             close_after_data: None,
             queued: 0,
             in_flight: 0,
@@ -169,17 +186,55 @@ impl Outbox {
     }
 
     /// Queues a data frame under the policy for `priority`.
+    ///
+    /// **Conflation.** A frame with a key first looks for a queued frame with the same key (one in
+    /// the writer's batch is committed and never replaced). If there is one in the same lane and
+    /// the new frame fits under `maxBufferedAmount` in its place, it takes that frame's place in
+    /// the queue: a lagging client gets the newest value of each key at the pace it can take, and
+    /// its queue holds at most one frame per key. Otherwise the old frame is removed and the new
+    /// one is queued like any other. Either way the old frame counts as replaced, not dropped.
     pub fn push(&mut self, frame: Frame, priority: Priority) -> Pushed {
         let mut drops = Drops::default();
         if self.state != State::Open {
             return self.pushed(Outcome::Closed, drops, false);
         }
         let len = frame.len();
-        match self.limits.decide(self.buffered(), len, priority) {
+        let mut replaced = false;
+        if let Some(key) = frame.key.clone() {
+            if let Some((critical, seq)) = self.keys.get(&key).copied() {
+                replaced = true;
+                let same_lane = critical == (priority == Priority::Critical);
+                let old_len = self.entry_mut(critical, seq).map_or(0, |e| e.frame.len());
+                let fits = self.buffered() - old_len + len <= self.limits.max_buffered_amount;
+                if same_lane && fits {
+                    let e = self
+                        .entry_mut(critical, seq)
+                        .expect("indexed key is queued");
+                    let old = std::mem::replace(&mut e.frame, frame);
+                    let old_priority = std::mem::replace(&mut e.priority, priority);
+                    old.mark_replaced();
+                    self.queued = self.queued - old_len + len;
+                    if old_priority == Priority::Low {
+                        self.queued_low -= old_len;
+                    }
+                    if priority == Priority::Low {
+                        self.queued_low += len;
+                    }
+                    let mut p = self.pushed(Outcome::Queued, drops, false);
+                    p.replaced = true;
+                    return p;
+                }
+                self.remove_entry(critical, seq);
+            }
+        }
+        let verdict = self.limits.decide(self.buffered(), len, priority);
+        match verdict {
             Verdict::Accept => {}
             Verdict::Drop => {
                 drops.add(priority, len);
-                return self.pushed(Outcome::Dropped, drops, false);
+                let mut p = self.pushed(Outcome::Dropped, drops, false);
+                p.replaced = replaced;
+                return p;
             }
             Verdict::EvictLow { need, otherwise } => {
                 if self.queued_low >= need {
@@ -192,21 +247,81 @@ impl Outbox {
                         }
                         Fallback::Terminate => Outcome::Overflow,
                     };
-                    return self.pushed(outcome, drops, false);
+                    let mut p = self.pushed(outcome, drops, false);
+                    p.replaced = replaced;
+                    return p;
                 }
             }
         }
         self.queued += len;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(key) = &frame.key {
+            self.keys
+                .insert(key.clone(), (priority == Priority::Critical, seq));
+        }
+        let entry = Entry {
+            frame,
+            priority,
+            seq,
+        };
         match priority {
-            Priority::Critical => self.critical.push_back(frame),
+            Priority::Critical => self.critical.push_back(entry),
             Priority::Low => {
                 self.queued_low += len;
-                self.data.push_back((frame, priority));
+                self.data.push_back(entry);
             }
-            Priority::Normal => self.data.push_back((frame, priority)),
+            Priority::Normal => self.data.push_back(entry),
         }
         let wake = std::mem::take(&mut self.writer_idle);
-        self.pushed(Outcome::Queued, drops, wake)
+        let mut p = self.pushed(Outcome::Queued, drops, wake);
+        p.replaced = replaced;
+        p
+    }
+
+    fn lane(&mut self, critical: bool) -> &mut VecDeque<Entry> {
+        if critical {
+            &mut self.critical
+        } else {
+            &mut self.data
+        }
+    }
+
+    fn entry_mut(&mut self, critical: bool, seq: u64) -> Option<&mut Entry> {
+        let lane = self.lane(critical);
+        let i = lane.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        lane.get_mut(i)
+    }
+
+    /// Removes a keyed frame that a newer one supersedes (counted as replaced by the caller).
+    fn remove_entry(&mut self, critical: bool, seq: u64) {
+        let lane = self.lane(critical);
+        let Ok(i) = lane.binary_search_by_key(&seq, |e| e.seq) else {
+            return;
+        };
+        let e = lane.remove(i).expect("found above");
+        e.frame.mark_replaced();
+        self.queued -= e.frame.len();
+        if e.priority == Priority::Low {
+            self.queued_low -= e.frame.len();
+        }
+        if let Some(k) = &e.frame.key {
+            self.keys.remove(k);
+        }
+    }
+
+    /// Forgets the key of a frame leaving the queue (taken, evicted, discarded).
+    fn unindex(keys: &mut HashMap<Arc<str>, (bool, u64)>, e: &Entry) {
+        if let Some(k) = &e.frame.key {
+            if keys.get(k).is_some_and(|(_, s)| *s == e.seq) {
+                keys.remove(k);
+            }
+        }
+    }
+
+    /// Frames with a conflation key queued right now.
+    pub fn keyed(&self) -> usize {
+        self.keys.len()
     }
 
     fn pushed(&mut self, outcome: Outcome, drops: Drops, wake: bool) -> Pushed {
@@ -221,6 +336,7 @@ impl Outbox {
         };
         Pushed {
             outcome,
+            replaced: false,
             drops,
             wake,
             backpressure,
@@ -230,12 +346,14 @@ impl Outbox {
     /// Removes the oldest queued Low frames until at least `need` bytes are freed.
     fn evict_low(&mut self, need: usize, drops: &mut Drops) {
         let mut freed = 0;
-        self.data.retain(|(f, p)| {
-            if freed >= need || *p != Priority::Low {
+        let keys = &mut self.keys;
+        self.data.retain(|e| {
+            if freed >= need || e.priority != Priority::Low {
                 return true;
             }
-            freed += f.len();
-            drops.add(Priority::Low, f.len());
+            freed += e.frame.len();
+            drops.add(Priority::Low, e.frame.len());
+            Self::unindex(keys, e);
             false
         });
         self.queued -= freed;
@@ -319,12 +437,13 @@ impl Outbox {
 
     fn discard_queued(&mut self) -> Drops {
         let mut drops = Drops::default();
-        for f in self.critical.drain(..) {
-            drops.add(Priority::Critical, f.len());
+        for e in self.critical.drain(..) {
+            drops.add(Priority::Critical, e.frame.len());
         }
-        for (f, p) in self.data.drain(..) {
-            drops.add(p, f.len());
+        for e in self.data.drain(..) {
+            drops.add(e.priority, e.frame.len());
         }
+        self.keys.clear();
         self.control.clear();
         self.close_after_data = None;
         self.queued = 0;
@@ -348,13 +467,15 @@ impl Outbox {
                     t.close = true;
                 }
                 (f, None)
-            } else if let Some(f) = self.critical.pop_front() {
-                (f, Some(Priority::Critical))
-            } else if let Some((f, p)) = self.data.pop_front() {
-                if p == Priority::Low {
-                    self.queued_low -= f.len();
+            } else if let Some(e) = self.critical.pop_front() {
+                Self::unindex(&mut self.keys, &e);
+                (e.frame, Some(Priority::Critical))
+            } else if let Some(e) = self.data.pop_front() {
+                Self::unindex(&mut self.keys, &e);
+                if e.priority == Priority::Low {
+                    self.queued_low -= e.frame.len();
                 }
-                (f, Some(p))
+                (e.frame, Some(e.priority))
             } else if let Some(f) = self.close_after_data.take() {
                 self.close_taken = true;
                 t.close = true;
@@ -731,5 +852,167 @@ mod tests {
         let ev = events.lock().unwrap();
         assert!(ev.windows(2).all(|w| w[0] != w[1]), "events must alternate");
         assert!(!ev.is_empty());
+    }
+
+    fn keyed(tag: u8, len: usize, key: &str) -> Frame {
+        let mut f = frame(tag, len);
+        f.key = Some(Arc::from(key));
+        f
+    }
+
+    #[test]
+    fn a_keyed_frame_replaces_the_queued_one_in_its_place() {
+        let mut o = Outbox::new(Limits::default());
+        assert!(!o.push(keyed(1, 100, "a"), Priority::Normal).replaced);
+        o.push(keyed(2, 100, "b"), Priority::Normal);
+        o.push(frame(3, 100), Priority::Normal);
+        let p = o.push(keyed(4, 300, "a"), Priority::Normal);
+        assert!(p.replaced);
+        assert_eq!(p.outcome, Outcome::Queued);
+        assert_eq!(o.buffered(), 500, "bufferedAmount follows the replacement");
+        assert_eq!(o.keyed(), 2);
+        let tags: Vec<u8> = drain_all(&mut o).iter().map(tag).collect();
+        assert_eq!(tags, [4, 2, 3], "the newest value of 'a', where 'a' was");
+        assert_eq!((o.buffered(), o.keyed()), (0, 0));
+    }
+
+    #[test]
+    fn a_frame_in_the_writers_batch_is_never_replaced() {
+        let mut o = Outbox::new(Limits::default());
+        o.push(keyed(1, 100, "a"), Priority::Normal);
+        let mut batch = Vec::new();
+        o.take_batch(&mut batch, 64, usize::MAX);
+        assert!(!o.push(keyed(2, 100, "a"), Priority::Normal).replaced);
+        o.written(100);
+        let tags: Vec<u8> = drain_all(&mut o).iter().map(tag).collect();
+        assert_eq!((tag(&batch[0].frame), tags), (1, vec![2]));
+    }
+
+    #[test]
+    fn a_lagging_client_stays_bounded_by_keys_times_size() {
+        // Nothing is written: 10,000 updates of 8 keys never exceed 8 frames, never overflow,
+        // even at Low priority above lowPriorityLimit.
+        let limits = Limits {
+            max_buffered_amount: 16 * KIB,
+            low_priority_limit: KIB,
+            ..Limits::default()
+        };
+        let mut o = Outbox::new(limits);
+        let mut replaced = 0;
+        for i in 0..10_000u32 {
+            let key = format!("k{}", i % 8);
+            // Once every key has a queued frame, a third of the updates are Low: a new Low frame
+            // would be dropped above lowPriorityLimit, a replacement is not.
+            let prio = if i >= 8 && i % 3 == 0 {
+                Priority::Low
+            } else {
+                Priority::Normal
+            };
+            let p = o.push(keyed((i % 251) as u8, 1000, &key), prio);
+            assert_eq!(p.outcome, Outcome::Queued, "update {i}");
+            assert!(o.buffered() <= 8 * 1000);
+            replaced += p.replaced as u32;
+        }
+        assert_eq!(replaced, 10_000 - 8);
+        let out = drain_all(&mut o);
+        assert_eq!(out.len(), 8);
+        let last: Vec<u8> = (10_000u32 - 8..10_000).map(|i| (i % 251) as u8).collect();
+        assert_eq!(out.iter().map(tag).collect::<Vec<_>>(), last);
+    }
+
+    #[test]
+    fn across_lanes_or_without_room_the_old_frame_goes_and_the_new_one_queues() {
+        let mut o = Outbox::new(Limits {
+            max_buffered_amount: 1000,
+            ..Limits::default()
+        });
+        o.push(keyed(1, 100, "a"), Priority::Normal);
+        o.push(frame(2, 100), Priority::Normal);
+        // Critical with the same key: the Normal one is removed, the Critical goes ahead.
+        let p = o.push(keyed(3, 100, "a"), Priority::Critical);
+        assert!(p.replaced);
+        assert_eq!(o.buffered(), 200);
+        // Bigger than what fits in place: removed, then queued (after evicting nothing) at the end.
+        o.push(frame(4, 600), Priority::Normal);
+        let p = o.push(keyed(5, 300, "a"), Priority::Critical);
+        assert!(p.replaced);
+        assert_eq!(p.outcome, Outcome::Queued);
+        let tags: Vec<u8> = drain_all(&mut o).iter().map(tag).collect();
+        assert_eq!(tags, [5, 2, 4]);
+    }
+
+    #[test]
+    fn evicted_and_discarded_frames_leave_no_key_behind() {
+        let mut o = Outbox::new(Limits {
+            max_buffered_amount: 1000,
+            low_priority_limit: 1000,
+            ..Limits::default()
+        });
+        o.push(keyed(1, 500, "a"), Priority::Low);
+        // A Normal that needs room evicts the keyed Low frame.
+        let p = o.push(frame(2, 900), Priority::Normal);
+        assert_eq!(p.drops.frames[Priority::Low.index()], 1);
+        assert_eq!(o.keyed(), 0);
+        assert!(!o.push(keyed(3, 50, "a"), Priority::Normal).replaced);
+        o.discard();
+        assert_eq!(o.keyed(), 0);
+    }
+
+    /// Producers publish increasing versions of a few keys while a writer drains partially:
+    /// every key's versions reach the wire in increasing order (nothing stale after something
+    /// newer), each key's last version is always delivered, and the accounting ends at zero.
+    #[test]
+    fn concurrent_conflation_never_reorders_or_loses_the_latest_value() {
+        const KEYS: usize = 6;
+        const VERSIONS: u32 = 5_000;
+        let o = Arc::new(Mutex::new(Outbox::new(Limits::default())));
+        let producers: Vec<_> = (0..2usize)
+            .map(|t| {
+                let o = o.clone();
+                std::thread::spawn(move || {
+                    for v in 1..=VERSIONS {
+                        for k in (t..KEYS).step_by(2) {
+                            // The version in the first 4 payload bytes.
+                            let mut payload = vec![0u8; 64];
+                            payload[..4].copy_from_slice(&v.to_be_bytes());
+                            payload[4] = k as u8;
+                            let mut f = Frame::new(encode(OpCode::Binary, &payload));
+                            f.key = Some(Arc::from(format!("k{k}")));
+                            let p = o.lock().unwrap().push(f, Priority::Normal);
+                            assert_eq!(p.outcome, Outcome::Queued);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut seen = [0u32; KEYS];
+        let mut finished = false;
+        loop {
+            let mut batch = Vec::new();
+            let t = o.lock().unwrap().take_batch(&mut batch, 4, usize::MAX);
+            for b in &batch {
+                let v = u32::from_be_bytes(b.frame.bytes[2..6].try_into().unwrap());
+                let k = b.frame.bytes[6] as usize;
+                assert!(v > seen[k], "key {k}: version {v} after {}", seen[k]);
+                seen[k] = v;
+            }
+            o.lock().unwrap().written(t.bytes);
+            if t.frames == 0 {
+                if finished {
+                    break;
+                }
+                finished = producers.iter().all(|p| p.is_finished());
+                std::thread::yield_now();
+            }
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
+        assert_eq!(
+            seen, [VERSIONS; KEYS],
+            "the latest version of every key was written"
+        );
+        let g = o.lock().unwrap();
+        assert_eq!((g.buffered(), g.keyed()), (0, 0));
     }
 }
