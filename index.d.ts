@@ -46,6 +46,11 @@ export declare class NativeConnection {
   /** Drops the TCP connection now; queued data is discarded (and counted). */
   terminate(): boolean
   subscribe(topic: string): boolean
+  /**
+   * Subscribes to a topic with history, first replaying what the client missed after
+   * `offset` of `epoch` (in order with the publishes around it: no gap, no duplicate).
+   */
+  resume(topic: string, offset: number, epoch: string): ResumeResult
   unsubscribe(topic: string): boolean
 }
 
@@ -86,6 +91,18 @@ export declare class NativeServer {
   /** Frames `data` once and queues it for the topic's subscribers. */
   publish(topic: string, data: Uint8Array, priority: Priority, text: boolean, key?: string | undefined | null): boolean
   publishText(topic: string, data: string, priority: Priority, key?: string | undefined | null): boolean
+  /**
+   * Gives `topic` a history (a new epoch, offsets from 1), or a new one with other bounds.
+   * Returns the epoch.
+   */
+  configureTopic(topic: string, size: number | undefined | null, bytes: number | undefined | null, ttlMs: number | undefined | null, prefixOffsets: boolean): string
+  /**
+   * Publishes on a topic with history: the message gets the next offset (with
+   * `offsets: 'prefix'`, it starts with it). `None` if the fan-out queue is full or the
+   * server is closing (no offset is used then).
+   */
+  publishHistory(topic: string, data: Uint8Array, priority: Priority, text: boolean, key?: string | undefined | null): PublishResult | null
+  publishHistoryText(topic: string, data: string, priority: Priority, key?: string | undefined | null): PublishResult | null
   /**
    * Connections above `highWaterMark` right now. One atomic read: cheap enough to consult
    * before every broadcast, to pace a producer to what the clients take.
@@ -253,6 +270,24 @@ export interface PriorityCounts {
   critical: number
   normal: number
   low: number
+}
+
+/** The number a message got on a topic with history. */
+export interface PublishResult {
+  offset: number
+  epoch: string
+}
+
+/** The answer to `conn.subscribe(topic, { since })`. */
+export interface ResumeResult {
+  /**
+   * True if every message after `since` was replayed; false if the epoch differs or they are
+   * no longer all kept (send the client a snapshot instead).
+   */
+  recovered: boolean
+  /** The topic's latest offset when the subscription took effect. */
+  offset: number
+  epoch: string
 }
 
 /** Options for `new Server(options)`. Every option is optional; sizes are bytes, times milliseconds. */

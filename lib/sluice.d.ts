@@ -4,11 +4,13 @@
 import { EventEmitter } from 'events'
 import type { IncomingMessage, Server as HttpServer } from 'http'
 import type { Duplex } from 'stream'
-import type { ServerOptions as NativeServerOptions, Metrics, NativeConnection } from '../index'
+import type { ServerOptions as NativeServerOptions, Metrics, NativeConnection, PublishResult, ResumeResult } from '../index'
 import { Priority, threadCpuTimeNs } from '../index'
 
 export { Priority, threadCpuTimeNs }
 export type {
+  PublishResult,
+  ResumeResult,
   Metrics,
   ClusterMetrics,
   PriorityCounts,
@@ -51,6 +53,11 @@ export interface MessageOptions {
    * holds at most one message per key. A message already being written is never replaced.
    */
   key?: string
+}
+
+export interface TopicOptions {
+  history?: { size?: number; bytes?: number; ttl?: number }
+  offsets?: 'none' | 'prefix'
 }
 
 /** A refusal from `verifyClient`: the HTTP status (400-599, default 401), body and headers. */
@@ -147,6 +154,14 @@ export declare class Connection extends EventEmitter {
   pong(data?: Data | number): boolean
   /** Subscribes to `topic`; false if already subscribed or closed. */
   subscribe(topic: string): boolean
+  /**
+   * On a topic with history: replays what the client missed after `since.offset` of
+   * `since.epoch`, then continues live, with no gap and no duplicate. `recovered: false`: the
+   * epoch differs or the history no longer holds every missed message; the connection is
+   * subscribed from now on (send a snapshot). `offset`: the topic's latest.
+   * Rejects `ERR_SLUICE_NO_HISTORY`, `ERR_SLUICE_ALREADY_SUBSCRIBED`, `ERR_SLUICE_CLOSED`.
+   */
+  subscribe(topic: string, options: { since: { offset: number; epoch: string } }): Promise<ResumeResult>
   /** Unsubscribes from `topic`; false if not subscribed. */
   unsubscribe(topic: string): boolean
   /**
@@ -224,8 +239,20 @@ export declare class Server extends EventEmitter {
    * `metrics().fanoutRejected`).
    */
   broadcast(data: Data, priority?: PriorityLike, options?: MessageOptions): boolean
-  /** Like `broadcast`, to the connections subscribed to `topic`. */
-  publish(topic: string, data: Data, priority?: PriorityLike, options?: MessageOptions): boolean
+  /**
+   * Like `broadcast`, to the connections subscribed to `topic`. On a topic with history (see
+   * `topic()`) it returns a Promise of the message's `{ offset, epoch }` instead, rejecting with
+   * `ERR_SLUICE_NOT_QUEUED` when nothing was published.
+   */
+  publish(topic: string, data: Data, priority?: PriorityLike, options?: MessageOptions): boolean | Promise<PublishResult>
+  /**
+   * Gives `topic` a history: its latest messages numbered from 1 in a new epoch, kept for
+   * resuming clients, bounded by `size` (default 1000 messages), `bytes` (default 8 MiB of frames)
+   * and `ttl` (default 300000 ms), whichever bites first. `offsets: 'prefix'` puts each message's
+   * offset in front of it for the client: 8 bytes big-endian (binary), `"<offset> "` (text).
+   * Not available with `cluster` yet (`ERR_SLUICE_UNSUPPORTED`).
+   */
+  topic(name: string, options?: TopicOptions): { epoch: string | null }
   /**
    * Connections above `highWaterMark` right now (had `backpressure`, no `drain` yet). One atomic
    * read: cheap enough to consult before every broadcast to pace a producer to its clients.

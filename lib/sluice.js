@@ -217,6 +217,12 @@ function toBytes(data) {
   throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_DATA', `data must be a string, Buffer, TypedArray, DataView or ArrayBuffer, got ${data === null ? 'null' : typeof data}`)
 }
 
+/** An error thrown by the native side as "ERR_SLUICE_X: message", with its code. */
+function nativeError(err) {
+  const m = /^(ERR_SLUICE_[A-Z_]+): (.*)$/s.exec(err && err.message)
+  return m ? sluiceError(Error, m[1], m[2]) : err
+}
+
 /** The conflation key of `{ key }` (a non-empty string of at most 1024 bytes), or undefined. */
 function toKey(options) {
   if (options === undefined || options === null) return undefined
@@ -370,8 +376,29 @@ class Connection extends EventEmitter {
     return this._native.ping(controlPayload(data), true)
   }
 
-  subscribe(topic) {
-    return this._native.subscribe(toTopic(topic))
+  /**
+   * Subscribes to `topic`. Returns false if already subscribed or closed.
+   * With `{ since: { offset, epoch } }` on a topic with history: first the messages published
+   * after `offset` (if that epoch's history still holds them all), then the live ones, with no
+   * gap and no duplicate. Returns a Promise of `{ recovered, offset, epoch }`: `recovered` false
+   * means the history could not fill the gap (another epoch, or too old an offset) and the
+   * connection is subscribed from now on: send it a snapshot. `offset` is the topic's latest.
+   */
+  subscribe(topic, options) {
+    const t = toTopic(topic)
+    if (options === undefined) return this._native.subscribe(t)
+    if (options === null || typeof options !== 'object' || options.since === null || typeof options.since !== 'object') {
+      throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTIONS', 'options must be { since: { offset, epoch } }')
+    }
+    const { offset, epoch } = options.since
+    if (!Number.isInteger(offset) || offset < 0 || typeof epoch !== 'string') {
+      throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTIONS', 'since must be { offset: a whole number >= 0, epoch: a string }')
+    }
+    try {
+      return Promise.resolve(this._native.resume(t, offset, epoch))
+    } catch (err) {
+      return Promise.reject(nativeError(err))
+    }
   }
 
   unsubscribe(topic) {
@@ -417,6 +444,8 @@ class Server extends EventEmitter {
     this._holding = false
     /** `[httpServer, listener]` pairs added by `attach`. */
     this._attached = []
+    /** Topics configured with a history. */
+    this._histories = new Set()
     this._native = new NativeServer(nativeOptions(this._options), (events) => this._dispatch(events))
   }
 
@@ -569,7 +598,61 @@ class Server extends EventEmitter {
     const p = toPriority(priority)
     const bytes = toBytes(data)
     const key = toKey(options)
+    if (this._histories.has(t)) {
+      // A topic with history: the message's number, known at once (no socket is waited on).
+      const r = bytes === null ? this._native.publishHistoryText(t, data, p, key) : this._native.publishHistory(t, bytes, p, false, key)
+      if (!r) {
+        return Promise.reject(sluiceError(Error, 'ERR_SLUICE_NOT_QUEUED', 'not published: the server is closing, or broadcasts adding up to maxBufferedAmount - highWaterMark already wait for fan-out'))
+      }
+      return Promise.resolve(r)
+    }
     return bytes === null ? this._native.publishText(t, data, p, key) : this._native.publish(t, bytes, p, false, key)
+  }
+
+  /**
+   * Configures `topic`. `history: { size, bytes, ttl }` keeps its latest messages, numbered
+   * (offsets from 1, in an epoch that is new for each configuration and each process), for
+   * `conn.subscribe(topic, { since })`; bounded by count (default 1000), encoded bytes (default
+   * 8 MiB) and age in ms (default 300000), whichever bites first. `offsets: 'prefix'` makes each
+   * message carry its offset for the client to remember: 8 bytes big-endian before a binary
+   * payload, the decimal number and a space before a text one. Returns `{ epoch }`.
+   * `publish` on such a topic returns a Promise of `{ offset, epoch }`.
+   */
+  topic(name, options = {}) {
+    const t = toTopic(name)
+    if (options === null || typeof options !== 'object') {
+      throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTIONS', 'options must be an object: { history, offsets }')
+    }
+    for (const k of Object.keys(options)) {
+      if (k !== 'history' && k !== 'offsets') throw sluiceError(TypeError, 'ERR_SLUICE_UNKNOWN_OPTION', `unknown option '${k}'`)
+    }
+    const { history, offsets = 'none' } = options
+    if (offsets !== 'none' && offsets !== 'prefix') {
+      throw sluiceError(RangeError, 'ERR_SLUICE_INVALID_OPTION', `offsets must be 'none' or 'prefix', got ${String(offsets)}`)
+    }
+    if (history === undefined) return { epoch: null }
+    if (history === null || typeof history !== 'object') {
+      throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTION', 'history must be an object: { size, bytes, ttl }')
+    }
+    const bound = (name, max) => {
+      const v = history[name]
+      if (v === undefined) return undefined
+      if (!Number.isInteger(v) || v < 1 || v > max) {
+        throw sluiceError(RangeError, 'ERR_SLUICE_OUT_OF_RANGE', `history.${name} must be a whole number from 1 to ${max}, got ${v}`)
+      }
+      return v
+    }
+    for (const k of Object.keys(history)) {
+      if (!['size', 'bytes', 'ttl'].includes(k)) throw sluiceError(TypeError, 'ERR_SLUICE_UNKNOWN_OPTION', `unknown option 'history.${k}'`)
+    }
+    let epoch
+    try {
+      epoch = this._native.configureTopic(t, bound('size', 2 ** 31 - 1), bound('bytes', MAX_BYTES), bound('ttl', MAX_MS), offsets === 'prefix')
+    } catch (err) {
+      throw nativeError(err)
+    }
+    this._histories.add(t)
+    return { epoch }
   }
 
   /**
@@ -596,7 +679,9 @@ class Server extends EventEmitter {
 
   /** Counters and distributions; see `Metrics` in index.d.ts. */
   metrics() {
-    return this._native.metrics()
+    const m = this._native.metrics()
+    if (m.cluster === undefined) m.cluster = null
+    return m
   }
 
   /**

@@ -241,7 +241,7 @@ fn now_us() -> u64 {
 }
 
 /// 16 random bytes from the kernel (a node id need not be secret, only unique).
-fn random_id() -> [u8; 16] {
+pub(crate) fn random_id() -> [u8; 16] {
     let mut id = [0u8; 16];
     #[cfg(target_os = "linux")]
     {

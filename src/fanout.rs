@@ -64,6 +64,13 @@ enum Job {
     },
     /// `server.close()`: close every connection once the broadcasts before it are queued.
     CloseAll { deadline: tokio::time::Instant },
+    /// `conn.subscribe(topic, { since })`: the missed messages, then the subscription, in order
+    /// with the publishes around it.
+    Resume {
+        conn: Arc<Conn>,
+        topic: Arc<str>,
+        frames: Vec<(Frame, Priority)>,
+    },
 }
 
 /// The JS-thread end of the fan-out channel.
@@ -200,6 +207,16 @@ impl Fanout {
         self.send(Job::Close { conn, code, reason })
     }
 
+    /// Replays `frames` to `conn`, then subscribes it to `topic`, after every job already sent
+    /// (the publishes the history had when the frames were taken) and before every later one.
+    pub fn resume(&self, conn: Arc<Conn>, topic: Arc<str>, frames: Vec<(Frame, Priority)>) -> bool {
+        self.send(Job::Resume {
+            conn,
+            topic,
+            frames,
+        })
+    }
+
     /// Closes every connection once the broadcasts already accepted are queued to them.
     pub fn close_all_after_pending(&self, deadline: tokio::time::Instant) -> bool {
         self.send(Job::CloseAll { deadline })
@@ -263,6 +280,21 @@ async fn run(
                 conn.close(code, &reason);
             }
             Job::CloseAll { deadline } => server.close_all(deadline),
+            Job::Resume {
+                conn,
+                topic,
+                frames,
+            } => {
+                // The same policy as live traffic: a replay that does not fit is dropped or ends
+                // the connection as the live messages would.
+                let mut lost = Drops::default();
+                for (frame, priority) in frames {
+                    let outcome = conn.deliver(frame.clone(), priority);
+                    count_lost(outcome, &frame, priority, &mut lost);
+                }
+                server.metrics.add_drops(&lost);
+                server.subscribe(&conn, &topic);
+            }
         }
         pending_jobs.fetch_sub(1, Ordering::AcqRel);
     }

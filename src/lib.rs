@@ -22,6 +22,7 @@
 //! | metrics | `metrics.rs` |
 //! | options and their defaults | `config.rs` |
 //! | the cluster link (Redis pub/sub across processes and machines) | `cluster.rs` |
+//! | topic history (offsets, epochs, the resume decision) | `history.rs` |
 
 pub mod cluster;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod events;
 pub mod fanout;
 pub mod frame;
 pub mod handshake;
+pub mod history;
 pub mod metrics;
 pub mod napi_api;
 pub mod outbox;

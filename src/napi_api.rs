@@ -18,6 +18,7 @@ use crate::events::{Event, EventBatch, EventSink};
 use crate::fanout::Target;
 use crate::frame::{encode, Fate, Frame, OpCode, SendAck, MAX_CONTROL_PAYLOAD};
 use crate::handshake::{is_header_value, is_token, RequestParts};
+use crate::history::{HistoryLimits, Resume};
 use crate::metrics::Metrics as CoreMetrics;
 use crate::metrics::Termination;
 use crate::policy::Priority as CorePriority;
@@ -44,6 +45,24 @@ impl From<Priority> for CorePriority {
             Priority::Low => CorePriority::Low,
         }
     }
+}
+
+/// The number a message got on a topic with history.
+#[napi(object)]
+pub struct PublishResult {
+    pub offset: f64,
+    pub epoch: String,
+}
+
+/// The answer to `conn.subscribe(topic, { since })`.
+#[napi(object)]
+pub struct ResumeResult {
+    /// True if every message after `since` was replayed; false if the epoch differs or they are
+    /// no longer all kept (send the client a snapshot instead).
+    pub recovered: bool,
+    /// The topic's latest offset when the subscription took effect.
+    pub offset: f64,
+    pub epoch: String,
 }
 
 /// Result of `listen()`: the bound address, or the error (`code` such as `'EADDRINUSE'`).
@@ -572,6 +591,109 @@ impl NativeServer {
         }
     }
 
+    /// Gives `topic` a history (a new epoch, offsets from 1), or a new one with other bounds.
+    /// Returns the epoch.
+    #[napi]
+    pub fn configure_topic(
+        &self,
+        topic: String,
+        size: Option<u32>,
+        bytes: Option<f64>,
+        ttl_ms: Option<u32>,
+        prefix_offsets: bool,
+    ) -> Result<String> {
+        if self.shared.cluster().is_some() {
+            return Err(Error::new(
+                Status::GenericFailure,
+                "ERR_SLUICE_UNSUPPORTED: topic history with the cluster option is not implemented yet",
+            ));
+        }
+        let d = HistoryLimits::default();
+        let limits = HistoryLimits {
+            size: size.map_or(d.size, |n| n as usize),
+            bytes: bytes.map_or(d.bytes, |n| n as usize),
+            ttl: ttl_ms.map_or(d.ttl, |ms| Duration::from_millis(ms as u64)),
+        };
+        let id = crate::cluster::random_id();
+        let epoch: String = id[..6].iter().map(|b| format!("{b:02x}")).collect();
+        self.shared
+            .configure_history(&topic, limits, prefix_offsets, epoch.clone());
+        Ok(epoch)
+    }
+
+    /// Publishes on a topic with history: the message gets the next offset (with
+    /// `offsets: 'prefix'`, it starts with it). `None` if the fan-out queue is full or the
+    /// server is closing (no offset is used then).
+    #[napi]
+    pub fn publish_history(
+        &self,
+        topic: String,
+        data: &[u8],
+        priority: Priority,
+        text: bool,
+        key: Option<String>,
+    ) -> Option<PublishResult> {
+        self.submit_history(topic, data, priority, text, key)
+    }
+
+    #[napi]
+    pub fn publish_history_text(
+        &self,
+        topic: String,
+        data: String,
+        priority: Priority,
+        key: Option<String>,
+    ) -> Option<PublishResult> {
+        self.submit_history(topic, data.as_bytes(), priority, true, key)
+    }
+
+    fn submit_history(
+        &self,
+        topic: String,
+        data: &[u8],
+        priority: Priority,
+        text: bool,
+        key: Option<String>,
+    ) -> Option<PublishResult> {
+        if self.shared.is_closing() {
+            return None;
+        }
+        let th = self.shared.history(&topic)?;
+        // Numbering, the fan-out job and the history entry under one lock: a resume sees each
+        // message either in the history it replays or as a later job, never both or neither.
+        let mut h = th.history.lock().unwrap_or_else(|e| e.into_inner());
+        let offset = h.next_offset();
+        let with_offset;
+        let payload: &[u8] = if th.prefix {
+            with_offset = crate::history::prefixed(offset, data, text);
+            &with_offset
+        } else {
+            data
+        };
+        self.shared
+            .metrics
+            .publishes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        let key: Option<Arc<str>> = key.map(Arc::from);
+        let priority: CorePriority = priority.into();
+        let bytes = self.shared.fanout().broadcast(
+            &self.shared,
+            payload,
+            op,
+            priority,
+            Target::Topic(Arc::from(topic)),
+            key.clone(),
+        )?;
+        let mut kept = Frame::new(bytes);
+        kept.key = key;
+        let offset = h.append(&kept, priority, std::time::Instant::now());
+        Some(PublishResult {
+            offset: offset as f64,
+            epoch: h.epoch().to_string(),
+        })
+    }
+
     /// Connections above `highWaterMark` right now. One atomic read: cheap enough to consult
     /// before every broadcast, to pace a producer to what the clients take.
     #[napi(getter)]
@@ -836,6 +958,49 @@ impl NativeConnection {
         self.conn
             .upgrade()
             .is_some_and(|c| c.server.subscribe(&c, &topic))
+    }
+
+    /// Subscribes to a topic with history, first replaying what the client missed after
+    /// `offset` of `epoch` (in order with the publishes around it: no gap, no duplicate).
+    #[napi]
+    pub fn resume(&self, topic: String, offset: f64, epoch: String) -> Result<ResumeResult> {
+        let Some(c) = self.conn.upgrade() else {
+            return Err(Error::new(
+                Status::GenericFailure,
+                "ERR_SLUICE_CLOSED: the connection is closed",
+            ));
+        };
+        let Some(th) = c.server.history(&topic) else {
+            return Err(Error::new(
+                Status::InvalidArg,
+                format!("ERR_SLUICE_NO_HISTORY: topic '{topic}' has no history (server.topic(name, {{ history }}))"),
+            ));
+        };
+        if c.server.is_subscribed(&c, &topic) {
+            return Err(Error::new(
+                Status::InvalidArg,
+                format!("ERR_SLUICE_ALREADY_SUBSCRIBED: already subscribed to '{topic}'"),
+            ));
+        }
+        let mut h = th.history.lock().unwrap_or_else(|e| e.into_inner());
+        let since = if offset.is_finite() && offset >= 0.0 {
+            offset as u64
+        } else {
+            u64::MAX
+        };
+        let (recovered, frames) = match h.since(since, &epoch, std::time::Instant::now()) {
+            Resume::Recovered(frames) => (true, frames),
+            Resume::NotRecovered => (false, Vec::new()),
+        };
+        // Sent while the history is locked: after the publishes it holds, before later ones.
+        c.server
+            .fanout()
+            .resume(c.clone(), Arc::from(topic.as_str()), frames);
+        Ok(ResumeResult {
+            recovered,
+            offset: h.last() as f64,
+            epoch: h.epoch().to_string(),
+        })
     }
 
     #[napi]

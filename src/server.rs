@@ -29,6 +29,7 @@ use crate::connection::{close_code, Conn};
 use crate::events::{Event, EventSink};
 use crate::fanout::Fanout;
 use crate::handshake::{self, Refusal};
+use crate::history::{History, HistoryLimits};
 use crate::metrics::{Metrics, Termination};
 
 /// Pause after an accept error (e.g. out of file descriptors) before trying again.
@@ -76,6 +77,15 @@ pub struct ServerShared {
     workers: tokio::runtime::Handle,
     /// The link to the other nodes (`cluster` option); set once, right after construction.
     cluster: OnceLock<Arc<Link>>,
+    /// Topics configured with a history, by name.
+    histories: RwLock<HashMap<Arc<str>, Arc<TopicHistory>>>,
+}
+
+/// A topic's history and how its messages carry their offsets.
+pub struct TopicHistory {
+    pub history: Mutex<History>,
+    /// `offsets: 'prefix'`: each message starts with its offset.
+    pub prefix: bool,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -109,7 +119,36 @@ impl ServerShared {
             fanout: OnceLock::new(),
             workers,
             cluster: OnceLock::new(),
+            histories: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Gives `topic` a history with these bounds (a new epoch), or changes its bounds.
+    pub fn configure_history(
+        &self,
+        topic: &str,
+        limits: HistoryLimits,
+        prefix: bool,
+        epoch: String,
+    ) -> Arc<TopicHistory> {
+        let h = Arc::new(TopicHistory {
+            history: Mutex::new(History::new(epoch, limits)),
+            prefix,
+        });
+        write(&self.histories).insert(Arc::from(topic), h.clone());
+        h
+    }
+
+    pub fn history(&self, topic: &str) -> Option<Arc<TopicHistory>> {
+        read(&self.histories).get(topic).cloned()
+    }
+
+    /// Whether `conn` is subscribed to `topic`.
+    pub fn is_subscribed(&self, conn: &Conn, topic: &str) -> bool {
+        conn.topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(topic)
     }
 
     /// Starts the cluster link, if configured. Called once, by the constructor of the napi server.
