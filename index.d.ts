@@ -45,12 +45,13 @@ export declare class NativeConnection {
   close(code: number, reason: string): boolean
   /** Drops the TCP connection now; queued data is discarded (and counted). */
   terminate(): boolean
+  /** False if already subscribed (or a resume of the topic is under way) or closed. */
   subscribe(topic: string): boolean
   /**
    * Subscribes to a topic with history, first replaying what the client missed after
    * `offset` of `epoch` (in order with the publishes around it: no gap, no duplicate).
    */
-  resume(topic: string, offset: number, epoch: string): ResumeResult
+  resume(topic: string, offset: number, epoch: string, token: number): ResumeResult
   unsubscribe(topic: string): boolean
 }
 
@@ -101,8 +102,8 @@ export declare class NativeServer {
    * `offsets: 'prefix'`, it starts with it). `None` if the fan-out queue is full or the
    * server is closing (no offset is used then).
    */
-  publishHistory(topic: string, data: Uint8Array, priority: Priority, text: boolean, key?: string | undefined | null): PublishResult | null
-  publishHistoryText(topic: string, data: string, priority: Priority, key?: string | undefined | null): PublishResult | null
+  publishHistory(topic: string, data: Uint8Array, priority: Priority, text: boolean, key: string | undefined | null, token: number): PublishResult | null
+  publishHistoryText(topic: string, data: string, priority: Priority, key: string | undefined | null, token: number): PublishResult | null
   /**
    * Connections above `highWaterMark` right now. One atomic read: cheap enough to consult
    * before every broadcast, to pace a producer to what the clients take.
@@ -276,6 +277,8 @@ export interface PriorityCounts {
 export interface PublishResult {
   offset: number
   epoch: string
+  /** Cluster mode: Redis numbers the message; a `published` event with the token answers. */
+  pending: boolean
 }
 
 /** The answer to `conn.subscribe(topic, { since })`. */
@@ -288,6 +291,8 @@ export interface ResumeResult {
   /** The topic's latest offset when the subscription took effect. */
   offset: number
   epoch: string
+  /** Cluster mode: the link task answers with a `resumed` event carrying the token. */
+  pending: boolean
 }
 
 /** Options for `new Server(options)`. Every option is optional; sizes are bytes, times milliseconds. */

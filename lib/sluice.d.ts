@@ -250,7 +250,8 @@ export declare class Server extends EventEmitter {
    * resuming clients, bounded by `size` (default 1000 messages), `bytes` (default 8 MiB of frames)
    * and `ttl` (default 300000 ms), whichever bites first. `offsets: 'prefix'` puts each message's
    * offset in front of it for the client: 8 bytes big-endian (binary), `"<offset> "` (text).
-   * Not available with `cluster` yet (`ERR_SLUICE_UNSUPPORTED`).
+   * With `cluster`, Redis numbers the messages and keeps the history (a stream per topic), the
+   * same on every node; the epoch is then known from the first publish (`epoch: null` here).
    */
   topic(name: string, options?: TopicOptions): { epoch: string | null }
   /**

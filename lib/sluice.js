@@ -43,6 +43,8 @@ const KIND = {
   PING: 9,
   PONG: 10,
   SENT: 11,
+  PUBLISHED: 12,
+  RESUMED: 13,
 }
 
 /** Inbound events the native side passes on only while JavaScript listens (interest bits). */
@@ -394,11 +396,19 @@ class Connection extends EventEmitter {
     if (!Number.isInteger(offset) || offset < 0 || typeof epoch !== 'string') {
       throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTIONS', 'since must be { offset: a whole number >= 0, epoch: a string }')
     }
+    const server = this._server
+    if (!server._histories.has(t)) {
+      return Promise.reject(sluiceError(Error, 'ERR_SLUICE_NO_HISTORY', `topic '${t}' has no history (server.topic(name, { history }))`))
+    }
+    const token = server._nextPending++
+    let r
     try {
-      return Promise.resolve(this._native.resume(t, offset, epoch))
+      r = this._native.resume(t, offset, epoch, token)
     } catch (err) {
       return Promise.reject(nativeError(err))
     }
+    if (r.pending) return server._awaitPending(token)
+    return Promise.resolve({ recovered: r.recovered, offset: r.offset, epoch: r.epoch })
   }
 
   unsubscribe(topic) {
@@ -446,6 +456,9 @@ class Server extends EventEmitter {
     this._attached = []
     /** Topics configured with a history. */
     this._histories = new Set()
+    /** Promises of history publishes and resumes answered by events (cluster mode), by token. */
+    this._pending = new Map()
+    this._nextPending = 1
     this._native = new NativeServer(nativeOptions(this._options), (events) => this._dispatch(events))
   }
 
@@ -599,12 +612,15 @@ class Server extends EventEmitter {
     const bytes = toBytes(data)
     const key = toKey(options)
     if (this._histories.has(t)) {
-      // A topic with history: the message's number, known at once (no socket is waited on).
-      const r = bytes === null ? this._native.publishHistoryText(t, data, p, key) : this._native.publishHistory(t, bytes, p, false, key)
+      // A topic with history: the message's number. Alone, known at once; with cluster, Redis
+      // numbers it and the answer comes back as an event (no client socket is waited on).
+      const token = this._nextPending++
+      const r = bytes === null ? this._native.publishHistoryText(t, data, p, key, token) : this._native.publishHistory(t, bytes, p, false, key, token)
       if (!r) {
         return Promise.reject(sluiceError(Error, 'ERR_SLUICE_NOT_QUEUED', 'not published: the server is closing, or broadcasts adding up to maxBufferedAmount - highWaterMark already wait for fan-out'))
       }
-      return Promise.resolve(r)
+      if (r.pending) return this._awaitPending(token)
+      return Promise.resolve({ offset: r.offset, epoch: r.epoch })
     }
     return bytes === null ? this._native.publishText(t, data, p, key) : this._native.publish(t, bytes, p, false, key)
   }
@@ -652,7 +668,13 @@ class Server extends EventEmitter {
       throw nativeError(err)
     }
     this._histories.add(t)
-    return { epoch }
+    // With cluster the epoch is Redis's, known from the first publish on.
+    return { epoch: epoch || null }
+  }
+
+  /** A promise the native side settles later with a `published` or `resumed` event. */
+  _awaitPending(token) {
+    return new Promise((resolve, reject) => this._pending.set(token, { resolve, reject }))
   }
 
   /**
@@ -827,6 +849,16 @@ class Server extends EventEmitter {
         this._updateHold()
         continue
       }
+      if (kind === KIND.PUBLISHED || kind === KIND.RESUMED) {
+        const p = this._pending.get(ev[1])
+        if (p) {
+          this._pending.delete(ev[1])
+          if (kind === KIND.RESUMED) p.resolve({ recovered: ev[2], offset: ev[3], epoch: ev[4] })
+          else if (ev[4]) p.reject(sluiceError(Error, ev[4], 'not published: Redis could not be reached, and only Critical messages are held during an outage'))
+          else p.resolve({ offset: ev[2], epoch: ev[3] })
+        }
+        continue
+      }
       if (kind === KIND.SENT) {
         const callback = this._acks.get(ev[2])
         if (callback) {
@@ -896,6 +928,10 @@ class Server extends EventEmitter {
     const acks = [...this._acks.values()]
     this._acks.clear()
     this._handshakes.clear()
+    for (const p of this._pending.values()) {
+      p.reject(sluiceError(Error, 'ERR_SLUICE_CLOSED', 'the server closed before Redis answered'))
+    }
+    this._pending.clear()
     for (const callback of acks) {
       try {
         callback(sluiceError(Error, 'ERR_SLUICE_DROPPED', 'the server closed before the message was written'))

@@ -42,8 +42,11 @@ use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::fanout::Target;
-use crate::frame::{FanoutProbe, Frame};
+use crate::connection::Conn;
+use crate::events::{Event, EventSink};
+use crate::fanout::{Numbered, Target};
+use crate::frame::{encode, FanoutProbe, Frame, OpCode};
+use crate::history::{prefixed, HistoryLimits};
 use crate::policy::Priority;
 use crate::server::ServerShared;
 
@@ -117,7 +120,16 @@ pub struct Header {
     pub seq: u64,
     pub published_us: u64,
     pub key: Option<Arc<str>>,
+    /// A message of a topic with history: the payload follows, not a frame (each node frames
+    /// it once it knows the offset Redis gave it).
+    pub raw: bool,
+    /// With `raw`: a text message.
+    pub text: bool,
 }
+
+/// Priority byte flags.
+const RAW: u8 = 0x80;
+const TEXT: u8 = 0x40;
 
 const MAGIC: u8 = b'S';
 const VERSION: u8 = 1;
@@ -131,7 +143,14 @@ impl Header {
         let mut out = Vec::with_capacity(HEADER_LEN + key.len() + frame.len());
         out.push(MAGIC);
         out.push(VERSION);
-        out.push(self.priority.index() as u8);
+        let mut p = self.priority.index() as u8;
+        if self.raw {
+            p |= RAW;
+        }
+        if self.text {
+            p |= TEXT;
+        }
+        out.push(p);
         out.extend_from_slice(&self.node);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.published_us.to_be_bytes());
@@ -149,6 +168,8 @@ impl Header {
             seq: 0,
             published_us: now_us(),
             key: None,
+            raw: false,
+            text: false,
         }
         .encode(&[]);
         out[2] = PROBE;
@@ -158,18 +179,23 @@ impl Header {
     /// The header of a message from Redis and where its frame starts, or `None` if it is not
     /// one of ours (or a probe).
     pub fn decode(msg: &[u8]) -> Option<(Header, usize)> {
-        if msg.len() < HEADER_LEN || msg[0] != MAGIC || msg[1] != VERSION {
+        if msg.len() < HEADER_LEN || msg[0] != MAGIC || msg[1] != VERSION || msg[2] == PROBE {
             return None;
         }
-        let priority = *Priority::ALL.get(msg[2] as usize)?;
+        let raw = msg[2] & RAW != 0;
+        let text = msg[2] & TEXT != 0;
+        if msg[2] & !(RAW | TEXT) > 2 {
+            return None;
+        }
+        let priority = *Priority::ALL.get((msg[2] & 0x03) as usize)?;
         let mut node = [0u8; 16];
         node.copy_from_slice(&msg[3..19]);
         let seq = u64::from_be_bytes(msg[19..27].try_into().ok()?);
         let published_us = u64::from_be_bytes(msg[27..35].try_into().ok()?);
         let key_len = u16::from_be_bytes(msg[35..37].try_into().ok()?) as usize;
         let frame_at = HEADER_LEN + key_len;
-        // A frame has at least its 2-byte header.
-        if msg.len() < frame_at + 2 {
+        // A frame has at least its 2-byte header; a raw payload may be empty.
+        if msg.len() < frame_at + if raw { 0 } else { 2 } {
             return None;
         }
         let key = match key_len {
@@ -185,6 +211,8 @@ impl Header {
                 seq,
                 published_us,
                 key,
+                raw,
+                text,
             },
             frame_at,
         ))
@@ -196,6 +224,63 @@ struct Outgoing {
     channel: Arc<str>,
     message: Vec<u8>,
     priority: Priority,
+    /// A publish on a topic with history: numbered by the script, not PUBLISHed directly.
+    history: Option<HistoryOut>,
+}
+
+struct HistoryOut {
+    topic: Arc<str>,
+    /// The JavaScript promise waiting for the offset (0: none).
+    token: u64,
+    seq: u64,
+}
+
+/// A topic with history, as configured on this node.
+#[derive(Clone, Copy, Debug)]
+pub struct HistoryTopic {
+    pub limits: HistoryLimits,
+    pub prefix: bool,
+}
+
+/// `conn.subscribe(topic, { since })` in cluster mode, for the link task.
+pub struct ResumeRequest {
+    pub conn: Arc<Conn>,
+    pub topic: Arc<str>,
+    pub since: u64,
+    pub epoch: String,
+    pub token: u64,
+}
+
+/// Numbers a publish on a topic with history, keeps it in the topic's stream and publishes it,
+/// atomically, so that the channel carries the messages in offset order. A message already
+/// numbered (the same node and sequence number, sent again after a failure) is not added twice.
+///
+/// KEYS: offset counter, stream, epoch, last sequence per node (all in the channel's slot).
+/// ARGV: channel, message, MAXLEN, ttl ms, epoch if none yet, PUBLISH or SPUBLISH, node, seq.
+/// Returns { offset, epoch, receivers (-1: a second copy, not published) }.
+const PUBLISH_SCRIPT: &str = r#"
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
+  redis.call('SET', KEYS[3], epoch)
+end
+local last = redis.call('HGET', KEYS[4], ARGV[7])
+if last then
+  local s, o = string.match(last, '^(%d+) (%d+)$')
+  if tonumber(s) >= tonumber(ARGV[8]) then return {tonumber(o), epoch, -1} end
+end
+local offset = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[4], ARGV[7], ARGV[8] .. ' ' .. offset)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-1', 'm', ARGV[2])
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+local receivers = redis.call(ARGV[6], ARGV[1], offset .. ' ' .. epoch .. ' ' .. ARGV[2])
+return {offset, epoch, receivers}
+"#;
+
+/// The Redis keys of a topic's history: in the slot of its channel (the channel name as hash tag).
+fn history_keys(channel: &str) -> [String; 4] {
+    ["o", "s", "e", "n"].map(|k| format!("{{{channel}}}:{k}"))
 }
 
 #[derive(Default)]
@@ -228,6 +313,12 @@ pub struct Link {
     subs_changed: Notify,
     pub stats: LinkStats,
     stop: watch::Sender<bool>,
+    /// Topics with history on this node.
+    histories: Mutex<HashMap<Arc<str>, HistoryTopic>>,
+    resumes: Mutex<VecDeque<ResumeRequest>>,
+    resume_wake: Notify,
+    /// For the answers to JavaScript's publish and resume promises.
+    events: Arc<EventSink>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -265,6 +356,7 @@ impl Link {
         config: ClusterConfig,
         rt: &tokio::runtime::Handle,
         server: Weak<ServerShared>,
+        events: Arc<EventSink>,
     ) -> Arc<Self> {
         let link = Arc::new(Self {
             config,
@@ -277,6 +369,10 @@ impl Link {
             subs_changed: Notify::new(),
             stats: LinkStats::default(),
             stop: watch::channel(false).0,
+            histories: Mutex::new(HashMap::new()),
+            resumes: Mutex::new(VecDeque::new()),
+            resume_wake: Notify::new(),
+            events,
         });
         rt.spawn(link.clone().run(server));
         link
@@ -311,11 +407,59 @@ impl Link {
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
             published_us: now_us(),
             key: key.map(Arc::from),
+            raw: false,
+            text: false,
         };
         let message = header.encode(frame);
+        self.enqueue(Outgoing {
+            channel: self.channel(target),
+            message,
+            priority,
+            history: None,
+        });
+    }
+
+    /// A publish on a topic with history: Redis numbers it (see [`PUBLISH_SCRIPT`]) and every
+    /// node subscribed to the topic, this one included, delivers it once it comes back with its
+    /// offset. The promise behind `token` learns the offset, or the reason it was not sent.
+    pub fn publish_history(
+        &self,
+        topic: &Arc<str>,
+        payload: &[u8],
+        text: bool,
+        priority: Priority,
+        key: Option<&str>,
+        token: u64,
+    ) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let header = Header {
+            priority,
+            node: self.node,
+            seq,
+            published_us: now_us(),
+            key: key.map(Arc::from),
+            raw: true,
+            text,
+        };
+        self.enqueue(Outgoing {
+            channel: self.channel(&Target::Topic(topic.clone())),
+            message: header.encode(payload),
+            priority,
+            history: Some(HistoryOut {
+                topic: topic.clone(),
+                token,
+                seq,
+            }),
+        });
+    }
+
+    /// Queues a message for the link task, holds it (Critical, while disconnected), or counts it
+    /// as not sent.
+    fn enqueue(&self, m: Outgoing) {
+        let priority = m.priority;
         let connected = self.state() == LinkState::Connected;
         let mut q = lock(&self.queue);
-        let fits = q.bytes + message.len() <= MAX_QUEUE_BYTES;
+        let fits = q.bytes + m.message.len() <= MAX_QUEUE_BYTES;
         let keep = if priority == Priority::Critical {
             fits && (connected || q.critical < self.config.critical_queue)
         } else {
@@ -323,21 +467,46 @@ impl Link {
         };
         if !keep {
             drop(q);
-            self.stats.not_sent[priority.index()].fetch_add(1, Ordering::Relaxed);
+            self.not_sent(&m);
             return;
         }
-        q.bytes += message.len();
+        q.bytes += m.message.len();
         if priority == Priority::Critical {
             q.critical += 1;
             self.stats.held.store(q.critical as u64, Ordering::Relaxed);
         }
-        q.messages.push_back(Outgoing {
-            channel: self.channel(target),
-            message,
-            priority,
-        });
+        q.messages.push_back(m);
         drop(q);
         self.wake.notify_one();
+    }
+
+    /// Counts a message that could not go to Redis, and fails its promise if it has one.
+    fn not_sent(&self, m: &Outgoing) {
+        self.stats.not_sent[m.priority.index()].fetch_add(1, Ordering::Relaxed);
+        if let Some(h) = m.history.as_ref().filter(|h| h.token != 0) {
+            self.events.push(Event::Published {
+                token: h.token,
+                offset: 0,
+                epoch: String::new(),
+                error: Some("ERR_SLUICE_NOT_SENT"),
+            });
+        }
+    }
+
+    /// Configures a topic with history on this node (cluster mode).
+    pub fn configure_history(&self, topic: &Arc<str>, h: HistoryTopic) {
+        lock(&self.histories).insert(topic.clone(), h);
+    }
+
+    /// Queues a resume for the link task. False if the link is not connected (the caller then
+    /// answers "not recovered" itself).
+    pub fn resume(&self, req: ResumeRequest) -> Result<(), ResumeRequest> {
+        if self.state() != LinkState::Connected {
+            return Err(req);
+        }
+        lock(&self.resumes).push_back(req);
+        self.resume_wake.notify_one();
+        Ok(())
     }
 
     /// The node has its first local subscriber to `topic` (`true`) or lost its last (`false`).
@@ -358,12 +527,16 @@ impl Link {
     /// sent.
     pub fn shutdown(&self) {
         self.stop.send_replace(true);
-        let mut q = lock(&self.queue);
-        for m in q.messages.drain(..) {
-            self.stats.not_sent[m.priority.index()].fetch_add(1, Ordering::Relaxed);
-        }
-        *q = Queue::default();
+        let lost: Vec<Outgoing> = {
+            let mut q = lock(&self.queue);
+            let all = q.messages.drain(..).collect();
+            *q = Queue::default();
+            all
+        };
         self.stats.held.store(0, Ordering::Relaxed);
+        for m in &lost {
+            self.not_sent(m);
+        }
     }
 
     async fn run(self: Arc<Self>, server: Weak<ServerShared>) {
@@ -375,13 +548,15 @@ impl Link {
         let mut seen: HashMap<(Arc<str>, [u8; 16]), u64> = HashMap::new();
         // Subscribers per channel as Redis last counted them when we published.
         let mut expected: HashMap<Arc<str>, i64> = HashMap::new();
+        // Last numbered message per topic with history (epoch and offset).
+        let mut numbered_seen: HashMap<Arc<str>, Numbered> = HashMap::new();
         loop {
             if *stop.borrow() {
                 return;
             }
             self.set_state(LinkState::Connecting);
             let outcome = tokio::select! {
-                r = self.session(&server, &mut connected_before, &mut backoff, &mut seen, &mut expected) => r,
+                r = self.session(&server, &mut connected_before, &mut backoff, &mut seen, &mut expected, &mut numbered_seen) => r,
                 _ = crate::connection::killed(&mut stop) => return,
             };
             if let Err(e) = outcome {
@@ -401,17 +576,39 @@ impl Link {
     /// While disconnected only Critical messages are held: the rest of the queue is counted.
     fn drop_unsendable(&self) {
         let mut q = lock(&self.queue);
-        let mut freed = 0;
-        let stats = &self.stats;
-        q.messages.retain(|m| {
+        let all = std::mem::take(&mut q.messages);
+        let mut lost = Vec::new();
+        for m in all {
             if m.priority == Priority::Critical {
-                return true;
+                q.messages.push_back(m);
+            } else {
+                q.bytes -= m.message.len();
+                lost.push(m);
             }
-            stats.not_sent[m.priority.index()].fetch_add(1, Ordering::Relaxed);
-            freed += m.message.len();
-            false
+        }
+        drop(q);
+        for m in &lost {
+            self.not_sent(m);
+        }
+        // Nobody can read a history while the link is down: "not recovered", subscribed from now.
+        let pending: Vec<ResumeRequest> = lock(&self.resumes).drain(..).collect();
+        for req in pending {
+            self.answer_unrecovered(req);
+        }
+    }
+
+    /// Subscribes the connection without a replay and says so.
+    pub fn answer_unrecovered(&self, req: ResumeRequest) {
+        let server = req.conn.server.clone();
+        server
+            .fanout()
+            .resume(req.conn, req.topic, Vec::new(), None);
+        self.events.push(Event::Resumed {
+            token: req.token,
+            recovered: false,
+            offset: 0,
+            epoch: String::new(),
         });
-        q.bytes -= freed;
     }
 
     /// One connection's life: connect, subscribe, then publish and receive until it fails.
@@ -422,6 +619,7 @@ impl Link {
         backoff: &mut Duration,
         seen: &mut HashMap<(Arc<str>, [u8; 16]), u64>,
         expected: &mut HashMap<Arc<str>, i64>,
+        numbered_seen: &mut HashMap<Arc<str>, Numbered>,
     ) -> RedisResult<()> {
         let (tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
         let mut conn = tokio::time::timeout(COMMAND_TIMEOUT, RedisConn::connect(&self.config, tx))
@@ -459,7 +657,7 @@ impl Link {
                     Some(p) if p.kind == PushKind::Disconnection => {
                         return Err(redis::RedisError::from((redis::ErrorKind::Io, "connection lost")));
                     }
-                    Some(p) => self.receive(server, p, seen),
+                    Some(p) => self.receive(server, p, seen, numbered_seen),
                     None => return Err(redis::RedisError::from((redis::ErrorKind::Io, "push channel closed"))),
                 },
                 _ = self.wake.notified() => {}
@@ -471,6 +669,7 @@ impl Link {
                     });
                 }
                 _ = ping.tick() => conn.ping().await?,
+                _ = self.resume_wake.notified() => self.handle_resumes(&mut conn, &mut current).await?,
                 _ = tokio::time::sleep(RECOVERY_POLL), if recovering.is_some() => {}
             }
         }
@@ -506,15 +705,19 @@ impl Link {
         expected: &mut HashMap<Arc<str>, i64>,
     ) -> RedisResult<()> {
         loop {
-            let batch: Vec<Outgoing> = {
+            let mut batch: Vec<Outgoing> = {
                 let mut q = lock(&self.queue);
                 let mut batch: Vec<Outgoing> = Vec::new();
                 while batch.len() < BATCH {
+                    // A message with history goes alone (through the script); others batch up,
+                    // on a Redis Cluster only while they share a channel (one slot per pipeline).
                     let same_channel = match (batch.last(), q.messages.front()) {
                         (_, None) => break,
                         (None, Some(_)) => true,
                         (Some(last), Some(next)) => {
-                            !self.config.sharded || last.channel == next.channel
+                            last.history.is_none()
+                                && next.history.is_none()
+                                && (!self.config.sharded || last.channel == next.channel)
                         }
                     };
                     if !same_channel {
@@ -533,22 +736,32 @@ impl Link {
             if batch.is_empty() {
                 return Ok(());
             }
+            if batch[0].history.is_some() {
+                let m = batch.pop().expect("one message");
+                self.publish_numbered(conn, m, expected).await?;
+                continue;
+            }
             let receivers = match conn.publish(&batch).await {
                 Ok(r) => r,
                 Err(e) => {
                     // Whether any of the batch went out is unknown. Critical messages go back to the
                     // front, in order (receivers drop a second copy); the others are counted.
                     let mut q = lock(&self.queue);
+                    let mut lost = Vec::new();
                     for m in batch.into_iter().rev() {
                         if m.priority == Priority::Critical {
                             q.bytes += m.message.len();
                             q.critical += 1;
                             q.messages.push_front(m);
                         } else {
-                            self.stats.not_sent[m.priority.index()].fetch_add(1, Ordering::Relaxed);
+                            lost.push(m);
                         }
                     }
                     self.stats.held.store(q.critical as u64, Ordering::Relaxed);
+                    drop(q);
+                    for m in &lost {
+                        self.not_sent(m);
+                    }
                     return Err(e);
                 }
             };
@@ -558,6 +771,58 @@ impl Link {
             self.stats
                 .published
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes one message of a topic with history through the script and answers its
+    /// promise. On failure a Critical message goes back to the front (the script will not number
+    /// it twice); another one is counted and its promise fails.
+    async fn publish_numbered(
+        &self,
+        conn: &mut RedisConn,
+        m: Outgoing,
+        expected: &mut HashMap<Arc<str>, i64>,
+    ) -> RedisResult<()> {
+        let h = m.history.as_ref().expect("a numbered message");
+        let limits = lock(&self.histories)
+            .get(&h.topic)
+            .map_or_else(HistoryLimits::default, |t| t.limits);
+        let node: String = self.node.iter().map(|b| format!("{b:02x}")).collect();
+        let fresh_epoch: String = random_id()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let reply = conn
+            .publish_script(&m.channel, &m.message, &limits, &fresh_epoch, &node, h.seq)
+            .await;
+        match reply {
+            Ok((offset, epoch, receivers)) => {
+                self.stats.published.fetch_add(1, Ordering::Relaxed);
+                if receivers >= 0 {
+                    expected.insert(m.channel.clone(), receivers);
+                }
+                if h.token != 0 {
+                    self.events.push(Event::Published {
+                        token: h.token,
+                        offset,
+                        epoch,
+                        error: None,
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if m.priority == Priority::Critical {
+                    let mut q = lock(&self.queue);
+                    q.bytes += m.message.len();
+                    q.critical += 1;
+                    self.stats.held.store(q.critical as u64, Ordering::Relaxed);
+                    q.messages.push_front(m);
+                } else {
+                    self.not_sent(&m);
+                }
+                Err(e)
+            }
         }
     }
 
@@ -585,6 +850,7 @@ impl Link {
         server: &Weak<ServerShared>,
         push: PushInfo,
         seen: &mut HashMap<(Arc<str>, [u8; 16]), u64>,
+        numbered_seen: &mut HashMap<Arc<str>, Numbered>,
     ) {
         if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
             return;
@@ -595,15 +861,6 @@ impl Link {
         else {
             return;
         };
-        let Some((header, frame_at)) = Header::decode(&message) else {
-            if message.get(2) != Some(&PROBE) {
-                tracing::debug!("ignoring a message that is not sluice's");
-            }
-            return;
-        };
-        if header.node == self.node {
-            return; // ours: the local clients already have it
-        }
         let Ok(channel) = std::str::from_utf8(&channel) else {
             return;
         };
@@ -614,6 +871,22 @@ impl Link {
         } else {
             return;
         };
+        // A message of a topic with history comes numbered by the script: `<offset> <epoch> `.
+        if message.first().is_some_and(u8::is_ascii_digit) {
+            if let Target::Topic(topic) = target {
+                self.receive_numbered(server, topic, &message, numbered_seen);
+            }
+            return;
+        }
+        let Some((header, frame_at)) = Header::decode(&message) else {
+            if message.get(2) != Some(&PROBE) {
+                tracing::debug!("ignoring a message that is not sluice's");
+            }
+            return;
+        };
+        if header.node == self.node || header.raw {
+            return; // ours: the local clients already have it
+        }
         let key = (Arc::<str>::from(channel), header.node);
         match seen.get_mut(&key) {
             Some(last) if header.seq <= *last => return, // a second copy
@@ -641,8 +914,204 @@ impl Link {
         };
         server
             .fanout()
-            .broadcast_remote(&server, frame, header.priority, target);
+            .broadcast_remote(&server, frame, header.priority, target, None);
     }
+
+    /// A numbered message (topic with history), ours included: framed here, with its offset in
+    /// front if the topic asks, and fanned out; a connection whose resume replayed it skips it.
+    fn receive_numbered(
+        &self,
+        server: &Weak<ServerShared>,
+        topic: Arc<str>,
+        message: &[u8],
+        numbered_seen: &mut HashMap<Arc<str>, Numbered>,
+    ) {
+        let Some((offset, epoch, rest)) = split_numbered(message) else {
+            return;
+        };
+        let Some((header, payload_at)) = Header::decode(rest) else {
+            return;
+        };
+        if let Some(last) = numbered_seen.get(&topic) {
+            if &*last.epoch == epoch && offset <= last.offset {
+                return; // a second copy
+            }
+        }
+        let numbered = Numbered {
+            epoch: Arc::from(epoch),
+            offset,
+        };
+        numbered_seen.insert(topic.clone(), numbered.clone());
+        if header.node != self.node {
+            self.stats.received.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        if server.is_closing() {
+            return;
+        }
+        let prefix = lock(&self.histories).get(&topic).is_some_and(|h| h.prefix);
+        let mut frame = numbered_frame(&header, &rest[payload_at..], offset, prefix);
+        if header.node != self.node {
+            let age = Duration::from_micros(now_us().saturating_sub(header.published_us));
+            let born = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            frame.probe = Some(FanoutProbe::remote(born, server.metrics.clone()));
+        }
+        server.fanout().broadcast_remote(
+            &server,
+            frame,
+            header.priority,
+            Target::Topic(topic),
+            Some(numbered),
+        );
+    }
+
+    /// Answers the queued resumes: subscribe the node to the topic's channel first (from then
+    /// on every new message arrives live), then read the history; the replay covers up to what
+    /// the history held, and the live copies of those messages, still waiting behind this task,
+    /// are skipped for that connection.
+    async fn handle_resumes(
+        &self,
+        conn: &mut RedisConn,
+        current: &mut HashSet<Arc<str>>,
+    ) -> RedisResult<()> {
+        loop {
+            let Some(req) = lock(&self.resumes).pop_front() else {
+                return Ok(());
+            };
+            self.want(&req.topic, true);
+            if let Err(e) = self.sync_subscriptions(conn, current).await {
+                self.answer_unrecovered(req);
+                return Err(e);
+            }
+            let channel = self.channel(&Target::Topic(req.topic.clone()));
+            let topic_cfg = lock(&self.histories).get(&req.topic).copied();
+            let limits = topic_cfg.map_or_else(HistoryLimits::default, |t| t.limits);
+            let prefix = topic_cfg.is_some_and(|t| t.prefix);
+            let (epoch, last, entries) = match conn
+                .read_history(&channel, req.since, limits.size + 1)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    self.answer_unrecovered(req);
+                    return Err(e);
+                }
+            };
+            let epoch = epoch.unwrap_or_default();
+            let oldest_allowed = now_us().saturating_sub(limits.ttl.as_micros() as u64);
+            let mut frames = Vec::with_capacity(entries.len());
+            let mut bytes = 0usize;
+            let mut recovered = !epoch.is_empty() && epoch == req.epoch && req.since <= last;
+            let mut expect = req.since + 1;
+            // Messages numbered after the offset was read come live (the channel was subscribed
+            // before the read): the replay stops at `last`.
+            for (offset, message) in entries.iter().take_while(|(o, _)| *o <= last) {
+                if !recovered {
+                    break;
+                }
+                let decoded = Header::decode(message);
+                match decoded {
+                    Some((h, at)) if *offset == expect && h.published_us >= oldest_allowed => {
+                        let f = numbered_frame(&h, &message[at..], *offset, prefix);
+                        bytes += f.len();
+                        frames.push((f, h.priority));
+                        expect += 1;
+                    }
+                    _ => recovered = false,
+                }
+            }
+            // Every missed message must have been there, within the byte bound.
+            if expect != last + 1 || bytes > limits.bytes {
+                recovered = false;
+            }
+            let floor = if recovered {
+                Numbered {
+                    epoch: Arc::from(epoch.as_str()),
+                    offset: last,
+                }
+            } else {
+                frames.clear();
+                Numbered {
+                    epoch: Arc::from(epoch.as_str()),
+                    offset: last,
+                }
+            };
+            let server = req.conn.server.clone();
+            server
+                .fanout()
+                .resume(req.conn, req.topic, frames, Some(floor));
+            self.events.push(Event::Resumed {
+                token: req.token,
+                recovered,
+                offset: last,
+                epoch,
+            });
+        }
+    }
+}
+
+/// `XRANGE` entries `[id, [field, value, ...]]` with ids `<offset>-1` and one field `m`.
+fn parse_xrange(v: Value) -> Vec<(u64, Vec<u8>)> {
+    let Value::Array(entries) = v else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let Value::Array(mut parts) = e else { continue };
+        if parts.len() != 2 {
+            continue;
+        }
+        let fields = parts.pop();
+        let id = parts.pop();
+        let offset = match id {
+            Some(Value::BulkString(b)) => std::str::from_utf8(&b)
+                .ok()
+                .and_then(|s| s.split('-').next())
+                .and_then(|s| s.parse::<u64>().ok()),
+            Some(Value::SimpleString(s)) => s.split('-').next().and_then(|s| s.parse().ok()),
+            _ => None,
+        };
+        let message = match fields {
+            Some(Value::Array(f)) => f.into_iter().nth(1).and_then(|v| match v {
+                Value::BulkString(b) => Some(b),
+                _ => None,
+            }),
+            Some(Value::Map(m)) => m.into_iter().next().and_then(|(_, v)| match v {
+                Value::BulkString(b) => Some(b),
+                _ => None,
+            }),
+            _ => None,
+        };
+        if let (Some(o), Some(m)) = (offset, message) {
+            out.push((o, m));
+        }
+    }
+    out
+}
+
+/// Splits a numbered message from the channel, `<offset> <epoch> <message>`.
+fn split_numbered(msg: &[u8]) -> Option<(u64, &str, &[u8])> {
+    let sp1 = msg.iter().position(|&b| b == b' ')?;
+    let offset = std::str::from_utf8(&msg[..sp1]).ok()?.parse().ok()?;
+    let rest = &msg[sp1 + 1..];
+    let sp2 = rest.iter().position(|&b| b == b' ')?;
+    let epoch = std::str::from_utf8(&rest[..sp2]).ok()?;
+    Some((offset, epoch, &rest[sp2 + 1..]))
+}
+
+/// The frame of a numbered message's payload, with its offset in front if the topic asks.
+fn numbered_frame(h: &Header, payload: &[u8], offset: u64, prefix: bool) -> Frame {
+    let op = if h.text { OpCode::Text } else { OpCode::Binary };
+    let bytes = if prefix {
+        encode(op, &prefixed(offset, payload, h.text))
+    } else {
+        encode(op, payload)
+    };
+    let mut f = Frame::new(bytes);
+    f.key = h.key.clone();
+    f
 }
 
 fn timeout_error(what: &str) -> redis::RedisError {
@@ -739,6 +1208,62 @@ impl RedisConn {
         }
     }
 
+    /// Runs [`PUBLISH_SCRIPT`] for one message; returns (offset, epoch, receivers or -1).
+    async fn publish_script(
+        &mut self,
+        channel: &str,
+        message: &[u8],
+        limits: &HistoryLimits,
+        fresh_epoch: &str,
+        node: &str,
+        seq: u64,
+    ) -> RedisResult<(u64, String, i64)> {
+        let keys = history_keys(channel);
+        let script = redis::Script::new(PUBLISH_SCRIPT);
+        let mut inv = script.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        inv.arg(channel)
+            .arg(message)
+            .arg(limits.size)
+            .arg(limits.ttl.as_millis() as u64)
+            .arg(fresh_epoch)
+            .arg(self.publish_command())
+            .arg(node)
+            .arg(seq);
+        let (offset, epoch, receivers): (u64, String, i64) = match self {
+            RedisConn::Single(c) => inv.invoke_async(c).await?,
+            RedisConn::Cluster(c) => inv.invoke_async(c).await?,
+        };
+        Ok((offset, epoch, receivers))
+    }
+
+    /// The topic's epoch, its latest offset, and the kept messages after `since` (at most
+    /// `count`), as (offset, message).
+    async fn read_history(
+        &mut self,
+        channel: &str,
+        since: u64,
+        count: usize,
+    ) -> RedisResult<(Option<String>, u64, Vec<(u64, Vec<u8>)>)> {
+        let [offset_key, stream_key, epoch_key, _] = history_keys(channel);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&epoch_key);
+        pipe.cmd("GET").arg(&offset_key);
+        pipe.cmd("XRANGE")
+            .arg(&stream_key)
+            .arg(format!("{}-0", since.saturating_add(1)))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count);
+        let (epoch, last, entries): (Option<String>, Option<u64>, Value) = match self {
+            RedisConn::Single(c) => pipe.query_async(c).await?,
+            RedisConn::Cluster(c) => pipe.query_async(c).await?,
+        };
+        Ok((epoch, last.unwrap_or(0), parse_xrange(entries)))
+    }
+
     async fn ping(&mut self) -> RedisResult<()> {
         let cmd = redis::cmd("PING");
         match self {
@@ -760,6 +1285,8 @@ mod tests {
             seq: 42,
             published_us: 1_700_000_000_000_000,
             key: None,
+            raw: false,
+            text: false,
         };
         let frame = crate::frame::encode(crate::frame::OpCode::Binary, &[0, 255, 1]);
         let msg = h.encode(&frame);
@@ -768,8 +1295,12 @@ mod tests {
         assert_eq!(&msg[HEADER_LEN..], &frame[..]);
         h.key = Some(Arc::from("table-7"));
         let keyed = h.encode(&frame);
-        assert_eq!(Header::decode(&keyed), Some((h, HEADER_LEN + 7)));
+        assert_eq!(Header::decode(&keyed), Some((h.clone(), HEADER_LEN + 7)));
         assert_eq!(&keyed[HEADER_LEN + 7..], &frame[..]);
+        h.raw = true;
+        h.text = true;
+        let raw = h.encode(b"");
+        assert_eq!(Header::decode(&raw), Some((h, HEADER_LEN + 7)));
         assert_eq!(Header::decode(b"hello from someone else's app"), None);
         let mut wrong_version = msg.clone();
         wrong_version[1] = 9;
@@ -777,5 +1308,57 @@ mod tests {
         let mut bad_priority = msg;
         bad_priority[2] = 3;
         assert_eq!(Header::decode(&bad_priority), None);
+    }
+
+    #[test]
+    fn numbered_messages_and_stream_entries_parse() {
+        let (o, e, rest) = split_numbered(b"42 9f2c01 SXYZ").unwrap();
+        assert_eq!((o, e, rest), (42, "9f2c01", &b"SXYZ"[..]));
+        assert!(split_numbered(b"42").is_none());
+        assert!(split_numbered(b"x 1 y").is_none());
+        let entry = |id: &str, m: &[u8]| {
+            Value::Array(vec![
+                Value::BulkString(id.as_bytes().to_vec()),
+                Value::Array(vec![
+                    Value::BulkString(b"m".to_vec()),
+                    Value::BulkString(m.to_vec()),
+                ]),
+            ])
+        };
+        let v = Value::Array(vec![entry("7-1", b"a"), entry("8-1", b"b")]);
+        assert_eq!(
+            parse_xrange(v),
+            vec![(7, b"a".to_vec()), (8, b"b".to_vec())]
+        );
+        assert!(parse_xrange(Value::Nil).is_empty());
+        assert_eq!(
+            history_keys("sluice:t:lobby")[1],
+            "{sluice:t:lobby}:s",
+            "the keys share the channel's slot"
+        );
+    }
+
+    #[test]
+    fn a_numbered_frame_carries_its_offset_when_asked() {
+        let h = Header {
+            priority: Priority::Normal,
+            node: [0; 16],
+            seq: 1,
+            published_us: 0,
+            key: Some(Arc::from("k")),
+            raw: true,
+            text: true,
+        };
+        let f = numbered_frame(&h, b"hi", 12, true);
+        assert_eq!(
+            &f.bytes[..],
+            &crate::frame::encode(OpCode::Text, b"12 hi")[..]
+        );
+        assert_eq!(f.key.as_deref(), Some("k"));
+        let plain = numbered_frame(&h, b"hi", 12, false);
+        assert_eq!(
+            &plain.bytes[..],
+            &crate::frame::encode(OpCode::Text, b"hi")[..]
+        );
     }
 }

@@ -72,6 +72,12 @@ pub struct Conn {
     interest: std::sync::atomic::AtomicU8,
     /// Queued frames replaced by a newer one with the same conflation key.
     pub replaced: std::sync::atomic::AtomicU64,
+    /// Per topic with history (cluster mode): the last numbered message a resume replayed, so
+    /// that the same message arriving live is not delivered twice.
+    replayed: Mutex<std::collections::HashMap<Arc<str>, crate::fanout::Numbered>>,
+    /// Topics a resume is under way for (from `conn.subscribe(topic, { since })` to its job on
+    /// the fan-out task): a second subscribe to them is refused meanwhile.
+    resuming: Mutex<HashSet<Arc<str>>>,
     sock: TcpStream,
     outbox: Mutex<Outbox>,
     /// Mirror of `outbox.buffered()`, stored under the outbox lock after every change, so that
@@ -115,6 +121,8 @@ impl Conn {
             // listener after the first messages have arrived.
             interest: std::sync::atomic::AtomicU8::new(interest::MESSAGE),
             replaced: std::sync::atomic::AtomicU64::new(0),
+            replayed: Mutex::new(std::collections::HashMap::new()),
+            resuming: Mutex::new(HashSet::new()),
             sock,
             outbox: Mutex::new(Outbox::new(limits)),
             buffered: AtomicUsize::new(0),
@@ -222,6 +230,36 @@ impl Conn {
             );
         }
         pushed.outcome
+    }
+
+    /// Claims `topic` for a resume; false if subscribed already or a resume is under way.
+    pub fn begin_resume(&self, topic: &str) -> bool {
+        if self.server.is_subscribed(self, topic) {
+            return false;
+        }
+        lock(&self.resuming).insert(Arc::from(topic))
+    }
+
+    /// The resume of `topic` reached the fan-out task.
+    pub fn end_resume(&self, topic: &str) {
+        lock(&self.resuming).remove(topic);
+    }
+
+    /// True while a resume of `topic` is under way.
+    pub fn is_resuming(&self, topic: &str) -> bool {
+        lock(&self.resuming).contains(topic)
+    }
+
+    /// Records what a resume replayed of `topic`.
+    pub fn set_replayed(&self, topic: &Arc<str>, upto: crate::fanout::Numbered) {
+        lock(&self.replayed).insert(topic.clone(), upto);
+    }
+
+    /// True if a resume already replayed this numbered message of `topic`.
+    pub fn replayed(&self, topic: &str, n: &crate::fanout::Numbered) -> bool {
+        lock(&self.replayed)
+            .get(topic)
+            .is_some_and(|f| f.epoch == n.epoch && n.offset <= f.offset)
     }
 
     /// Sets which inbound events go to JavaScript ([`interest`] bits).

@@ -43,6 +43,8 @@ pub mod kind {
     pub const PING: u32 = 9;
     pub const PONG: u32 = 10;
     pub const SENT: u32 = 11;
+    pub const PUBLISHED: u32 = 12;
+    pub const RESUMED: u32 = 13;
 }
 
 pub enum Event {
@@ -105,6 +107,21 @@ pub enum Event {
         id: u64,
         token: u64,
         fate: u8,
+    },
+    /// Cluster mode: Redis numbered a publish on a topic with history (or it could not be sent:
+    /// `error` is the code).
+    Published {
+        token: u64,
+        offset: u64,
+        epoch: String,
+        error: Option<&'static str>,
+    },
+    /// Cluster mode: a resume request was answered.
+    Resumed {
+        token: u64,
+        recovered: bool,
+        offset: u64,
+        epoch: String,
     },
 }
 
@@ -287,6 +304,32 @@ impl ToNapiValue for EventBatch {
                     e.set(0, kind::PONG)?;
                     e.set(1, id as f64)?;
                     e.set(2, &BufferSlice::copy_from(&env, &data)?)?;
+                }
+                Event::Published {
+                    token,
+                    offset,
+                    epoch,
+                    error,
+                } => {
+                    e.set(0, kind::PUBLISHED)?;
+                    e.set(1, token as f64)?;
+                    e.set(2, offset as f64)?;
+                    e.set(3, epoch)?;
+                    if let Some(code) = error {
+                        e.set(4, code)?;
+                    }
+                }
+                Event::Resumed {
+                    token,
+                    recovered,
+                    offset,
+                    epoch,
+                } => {
+                    e.set(0, kind::RESUMED)?;
+                    e.set(1, token as f64)?;
+                    e.set(2, recovered)?;
+                    e.set(3, offset as f64)?;
+                    e.set(4, epoch)?;
                 }
                 Event::Sent { id, token, fate } => {
                     e.set(0, kind::SENT)?;

@@ -44,11 +44,20 @@ pub enum Target {
     Topic(Arc<str>),
 }
 
+/// A message of a topic with history, as numbered by Redis (cluster mode).
+#[derive(Clone, Debug)]
+pub struct Numbered {
+    pub epoch: Arc<str>,
+    pub offset: u64,
+}
+
 enum Job {
     Broadcast {
         frame: Frame,
         priority: Priority,
         target: Target,
+        /// Set for a numbered message: a connection whose resume replayed it already skips it.
+        numbered: Option<Numbered>,
     },
     /// A `conn.send` issued while broadcasts were pending.
     Send {
@@ -70,6 +79,9 @@ enum Job {
         conn: Arc<Conn>,
         topic: Arc<str>,
         frames: Vec<(Frame, Priority)>,
+        /// Cluster mode: the last message the replay covered; later numbered messages of this
+        /// topic up to it are skipped for this connection.
+        floor: Option<Numbered>,
     },
 }
 
@@ -142,7 +154,7 @@ impl Fanout {
             key,
         };
         let bytes = frame.bytes.clone();
-        self.submit(frame, priority, target).then_some(bytes)
+        self.submit(frame, priority, target, None).then_some(bytes)
     }
 
     /// Queues a frame that another node of the cluster published. Critical ones are always
@@ -154,11 +166,12 @@ impl Fanout {
         frame: Frame,
         priority: Priority,
         target: Target,
+        numbered: Option<Numbered>,
     ) -> bool {
         if priority != Priority::Critical && !self.has_room(server, frame.len()) {
             return false;
         }
-        self.submit(frame, priority, target)
+        self.submit(frame, priority, target, numbered)
     }
 
     /// The fan-out budget: broadcasts waiting may add up to `maxBufferedAmount - highWaterMark`
@@ -179,13 +192,20 @@ impl Fanout {
         true
     }
 
-    fn submit(&self, frame: Frame, priority: Priority, target: Target) -> bool {
+    fn submit(
+        &self,
+        frame: Frame,
+        priority: Priority,
+        target: Target,
+        numbered: Option<Numbered>,
+    ) -> bool {
         let len = frame.len();
         self.pending_bytes.fetch_add(len, Ordering::Relaxed);
         let sent = self.send(Job::Broadcast {
             frame,
             priority,
             target,
+            numbered,
         });
         if !sent {
             self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
@@ -209,11 +229,18 @@ impl Fanout {
 
     /// Replays `frames` to `conn`, then subscribes it to `topic`, after every job already sent
     /// (the publishes the history had when the frames were taken) and before every later one.
-    pub fn resume(&self, conn: Arc<Conn>, topic: Arc<str>, frames: Vec<(Frame, Priority)>) -> bool {
+    pub fn resume(
+        &self,
+        conn: Arc<Conn>,
+        topic: Arc<str>,
+        frames: Vec<(Frame, Priority)>,
+        floor: Option<Numbered>,
+    ) -> bool {
         self.send(Job::Resume {
             conn,
             topic,
             frames,
+            floor,
         })
     }
 
@@ -247,6 +274,7 @@ async fn run(
                 frame,
                 priority,
                 target,
+                numbered,
             } => {
                 // Take the recipient list under the read lock, deliver outside it: a delivery may
                 // end a connection, and registration must never wait behind a long fan-out.
@@ -257,6 +285,11 @@ async fn run(
                 sample.reset();
                 let mut lost = Drops::default();
                 for conn in recipients.drain(..) {
+                    if let (Some(n), Target::Topic(t)) = (&numbered, &target) {
+                        if conn.replayed(t, n) {
+                            continue;
+                        }
+                    }
                     // The backlog this message joins: 0 for a client that keeps up.
                     sample.saturating_record(conn.buffered_amount() as u64);
                     let outcome = conn.deliver(frame.clone(), priority);
@@ -284,7 +317,12 @@ async fn run(
                 conn,
                 topic,
                 frames,
+                floor,
             } => {
+                if let Some(f) = floor {
+                    conn.set_replayed(&topic, f);
+                }
+                conn.end_resume(&topic);
                 // The same policy as live traffic: a replay that does not fit is dropped or ends
                 // the connection as the live messages would.
                 let mut lost = Drops::default();
@@ -293,7 +331,12 @@ async fn run(
                     count_lost(outcome, &frame, priority, &mut lost);
                 }
                 server.metrics.add_drops(&lost);
-                server.subscribe(&conn, &topic);
+                if !server.subscribe(&conn, &topic) && server.subscriber_count(&topic) == 0 {
+                    // The connection went away first: the channel the resume subscribed is unused.
+                    if let Some(link) = server.cluster() {
+                        link.want(&topic, false);
+                    }
+                }
             }
         }
         pending_jobs.fetch_sub(1, Ordering::AcqRel);

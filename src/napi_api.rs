@@ -52,6 +52,8 @@ impl From<Priority> for CorePriority {
 pub struct PublishResult {
     pub offset: f64,
     pub epoch: String,
+    /// Cluster mode: Redis numbers the message; a `published` event with the token answers.
+    pub pending: bool,
 }
 
 /// The answer to `conn.subscribe(topic, { since })`.
@@ -63,6 +65,8 @@ pub struct ResumeResult {
     /// The topic's latest offset when the subscription took effect.
     pub offset: f64,
     pub epoch: String,
+    /// Cluster mode: the link task answers with a `resumed` event carrying the token.
+    pub pending: bool,
 }
 
 /// Result of `listen()`: the bound address, or the error (`code` such as `'EADDRINUSE'`).
@@ -602,18 +606,29 @@ impl NativeServer {
         ttl_ms: Option<u32>,
         prefix_offsets: bool,
     ) -> Result<String> {
-        if self.shared.cluster().is_some() {
-            return Err(Error::new(
-                Status::GenericFailure,
-                "ERR_SLUICE_UNSUPPORTED: topic history with the cluster option is not implemented yet",
-            ));
-        }
         let d = HistoryLimits::default();
         let limits = HistoryLimits {
             size: size.map_or(d.size, |n| n as usize),
             bytes: bytes.map_or(d.bytes, |n| n as usize),
             ttl: ttl_ms.map_or(d.ttl, |ms| Duration::from_millis(ms as u64)),
         };
+        if let Some(link) = self.shared.cluster() {
+            // Offsets and history live in Redis, shared by every node; the epoch is Redis's.
+            if topic.contains(['{', '}']) {
+                return Err(Error::new(
+                    Status::InvalidArg,
+                    "ERR_SLUICE_INVALID_TOPIC: with cluster, a topic with history may not contain '{' or '}'",
+                ));
+            }
+            link.configure_history(
+                &Arc::from(topic.as_str()),
+                crate::cluster::HistoryTopic {
+                    limits,
+                    prefix: prefix_offsets,
+                },
+            );
+            return Ok(String::new());
+        }
         let id = crate::cluster::random_id();
         let epoch: String = id[..6].iter().map(|b| format!("{b:02x}")).collect();
         self.shared
@@ -632,8 +647,9 @@ impl NativeServer {
         priority: Priority,
         text: bool,
         key: Option<String>,
+        token: f64,
     ) -> Option<PublishResult> {
-        self.submit_history(topic, data, priority, text, key)
+        self.submit_history(topic, data, priority, text, key, token)
     }
 
     #[napi]
@@ -643,8 +659,9 @@ impl NativeServer {
         data: String,
         priority: Priority,
         key: Option<String>,
+        token: f64,
     ) -> Option<PublishResult> {
-        self.submit_history(topic, data.as_bytes(), priority, true, key)
+        self.submit_history(topic, data.as_bytes(), priority, true, key, token)
     }
 
     fn submit_history(
@@ -654,9 +671,29 @@ impl NativeServer {
         priority: Priority,
         text: bool,
         key: Option<String>,
+        token: f64,
     ) -> Option<PublishResult> {
         if self.shared.is_closing() {
             return None;
+        }
+        if let Some(link) = self.shared.cluster() {
+            self.shared
+                .metrics
+                .publishes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            link.publish_history(
+                &Arc::from(topic.as_str()),
+                data,
+                text,
+                priority.into(),
+                key.as_deref(),
+                token as u64,
+            );
+            return Some(PublishResult {
+                offset: 0.0,
+                epoch: String::new(),
+                pending: true,
+            });
         }
         let th = self.shared.history(&topic)?;
         // Numbering, the fan-out job and the history entry under one lock: a resume sees each
@@ -691,6 +728,7 @@ impl NativeServer {
         Some(PublishResult {
             offset: offset as f64,
             epoch: h.epoch().to_string(),
+            pending: false,
         })
     }
 
@@ -953,41 +991,75 @@ impl NativeConnection {
         }
     }
 
+    /// False if already subscribed (or a resume of the topic is under way) or closed.
     #[napi]
     pub fn subscribe(&self, topic: String) -> bool {
         self.conn
             .upgrade()
-            .is_some_and(|c| c.server.subscribe(&c, &topic))
+            .is_some_and(|c| !c.is_resuming(&topic) && c.server.subscribe(&c, &topic))
     }
 
     /// Subscribes to a topic with history, first replaying what the client missed after
     /// `offset` of `epoch` (in order with the publishes around it: no gap, no duplicate).
     #[napi]
-    pub fn resume(&self, topic: String, offset: f64, epoch: String) -> Result<ResumeResult> {
+    pub fn resume(
+        &self,
+        topic: String,
+        offset: f64,
+        epoch: String,
+        token: f64,
+    ) -> Result<ResumeResult> {
         let Some(c) = self.conn.upgrade() else {
             return Err(Error::new(
                 Status::GenericFailure,
                 "ERR_SLUICE_CLOSED: the connection is closed",
             ));
         };
-        let Some(th) = c.server.history(&topic) else {
+        let Some(th) = c
+            .server
+            .history(&topic)
+            .map(Some)
+            .or_else(|| c.server.cluster().map(|_| None))
+        else {
             return Err(Error::new(
                 Status::InvalidArg,
                 format!("ERR_SLUICE_NO_HISTORY: topic '{topic}' has no history (server.topic(name, {{ history }}))"),
             ));
         };
-        if c.server.is_subscribed(&c, &topic) {
+        // Claimed until the resume's job runs: a second subscribe meanwhile would replay twice.
+        if !c.begin_resume(&topic) {
             return Err(Error::new(
                 Status::InvalidArg,
                 format!("ERR_SLUICE_ALREADY_SUBSCRIBED: already subscribed to '{topic}'"),
             ));
         }
-        let mut h = th.history.lock().unwrap_or_else(|e| e.into_inner());
         let since = if offset.is_finite() && offset >= 0.0 {
             offset as u64
         } else {
             u64::MAX
         };
+        if let Some(link) = c.server.cluster() {
+            let req = crate::cluster::ResumeRequest {
+                conn: c.clone(),
+                topic: Arc::from(topic.as_str()),
+                since,
+                epoch,
+                token: token as u64,
+            };
+            // Queued for the link task, which answers with a `resumed` event; with the link down
+            // nobody can read the history: not recovered, subscribed from now on.
+            if let Err(req) = link.resume(req) {
+                link.answer_unrecovered(req);
+            }
+            return Ok(ResumeResult {
+                recovered: false,
+                offset: 0.0,
+                epoch: String::new(),
+                pending: true,
+            });
+        }
+        let th = th.expect("without cluster, a topic with history has one here");
+        let mut h = th.history.lock().unwrap_or_else(|e| e.into_inner());
         let (recovered, frames) = match h.since(since, &epoch, std::time::Instant::now()) {
             Resume::Recovered(frames) => (true, frames),
             Resume::NotRecovered => (false, Vec::new()),
@@ -995,11 +1067,12 @@ impl NativeConnection {
         // Sent while the history is locked: after the publishes it holds, before later ones.
         c.server
             .fanout()
-            .resume(c.clone(), Arc::from(topic.as_str()), frames);
+            .resume(c.clone(), Arc::from(topic.as_str()), frames, None);
         Ok(ResumeResult {
             recovered,
             offset: h.last() as f64,
             epoch: h.epoch().to_string(),
+            pending: false,
         })
     }
 

@@ -154,7 +154,12 @@ impl ServerShared {
     /// Starts the cluster link, if configured. Called once, by the constructor of the napi server.
     pub fn start_cluster(self: &Arc<Self>) {
         if let Some(c) = &self.config.cluster {
-            let link = Link::start(c.clone(), &self.workers, Arc::downgrade(self));
+            let link = Link::start(
+                c.clone(),
+                &self.workers,
+                Arc::downgrade(self),
+                self.events.clone(),
+            );
             let _ = self.cluster.set(link);
         }
     }
