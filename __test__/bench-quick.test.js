@@ -3,11 +3,14 @@
 /**
  * The benchmark harness works end to end: builds the load generator (bench/loadgen, a standalone
  * Rust crate; the addon itself is built by `npm test`), then runs `node bench/run.js --quick`
- * (every adapter through every scenario with tiny counts over loopback) and checks that every run
- * produced both JSON results with sane shapes, and that the report and its SVG charts exist.
+ * (every adapter through every scenario with tiny counts over loopback; the cluster scenario runs
+ * sluice and sluice-cluster only, the latter with a redis-server of its own) and checks that every
+ * run produced both JSON results with sane shapes, and that the report and its SVG charts exist.
  *
  * No performance assertions: --quick numbers mean nothing (tiny counts, 3 s windows, and the
- * machine is shared with the load generator and whatever else CI runs).
+ * machine is shared with the load generator and whatever else CI runs). The cluster run must show
+ * delivery through Redis, though: clients on both processes, and every client of the process that
+ * does not broadcast receiving the broadcasts, each once, in order, without gaps.
  */
 
 const fs = require('fs')
@@ -16,7 +19,9 @@ const path = require('path')
 const { execFile } = require('child_process')
 
 const ROOT = path.resolve(__dirname, '..')
-const { QUICK, ADAPTERS, SCENARIO_ORDER } = require('../bench/run.js')
+const { QUICK, ADAPTERS, SCENARIO_ORDER, planRuns } = require('../bench/run.js')
+
+const PLAN = planRuns(SCENARIO_ORDER, ADAPTERS)
 
 const BUILD_TIMEOUT_MS = 240000
 const RUN_TIMEOUT_MS = 360000
@@ -55,12 +60,12 @@ describe('bench/run.js --quick', () => {
     }
     expect(runOutput.code).toBe(0)
     expect(summary).toBeDefined()
-    expect(summary.runs).toHaveLength(SCENARIO_ORDER.length * ADAPTERS.length)
+    expect(PLAN.map(([s, a]) => `${s}/${a}`)).toContain('cluster/sluice-cluster')
+    expect(summary.runs).toHaveLength(PLAN.length)
     for (const r of summary.runs) expect({ run: `${r.scenario}/${r.adapter}`, ok: r.ok, error: r.error }).toEqual({ run: `${r.scenario}/${r.adapter}`, ok: true, error: undefined })
   })
 
-  const cases = []
-  for (const scenario of SCENARIO_ORDER) for (const adapter of ADAPTERS) cases.push([scenario, adapter])
+  const cases = PLAN
 
   test.each(cases)('%s × %s: both JSON results with sane shapes', (scenario, adapter) => {
     const entry = summary && summary.runs.find((r) => r.scenario === scenario && r.adapter === adapter)
@@ -128,6 +133,30 @@ describe('bench/run.js --quick', () => {
       expect(l.probes.attempts).toBeGreaterThan(0)
       expect(l.probes.ok + l.probes.failed + l.probes.timeouts).toBeLessThanOrEqual(l.probes.attempts)
     }
+
+    if (adapter === 'sluice-cluster') {
+      // Both processes held clients (node tags 0 and 1), and the clients of process 1, which never
+      // broadcasts, got process 0's broadcasts through Redis: each once, in order, without gaps.
+      expect(Object.keys(l.byNode).sort()).toEqual(['0', '1'])
+      expect(l.byNode['0'].clients + l.byNode['1'].clients).toBe(sc.fast)
+      for (const n of ['0', '1']) {
+        expect({ node: n, clients: l.byNode[n].clients > 0, messages: l.byNode[n].messages > 0 }).toEqual({ node: n, clients: true, messages: true })
+        expect({ node: n, gaps: l.byNode[n].gaps, duplicates: l.byNode[n].duplicates, outOfOrder: l.byNode[n].outOfOrder }).toEqual({ node: n, gaps: 0, duplicates: 0, outOfOrder: 0 })
+        expect(l.byNode[n].latencyUs.count).toBe(l.byNode[n].messages)
+      }
+      expect(l.byNode['0'].messages + l.byNode['1'].messages).toBe(l.fast.messages)
+      const link0 = a.extra.metrics.cluster
+      const peer = a.extra.cluster.peer.atWindowEnd
+      expect(link0.state).toBe('connected')
+      expect(link0.published).toBeGreaterThan(0)
+      expect(peer.metrics.cluster.state).toBe('connected')
+      expect(peer.metrics.cluster.received).toBeGreaterThan(0)
+      expect(peer.metrics.cluster.latencyUs.count).toBeGreaterThan(0)
+      expect(isNum(peer.cpuUs.user) && isNum(peer.cpuUs.system)).toBe(true)
+      expect(isNum(a.extra.cluster.redis.cpuUsWindow)).toBe(true)
+    } else {
+      expect(l.byNode).toEqual({})
+    }
   })
 
   test('report and SVG charts exist', () => {
@@ -136,7 +165,8 @@ describe('bench/run.js --quick', () => {
     expect(report).toMatch(/^# sluice benchmark/)
     expect(report).toContain('## Machine')
     expect(report).toContain('## Targets')
-    for (const scenario of SCENARIO_ORDER) for (const adapter of ADAPTERS) expect(report).toContain(`| ${scenario} | ${adapter} |`)
+    for (const [scenario, adapter] of PLAN) expect(report).toContain(`| ${scenario} | ${adapter} |`)
+    expect(report).toContain('## Scale-out: cluster scenario')
     expect(summary.charts.length).toBeGreaterThanOrEqual(2)
     for (const file of summary.charts) {
       const svg = fs.readFileSync(file, 'utf8')

@@ -11,22 +11,30 @@
  * both JSON results. Then it prints one comparison table and the targets, and writes a report
  * (<out-dir>/<YYYY-MM-DD>.md) with charts (SVG) and the raw JSON next to it.
  *
- *   node bench/run.js [--quick] [--scenarios lobby,slow] [--adapters sluice,uws] [--out-dir DIR]
+ *   node bench/run.js [--quick] [--scenarios lobby,slow] [--adapters sluice,uws] [--out-dir DIR] [--tag T]
  *
  * --quick: tiny counts and short windows; proves the harness works, says nothing about
  * performance; writes to a fresh temp dir unless --out-dir is given. Without --quick the report
- * goes to bench/results/.
+ * goes to bench/results/. --tag T names the report T-<date>.md (and its directory T-<date>/).
+ *
+ * The cluster scenario runs only sluice (one process, no Redis) and sluice-cluster (two processes
+ * on one port, linked by a redis-server that this script starts on a free port for the run and
+ * stops after it); sluice-cluster runs in no other scenario.
  */
 
 const fs = require('fs')
+const net = require('net')
 const os = require('os')
 const path = require('path')
 const { spawn, execFileSync } = require('child_process')
 
 const ROOT = path.resolve(__dirname, '..')
 const LOADGEN = path.join(__dirname, 'loadgen', 'target', 'release', 'sluice-loadgen')
-const ADAPTERS = ['sluice', 'ws-naive', 'ws-guarded', 'uws']
-const SCENARIO_ORDER = ['lobby', 'slow', 'base', 'storm', 'idle']
+const ADAPTERS = ['sluice', 'ws-naive', 'ws-guarded', 'uws', 'sluice-cluster']
+const SCENARIO_ORDER = ['lobby', 'slow', 'base', 'storm', 'idle', 'cluster']
+// Restrictions on the adapters × scenarios product (see planRuns).
+const SCENARIO_ADAPTERS = { cluster: ['sluice', 'sluice-cluster'] }
+const ADAPTER_SCENARIOS = { 'sluice-cluster': ['cluster'] }
 const MAX_BUFFERED = 524288
 
 // Full-run parameters (bench/README / the spec). `interval` 0 = storm; payload 0 = idle (nothing sent).
@@ -36,6 +44,7 @@ const FULL = {
   base: { fast: 5000, stalled: 0, slow: 0, probeMs: 0, payload: 2048, interval: 100, windowS: 30 },
   storm: { fast: 2000, stalled: 20, slow: 0, probeMs: 100, payload: 2048, interval: 0, windowS: 20 },
   idle: { fast: 10000, stalled: 0, slow: 0, probeMs: 0, payload: 0, interval: 0, windowS: 10, idle: true },
+  cluster: { fast: 5000, stalled: 0, slow: 0, probeMs: 0, payload: 2048, interval: 100, windowS: 20 },
 }
 const QUICK = {
   lobby: { ...FULL.lobby, fast: 200, windowS: 3 },
@@ -43,6 +52,7 @@ const QUICK = {
   base: { ...FULL.base, fast: 200, windowS: 3 },
   storm: { ...FULL.storm, fast: 200, stalled: 10, windowS: 3 },
   idle: { ...FULL.idle, fast: 200, windowS: 3 },
+  cluster: { ...FULL.cluster, fast: 200, windowS: 3 },
 }
 const DESCRIPTIONS = {
   lobby: 'fast clients + a probe connection every 100 ms; one 2 KiB broadcast every 500 ms',
@@ -50,13 +60,27 @@ const DESCRIPTIONS = {
   base: 'the slow scenario without stalled/slow clients: its latency and RSS baseline',
   storm: 'fast + stalled clients + probes; 2 KiB broadcasts as fast as the server keeps up',
   idle: 'connections held open, nothing sent; memory per open connection',
+  cluster: 'sluice-cluster: 2 processes on one port (reusePort) linked by Redis, one of them broadcasts; sluice: the same clients and rate on 1 process, no Redis',
+}
+
+/** [scenario, adapter] pairs to run, in order: the product minus SCENARIO_ADAPTERS / ADAPTER_SCENARIOS. */
+function planRuns(scenarios, adapters) {
+  const plan = []
+  for (const scn of scenarios) {
+    for (const a of adapters) {
+      if (SCENARIO_ADAPTERS[scn] && !SCENARIO_ADAPTERS[scn].includes(a)) continue
+      if (ADAPTER_SCENARIOS[a] && !ADAPTER_SCENARIOS[a].includes(scn)) continue
+      plan.push([scn, a])
+    }
+  }
+  return plan
 }
 
 // ------------------------------------------------------------------------------------------------
 // Flags
 
 function parseFlags(argv) {
-  const f = { quick: false, scenarios: SCENARIO_ORDER.slice(), adapters: ADAPTERS.slice(), outDir: null, warmupS: null }
+  const f = { quick: false, scenarios: SCENARIO_ORDER.slice(), adapters: ADAPTERS.slice(), outDir: null, warmupS: null, tag: null }
   const list = (v, allowed, what) => {
     if (!v) throw new Error(`--${what} needs a comma-separated list`)
     const items = v.split(',').map((s) => s.trim()).filter(Boolean)
@@ -70,8 +94,11 @@ function parseFlags(argv) {
     else if (a === '--adapters') f.adapters = list(argv[++i], ADAPTERS, 'adapters')
     else if (a === '--out-dir') f.outDir = argv[++i]
     else if (a === '--warmup-s') f.warmupS = Number(argv[++i])
-    else if (a === '--help' || a === '-h') {
-      process.stdout.write('usage: node bench/run.js [--quick] [--scenarios a,b] [--adapters a,b] [--out-dir DIR] [--warmup-s W]\n')
+    else if (a === '--tag') {
+      f.tag = argv[++i]
+      if (!f.tag || !/^[A-Za-z0-9_.-]+$/.test(f.tag)) throw new Error('--tag needs a name of letters, digits, . _ -')
+    } else if (a === '--help' || a === '-h') {
+      process.stdout.write('usage: node bench/run.js [--quick] [--scenarios a,b] [--adapters a,b] [--out-dir DIR] [--warmup-s W] [--tag T]\n')
       process.exit(0)
     } else throw new Error(`unknown argument ${a}`)
   }
@@ -180,6 +207,68 @@ function readJson(file) {
 }
 
 // ------------------------------------------------------------------------------------------------
+// Redis (cluster scenario): a redis-server of our own on a free loopback port, per run
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer()
+    s.on('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address()
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+/** true when a RESP PING on 127.0.0.1:port answers +PONG within 500 ms. */
+function redisPing(port) {
+  return new Promise((resolve) => {
+    const sock = net.connect(port, '127.0.0.1')
+    let buf = ''
+    const done = (ok) => {
+      sock.destroy()
+      resolve(ok)
+    }
+    sock.setTimeout(500, () => done(false))
+    sock.on('error', () => done(false))
+    sock.on('connect', () => sock.write('PING\r\n'))
+    sock.on('data', (d) => {
+      buf += d
+      if (buf.includes('\r\n')) done(buf.startsWith('+PONG'))
+    })
+  })
+}
+
+async function startRedis(logPath) {
+  const port = await freePort()
+  const child = startProcess('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], logPath)
+  const t0 = Date.now()
+  for (;;) {
+    const gone = await Promise.race([child.exited, sleep(50).then(() => null)])
+    if (gone) {
+      if (gone.error && gone.error.code === 'ENOENT') throw new Error('redis-server not found: the cluster scenario needs it on the PATH (Debian package redis-server)')
+      throw new Error(`redis-server exited (code ${gone.code}, signal ${gone.signal}) before answering PING (see ${logPath})`)
+    }
+    if (await redisPing(port)) return { child, port, url: `redis://127.0.0.1:${port}` }
+    if (Date.now() - t0 > 10000) {
+      killGroup(child)
+      throw new Error(`redis-server on port ${port} did not answer PING within 10 s (see ${logPath})`)
+    }
+  }
+}
+
+async function stopRedis(redis) {
+  if (!redis) return
+  killGroup(redis.child, 'SIGTERM')
+  try {
+    await withTimeout(redis.child.exited, 5000, 'redis-server exit after SIGTERM')
+  } catch {
+    killGroup(redis.child)
+    await withTimeout(redis.child.exited, 5000, 'redis-server kill').catch(() => {})
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
 // One run: one adapter through one scenario
 
 async function runOne(adapter, scenario, sc, flags, rawDir) {
@@ -190,6 +279,7 @@ async function runOne(adapter, scenario, sc, flags, rawDir) {
     adapterLog: path.join(rawDir, `${base}.adapter.log`),
     loadgenLog: path.join(rawDir, `${base}.loadgen.log`),
     ready: path.join(rawDir, `${base}.ready`),
+    redisLog: path.join(rawDir, `${base}.redis.log`),
   }
   for (const f of [files.adapterJson, files.loadgenJson, files.ready]) fs.rmSync(f, { force: true })
   const W = flags.warmupS
@@ -208,16 +298,23 @@ async function runOne(adapter, scenario, sc, flags, rawDir) {
     '--out', files.adapterJson,
   ]
   if (sc.idle) adapterArgs.push('--idle')
-  // The hard limit may be below 65536 (it is 20000 on the reference machine): then take the hard limit.
-  const quoted = adapterArgs.map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ')
-  const adapterCmd = `ulimit -n 65536 2>/dev/null || ulimit -n hard; exec node --expose-gc ${quoted}`
+  // The hard limit may be below 65536 (it is 20000 on the reference machine): then take the hard
+  // limit (adapterCmd, below).
 
   let adapterProc = null
   let loadgenProc = null
+  let redis = null
   const t0 = Date.now()
   try {
+    if (adapter === 'sluice-cluster') {
+      redis = await startRedis(files.redisLog)
+      adapterArgs.push('--redis', redis.url, '--redis-pid', String(redis.child.pid))
+    }
+    const quoted = adapterArgs.map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ')
+    const adapterCmd = `ulimit -n 65536 2>/dev/null || ulimit -n hard; exec node --expose-gc ${quoted}`
     adapterProc = startProcess('bash', ['-c', adapterCmd], files.adapterLog, { pipeStdout: true })
-    const port = await withTimeout(waitForPort(adapterProc, files.adapterLog), 20000, `${adapter} PORT line`)
+    // sluice-cluster prints PORT once its second process listens and both Redis links are up.
+    const port = await withTimeout(waitForPort(adapterProc, files.adapterLog), adapter === 'sluice-cluster' ? 45000 : 20000, `${adapter} PORT line`)
 
     const lgArgs = [
       '--url', `ws://127.0.0.1:${port}/`,
@@ -244,6 +341,7 @@ async function runOne(adapter, scenario, sc, flags, rawDir) {
     const ad = await withTimeout(adapterProc.exited, 20000, `${adapter} exit after SIGTERM`)
     if (ad.code !== 0) throw new Error(`${adapter} exited with code ${ad.code} signal ${ad.signal} (see ${files.adapterLog})`)
 
+    await stopRedis(redis)
     const result = { adapter, scenario, ok: true, files, adapterResult: readJson(files.adapterJson), loadgenResult: readJson(files.loadgenJson), elapsedS: (Date.now() - t0) / 1000 }
     fs.rmSync(files.ready, { force: true })
     return result
@@ -252,6 +350,7 @@ async function runOne(adapter, scenario, sc, flags, rawDir) {
     killGroup(adapterProc)
     const wait = (c) => (c ? withTimeout(c.exited, 5000, 'kill').catch(() => {}) : null)
     await Promise.all([wait(loadgenProc), wait(adapterProc)])
+    await stopRedis(redis)
     const r = { adapter, scenario, ok: false, error: String(err && err.message ? err.message : err), files, elapsedS: (Date.now() - t0) / 1000 }
     // Keep whatever results were written, for the report.
     try { r.adapterResult = readJson(files.adapterJson) } catch { /* none */ }
@@ -275,7 +374,10 @@ function derive(run, sc) {
   const windowS = num(l.windowS) || sc.windowS
   const deliveredMsgs = (num(fast.messages) || 0) + (num(slow.messages) || 0)
   const deliveredBytes = (num(fast.bytes) || 0) + (num(slow.bytes) || 0)
-  const cpuUs = a.cpuUs && num(a.cpuUs.user) !== null ? a.cpuUs.user + a.cpuUs.system : null
+  const ownCpuUs = a.cpuUs && num(a.cpuUs.user) !== null ? a.cpuUs.user + a.cpuUs.system : null
+  const cluster = deriveCluster(a, l, ownCpuUs)
+  // sluice-cluster: CPU of every server process (both nodes and redis-server) over the window.
+  const cpuUs = cluster ? cluster.cpuUsTotal : ownCpuUs
   const stalled = roles.stalled && roles.stalled.target > 0 ? roles.stalled : null
   const endedMs = stalled && Array.isArray(stalled.endedAfterMs) ? stalled.endedAfterMs.slice().sort((x, y) => x - y) : []
   const idle = a.idle || null
@@ -316,6 +418,54 @@ function derive(run, sc) {
     jsOnCpuMs: a.jsThreadSched ? num(a.jsThreadSched.onCpuMs) : null,
     jsRunQueueWaitMs: a.jsThreadSched ? num(a.jsThreadSched.runQueueWaitMs) : null,
     sluiceMetrics: a.extra && a.extra.metrics ? a.extra.metrics : null,
+    fastDuplicates: num(fast.duplicates),
+    fastOutOfOrder: num(fast.outOfOrder),
+    cluster,
+  }
+}
+
+/** The sluice-cluster figures (null for every other adapter): per node, cross-node, CPU of all. */
+function deriveCluster(a, l, ownCpuUs) {
+  const cl = a.extra && a.extra.cluster
+  if (!cl) return null
+  const windowS = num(l.windowS)
+  const byNode = l.byNode || {}
+  const node = (k) => {
+    const n = byNode[k]
+    if (!n) return null
+    return {
+      clients: num(n.clients),
+      messages: num(n.messages),
+      msgsPerS: windowS ? n.messages / windowS : null,
+      p50Ms: n.latencyUs ? n.latencyUs.p50 / 1000 : null,
+      p99Ms: n.latencyUs ? n.latencyUs.p99 / 1000 : null,
+      maxMs: n.latencyUs ? n.latencyUs.max / 1000 : null,
+      gaps: num(n.gaps),
+      duplicates: num(n.duplicates),
+      outOfOrder: num(n.outOfOrder),
+      latencyHistogram: n.latencyHistogram || null,
+    }
+  }
+  const peerEnd = cl.peer && cl.peer.atWindowEnd
+  const peerStop = cl.peer && cl.peer.atStop
+  const m0 = a.extra.metrics && a.extra.metrics.cluster
+  const m1 = peerEnd && peerEnd.metrics && peerEnd.metrics.cluster
+  const peerCpuUs = peerEnd && peerEnd.cpuUs ? peerEnd.cpuUs.user + peerEnd.cpuUs.system : null
+  const redisCpuUs = cl.redis ? num(cl.redis.cpuUsWindow) : null
+  const parts = [ownCpuUs, peerCpuUs, redisCpuUs]
+  return {
+    node0: node('0'),
+    node1: node('1'),
+    link0: m0 || null,
+    link1: m1 || null,
+    crossP50Ms: m1 && m1.latencyUs ? m1.latencyUs.p50 / 1000 : null,
+    crossP99Ms: m1 && m1.latencyUs ? m1.latencyUs.p99 / 1000 : null,
+    crossCount: m1 && m1.latencyUs ? m1.latencyUs.count : null,
+    node0CpuUs: ownCpuUs,
+    node1CpuUs: peerCpuUs,
+    redisCpuUs,
+    cpuUsTotal: parts.every((x) => x !== null) ? parts.reduce((s, x) => s + x, 0) : null,
+    node1RssMaxMB: peerStop && num(peerStop.rssMaxBytes) !== null ? peerStop.rssMaxBytes / 1048576 : null,
   }
 }
 
@@ -511,7 +661,7 @@ function evaluateTargets(byKey) {
 
 function ratioTable(byKey, scenarios, adapters) {
   // sluice / peer for the headline figures, per scenario (lower is better except msgs/s).
-  const peers = adapters.filter((a) => a !== 'sluice')
+  const peers = adapters.filter((a) => a !== 'sluice' && a !== 'sluice-cluster') // sluice-cluster: clusterSection()
   const metrics = [
     ['turn p99', (d) => d.turnP99Us],
     ['ELD p99', (d) => d.eldP99Ms],
@@ -631,25 +781,31 @@ function rssChart(byKey, adapters, scenario) {
   })
 }
 
+/** CDF points [[ms, fraction], ...] of a loadgen latencyHistogram, null when it is empty. */
+function cdfPoints(h) {
+  if (!Array.isArray(h) || h.length === 0) return null
+  const total = h.reduce((s, [, c]) => s + c, 0)
+  if (!total) return null
+  // Trim the empty buckets below the first message and above the last one (keeping one each).
+  const first = Math.max(0, h.findIndex(([, c]) => c > 0) - 1)
+  let last = h.length - 1
+  while (last > 0 && h[last][1] === 0) last--
+  let acc = 0
+  const points = []
+  for (let i = first; i <= last; i++) {
+    const [upperUs, c] = h[i]
+    acc += c
+    points.push([Math.max(upperUs, 1) / 1000, acc / total])
+  }
+  return points
+}
+
 function latencyCdfChart(byKey, adapters, scenario) {
   const series = []
   for (const a of adapters) {
     const r = byKey.get(`${scenario}/${a}`)
-    const h = r && r.loadgenResult && r.loadgenResult.fast && r.loadgenResult.fast.latencyHistogram
-    if (!Array.isArray(h) || h.length === 0) continue
-    const total = h.reduce((s, [, c]) => s + c, 0)
-    if (!total) continue
-    // Trim the empty buckets below the first message and above the last one (keeping one each).
-    const first = Math.max(0, h.findIndex(([, c]) => c > 0) - 1)
-    let last = h.length - 1
-    while (last > 0 && h[last][1] === 0) last--
-    let acc = 0
-    const points = []
-    for (let i = first; i <= last; i++) {
-      const [upperUs, c] = h[i]
-      acc += c
-      points.push([Math.max(upperUs, 1) / 1000, acc / total])
-    }
+    const points = cdfPoints(r && r.loadgenResult && r.loadgenResult.fast && r.loadgenResult.fast.latencyHistogram)
+    if (!points) continue
     series.push({ name: a, points })
   }
   return lineChart({
@@ -662,6 +818,90 @@ function latencyCdfChart(byKey, adapters, scenario) {
     yMax: 1,
     note: 'from each run\'s latencyHistogram (sluice-loadgen)',
   })
+}
+
+function clusterCdfChart(byKey) {
+  const series = []
+  const single = byKey.get('cluster/sluice')
+  const pts = cdfPoints(single && single.loadgenResult && single.loadgenResult.fast && single.loadgenResult.fast.latencyHistogram)
+  if (pts) series.push({ name: '1 process', points: pts })
+  const c = byKey.get('cluster/sluice-cluster')
+  const cl = c && c.derived && c.derived.cluster
+  if (cl) {
+    for (const [name, n] of [['2 proc: publisher', cl.node0], ['2 proc: via Redis', cl.node1]]) {
+      const p = cdfPoints(n && n.latencyHistogram)
+      if (p) series.push({ name, points: p })
+    }
+  }
+  return lineChart({
+    title: 'Delivery latency CDF, cluster scenario',
+    xLabel: 'latency, broadcast call on the publishing process to client receive (ms, log scale)',
+    yLabel: 'fraction of messages',
+    series,
+    xLog: true,
+    yMin: 0,
+    yMax: 1,
+    note: '2 proc: clients of the publishing process vs clients of the other one (Redis hop); from sluice-loadgen byNode',
+  })
+}
+
+/**
+ * The cluster scenario's own section: sluice in one process against sluice-cluster (two processes
+ * on one port + Redis), per node and as ratios. Returns markdown lines, [] when neither ran.
+ */
+function clusterSection(byKey, sc, mach) {
+  const one = byKey.get('cluster/sluice')
+  const two = byKey.get('cluster/sluice-cluster')
+  if (!one && !two) return []
+  const ms = (p50, p99) => `${fmt(p50, 2)} / ${fmt(p99, 2)}`
+  const row = (label, r) => {
+    if (!r || !r.derived) return [label, 'not run', ...Array(10).fill('')]
+    const d = r.derived
+    const cl = d.cluster
+    const n0 = cl && cl.node0
+    const n1 = cl && cl.node1
+    const link = cl && cl.link1
+    return [
+      label + (r.ok ? '' : ' (FAILED)'),
+      cl ? `${fmt(n0 && n0.clients, 0)} + ${fmt(n1 && n1.clients, 0)}` : fmt(d.fastConnected, 0),
+      fmt(d.msgsPerS, 0),
+      ms(d.fastP50Ms, d.fastP99Ms),
+      cl ? ms(n0 && n0.p50Ms, n0 && n0.p99Ms) : '–',
+      cl ? ms(n1 && n1.p50Ms, n1 && n1.p99Ms) : '–',
+      cl ? `${ms(cl.crossP50Ms, cl.crossP99Ms)} (n=${fmt(cl.crossCount, 0)})` : '–',
+      `${fmt(d.fastGaps, 0)} / ${fmt(d.fastDuplicates, 0)} / ${fmt(d.fastOutOfOrder, 0)}`,
+      cl ? `${fmt(cl.node0CpuUs / 1e6, 2)} + ${fmt(cl.node1CpuUs / 1e6, 2)} + ${fmt(cl.redisCpuUs / 1e6, 2)}` : fmt(d.cpuS, 2),
+      fmt(d.cpuMsPerMB, 2),
+      cl ? `${fmt(d.rssMaxMB)} / ${fmt(cl.node1RssMaxMB)}` : fmt(d.rssMaxMB),
+      link ? `${fmt(cl.link0 && cl.link0.published, 0)} / ${fmt(link.received, 0)}; notSent ${JSON.stringify(cl.link0 && cl.link0.notSent)}; reconnects ${fmt(cl.link0 && cl.link0.reconnects, 0)} + ${fmt(link.reconnects, 0)}` : '–',
+    ]
+  }
+  const md = []
+  md.push('## Scale-out: cluster scenario')
+  md.push('')
+  md.push(`${sc.fast} fast clients, one ${sc.payload} B broadcast every ${sc.interval} ms (Normal priority). **2 processes**: \`sluice-cluster\`, two Node processes each with \`new Server({ port, reusePort: true, cluster: { redis } })\` on the same port (the kernel spreads the clients over the two listeners), linked by a redis-server started for the run (\`--save '' --appendonly no\`); only process 0 broadcasts: its own clients get each message directly, process 1's clients get it through Redis. **1 process**: the \`sluice\` adapter, same clients, payload and rate, no Redis. Each process of the cluster run sends every new connection a node tag (first message, not counted) so that the load generator can split the figures by node. Both processes, redis-server and the load generator share this machine's ${mach.nproc} cores: what the 2-process run shows is the cost of the Redis hop and of a second process on the same cores, not added capacity (that takes more cores or machines).`)
+  md.push('')
+  md.push('- **lat**: broadcast call on process 0 (timestamp in the payload) to receipt at the client, p50 / p99 ms over the window, for all clients, then for the clients of the publishing process and of the other process.')
+  md.push('- **core cross-node**: process 1\'s own `metrics().cluster.latencyUs` (publish on process 0 to the last socket write on process 1), p50 / p99 ms; counted since start, warmup included.')
+  md.push('- **gaps / dups / out-of-order**: over all clients, inside the window. **CPU s**: user + system over the window, process 0 + process 1 + redis-server (1 process: the one process); **CPU ms per MB** uses that sum.')
+  md.push('- **Redis**: process 0\'s `published`, process 1\'s `received` (as of the end of the window), process 0\'s `notSent` and both reconnect counts.')
+  md.push('')
+  md.push(mdTable(['run', 'clients (per process)', 'msgs/s delivered', 'lat all p50 / p99 ms', 'lat publisher p50 / p99 ms', 'lat via Redis p50 / p99 ms', 'core cross-node p50 / p99 ms', 'gaps / dups / out-of-order', 'CPU s in window', 'CPU ms per MB', 'RSS max MB', 'Redis published / received'], [row('1 process (sluice)', one), row('2 processes + Redis (sluice-cluster)', two)]))
+  md.push('')
+  if (one && one.ok && two && two.ok) {
+    const d1 = one.derived
+    const d2 = two.derived
+    const n0 = d2.cluster && d2.cluster.node0
+    const n1 = d2.cluster && d2.cluster.node1
+    const r = (a, b) => (a !== null && a !== undefined && b !== null && b !== undefined && b > 0 ? fmt(a / b, 3) : '–')
+    md.push('Ratios, 2 processes / 1 process (same N, payload and rate):')
+    md.push('')
+    md.push(mdTable(['msgs/s', 'lat all p50', 'lat all p99', 'publisher p99', 'via Redis p50', 'via Redis p99', 'CPU ms per MB'], [[
+      r(d2.msgsPerS, d1.msgsPerS), r(d2.fastP50Ms, d1.fastP50Ms), r(d2.fastP99Ms, d1.fastP99Ms), r(n0 && n0.p99Ms, d1.fastP99Ms), r(n1 && n1.p50Ms, d1.fastP50Ms), r(n1 && n1.p99Ms, d1.fastP99Ms), r(d2.cpuMsPerMB, d1.cpuMsPerMB),
+    ]]))
+    md.push('')
+  }
+  return md
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -701,6 +941,7 @@ function machine() {
     commit: commit ? commit + (dirty ? ' (working tree has uncommitted changes to tracked files)' : '') : 'unknown',
     nofileHard: sh('bash', ['-c', 'ulimit -Hn']),
     addon,
+    redis: sh('redis-server', ['--version']),
   }
 }
 
@@ -716,14 +957,14 @@ async function main() {
   }
   const d = new Date()
   const date = `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`
-  const assetsDir = path.join(flags.outDir, date)
+  const reportName = flags.tag ? `${flags.tag}-${date}` : date
+  const assetsDir = path.join(flags.outDir, reportName)
   const rawDir = path.join(assetsDir, 'raw')
   fs.mkdirSync(rawDir, { recursive: true })
   const mach = machine()
   const gapMs = flags.quick ? 500 : 3000
 
-  const plan = []
-  for (const scn of flags.scenarios) for (const a of flags.adapters) plan.push([scn, a])
+  const plan = planRuns(flags.scenarios, flags.adapters)
   process.stdout.write(`sluice bench${flags.quick ? ' --quick' : ''}: ${plan.length} runs, output in ${flags.outDir}\n`)
   process.stdout.write(`machine: ${mach.nproc} cores (${mach.cpuModel}), kernel ${mach.kernel}, Node ${mach.node}, sluice ${mach.commit}\n`)
 
@@ -752,16 +993,17 @@ async function main() {
   const charts = []
   const writeChart = (name, svg, caption) => {
     fs.writeFileSync(path.join(assetsDir, name), svg)
-    charts.push({ file: path.join(assetsDir, name), rel: `${date}/${name}`, caption })
+    charts.push({ file: path.join(assetsDir, name), rel: `${reportName}/${name}`, caption })
   }
   if (flags.scenarios.includes('slow')) writeChart('slow-rss.svg', rssChart(byKey, flags.adapters, 'slow'), 'RSS over time per adapter, slow scenario')
   if (flags.scenarios.includes('lobby')) writeChart('lobby-latency-cdf.svg', latencyCdfChart(byKey, flags.adapters, 'lobby'), 'Fast-client latency distribution (CDF) per adapter, lobby scenario')
   if (flags.scenarios.includes('storm')) writeChart('storm-rss.svg', rssChart(byKey, flags.adapters, 'storm'), 'RSS over time per adapter, storm scenario')
+  if (byKey.has('cluster/sluice') || byKey.has('cluster/sluice-cluster')) writeChart('cluster-latency-cdf.svg', clusterCdfChart(byKey), 'Delivery latency distribution (CDF), cluster scenario: 1 process vs 2 processes + Redis, by node')
 
   // Report
   const paramRows = flags.scenarios.map((scn) => {
     const sc = scenarios[scn]
-    const clients = [`${sc.fast} ${sc.idle ? 'idle' : 'fast'}`, sc.stalled && `${sc.stalled} stalled`, sc.slow && `${sc.slow} slow @ ${sc.slowRate} B/s`].filter(Boolean).join(' + ')
+    const clients = [`${sc.fast} ${sc.idle ? 'idle' : 'fast'}${scn === 'cluster' ? ' (sluice-cluster: over 2 processes)' : ''}`, sc.stalled && `${sc.stalled} stalled`, sc.slow && `${sc.slow} slow @ ${sc.slowRate} B/s`].filter(Boolean).join(' + ')
     return [scn, clients, sc.probeMs ? `every ${sc.probeMs} ms` : '–', sc.idle ? 'none' : `${sc.payload} B / ${sc.interval === 0 ? 'as fast as possible' : `${sc.interval} ms`}`, `${flags.warmupS} s`, `${sc.windowS} s`, DESCRIPTIONS[scn]]
   })
   const failed = runs.filter((r) => !r.ok)
@@ -776,6 +1018,7 @@ async function main() {
   md.push(`- kernel ${mach.kernel}; Node ${mach.node}; open-files hard limit ${mach.nofileHard}`)
   md.push(`- sluice commit ${mach.commit}`)
   if (mach.addon) md.push(`- addon binary: ${mach.addon}`)
+  if (plan.some(([, a]) => a === 'sluice-cluster')) md.push(`- ${mach.redis || 'redis-server: version unknown'} (cluster scenario; on the same machine too)`)
   md.push('- The server under test and the load generator (sluice-loadgen, Rust/tokio) run on the same machine and share its cores: every figure below includes that contention, for every adapter alike.')
   md.push('')
   md.push('## Parameters')
@@ -807,10 +1050,14 @@ async function main() {
   md.push('')
   md.push(detailsTable(runs))
   md.push('')
-  md.push('### Ratios, sluice / peer (same run; < 1 means sluice is lower)')
-  md.push('')
-  md.push(ratios)
-  md.push('')
+  if (ratios.split('\n').length > 2) {
+    md.push('### Ratios, sluice / peer (same run; < 1 means sluice is lower)')
+    md.push('')
+    md.push(ratios)
+    md.push('')
+  }
+  const clusterMd = clusterSection(byKey, scenarios.cluster, mach)
+  for (const line of clusterMd) md.push(line)
   md.push('## Targets')
   md.push('')
   md.push(targetsMd)
@@ -835,11 +1082,15 @@ async function main() {
   md.push('')
   for (const r of runs) md.push(`- ${r.scenario} × ${r.adapter}: \`${path.relative(flags.outDir, r.files.adapterJson)}\`, \`${path.relative(flags.outDir, r.files.loadgenJson)}\``)
   md.push('')
-  const reportPath = path.join(flags.outDir, `${date}.md`)
+  const reportPath = path.join(flags.outDir, `${reportName}.md`)
   fs.writeFileSync(reportPath, md.join('\n'))
   const summary = { reportPath, assetsDir, charts: charts.map((c) => c.file), runs: runs.map((r) => ({ scenario: r.scenario, adapter: r.adapter, ok: r.ok, error: r.error, adapterJson: r.files.adapterJson, loadgenJson: r.files.loadgenJson })), targets }
   fs.writeFileSync(path.join(assetsDir, 'summary.json'), JSON.stringify(summary, null, 2))
 
+  if (clusterMd.length) {
+    const lines = clusterMd.filter((l) => l.startsWith('|') || l.startsWith('Ratios') || l === '').join('\n').replace(/\n{3,}/g, '\n\n').trim()
+    process.stdout.write(`\nScale-out, cluster scenario:\n\n${lines}\n`)
+  }
   process.stdout.write(`\n${table}\n\nRatios, sluice / peer:\n\n${ratios}\n\nTargets${flags.quick ? ' (--quick: not meaningful)' : ''}:\n\n${targetsMd}\n\n`)
   process.stdout.write(`report: ${reportPath}\ncharts: ${charts.map((c) => c.file).join(', ')}\nraw: ${rawDir}\nsummary: ${path.join(assetsDir, 'summary.json')}\n`)
   process.stdout.write(`total ${fmt(totalS / 60, 1)} min\n`)
@@ -857,4 +1108,4 @@ if (require.main === module) {
   })
 }
 
-module.exports = { FULL, QUICK, ADAPTERS, SCENARIO_ORDER, MAX_BUFFERED }
+module.exports = { FULL, QUICK, ADAPTERS, SCENARIO_ORDER, MAX_BUFFERED, planRuns }

@@ -9,6 +9,7 @@
  *
  * CLI: --port P (0 = ephemeral) --payload BYTES --interval MS (0 = storm) --duration-s D
  *      --warmup-s W --out PATH --max-buffered BYTES --idle --host H
+ *      [--redis URL --redis-pid PID]  (sluice-cluster only: the Redis server run.js started)
  *
  * Protocol: prints `PORT <n>` as its first stdout line once listening. Starts broadcasting on
  * SIGUSR2 or a line "start" on stdin. The measurement window is [W, W + D] seconds after the start
@@ -48,6 +49,8 @@ function parseArgs(argv) {
     out: null,
     maxBuffered: 524288,
     idle: false,
+    redis: null,
+    redisPid: null,
   }
   const num = (name, v) => {
     const n = Number(v)
@@ -66,6 +69,8 @@ function parseArgs(argv) {
       case '--out': o.out = argv[++i]; break
       case '--max-buffered': o.maxBuffered = num('max-buffered', argv[++i]); break
       case '--idle': o.idle = true; break
+      case '--redis': o.redis = argv[++i]; break
+      case '--redis-pid': o.redisPid = num('redis-pid', argv[++i]); break
       default: throw new Error(`unknown argument ${a}`)
     }
   }
@@ -173,6 +178,9 @@ function epochUs() {
  *   connections() -> number (open now), connectionsPeak() -> number,
  *   terminatedByPolicy() -> number,
  *   extra() -> object                     (adapter-specific details for the JSON)
+ *   windowOpened(), windowClosed()        (optional: called as the window opens / before it closes)
+ *   beforeStop() -> Promise               (optional: awaited, at most 10 s, on SIGTERM/SIGINT
+ *                                          before the result is written)
  * }
  */
 async function run(impl) {
@@ -295,6 +303,7 @@ async function run(impl) {
     eld.enable()
     cpuStart = process.cpuUsage()
     schedStart = jsThreadSchedstat()
+    if (impl.windowOpened) impl.windowOpened()
   }
 
   function closeWindow() {
@@ -303,6 +312,7 @@ async function run(impl) {
     windowEndMs = rel()
     eld.disable()
     cpuWindow = process.cpuUsage(cpuStart)
+    if (impl.windowClosed) impl.windowClosed()
     // Counters as of the end of the window: after it, the load generator exits and its clients
     // going away would be counted too.
     atWindowEnd = { terminatedByPolicy: impl.terminatedByPolicy(), connections: impl.connections(), extra: safeExtra() }
@@ -405,8 +415,27 @@ async function run(impl) {
   }
 
   process.on('SIGUSR2', start)
-  process.on('SIGTERM', () => stop('SIGTERM'))
-  process.on('SIGINT', () => stop('SIGINT'))
+  let stopping = false
+  const stopOnSignal = (reason) => {
+    if (!impl.beforeStop) return stop(reason)
+    if (stopping) return
+    stopping = true
+    // The window ends here if its timer has not fired yet, so that windowClosed() runs before
+    // beforeStop() (as it does when the timer fires first).
+    closeWindow()
+    let t
+    const cap = new Promise((resolve) => {
+      t = setTimeout(resolve, 10000)
+    })
+    Promise.race([Promise.resolve().then(() => impl.beforeStop()), cap])
+      .catch((err) => process.stderr.write(`${impl.name}: beforeStop: ${err && err.stack ? err.stack : err}\n`))
+      .finally(() => {
+        clearTimeout(t)
+        stop(reason)
+      })
+  }
+  process.on('SIGTERM', () => stopOnSignal('SIGTERM'))
+  process.on('SIGINT', () => stopOnSignal('SIGINT'))
   let line = ''
   process.stdin.setEncoding('utf8')
   process.stdin.on('data', (chunk) => {

@@ -10,6 +10,13 @@
 //! - probes: during the window, a new connection every P ms timing connect + upgrade.
 //!
 //! Every data message starts with u64 LE send time (µs since epoch) and u64 LE sequence number.
+//!
+//! Node tag (multi-process servers, bench scenario `cluster`): a message whose first 8 bytes are
+//! all 0xFF is not data but a tag, sent once by the server right after the upgrade: bytes 8..16
+//! (u64 LE) name the server process ("node") that holds this connection. Messages a tagged client
+//! receives in the window are also counted under `byNode[<node>]`, so that latency can be split
+//! between clients on the publishing process and clients on the others. Tags are never counted as
+//! messages; a server that sends none leaves `byNode` empty.
 
 mod args;
 mod ws;
@@ -38,6 +45,10 @@ thread_local! {
 }
 
 const HIST_MAX_US: u64 = 3_600_000_000;
+
+/// First 8 bytes of a node tag message (see the module doc); node ids >= MAX_NODES count as the last.
+const NODE_TAG: u64 = u64::MAX;
+const MAX_NODES: usize = 8;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -121,6 +132,9 @@ struct Shared {
     cfg: Config,
     roles: [RoleStats; 3],
     streams: [StreamStats; 2], // fast, slow
+    /// Fast and slow clients by the node tag their server sent (see the module doc).
+    nodes: [StreamStats; MAX_NODES],
+    node_clients: [AtomicU64; MAX_NODES],
     probes: ProbeStats,
     all_messages: AtomicU64,
     all_bytes: AtomicU64,
@@ -164,45 +178,66 @@ fn on_message(
     sh: &Shared,
     ss: &StreamStats,
     last_seq: &mut Option<u64>,
+    node: &mut Option<usize>,
     prefix: &[u8],
     len: u64,
     now: u64,
 ) {
+    if prefix.len() >= 16 && u64::from_le_bytes(prefix[0..8].try_into().unwrap()) == NODE_TAG {
+        if node.is_none() {
+            let id = u64::from_le_bytes(prefix[8..16].try_into().unwrap());
+            let id = (id as usize).min(MAX_NODES - 1);
+            *node = Some(id);
+            sh.node_clients[id].fetch_add(1, Relaxed);
+        }
+        return;
+    }
     sh.all_messages.fetch_add(1, Relaxed);
     sh.all_bytes.fetch_add(len, Relaxed);
     let in_win = sh.in_window(now);
+    let by_node = node.map(|n| &sh.nodes[n]);
     if prefix.len() < 16 {
         if in_win {
             ss.short_messages.fetch_add(1, Relaxed);
+            if let Some(ns) = by_node {
+                ns.short_messages.fetch_add(1, Relaxed);
+            }
         }
         return;
     }
     let ts = u64::from_le_bytes(prefix[0..8].try_into().unwrap());
     let seq = u64::from_le_bytes(prefix[8..16].try_into().unwrap());
     if in_win {
-        ss.messages.fetch_add(1, Relaxed);
-        ss.bytes.fetch_add(len, Relaxed);
-        let lat = if now >= ts {
-            now - ts
-        } else {
-            ss.negative_latency.fetch_add(1, Relaxed);
-            0
-        };
-        ss.hist.lock().unwrap().saturating_record(lat);
-        if let Some(last) = *last_seq {
-            if seq > last.saturating_add(1) {
-                ss.gaps.fetch_add(seq - last - 1, Relaxed);
-            } else if seq == last {
-                ss.duplicates.fetch_add(1, Relaxed);
-            } else if seq < last {
-                ss.out_of_order.fetch_add(1, Relaxed);
-            }
+        let lat = if now >= ts { Some(now - ts) } else { None };
+        count_message(ss, lat, len, seq, *last_seq);
+        if let Some(ns) = by_node {
+            count_message(ns, lat, len, seq, *last_seq);
         }
     }
     *last_seq = Some(match *last_seq {
         Some(last) => last.max(seq),
         None => seq,
     });
+}
+
+/// One message received inside the window: `lat` None = negative latency (recorded as 0).
+fn count_message(ss: &StreamStats, lat: Option<u64>, len: u64, seq: u64, last_seq: Option<u64>) {
+    ss.messages.fetch_add(1, Relaxed);
+    ss.bytes.fetch_add(len, Relaxed);
+    let lat = lat.unwrap_or_else(|| {
+        ss.negative_latency.fetch_add(1, Relaxed);
+        0
+    });
+    ss.hist.lock().unwrap().saturating_record(lat);
+    if let Some(last) = last_seq {
+        if seq > last.saturating_add(1) {
+            ss.gaps.fetch_add(seq - last - 1, Relaxed);
+        } else if seq == last {
+            ss.duplicates.fetch_add(1, Relaxed);
+        } else if seq < last {
+            ss.out_of_order.fetch_add(1, Relaxed);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -220,6 +255,7 @@ enum ReadOutcome {
 struct Reader {
     frames: FrameReader,
     last_seq: Option<u64>,
+    node: Option<usize>,
     out: Vec<u8>,
     close_code: Option<u16>,
     close_sent: bool,
@@ -236,12 +272,13 @@ impl Reader {
         let Reader {
             frames,
             last_seq,
+            node,
             out,
             close_code,
             close_sent,
         } = self;
         frames.feed(data, &mut |ev| match ev {
-            Event::Message { prefix, len } => on_message(sh, ss, last_seq, prefix, len, now),
+            Event::Message { prefix, len } => on_message(sh, ss, last_seq, node, prefix, len, now),
             Event::Ping(p) => ws::push_masked_frame(out, 0xA, p),
             Event::Close(code) => {
                 *close_code = Some(code.unwrap_or(1005));
@@ -266,6 +303,7 @@ async fn reader_loop(
     let mut r = Reader {
         frames: FrameReader::new(),
         last_seq: None,
+        node: None,
         out: Vec::new(),
         close_code: None,
         close_sent: false,
@@ -681,6 +719,22 @@ fn stream_json(ss: &StreamStats) -> Value {
     })
 }
 
+/// `{ "<node>": { clients, messages, ..., latencyUs, latencyHistogram } }` for every node that
+/// tagged at least one client (fast and slow clients together).
+fn nodes_json(sh: &Shared) -> Value {
+    let mut o = Map::new();
+    for (i, ns) in sh.nodes.iter().enumerate() {
+        let clients = sh.node_clients[i].load(Relaxed);
+        if clients == 0 {
+            continue;
+        }
+        let mut v = stream_json(ns);
+        v["clients"] = json!(clients);
+        o.insert(i.to_string(), v);
+    }
+    Value::Object(o)
+}
+
 fn map_json<K: ToString>(m: &BTreeMap<K, u64>) -> Value {
     let mut o = Map::new();
     for (k, v) in m {
@@ -733,6 +787,7 @@ fn result_json(sh: &Shared, ri: &RunInfo) -> Value {
         },
         "fast": stream_json(&sh.streams[0]),
         "slow": stream_json(&sh.streams[1]),
+        "byNode": nodes_json(sh),
         "probes": {
             "attempts": p.attempts.load(Relaxed),
             "ok": p.ok.load(Relaxed),
@@ -1009,6 +1064,8 @@ fn main() {
         cfg,
         roles,
         streams: [StreamStats::new(), StreamStats::new()],
+        nodes: std::array::from_fn(|_| StreamStats::new()),
+        node_clients: std::array::from_fn(|_| AtomicU64::new(0)),
         probes: ProbeStats {
             attempts: AtomicU64::new(0),
             ok: AtomicU64::new(0),
