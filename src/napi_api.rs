@@ -197,10 +197,19 @@ pub struct Metrics {
     pub cluster: Option<ClusterMetrics>,
 }
 
+fn latency_metrics(l: &crate::metrics::Latency) -> LatencyMetrics {
+    let (p50, p99, max, count) = l.summary();
+    LatencyMetrics {
+        p50: p50 as f64,
+        p99: p99 as f64,
+        max: max as f64,
+        count: count as f64,
+    }
+}
+
 fn cluster_metrics(link: &Link, m: &CoreMetrics) -> ClusterMetrics {
     let st = &link.stats;
     let g = CoreMetrics::get;
-    let (p50, p99, max, count) = m.cluster_latency_us.summary();
     ClusterMetrics {
         state: link.state().name().into(),
         published: g(&st.published),
@@ -212,19 +221,13 @@ fn cluster_metrics(link: &Link, m: &CoreMetrics) -> ClusterMetrics {
             low: g(&st.not_sent[2]),
         },
         held: g(&st.held),
-        latency_us: LatencyMetrics {
-            p50: p50 as f64,
-            p99: p99 as f64,
-            max: max as f64,
-            count: count as f64,
-        },
+        latency_us: latency_metrics(&m.cluster_latency_us),
     }
 }
 
 fn metrics_object(m: &CoreMetrics, link: Option<&Arc<Link>>) -> Metrics {
     let g = CoreMetrics::get;
     let (b50, b99, bmax) = m.buffered_sample();
-    let (l50, l99, lmax, lcount) = m.fanout_latency_us.summary();
     Metrics {
         connections: m.open.load(std::sync::atomic::Ordering::Relaxed) as f64,
         connections_opened: g(&m.connections_opened),
@@ -263,12 +266,7 @@ fn metrics_object(m: &CoreMetrics, link: Option<&Arc<Link>>) -> Metrics {
             p99: b99 as f64,
             max: bmax as f64,
         },
-        fanout_latency_us: LatencyMetrics {
-            p50: l50 as f64,
-            p99: l99 as f64,
-            max: lmax as f64,
-            count: lcount as f64,
-        },
+        fanout_latency_us: latency_metrics(&m.fanout_latency_us),
         cluster: link.map(|l| cluster_metrics(l, m)),
     }
 }
