@@ -158,7 +158,8 @@ export declare class Connection extends EventEmitter {
    * On a topic with history: replays what the client missed after `since.offset` of
    * `since.epoch`, then continues live, with no gap and no duplicate. `recovered: false`: the
    * epoch differs or the history no longer holds every missed message; the connection is
-   * subscribed from now on (send a snapshot). `offset`: the topic's latest.
+   * subscribed from now on (send a snapshot). `offset`: the topic's latest (with `cluster` and
+   * Redis unreachable: `{ recovered: false, offset: 0, epoch: '' }`).
    * Rejects `ERR_SLUICE_NO_HISTORY`, `ERR_SLUICE_ALREADY_SUBSCRIBED`, `ERR_SLUICE_CLOSED`.
    */
   subscribe(topic: string, options: { since: { offset: number; epoch: string } }): Promise<ResumeResult>
