@@ -488,3 +488,46 @@ test('publish reaches only subscribers, and unsubscribe stops it', async () => {
   }
   expect(server.metrics().publishes).toBe(20)
 })
+
+// A slow client's pong waits behind the data the kernel and its receive buffer already hold.
+// pongTimeout must end clients that are gone or hung, not those still reading their backlog.
+// The Python client never answers pings at all, so only its reading keeps it alive here.
+test('a client still reading its backlog outlives pongTimeout; once it stops reading it is terminated', async () => {
+  const server = new Server({ host: '127.0.0.1', port: 0, pingInterval: 200, pongTimeout: 300, kernelUnsentLimit: 1, maxBufferedAmount: 64 * KiB })
+  servers.push(server)
+  const { port } = await server.listen()
+  const accepted = new Promise((resolve) => server.once('connection', resolve))
+  const py = spawnStalledClient(port)
+  pyClients.push(py)
+  await py.opened
+  const conn = await accepted
+  let closedAt = null
+  conn.on('close', () => (closedAt = Date.now()))
+  // 16 keyed table states every 20 ms: a backlog that stays bounded (conflation) and never ends.
+  let version = 0
+  const feed = setInterval(() => {
+    version++
+    for (let k = 0; k < 16; k++) server.broadcast(makePayload(k, version, 1000), 'normal', { key: `table-${k}` })
+  }, 20)
+  try {
+    // Slow reader: reads 100 ms out of every 300 ms, for 3 s (10 pong deadlines).
+    const until = Date.now() + 3000
+    while (Date.now() < until) {
+      py.read()
+      await sleep(100)
+      py.pause()
+      await sleep(200)
+    }
+    expect(closedAt).toBe(null)
+    expect(conn.isOpen).toBe(true)
+    expect(server.metrics().terminated.pongTimeout).toBe(0)
+    // Hung: stops reading for good. Its 4 KiB receive buffer fills, acknowledgements stop, and
+    // the next pong deadline ends it.
+    const stoppedAt = Date.now()
+    await waitFor(() => closedAt !== null, { timeout: 5000, what: 'the hung client to be terminated' })
+    expect(server.metrics().terminated.pongTimeout).toBe(1)
+    expect(closedAt - stoppedAt).toBeLessThan(3000)
+  } finally {
+    clearInterval(feed)
+  }
+}, 20000)

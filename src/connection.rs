@@ -72,6 +72,8 @@ pub struct Conn {
     interest: std::sync::atomic::AtomicU8,
     /// Queued frames replaced by a newer one with the same conflation key.
     pub replaced: std::sync::atomic::AtomicU64,
+    /// Bytes handed to the kernel over the connection's life.
+    written: std::sync::atomic::AtomicU64,
     /// Per topic with history (cluster mode): the last numbered message a resume replayed, so
     /// that the same message arriving live is not delivered twice.
     replayed: Mutex<std::collections::HashMap<Arc<str>, crate::fanout::Numbered>>,
@@ -121,6 +123,7 @@ impl Conn {
             // listener after the first messages have arrived.
             interest: std::sync::atomic::AtomicU8::new(interest::MESSAGE),
             replaced: std::sync::atomic::AtomicU64::new(0),
+            written: std::sync::atomic::AtomicU64::new(0),
             replayed: Mutex::new(std::collections::HashMap::new()),
             resuming: Mutex::new(HashSet::new()),
             sock,
@@ -260,6 +263,13 @@ impl Conn {
         lock(&self.replayed)
             .get(topic)
             .is_some_and(|f| f.epoch == n.epoch && n.offset <= f.offset)
+    }
+
+    /// Bytes the peer has acknowledged so far (written to the kernel minus what the kernel still
+    /// holds, `SIOCOUTQ`); `None` where the kernel cannot tell.
+    fn acked(&self) -> Option<u64> {
+        let outq = self.kernel_buffered_amount()? as u64;
+        Some(self.written.load(Ordering::Relaxed).saturating_sub(outq))
     }
 
     /// Sets which inbound events go to JavaScript ([`interest`] bits).
@@ -480,6 +490,7 @@ impl Conn {
                 Ok(mut n) => {
                     m.writes.fetch_add(1, Ordering::Relaxed);
                     m.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                    self.written.fetch_add(n as u64, Ordering::Relaxed);
                     let drain = {
                         let mut o = lock(&self.outbox);
                         let d = o.written(n);
@@ -550,6 +561,8 @@ impl Conn {
         let mut half_closed = false;
         let mut next_ping = cfg.ping_interval.map(|d| Instant::now() + d);
         let mut pong_deadline: Option<Instant> = None;
+        // What the peer had acknowledged when the ping went out.
+        let mut acked_at_ping: Option<u64> = None;
         let events = &self.server.events;
         let m = &self.server.metrics;
         loop {
@@ -603,6 +616,7 @@ impl Conn {
                                 }
                                 Message::Pong(data) => {
                                     pong_deadline = None;
+                                    acked_at_ping = None;
                                     if self.wants(interest::PONG) {
                                         events.push(Event::Pong { id: self.id, data });
                                     }
@@ -713,12 +727,28 @@ impl Conn {
                         return self.end(Some(Termination::CloseTimeout));
                     }
                     if pong_deadline.is_some_and(|d| d <= now) {
-                        return self.end(Some(Termination::PongTimeout));
+                        // A slow client's pong waits behind the data already in the kernel and
+                        // in its receive buffer. If data is still waiting for it and it has
+                        // acknowledged some since the ping, it is reading that backlog: give it
+                        // another pongTimeout. (Without a backlog a live peer would have
+                        // answered; a hung one stops acknowledging once its buffer is full.)
+                        let acked = self.acked();
+                        let backlog = self.kernel_buffered_amount().is_some_and(|q| q > 0)
+                            || self.buffered_amount() > 0;
+                        if backlog && acked.is_some() && acked > acked_at_ping {
+                            acked_at_ping = acked;
+                            pong_deadline = Some(now + cfg.pong_timeout);
+                        } else {
+                            return self.end(Some(Termination::PongTimeout));
+                        }
                     }
                     if let (Some(at), Some(interval)) = (next_ping, cfg.ping_interval) {
                         if at <= now && parsing {
                             self.push_control(encode(OpCode::Ping, b""), ControlKind::Ping);
-                            pong_deadline = Some(now + cfg.pong_timeout);
+                            if pong_deadline.is_none() {
+                                pong_deadline = Some(now + cfg.pong_timeout);
+                                acked_at_ping = self.acked();
+                            }
                             next_ping = Some(now + interval);
                         }
                     }
