@@ -10,7 +10,11 @@
  * No performance assertions: --quick numbers mean nothing (tiny counts, 3 s windows, and the
  * machine is shared with the load generator and whatever else CI runs). The cluster run must show
  * delivery through Redis, though: clients on both processes, and every client of the process that
- * does not broadcast receiving the broadcasts, each once, in order, without gaps.
+ * does not broadcast receiving the broadcasts, each once, in order, without gaps. And the
+ * conflation scenario must show the two policies apart under the same load (8 KiB every 10 ms to
+ * clients reading 10 KB/s): without keys every slow client is cut off for overflow; with rotating
+ * conflation keys every slow client is still connected at the end, its queue bounded by the number
+ * of keys, and messages were replaced.
  */
 
 const fs = require('fs')
@@ -157,6 +161,41 @@ describe('bench/run.js --quick', () => {
     } else {
       expect(l.byNode).toEqual({})
     }
+
+    if (scenario === 'conflation') {
+      // Server counters 1 s before the window's end (every load generator client still there);
+      // the slow clients one by one as of the end of the load generator's window.
+      const late = a.extra.lateWindow
+      expect(late).toBeTruthy()
+      expect(l.keys).toBe(sc.keys)
+      expect(l.slowClients).toHaveLength(sc.slow)
+      for (const c of l.slowClients) {
+        expect(isNum(c.messages) && isNum(c.msgsPerS) && isNum(c.ageUs.count)).toBe(true)
+        expect(c.versionsBehind.perKey).toHaveLength(sc.keys)
+        expect(isNum(c.rcvQueueBytes.max)).toBe(true)
+      }
+      expect(isNum(l.fastMaxSeqAtWindowEnd) && l.fastMaxSeqAtWindowEnd > 0).toBe(true)
+      const open = l.slowClients.map((c) => c.openAtWindowEnd)
+      const m = late.metrics
+      if (adapter === 'sluice') {
+        // No keys: each slow client's queue passes maxBufferedAmount and onOverflow 'terminate'
+        // cuts it off (a reset: TCP_INFO shows it even while the client still reads what it had).
+        expect({ open, overflow: m.terminated.overflow, replaced: m.replaced }).toEqual({ open: Array(sc.slow).fill(false), overflow: sc.slow, replaced: 0 })
+        expect(a.extra.closes.length).toBe(sc.slow)
+      } else {
+        // Rotating keys: nobody is cut off, messages were replaced, and each slow connection's
+        // queue holds at most one message per key (+ the one being written).
+        expect({ open, endedByServer: l.roles.slow.endedByServer, overflow: m.terminated.overflow, pongTimeout: m.terminated.pongTimeout }).toEqual({ open: Array(sc.slow).fill(true), endedByServer: 0, overflow: 0, pongTimeout: 0 })
+        expect(m.replaced).toBeGreaterThan(0)
+        expect(a.extra.closes).toEqual([])
+        const slowConns = late.laggards.slice(0, sc.slow)
+        expect(slowConns).toHaveLength(sc.slow)
+        for (const r of slowConns) {
+          expect(r.replaced).toBeGreaterThan(0)
+          expect(r.bufferedAmount).toBeLessThanOrEqual((sc.keys + 1) * (sc.payload + 14))
+        }
+      }
+    }
   })
 
   test('report and SVG charts exist', () => {
@@ -167,6 +206,9 @@ describe('bench/run.js --quick', () => {
     expect(report).toContain('## Targets')
     for (const [scenario, adapter] of PLAN) expect(report).toContain(`| ${scenario} | ${adapter} |`)
     expect(report).toContain('## Scale-out: cluster scenario')
+    expect(report).toContain('## Slow clients: conflation scenario')
+    expect(report).toContain('| terminate (sluice, no keys) | 0/')
+    expect(summary.charts.map((f) => path.basename(f))).toEqual(expect.arrayContaining(['conflation-rss.svg', 'conflation-slow-age-cdf.svg']))
     expect(summary.charts.length).toBeGreaterThanOrEqual(2)
     for (const file of summary.charts) {
       const svg = fs.readFileSync(file, 'utf8')

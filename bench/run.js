@@ -20,6 +20,10 @@
  * The cluster scenario runs only sluice (one process, no Redis) and sluice-cluster (two processes
  * on one port, linked by a redis-server that this script starts on a free port for the run and
  * stops after it); sluice-cluster runs in no other scenario.
+ *
+ * The conflation scenario runs only sluice (unkeyed broadcasts: the terminate policy) and
+ * sluice-conflation (every broadcast carries one of K rotating conflation keys), with the same load;
+ * sluice-conflation runs in no other scenario.
  */
 
 const fs = require('fs')
@@ -30,11 +34,13 @@ const { spawn, execFileSync } = require('child_process')
 
 const ROOT = path.resolve(__dirname, '..')
 const LOADGEN = path.join(__dirname, 'loadgen', 'target', 'release', 'sluice-loadgen')
-const ADAPTERS = ['sluice', 'ws-naive', 'ws-guarded', 'uws', 'sluice-cluster']
-const SCENARIO_ORDER = ['lobby', 'slow', 'base', 'storm', 'idle', 'cluster']
+const ADAPTERS = ['sluice', 'ws-naive', 'ws-guarded', 'uws', 'sluice-cluster', 'sluice-conflation']
+const SCENARIO_ORDER = ['lobby', 'slow', 'base', 'storm', 'idle', 'cluster', 'conflation']
 // Restrictions on the adapters × scenarios product (see planRuns).
-const SCENARIO_ADAPTERS = { cluster: ['sluice', 'sluice-cluster'] }
-const ADAPTER_SCENARIOS = { 'sluice-cluster': ['cluster'] }
+const SCENARIO_ADAPTERS = { cluster: ['sluice', 'sluice-cluster'], conflation: ['sluice', 'sluice-conflation'] }
+const ADAPTER_SCENARIOS = { 'sluice-cluster': ['cluster'], 'sluice-conflation': ['conflation'] }
+// Conflation scenario: the connections listed in each sluice run's extra.lateWindow.laggards.
+const LAGGARDS = 10
 const MAX_BUFFERED = 524288
 
 // Full-run parameters (bench/README / the spec). `interval` 0 = storm; payload 0 = idle (nothing sent).
@@ -45,6 +51,8 @@ const FULL = {
   storm: { fast: 2000, stalled: 20, slow: 0, probeMs: 100, payload: 2048, interval: 0, windowS: 20 },
   idle: { fast: 10000, stalled: 0, slow: 0, probeMs: 0, payload: 0, interval: 0, windowS: 10, idle: true },
   cluster: { fast: 5000, stalled: 0, slow: 0, probeMs: 0, payload: 2048, interval: 100, windowS: 20 },
+  // 2 KiB every 20 ms = 102 KB/s to every client, 10x what a slow client reads; K = 16 keys.
+  conflation: { fast: 2000, stalled: 0, slow: 5, slowRate: 10000, probeMs: 0, payload: 2048, interval: 20, windowS: 60, keys: 16 },
 }
 const QUICK = {
   lobby: { ...FULL.lobby, fast: 200, windowS: 3 },
@@ -53,6 +61,8 @@ const QUICK = {
   storm: { ...FULL.storm, fast: 200, stalled: 10, windowS: 3 },
   idle: { ...FULL.idle, fast: 200, windowS: 3 },
   cluster: { ...FULL.cluster, fast: 200, windowS: 3 },
+  // 8 KiB every 10 ms (819 KB/s): the unkeyed run's slow clients overflow within the few seconds.
+  conflation: { ...FULL.conflation, fast: 200, slow: 2, payload: 8192, interval: 10, windowS: 3 },
 }
 const DESCRIPTIONS = {
   lobby: 'fast clients + a probe connection every 100 ms; one 2 KiB broadcast every 500 ms',
@@ -61,6 +71,7 @@ const DESCRIPTIONS = {
   storm: 'fast + stalled clients + probes; 2 KiB broadcasts as fast as the server keeps up',
   idle: 'connections held open, nothing sent; memory per open connection',
   cluster: 'sluice-cluster: 2 processes on one port (reusePort) linked by Redis, one of them broadcasts; sluice: the same clients and rate on 1 process, no Redis',
+  conflation: 'fast + slow (10 KB/s) clients; sluice: unkeyed broadcasts (onOverflow terminate); sluice-conflation: the same broadcasts, each with one of K rotating conflation keys',
 }
 
 /** [scenario, adapter] pairs to run, in order: the product minus SCENARIO_ADAPTERS / ADAPTER_SCENARIOS. */
@@ -298,6 +309,8 @@ async function runOne(adapter, scenario, sc, flags, rawDir) {
     '--out', files.adapterJson,
   ]
   if (sc.idle) adapterArgs.push('--idle')
+  if (adapter === 'sluice-conflation') adapterArgs.push('--keys', String(sc.keys))
+  if (scenario === 'conflation') adapterArgs.push('--laggards', String(LAGGARDS))
   // The hard limit may be below 65536 (it is 20000 on the reference machine): then take the hard
   // limit (adapterCmd, below).
 
@@ -329,6 +342,9 @@ async function runOne(adapter, scenario, sc, flags, rawDir) {
     if (sc.slow) lgArgs.push('--slow-rate', String(sc.slowRate))
     if (sc.probeMs) lgArgs.push('--probe-interval-ms', String(sc.probeMs))
     if (sc.idle) lgArgs.push('--idle')
+    // Both conflation runs: the per-key version lag of each slow client (key = seq mod K), so the
+    // unkeyed run is measured against the same K "table states".
+    if (sc.keys) lgArgs.push('--keys', String(sc.keys))
     loadgenProc = startProcess(LOADGEN, lgArgs, files.loadgenLog)
 
     await withTimeout(waitForFile(files.ready, loadgenProc, 'sluice-loadgen'), (rampS * 4 + 60) * 1000, 'clients connected (ready file)')
@@ -421,6 +437,86 @@ function derive(run, sc) {
     fastDuplicates: num(fast.duplicates),
     fastOutOfOrder: num(fast.outOfOrder),
     cluster,
+    conflation: sc.keys ? deriveConflation(a, l, sc) : null,
+  }
+}
+
+/**
+ * The conflation scenario's figures (null for every other scenario): the slow clients one by one
+ * (sluice-loadgen slowClients, as of the end of its window) and the server's own counters, taken
+ * 1 s before the end of the window (adapter extra.lateWindow, so the load generator's clients are
+ * all still there).
+ */
+function deriveConflation(a, l, sc) {
+  const clients = Array.isArray(l.slowClients) ? l.slowClients : []
+  const slow = l.slow || {}
+  const fast = l.fast || {}
+  const windowS = num(l.windowS) || sc.windowS
+  const e = a.extra || {}
+  const late = e.lateWindow || null
+  const m = late ? late.metrics : null
+  const mean = (xs) => (xs.length ? xs.reduce((s, x) => s + x, 0) / xs.length : null)
+  const open = clients.filter((c) => c.openAtWindowEnd)
+  const vb = clients.filter((c) => c.versionsBehind)
+  const vbOpen = open.filter((c) => c.versionsBehind)
+  // Connections the server ended before the late-window snapshot (fast clients never leave before
+  // the window ends): seconds after the first broadcast.
+  const closes = Array.isArray(e.closes) ? e.closes.map(([t, code, replaced]) => ({ s: t === null ? null : t / 1000, code, replaced })) : []
+  const closeS = closes.map((c) => c.s).filter((x) => x !== null).sort((x, y) => x - y)
+  // The slow clients among the laggards: the sc.slow connections with the most bytes queued.
+  const lag = late && Array.isArray(late.laggards) ? late.laggards.slice(0, sc.slow).filter((r) => r.bufferedAmount + (r.kernelBufferedAmount || 0) > 0) : []
+  const ms = (us) => (num(us) !== null ? us / 1000 : null)
+  // Per watched connection (those that signalled backpressure: the slow ones), the most bytes seen
+  // in sluice's queue and in the kernel's send queue while it was open.
+  const watch = new Map()
+  for (const [, rows] of Array.isArray(e.watched) ? e.watched : []) {
+    for (const [id, queued, kernel] of rows) {
+      const w = watch.get(id) || { queued: 0, kernel: 0 }
+      w.queued = Math.max(w.queued, queued)
+      w.kernel = Math.max(w.kernel, kernel || 0)
+      watch.set(id, w)
+    }
+  }
+  const watched = [...watch.values()]
+  return {
+    keys: sc.keys,
+    slowTarget: clients.length || (l.roles && l.roles.slow ? l.roles.slow.target : null),
+    slowOpen: open.length,
+    tcpStates: clients.map((c) => c.tcpStateAtWindowEnd || (c.openAtWindowEnd ? 'open' : 'ended')),
+    slowMsgsPerS: mean(clients.map((c) => c.msgsPerS)),
+    slowOpenMsgsPerS: mean(open.map((c) => c.msgsPerS)),
+    slowMessages: num(slow.messages),
+    slowBytesPerS: clients.length ? (num(slow.bytes) || 0) / windowS / clients.length : null,
+    ageP50Ms: slow.latencyUs && slow.latencyUs.count ? ms(slow.latencyUs.p50) : null,
+    ageP99Ms: slow.latencyUs && slow.latencyUs.count ? ms(slow.latencyUs.p99) : null,
+    ageMaxMs: slow.latencyUs && slow.latencyUs.count ? ms(slow.latencyUs.max) : null,
+    ageCount: slow.latencyUs ? num(slow.latencyUs.count) : null,
+    ageHistogram: slow.latencyHistogram || null,
+    lastAgeMs: mean(open.map((c) => ms(c.lastAgeUs)).filter((x) => x !== null)),
+    msSinceLastMessage: clients.map((c) => c.msSinceLastMessage),
+    behindMean: mean(vb.map((c) => c.versionsBehind.mean)),
+    behindMax: vb.length ? Math.max(...vb.map((c) => c.versionsBehind.max)) : null,
+    behindOpenMean: mean(vbOpen.map((c) => c.versionsBehind.mean)),
+    behindOpenMax: vbOpen.length ? Math.max(...vbOpen.map((c) => c.versionsBehind.max)) : null,
+    keysCurrentPct: vb.length ? (100 * vb.reduce((s, c) => s + c.versionsBehind.keysCurrent, 0)) / (vb.length * sc.keys) : null,
+    fastMaxSeq: num(l.fastMaxSeqAtWindowEnd),
+    fastMsgsPerS: num(fast.messages) !== null ? fast.messages / windowS : null,
+    serverAtS: late && num(late.msSinceFirstBroadcast) !== null ? late.msSinceFirstBroadcast / 1000 : null,
+    replaced: m ? m.replaced : null,
+    droppedNormal: m ? m.dropped.normal : null,
+    droppedBytes: m ? m.dropped.bytes : null,
+    overflow: m ? m.terminated.overflow : null,
+    pongTimeout: m ? m.terminated.pongTimeout : null,
+    serverConnections: late ? late.connections : null,
+    closes,
+    cutOffFirstS: closeS.length ? closeS[0] : null,
+    cutOffLastS: closeS.length ? closeS[closeS.length - 1] : null,
+    watchedQueuedMaxKB: watched.map((w) => w.queued / 1024),
+    watchedKernelMaxKB: watched.map((w) => w.kernel / 1024),
+    rcvQueueMaxKB: clients.map((c) => (c.rcvQueueBytes ? c.rcvQueueBytes.max / 1024 : null)).filter((x) => x !== null),
+    laggardQueuedKB: lag.map((r) => r.bufferedAmount / 1024),
+    laggardKernelKB: lag.map((r) => (r.kernelBufferedAmount || 0) / 1024),
+    laggardReplaced: lag.map((r) => r.replaced),
   }
 }
 
@@ -661,7 +757,8 @@ function evaluateTargets(byKey) {
 
 function ratioTable(byKey, scenarios, adapters) {
   // sluice / peer for the headline figures, per scenario (lower is better except msgs/s).
-  const peers = adapters.filter((a) => a !== 'sluice' && a !== 'sluice-cluster') // sluice-cluster: clusterSection()
+  // sluice-cluster: clusterSection(); sluice-conflation: conflationSection()
+  const peers = adapters.filter((a) => a !== 'sluice' && a !== 'sluice-cluster' && a !== 'sluice-conflation')
   const metrics = [
     ['turn p99', (d) => d.turnP99Us],
     ['ELD p99', (d) => d.eldP99Ms],
@@ -693,7 +790,7 @@ function ratioTable(byKey, scenarios, adapters) {
 // ------------------------------------------------------------------------------------------------
 // SVG charts, written by hand
 
-const COLORS = { sluice: '#d62728', 'ws-naive': '#1f77b4', 'ws-guarded': '#2ca02c', uws: '#9467bd' }
+const COLORS = { sluice: '#d62728', 'ws-naive': '#1f77b4', 'ws-guarded': '#2ca02c', uws: '#9467bd', 'sluice-conflation': '#ff7f0e' }
 const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
 
 function niceTicks(min, max, count = 6) {
@@ -904,6 +1001,111 @@ function clusterSection(byKey, sc, mach) {
   return md
 }
 
+/** Slow clients' message age CDF, conflation scenario: the unkeyed run against the keyed one. */
+function conflationAgeChart(byKey) {
+  const series = []
+  for (const [name, a] of [['terminate (sluice)', 'sluice'], ['conflation (sluice-conflation)', 'sluice-conflation']]) {
+    const r = byKey.get(`conflation/${a}`)
+    const pts = cdfPoints(r && r.loadgenResult && r.loadgenResult.slow && r.loadgenResult.slow.latencyHistogram)
+    if (pts) series.push({ name, points: pts })
+  }
+  return lineChart({
+    title: 'Age of what the slow clients receive, conflation scenario',
+    xLabel: 'age at receipt: receive time - publish timestamp (ms, log scale)',
+    yLabel: 'fraction of messages',
+    series,
+    xLog: true,
+    yMin: 0,
+    yMax: 1,
+    note: 'messages received by the slow (10 KB/s) clients inside the window; from sluice-loadgen slow.latencyHistogram',
+  })
+}
+
+/**
+ * The conflation scenario's own section: the same load through sluice without keys (the
+ * terminate policy) and with K rotating conflation keys. Returns markdown lines, [] when neither ran.
+ */
+function conflationSection(byKey, sc, maxBuffered) {
+  const term = byKey.get('conflation/sluice')
+  const conf = byKey.get('conflation/sluice-conflation')
+  if (!term && !conf) return []
+  const s = (msv, digits = 1) => fmt(msv === null || msv === undefined ? null : msv / 1000, digits)
+  const list = (xs, digits = 0) => (xs && xs.length ? xs.map((x) => fmt(x, digits)).join(', ') : '–')
+  const kbps = Math.round((sc.payload * 1000) / sc.interval / 100) / 10 // KB/s to every client
+  const label = { sluice: 'terminate (sluice, no keys)', 'sluice-conflation': `conflation (sluice-conflation, K = ${sc.keys})` }
+  const slowRow = (a, r) => {
+    if (!r || !r.derived || !r.derived.conflation) return [label[a], 'not run', ...Array(9).fill('')]
+    const c = r.derived.conflation
+    return [
+      label[a] + (r.ok ? '' : ' (FAILED)'),
+      `${fmt(c.slowOpen, 0)}/${fmt(c.slowTarget, 0)}`,
+      c.closes.length ? `${fmt(c.closes.length, 0)}: ${fmt(c.cutOffFirstS)} / ${fmt(c.cutOffLastS)} s (code ${[...new Set(c.closes.map((x) => x.code))].join(', ')})` : 'none',
+      `${fmt(c.slowMsgsPerS, 2)} (${fmt(c.slowBytesPerS / 1000, 1)} KB/s)`,
+      `${s(c.ageP50Ms, 2)} / ${s(c.ageP99Ms, 2)} / ${s(c.ageMaxMs, 2)} (n=${fmt(c.ageCount, 0)})`,
+      `${fmt(c.behindMean, 1)} / ${fmt(c.behindMax, 0)}`,
+      `${fmt(c.keysCurrentPct, 0)} %`,
+      list(c.watchedQueuedMaxKB),
+      list(c.watchedKernelMaxKB),
+      list(c.rcvQueueMaxKB),
+    ]
+  }
+  const serverRow = (a, r) => {
+    if (!r || !r.derived || !r.derived.conflation) return [label[a], 'not run', ...Array(7).fill('')]
+    const d = r.derived
+    const c = d.conflation
+    return [
+      label[a] + (r.ok ? '' : ' (FAILED)'),
+      fmt(c.fastMsgsPerS, 0),
+      `${fmt(d.fastP50Ms, 2)} / ${fmt(d.fastP99Ms, 2)}`,
+      `${fmt(d.fastGaps, 0)} / ${fmt(d.fastDuplicates, 0)} / ${fmt(d.fastOutOfOrder, 0)}`,
+      fmt(c.replaced, 0),
+      `${fmt(c.droppedNormal, 0)} (${fmt(c.droppedBytes / 1024, 0)} KiB)`,
+      `${fmt(c.overflow, 0)} / ${fmt(c.pongTimeout, 0)}`,
+      fmt(d.rssMaxMB),
+      `${fmt(d.cpuS, 2)} (${fmt(d.cpuMsPerMB, 2)})`,
+    ]
+  }
+  const md = []
+  md.push('## Slow clients: conflation scenario')
+  md.push('')
+  md.push(`${sc.fast} fast clients and ${sc.slow} slow clients that read at most ${sc.slowRate} B/s (sluice-loadgen's token bucket on the socket read, so their TCP window really closes); one ${sc.payload} B broadcast every ${sc.interval} ms (Normal priority), ${fmt(kbps, 1)} KB/s to every client, ${fmt((sc.payload * 1000) / sc.interval / sc.slowRate, 1)}× what a slow client reads. Two runs with the same load, server options and broadcasts: **terminate** is the \`sluice\` adapter, \`server.broadcast(buf)\` without a key, so a slow client's queue grows until it passes maxBufferedAmount (${maxBuffered} B) and the default \`onOverflow: 'terminate'\` cuts it off; **conflation** is \`sluice-conflation\`, every broadcast with a key, \`server.broadcast(buf, 'normal', { key: 'table:' + (n % ${sc.keys}) })\` for broadcast n: ${sc.keys} "table states" updated round-robin, each one every ${sc.keys * sc.interval} ms, so a slow client's sluice queue holds at most ${sc.keys} messages and it gets the newest version of each key at the pace it reads. Every other option is sluice's default (ping every 30 s, pong timeout 10 s).`)
+  md.push('')
+  md.push('- **open at end**: slow clients still connected at the end of the load generator\'s window: no close or EOF seen and the socket still ESTABLISHED in TCP_INFO (sluice ends an overflowing connection with a reset, which TCP_INFO shows at once while the client is still reading the bytes it received before it).')
+  md.push('- **cut off**: connections the server closed before the snapshot 1 s before the window\'s end (only slow clients ever leave early), seconds after the first broadcast (first / last), with the close code the server reported.')
+  md.push('- **age**: receive time − the publish timestamp in the payload, for every message a slow client received inside the window, p50 / p99 / max in seconds: how old a value is when a slow client gets it.')
+  md.push(`- **versions behind**: at the end of the window, per slow client and per key (key = sequence number mod ${sc.keys}, also for the unkeyed run), how many newer versions of that key had been published than the newest one the client had received ("published": up to the newest sequence number any fast client had received by then). Mean over all keys and slow clients / max; 0 = the client has the current value. For a client that was cut off it grows by one per key every ${sc.keys * sc.interval} ms. **keys current**: share of (client, key) pairs 0 versions behind.`)
+  md.push('- **msgs/s per slow client**: messages received inside the window / window, mean over the slow clients (connected or not: a client cut off by a reset still reads what it had received before).')
+  md.push('- **where a slow client\'s backlog waits**, the most seen per slow client, KiB: **sluice queue** (`conn.bufferedAmount`) and **kernel send queue** (`conn.kernelBufferedAmount`, SIOCOUTQ: sent but unacknowledged + unsent), sampled every 500 ms by the adapter for the connections that signalled `backpressure` while they were open; **client receive queue** (FIONREAD on the client socket after each of its reads, sluice-loadgen). Conflation only works on the first; at 10 KB/s every 10 KiB in the other two is about a second of age.')
+  md.push('- **pongTimeout**: sluice pings every connection every 30 s (default) and ends it if no pong comes within 10 s. The ping goes ahead of sluice\'s queue but behind what the kernel already holds for the client, and the client answers it only once it has read that far: at 10 KB/s, about 100 KB in the kernel send queue + the client\'s receive queue makes the pong late.')
+  md.push('- Server counters (`metrics()`: replaced, dropped Normal, terminated overflow / pongTimeout) are taken 1 s before the window ends; fast-client figures as in the main table; **CPU**: the server process over the window, s (ms per MB delivered).')
+  md.push('')
+  md.push(mdTable(['run', 'slow open at end', 'cut off (first / last)', 'msgs/s per slow client', 'age p50 / p99 / max s', 'versions behind mean / max', 'keys current', 'sluice queue max KiB', 'kernel send queue max KiB', 'client receive queue max KiB'], [slowRow('sluice', term), slowRow('sluice-conflation', conf)]))
+  md.push('')
+  md.push(mdTable(['run', 'fast msgs/s', 'fast lat p50 / p99 ms', 'fast gaps / dups / out-of-order', 'replaced', 'dropped Normal', 'terminated overflow / pongTimeout', 'RSS max MB', 'CPU s (ms per MB)'], [serverRow('sluice', term), serverRow('sluice-conflation', conf)]))
+  md.push('')
+  if (term && term.ok && conf && conf.ok && term.derived.conflation && conf.derived.conflation) {
+    const dt = term.derived
+    const dc = conf.derived
+    const ct = dt.conflation
+    const cc = dc.conflation
+    const r = (a, b) => (a !== null && a !== undefined && b !== null && b !== undefined && b > 0 ? fmt(a / b, 3) : '–')
+    md.push('Ratios, conflation / terminate (same load):')
+    md.push('')
+    md.push(mdTable(['slow open at end', 'msgs/s per slow client', 'slow age p50', 'slow age p99', 'versions behind (mean)', 'fast p50', 'fast p99', 'fast msgs/s', 'RSS max', 'CPU ms per MB'], [[
+      `${cc.slowOpen}/${cc.slowTarget} vs ${ct.slowOpen}/${ct.slowTarget}`,
+      r(cc.slowMsgsPerS, ct.slowMsgsPerS), r(cc.ageP50Ms, ct.ageP50Ms), r(cc.ageP99Ms, ct.ageP99Ms), r(cc.behindMean, ct.behindMean),
+      r(dc.fastP50Ms, dt.fastP50Ms), r(dc.fastP99Ms, dt.fastP99Ms), r(cc.fastMsgsPerS, ct.fastMsgsPerS), r(dc.rssMaxMB, dt.rssMaxMB), r(dc.cpuMsPerMB, dt.cpuMsPerMB),
+    ]]))
+    md.push('')
+    const yes = (b) => (b ? 'yes' : '**no**')
+    md.push(`- check, conflation: every slow client connected at the end: ${yes(cc.slowOpen === cc.slowTarget && cc.slowTarget > 0)} (${cc.slowOpen}/${cc.slowTarget}); none terminated for overflow: ${yes(cc.overflow === 0)}; replaced > 0: ${yes(cc.replaced > 0)} (${fmt(cc.replaced, 0)}); dropped Normal ${fmt(cc.droppedNormal, 0)}`)
+    md.push(`- check, terminate: every slow client cut off: ${yes(ct.slowOpen === 0 && ct.slowTarget > 0)} (${ct.slowTarget - ct.slowOpen}/${ct.slowTarget}; overflow terminations ${fmt(ct.overflow, 0)})`)
+    md.push(`- check, fast clients no worse with conflation: fast p99 ${fmt(dc.fastP99Ms, 2)} ms vs ${fmt(dt.fastP99Ms, 2)} ms (≤ 1.2× the terminate run: ${yes(dc.fastP99Ms !== null && dt.fastP99Ms !== null && dc.fastP99Ms <= 1.2 * dt.fastP99Ms)}); fast gaps ${fmt(dc.fastGaps, 0)}`)
+    md.push('')
+  }
+  return md
+}
+
 // ------------------------------------------------------------------------------------------------
 // Machine
 
@@ -998,13 +1200,17 @@ async function main() {
   if (flags.scenarios.includes('slow')) writeChart('slow-rss.svg', rssChart(byKey, flags.adapters, 'slow'), 'RSS over time per adapter, slow scenario')
   if (flags.scenarios.includes('lobby')) writeChart('lobby-latency-cdf.svg', latencyCdfChart(byKey, flags.adapters, 'lobby'), 'Fast-client latency distribution (CDF) per adapter, lobby scenario')
   if (flags.scenarios.includes('storm')) writeChart('storm-rss.svg', rssChart(byKey, flags.adapters, 'storm'), 'RSS over time per adapter, storm scenario')
+  if (byKey.has('conflation/sluice') || byKey.has('conflation/sluice-conflation')) {
+    writeChart('conflation-rss.svg', rssChart(byKey, ['sluice', 'sluice-conflation'], 'conflation'), 'RSS over time, conflation scenario: unkeyed (terminate) vs keyed (conflation)')
+    writeChart('conflation-slow-age-cdf.svg', conflationAgeChart(byKey), 'Age of the messages the slow clients receive (CDF), conflation scenario')
+  }
   if (byKey.has('cluster/sluice') || byKey.has('cluster/sluice-cluster')) writeChart('cluster-latency-cdf.svg', clusterCdfChart(byKey), 'Delivery latency distribution (CDF), cluster scenario: 1 process vs 2 processes + Redis, by node')
 
   // Report
   const paramRows = flags.scenarios.map((scn) => {
     const sc = scenarios[scn]
     const clients = [`${sc.fast} ${sc.idle ? 'idle' : 'fast'}${scn === 'cluster' ? ' (sluice-cluster: over 2 processes)' : ''}`, sc.stalled && `${sc.stalled} stalled`, sc.slow && `${sc.slow} slow @ ${sc.slowRate} B/s`].filter(Boolean).join(' + ')
-    return [scn, clients, sc.probeMs ? `every ${sc.probeMs} ms` : '–', sc.idle ? 'none' : `${sc.payload} B / ${sc.interval === 0 ? 'as fast as possible' : `${sc.interval} ms`}`, `${flags.warmupS} s`, `${sc.windowS} s`, DESCRIPTIONS[scn]]
+    return [scn, clients, sc.probeMs ? `every ${sc.probeMs} ms` : '–', sc.idle ? 'none' : `${sc.payload} B / ${sc.interval === 0 ? 'as fast as possible' : `${sc.interval} ms`}${sc.keys ? ` (sluice-conflation: ${sc.keys} keys)` : ''}`, `${flags.warmupS} s`, `${sc.windowS} s`, DESCRIPTIONS[scn]]
   })
   const failed = runs.filter((r) => !r.ok)
   const md = []
@@ -1058,6 +1264,8 @@ async function main() {
   }
   const clusterMd = clusterSection(byKey, scenarios.cluster, mach)
   for (const line of clusterMd) md.push(line)
+  const conflationMd = conflationSection(byKey, scenarios.conflation, MAX_BUFFERED)
+  for (const line of conflationMd) md.push(line)
   md.push('## Targets')
   md.push('')
   md.push(targetsMd)
@@ -1087,6 +1295,10 @@ async function main() {
   const summary = { reportPath, assetsDir, charts: charts.map((c) => c.file), runs: runs.map((r) => ({ scenario: r.scenario, adapter: r.adapter, ok: r.ok, error: r.error, adapterJson: r.files.adapterJson, loadgenJson: r.files.loadgenJson })), targets }
   fs.writeFileSync(path.join(assetsDir, 'summary.json'), JSON.stringify(summary, null, 2))
 
+  if (conflationMd.length) {
+    const lines = conflationMd.filter((l) => l.startsWith('|') || l.startsWith('Ratios') || l.startsWith('- check') || l === '').join('\n').replace(/\n{3,}/g, '\n\n').trim()
+    process.stdout.write(`\nSlow clients, conflation scenario:\n\n${lines}\n`)
+  }
   if (clusterMd.length) {
     const lines = clusterMd.filter((l) => l.startsWith('|') || l.startsWith('Ratios') || l === '').join('\n').replace(/\n{3,}/g, '\n\n').trim()
     process.stdout.write(`\nScale-out, cluster scenario:\n\n${lines}\n`)

@@ -10,6 +10,8 @@
  * CLI: --port P (0 = ephemeral) --payload BYTES --interval MS (0 = storm) --duration-s D
  *      --warmup-s W --out PATH --max-buffered BYTES --idle --host H
  *      [--redis URL --redis-pid PID]  (sluice-cluster only: the Redis server run.js started)
+ *      [--keys K]  (sluice-conflation only: broadcast n carries conflation key n mod K)
+ *      [--laggards N]  (sluice adapters: the N connections with the most bytes queued, at the end of the window)
  *
  * Protocol: prints `PORT <n>` as its first stdout line once listening. Starts broadcasting on
  * SIGUSR2 or a line "start" on stdin. The measurement window is [W, W + D] seconds after the start
@@ -51,6 +53,8 @@ function parseArgs(argv) {
     idle: false,
     redis: null,
     redisPid: null,
+    keys: 0,
+    laggards: 0,
   }
   const num = (name, v) => {
     const n = Number(v)
@@ -71,6 +75,8 @@ function parseArgs(argv) {
       case '--idle': o.idle = true; break
       case '--redis': o.redis = argv[++i]; break
       case '--redis-pid': o.redisPid = num('redis-pid', argv[++i]); break
+      case '--keys': o.keys = num('keys', argv[++i]); break
+      case '--laggards': o.laggards = num('laggards', argv[++i]); break
       default: throw new Error(`unknown argument ${a}`)
     }
   }
@@ -171,7 +177,8 @@ function epochUs() {
  * impl: {
  *   name,
  *   listen(opts) -> Promise<port>,
- *   broadcast(buf) -> boolean|undefined  (false = nothing queued; only sluice returns that),
+ *   broadcast(buf, seq) -> boolean|undefined  (false = nothing queued; only sluice returns that;
+ *                                          seq: the sequence number written into buf),
  *   backoffOnFalse: boolean,              (storm: wait 1 ms and retry the same sequence number)
  *   ready() -> boolean                    (optional, storm: false = the clients are behind; wait
  *                                          1 ms before the next broadcast instead of sending it)
@@ -262,7 +269,7 @@ async function run(impl) {
     const s0 = TRACE_SLOW_CALL_MS ? jsThreadSchedstat() : null
     const w0 = process.hrtime.bigint()
     const c0 = threadCpuTimeNs()
-    const ok = impl.broadcast(buf)
+    const ok = impl.broadcast(buf, seq)
     const c1 = threadCpuTimeNs()
     const w1 = process.hrtime.bigint()
     const measuring = inWindow

@@ -11,36 +11,124 @@
 // fan-out (server.pendingBroadcasts) and at most 10% of the connections are above highWaterMark
 // (server.backpressuredCount), both one atomic read, and otherwise waits 1 ms. It also backs off
 // 1 ms when broadcast() returns false (the fan-out queue is full).
+//
+// `sluice-conflation` (bench/adapters/sluice-conflation.js) is this adapter with conflation keys:
+// broadcast n is server.broadcast(buf, 'normal', { key: `table:${n % K}` }) with K = --keys.
+// --laggards N (either; the conflation scenario): extra.lateWindow is a snapshot taken 1 s before
+// the window ends (so that the load generator's clients, which leave as soon as its window ends,
+// are all still there): metrics(), and the N open connections with the most bytes queued (sluice's
+// queue + the kernel's send queue, SIOCOUTQ) with their replaced count. extra.timeline samples
+// metrics() every 250 ms: [ms since the first broadcast, terminated.overflow,
+// terminated.pongTimeout, replaced, dropped.normal, open connections]; extra.closes lists the
+// connections that closed before that snapshot (ms since the first broadcast, code, replaced).
+// extra.watched follows up to 20 slow connections: those that signalled 'backpressure', or that
+// had messages replaced or 16 KiB queued in a scan of all connections once a second during the
+// first 10 s after the first broadcast (a conflated queue may never reach highWaterMark); every
+// 500 ms while open: [ms since the first broadcast, [[id, bufferedAmount,
+// kernelBufferedAmount, replaced], ...]].
 
 const { Server } = require('../..')
 const { main } = require('./common')
 
-let server
-let open = 0
-let peak = 0
+function runSluice(name, { keyed = false } = {}) {
+  let server
+  let open = 0
+  let peak = 0
+  let keyOptions = null // keyed: one { key } object per key, made once
+  let laggards = 0
+  let durationS = 0
+  const conns = new Set() // only with --laggards
+  let firstBroadcastMs = null
+  let lateWindow = null
+  const timeline = []
+  const closes = []
+  const watchedConns = new Set()
+  const watched = []
+  const sinceFirst = () => (firstBroadcastMs === null ? null : Math.round(Date.now() - firstBroadcastMs))
+  const laggardRows = () => {
+    const rows = []
+    for (const c of conns) {
+      if (!c.isOpen) continue
+      rows.push({ id: c.id, bufferedAmount: c.bufferedAmount, kernelBufferedAmount: c.kernelBufferedAmount, replaced: c.replaced })
+    }
+    const total = (r) => r.bufferedAmount + (r.kernelBufferedAmount || 0)
+    rows.sort((a, b) => total(b) - total(a))
+    return rows.slice(0, laggards)
+  }
 
-main({
-  name: 'sluice',
-  backoffOnFalse: true,
-  async listen(opts) {
-    server = new Server({ port: opts.port, host: opts.host, maxBufferedAmount: opts.maxBuffered })
-    server.on('error', (err) => process.stderr.write(`sluice server error: ${err && err.stack ? err.stack : err}\n`))
-    server.on('connection', (conn) => {
-      open++
-      if (open > peak) peak = open
-      conn.on('close', () => {
-        open--
+  main({
+    name,
+    backoffOnFalse: true,
+    async listen(opts) {
+      if (keyed) {
+        if (!Number.isInteger(opts.keys) || opts.keys < 1) throw new Error(`${name} needs --keys K, a whole number >= 1`)
+        keyOptions = Array.from({ length: opts.keys }, (_, i) => ({ key: `table:${i}` }))
+      } else if (opts.keys) {
+        throw new Error(`${name} broadcasts without keys: --keys is for sluice-conflation`)
+      }
+      laggards = opts.laggards
+      durationS = opts.durationS
+      if (laggards) {
+        const sampler = setInterval(() => {
+          const m = server.metrics()
+          timeline.push([sinceFirst(), m.terminated.overflow, m.terminated.pongTimeout, m.replaced, m.dropped.normal, open])
+        }, 250)
+        sampler.unref()
+        const watcher = setInterval(() => {
+          const t = sinceFirst()
+          if (t !== null && t < 10000 && Math.floor(t / 500) % 2 === 0 && watchedConns.size < 20) {
+            for (const c of conns) {
+              if (watchedConns.size >= 20) break
+              if (c.isOpen && (c.replaced > 0 || c.bufferedAmount >= 16384)) watchedConns.add(c)
+            }
+          }
+          if (!watchedConns.size || lateWindow) return
+          const rows = []
+          for (const c of watchedConns) if (c.isOpen) rows.push([c.id, c.bufferedAmount, c.kernelBufferedAmount, c.replaced])
+          if (rows.length) watched.push([sinceFirst(), rows])
+        }, 500)
+        watcher.unref()
+      }
+      server = new Server({ port: opts.port, host: opts.host, maxBufferedAmount: opts.maxBuffered })
+      server.on('error', (err) => process.stderr.write(`sluice server error: ${err && err.stack ? err.stack : err}\n`))
+      server.on('connection', (conn) => {
+        open++
+        if (open > peak) peak = open
+        if (laggards) {
+          conns.add(conn)
+          conn.on('backpressure', () => {
+            if (watchedConns.size < 20) watchedConns.add(conn)
+          })
+        }
+        conn.on('close', (code) => {
+          open--
+          if (!laggards) return
+          conns.delete(conn)
+          if (!lateWindow && closes.length < 1000) closes.push([sinceFirst(), code, conn.replaced])
+        })
       })
-    })
-    const { port } = await server.listen()
-    return port
-  },
-  broadcast(buf) {
-    return server.broadcast(buf)
-  },
-  ready: () => server.pendingBroadcasts < 4 && server.backpressuredCount * 10 <= server.connectionCount,
-  connections: () => open,
-  connectionsPeak: () => peak,
-  terminatedByPolicy: () => server.metrics().terminated.overflow,
-  extra: () => ({ metrics: server.metrics() }),
-})
+      const { port } = await server.listen()
+      return port
+    },
+    broadcast(buf, seq) {
+      if (firstBroadcastMs === null) firstBroadcastMs = Date.now()
+      return keyOptions ? server.broadcast(buf, 'normal', keyOptions[seq % keyOptions.length]) : server.broadcast(buf)
+    },
+    ready: () => server.pendingBroadcasts < 4 && server.backpressuredCount * 10 <= server.connectionCount,
+    connections: () => open,
+    connectionsPeak: () => peak,
+    terminatedByPolicy: () => server.metrics().terminated.overflow,
+    windowOpened() {
+      if (!laggards) return
+      const t = setTimeout(() => {
+        lateWindow = { msSinceFirstBroadcast: sinceFirst(), metrics: server.metrics(), connections: open, laggards: laggardRows() }
+      }, Math.max(0, durationS - 1) * 1000)
+      t.unref()
+    },
+    extra: () => (laggards ? { metrics: server.metrics(), lateWindow, timeline, closes, watched } : { metrics: server.metrics() }),
+  })
+}
+
+if (require.main === module) runSluice('sluice')
+
+module.exports = { runSluice }

@@ -11,6 +11,7 @@ pub struct Config {
     pub stalled: u64,
     pub slow: u64,
     pub slow_rate: u64,
+    pub keys: u64,
     pub idle: bool,
     pub probe_interval_ms: u64,
     pub probe_timeout_ms: u64,
@@ -37,6 +38,9 @@ USAGE: sluice-loadgen --url ws://127.0.0.1:PORT/ [options]
   --stalled N               clients with SO_RCVBUF 4096 that never read after the upgrade (default 0)
   --slow N                  clients that read at most --slow-rate bytes/s (default 0)
   --slow-rate B             read budget of each slow client in bytes/s (default 10000)
+  --keys K                  the server's messages carry K rotating conflation keys (key = sequence
+                            number mod K): report, per slow client, how many newer versions of each
+                            key it lacked at the end of the window (default 0 = not reported)
   --idle                    fast clients don't expect messages (idle scenario)
   --probe-interval-ms P     during the window, a new probe connection every P ms (default 0 = none)
   --probe-timeout-ms T      probe timeout, connect + upgrade (default 2000)
@@ -104,6 +108,7 @@ pub fn parse() -> Result<Config, String> {
         stalled: 0,
         slow: 0,
         slow_rate: 10_000,
+        keys: 0,
         idle: false,
         probe_interval_ms: 0,
         probe_timeout_ms: 2000,
@@ -145,6 +150,7 @@ pub fn parse() -> Result<Config, String> {
             "--stalled" => c.stalled = num(&name, val(&name)?)?,
             "--slow" => c.slow = num(&name, val(&name)?)?,
             "--slow-rate" => c.slow_rate = num(&name, val(&name)?)?,
+            "--keys" => c.keys = num(&name, val(&name)?)?,
             "--idle" => c.idle = true,
             "--probe-interval-ms" => c.probe_interval_ms = num(&name, val(&name)?)?,
             "--probe-timeout-ms" => c.probe_timeout_ms = num(&name, val(&name)?)?,
@@ -176,6 +182,9 @@ pub fn parse() -> Result<Config, String> {
     }
     if c.slow > 0 && c.slow_rate == 0 {
         return Err("--slow-rate must be > 0".into());
+    }
+    if c.keys > 65_536 {
+        return Err("--keys must be at most 65536".into());
     }
     if c.max_inflight == 0 || c.threads == 0 || c.src_count == 0 || c.src_count > 254 {
         return Err("--max-inflight and --threads must be > 0, --src-count 1..254".into());

@@ -17,6 +17,12 @@
 //! receives in the window are also counted under `byNode[<node>]`, so that latency can be split
 //! between clients on the publishing process and clients on the others. Tags are never counted as
 //! messages; a server that sends none leaves `byNode` empty.
+//!
+//! Slow clients, one by one (`slowClients`, bench scenario `conflation`): whether each was still
+//! open at the end of the window, what it received in the window (messages, bytes, the age of each
+//! message at receipt = receive time - payload timestamp), and with `--keys K` (the server's
+//! messages carry conflation key `seq mod K`) how many newer versions of each key it lacked at the
+//! end of the window, against the newest sequence number any fast client had received by then.
 
 mod args;
 mod ws;
@@ -25,8 +31,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -118,6 +124,84 @@ impl StreamStats {
     }
 }
 
+/// One slow client's own figures (see the module doc). Only slow clients have one.
+struct SlowClient {
+    connected_at_us: u64,
+    /// When it ended (server close, EOF, error, protocol error); 0 while open.
+    ended_at_us: AtomicU64,
+    /// Its socket while open (-1 once the reader is done with it), for TCP_INFO: a reset from the
+    /// server shows there at once, while the client still reads the bytes received before it.
+    fd: AtomicI32,
+    /// Bytes in its socket's receive queue (FIONREAD) after its latest read, and the most seen.
+    rcvq_last: AtomicU64,
+    rcvq_max: AtomicU64,
+    st: Mutex<SlowClientState>,
+}
+
+struct SlowClientState {
+    /// Inside the window.
+    messages: u64,
+    bytes: u64,
+    ages: Histogram<u64>,
+    /// The last message received (at any time): its age at receipt and when it came.
+    last_age_us: Option<u64>,
+    last_recv_us: u64,
+    /// With --keys K: the highest sequence number received per key (key = seq mod K).
+    key_last: Vec<Option<u64>>,
+}
+
+impl SlowClient {
+    fn new(keys: u64) -> Self {
+        SlowClient {
+            connected_at_us: now_us(),
+            ended_at_us: AtomicU64::new(0),
+            fd: AtomicI32::new(-1),
+            rcvq_last: AtomicU64::new(0),
+            rcvq_max: AtomicU64::new(0),
+            st: Mutex::new(SlowClientState {
+                messages: 0,
+                bytes: 0,
+                ages: new_hist(),
+                last_age_us: None,
+                last_recv_us: 0,
+                key_last: vec![None; keys as usize],
+            }),
+        }
+    }
+
+    fn record(&self, in_win: bool, lat: Option<u64>, len: u64, seq: u64, now: u64) {
+        let mut st = self.st.lock().unwrap();
+        let age = lat.unwrap_or(0);
+        if in_win {
+            st.messages += 1;
+            st.bytes += len;
+            st.ages.saturating_record(age);
+        }
+        st.last_age_us = Some(age);
+        st.last_recv_us = now;
+        let k = st.key_last.len() as u64;
+        if k > 0 {
+            let slot = &mut st.key_last[(seq % k) as usize];
+            *slot = Some(slot.map_or(seq, |s| s.max(seq)));
+        }
+    }
+}
+
+/// Versions of key `k` (of `keys`) newer than `have` among sequence numbers 0..=`newest`
+/// (`newest` None: nothing published yet; `have` None: the client never got that key).
+fn versions_behind(k: u64, keys: u64, newest: Option<u64>, have: Option<u64>) -> u64 {
+    let Some(m) = newest else { return 0 };
+    if m < k {
+        return 0;
+    }
+    let latest = k + (m - k) / keys * keys;
+    match have {
+        Some(c) if c >= latest => 0,
+        Some(c) => (latest - c) / keys,
+        None => (latest - k) / keys + 1,
+    }
+}
+
 struct ProbeStats {
     attempts: AtomicU64,
     ok: AtomicU64,
@@ -136,6 +220,10 @@ struct Shared {
     nodes: [StreamStats; MAX_NODES],
     node_clients: [AtomicU64; MAX_NODES],
     probes: ProbeStats,
+    /// Every slow client (see SlowClient).
+    slow_clients: Mutex<Vec<Arc<SlowClient>>>,
+    /// With --keys: 1 + the highest sequence number any fast client received (0 = none yet).
+    fast_max_seq_plus1: AtomicU64,
     all_messages: AtomicU64,
     all_bytes: AtomicU64,
     window_start_us: AtomicU64,
@@ -174,9 +262,12 @@ fn bump(map: &Mutex<BTreeMap<String, u64>>, key: String) {
 // ---------------------------------------------------------------------------------------------
 // Per-message accounting.
 
+#[allow(clippy::too_many_arguments)]
 fn on_message(
     sh: &Shared,
     ss: &StreamStats,
+    role: Role,
+    per: Option<&SlowClient>,
     last_seq: &mut Option<u64>,
     node: &mut Option<usize>,
     prefix: &[u8],
@@ -207,12 +298,18 @@ fn on_message(
     }
     let ts = u64::from_le_bytes(prefix[0..8].try_into().unwrap());
     let seq = u64::from_le_bytes(prefix[8..16].try_into().unwrap());
+    let lat = if now >= ts { Some(now - ts) } else { None };
     if in_win {
-        let lat = if now >= ts { Some(now - ts) } else { None };
         count_message(ss, lat, len, seq, *last_seq);
         if let Some(ns) = by_node {
             count_message(ns, lat, len, seq, *last_seq);
         }
+    }
+    if let Some(pc) = per {
+        pc.record(in_win, lat, len, seq, now);
+    }
+    if role == Role::Fast && sh.cfg.keys > 0 {
+        sh.fast_max_seq_plus1.fetch_max(seq.saturating_add(1), Relaxed);
     }
     *last_seq = Some(match *last_seq {
         Some(last) => last.max(seq),
@@ -253,6 +350,8 @@ enum ReadOutcome {
 
 /// Reader state of one fast/slow client.
 struct Reader {
+    role: Role,
+    per: Option<Arc<SlowClient>>,
     frames: FrameReader,
     last_seq: Option<u64>,
     node: Option<usize>,
@@ -270,6 +369,8 @@ impl Reader {
         now: u64,
     ) -> Result<(), &'static str> {
         let Reader {
+            role,
+            per,
             frames,
             last_seq,
             node,
@@ -278,7 +379,9 @@ impl Reader {
             close_sent,
         } = self;
         frames.feed(data, &mut |ev| match ev {
-            Event::Message { prefix, len } => on_message(sh, ss, last_seq, node, prefix, len, now),
+            Event::Message { prefix, len } => {
+                on_message(sh, ss, *role, per.as_deref(), last_seq, node, prefix, len, now)
+            }
             Event::Ping(p) => ws::push_masked_frame(out, 0xA, p),
             Event::Close(code) => {
                 *close_code = Some(code.unwrap_or(1005));
@@ -300,7 +403,15 @@ async fn reader_loop(
 ) {
     let ss = sh.stream_stats(role);
     let rs = &sh.roles[role as usize];
+    let per = (role == Role::Slow).then(|| {
+        let pc = Arc::new(SlowClient::new(sh.cfg.keys));
+        pc.fd.store(stream.as_raw_fd(), Relaxed);
+        sh.slow_clients.lock().unwrap().push(pc.clone());
+        pc
+    });
     let mut r = Reader {
+        role,
+        per,
         frames: FrameReader::new(),
         last_seq: None,
         node: None,
@@ -352,6 +463,11 @@ async fn reader_loop(
                 Ok(n) => {
                     if slow {
                         tokens -= n as f64;
+                        if let Some(pc) = &r.per {
+                            let q = fionread(stream.as_raw_fd());
+                            pc.rcvq_last.store(q, Relaxed);
+                            pc.rcvq_max.fetch_max(q, Relaxed);
+                        }
                     }
                     match r.process(sh, ss, &b[..n], now_us()) {
                         Ok(()) => ReadOutcome::Data,
@@ -367,6 +483,10 @@ async fn reader_loop(
             ReadOutcome::Eof | ReadOutcome::Err => break,
             ReadOutcome::Protocol => protocol_error = true,
         }
+    }
+    if let Some(pc) = &r.per {
+        pc.fd.store(-1, Relaxed);
+        pc.ended_at_us.store(now_us(), Relaxed);
     }
     if protocol_error {
         rs.protocol_errors.fetch_add(1, Relaxed);
@@ -387,6 +507,18 @@ async fn reader_loop(
             .lock()
             .unwrap()
             .push(connected_at.elapsed().as_millis() as u64);
+    }
+}
+
+/// Bytes waiting in a socket's receive queue (0 if the ioctl fails).
+fn fionread(fd: i32) -> u64 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n as *mut libc::c_int) };
+    if rc == 0 && n > 0 {
+        n as u64
+    } else {
+        0
     }
 }
 
@@ -761,8 +893,59 @@ fn role_json(rs: &RoleStats, role: Role) -> Value {
     o
 }
 
+/// The slow clients one by one, as of `at` (the end of the window): see the module doc.
+fn slow_clients_json(sh: &Shared, at: u64) -> Value {
+    let keys = sh.cfg.keys;
+    let newest = sh.fast_max_seq_plus1.load(Relaxed).checked_sub(1);
+    let w0 = sh.window_start_us.load(Relaxed);
+    let window_s = at.saturating_sub(w0) as f64 / 1e6;
+    let clients = sh.slow_clients.lock().unwrap();
+    let mut out = Vec::with_capacity(clients.len());
+    for pc in clients.iter() {
+        let st = pc.st.lock().unwrap();
+        let ended = pc.ended_at_us.load(Relaxed);
+        let fd = pc.fd.load(Relaxed);
+        // The TCP state now: a server that reset the connection (sluice's overflow policy) shows
+        // as CLOSE here while the client still drains what it had received before the reset.
+        let tcp = if ended == 0 && fd >= 0 { Some(tcp_state(fd)) } else { None };
+        let open = (ended == 0 || ended > at) && tcp.map_or(true, |st| st == Some(1));
+        let mut o = json!({
+            "openAtWindowEnd": open,
+            "tcpStateAtWindowEnd": match tcp {
+                Some(st) => json!(tcp_state_name(st)),
+                None => Value::Null,
+            },
+            "endedAfterMs": if ended == 0 { Value::Null } else { json!(ended.saturating_sub(pc.connected_at_us) / 1000) },
+            "messages": st.messages,
+            "bytes": st.bytes,
+            "msgsPerS": if window_s > 0.0 { ((st.messages as f64 / window_s) * 100.0).round() / 100.0 } else { 0.0 },
+            "ageUs": hist_json(&st.ages),
+            "rcvQueueBytes": { "last": pc.rcvq_last.load(Relaxed), "max": pc.rcvq_max.load(Relaxed) },
+            "lastAgeUs": st.last_age_us,
+            "msSinceLastMessage": if st.last_recv_us == 0 { Value::Null } else { json!(at.saturating_sub(st.last_recv_us) / 1000) },
+        });
+        if keys > 0 {
+            let behind: Vec<u64> = (0..keys)
+                .map(|k| versions_behind(k, keys, newest, st.key_last[k as usize]))
+                .collect();
+            let sum: u64 = behind.iter().sum();
+            o["versionsBehind"] = json!({
+                "mean": ((sum as f64 / keys as f64) * 100.0).round() / 100.0,
+                "max": behind.iter().copied().max().unwrap_or(0),
+                "keysCurrent": behind.iter().filter(|&&b| b == 0).count(),
+                "perKey": behind,
+            });
+        }
+        out.push(o);
+    }
+    Value::Array(out)
+}
+
 struct RunInfo {
     started_at_us: u64,
+    /// slow_clients_json at the end of the window, and the newest fast sequence number then.
+    slow_clients: Value,
+    fast_max_seq_at_window_end: Option<u64>,
     ramp_s: f64,
     rss_at_ready: u64,
     usage_window_start: Usage,
@@ -788,6 +971,9 @@ fn result_json(sh: &Shared, ri: &RunInfo) -> Value {
         "fast": stream_json(&sh.streams[0]),
         "slow": stream_json(&sh.streams[1]),
         "byNode": nodes_json(sh),
+        "keys": c.keys,
+        "fastMaxSeqAtWindowEnd": ri.fast_max_seq_at_window_end,
+        "slowClients": ri.slow_clients,
         "probes": {
             "attempts": p.attempts.load(Relaxed),
             "ok": p.ok.load(Relaxed),
@@ -809,7 +995,7 @@ fn result_json(sh: &Shared, ri: &RunInfo) -> Value {
         "idle": c.idle,
         "config": {
             "url": format!("ws://{}{}", c.target.host_header, c.target.path),
-            "fast": c.fast, "stalled": c.stalled, "slow": c.slow, "slowRate": c.slow_rate,
+            "fast": c.fast, "stalled": c.stalled, "slow": c.slow, "slowRate": c.slow_rate, "keys": c.keys,
             "probeIntervalMs": c.probe_interval_ms, "probeTimeoutMs": c.probe_timeout_ms,
             "rampPerS": c.ramp_per_s, "maxInflight": c.max_inflight, "threads": c.threads,
             "stalledRcvbuf": c.stalled_rcvbuf, "srcCount": c.src_count,
@@ -976,6 +1162,12 @@ async fn run(sh: &'static Shared, rlimit: (u64, u64)) -> i32 {
         tokio::time::sleep(Duration::from_micros(w1 - now)).await;
     }
     let usage_window_end = rusage();
+    let slow_clients = slow_clients_json(sh, w1);
+    let fast_max_seq_at_window_end = if sh.cfg.keys > 0 {
+        sh.fast_max_seq_plus1.load(Relaxed).checked_sub(1)
+    } else {
+        None
+    };
     set_phase(sh, "done");
     // Let probes still in flight finish (bounded by their timeout).
     let deadline = Instant::now() + Duration::from_millis(sh.cfg.probe_timeout_ms + 500);
@@ -985,6 +1177,8 @@ async fn run(sh: &'static Shared, rlimit: (u64, u64)) -> i32 {
 
     let ri = RunInfo {
         started_at_us,
+        slow_clients,
+        fast_max_seq_at_window_end,
         ramp_s,
         rss_at_ready,
         usage_window_start,
@@ -1075,6 +1269,8 @@ fn main() {
             fail_reasons: Mutex::new(BTreeMap::new()),
             hist: Mutex::new(new_hist()),
         },
+        slow_clients: Mutex::new(Vec::new()),
+        fast_max_seq_plus1: AtomicU64::new(0),
         all_messages: AtomicU64::new(0),
         all_bytes: AtomicU64::new(0),
         window_start_us: AtomicU64::new(0),
@@ -1111,6 +1307,23 @@ mod tests {
     fn iso_dates() {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(iso8601(951_782_400_123_000), "2000-02-29T00:00:00.123Z");
+    }
+
+    #[test]
+    fn versions_behind_counts_newer_versions_of_the_key() {
+        // K = 4; newest published seq 10: key 2's versions are 2, 6, 10.
+        assert_eq!(versions_behind(2, 4, Some(10), Some(10)), 0);
+        assert_eq!(versions_behind(2, 4, Some(10), Some(6)), 1);
+        assert_eq!(versions_behind(2, 4, Some(10), Some(2)), 2);
+        assert_eq!(versions_behind(2, 4, Some(10), None), 3);
+        // Key 3's versions up to 10: 3, 7.
+        assert_eq!(versions_behind(3, 4, Some(10), Some(7)), 0);
+        assert_eq!(versions_behind(3, 4, Some(10), None), 2);
+        // Nothing of that key published yet.
+        assert_eq!(versions_behind(3, 4, Some(2), None), 0);
+        assert_eq!(versions_behind(0, 4, None, None), 0);
+        // The client may be ahead of the fast clients' newest (read just before it).
+        assert_eq!(versions_behind(1, 4, Some(8), Some(9)), 0);
     }
 
     #[test]
