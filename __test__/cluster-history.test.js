@@ -13,7 +13,7 @@ const WebSocket = require('ws')
 const redis = require('./util/redis')
 
 const { HOST, sleep } = redis
-const { SluiceNode, nodes, waitFor } = require('./util/cluster-nodes')
+const { SluiceNode, nodes, waitFor, waitLinked } = require('./util/cluster-nodes')
 
 // ---------------------------------------------------------------------------------------------
 // Resources: every node, client and redis-server a test starts is removed after it.
@@ -108,31 +108,6 @@ async function subscribers(sluice, topic, perNode = 1) {
   return list
 }
 
-/** Every node's link connected, and each `[channel, n]` subscribed n times across `ports`. */
-async function waitLinked(sluice, ports, channels = []) {
-  let last
-  await waitFor(
-    async () => {
-      last = (await Promise.all(sluice.map((n) => n.metrics()))).map((m) => m.cluster && m.cluster.state)
-      return last.every((s) => s === 'connected')
-    },
-    { timeout: 15000, what: () => `every node connected to Redis (states: ${JSON.stringify(last)})` },
-  )
-  for (const [channel, n] of channels) {
-    await waitFor(
-      async () => {
-        let sum = 0
-        for (const p of ports) {
-          const [, a] = await redis.command(p, ['PUBSUB', 'NUMSUB', channel])
-          const [, b] = await redis.command(p, ['PUBSUB', 'SHARDNUMSUB', channel])
-          sum += a + b
-        }
-        return sum >= n
-      },
-      { timeout: 15000, what: `${n} subscriptions to ${channel}` },
-    )
-  }
-}
 
 async function startNodes(n, options, prefix = 'n') {
   return Promise.all(Array.from({ length: n }, (_, k) => SluiceNode.start(`${prefix}${k}`, options)))

@@ -12,7 +12,7 @@ const WebSocket = require('ws')
 const redis = require('./util/redis')
 
 const { HOST, sleep } = redis
-const { SluiceNode, nodes, waitFor } = require('./util/cluster-nodes')
+const { SluiceNode, nodes, waitFor, waitLinked } = require('./util/cluster-nodes')
 
 // ---------------------------------------------------------------------------------------------
 // Resources: every node, client and redis-server a test starts is removed after it.
@@ -204,31 +204,6 @@ async function waitDelivered(list, sent, timeout = 20000) {
   await sleep(300) // duplicates, if any, would arrive now
 }
 
-/** Every node's link connected, and `channel` subscribed `n` times across `ports`. */
-async function waitLinked(sluiceNodes, redisPorts, channels) {
-  let last
-  await waitFor(
-    async () => {
-      last = (await Promise.all(sluiceNodes.map((n) => n.metrics()))).map((m) => m.cluster && m.cluster.state)
-      return last.every((s) => s === 'connected')
-    },
-    { timeout: 15000, what: () => `every node connected to Redis (states: ${JSON.stringify(last)})` },
-  )
-  for (const [channel, n] of channels) {
-    await waitFor(
-      async () => {
-        let sum = 0
-        for (const p of redisPorts) {
-          const [, a] = await redis.command(p, ['PUBSUB', 'NUMSUB', channel])
-          const [, b] = await redis.command(p, ['PUBSUB', 'SHARDNUMSUB', channel])
-          sum += a + b
-        }
-        return sum >= n
-      },
-      { timeout: 15000, what: `${n} subscriptions to ${channel}` },
-    )
-  }
-}
 
 /** A node's ops: `count` messages per channel in `chans`, priorities cycling, text/binary alternating. */
 function sequence(sender, chans, count, prios = ['normal', 'critical', 'low']) {

@@ -207,6 +207,15 @@ fn latency_metrics(l: &crate::metrics::Latency) -> LatencyMetrics {
     }
 }
 
+fn priority_counts(c: &[std::sync::atomic::AtomicU64; 3]) -> PriorityCounts {
+    let g = CoreMetrics::get;
+    PriorityCounts {
+        critical: g(&c[0]),
+        normal: g(&c[1]),
+        low: g(&c[2]),
+    }
+}
+
 fn cluster_metrics(link: &Link, m: &CoreMetrics) -> ClusterMetrics {
     let st = &link.stats;
     let g = CoreMetrics::get;
@@ -215,11 +224,7 @@ fn cluster_metrics(link: &Link, m: &CoreMetrics) -> ClusterMetrics {
         published: g(&st.published),
         received: g(&st.received),
         reconnects: g(&st.reconnects),
-        not_sent: PriorityCounts {
-            critical: g(&st.not_sent[0]),
-            normal: g(&st.not_sent[1]),
-            low: g(&st.not_sent[2]),
-        },
+        not_sent: priority_counts(&st.not_sent),
         held: g(&st.held),
         latency_us: latency_metrics(&m.cluster_latency_us),
     }

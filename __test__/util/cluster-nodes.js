@@ -6,7 +6,9 @@
 
 const path = require('path')
 const { spawn } = require('child_process')
-const { sleep } = require('./redis')
+const redis = require('./redis')
+
+const { sleep } = redis
 
 const FIXTURE = path.join(__dirname, '..', 'fixtures', 'cluster-node.js')
 
@@ -150,4 +152,30 @@ class SluiceNode {
   }
 }
 
-module.exports = { SluiceNode, nodes, waitFor }
+/** Every node's link connected, and each `[channel, n]` subscribed n times across `ports`. */
+async function waitLinked(sluice, ports, channels = []) {
+  let last
+  await waitFor(
+    async () => {
+      last = (await Promise.all(sluice.map((n) => n.metrics()))).map((m) => m.cluster && m.cluster.state)
+      return last.every((s) => s === 'connected')
+    },
+    { timeout: 15000, what: () => `every node connected to Redis (states: ${JSON.stringify(last)})` },
+  )
+  for (const [channel, n] of channels) {
+    await waitFor(
+      async () => {
+        let sum = 0
+        for (const p of ports) {
+          const [, a] = await redis.command(p, ['PUBSUB', 'NUMSUB', channel])
+          const [, b] = await redis.command(p, ['PUBSUB', 'SHARDNUMSUB', channel])
+          sum += a + b
+        }
+        return sum >= n
+      },
+      { timeout: 15000, what: `${n} subscriptions to ${channel}` },
+    )
+  }
+}
+
+module.exports = { SluiceNode, nodes, waitFor, waitLinked }
