@@ -304,6 +304,13 @@ pub struct LinkStats {
 pub struct Link {
     config: ClusterConfig,
     node: [u8; 16],
+    /// `node` in hex, as the publish script keeps it.
+    node_hex: String,
+    /// `<prefix>:all`, and the `<prefix>:t:` in front of every topic's channel.
+    all_channel: Arc<str>,
+    topic_prefix: String,
+    /// The publish script, its SHA1 computed once.
+    script: redis::Script,
     seq: AtomicU64,
     state: AtomicU8,
     queue: Mutex<Queue>,
@@ -350,6 +357,15 @@ pub(crate) fn random_id() -> [u8; 16] {
     id
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new epoch name: 12 random hex digits.
+pub(crate) fn random_epoch() -> String {
+    hex(&random_id()[..6])
+}
+
 impl Link {
     /// Creates the link and starts its task on `rt`. It connects at once and keeps trying.
     pub fn start(
@@ -358,9 +374,14 @@ impl Link {
         server: Weak<ServerShared>,
         events: Arc<EventSink>,
     ) -> Arc<Self> {
+        let node = random_id();
         let link = Arc::new(Self {
+            node,
+            node_hex: hex(&node),
+            all_channel: Arc::from(format!("{}:all", config.prefix)),
+            topic_prefix: format!("{}:t:", config.prefix),
+            script: redis::Script::new(PUBLISH_SCRIPT),
             config,
-            node: random_id(),
             seq: AtomicU64::new(0),
             state: AtomicU8::new(LinkState::Connecting as u8),
             queue: Mutex::new(Queue::default()),
@@ -392,8 +413,8 @@ impl Link {
 
     fn channel(&self, target: &Target) -> Arc<str> {
         match target {
-            Target::All => Arc::from(format!("{}:all", self.config.prefix)),
-            Target::Topic(t) => Arc::from(format!("{}:t:{}", self.config.prefix, t)),
+            Target::All => self.all_channel.clone(),
+            Target::Topic(t) => Arc::from(format!("{}{}", self.topic_prefix, t)),
         }
     }
 
@@ -626,8 +647,7 @@ impl Link {
             .await
             .map_err(|_| timeout_error("connect"))??;
         let mut current: HashSet<Arc<str>> = HashSet::new();
-        let all = self.channel(&Target::All);
-        conn.subscribe(&all).await?;
+        conn.subscribe(&self.all_channel).await?;
         self.sync_subscriptions(&mut conn, &mut current).await?;
         if *connected_before {
             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -664,8 +684,9 @@ impl Link {
                 _ = self.subs_changed.notified() => {
                     self.sync_subscriptions(&mut conn, &mut current).await?;
                     // Forget the numbers of channels no longer subscribed.
-                    seen.retain(|(channel, _), _| {
-                        channel.as_ref() == all.as_ref() || current.iter().any(|t| *self.channel(&Target::Topic(t.clone())) == **channel)
+                    seen.retain(|(channel, _), _| match channel.strip_prefix(&self.topic_prefix) {
+                        Some(topic) => current.contains(topic),
+                        None => **channel == *self.all_channel,
                     });
                 }
                 _ = ping.tick() => conn.ping().await?,
@@ -787,13 +808,19 @@ impl Link {
         let limits = lock(&self.histories)
             .get(&h.topic)
             .map_or_else(HistoryLimits::default, |t| t.limits);
-        let node: String = self.node.iter().map(|b| format!("{b:02x}")).collect();
-        let fresh_epoch: String = random_id()[..6]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        // A new name each time: used only if Redis has no epoch for the topic (first publish, or
+        // the keys expired), and then it must differ from any earlier one.
+        let fresh_epoch = random_epoch();
         let reply = conn
-            .publish_script(&m.channel, &m.message, &limits, &fresh_epoch, &node, h.seq)
+            .publish_script(
+                &self.script,
+                &m.channel,
+                &m.message,
+                &limits,
+                &fresh_epoch,
+                &self.node_hex,
+                h.seq,
+            )
             .await;
         match reply {
             Ok((offset, epoch, receivers)) => {
@@ -864,9 +891,9 @@ impl Link {
         let Ok(channel) = std::str::from_utf8(&channel) else {
             return;
         };
-        let target = if channel == &*self.channel(&Target::All) {
+        let target = if channel == &*self.all_channel {
             Target::All
-        } else if let Some(topic) = channel.strip_prefix(&format!("{}:t:", self.config.prefix)) {
+        } else if let Some(topic) = channel.strip_prefix(&self.topic_prefix) {
             Target::Topic(Arc::from(topic))
         } else {
             return;
@@ -1209,8 +1236,10 @@ impl RedisConn {
     }
 
     /// Runs [`PUBLISH_SCRIPT`] for one message; returns (offset, epoch, receivers or -1).
+    #[allow(clippy::too_many_arguments)]
     async fn publish_script(
         &mut self,
+        script: &redis::Script,
         channel: &str,
         message: &[u8],
         limits: &HistoryLimits,
@@ -1219,7 +1248,6 @@ impl RedisConn {
         seq: u64,
     ) -> RedisResult<(u64, String, i64)> {
         let keys = history_keys(channel);
-        let script = redis::Script::new(PUBLISH_SCRIPT);
         let mut inv = script.prepare_invoke();
         for k in &keys {
             inv.key(k);

@@ -39,6 +39,7 @@ use crate::outbox::{Drops, Outcome};
 use crate::policy::Priority;
 use crate::server::ServerShared;
 
+#[derive(Clone)]
 pub enum Target {
     All,
     Topic(Arc<str>),

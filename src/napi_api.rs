@@ -581,10 +581,7 @@ impl NativeServer {
                 .is_some();
         };
         // Local clients get it at once; the other nodes through Redis.
-        let channel_target = match &target {
-            Target::All => Target::All,
-            Target::Topic(t) => Target::Topic(t.clone()),
-        };
+        let channel_target = target.clone();
         match self
             .shared
             .fanout()
@@ -632,8 +629,7 @@ impl NativeServer {
             );
             return Ok(String::new());
         }
-        let id = crate::cluster::random_id();
-        let epoch: String = id[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let epoch = crate::cluster::random_epoch();
         self.shared
             .configure_history(&topic, limits, prefix_offsets, epoch.clone());
         Ok(epoch)
