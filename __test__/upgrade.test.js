@@ -634,5 +634,8 @@ describe('connection additions used by the ws facade', () => {
     conn.pong('beat')
     expect(String((await unsolicited)[0])).toBe('beat')
     expect(() => conn.ping(Buffer.alloc(126))).toThrow(expect.objectContaining({ code: 'ERR_SLUICE_INVALID_DATA' }))
+    const numbered = once(conn, 'pong')
+    expect(conn.ping(42)).toBe(true) // a number goes out as its decimal text, as in ws
+    expect(String((await numbered)[0])).toBe('42')
   })
 })

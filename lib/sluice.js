@@ -251,8 +251,8 @@ function toTopic(topic) {
 
 function controlPayload(data) {
   if (data === undefined) return EMPTY
-  const bytes = typeof data === 'string' ? Buffer.from(data) : toBytes(typeof data === 'number' ? String(data) : data)
-  const out = bytes === null ? Buffer.from(data) : bytes
+  if (typeof data === 'number') data = String(data)
+  const out = typeof data === 'string' ? Buffer.from(data) : toBytes(data)
   if (out.byteLength > MAX_CONTROL_PAYLOAD) {
     throw sluiceError(RangeError, 'ERR_SLUICE_INVALID_DATA', `ping/pong data must be at most ${MAX_CONTROL_PAYLOAD} bytes, got ${out.byteLength}`)
   }
