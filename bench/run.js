@@ -897,6 +897,11 @@ function cdfPoints(h) {
   return points
 }
 
+/** A latency CDF chart: milliseconds on a log x axis, fraction of messages up the y axis. */
+function cdfChart({ title, xLabel, series, note }) {
+  return lineChart({ title, xLabel, yLabel: 'fraction of messages', series, xLog: true, yMin: 0, yMax: 1, note })
+}
+
 function latencyCdfChart(byKey, adapters, scenario) {
   const series = []
   for (const a of adapters) {
@@ -905,14 +910,10 @@ function latencyCdfChart(byKey, adapters, scenario) {
     if (!points) continue
     series.push({ name: a, points })
   }
-  return lineChart({
+  return cdfChart({
     title: `Fast-client latency CDF, ${scenario} scenario`,
     xLabel: 'latency, broadcast call to client receive (ms, log scale)',
-    yLabel: 'fraction of messages',
     series,
-    xLog: true,
-    yMin: 0,
-    yMax: 1,
     note: 'from each run\'s latencyHistogram (sluice-loadgen)',
   })
 }
@@ -930,14 +931,10 @@ function clusterCdfChart(byKey) {
       if (p) series.push({ name, points: p })
     }
   }
-  return lineChart({
+  return cdfChart({
     title: 'Delivery latency CDF, cluster scenario',
     xLabel: 'latency, broadcast call on the publishing process to client receive (ms, log scale)',
-    yLabel: 'fraction of messages',
     series,
-    xLog: true,
-    yMin: 0,
-    yMax: 1,
     note: '2 proc: clients of the publishing process vs clients of the other one (Redis hop); from sluice-loadgen byNode',
   })
 }
@@ -1009,14 +1006,10 @@ function conflationAgeChart(byKey) {
     const pts = cdfPoints(r && r.loadgenResult && r.loadgenResult.slow && r.loadgenResult.slow.latencyHistogram)
     if (pts) series.push({ name, points: pts })
   }
-  return lineChart({
+  return cdfChart({
     title: 'Age of what the slow clients receive, conflation scenario',
     xLabel: 'age at receipt: receive time - publish timestamp (ms, log scale)',
-    yLabel: 'fraction of messages',
     series,
-    xLog: true,
-    yMin: 0,
-    yMax: 1,
     note: 'messages received by the slow (10 KB/s) clients inside the window; from sluice-loadgen slow.latencyHistogram',
   })
 }
