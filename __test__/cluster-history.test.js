@@ -9,16 +9,15 @@
 // throughout. Every publish here is Normal unless said otherwise (a Critical message may go
 // ahead of data already queued for a connection, so offset order is checked within one priority).
 
-const WebSocket = require('ws')
 const redis = require('./util/redis')
 
-const { HOST, sleep } = redis
-const { SluiceNode, nodes, waitFor, waitLinked } = require('./util/cluster-nodes')
+const { sleep } = redis
+const { SluiceNode, NodeClient, nodes, clients, waitFor, waitLinked } = require('./util/cluster-nodes')
+const { parseOffsetPrefix } = require('./util/protocol-helpers')
 
 // ---------------------------------------------------------------------------------------------
 // Resources: every node, client and redis-server a test starts is removed after it.
 
-const clients = new Set()
 
 afterEach(async () => {
   for (const c of clients) c.ws.terminate()
@@ -43,45 +42,26 @@ let tagCount = 0
  * { offset, body, isBinary } (binary: 8-byte big-endian offset; text: "<offset> "). It subscribes
  * plainly to `topics`, or resumes `resume: { topic, since, epoch }`.
  */
-class Client {
+class Client extends NodeClient {
   constructor(node, { topics = [], resume = null } = {}) {
-    this.node = node
-    this.topics = topics
-    this.tag = `c${++tagCount}`
-    this.name = `${node.name}/${this.tag}`
-    const q = new URLSearchParams({ tag: this.tag })
+    const tag = `c${++tagCount}`
+    const q = new URLSearchParams({ tag })
     if (topics.length) q.set('topics', topics.join(','))
     if (resume) {
       q.set('topic', resume.topic)
       q.set('since', String(resume.since))
       q.set('epoch', resume.epoch)
     }
-    this.ws = new WebSocket(`ws://${HOST}:${node.port}/?${q}`, { perMessageDeflate: false })
-    clients.add(this)
+    super(node, q.toString(), { perMessageDeflate: false })
+    this.topics = topics
+    this.tag = tag
+    this.name = `${node.name}/${tag}`
     this.got = []
     this.stopped = false
-    this.closed = null
-    this.errors = []
     this.ws.on('message', (data, isBinary) => {
       if (this.stopped) return
-      let offset, body
-      if (isBinary) {
-        offset = data.length >= 8 ? Number(data.readBigUInt64BE(0)) : NaN
-        body = data.subarray(8)
-      } else {
-        const i = data.indexOf(0x20)
-        offset = i > 0 ? Number(data.subarray(0, i).toString()) : NaN
-        body = data.subarray(i + 1)
-      }
+      const { offset, body } = parseOffsetPrefix(data, isBinary)
       this.got.push({ offset, body: Buffer.from(body), isBinary })
-    })
-    this.ws.on('error', (e) => this.errors.push(e.message))
-    this.ws.on('close', (code) => {
-      this.closed = { code }
-    })
-    this.opened = new Promise((resolve, reject) => {
-      this.ws.once('open', resolve)
-      this.ws.once('error', reject)
     })
   }
 

@@ -8,16 +8,14 @@
 // reusePort lets several processes share one port. Order is checked per sender, channel and
 // priority (a Critical message goes ahead of data already queued for a connection).
 
-const WebSocket = require('ws')
 const redis = require('./util/redis')
 
 const { HOST, sleep } = redis
-const { SluiceNode, nodes, waitFor, waitLinked } = require('./util/cluster-nodes')
+const { SluiceNode, NodeClient, nodes, clients, waitFor, waitLinked } = require('./util/cluster-nodes')
 
 // ---------------------------------------------------------------------------------------------
 // Resources: every node, client and redis-server a test starts is removed after it.
 
-const clients = new Set()
 
 const loops = new Set()
 
@@ -52,26 +50,13 @@ afterEach(async () => {
 
 
 /** A `ws` client that records every message. */
-class Client {
+class Client extends NodeClient {
   constructor(node, topics = []) {
-    this.node = node
+    super(node, topics.length ? `topics=${topics.join(',')}` : '')
     this.topics = topics
     this.name = `${node.name}/${topics.join('+') || 'none'}#${clients.size}`
-    const query = topics.length ? `?topics=${topics.join(',')}` : ''
-    this.ws = new WebSocket(`ws://${HOST}:${node.port}/${query}`)
-    clients.add(this)
     this.messages = []
-    this.closed = null
     this.ws.on('message', (data, isBinary) => this.messages.push({ data, isBinary }))
-    this.errors = []
-    this.ws.on('error', (e) => this.errors.push(e.message))
-    this.ws.on('close', (code) => {
-      this.closed = { code }
-    })
-    this.opened = new Promise((resolve, reject) => {
-      this.ws.once('open', resolve)
-      this.ws.once('error', reject)
-    })
   }
 }
 

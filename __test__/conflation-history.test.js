@@ -19,7 +19,7 @@
  */
 
 const { Server, Priority } = require('..')
-const { once, delay, waitUntil, WebSocket } = require('./util/protocol-helpers')
+const { once, delay, waitUntil, WebSocket, parseOffsetPrefix } = require('./util/protocol-helpers')
 const { sha1, frameSize, spawnStalledClient, fillKernelBuffers, makePayload } = require('./util/backpressure-helpers')
 
 const HOST = '127.0.0.1'
@@ -79,15 +79,7 @@ function prefixedClient(url) {
   const c = { ws, got: [], stopped: false, closed: false, closeCode: null, errors: [] }
   ws.on('message', (data, isBinary) => {
     if (c.stopped) return
-    let offset, body
-    if (isBinary) {
-      offset = Number(data.readBigUInt64BE(0))
-      body = data.subarray(8)
-    } else {
-      const i = data.indexOf(0x20)
-      offset = Number(data.subarray(0, i).toString())
-      body = data.subarray(i + 1)
-    }
+    const { offset, body } = parseOffsetPrefix(data, isBinary)
     c.got.push({ offset, body: Buffer.from(body), isBinary })
   })
   ws.on('close', (code) => {

@@ -6,14 +6,17 @@
 
 const path = require('path')
 const { spawn } = require('child_process')
+const WebSocket = require('ws')
 const redis = require('./redis')
 
-const { sleep } = redis
+const { HOST, sleep } = redis
 
 const FIXTURE = path.join(__dirname, '..', 'fixtures', 'cluster-node.js')
 
 /** Nodes started and not yet exited. */
 const nodes = new Set()
+/** `ws` clients opened; the tests' afterEach terminates them. */
+const clients = new Set()
 
 /** Polls `fn` (may be async) until truthy; `what` may be a function for a late message. */
 async function waitFor(fn, { timeout = 10000, interval = 20, what = 'condition' } = {}) {
@@ -178,4 +181,26 @@ async function waitLinked(sluice, ports, channels = []) {
   }
 }
 
-module.exports = { SluiceNode, nodes, waitFor, waitLinked }
+/**
+ * A `ws` client of one node (`query`: the URL's query string, without '?'), registered in
+ * `clients`; subclasses record its messages.
+ */
+class NodeClient {
+  constructor(node, query, wsOptions) {
+    this.node = node
+    this.ws = new WebSocket(`ws://${HOST}:${node.port}/${query ? `?${query}` : ''}`, wsOptions)
+    clients.add(this)
+    this.closed = null
+    this.errors = []
+    this.ws.on('error', (e) => this.errors.push(e.message))
+    this.ws.on('close', (code) => {
+      this.closed = { code }
+    })
+    this.opened = new Promise((resolve, reject) => {
+      this.ws.once('open', resolve)
+      this.ws.once('error', reject)
+    })
+  }
+}
+
+module.exports = { SluiceNode, NodeClient, nodes, clients, waitFor, waitLinked }

@@ -368,8 +368,22 @@ function upgradeRequest({ path = '/', version = '13', key = crypto.randomBytes(1
   return r + extra + '\r\n'
 }
 
+/**
+ * A message of a topic with `offsets: 'prefix'`, split into `{ offset, body }`: a binary one
+ * starts with its offset as 8 bytes big-endian, a text one with the decimal offset and a space.
+ * `offset` is NaN when the prefix is missing.
+ */
+function parseOffsetPrefix(data, isBinary) {
+  if (isBinary) {
+    return { offset: data.length >= 8 ? Number(data.readBigUInt64BE(0)) : NaN, body: data.subarray(8) }
+  }
+  const i = data.indexOf(0x20)
+  return { offset: i > 0 ? Number(data.subarray(0, i).toString()) : NaN, body: data.subarray(i + 1) }
+}
+
 module.exports = {
   HOST,
+  parseOffsetPrefix,
   once,
   delay,
   withTimeout,
