@@ -672,6 +672,10 @@ class Server extends EventEmitter {
     const bytes = toBytes(data)
     const opts = toMessageOptions(options, this, true)
     if (this._histories.has(t)) {
+      if (opts && opts.except && this._options.cluster) {
+        // Every node, this one included, delivers such a message when Redis hands it back numbered.
+        throw sluiceError(TypeError, 'ERR_SLUICE_UNSUPPORTED', 'except is not supported on a topic with history in cluster mode')
+      }
       // A topic with history: the message's number. Alone, known at once; with cluster, Redis
       // numbers it and the answer comes back as an event (no client socket is waited on).
       const token = this._nextPending++

@@ -653,7 +653,7 @@ impl NativeServer {
         }
         let priority: CorePriority = priority.into();
         let stamp = stamp(&self.shared, priority, options.unwrap_or_default());
-        let key = stamp.key.clone();
+        let (key, ttl) = (stamp.key.clone(), stamp.ttl);
         let counter = match target {
             Target::All => &self.shared.metrics.broadcasts,
             Target::Topic(_) => &self.shared.metrics.publishes,
@@ -667,7 +667,7 @@ impl NativeServer {
                 .broadcast(&self.shared, data, op, priority, target, stamp);
         if let (Some(cluster), Some(frame)) = (self.shared.cluster(), frame) {
             // Local clients get it at once; the other nodes through Redis.
-            cluster.publish(&channel_target, &frame, priority, key.as_deref());
+            cluster.publish(&channel_target, &frame, priority, key.as_deref(), ttl);
         }
         admitted.ok()
     }
@@ -753,8 +753,9 @@ impl NativeServer {
             return None;
         }
         let options = options.unwrap_or_default();
-        let key = options.key.clone();
         if let Some(link) = self.shared.cluster() {
+            let priority: CorePriority = priority.into();
+            let stamp = stamp(&self.shared, priority, options);
             self.shared
                 .metrics
                 .publishes
@@ -763,8 +764,8 @@ impl NativeServer {
                 &Arc::from(topic.as_str()),
                 data,
                 text,
-                priority.into(),
-                key.as_deref(),
+                priority,
+                &stamp,
                 token as u64,
             );
             return Some(PublishResult {
