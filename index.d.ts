@@ -258,7 +258,8 @@ export interface Metrics {
   broadcasts: number
   publishes: number
   /**
-   * Normal and Low `broadcast`/`publish` calls refused because `maxPendingBytes` of broadcasts
+   * Normal and Low `broadcast`/`publish` calls (and `conn.send`s queued behind pending
+   * broadcasts, and messages from other nodes) refused because `maxPendingBytes` of broadcasts
    * already waited for fan-out (the producer ignored `drain`). Critical ones are never refused.
    */
   fanoutRejected: number
@@ -459,7 +460,8 @@ export interface ServerOptions {
   pendingHighWaterMark?: number
   /**
    * `ttl` in ms given to Normal and Low messages sent without one: a message still queued for a
-   * connection when it runs out is skipped (counted in `expired`). Default: none (no expiry).
+   * connection when it runs out is skipped (counted in `expired`). `0`: none. Default: none
+   * (no expiry).
    */
   defaultTtl?: number
 }

@@ -1074,7 +1074,12 @@ impl Link {
                 let decoded = Header::decode(message);
                 match decoded {
                     Some((h, at)) if *offset == expect && h.published_us >= oldest_allowed => {
-                        let f = numbered_frame(&h, &message[at..], *offset, prefix);
+                        let mut f = numbered_frame(&h, &message[at..], *offset, prefix);
+                        f.tag = Some(Arc::new(OffsetTag {
+                            topic: req.topic.clone(),
+                            offset: *offset,
+                            epoch: Arc::from(epoch.as_str()),
+                        }));
                         bytes += f.len();
                         frames.push((f, h.priority));
                         expect += 1;

@@ -214,7 +214,8 @@ pub struct ServerOptions {
     /// Default `262144` (256 KiB).
     pub pending_high_water_mark: Option<f64>,
     /// `ttl` in ms given to Normal and Low messages sent without one: a message still queued for a
-    /// connection when it runs out is skipped (counted in `expired`). Default: none (no expiry).
+    /// connection when it runs out is skipped (counted in `expired`). `0`: none. Default: none
+    /// (no expiry).
     pub default_ttl: Option<u32>,
 }
 

@@ -289,6 +289,53 @@ impl Conn {
         self.server.metrics.add_expired(d);
     }
 
+    /// The writer's `drain`: the queue fell below the low-water mark after a `backpressure`.
+    fn report_drain(&self, amount: usize) {
+        let m = &self.server.metrics;
+        m.drain_events.fetch_add(1, Ordering::Relaxed);
+        m.backpressured.fetch_sub(1, Ordering::Relaxed);
+        self.server.events.push(Event::Drain {
+            id: self.id,
+            amount,
+        });
+    }
+
+    /// Drops the data frames of `batch[start..]` (none of whose bytes went out) whose deadline
+    /// has passed, counting them as expired; `batch[done..]` is what is still unwritten. Returns
+    /// whether any was dropped.
+    fn expire_in_batch(&self, batch: &mut Vec<Batched>, start: usize, done: usize) -> bool {
+        let now = std::time::Instant::now();
+        if !batch[start.min(batch.len())..]
+            .iter()
+            .any(|b| b.priority.is_some() && b.frame.expired(now))
+        {
+            return false;
+        }
+        let mut expired = Drops::default();
+        let tail = batch.split_off(start);
+        for b in tail {
+            match b.priority {
+                Some(p) if b.frame.expired(now) => {
+                    b.frame.mark_expired();
+                    expired.add(p, b.frame.len());
+                }
+                _ => batch.push(b),
+            }
+        }
+        let drain = {
+            let mut o = lock(&self.outbox);
+            let d = o.expired_in_batch(expired.bytes as usize);
+            o.in_flight_front(front_born(&batch[done.min(batch.len())..]));
+            self.buffered.store(o.buffered(), Ordering::Relaxed);
+            d
+        };
+        self.count_expired(&expired);
+        if let Some(amount) = drain {
+            self.report_drain(amount);
+        }
+        true
+    }
+
     /// Claims `topic` for a resume; false if subscribed already or a resume is under way.
     pub fn begin_resume(&self, topic: &str) -> bool {
         if self.server.is_subscribed(self, topic) {
@@ -530,6 +577,9 @@ impl Conn {
                 if taken.expired.total() > 0 {
                     self.count_expired(&taken.expired);
                 }
+                if let Some(amount) = taken.drain {
+                    self.report_drain(amount);
+                }
                 close_in_batch = taken.close;
                 if batch.is_empty() {
                     tokio::select! {
@@ -554,12 +604,7 @@ impl Conn {
                     m.writes.fetch_add(1, Ordering::Relaxed);
                     m.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
                     self.written.fetch_add(n as u64, Ordering::Relaxed);
-                    let drain = {
-                        let mut o = lock(&self.outbox);
-                        let d = o.written(n);
-                        self.buffered.store(o.buffered(), Ordering::Relaxed);
-                        d
-                    };
+                    let wrote = n;
                     while n > 0 {
                         let rest = batch[*done].frame.len() - offset;
                         if n >= rest {
@@ -573,13 +618,15 @@ impl Conn {
                             n = 0;
                         }
                     }
+                    let drain = {
+                        let mut o = lock(&self.outbox);
+                        let d = o.written(wrote);
+                        o.in_flight_front(front_born(&batch[*done..]));
+                        self.buffered.store(o.buffered(), Ordering::Relaxed);
+                        d
+                    };
                     if let Some(amount) = drain {
-                        m.drain_events.fetch_add(1, Ordering::Relaxed);
-                        m.backpressured.fetch_sub(1, Ordering::Relaxed);
-                        self.server.events.push(Event::Drain {
-                            id: self.id,
-                            amount,
-                        });
+                        self.report_drain(amount);
                     }
                     if *done == batch.len() && close_in_batch {
                         self.close_written.store(true, Ordering::SeqCst);
@@ -593,6 +640,12 @@ impl Conn {
                     if self.urgent.load(Ordering::SeqCst) {
                         // Overflow and the kernel takes nothing more: no close frame can go out.
                         return self.end(Some(Termination::Overflow));
+                    }
+                    // While the kernel takes nothing, frames of the batch not yet started may
+                    // pass their deadline: they are dropped as expired rather than written late.
+                    let start = if offset > 0 { *done + 1 } else { *done };
+                    if self.expire_in_batch(batch, start, *done) && *done == batch.len() {
+                        continue;
                     }
                     tokio::select! {
                         r = self.sock.writable() => if r.is_err() {
@@ -862,6 +915,13 @@ impl Conn {
         }
         captured.clear();
     }
+}
+
+/// Birth of the first data frame in `rest` (the unwritten part of the writer's batch).
+fn front_born(rest: &[Batched]) -> Option<std::time::Instant> {
+    rest.iter()
+        .find(|b| b.priority.is_some())
+        .map(|b| b.frame.born)
 }
 
 /// Resolves once the flag is true (at once if it already is). `watch::Receiver::wait_for` would

@@ -199,7 +199,8 @@ pub struct Metrics {
     pub handshakes_timed_out: f64,
     pub broadcasts: f64,
     pub publishes: f64,
-    /// Normal and Low `broadcast`/`publish` calls refused because `maxPendingBytes` of broadcasts
+    /// Normal and Low `broadcast`/`publish` calls (and `conn.send`s queued behind pending
+    /// broadcasts, and messages from other nodes) refused because `maxPendingBytes` of broadcasts
     /// already waited for fan-out (the producer ignored `drain`). Critical ones are never refused.
     pub fanout_rejected: f64,
     /// Frames (data and control) completely handed to the kernel, summed over connections.
