@@ -24,6 +24,7 @@
 //! | options and their defaults | `config.rs` |
 //! | the cluster link (Redis pub/sub across processes and machines) | `cluster.rs` |
 //! | topic history (offsets, epochs, the resume decision) | `history.rs` |
+//! | fuzz targets of the handshake and frame parsers (for `tests/fuzz.rs`, `fuzz/`) | `fuzz.rs` |
 
 pub mod cluster;
 pub mod config;
@@ -31,6 +32,10 @@ pub mod connection;
 pub mod events;
 pub mod fanout;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod handshake;
 pub mod history;
 pub mod inbound;
