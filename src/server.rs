@@ -520,8 +520,11 @@ impl ServerShared {
             return;
         }
         if self.is_closing() {
-            // close() ran between admission and registration and did not see this connection.
-            conn.close(close_code::GOING_AWAY, "server closing");
+            // close() ran between admission and registration and may not have seen this
+            // connection. In order with the fan-out: close() may also have run just after the
+            // 101 (JavaScript saw the connection, broadcast, then closed), and a broadcast still
+            // being fanned out must reach this connection before its 1001.
+            conn.close_ordered(close_code::GOING_AWAY, "server closing");
         }
         conn.clone().run(upgrade.leftover).await;
         self.remove(&conn);
