@@ -17,6 +17,7 @@ export type {
   DroppedMetrics,
   ExpiredMetrics,
   TerminatedMetrics,
+  HandshakeRefusals,
   Percentiles,
   LatencyMetrics,
 } from '../index'

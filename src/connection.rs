@@ -31,10 +31,10 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep_until, Instant};
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::Message;
 
-use crate::config::{MAX_BATCH_BYTES, MAX_IOVECS, READ_BUFFER_SIZE};
+use crate::config::{MAX_BATCH_BYTES, MAX_IOVECS};
 use crate::events::Event;
 use crate::frame::{encode, encode_close, Frame, OpCode};
 use crate::metrics::Termination;
@@ -664,13 +664,7 @@ impl Conn {
 
     async fn read_loop(&self, leftover: Vec<u8>) {
         let cfg = &self.server.config;
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER_SIZE)
-            .max_message_size(Some(cfg.max_payload))
-            .max_frame_size(Some(cfg.max_payload))
-            .accept_unmasked_frames(false);
-        let mut ctx =
-            WebSocketContext::from_partially_read(leftover, Role::Server, Some(ws_config));
+        let mut ctx = crate::inbound::context(cfg, leftover);
         let mut kill = self.kill.subscribe();
         let mut captured: Vec<u8> = Vec::new();
         let mut parsing = true; // false: the protocol is over, inbound bytes are discarded
@@ -766,16 +760,7 @@ impl Conn {
                             return self.end(Some(Termination::Io));
                         }
                         Err(e) => {
-                            let (code, reason) = match &e {
-                                WsError::Utf8(_) => (close_code::INVALID_PAYLOAD, "invalid UTF-8"),
-                                WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-                                    (close_code::MESSAGE_TOO_BIG, "message too big")
-                                }
-                                WsError::Protocol(_) | WsError::Capacity(_) => {
-                                    (close_code::PROTOCOL_ERROR, "protocol error")
-                                }
-                                _ => (close_code::INTERNAL_ERROR, "internal error"),
-                            };
+                            let (code, reason) = crate::inbound::close_for(&e);
                             tracing::debug!(id = self.id, error = %e, code, "failing connection");
                             self.fail(code, reason, Termination::Protocol, false);
                             parsing = false;
