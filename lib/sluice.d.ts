@@ -16,6 +16,7 @@ export type {
   PriorityCounts,
   DroppedMetrics,
   TerminatedMetrics,
+  InboundMetrics,
   Percentiles,
   LatencyMetrics,
 } from '../index'
