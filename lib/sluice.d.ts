@@ -18,6 +18,7 @@ export type {
   ExpiredMetrics,
   TerminatedMetrics,
   HandshakeRefusals,
+  InboundMetrics,
   Percentiles,
   LatencyMetrics,
 } from '../index'
@@ -296,7 +297,7 @@ export declare class Server extends EventEmitter {
    * `ERR_SLUICE_NOT_QUEUED` when nothing was published.
    */
   publish(topic: string, data: Data, priority?: PriorityLike, options?: BroadcastOptions): boolean | Promise<PublishResult>
-  /** Bytes waiting for fan-out: one shared frame per pending broadcast plus 256 bytes each. */
+  /** Bytes waiting for fan-out: one shared frame per pending broadcast plus 320 bytes each. */
   readonly pendingBytes: number
   /**
    * Resolves once the fan-out backlog is below `pendingHighWaterMark` (at once if it is), or when

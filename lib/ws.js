@@ -114,6 +114,10 @@ const SLUICE_OPTIONS = new Set([
   'maxPendingBytes',
   'pendingHighWaterMark',
   'defaultTtl',
+  'maxInboundBytesPerSecond',
+  'maxInboundFramesPerSecond',
+  'inboundRateWindow',
+  'maxPartialMessageBytes',
 ])
 
 // ws options that sluice implements (the values are checked below).

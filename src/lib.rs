@@ -14,7 +14,7 @@
 //! | listener, accept loop, registry, topics, shutdown | `server.rs` |
 //! | opening handshake | `handshake.rs` |
 //! | per-connection reader, writer, heartbeat, close | `connection.rs` |
-//! | inbound frames' protocol state and close codes, apart from the socket | `inbound.rs` |
+//! | what one client may make the reader do (read budget, rate limits, partly received messages), and the inbound frames' protocol state and close codes, apart from the socket | `inbound.rs` |
 //! | per-connection outbox (lanes, accounting) | `outbox.rs` |
 //! | per-priority overflow policy | `policy.rs` |
 //! | fan-out of broadcasts and publishes | `fanout.rs` |
