@@ -72,6 +72,8 @@ pub struct Conn {
     interest: std::sync::atomic::AtomicU8,
     /// Queued frames replaced by a newer one with the same conflation key.
     pub replaced: std::sync::atomic::AtomicU64,
+    /// Queued frames whose `ttl` ran out before they were written.
+    pub expired: std::sync::atomic::AtomicU64,
     /// Bytes handed to the kernel over the connection's life.
     written: std::sync::atomic::AtomicU64,
     /// Per topic with history (cluster mode): the last numbered message a resume replayed, so
@@ -123,6 +125,7 @@ impl Conn {
             // listener after the first messages have arrived.
             interest: std::sync::atomic::AtomicU8::new(interest::MESSAGE),
             replaced: std::sync::atomic::AtomicU64::new(0),
+            expired: std::sync::atomic::AtomicU64::new(0),
             written: std::sync::atomic::AtomicU64::new(0),
             replayed: Mutex::new(std::collections::HashMap::new()),
             resuming: Mutex::new(HashSet::new()),
@@ -147,6 +150,15 @@ impl Conn {
     /// Bytes queued for this connection and not yet handed to the kernel.
     pub fn buffered_amount(&self) -> usize {
         self.buffered.load(Ordering::Relaxed)
+    }
+
+    /// How late the connection is: the age of the oldest frame accepted for it and not yet
+    /// written, zero when nothing waits.
+    pub fn lag(&self, now: Instant) -> Duration {
+        let oldest = lock(&self.outbox).oldest();
+        oldest.map_or(Duration::ZERO, |b| {
+            now.into_std().saturating_duration_since(b)
+        })
     }
 
     /// Bytes in the kernel's send queue (not yet acknowledged by the peer), from `SIOCOUTQ`.
@@ -186,7 +198,10 @@ impl Conn {
         if fanout.busy() {
             return self.is_open() && fanout.send_after_pending(self.clone(), frame, priority);
         }
-        self.deliver(frame, priority) == Outcome::Queued
+        matches!(
+            self.deliver(frame, priority),
+            Outcome::Queued | Outcome::Resynced
+        )
     }
 
     /// A JavaScript `conn.close`: in call order with pending broadcasts, like [`Self::send_ordered`].
@@ -198,17 +213,47 @@ impl Conn {
         self.close(code, reason)
     }
 
-    /// Queues a data frame under the policy and acts on the verdict (events, overflow).
+    /// Queues a data frame under the policy and acts on the verdict (events, overflow, resync).
     /// Frames refused by policy are counted here; `Closed` and `Overflow` are the caller's to count.
     pub fn deliver(&self, frame: Frame, priority: Priority) -> Outcome {
-        let pushed = {
+        self.deliver_sampled(frame, priority).0
+    }
+
+    /// [`Self::deliver`], also returning the birth of the oldest frame that was waiting before
+    /// this one (the lag the message joins), read under the same lock.
+    pub fn deliver_sampled(
+        &self,
+        frame: Frame,
+        priority: Priority,
+    ) -> (Outcome, Option<std::time::Instant>) {
+        let (pushed, oldest) = {
             let mut o = lock(&self.outbox);
+            let oldest = o.oldest();
             let p = o.push(frame, priority);
             self.buffered.store(o.buffered(), Ordering::Relaxed);
-            p
+            (p, oldest)
         };
         let m = &self.server.metrics;
         m.add_drops(&pushed.drops);
+        if pushed.expired.total() > 0 {
+            self.count_expired(&pushed.expired);
+        }
+        if let Some(r) = pushed.resync {
+            m.add_drops(&r.drops);
+            m.dropped_resync
+                .fetch_add(r.drops.total(), Ordering::Relaxed);
+            m.resynced.fetch_add(1, Ordering::Relaxed);
+            self.server.events.push(Event::Resync {
+                id: self.id,
+                frames: r.drops.total(),
+                bytes: r.drops.bytes,
+                offsets: r
+                    .offsets
+                    .into_iter()
+                    .map(|(t, o, e)| (t.to_string(), o, e.to_string()))
+                    .collect(),
+            });
+        }
         if pushed.replaced {
             self.replaced.fetch_add(1, Ordering::Relaxed);
             m.replaced.fetch_add(1, Ordering::Relaxed);
@@ -228,11 +273,67 @@ impl Conn {
             self.fail(
                 close_code::POLICY_VIOLATION,
                 "send buffer limit exceeded",
-                Termination::Overflow,
+                if pushed.resync_overflow {
+                    Termination::ResyncOverflow
+                } else {
+                    Termination::Overflow
+                },
                 true,
             );
         }
-        pushed.outcome
+        (pushed.outcome, oldest)
+    }
+
+    fn count_expired(&self, d: &Drops) {
+        self.expired.fetch_add(d.total(), Ordering::Relaxed);
+        self.server.metrics.add_expired(d);
+    }
+
+    /// The writer's `drain`: the queue fell below the low-water mark after a `backpressure`.
+    fn report_drain(&self, amount: usize) {
+        let m = &self.server.metrics;
+        m.drain_events.fetch_add(1, Ordering::Relaxed);
+        m.backpressured.fetch_sub(1, Ordering::Relaxed);
+        self.server.events.push(Event::Drain {
+            id: self.id,
+            amount,
+        });
+    }
+
+    /// Drops the data frames of `batch[start..]` (none of whose bytes went out) whose deadline
+    /// has passed, counting them as expired; `batch[done..]` is what is still unwritten. Returns
+    /// whether any was dropped.
+    fn expire_in_batch(&self, batch: &mut Vec<Batched>, start: usize, done: usize) -> bool {
+        let now = std::time::Instant::now();
+        if !batch[start.min(batch.len())..]
+            .iter()
+            .any(|b| b.priority.is_some() && b.frame.expired(now))
+        {
+            return false;
+        }
+        let mut expired = Drops::default();
+        let tail = batch.split_off(start);
+        for b in tail {
+            match b.priority {
+                Some(p) if b.frame.expired(now) => {
+                    b.frame.mark_expired();
+                    expired.add(p, b.frame.len());
+                }
+                _ => batch.push(b),
+            }
+        }
+        let drain = {
+            let mut o = lock(&self.outbox);
+            let d = o.expired_in_batch(expired.bytes as usize);
+            o.in_flight_front(front_born(&batch[done.min(batch.len())..]));
+            self.buffered.store(o.buffered(), Ordering::Relaxed);
+            d
+        };
+        self.count_expired(&expired);
+        if let Some(amount) = drain {
+            self.report_drain(amount);
+        }
+        true
     }
 
     /// Claims `topic` for a resume; false if subscribed already or a resume is under way.
@@ -388,7 +489,12 @@ impl Conn {
         let sock = SockRef::from(&self.sock);
         if matches!(
             self.why.get(),
-            Some(Termination::Overflow | Termination::PongTimeout | Termination::Requested)
+            Some(
+                Termination::Overflow
+                    | Termination::ResyncOverflow
+                    | Termination::PongTimeout
+                    | Termination::Requested
+            )
         ) {
             // Reset instead of FIN: the kernel frees the unsent bytes of a stalled peer at once.
             let _ = sock.set_linger(Some(Duration::ZERO));
@@ -463,10 +569,17 @@ impl Conn {
                 offset = 0;
                 let taken = {
                     let mut o = lock(&self.outbox);
-                    let t = o.take_batch(batch, MAX_IOVECS, MAX_BATCH_BYTES);
+                    let now = std::time::Instant::now();
+                    let t = o.take_batch(batch, MAX_IOVECS, MAX_BATCH_BYTES, now);
                     self.buffered.store(o.buffered(), Ordering::Relaxed);
                     t
                 };
+                if taken.expired.total() > 0 {
+                    self.count_expired(&taken.expired);
+                }
+                if let Some(amount) = taken.drain {
+                    self.report_drain(amount);
+                }
                 close_in_batch = taken.close;
                 if batch.is_empty() {
                     tokio::select! {
@@ -491,12 +604,7 @@ impl Conn {
                     m.writes.fetch_add(1, Ordering::Relaxed);
                     m.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
                     self.written.fetch_add(n as u64, Ordering::Relaxed);
-                    let drain = {
-                        let mut o = lock(&self.outbox);
-                        let d = o.written(n);
-                        self.buffered.store(o.buffered(), Ordering::Relaxed);
-                        d
-                    };
+                    let wrote = n;
                     while n > 0 {
                         let rest = batch[*done].frame.len() - offset;
                         if n >= rest {
@@ -510,13 +618,15 @@ impl Conn {
                             n = 0;
                         }
                     }
+                    let drain = {
+                        let mut o = lock(&self.outbox);
+                        let d = o.written(wrote);
+                        o.in_flight_front(front_born(&batch[*done..]));
+                        self.buffered.store(o.buffered(), Ordering::Relaxed);
+                        d
+                    };
                     if let Some(amount) = drain {
-                        m.drain_events.fetch_add(1, Ordering::Relaxed);
-                        m.backpressured.fetch_sub(1, Ordering::Relaxed);
-                        self.server.events.push(Event::Drain {
-                            id: self.id,
-                            amount,
-                        });
+                        self.report_drain(amount);
                     }
                     if *done == batch.len() && close_in_batch {
                         self.close_written.store(true, Ordering::SeqCst);
@@ -530,6 +640,12 @@ impl Conn {
                     if self.urgent.load(Ordering::SeqCst) {
                         // Overflow and the kernel takes nothing more: no close frame can go out.
                         return self.end(Some(Termination::Overflow));
+                    }
+                    // While the kernel takes nothing, frames of the batch not yet started may
+                    // pass their deadline: they are dropped as expired rather than written late.
+                    let start = if offset > 0 { *done + 1 } else { *done };
+                    if self.expire_in_batch(batch, start, *done) && *done == batch.len() {
+                        continue;
                     }
                     tokio::select! {
                         r = self.sock.writable() => if r.is_err() {
@@ -784,6 +900,13 @@ impl Conn {
         }
         captured.clear();
     }
+}
+
+/// Birth of the first data frame in `rest` (the unwritten part of the writer's batch).
+fn front_born(rest: &[Batched]) -> Option<std::time::Instant> {
+    rest.iter()
+        .find(|b| b.priority.is_some())
+        .map(|b| b.frame.born)
 }
 
 /// Resolves once the flag is true (at once if it already is). `watch::Receiver::wait_for` would
