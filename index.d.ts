@@ -234,6 +234,13 @@ export interface Metrics {
   /** Connections above `highWaterMark` right now (had `backpressure`, not yet `drain`). */
   backpressured: number
   /**
+   * Times a connection became lagging: the kernel held more than 250 ms of its data beyond a
+   * round trip, so that sluice now lets it hold at most `laggingKernelLimit` bytes.
+   */
+  laggingEvents: number
+  /** Connections lagging right now. */
+  lagging: number
+  /**
    * bufferedAmount across the recipients of the latest broadcast/publish, as that message found
    * them: the backlog it joined (0 for clients that keep up).
    */
@@ -356,6 +363,17 @@ export interface ServerOptions {
    * default. Default `65536` (64 KiB).
    */
   kernelUnsentLimit?: number
+  /**
+   * What the kernel may hold for a *lagging* connection, bytes: unsent plus sent but not yet
+   * acknowledged (Linux `SIOCOUTQ`). A connection lags while the kernel holds more than 250 ms
+   * of its measured delivery rate beyond one minimum round trip (`TCP_INFO`), as on a slow
+   * mobile link, whose network queue otherwise holds seconds of data that no conflation key or
+   * `ttl` can reach any more. While it lags, sluice hands its kernel one frame at a time and
+   * only below this limit; the rest waits in sluice's queue (`bufferedAmount`, the policy,
+   * conflation and `ttl` apply to it). A lagging connection's throughput is then at most this
+   * much per round trip. `0` turns the rule off. Default `4096` (4 KiB).
+   */
+  laggingKernelLimit?: number
   /**
    * Niceness of sluice's threads relative to the JS thread (Linux; 0 to 19). Fan-out is
    * throughput work and the event loop is latency-sensitive: when both want the same core, the

@@ -15,6 +15,7 @@
 //! | opening handshake | `handshake.rs` |
 //! | per-connection reader, writer, heartbeat, close | `connection.rs` |
 //! | per-connection outbox (lanes, accounting) | `outbox.rs` |
+//! | what the kernel may hold for a lagging connection | `lagging.rs` |
 //! | per-priority overflow policy | `policy.rs` |
 //! | fan-out of broadcasts and publishes | `fanout.rs` |
 //! | frame encoding | `frame.rs` |
@@ -32,6 +33,7 @@ pub mod fanout;
 pub mod frame;
 pub mod handshake;
 pub mod history;
+pub mod lagging;
 pub mod metrics;
 pub mod napi_api;
 pub mod outbox;
