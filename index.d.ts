@@ -22,6 +22,13 @@ export declare class NativeConnection {
    * `null` elsewhere or once closed.
    */
   get kernelBufferedAmount(): number | null
+  /**
+   * Age in ms of the oldest message queued for this connection and not yet written; 0 when
+   * nothing waits, or once closed.
+   */
+  get lag(): number
+  /** Queued messages of this connection whose `ttl` ran out before they were written. */
+  get expired(): number
   /** Queued messages of this connection replaced by a newer one with the same key. */
   get replaced(): number
   /** True until a close starts. */
@@ -34,8 +41,8 @@ export declare class NativeConnection {
    * Queues `data` as one frame. With `ack`, a `sent` event with that token reports whether it
    * was wholly handed to the kernel or dropped.
    */
-  send(data: Uint8Array, priority: Priority, text: boolean, ack?: number | undefined | null, key?: string | undefined | null): boolean
-  sendText(data: string, priority: Priority, ack?: number | undefined | null, key?: string | undefined | null): boolean
+  send(data: Uint8Array, priority: Priority, text: boolean, ack?: number | undefined | null, options?: MessageOptions | undefined | null): boolean
+  sendText(data: string, priority: Priority, ack?: number | undefined | null, options?: MessageOptions | undefined | null): boolean
   /** Queues a ping (or, with `pong`, an unsolicited pong) carrying at most 125 bytes. */
   ping(data: Uint8Array, pong: boolean): boolean
   /**
@@ -81,17 +88,17 @@ export declare class NativeServer {
   /** Binds and starts accepting. Never throws for socket errors: they come back in the result. */
   listen(): ListenResult
   /**
-   * Frames `data` once and queues it for every open connection. False if the fan-out queue
-   * is full or the server is closing.
-   * With `key`, a newer message with the same key replaces this one while it still waits in a
-   * connection's queue (conflation).
+   * Frames `data` once and queues it for every open connection. Returns false, as
+   * `Writable#write` does, once the broadcasts waiting for fan-out are at or above
+   * `pendingHighWaterMark` (the message is queued all the same; `drain` follows), and when it
+   * was refused: past `maxPendingBytes` (never Critical), or the server is closing.
    */
-  broadcast(data: Uint8Array, priority: Priority, text: boolean, key?: string | undefined | null): boolean
+  broadcast(data: Uint8Array, priority: Priority, text: boolean, options?: MessageOptions | undefined | null): boolean
   /** Like `broadcast`, for a string (sent as a text frame). */
-  broadcastText(data: string, priority: Priority, key?: string | undefined | null): boolean
-  /** Frames `data` once and queues it for the topic's subscribers. */
-  publish(topic: string, data: Uint8Array, priority: Priority, text: boolean, key?: string | undefined | null): boolean
-  publishText(topic: string, data: string, priority: Priority, key?: string | undefined | null): boolean
+  broadcastText(data: string, priority: Priority, options?: MessageOptions | undefined | null): boolean
+  /** Frames `data` once and queues it for the topic's subscribers (returns as `broadcast`). */
+  publish(topic: string, data: Uint8Array, priority: Priority, text: boolean, options?: MessageOptions | undefined | null): boolean
+  publishText(topic: string, data: string, priority: Priority, options?: MessageOptions | undefined | null): boolean
   /**
    * Gives `topic` a history (a new epoch, offsets from 1), or a new one with other bounds.
    * Returns the epoch.
@@ -102,8 +109,8 @@ export declare class NativeServer {
    * `offsets: 'prefix'`, it starts with it). `None` if the fan-out queue is full or the
    * server is closing (no offset is used then).
    */
-  publishHistory(topic: string, data: Uint8Array, priority: Priority, text: boolean, key: string | undefined | null, token: number): PublishResult | null
-  publishHistoryText(topic: string, data: string, priority: Priority, key: string | undefined | null, token: number): PublishResult | null
+  publishHistory(topic: string, data: Uint8Array, priority: Priority, text: boolean, options: MessageOptions | undefined | null, token: number): PublishResult | null
+  publishHistoryText(topic: string, data: string, priority: Priority, options: MessageOptions | undefined | null, token: number): PublishResult | null
   /**
    * Connections above `highWaterMark` right now. One atomic read: cheap enough to consult
    * before every broadcast, to pace a producer to what the clients take.
@@ -111,6 +118,16 @@ export declare class NativeServer {
   get backpressuredCount(): number
   /** Broadcasts and publishes accepted and not yet queued to their recipients. One atomic read. */
   get pendingBroadcasts(): number
+  /**
+   * Bytes waiting for the fan-out: the frames of pending broadcasts plus 256 bytes each. One
+   * atomic read.
+   */
+  get pendingBytes(): number
+  /**
+   * Asks for the server's `drain` event: true if the backlog is already below
+   * `pendingHighWaterMark` (no event follows), false if a `drain` event will come.
+   */
+  wantDrain(): boolean
   subscriberCount(topic: string): number
   metrics(): Metrics
   /** Starts the graceful close; the `closed` event follows. False if already closing. */
@@ -163,14 +180,28 @@ export interface ClusterOptions {
 }
 
 /**
- * Messages dropped per priority (never silently): refused by policy, evicted to make room, or
- * discarded when their connection closed.
+ * Messages dropped per priority (never silently): refused by policy, evicted to make room,
+ * discarded by a resync, or discarded when their connection closed.
  */
 export interface DroppedMetrics {
   critical: number
   normal: number
   low: number
   /** Encoded bytes of all dropped frames. */
+  bytes: number
+  /** Of the frames above, those discarded by resyncs (`onOverflow: 'resync'`). */
+  resync: number
+}
+
+/**
+ * Messages whose `ttl` ran out while they waited in a connection's queue (never written), per
+ * priority. Not counted in `dropped`.
+ */
+export interface ExpiredMetrics {
+  critical: number
+  normal: number
+  low: number
+  /** Encoded bytes of all expired frames. */
   bytes: number
 }
 
@@ -195,6 +226,23 @@ export interface ListenResult {
   errorMessage?: string
 }
 
+/** Per-message options of `broadcast`, `publish` and `send`, as `lib/sluice.js` passes them. */
+export interface MessageOptions {
+  /**
+   * Conflation key: a newer message with the same key replaces this one while it still waits
+   * in a connection's queue.
+   */
+  key?: string
+  /**
+   * Time to live in ms from the call: a message still queued for a connection when it runs out
+   * is skipped, never written, and counted in `expired`. `0`: no expiry, whatever `defaultTtl`
+   * says. Default: the server's `defaultTtl` for Normal and Low, none for Critical.
+   */
+  ttl?: number
+  /** Ids of connections that do not get this broadcast (`broadcast`/`publish` only). */
+  except?: Array<number>
+}
+
 /** `server.metrics()`: counters since the server was created. */
 export interface Metrics {
   /** Open WebSocket connections. */
@@ -210,8 +258,8 @@ export interface Metrics {
   broadcasts: number
   publishes: number
   /**
-   * `broadcast`/`publish` calls refused because `maxBufferedAmount - highWaterMark` bytes of
-   * broadcasts already waited for fan-out (the producer is ahead of the server).
+   * Normal and Low `broadcast`/`publish` calls refused because `maxPendingBytes` of broadcasts
+   * already waited for fan-out (the producer ignored `drain`). Critical ones are never refused.
    */
   fanoutRejected: number
   /** Frames (data and control) completely handed to the kernel, summed over connections. */
@@ -228,14 +276,20 @@ export interface Metrics {
    * client got the newer value instead. Not counted in `dropped`.
    */
   replaced: number
+  expired: ExpiredMetrics
+  /**
+   * Connections resynced (`onOverflow: 'resync'`): their queued Normal and Low messages were
+   * discarded and a `resync` event sent; they stayed open.
+   */
+  resynced: number
   terminated: TerminatedMetrics
   backpressureEvents: number
   drainEvents: number
   /** Connections above `highWaterMark` right now (had `backpressure`, not yet `drain`). */
   backpressured: number
   /**
-   * Times a connection became lagging: the kernel held more than 250 ms of its data beyond a
-   * round trip, so that sluice now lets it hold at most `laggingKernelLimit` bytes.
+   * Times a connection became lagging: its kernel held more than its link delivers in 250 ms
+   * plus a round trip, so that sluice let the kernel hold at most `laggingKernelLimit` bytes.
    */
   laggingEvents: number
   /** Connections lagging right now. */
@@ -245,6 +299,11 @@ export interface Metrics {
    * them: the backlog it joined (0 for clients that keep up).
    */
   bufferedAmount: Percentiles
+  /**
+   * `lag` in ms (age of the oldest message waiting) across the recipients of the latest
+   * broadcast/publish, as that message found them.
+   */
+  lagMs: Percentiles
   fanoutLatencyUs: LatencyMetrics
   /** `null` without the `cluster` option. */
   cluster?: ClusterMetrics
@@ -326,7 +385,10 @@ export interface ServerOptions {
   /**
    * What a Normal message over `maxBufferedAmount` does: `'terminate'` closes the connection
    * (1008 if a close frame can still go out, else the TCP connection is dropped); `'drop'` drops
-   * the message and counts it. Default `'terminate'`.
+   * the message and counts it; `'resync'` discards the connection's queued Normal and Low
+   * messages (counted as dropped), queues this one and emits `resync` on the connection so the
+   * application can send a fresh snapshot; a second overflow before the queue has drained below
+   * `lowWaterMark` terminates it. Default `'terminate'`.
    */
   onOverflow?: string
   /** `backpressure` fires once when bufferedAmount rises above this. Default `65536` (64 KiB). */
@@ -365,10 +427,10 @@ export interface ServerOptions {
   kernelUnsentLimit?: number
   /**
    * What the kernel may hold for a *lagging* connection, bytes: unsent plus sent but not yet
-   * acknowledged (Linux `SIOCOUTQ`). A connection lags while the kernel holds more than 250 ms
-   * of its measured delivery rate beyond one minimum round trip (`TCP_INFO`), as on a slow
-   * mobile link, whose network queue otherwise holds seconds of data that no conflation key or
-   * `ttl` can reach any more. While it lags, sluice hands its kernel one frame at a time and
+   * acknowledged (Linux `SIOCOUTQ`). A connection lags while the kernel holds more than what
+   * its link delivers in 250 ms (measured) plus one minimum round trip (`TCP_INFO`), as on a
+   * slow mobile link, whose network queue otherwise holds seconds of data that no conflation
+   * key or `ttl` can reach any more. While it lags, sluice hands its kernel one frame at a time and
    * only below this limit; the rest waits in sluice's queue (`bufferedAmount`, the policy,
    * conflation and `ttl` apply to it). A lagging connection's throughput is then at most this
    * much per round trip. `0` turns the rule off. Default `4096` (4 KiB).
@@ -401,12 +463,31 @@ export interface ServerOptions {
    * no Redis connection is ever opened.
    */
   cluster?: ClusterOptions
+  /**
+   * Bytes of broadcasts and publishes waiting for the fan-out (one shared frame each, plus 256
+   * bytes of bookkeeping) past which Normal and Low ones are refused and counted
+   * (`fanoutRejected`). Critical ones are never refused. Default `67108864` (64 MiB).
+   */
+  maxPendingBytes?: number
+  /**
+   * `broadcast`/`publish` return `false` once the bytes waiting for fan-out are at or above this
+   * (the message is still queued), and the server emits `drain` when they fall back below it.
+   * Default `262144` (256 KiB).
+   */
+  pendingHighWaterMark?: number
+  /**
+   * `ttl` in ms given to Normal and Low messages sent without one: a message still queued for a
+   * connection when it runs out is skipped (counted in `expired`). Default: none (no expiry).
+   */
+  defaultTtl?: number
 }
 
 /** Connections the server ended without a completed close handshake, by cause. */
 export interface TerminatedMetrics {
   /** Over `maxBufferedAmount` (Normal with `onOverflow: 'terminate'`, or Critical). */
   overflow: number
+  /** `onOverflow: 'resync'`: overflowed again before draining below `lowWaterMark`. */
+  resyncOverflow: number
   /** No pong within `pongTimeout`. */
   pongTimeout: number
   /** No close frame from the peer within `closeTimeout`. */

@@ -296,7 +296,7 @@ test('backpressure and drain fire once per crossing and alternate', async () => 
   conn.on('backpressure', (amount) => connEvents.push(['backpressure', amount]))
   conn.on('drain', (amount) => connEvents.push(['drain', amount]))
   server.on('backpressure', (c, amount) => serverEvents.push(['backpressure', c, amount]))
-  server.on('drain', (c, amount) => serverEvents.push(['drain', c, amount]))
+  server.on('connectionDrain', (c, amount) => serverEvents.push(['drain', c, amount]))
 
   let seq = 0
   const make = (s) => makePayload('N', s, SIZE)

@@ -112,8 +112,9 @@ describe('conflation keys', () => {
 
   /**
    * Broadcasts ROUNDS versions of K keys at Normal, with `{ key }` if `keyed`, never getting
-   * ahead of the fan-out (a round of K frames, 20 KiB, fits the fan-out budget of
-   * maxBufferedAmount - highWaterMark = 32 KiB). Samples conn.bufferedAmount after every call
+   * ahead of the fan-out (each round waits until the previous one is fanned out, so that a
+   * round's K frames, 20 KiB, are all the connection can find queued for it beyond its
+   * backlog). Samples conn.bufferedAmount after every call
    * and, with keys, throws as soon as it exceeds BOUND.
    * Stops early when `stop()` says so (checked between rounds). Returns { sent, max, samples }.
    */

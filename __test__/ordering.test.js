@@ -35,7 +35,7 @@ test('broadcast, send and close on one connection arrive in call order', async (
       expect(client.got).toEqual([`a${round}`, `b${round}`, `c${round}`])
       expect([code, reason]).toEqual([4001, 'done'])
     }
-    expect(server.metrics().dropped).toEqual({ critical: 0, normal: 0, low: 0, bytes: 0 })
+    expect(server.metrics().dropped).toEqual({ critical: 0, normal: 0, low: 0, bytes: 0, resync: 0 })
   } finally {
     await server.close({ timeout: 1000 })
   }

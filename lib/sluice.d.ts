@@ -15,6 +15,7 @@ export type {
   ClusterMetrics,
   PriorityCounts,
   DroppedMetrics,
+  ExpiredMetrics,
   TerminatedMetrics,
   Percentiles,
   LatencyMetrics,
@@ -53,6 +54,37 @@ export interface MessageOptions {
    * holds at most one message per key. A message already being written is never replaced.
    */
   key?: string
+  /**
+   * Time to live in ms from the call (a whole number from 0 to 2^31 - 1): a message still queued
+   * for a connection when it runs out is skipped, never written, and counted in
+   * `metrics().expired` and `conn.expired` (its `send` callback gets `ERR_SLUICE_EXPIRED`). A
+   * message already being written is never cut. `0`: no expiry. Default: the server's
+   * `defaultTtl` for Normal and Low messages, none for Critical ones.
+   * @throws {RangeError} `ERR_SLUICE_INVALID_TTL`
+   */
+  ttl?: number
+}
+
+/** `broadcast` / `publish` options. */
+export interface BroadcastOptions extends MessageOptions {
+  /**
+   * Connections of this server that do not get the message ("every other client").
+   * @throws {TypeError} `ERR_SLUICE_INVALID_EXCEPT` for anything else
+   */
+  except?: Connection | Connection[]
+}
+
+/** What a `resync` event says (`onOverflow: 'resync'`). */
+export interface ResyncInfo {
+  /** Queued Normal and Low messages discarded (counted in `metrics().dropped`). */
+  dropped: number
+  /** Their encoded bytes. */
+  bytes: number
+  /**
+   * Per topic with history: the newest message the client still gets from before the gap
+   * (already written, or being written). Topics none of whose messages reached it are absent.
+   */
+  offsets: Record<string, { offset: number; epoch: string }>
 }
 
 export interface TopicOptions {
@@ -148,6 +180,13 @@ export declare class Connection extends EventEmitter {
   send(data: Data, priority: PriorityLike | undefined, options: MessageOptions, callback?: (err: SluiceError | null) => void): boolean
   /** Queued messages of this connection replaced by a newer one with the same key. */
   readonly replaced: number
+  /**
+   * How late the connection is: the age in ms of the oldest message queued for it and not yet
+   * written, 0 when nothing waits. Read synchronously, like `bufferedAmount`.
+   */
+  readonly lag: number
+  /** Messages queued for this connection whose `ttl` ran out before they were written. */
+  readonly expired: number
   /** Sends a ping; the answer is a `'pong'` event. At most 125 bytes. @throws {RangeError} `ERR_SLUICE_INVALID_DATA` */
   ping(data?: Data | number): boolean
   /** Sends an unsolicited pong (a one-way heartbeat). At most 125 bytes. */
@@ -185,11 +224,18 @@ export declare class Connection extends EventEmitter {
   on(event: 'drain', listener: (bufferedAmount: number) => void): this
   /** A ping or pong from the peer. Pings are answered by sluice whether or not this is listened to. */
   on(event: 'ping' | 'pong', listener: (data: Buffer) => void): this
+  /**
+   * `onOverflow: 'resync'`: the queued Normal and Low messages were discarded instead of ending
+   * the connection; send a fresh snapshot (typically Critical). A second overflow before the
+   * queue has drained below `lowWaterMark` terminates the connection.
+   */
+  on(event: 'resync', listener: (info: ResyncInfo) => void): this
   on(event: string | symbol, listener: (...args: any[]) => void): this
   once(event: 'message', listener: (data: Buffer, isBinary: boolean) => void): this
   once(event: 'ping' | 'pong', listener: (data: Buffer) => void): this
   once(event: 'close', listener: (code: number, reason: string) => void): this
   once(event: 'backpressure' | 'drain', listener: (bufferedAmount: number) => void): this
+  once(event: 'resync', listener: (info: ResyncInfo) => void): this
   once(event: string | symbol, listener: (...args: any[]) => void): this
 }
 
@@ -234,18 +280,27 @@ export declare class Server extends EventEmitter {
   readonly connections: IterableIterator<Connection>
   readonly connectionCount: number
   /**
-   * Sends `data` to every open connection at `priority` (default Normal). The payload is copied
-   * once and framed once; the fan-out runs on sluice's threads. Returns `false` if nothing was
-   * queued: the server is closing, or broadcasts adding up to `maxBufferedAmount - highWaterMark` already wait for fan-out (counted in
-   * `metrics().fanoutRejected`).
+   * Sends `data` to every open connection (but those in `options.except`) at `priority` (default
+   * Normal). The payload is copied once and framed once; the fan-out runs on sluice's threads.
+   * Like `Writable#write`, returns `false` once the broadcasts waiting for fan-out are at or above
+   * `pendingHighWaterMark`: the message is queued all the same, and `'drain'` follows. Also
+   * `false` when nothing was queued: past `maxPendingBytes` (Normal and Low only; counted in
+   * `metrics().fanoutRejected`; Critical is never refused) or while the server closes.
    */
-  broadcast(data: Data, priority?: PriorityLike, options?: MessageOptions): boolean
+  broadcast(data: Data, priority?: PriorityLike, options?: BroadcastOptions): boolean
   /**
    * Like `broadcast`, to the connections subscribed to `topic`. On a topic with history (see
    * `topic()`) it returns a Promise of the message's `{ offset, epoch }` instead, rejecting with
    * `ERR_SLUICE_NOT_QUEUED` when nothing was published.
    */
-  publish(topic: string, data: Data, priority?: PriorityLike, options?: MessageOptions): boolean | Promise<PublishResult>
+  publish(topic: string, data: Data, priority?: PriorityLike, options?: BroadcastOptions): boolean | Promise<PublishResult>
+  /** Bytes waiting for fan-out: one shared frame per pending broadcast plus 256 bytes each. */
+  readonly pendingBytes: number
+  /**
+   * Resolves once the fan-out backlog is below `pendingHighWaterMark` (at once if it is), or when
+   * the server closes: `if (!server.broadcast(msg)) await server.drained()`.
+   */
+  drained(): Promise<void>
   /**
    * Gives `topic` a history: its latest messages numbered from 1 in a new epoch, kept for
    * resuming clients, bounded by `size` (default 1000 messages), `bytes` (default 8 MiB of frames)
@@ -279,12 +334,18 @@ export declare class Server extends EventEmitter {
   unref(): this
 
   on(event: 'connection', listener: (conn: Connection, req: Request) => void): this
-  on(event: 'backpressure' | 'drain', listener: (conn: Connection, bufferedAmount: number) => void): this
+  /** Every connection's `backpressure` and `drain`, with the connection. */
+  on(event: 'backpressure' | 'connectionDrain', listener: (conn: Connection, bufferedAmount: number) => void): this
+  /** The fan-out backlog fell below `pendingHighWaterMark` after a `broadcast` returned false. */
+  on(event: 'drain', listener: () => void): this
+  on(event: 'resync', listener: (conn: Connection, info: ResyncInfo) => void): this
   on(event: 'listening' | 'close', listener: () => void): this
   on(event: 'error', listener: (err: SluiceError) => void): this
   on(event: string | symbol, listener: (...args: any[]) => void): this
   once(event: 'connection', listener: (conn: Connection, req: Request) => void): this
-  once(event: 'backpressure' | 'drain', listener: (conn: Connection, bufferedAmount: number) => void): this
+  once(event: 'backpressure' | 'connectionDrain', listener: (conn: Connection, bufferedAmount: number) => void): this
+  once(event: 'drain', listener: () => void): this
+  once(event: 'resync', listener: (conn: Connection, info: ResyncInfo) => void): this
   once(event: 'listening' | 'close', listener: () => void): this
   once(event: string | symbol, listener: (...args: any[]) => void): this
 }

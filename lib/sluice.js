@@ -29,6 +29,7 @@ const DEFAULT_CLOSE_TIMEOUT = 5000
 /** Defaults of the event thresholds (the native side holds the same values). */
 const DEFAULT_HIGH_WATER_MARK = 64 * 1024
 const DEFAULT_LOW_WATER_MARK = 16 * 1024
+const DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024
 
 const KIND = {
   CONNECTION: 0,
@@ -45,6 +46,8 @@ const KIND = {
   SENT: 11,
   PUBLISHED: 12,
   RESUMED: 13,
+  RESYNC: 14,
+  FANOUT_DRAIN: 15,
 }
 
 /** Inbound events the native side passes on only while JavaScript listens (interest bits). */
@@ -63,7 +66,7 @@ const OPTIONS = {
   path: ['string'],
   maxBufferedAmount: ['int', 1, MAX_BYTES],
   lowPriorityLimit: ['int', 0, MAX_BYTES],
-  onOverflow: [['terminate', 'drop']],
+  onOverflow: [['terminate', 'drop', 'resync']],
   highWaterMark: ['int', 0, MAX_BYTES],
   lowWaterMark: ['int', 0, MAX_BYTES],
   pingInterval: ['int', 0, MAX_MS],
@@ -82,6 +85,9 @@ const OPTIONS = {
   allowedOrigins: ['strings'],
   reusePort: ['boolean'],
   cluster: ['cluster'],
+  maxPendingBytes: ['int', 1, MAX_BYTES],
+  pendingHighWaterMark: ['int', 0, MAX_BYTES],
+  defaultTtl: ['int', 0, MAX_MS],
 }
 
 /** `cluster: { redis, prefix, criticalQueue }`, checked; returns the native form. */
@@ -163,6 +169,10 @@ function validateOptions(options) {
   if (low > high) {
     throw sluiceError(RangeError, 'ERR_SLUICE_OUT_OF_RANGE', `lowWaterMark (${low}) must not exceed highWaterMark (${high})`)
   }
+  const maxPending = out.maxPendingBytes ?? DEFAULT_MAX_PENDING_BYTES
+  if (out.pendingHighWaterMark !== undefined && out.pendingHighWaterMark > maxPending) {
+    throw sluiceError(RangeError, 'ERR_SLUICE_OUT_OF_RANGE', `pendingHighWaterMark (${out.pendingHighWaterMark}) must not exceed maxPendingBytes (${maxPending})`)
+  }
   if (out.noServer) {
     const own = ['host', 'port', 'path'].filter((n) => out[n] !== undefined)
     if (own.length > 0) {
@@ -226,21 +236,52 @@ function nativeError(err) {
   return m ? sluiceError(Error, m[1], m[2]) : err
 }
 
-/** The conflation key of `{ key }` (a non-empty string of at most 1024 bytes), or undefined. */
-function toKey(options) {
+/**
+ * The native form of a message's options: `{ key, ttl }`, and `except` where `withExcept`
+ * (broadcast, publish). `key`: a non-empty string of at most 1024 bytes; `ttl`: whole ms from 0
+ * (no expiry) to 2^31 - 1; `except`: a Connection of this server or an array of them. Returns
+ * undefined when there is nothing to pass.
+ */
+function toMessageOptions(options, server, withExcept) {
   if (options === undefined || options === null) return undefined
-  if (typeof options !== 'object') {
-    throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTIONS', `options must be an object such as { key }, got ${typeof options}`)
+  const names = withExcept ? '{ key, ttl, except }' : '{ key, ttl }'
+  if (typeof options !== 'object' || Array.isArray(options)) {
+    throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTIONS', `options must be an object such as ${names}, got ${Array.isArray(options) ? 'an array' : typeof options}`)
   }
   for (const name of Object.keys(options)) {
-    if (name !== 'key') throw sluiceError(TypeError, 'ERR_SLUICE_UNKNOWN_OPTION', `unknown option '${name}'`)
+    if (name !== 'key' && name !== 'ttl' && !(withExcept && name === 'except')) {
+      throw sluiceError(TypeError, 'ERR_SLUICE_UNKNOWN_OPTION', `unknown option '${name}'`)
+    }
   }
-  const { key } = options
-  if (key === undefined) return undefined
-  if (typeof key !== 'string' || key.length === 0 || Buffer.byteLength(key) > MAX_KEY_BYTES) {
-    throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_KEY', `key must be a non-empty string of at most ${MAX_KEY_BYTES} bytes`)
+  const { key, ttl, except } = options
+  const out = {}
+  if (key !== undefined) {
+    if (typeof key !== 'string' || key.length === 0 || Buffer.byteLength(key) > MAX_KEY_BYTES) {
+      throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_KEY', `key must be a non-empty string of at most ${MAX_KEY_BYTES} bytes`)
+    }
+    out.key = key
   }
-  return key
+  if (ttl !== undefined) {
+    if (typeof ttl !== 'number' || Number.isNaN(ttl)) {
+      throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_TTL', `ttl must be a number of ms, got ${typeof ttl}`)
+    }
+    if (!Number.isInteger(ttl) || ttl < 0 || ttl > MAX_MS) {
+      throw sluiceError(RangeError, 'ERR_SLUICE_INVALID_TTL', `ttl must be a whole number of ms from 0 (no expiry) to ${MAX_MS}, got ${ttl}`)
+    }
+    out.ttl = ttl
+  }
+  if (except !== undefined && except !== null) {
+    const list = Array.isArray(except) ? except : [except]
+    const ids = []
+    for (const c of list) {
+      if (!(c instanceof Connection) || c._server !== server) {
+        throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_EXCEPT', 'except must be a Connection of this server, or an array of them')
+      }
+      ids.push(c.id)
+    }
+    if (ids.length > 0) out.except = ids
+  }
+  return out
 }
 
 function toTopic(topic) {
@@ -356,12 +397,25 @@ class Connection extends EventEmitter {
     }
     const p = toPriority(priority)
     const bytes = toBytes(data)
-    const key = toKey(options)
+    const opts = toMessageOptions(options, this._server, false)
     if (callback !== undefined && typeof callback !== 'function') {
       throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_CALLBACK', 'callback must be a function')
     }
     const ack = callback ? this._server._track(callback) : undefined
-    return bytes === null ? this._native.sendText(data, p, ack, key) : this._native.send(bytes, p, false, ack, key)
+    return bytes === null ? this._native.sendText(data, p, ack, opts) : this._native.send(bytes, p, false, ack, opts)
+  }
+
+  /**
+   * How late this connection is: the age in ms of the oldest message queued for it and not yet
+   * written, 0 when nothing waits. Read synchronously, like `bufferedAmount`.
+   */
+  get lag() {
+    return this._native.lag
+  }
+
+  /** Messages queued for this connection whose `ttl` ran out before they were written. */
+  get expired() {
+    return this._native.expired
   }
 
   /** Queued messages of this connection replaced by a newer one with the same `key`. */
@@ -460,6 +514,9 @@ class Server extends EventEmitter {
     /** Promises of history publishes and resumes answered by events (cluster mode), by token. */
     this._pending = new Map()
     this._nextPending = 1
+    /** `drained()`'s promise while one waits, and its resolver. */
+    this._drained = null
+    this._resolveDrained = null
     this._native = new NativeServer(nativeOptions(this._options), (events) => this._dispatch(events))
   }
 
@@ -594,36 +651,68 @@ class Server extends EventEmitter {
   }
 
   /**
-   * Sends `data` to every open connection. The payload is copied once and framed once; the
-   * fan-out runs on sluice's threads. Returns false if nothing was queued (server closing, or
-   * broadcasts adding up to maxBufferedAmount - highWaterMark already waiting for fan-out: the
-   * producer is ahead of the server).
+   * Sends `data` to every open connection (but those in `options.except`). The payload is copied
+   * once and framed once; the fan-out runs on sluice's threads. Like `Writable#write`, returns
+   * false once the broadcasts waiting for fan-out are at or above `pendingHighWaterMark`: the
+   * message is queued all the same, and the server emits `'drain'` when the backlog is back
+   * below (`await server.drained()`). Also false when it was refused: past `maxPendingBytes`
+   * (Normal and Low only; counted in `metrics().fanoutRejected`) or while the server closes.
+   * `options`: `{ key, ttl, except }`.
    */
   broadcast(data, priority, options) {
     const p = toPriority(priority)
     const bytes = toBytes(data)
-    const key = toKey(options)
-    return bytes === null ? this._native.broadcastText(data, p, key) : this._native.broadcast(bytes, p, false, key)
+    const opts = toMessageOptions(options, this, true)
+    return bytes === null ? this._native.broadcastText(data, p, opts) : this._native.broadcast(bytes, p, false, opts)
   }
 
-  /** Sends `data` to the connections subscribed to `topic`. */
+  /** Sends `data` to the connections subscribed to `topic`; returns as `broadcast`. */
   publish(topic, data, priority, options) {
     const t = toTopic(topic)
     const p = toPriority(priority)
     const bytes = toBytes(data)
-    const key = toKey(options)
+    const opts = toMessageOptions(options, this, true)
     if (this._histories.has(t)) {
       // A topic with history: the message's number. Alone, known at once; with cluster, Redis
       // numbers it and the answer comes back as an event (no client socket is waited on).
       const token = this._nextPending++
-      const r = bytes === null ? this._native.publishHistoryText(t, data, p, key, token) : this._native.publishHistory(t, bytes, p, false, key, token)
+      const r = bytes === null ? this._native.publishHistoryText(t, data, p, opts, token) : this._native.publishHistory(t, bytes, p, false, opts, token)
       if (!r) {
-        return Promise.reject(sluiceError(Error, 'ERR_SLUICE_NOT_QUEUED', 'not published: the server is closing, or broadcasts adding up to maxBufferedAmount - highWaterMark already wait for fan-out'))
+        return Promise.reject(sluiceError(Error, 'ERR_SLUICE_NOT_QUEUED', 'not published: the server is closing, or maxPendingBytes of broadcasts already wait for fan-out'))
       }
       if (r.pending) return this._awaitPending(token)
       return Promise.resolve({ offset: r.offset, epoch: r.epoch })
     }
-    return bytes === null ? this._native.publishText(t, data, p, key) : this._native.publish(t, bytes, p, false, key)
+    return bytes === null ? this._native.publishText(t, data, p, opts) : this._native.publish(t, bytes, p, false, opts)
+  }
+
+  /** Bytes waiting for the fan-out: the frames of pending broadcasts plus 256 bytes each. */
+  get pendingBytes() {
+    return this._native.pendingBytes
+  }
+
+  /**
+   * Resolves once the broadcasts waiting for fan-out are below `pendingHighWaterMark` (at once if
+   * they already are), or when the server closes. The idiom for a producer in a loop:
+   * `if (!server.broadcast(msg)) await server.drained()`.
+   */
+  drained() {
+    if (this._state === 'closed' || this._native.wantDrain()) return Promise.resolve()
+    if (!this._drained) {
+      this._drained = new Promise((resolve) => {
+        this._resolveDrained = resolve
+      })
+    }
+    return this._drained
+  }
+
+  /** The backlog fell below the mark: settle `drained()` and emit `'drain'`. */
+  _fanoutDrained() {
+    const resolve = this._resolveDrained
+    this._drained = null
+    this._resolveDrained = null
+    if (resolve) resolve()
+    safeEmit(this, 'drain')
   }
 
   /**
@@ -869,7 +958,9 @@ class Server extends EventEmitter {
               ? null
               : ev[3] === 2
                 ? sluiceError(Error, 'ERR_SLUICE_REPLACED', 'the message was replaced, before it was written, by a newer one with the same key')
-                : sluiceError(Error, 'ERR_SLUICE_DROPPED', 'the message was dropped before it was written: the connection closed, or the policy refused it')
+                : ev[3] === 3
+                  ? sluiceError(Error, 'ERR_SLUICE_EXPIRED', 'the message was not written: its ttl ran out while it waited in the queue')
+                  : sluiceError(Error, 'ERR_SLUICE_DROPPED', 'the message was dropped before it was written: the connection closed, or the policy refused it')
           try {
             callback(err)
           } catch (e) {
@@ -882,6 +973,10 @@ class Server extends EventEmitter {
       }
       if (kind === KIND.CLOSED) {
         this._finishClose()
+        continue
+      }
+      if (kind === KIND.FANOUT_DRAIN) {
+        this._fanoutDrained()
         continue
       }
       if (kind === KIND.ERROR) {
@@ -913,8 +1008,14 @@ class Server extends EventEmitter {
           break
         case KIND.DRAIN:
           safeEmit(conn, 'drain', ev[2])
-          safeEmit(this, 'drain', conn, ev[2])
+          safeEmit(this, 'connectionDrain', conn, ev[2])
           break
+        case KIND.RESYNC: {
+          const info = { dropped: ev[2], bytes: ev[3], offsets: ev[4] }
+          safeEmit(conn, 'resync', info)
+          safeEmit(this, 'resync', conn, info)
+          break
+        }
       }
     }
   }
@@ -943,6 +1044,10 @@ class Server extends EventEmitter {
       }
     }
     if (this._resolveClose) this._resolveClose()
+    // Nothing waits for fan-out any more: a producer awaiting drained() goes on (and learns from
+    // broadcast() that the server is closed).
+    if (this._resolveDrained) this._resolveDrained()
+    this._drained = this._resolveDrained = null
     safeEmit(this, 'close')
   }
 }

@@ -219,6 +219,21 @@ declare namespace WebSocket {
     /** sluice's conflation key: a newer message with the same key replaces this one while it
      * still waits in the client's queue (the callback then gets ERR_SLUICE_REPLACED). */
     key?: string
+    /** sluice: ms after which the message, if still queued, is skipped (the callback then gets
+     * ERR_SLUICE_EXPIRED). `0`: no expiry. Default: the server's `defaultTtl` (Normal and Low). */
+    ttl?: number
+  }
+
+  /** sluice: `wss.broadcast` options. */
+  interface BroadcastOptions {
+    /** The message's priority (when given here instead of as the second argument). */
+    priority?: PriorityLike
+    /** Conflation key, as in `send`. */
+    key?: string
+    /** Time to live in ms, as in `send`. */
+    ttl?: number
+    /** Sockets of this server that do not get the message: ws's "every other client". */
+    except?: WebSocket | WebSocket[]
   }
 
   interface Event {
@@ -264,8 +279,13 @@ declare namespace WebSocket {
      * @throws `ERR_SLUICE_WS_UNSUPPORTED` for a TLS socket
      */
     handleUpgrade(request: http.IncomingMessage, socket: Duplex, head: Buffer, callback?: (client: WebSocketAlias, request: http.IncomingMessage) => void): void
-    /** sluice: one native call sends `data` to every open socket. False if nothing was queued. */
-    broadcast(data: string | number | Buffer | ArrayBuffer | ArrayBufferView, priority?: PriorityLike, options?: { key?: string }): boolean
+    /**
+     * sluice: one native call sends `data` to every open socket (but those in `except`). Returns
+     * as sluice's `Server#broadcast`: false once the fan-out backlog is above
+     * `pendingHighWaterMark` (the message is still queued) or when it was refused.
+     */
+    broadcast(data: string | number | Buffer | ArrayBuffer | ArrayBufferView, priority?: PriorityLike, options?: BroadcastOptions): boolean
+    broadcast(data: string | number | Buffer | ArrayBuffer | ArrayBufferView, options: BroadcastOptions): boolean
 
     on(event: 'connection', listener: (this: WebSocketServer, socket: WebSocketAlias, request: http.IncomingMessage) => void): this
     on(event: 'error', listener: (this: WebSocketServer, error: Error | SluiceError) => void): this

@@ -112,6 +112,9 @@ const SLUICE_OPTIONS = new Set([
   'laggingKernelLimit',
   'workerNice',
   'allowedOrigins',
+  'maxPendingBytes',
+  'pendingHighWaterMark',
+  'defaultTtl',
 ])
 
 // ws options that sluice implements (the values are checked below).
@@ -375,8 +378,8 @@ class WebSocket extends HookedEmitter {
   /**
    * Sends a data message. options: `binary` (default: data is not a string), `compress`
    * (accepted, no effect: no permessage-deflate), `fin` (only true), `mask` (only false), and
-   * `priority` (sluice: Priority.Critical | Normal | Low, default Normal) and `key` (sluice's
- * conflation key).
+   * `priority` (sluice: Priority.Critical | Normal | Low, default Normal), `key` (sluice's
+   * conflation key) and `ttl` (sluice: ms after which the message, if still queued, is skipped).
    * `cb(err?)` runs once the frame is wholly handed to the kernel, or with an Error if it was
    * dropped (sluice policy, connection closed). Returns false if sluice did not queue it.
    */
@@ -409,7 +412,7 @@ class WebSocket extends HookedEmitter {
     const priority = opts.priority
     // sluice's conflation key: a newer message with the same key replaces this one while it
     // still waits in the client's queue.
-    const sendOptions = opts.key === undefined ? undefined : { key: opts.key }
+    const sendOptions = opts.key === undefined && opts.ttl === undefined ? undefined : { key: opts.key, ttl: opts.ttl }
     const done = cb ? (err) => cb(err || undefined) : undefined
     if (!binary && typeof payload !== 'string') {
       // A text frame from bytes: sent as they are (ws does not validate them either).
@@ -855,10 +858,29 @@ class WebSocketServer extends HookedEmitter {
   /**
    * sluice extra: sends `data` to every open connection at `priority` (default Normal) in one
    * native call; the payload is framed once. A string is sent as a text frame, binary data as
-   * a binary frame. Returns false if nothing was queued.
+   * a binary frame. `options`: `{ key, ttl, except }`, where `except` is a WebSocket of this
+   * server (or an array of them) that does not get it: `wss.broadcast(data, { except: ws })` is
+   * ws's "broadcast to every other client" loop in one call. The options may stand in place of
+   * the priority: `broadcast(data, { priority, except })`. Returns as sluice's `broadcast`:
+   * false once the fan-out backlog is above `pendingHighWaterMark` (still queued) or if refused.
    */
   broadcast(data, priority, options) {
     if (typeof data === 'number') data = data.toString()
+    if (priority !== null && typeof priority === 'object' && options === undefined) {
+      const { priority: p, ...rest } = priority
+      priority = p
+      options = rest
+    }
+    if (options && options.except !== undefined && options.except !== null) {
+      const list = Array.isArray(options.except) ? options.except : [options.except]
+      const conns = list.map((ws) => {
+        if (!(ws instanceof WebSocket) || (ws._conn !== null && ws._conn._server !== this.sluice)) {
+          throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_EXCEPT', 'except must be a WebSocket of this server, or an array of them')
+        }
+        return ws._conn
+      })
+      options = { ...options, except: conns.filter((c) => c !== null) }
+    }
     return this.sluice.broadcast(data, priority, options)
   }
 }

@@ -933,12 +933,9 @@ impl Link {
         let born = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         // The frame is the message's tail: no copy.
         let bytes = Bytes::from(message).slice(frame_at..);
-        let frame = Frame {
-            bytes,
-            probe: Some(FanoutProbe::remote(born, server.metrics.clone())),
-            ack: None,
-            key: header.key,
-        };
+        let mut frame = Frame::born_at(bytes, born);
+        frame.probe = Some(FanoutProbe::remote(born, server.metrics.clone()));
+        frame.key = header.key;
         server
             .fanout()
             .broadcast_remote(&server, frame, header.priority, target, None);

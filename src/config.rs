@@ -41,6 +41,18 @@ pub const DEFAULT_LAGGING_KERNEL_LIMIT: usize = 4 * 1024;
 /// when they compete for a core, so a fan-out to thousands of sockets does not delay the event
 /// loop's next turn; on an idle core it runs at full speed all the same.
 pub const DEFAULT_WORKER_NICE: i32 = 5;
+/// Default `maxPendingBytes`: 64 MiB. What waits for the fan-out task is one shared frame per
+/// broadcast, so this bound protects the process's memory, not any client: 64 MiB is 32,768
+/// lobby-sized (2 KiB) broadcasts, far more than a producer that paces itself with `drain` ever
+/// queues, and a small share of a server's RAM. Past it Normal and Low broadcasts are refused.
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+/// Default `pendingHighWaterMark`: 256 KiB, where `broadcast` starts returning false (the message
+/// is still queued) and after which the server's `drain` fires. 256 KiB is 128 lobby updates
+/// ahead of the fan-out: far enough that a burst from one timer tick passes without a signal,
+/// near enough that a producer looping without pause learns within a few milliseconds.
+pub const DEFAULT_PENDING_HIGH_WATER_MARK: usize = 256 * 1024;
+/// Largest `ttl`/`defaultTtl` in ms (Node's own timer limit, 2^31 - 1).
+pub const MAX_TTL_MS: u32 = i32::MAX as u32;
 /// Largest upgrade request head we read before answering 431.
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// Bytes the reader allocates per connection for inbound frames, and the most it reads per
@@ -85,6 +97,12 @@ pub struct Config {
     pub reuse_port: bool,
     /// The link to the other nodes through Redis; `None`: this process alone.
     pub cluster: Option<ClusterConfig>,
+    /// Bytes of broadcasts waiting for fan-out past which Normal and Low ones are refused.
+    pub max_pending_bytes: usize,
+    /// Backlog above which `broadcast` returns false and after which `drain` fires.
+    pub pending_high_water_mark: usize,
+    /// `ttl` of Normal and Low messages sent without one; `None`: they never expire.
+    pub default_ttl: Option<Duration>,
 }
 
 impl Default for Config {
@@ -108,6 +126,9 @@ impl Default for Config {
             ask_js: false,
             reuse_port: false,
             cluster: None,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+            pending_high_water_mark: DEFAULT_PENDING_HIGH_WATER_MARK,
+            default_ttl: None,
         }
     }
 }
@@ -146,7 +167,10 @@ pub struct ServerOptions {
     pub low_priority_limit: Option<f64>,
     /// What a Normal message over `maxBufferedAmount` does: `'terminate'` closes the connection
     /// (1008 if a close frame can still go out, else the TCP connection is dropped); `'drop'` drops
-    /// the message and counts it. Default `'terminate'`.
+    /// the message and counts it; `'resync'` discards the connection's queued Normal and Low
+    /// messages (counted as dropped), queues this one and emits `resync` on the connection so the
+    /// application can send a fresh snapshot; a second overflow before the queue has drained below
+    /// `lowWaterMark` terminates it. Default `'terminate'`.
     pub on_overflow: Option<String>,
     /// `backpressure` fires once when bufferedAmount rises above this. Default `65536` (64 KiB).
     pub high_water_mark: Option<f64>,
@@ -200,6 +224,17 @@ pub struct ServerOptions {
     /// Scale-out through Redis (see `ClusterOptions`). Default: none, this process alone, and
     /// no Redis connection is ever opened.
     pub cluster: Option<ClusterOptions>,
+    /// Bytes of broadcasts and publishes waiting for the fan-out (one shared frame each, plus 256
+    /// bytes of bookkeeping) past which Normal and Low ones are refused and counted
+    /// (`fanoutRejected`). Critical ones are never refused. Default `67108864` (64 MiB).
+    pub max_pending_bytes: Option<f64>,
+    /// `broadcast`/`publish` return `false` once the bytes waiting for fan-out are at or above this
+    /// (the message is still queued), and the server emits `drain` when they fall back below it.
+    /// Default `262144` (256 KiB).
+    pub pending_high_water_mark: Option<f64>,
+    /// `ttl` in ms given to Normal and Low messages sent without one: a message still queued for a
+    /// connection when it runs out is skipped (counted in `expired`). Default: none (no expiry).
+    pub default_ttl: Option<u32>,
 }
 
 /// The `cluster` option as `lib/sluice.js` passes it (it maps `redis: url | url[]`).
@@ -257,10 +292,13 @@ impl Config {
             on_overflow: match o.on_overflow.as_deref() {
                 None | Some("terminate") => OverflowAction::Terminate,
                 Some("drop") => OverflowAction::Drop,
+                Some("resync") => OverflowAction::Resync,
                 Some(other) => {
                     return Err(ConfigError {
                         option: "onOverflow",
-                        message: format!("onOverflow must be 'terminate' or 'drop', got '{other}'"),
+                        message: format!(
+                            "onOverflow must be 'terminate', 'drop' or 'resync', got '{other}'"
+                        ),
                     })
                 }
             },
@@ -290,6 +328,32 @@ impl Config {
                 message: "port must be between 0 and 65535".into(),
             });
         }
+        let max_pending_bytes = bytes(
+            o.max_pending_bytes,
+            "maxPendingBytes",
+            DEFAULT_MAX_PENDING_BYTES,
+        )?;
+        let pending_high_water_mark = bytes(
+            o.pending_high_water_mark,
+            "pendingHighWaterMark",
+            DEFAULT_PENDING_HIGH_WATER_MARK.min(max_pending_bytes),
+        )?;
+        if pending_high_water_mark > max_pending_bytes {
+            return Err(ConfigError {
+                option: "pendingHighWaterMark",
+                message: "pendingHighWaterMark must not exceed maxPendingBytes".into(),
+            });
+        }
+        let default_ttl = match o.default_ttl {
+            None | Some(0) => None,
+            Some(v) if v <= MAX_TTL_MS => Some(ms(v)),
+            Some(v) => {
+                return Err(ConfigError {
+                    option: "defaultTtl",
+                    message: format!("defaultTtl must be at most {MAX_TTL_MS} ms, got {v}"),
+                })
+            }
+        };
         let max_connections = match o.max_connections {
             Some(x) if x == f64::INFINITY => usize::MAX,
             v => bytes(v, "maxConnections", d.max_connections)?,
@@ -338,6 +402,9 @@ impl Config {
                 None => None,
                 Some(c) => Some(cluster_config(c)?),
             },
+            max_pending_bytes,
+            pending_high_water_mark,
+            default_ttl,
         })
     }
 }
@@ -405,5 +472,27 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.limits.low_water_mark, 1000);
+        let c = Config::from_options(ServerOptions::default()).unwrap();
+        assert_eq!(c.max_pending_bytes, DEFAULT_MAX_PENDING_BYTES);
+        assert_eq!(c.pending_high_water_mark, DEFAULT_PENDING_HIGH_WATER_MARK);
+        assert_eq!(c.default_ttl, None);
+        // The default mark follows a smaller maxPendingBytes down; a larger explicit one is refused.
+        let c = Config::from_options(ServerOptions {
+            max_pending_bytes: Some(1000.0),
+            on_overflow: Some("resync".into()),
+            default_ttl: Some(250),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.pending_high_water_mark, 1000);
+        assert_eq!(c.limits.on_overflow, OverflowAction::Resync);
+        assert_eq!(c.default_ttl, Some(Duration::from_millis(250)));
+        let e = Config::from_options(ServerOptions {
+            max_pending_bytes: Some(1000.0),
+            pending_high_water_mark: Some(2000.0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.option, "pendingHighWaterMark");
     }
 }

@@ -73,6 +73,8 @@ pub struct Conn {
     interest: std::sync::atomic::AtomicU8,
     /// Queued frames replaced by a newer one with the same conflation key.
     pub replaced: std::sync::atomic::AtomicU64,
+    /// Queued frames whose `ttl` ran out before they were written.
+    pub expired: std::sync::atomic::AtomicU64,
     /// Bytes handed to the kernel over the connection's life.
     written: std::sync::atomic::AtomicU64,
     /// Per topic with history (cluster mode): the last numbered message a resume replayed, so
@@ -124,6 +126,7 @@ impl Conn {
             // listener after the first messages have arrived.
             interest: std::sync::atomic::AtomicU8::new(interest::MESSAGE),
             replaced: std::sync::atomic::AtomicU64::new(0),
+            expired: std::sync::atomic::AtomicU64::new(0),
             written: std::sync::atomic::AtomicU64::new(0),
             replayed: Mutex::new(std::collections::HashMap::new()),
             resuming: Mutex::new(HashSet::new()),
@@ -148,6 +151,15 @@ impl Conn {
     /// Bytes queued for this connection and not yet handed to the kernel.
     pub fn buffered_amount(&self) -> usize {
         self.buffered.load(Ordering::Relaxed)
+    }
+
+    /// How late the connection is: the age of the oldest frame accepted for it and not yet
+    /// written, zero when nothing waits.
+    pub fn lag(&self, now: Instant) -> Duration {
+        let oldest = lock(&self.outbox).oldest();
+        oldest.map_or(Duration::ZERO, |b| {
+            now.into_std().saturating_duration_since(b)
+        })
     }
 
     /// Bytes in the kernel's send queue (not yet acknowledged by the peer), from `SIOCOUTQ`.
@@ -187,7 +199,10 @@ impl Conn {
         if fanout.busy() {
             return self.is_open() && fanout.send_after_pending(self.clone(), frame, priority);
         }
-        self.deliver(frame, priority) == Outcome::Queued
+        matches!(
+            self.deliver(frame, priority),
+            Outcome::Queued | Outcome::Resynced
+        )
     }
 
     /// A JavaScript `conn.close`: in call order with pending broadcasts, like [`Self::send_ordered`].
@@ -199,17 +214,47 @@ impl Conn {
         self.close(code, reason)
     }
 
-    /// Queues a data frame under the policy and acts on the verdict (events, overflow).
+    /// Queues a data frame under the policy and acts on the verdict (events, overflow, resync).
     /// Frames refused by policy are counted here; `Closed` and `Overflow` are the caller's to count.
     pub fn deliver(&self, frame: Frame, priority: Priority) -> Outcome {
-        let pushed = {
+        self.deliver_sampled(frame, priority).0
+    }
+
+    /// [`Self::deliver`], also returning the birth of the oldest frame that was waiting before
+    /// this one (the lag the message joins), read under the same lock.
+    pub fn deliver_sampled(
+        &self,
+        frame: Frame,
+        priority: Priority,
+    ) -> (Outcome, Option<std::time::Instant>) {
+        let (pushed, oldest) = {
             let mut o = lock(&self.outbox);
+            let oldest = o.oldest();
             let p = o.push(frame, priority);
             self.buffered.store(o.buffered(), Ordering::Relaxed);
-            p
+            (p, oldest)
         };
         let m = &self.server.metrics;
         m.add_drops(&pushed.drops);
+        if pushed.expired.total() > 0 {
+            self.count_expired(&pushed.expired);
+        }
+        if let Some(r) = pushed.resync {
+            m.add_drops(&r.drops);
+            m.dropped_resync
+                .fetch_add(r.drops.total(), Ordering::Relaxed);
+            m.resynced.fetch_add(1, Ordering::Relaxed);
+            self.server.events.push(Event::Resync {
+                id: self.id,
+                frames: r.drops.total(),
+                bytes: r.drops.bytes,
+                offsets: r
+                    .offsets
+                    .into_iter()
+                    .map(|(t, o, e)| (t.to_string(), o, e.to_string()))
+                    .collect(),
+            });
+        }
         if pushed.replaced {
             self.replaced.fetch_add(1, Ordering::Relaxed);
             m.replaced.fetch_add(1, Ordering::Relaxed);
@@ -229,11 +274,20 @@ impl Conn {
             self.fail(
                 close_code::POLICY_VIOLATION,
                 "send buffer limit exceeded",
-                Termination::Overflow,
+                if pushed.resync_overflow {
+                    Termination::ResyncOverflow
+                } else {
+                    Termination::Overflow
+                },
                 true,
             );
         }
-        pushed.outcome
+        (pushed.outcome, oldest)
+    }
+
+    fn count_expired(&self, d: &Drops) {
+        self.expired.fetch_add(d.total(), Ordering::Relaxed);
+        self.server.metrics.add_expired(d);
     }
 
     /// Claims `topic` for a resume; false if subscribed already or a resume is under way.
@@ -389,7 +443,12 @@ impl Conn {
         let sock = SockRef::from(&self.sock);
         if matches!(
             self.why.get(),
-            Some(Termination::Overflow | Termination::PongTimeout | Termination::Requested)
+            Some(
+                Termination::Overflow
+                    | Termination::ResyncOverflow
+                    | Termination::PongTimeout
+                    | Termination::Requested
+            )
         ) {
             // Reset instead of FIN: the kernel frees the unsent bytes of a stalled peer at once.
             let _ = sock.set_linger(Some(Duration::ZERO));
@@ -480,10 +539,14 @@ impl Conn {
                 let max_bytes = if one_frame { 1 } else { MAX_BATCH_BYTES };
                 let taken = {
                     let mut o = lock(&self.outbox);
-                    let t = o.take_batch(batch, MAX_IOVECS, max_bytes);
+                    let now = std::time::Instant::now();
+                    let t = o.take_batch(batch, MAX_IOVECS, max_bytes, now);
                     self.buffered.store(o.buffered(), Ordering::Relaxed);
                     t
                 };
+                if taken.expired.total() > 0 {
+                    self.count_expired(&taken.expired);
+                }
                 close_in_batch = taken.close;
                 if batch.is_empty() {
                     tokio::select! {

@@ -45,6 +45,8 @@ pub mod kind {
     pub const SENT: u32 = 11;
     pub const PUBLISHED: u32 = 12;
     pub const RESUMED: u32 = 13;
+    pub const RESYNC: u32 = 14;
+    pub const FANOUT_DRAIN: u32 = 15;
 }
 
 pub enum Event {
@@ -115,6 +117,19 @@ pub enum Event {
         offset: u64,
         epoch: String,
         error: Option<&'static str>,
+    },
+    /// `onOverflow: 'resync'`: the connection's queued Normal and Low frames were discarded.
+    Resync {
+        id: u64,
+        frames: u64,
+        bytes: u64,
+        /// Per topic with history: (topic, offset, epoch) of the latest message written.
+        offsets: Vec<(String, u64, String)>,
+    },
+    /// The broadcasts waiting for fan-out fell below `pendingHighWaterMark` after a `broadcast`
+    /// returned false (or `drained()` asked): the server's `drain`.
+    FanoutDrain {
+        pending: usize,
     },
     /// Cluster mode: a resume request was answered.
     Resumed {
@@ -330,6 +345,30 @@ impl ToNapiValue for EventBatch {
                     e.set(2, recovered)?;
                     e.set(3, offset as f64)?;
                     e.set(4, epoch)?;
+                }
+                Event::Resync {
+                    id,
+                    frames,
+                    bytes,
+                    offsets,
+                } => {
+                    e.set(0, kind::RESYNC)?;
+                    e.set(1, id as f64)?;
+                    e.set(2, frames as f64)?;
+                    e.set(3, bytes as f64)?;
+                    let mut o = Object::new(&env)?;
+                    for (topic, offset, epoch) in offsets {
+                        let mut at = Object::new(&env)?;
+                        at.set("offset", offset as f64)?;
+                        at.set("epoch", epoch)?;
+                        o.set(topic, at)?;
+                    }
+                    e.set(4, o)?;
+                }
+                Event::FanoutDrain { pending } => {
+                    e.set(0, kind::FANOUT_DRAIN)?;
+                    e.set(1, 0)?;
+                    e.set(2, pending as f64)?;
                 }
                 Event::Sent { id, token, fate } => {
                     e.set(0, kind::SENT)?;

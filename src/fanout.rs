@@ -1,10 +1,12 @@
 //! Fan-out: one broadcast, framed once, queued to every recipient on the runtime — in call order.
 //!
-//! `broadcast` and `publish` run on the JS thread and do three things only: check the fan-out
-//! budget, encode the frame (the single copy of the payload) and send one job down a channel. The
-//! fan-out task then walks the recipients and pushes a reference-counted clone of the same
-//! [`Frame`] into each outbox, waking the writers that were idle. No per-recipient work happens
-//! on the JS thread and no payload is copied or allocated per recipient.
+//! `broadcast` and `publish` run on the JS thread and do three things only: admit the message
+//! against the fan-out backlog, encode the frame (the single copy of the payload) and send one job
+//! down a channel. The fan-out task then walks the recipients and pushes a reference-counted clone
+//! of the same [`Frame`] into each outbox, waking the writers that were idle. No per-recipient work
+//! happens on the JS thread and no payload is copied or allocated per recipient. The task yields
+//! after each job, so the writers it woke run before it fans out the next broadcast: a burst is
+//! spread to the sockets as it is queued rather than piling up in the outboxes.
 //!
 //! **Order.** Everything JavaScript does to connections takes effect in the order it was called.
 //! While broadcast jobs are waiting in the channel, `conn.send`, `conn.close` and `server.close`
@@ -12,37 +14,95 @@
 //! `b`, and `broadcast(a); server.close()` delivers `a` before the close frame. When the channel is
 //! empty (the common case) `conn.send` queues directly and reports the policy's verdict at once.
 //!
-//! **Bounds.** The broadcasts waiting for the fan-out task may add up to `maxBufferedAmount -
-//! highWaterMark` (one is always accepted when none waits): every one of them is bound for every
-//! recipient, so more than that would overflow a client that is still under its high-water mark
-//! but not draining at that very moment. Past it, `broadcast` returns `false` and the refusal is
-//! counted (`fanoutRejected`): the producer learns at once that it is ahead of the server, nothing
-//! is dropped silently and memory stays bounded. A frame that reaches a connection that is
-//! already closing is counted as dropped.
+//! **Flow control, as a Node `Writable`.** What waits for the fan-out task is one shared frame per
+//! broadcast, not one per recipient; whether a recipient keeps up is its own policy's business
+//! (`maxBufferedAmount`, `onOverflow`). So the backlog is bounded for the process's sake only:
 //!
-//! At each broadcast the task records the recipients' `bufferedAmount` distribution (p50/p99/max)
-//! as the message found it (the backlog it joins) into the metrics; the frame's [`FanoutProbe`]
-//! records the time from the JS call to the last recipient's socket write.
+//! * every job costs its frame's bytes plus [`JOB_OVERHEAD`], so a flood of empty messages is
+//!   bounded by count as well as bytes;
+//! * a message is queued whatever the backlog up to `maxPendingBytes`; `broadcast` returns
+//!   `false` once the backlog is above `pendingHighWaterMark` — the message is still queued — and
+//!   the server's `drain` event fires once when it falls back below;
+//! * past `maxPendingBytes`, Normal and Low messages are refused (`broadcast` returns `false`,
+//!   counted in `fanoutRejected`; one is always accepted when nothing waits). Critical messages are
+//!   never refused: a producer that sends nothing but Critical faster than the fan-out runs grows
+//!   the backlog by one frame (plus [`JOB_OVERHEAD`]) per message, never by one per recipient.
+//!
+//! A frame that reaches a connection that is already closing is counted as dropped.
+//!
+//! At each broadcast the task records the recipients' `bufferedAmount` and `lag` distributions
+//! (p50/p99/max) as the message found them (the backlog it joins) into the metrics; the frame's
+//! [`FanoutProbe`] records the time from the JS call to the last recipient's socket write.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
 use crate::connection::Conn;
-use crate::frame::{encode, FanoutProbe, Frame, OpCode};
+use crate::events::Event;
+use crate::frame::{encode, FanoutProbe, Frame, OffsetTag, OpCode};
 use crate::metrics::new_histogram;
 use crate::outbox::{Drops, Outcome};
 use crate::policy::Priority;
 use crate::server::ServerShared;
 
+/// Bytes counted per waiting job on top of its frame: the job itself, its channel slot and the
+/// frame's bookkeeping (about 200 bytes measured by size_of), rounded up. It makes the backlog's
+/// byte bound a bound on the number of jobs too (64 MiB / 256 B = 262,144 jobs at most).
+pub const JOB_OVERHEAD: usize = 256;
+
 #[derive(Clone)]
 pub enum Target {
     All,
     Topic(Arc<str>),
+}
+
+/// Connections a broadcast skips (`except`), by id.
+#[derive(Clone, Debug, Default)]
+pub enum Except {
+    #[default]
+    None,
+    /// A few ids: a linear scan beats hashing.
+    Few(Arc<[u64]>),
+    Many(Arc<HashSet<u64>>),
+}
+
+/// Up to this many excluded ids are scanned linearly.
+const EXCEPT_SCAN_MAX: usize = 8;
+
+impl Except {
+    pub fn from_ids(ids: Vec<u64>) -> Self {
+        match ids.len() {
+            0 => Except::None,
+            n if n <= EXCEPT_SCAN_MAX => Except::Few(ids.into()),
+            _ => Except::Many(Arc::new(ids.into_iter().collect())),
+        }
+    }
+
+    fn skips(&self, id: u64) -> bool {
+        match self {
+            Except::None => false,
+            Except::Few(ids) => ids.contains(&id),
+            Except::Many(ids) => ids.contains(&id),
+        }
+    }
+}
+
+/// What a broadcast carries besides its payload.
+#[derive(Clone, Debug, Default)]
+pub struct Stamp {
+    /// Conflation key.
+    pub key: Option<Arc<str>>,
+    /// Time to live from the call: past it, a frame still queued for a connection is skipped.
+    pub ttl: Option<Duration>,
+    pub except: Except,
+    /// A message of a topic with history: its offset.
+    pub tag: Option<Arc<OffsetTag>>,
 }
 
 /// A message of a topic with history, as numbered by Redis (cluster mode).
@@ -57,6 +117,7 @@ enum Job {
         frame: Frame,
         priority: Priority,
         target: Target,
+        except: Except,
         /// Set for a numbered message: a connection whose resume replayed it already skips it.
         numbered: Option<Numbered>,
     },
@@ -86,54 +147,167 @@ enum Job {
     },
 }
 
-/// The JS-thread end of the fan-out channel.
-pub struct Fanout {
-    tx: mpsc::UnboundedSender<Job>,
-    /// Encoded broadcast bytes sent to the task and not yet fanned out. Relaxed: a budget, not a
-    /// guard; the channel itself orders the jobs.
-    pending_bytes: Arc<AtomicUsize>,
+/// The backlog's counters, shared by the JS-thread end and the task.
+struct Backlog {
+    /// Bytes of the jobs sent and not yet processed (frame + [`JOB_OVERHEAD`] each). SeqCst, with
+    /// `need_drain`: the JS thread raises it and then sets `need_drain`, the task lowers it and
+    /// then clears `need_drain`; each re-reads the other's after its own write, so a crossing below
+    /// the mark is never missed by both (see [`Fanout::arm_drain`]).
+    bytes: AtomicUsize,
     /// Jobs sent and not yet completely processed. The task decrements it (Release) only after a
     /// job's frames are in every outbox; the JS thread reads it (Acquire) to decide whether a
     /// direct `send` could overtake a broadcast.
-    pending_jobs: Arc<AtomicUsize>,
+    jobs: AtomicUsize,
+    /// Someone waits for the server's `drain`: a `broadcast` returned false, or `drained()` asked.
+    need_drain: AtomicBool,
+    /// `pendingHighWaterMark` and `maxPendingBytes`.
+    high_water_mark: usize,
+    max_bytes: usize,
+}
+
+impl Backlog {
+    fn new(high_water_mark: usize, max_bytes: usize) -> Self {
+        Self {
+            bytes: AtomicUsize::new(0),
+            jobs: AtomicUsize::new(0),
+            need_drain: AtomicBool::new(false),
+            high_water_mark,
+            max_bytes,
+        }
+    }
+
+    /// Whether a job of `cost` bytes may join: always if `must` (Critical, closes, resumes) or if
+    /// nothing waits, else only within `maxPendingBytes`.
+    fn has_room(&self, cost: usize, must: bool) -> bool {
+        let before = self.bytes.load(Ordering::SeqCst);
+        must || before == 0 || before.saturating_add(cost) <= self.max_bytes
+    }
+
+    /// Counts a job in; returns the backlog after it.
+    fn add(&self, cost: usize) -> usize {
+        self.jobs.fetch_add(1, Ordering::AcqRel);
+        self.bytes.fetch_add(cost, Ordering::SeqCst) + cost
+    }
+
+    /// Counts a job out (processed, or never sent). `Some(backlog)`: the server's `drain` is due.
+    fn remove(&self, cost: usize) -> Option<usize> {
+        let now = self.bytes.fetch_sub(cost, Ordering::SeqCst) - cost;
+        self.jobs.fetch_sub(1, Ordering::AcqRel);
+        self.due(now)
+    }
+
+    /// Someone waits for the server's `drain` (a `false` return, or `drained()`). `Some(backlog)`:
+    /// it is due at once (the task crossed below the mark before it could see the flag).
+    fn arm(&self) -> Option<usize> {
+        self.need_drain.store(true, Ordering::SeqCst);
+        self.due(self.bytes.load(Ordering::SeqCst))
+    }
+
+    /// Whoever takes the flag below the mark sends the one `drain`.
+    fn due(&self, now: usize) -> Option<usize> {
+        (now < self.high_water_mark && self.need_drain.swap(false, Ordering::SeqCst)).then_some(now)
+    }
+}
+
+fn drain_event(server: &ServerShared, due: Option<usize>) {
+    if let Some(pending) = due {
+        server.events.push(Event::FanoutDrain { pending });
+    }
+}
+
+/// The JS-thread end of the fan-out channel.
+pub struct Fanout {
+    tx: mpsc::UnboundedSender<(Job, usize)>,
+    backlog: Arc<Backlog>,
+}
+
+/// What became of a message handed to the fan-out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// Queued, and the backlog is below `pendingHighWaterMark`.
+    Queued,
+    /// Queued, but the backlog is above `pendingHighWaterMark`: the server's `drain` follows.
+    QueuedAboveMark,
+    /// Refused: `maxPendingBytes` reached (never for Critical), or the server is stopping.
+    Refused,
+}
+
+impl Admitted {
+    /// `broadcast`'s return value, as `Writable#write`'s.
+    pub fn ok(self) -> bool {
+        self == Admitted::Queued
+    }
 }
 
 impl Fanout {
     /// Starts the fan-out task on `rt`.
     pub fn start(rt: &tokio::runtime::Handle, server: Arc<ServerShared>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let pending_bytes = Arc::new(AtomicUsize::new(0));
-        let pending_jobs = Arc::new(AtomicUsize::new(0));
-        rt.spawn(run(server, rx, pending_bytes.clone(), pending_jobs.clone()));
-        Self {
-            tx,
-            pending_bytes,
-            pending_jobs,
-        }
+        let backlog = Arc::new(Backlog::new(
+            server.config.pending_high_water_mark,
+            server.config.max_pending_bytes,
+        ));
+        rt.spawn(run(server, rx, backlog.clone()));
+        Self { tx, backlog }
     }
 
     /// True while earlier jobs are still being fanned out: a direct enqueue could overtake them.
     pub fn busy(&self) -> bool {
-        self.pending_jobs.load(Ordering::Acquire) > 0
+        self.backlog.jobs.load(Ordering::Acquire) > 0
     }
 
     /// Jobs (mostly broadcasts) accepted and not yet fanned out.
     pub fn pending_jobs(&self) -> usize {
-        self.pending_jobs.load(Ordering::Relaxed)
+        self.backlog.jobs.load(Ordering::Relaxed)
     }
 
-    fn send(&self, job: Job) -> bool {
-        self.pending_jobs.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(job).is_err() {
-            self.pending_jobs.fetch_sub(1, Ordering::AcqRel);
-            return false;
+    /// Bytes of the jobs waiting (frames plus [`JOB_OVERHEAD`] each).
+    pub fn pending_bytes(&self) -> usize {
+        self.backlog.bytes.load(Ordering::SeqCst)
+    }
+
+    /// True while the backlog is at or above `pendingHighWaterMark`.
+    pub fn above_mark(&self) -> bool {
+        self.pending_bytes() >= self.backlog.high_water_mark
+    }
+
+    /// `drained()`: true if the backlog is below the mark now; else the server's `drain` event
+    /// follows (false).
+    pub fn want_drain(&self, server: &ServerShared) -> bool {
+        if !self.above_mark() {
+            return true;
         }
-        true
+        drain_event(server, self.backlog.arm());
+        false
     }
 
-    /// Encodes `payload` once and queues it for every target connection. Returns the encoded
-    /// frame (for the cluster link), or `None` if the fan-out queue is full (nothing is queued
-    /// then).
+    /// Sends `job` costing `cost` backlog bytes, if admitted: Normal and Low (and direct sends)
+    /// only while the backlog has room under `maxPendingBytes` (or nothing waits); Critical,
+    /// closes and resumes always. After a refusal or above the mark, a `drain` follows.
+    fn send(&self, server: &ServerShared, job: Job, cost: usize, must: bool) -> Admitted {
+        let b = &self.backlog;
+        if !b.has_room(cost, must) {
+            server
+                .metrics
+                .fanout_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            drain_event(server, b.arm());
+            return Admitted::Refused;
+        }
+        let after = b.add(cost);
+        if self.tx.send((job, cost)).is_err() {
+            drain_event(server, b.remove(cost));
+            return Admitted::Refused;
+        }
+        if after >= b.high_water_mark {
+            drain_event(server, b.arm());
+            return Admitted::QueuedAboveMark;
+        }
+        Admitted::Queued
+    }
+
+    /// Encodes `payload` once and queues it for every target connection. Returns the verdict and,
+    /// if queued, the encoded frame (for the cluster link and the history).
     pub fn broadcast(
         &self,
         server: &ServerShared,
@@ -141,26 +315,34 @@ impl Fanout {
         op: OpCode,
         priority: Priority,
         target: Target,
-        key: Option<Arc<str>>,
-    ) -> Option<Bytes> {
+        stamp: Stamp,
+    ) -> (Admitted, Option<Bytes>) {
         let born = Instant::now();
         let len = crate::frame::header_len(payload.len()) + payload.len();
-        if !self.has_room(server, len) {
-            return None;
+        let b = &self.backlog;
+        if !b.has_room(len + JOB_OVERHEAD, priority == Priority::Critical) {
+            // Refused before the payload is copied.
+            server
+                .metrics
+                .fanout_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            drain_event(server, b.arm());
+            return (Admitted::Refused, None);
         }
-        let frame = Frame {
-            bytes: encode(op, payload),
-            probe: Some(FanoutProbe::new(born, server.metrics.clone())),
-            ack: None,
-            key,
-        };
+        let mut frame = Frame::born_at(encode(op, payload), born);
+        frame.probe = Some(FanoutProbe::new(born, server.metrics.clone()));
+        frame.key = stamp.key;
+        frame.deadline = stamp.ttl.map(|t| born + t);
+        frame.tag = stamp.tag;
         let bytes = frame.bytes.clone();
-        self.submit(frame, priority, target, None).then_some(bytes)
+        let verdict = self.submit(server, frame, priority, target, stamp.except, None);
+        let bytes = (verdict != Admitted::Refused).then_some(bytes);
+        (verdict, bytes)
     }
 
-    /// Queues a frame that another node of the cluster published. Critical ones are always
-    /// accepted (a node cannot refuse them to a peer that does not wait for an answer); Normal and
-    /// Low ones past the fan-out budget are refused and counted like a refused `broadcast`.
+    /// Queues a frame that another node of the cluster published, under the same backlog rules as
+    /// a local broadcast (Critical always accepted: a node cannot refuse it to a peer that does
+    /// not wait for an answer).
     pub fn broadcast_remote(
         &self,
         server: &ServerShared,
@@ -169,63 +351,46 @@ impl Fanout {
         target: Target,
         numbered: Option<Numbered>,
     ) -> bool {
-        if priority != Priority::Critical && !self.has_room(server, frame.len()) {
-            return false;
-        }
-        self.submit(frame, priority, target, numbered)
-    }
-
-    /// The fan-out budget: broadcasts waiting may add up to `maxBufferedAmount - highWaterMark`
-    /// (one is always accepted when none waits). Counts a refusal.
-    fn has_room(&self, server: &ServerShared, len: usize) -> bool {
-        let pending = self.pending_bytes.load(Ordering::Relaxed);
-        let limits = &server.config.limits;
-        let budget = limits
-            .max_buffered_amount
-            .saturating_sub(limits.high_water_mark);
-        if pending > 0 && pending + len > budget {
-            server
-                .metrics
-                .fanout_rejected
-                .fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        true
+        self.submit(server, frame, priority, target, Except::None, numbered) != Admitted::Refused
     }
 
     fn submit(
         &self,
+        server: &ServerShared,
         frame: Frame,
         priority: Priority,
         target: Target,
+        except: Except,
         numbered: Option<Numbered>,
-    ) -> bool {
-        let len = frame.len();
-        self.pending_bytes.fetch_add(len, Ordering::Relaxed);
-        let sent = self.send(Job::Broadcast {
+    ) -> Admitted {
+        let cost = frame.len() + JOB_OVERHEAD;
+        let job = Job::Broadcast {
             frame,
             priority,
             target,
+            except,
             numbered,
-        });
-        if !sent {
-            self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
-        }
-        sent
+        };
+        self.send(server, job, cost, priority == Priority::Critical)
     }
 
-    /// Queues a direct send behind pending broadcasts.
+    /// Queues a direct send behind pending broadcasts (under the same backlog rules).
     pub fn send_after_pending(&self, conn: Arc<Conn>, frame: Frame, priority: Priority) -> bool {
-        self.send(Job::Send {
+        let server = conn.server.clone();
+        let cost = frame.len() + JOB_OVERHEAD;
+        let job = Job::Send {
             conn,
             frame,
             priority,
-        })
+        };
+        self.send(&server, job, cost, priority == Priority::Critical) != Admitted::Refused
     }
 
     /// Queues a graceful close behind pending broadcasts.
     pub fn close_after_pending(&self, conn: Arc<Conn>, code: u16, reason: String) -> bool {
-        self.send(Job::Close { conn, code, reason })
+        let server = conn.server.clone();
+        let job = Job::Close { conn, code, reason };
+        self.send(&server, job, JOB_OVERHEAD, true) != Admitted::Refused
     }
 
     /// Replays `frames` to `conn`, then subscribes it to `topic`, after every job already sent
@@ -237,17 +402,25 @@ impl Fanout {
         frames: Vec<(Frame, Priority)>,
         floor: Option<Numbered>,
     ) -> bool {
-        self.send(Job::Resume {
+        let server = conn.server.clone();
+        // A replay's frames are shared with the history: only the job itself is new memory.
+        let cost = JOB_OVERHEAD * (1 + frames.len());
+        let job = Job::Resume {
             conn,
             topic,
             frames,
             floor,
-        })
+        };
+        self.send(&server, job, cost, true) != Admitted::Refused
     }
 
     /// Closes every connection once the broadcasts already accepted are queued to them.
-    pub fn close_all_after_pending(&self, deadline: tokio::time::Instant) -> bool {
-        self.send(Job::CloseAll { deadline })
+    pub fn close_all_after_pending(
+        &self,
+        server: &ServerShared,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        self.send(server, Job::CloseAll { deadline }, JOB_OVERHEAD, true) != Admitted::Refused
     }
 }
 
@@ -263,18 +436,20 @@ fn count_lost(outcome: Outcome, frame: &Frame, priority: Priority, lost: &mut Dr
 
 async fn run(
     server: Arc<ServerShared>,
-    mut rx: mpsc::UnboundedReceiver<Job>,
-    pending_bytes: Arc<AtomicUsize>,
-    pending_jobs: Arc<AtomicUsize>,
+    mut rx: mpsc::UnboundedReceiver<(Job, usize)>,
+    backlog: Arc<Backlog>,
 ) {
-    let mut sample: Histogram<u64> = new_histogram();
+    let mut buffered: Histogram<u64> = new_histogram();
+    let mut lag_ms: Histogram<u64> = new_histogram();
     let mut recipients: Vec<Arc<Conn>> = Vec::new();
-    while let Some(job) = rx.recv().await {
+    while let Some((job, cost)) = rx.recv().await {
+        let fanned_out = matches!(job, Job::Broadcast { .. });
         match job {
             Job::Broadcast {
                 frame,
                 priority,
                 target,
+                except,
                 numbered,
             } => {
                 // Take the recipient list under the read lock, deliver outside it: a delivery may
@@ -283,22 +458,28 @@ async fn run(
                     Target::All => server.snapshot_all(&mut recipients),
                     Target::Topic(t) => server.snapshot_topic(t, &mut recipients),
                 }
-                sample.reset();
+                buffered.reset();
+                lag_ms.reset();
+                let now = Instant::now();
                 let mut lost = Drops::default();
                 for conn in recipients.drain(..) {
+                    if except.skips(conn.id) {
+                        continue;
+                    }
                     if let (Some(n), Target::Topic(t)) = (&numbered, &target) {
                         if conn.replayed(t, n) {
                             continue;
                         }
                     }
                     // The backlog this message joins: 0 for a client that keeps up.
-                    sample.saturating_record(conn.buffered_amount() as u64);
-                    let outcome = conn.deliver(frame.clone(), priority);
+                    buffered.saturating_record(conn.buffered_amount() as u64);
+                    let (outcome, oldest) = conn.deliver_sampled(frame.clone(), priority);
+                    let lag = oldest.map_or(0, |b| now.saturating_duration_since(b).as_millis());
+                    lag_ms.saturating_record(lag as u64);
                     count_lost(outcome, &frame, priority, &mut lost);
                 }
                 server.metrics.add_drops(&lost);
-                server.metrics.set_buffered_sample(&sample);
-                pending_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+                server.metrics.set_samples(&buffered, &lag_ms);
             }
             Job::Send {
                 conn,
@@ -325,9 +506,12 @@ async fn run(
                 }
                 conn.end_resume(&topic);
                 // The same policy as live traffic: a replay that does not fit is dropped or ends
-                // the connection as the live messages would.
+                // the connection as the live messages would. Its frames are queued now: their lag
+                // counts from here.
+                let now = Instant::now();
                 let mut lost = Drops::default();
-                for (frame, priority) in frames {
+                for (mut frame, priority) in frames {
+                    frame.born = now;
                     let outcome = conn.deliver(frame.clone(), priority);
                     count_lost(outcome, &frame, priority, &mut lost);
                 }
@@ -340,6 +524,86 @@ async fn run(
                 }
             }
         }
-        pending_jobs.fetch_sub(1, Ordering::AcqRel);
+        drain_event(&server, backlog.remove(cost));
+        if fanned_out {
+            // Let the writers this broadcast woke run before the next one is fanned out.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backlog_refuses_only_past_its_bound_and_never_what_must_go() {
+        let b = Backlog::new(1000, 4000);
+        assert!(
+            b.has_room(10_000, false),
+            "one is always accepted when nothing waits"
+        );
+        b.add(3000);
+        assert!(b.has_room(1000, false));
+        assert!(!b.has_room(1001, false));
+        assert!(b.has_room(1_000_000, true), "Critical is never refused");
+        assert_eq!(b.remove(3000), None, "nobody asked for drain");
+    }
+
+    #[test]
+    fn drain_is_due_once_per_arming_below_the_mark() {
+        let b = Backlog::new(1000, 1 << 20);
+        b.add(600);
+        b.add(600);
+        assert_eq!(b.arm(), None, "above the mark: not yet");
+        assert_eq!(b.arm(), None);
+        assert_eq!(b.remove(600), Some(600), "the crossing sends one drain");
+        assert_eq!(b.remove(600), None, "and only one");
+        assert_eq!(b.arm(), Some(0), "armed below the mark: due at once");
+    }
+
+    /// The JS thread adds jobs and arms after each `false` while the task removes them. Whatever
+    /// the interleaving, no arming is left without its `drain` once the backlog is empty, and no
+    /// `drain` is sent without an arming before it.
+    #[test]
+    fn no_drain_is_lost_between_the_js_thread_and_the_task() {
+        for round in 0..200 {
+            let b = Arc::new(Backlog::new(300, usize::MAX));
+            let (tx, rx) = std::sync::mpsc::channel::<usize>();
+            let task = {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    let mut drains = 0;
+                    for cost in rx {
+                        drains += b.remove(cost).is_some() as usize;
+                    }
+                    drains
+                })
+            };
+            let (mut arms, mut drains) = (0, 0);
+            for i in 0..200 {
+                let cost = 50 + (i * 37 + round) % 200;
+                let after = b.add(cost);
+                tx.send(cost).unwrap();
+                if after >= 300 {
+                    arms += 1;
+                    drains += b.arm().is_some() as usize;
+                }
+                if i % 16 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            drop(tx);
+            drains += task.join().unwrap();
+            assert_eq!(b.bytes.load(Ordering::SeqCst), 0);
+            assert!(
+                !b.need_drain.load(Ordering::SeqCst),
+                "round {round}: an arming was left without its drain"
+            );
+            assert!(
+                drains >= 1 && drains <= arms,
+                "round {round}: {drains} drains, {arms} arms"
+            );
+        }
     }
 }

@@ -36,7 +36,7 @@ pub const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
 
 /// One encoded frame, ready to be written as it is, plus the optional latency probe of the
 /// broadcast it belongs to and the optional acknowledgement of a `send` with a callback.
-/// Cloning is reference-count increments, never a payload copy.
+/// Cloning is reference-count increments and a few plain copies, never a payload copy.
 #[derive(Clone, Debug)]
 pub struct Frame {
     pub bytes: Bytes,
@@ -45,23 +45,74 @@ pub struct Frame {
     /// Conflation key: a newer frame with the same key replaces this one while it is still queued
     /// for a connection (see `Outbox::push`).
     pub key: Option<Arc<str>>,
+    /// When the message was sent (the `broadcast`/`send` call): the age of the oldest queued
+    /// frame is a connection's `lag`.
+    pub born: Instant,
+    /// `ttl`: a queued frame whose deadline has passed when the writer reaches it is skipped and
+    /// counted as expired, never written.
+    pub deadline: Option<Instant>,
+    /// For a message of a topic with history: its offset, which the writer records per topic
+    /// once the frame is in the kernel (what a `resync` reports).
+    pub tag: Option<Arc<OffsetTag>>,
+}
+
+/// The place of a message in a topic's history.
+#[derive(Debug)]
+pub struct OffsetTag {
+    pub topic: Arc<str>,
+    pub offset: u64,
+    pub epoch: Arc<str>,
 }
 
 impl Frame {
-    /// A frame with neither probe nor acknowledgement.
+    /// A frame with neither probe nor acknowledgement, born now, without deadline.
     pub fn new(bytes: Bytes) -> Self {
+        Self::born_at(bytes, Instant::now())
+    }
+
+    /// A frame with neither probe nor acknowledgement, born at `born`, without deadline.
+    pub fn born_at(bytes: Bytes, born: Instant) -> Self {
         Self {
             bytes,
             probe: None,
             ack: None,
             key: None,
+            born,
+            deadline: None,
+            tag: None,
         }
+    }
+
+    /// A copy for keeping (history): the bytes, key and tag, without probe, acknowledgement or
+    /// deadline.
+    pub fn kept(&self) -> Self {
+        Self {
+            bytes: self.bytes.clone(),
+            probe: None,
+            ack: None,
+            key: self.key.clone(),
+            born: self.born,
+            deadline: None,
+            tag: self.tag.clone(),
+        }
+    }
+
+    /// True if the frame has a deadline and it has passed at `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| d <= now)
     }
 
     /// Called by an outbox when a newer frame with the same key took this one's place.
     pub fn mark_replaced(&self) {
         if let Some(a) = &self.ack {
             a.replaced.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Called by an outbox when the frame's deadline passed before it could be written.
+    pub fn mark_expired(&self) {
+        if let Some(a) = &self.ack {
+            a.expired.store(true, Ordering::Relaxed);
         }
     }
 
@@ -207,14 +258,20 @@ pub enum Fate {
     Dropped,
     /// A newer frame with the same conflation key took its place before it was written.
     Replaced,
+    /// Its `ttl` ran out before the writer reached it.
+    Expired,
 }
 
 /// Reports the fate of one `conn.send(data, priority, callback)`: when the frame's last reference
 /// goes away, `report` is called once with its [`Fate`]. Dropping is the only way a frame leaves
 /// sluice without being written, so no outcome is missed.
 pub struct SendAck {
+    // The three flags are set with Relaxed by whichever thread holds a reference and read once,
+    // in `Drop`, after every other reference is gone: the Arc's release/acquire on the last drop
+    // orders them.
     written: AtomicBool,
     replaced: AtomicBool,
+    expired: AtomicBool,
     report: Box<dyn Fn(Fate) + Send + Sync>,
 }
 
@@ -223,6 +280,7 @@ impl SendAck {
         Arc::new(Self {
             written: AtomicBool::new(false),
             replaced: AtomicBool::new(false),
+            expired: AtomicBool::new(false),
             report: Box::new(report),
         })
     }
@@ -242,6 +300,8 @@ impl Drop for SendAck {
             Fate::Written
         } else if *self.replaced.get_mut() {
             Fate::Replaced
+        } else if *self.expired.get_mut() {
+            Fate::Expired
         } else {
             Fate::Dropped
         };

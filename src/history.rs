@@ -109,12 +109,7 @@ impl History {
     /// then trims to the bounds. Returns its offset.
     pub fn append(&mut self, frame: &Frame, priority: Priority, now: Instant) -> u64 {
         self.last += 1;
-        let kept = Frame {
-            bytes: frame.bytes.clone(),
-            probe: None,
-            ack: None,
-            key: frame.key.clone(),
-        };
+        let kept = frame.kept();
         self.bytes += kept.len();
         self.kept.push_back(Kept {
             offset: self.last,

@@ -19,6 +19,8 @@ use crate::policy::Priority;
 pub enum Termination {
     /// Over `maxBufferedAmount` (Normal with `onOverflow: 'terminate'`, or Critical).
     Overflow,
+    /// `onOverflow: 'resync'`: overflowed again before the queue drained below `lowWaterMark`.
+    ResyncOverflow,
     /// No pong within `pongTimeout` after a ping.
     PongTimeout,
     /// The peer did not answer our close frame within `closeTimeout`.
@@ -43,7 +45,8 @@ pub struct Metrics {
 
     pub broadcasts: AtomicU64,
     pub publishes: AtomicU64,
-    /// broadcast/publish calls refused because the fan-out queue was full.
+    /// broadcast/publish calls refused because `maxPendingBytes` of broadcasts already waited for
+    /// fan-out (never Critical ones).
     pub fanout_rejected: AtomicU64,
     pub frames_sent: AtomicU64,
     pub bytes_sent: AtomicU64,
@@ -52,11 +55,19 @@ pub struct Metrics {
     pub bytes_received: AtomicU64,
 
     pub dropped: [AtomicU64; 3],
+    /// Frames discarded by resyncs (also counted in `dropped` by priority).
+    pub dropped_resync: AtomicU64,
+    /// Connections resynced (`onOverflow: 'resync'`).
+    pub resynced: AtomicU64,
+    /// Frames whose `ttl` ran out before they were written, per priority, and their bytes.
+    pub expired: [AtomicU64; 3],
+    pub expired_bytes: AtomicU64,
     /// Queued frames replaced by a newer one with the same conflation key (not dropped).
     pub replaced: AtomicU64,
     pub dropped_bytes: AtomicU64,
 
     pub terminated_overflow: AtomicU64,
+    pub terminated_resync_overflow: AtomicU64,
     pub terminated_pong_timeout: AtomicU64,
     pub terminated_close_timeout: AtomicU64,
     pub terminated_requested: AtomicU64,
@@ -80,6 +91,8 @@ pub struct Metrics {
     pub cluster_latency_us: Latency,
     /// (p50, p99, max) of bufferedAmount over the recipients of the latest broadcast.
     buffered_sample: Mutex<(u64, u64, u64)>,
+    /// (p50, p99, max) of `lag` in ms over the recipients of the latest broadcast.
+    lag_sample: Mutex<(u64, u64, u64)>,
 }
 
 /// A latency distribution in microseconds, created on first use.
@@ -108,6 +121,15 @@ impl Latency {
     }
 }
 
+/// (p50, p99, max) of a histogram; zeros while empty.
+fn summary3(h: &Histogram<u64>) -> (u64, u64, u64) {
+    if h.is_empty() {
+        (0, 0, 0)
+    } else {
+        (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
+    }
+}
+
 pub fn new_histogram() -> Histogram<u64> {
     // 3 significant figures over 1 µs .. 1 h (or 1 byte .. 4 GiB): a few tens of KiB.
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
@@ -129,6 +151,7 @@ impl Metrics {
     pub fn add_termination(&self, why: Termination) {
         let c = match why {
             Termination::Overflow => &self.terminated_overflow,
+            Termination::ResyncOverflow => &self.terminated_resync_overflow,
             Termination::PongTimeout => &self.terminated_pong_timeout,
             Termination::CloseTimeout => &self.terminated_close_timeout,
             Termination::Requested => &self.terminated_requested,
@@ -138,16 +161,25 @@ impl Metrics {
         c.fetch_add(1, Relaxed);
     }
 
-    pub fn set_buffered_sample(&self, h: &Histogram<u64>) {
-        let v = if h.is_empty() {
-            (0, 0, 0)
-        } else {
-            (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
-        };
+    pub fn add_expired(&self, d: &Drops) {
+        for p in Priority::ALL {
+            let n = d.frames[p.index()];
+            if n > 0 {
+                self.expired[p.index()].fetch_add(n, Relaxed);
+            }
+        }
+        if d.bytes > 0 {
+            self.expired_bytes.fetch_add(d.bytes, Relaxed);
+        }
+    }
+
+    /// Keeps the distributions of bufferedAmount and lag over one broadcast's recipients.
+    pub fn set_samples(&self, buffered: &Histogram<u64>, lag_ms: &Histogram<u64>) {
         *self
             .buffered_sample
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = v;
+            .unwrap_or_else(|e| e.into_inner()) = summary3(buffered);
+        *self.lag_sample.lock().unwrap_or_else(|e| e.into_inner()) = summary3(lag_ms);
     }
 
     pub fn buffered_sample(&self) -> (u64, u64, u64) {
@@ -155,6 +187,10 @@ impl Metrics {
             .buffered_sample
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn lag_sample(&self) -> (u64, u64, u64) {
+        *self.lag_sample.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn get(c: &AtomicU64) -> f64 {

@@ -15,8 +15,8 @@ use crate::cluster::Link;
 use crate::config::{self, Config, ServerOptions};
 use crate::connection::Conn;
 use crate::events::{Event, EventBatch, EventSink};
-use crate::fanout::Target;
-use crate::frame::{encode, Fate, Frame, OpCode, SendAck, MAX_CONTROL_PAYLOAD};
+use crate::fanout::{Except, Stamp, Target};
+use crate::frame::{encode, Fate, Frame, OffsetTag, OpCode, SendAck, MAX_CONTROL_PAYLOAD};
 use crate::handshake::{is_header_value, is_token, RequestParts};
 use crate::history::{HistoryLimits, Resume};
 use crate::metrics::Metrics as CoreMetrics;
@@ -45,6 +45,21 @@ impl From<Priority> for CorePriority {
             Priority::Low => CorePriority::Low,
         }
     }
+}
+
+/// Per-message options of `broadcast`, `publish` and `send`, as `lib/sluice.js` passes them.
+#[napi(object)]
+#[derive(Default)]
+pub struct MessageOptions {
+    /// Conflation key: a newer message with the same key replaces this one while it still waits
+    /// in a connection's queue.
+    pub key: Option<String>,
+    /// Time to live in ms from the call: a message still queued for a connection when it runs out
+    /// is skipped, never written, and counted in `expired`. `0`: no expiry, whatever `defaultTtl`
+    /// says. Default: the server's `defaultTtl` for Normal and Low, none for Critical.
+    pub ttl: Option<u32>,
+    /// Ids of connections that do not get this broadcast (`broadcast`/`publish` only).
+    pub except: Option<Vec<f64>>,
 }
 
 /// The number a message got on a topic with history.
@@ -87,14 +102,27 @@ pub struct Percentiles {
     pub max: f64,
 }
 
-/// Messages dropped per priority (never silently): refused by policy, evicted to make room, or
-/// discarded when their connection closed.
+/// Messages dropped per priority (never silently): refused by policy, evicted to make room,
+/// discarded by a resync, or discarded when their connection closed.
 #[napi(object)]
 pub struct DroppedMetrics {
     pub critical: f64,
     pub normal: f64,
     pub low: f64,
     /// Encoded bytes of all dropped frames.
+    pub bytes: f64,
+    /// Of the frames above, those discarded by resyncs (`onOverflow: 'resync'`).
+    pub resync: f64,
+}
+
+/// Messages whose `ttl` ran out while they waited in a connection's queue (never written), per
+/// priority. Not counted in `dropped`.
+#[napi(object)]
+pub struct ExpiredMetrics {
+    pub critical: f64,
+    pub normal: f64,
+    pub low: f64,
+    /// Encoded bytes of all expired frames.
     pub bytes: f64,
 }
 
@@ -103,6 +131,8 @@ pub struct DroppedMetrics {
 pub struct TerminatedMetrics {
     /// Over `maxBufferedAmount` (Normal with `onOverflow: 'terminate'`, or Critical).
     pub overflow: f64,
+    /// `onOverflow: 'resync'`: overflowed again before draining below `lowWaterMark`.
+    pub resync_overflow: f64,
     /// No pong within `pongTimeout`.
     pub pong_timeout: f64,
     /// No close frame from the peer within `closeTimeout`.
@@ -169,8 +199,8 @@ pub struct Metrics {
     pub handshakes_timed_out: f64,
     pub broadcasts: f64,
     pub publishes: f64,
-    /// `broadcast`/`publish` calls refused because `maxBufferedAmount - highWaterMark` bytes of
-    /// broadcasts already waited for fan-out (the producer is ahead of the server).
+    /// Normal and Low `broadcast`/`publish` calls refused because `maxPendingBytes` of broadcasts
+    /// already waited for fan-out (the producer ignored `drain`). Critical ones are never refused.
     pub fanout_rejected: f64,
     /// Frames (data and control) completely handed to the kernel, summed over connections.
     pub messages_sent: f64,
@@ -184,6 +214,10 @@ pub struct Metrics {
     /// Queued messages replaced by a newer one with the same conflation key (`key`): a lagging
     /// client got the newer value instead. Not counted in `dropped`.
     pub replaced: f64,
+    pub expired: ExpiredMetrics,
+    /// Connections resynced (`onOverflow: 'resync'`): their queued Normal and Low messages were
+    /// discarded and a `resync` event sent; they stayed open.
+    pub resynced: f64,
     pub terminated: TerminatedMetrics,
     pub backpressure_events: f64,
     pub drain_events: f64,
@@ -197,6 +231,9 @@ pub struct Metrics {
     /// bufferedAmount across the recipients of the latest broadcast/publish, as that message found
     /// them: the backlog it joined (0 for clients that keep up).
     pub buffered_amount: Percentiles,
+    /// `lag` in ms (age of the oldest message waiting) across the recipients of the latest
+    /// broadcast/publish, as that message found them.
+    pub lag_ms: Percentiles,
     pub fanout_latency_us: LatencyMetrics,
     /// `null` without the `cluster` option.
     pub cluster: Option<ClusterMetrics>,
@@ -238,6 +275,7 @@ fn cluster_metrics(link: &Link, m: &CoreMetrics) -> ClusterMetrics {
 fn metrics_object(m: &CoreMetrics, link: Option<&Arc<Link>>) -> Metrics {
     let g = CoreMetrics::get;
     let (b50, b99, bmax) = m.buffered_sample();
+    let (l50, l99, lmax) = m.lag_sample();
     Metrics {
         connections: m.open.load(std::sync::atomic::Ordering::Relaxed) as f64,
         connections_opened: g(&m.connections_opened),
@@ -258,10 +296,19 @@ fn metrics_object(m: &CoreMetrics, link: Option<&Arc<Link>>) -> Metrics {
             normal: g(&m.dropped[1]),
             low: g(&m.dropped[2]),
             bytes: g(&m.dropped_bytes),
+            resync: g(&m.dropped_resync),
         },
         replaced: g(&m.replaced),
+        expired: ExpiredMetrics {
+            critical: g(&m.expired[0]),
+            normal: g(&m.expired[1]),
+            low: g(&m.expired[2]),
+            bytes: g(&m.expired_bytes),
+        },
+        resynced: g(&m.resynced),
         terminated: TerminatedMetrics {
             overflow: g(&m.terminated_overflow),
+            resync_overflow: g(&m.terminated_resync_overflow),
             pong_timeout: g(&m.terminated_pong_timeout),
             close_timeout: g(&m.terminated_close_timeout),
             requested: g(&m.terminated_requested),
@@ -278,8 +325,36 @@ fn metrics_object(m: &CoreMetrics, link: Option<&Arc<Link>>) -> Metrics {
             p99: b99 as f64,
             max: bmax as f64,
         },
+        lag_ms: Percentiles {
+            p50: l50 as f64,
+            p99: l99 as f64,
+            max: lmax as f64,
+        },
         fanout_latency_us: latency_metrics(&m.fanout_latency_us),
         cluster: link.map(|l| cluster_metrics(l, m)),
+    }
+}
+
+/// The options of one message: the key, the deadline (its own `ttl`, `0` for none, else the
+/// server's `defaultTtl` for Normal and Low) and the connections it skips.
+fn stamp(server: &ServerShared, priority: CorePriority, o: MessageOptions) -> Stamp {
+    let ttl = match o.ttl {
+        Some(0) => None,
+        Some(ms) => Some(Duration::from_millis(ms as u64)),
+        None if priority != CorePriority::Critical => server.config.default_ttl,
+        None => None,
+    };
+    Stamp {
+        key: o.key.map(Arc::from),
+        ttl,
+        except: Except::from_ids(
+            o.except
+                .unwrap_or_default()
+                .into_iter()
+                .map(|id| id as u64)
+                .collect(),
+        ),
+        tag: None,
     }
 }
 
@@ -510,28 +585,33 @@ impl NativeServer {
         })
     }
 
-    /// Frames `data` once and queues it for every open connection. False if the fan-out queue
-    /// is full or the server is closing.
-    /// With `key`, a newer message with the same key replaces this one while it still waits in a
-    /// connection's queue (conflation).
+    /// Frames `data` once and queues it for every open connection. Returns false, as
+    /// `Writable#write` does, once the broadcasts waiting for fan-out are at or above
+    /// `pendingHighWaterMark` (the message is queued all the same; `drain` follows), and when it
+    /// was refused: past `maxPendingBytes` (never Critical), or the server is closing.
     #[napi]
     pub fn broadcast(
         &self,
         data: &[u8],
         priority: Priority,
         text: bool,
-        key: Option<String>,
+        options: Option<MessageOptions>,
     ) -> bool {
-        self.submit(data, priority, text, Target::All, key)
+        self.submit(data, priority, text, Target::All, options)
     }
 
     /// Like `broadcast`, for a string (sent as a text frame).
     #[napi]
-    pub fn broadcast_text(&self, data: String, priority: Priority, key: Option<String>) -> bool {
-        self.submit(data.as_bytes(), priority, true, Target::All, key)
+    pub fn broadcast_text(
+        &self,
+        data: String,
+        priority: Priority,
+        options: Option<MessageOptions>,
+    ) -> bool {
+        self.submit(data.as_bytes(), priority, true, Target::All, options)
     }
 
-    /// Frames `data` once and queues it for the topic's subscribers.
+    /// Frames `data` once and queues it for the topic's subscribers (returns as `broadcast`).
     #[napi]
     pub fn publish(
         &self,
@@ -539,9 +619,15 @@ impl NativeServer {
         data: &[u8],
         priority: Priority,
         text: bool,
-        key: Option<String>,
+        options: Option<MessageOptions>,
     ) -> bool {
-        self.submit(data, priority, text, Target::Topic(Arc::from(topic)), key)
+        self.submit(
+            data,
+            priority,
+            text,
+            Target::Topic(Arc::from(topic)),
+            options,
+        )
     }
 
     #[napi]
@@ -550,14 +636,14 @@ impl NativeServer {
         topic: String,
         data: String,
         priority: Priority,
-        key: Option<String>,
+        options: Option<MessageOptions>,
     ) -> bool {
         self.submit(
             data.as_bytes(),
             priority,
             true,
             Target::Topic(Arc::from(topic)),
-            key,
+            options,
         )
     }
 
@@ -567,39 +653,30 @@ impl NativeServer {
         priority: Priority,
         text: bool,
         target: Target,
-        key: Option<String>,
+        options: Option<MessageOptions>,
     ) -> bool {
-        let key: Option<Arc<str>> = key.map(Arc::from);
         if self.shared.is_closing() {
             return false;
         }
+        let priority: CorePriority = priority.into();
+        let stamp = stamp(&self.shared, priority, options.unwrap_or_default());
+        let key = stamp.key.clone();
         let counter = match target {
             Target::All => &self.shared.metrics.broadcasts,
             Target::Topic(_) => &self.shared.metrics.publishes,
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let op = if text { OpCode::Text } else { OpCode::Binary };
-        let priority = priority.into();
-        let Some(cluster) = self.shared.cluster() else {
-            return self
-                .shared
-                .fanout()
-                .broadcast(&self.shared, data, op, priority, target, key)
-                .is_some();
-        };
-        // Local clients get it at once; the other nodes through Redis.
         let channel_target = target.clone();
-        match self
-            .shared
-            .fanout()
-            .broadcast(&self.shared, data, op, priority, target, key.clone())
-        {
-            Some(frame) => {
-                cluster.publish(&channel_target, &frame, priority, key.as_deref());
-                true
-            }
-            None => false,
+        let (admitted, frame) =
+            self.shared
+                .fanout()
+                .broadcast(&self.shared, data, op, priority, target, stamp);
+        if let (Some(cluster), Some(frame)) = (self.shared.cluster(), frame) {
+            // Local clients get it at once; the other nodes through Redis.
+            cluster.publish(&channel_target, &frame, priority, key.as_deref());
         }
+        admitted.ok()
     }
 
     /// Gives `topic` a history (a new epoch, offsets from 1), or a new one with other bounds.
@@ -652,10 +729,10 @@ impl NativeServer {
         data: &[u8],
         priority: Priority,
         text: bool,
-        key: Option<String>,
+        options: Option<MessageOptions>,
         token: f64,
     ) -> Option<PublishResult> {
-        self.submit_history(topic, data, priority, text, key, token)
+        self.submit_history(topic, data, priority, text, options, token)
     }
 
     #[napi]
@@ -664,10 +741,10 @@ impl NativeServer {
         topic: String,
         data: String,
         priority: Priority,
-        key: Option<String>,
+        options: Option<MessageOptions>,
         token: f64,
     ) -> Option<PublishResult> {
-        self.submit_history(topic, data.as_bytes(), priority, true, key, token)
+        self.submit_history(topic, data.as_bytes(), priority, true, options, token)
     }
 
     fn submit_history(
@@ -676,12 +753,14 @@ impl NativeServer {
         data: &[u8],
         priority: Priority,
         text: bool,
-        key: Option<String>,
+        options: Option<MessageOptions>,
         token: f64,
     ) -> Option<PublishResult> {
         if self.shared.is_closing() {
             return None;
         }
+        let options = options.unwrap_or_default();
+        let key = options.key.clone();
         if let Some(link) = self.shared.cluster() {
             self.shared
                 .metrics
@@ -718,18 +797,27 @@ impl NativeServer {
             .publishes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let op = if text { OpCode::Text } else { OpCode::Binary };
-        let key: Option<Arc<str>> = key.map(Arc::from);
         let priority: CorePriority = priority.into();
-        let bytes = self.shared.fanout().broadcast(
+        let topic: Arc<str> = Arc::from(topic);
+        let mut stamp = stamp(&self.shared, priority, options);
+        let tag = Arc::new(OffsetTag {
+            topic: topic.clone(),
+            offset,
+            epoch: Arc::from(h.epoch()),
+        });
+        stamp.tag = Some(tag.clone());
+        let key = stamp.key.clone();
+        let (_, bytes) = self.shared.fanout().broadcast(
             &self.shared,
             payload,
             op,
             priority,
-            Target::Topic(Arc::from(topic)),
-            key.clone(),
-        )?;
-        let mut kept = Frame::new(bytes);
+            Target::Topic(topic),
+            stamp,
+        );
+        let mut kept = Frame::new(bytes?);
         kept.key = key;
+        kept.tag = Some(tag);
         let offset = h.append(&kept, priority, std::time::Instant::now());
         Some(PublishResult {
             offset: offset as f64,
@@ -752,6 +840,20 @@ impl NativeServer {
     #[napi(getter)]
     pub fn pending_broadcasts(&self) -> f64 {
         self.shared.fanout().pending_jobs() as f64
+    }
+
+    /// Bytes waiting for the fan-out: the frames of pending broadcasts plus 256 bytes each. One
+    /// atomic read.
+    #[napi(getter)]
+    pub fn pending_bytes(&self) -> f64 {
+        self.shared.fanout().pending_bytes() as f64
+    }
+
+    /// Asks for the server's `drain` event: true if the backlog is already below
+    /// `pendingHighWaterMark` (no event follows), false if a `drain` event will come.
+    #[napi]
+    pub fn want_drain(&self) -> bool {
+        self.shared.fanout().want_drain(&self.shared)
     }
 
     #[napi]
@@ -875,6 +977,23 @@ impl NativeConnection {
             .map(|v| v as f64)
     }
 
+    /// Age in ms of the oldest message queued for this connection and not yet written; 0 when
+    /// nothing waits, or once closed.
+    #[napi(getter)]
+    pub fn lag(&self) -> f64 {
+        self.conn.upgrade().map_or(0.0, |c| {
+            c.lag(tokio::time::Instant::now()).as_secs_f64() * 1000.0
+        })
+    }
+
+    /// Queued messages of this connection whose `ttl` ran out before they were written.
+    #[napi(getter)]
+    pub fn expired(&self) -> f64 {
+        self.conn.upgrade().map_or(0.0, |c| {
+            c.expired.load(std::sync::atomic::Ordering::Relaxed) as f64
+        })
+    }
+
     /// Queued messages of this connection replaced by a newer one with the same key.
     #[napi(getter)]
     pub fn replaced(&self) -> f64 {
@@ -915,10 +1034,10 @@ impl NativeConnection {
         priority: Priority,
         text: bool,
         ack: Option<f64>,
-        key: Option<String>,
+        options: Option<MessageOptions>,
     ) -> bool {
         let op = if text { OpCode::Text } else { OpCode::Binary };
-        self.deliver(data, op, priority, ack, key)
+        self.deliver(data, op, priority, ack, options)
     }
 
     #[napi]
@@ -927,9 +1046,9 @@ impl NativeConnection {
         data: String,
         priority: Priority,
         ack: Option<f64>,
-        key: Option<String>,
+        options: Option<MessageOptions>,
     ) -> bool {
-        self.deliver(data.as_bytes(), OpCode::Text, priority, ack, key)
+        self.deliver(data.as_bytes(), OpCode::Text, priority, ack, options)
     }
 
     fn deliver(
@@ -938,7 +1057,7 @@ impl NativeConnection {
         op: OpCode,
         priority: Priority,
         ack: Option<f64>,
-        key: Option<String>,
+        options: Option<MessageOptions>,
     ) -> bool {
         let ack = ack.map(|token| {
             let (events, id, token) = (self.events.clone(), self.id, token as u64);
@@ -947,6 +1066,7 @@ impl NativeConnection {
                     Fate::Written => 0,
                     Fate::Dropped => 1,
                     Fate::Replaced => 2,
+                    Fate::Expired => 3,
                 };
                 events.push(Event::Sent { id, token, fate })
             })
@@ -955,10 +1075,13 @@ impl NativeConnection {
             // The connection is gone: dropping `ack` reports the send as dropped.
             return false;
         };
+        let priority: CorePriority = priority.into();
+        let stamp = stamp(&c.server, priority, options.unwrap_or_default());
         let mut frame = Frame::new(encode(op, data));
         frame.ack = ack;
-        frame.key = key.map(Arc::from);
-        c.send_ordered(frame, priority.into())
+        frame.key = stamp.key;
+        frame.deadline = stamp.ttl.map(|t| frame.born + t);
+        c.send_ordered(frame, priority)
     }
 
     /// Queues a ping (or, with `pong`, an unsolicited pong) carrying at most 125 bytes.

@@ -22,11 +22,26 @@
 //! **Events.** `backpressure` is reported once when `buffered()` rises above the high-water mark,
 //! `drain` once when it falls back below the low-water mark; they alternate strictly.
 //!
+//! **Deadlines.** A data frame with a deadline (`ttl`) that has passed when the writer reaches it
+//! is skipped and reported in [`Taken::expired`], never written; one already in the writer's batch
+//! is never cut. When a message would overflow the queue, expired frames are evicted first (as
+//! expired), before Low frames. Expiry at push time is judged at the new frame's birth, which is
+//! never later than now: a frame is evicted only once its deadline has surely passed.
+//!
+//! **Lag.** [`Outbox::oldest`] is the birth of the oldest frame not yet written: the front of the
+//! writer's unfinished batch, else the fronts of the lanes. Its age is the connection's `lag`.
+//!
+//! **Resync.** With `onOverflow: 'resync'`, a Normal frame that does not fit (after evictions)
+//! discards every queued Normal and Low frame ([`Pushed::resync`]) and is queued in their place
+//! ([`Outcome::Resynced`]); a second overflow before `buffered()` has fallen below the low-water
+//! mark is an [`Outcome::Overflow`] with [`Pushed::resync_overflow`] set.
+//!
 //! The struct is plain data with no I/O and no locking: the connection keeps it behind a mutex,
 //! and the tests below drive it directly, from one thread and from several.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::frame::Frame;
 use crate::policy::{Fallback, Limits, Priority, Verdict};
@@ -71,16 +86,25 @@ pub enum Outcome {
     Overflow,
     /// The connection is closing or closed; nothing was queued and nothing is counted as dropped.
     Closed,
+    /// `onOverflow: 'resync'`: the queued Normal and Low frames were discarded (see
+    /// [`Pushed::resync`]) and this frame was queued in their place.
+    Resynced,
 }
 
 /// The result of [`Outbox::push`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pushed {
     pub outcome: Outcome,
     /// A queued frame with the same conflation key was replaced by this one.
     pub replaced: bool,
-    /// Frames refused or evicted by this push.
+    /// Frames refused or evicted by policy by this push (a resync's discards not included).
     pub drops: Drops,
+    /// Frames evicted because their deadline had passed.
+    pub expired: Drops,
+    /// What a resync discarded (with [`Outcome::Resynced`]).
+    pub resync: Option<Resync>,
+    /// An overflow while a resync had not yet drained: terminate, counted apart.
+    pub resync_overflow: bool,
     /// The writer was idle and must be woken.
     pub wake: bool,
     /// `Some(buffered)` when this push crossed the high-water mark upward.
@@ -110,11 +134,23 @@ pub struct Batched {
     pub priority: Option<Priority>,
 }
 
+/// A resync: the frames it discarded, and per topic with history the newest offset the
+/// connection still gets from before it (in the writer's batch or already taken, or a Critical
+/// frame still queued): the client has everything up to there, and nothing after it until the
+/// application sends more.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resync {
+    pub drops: Drops,
+    pub offsets: Vec<(Arc<str>, u64, Arc<str>)>,
+}
+
 /// What [`Outbox::take_batch`] moved into the writer's batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Taken {
     pub frames: usize,
     pub bytes: usize,
+    /// Frames skipped because their deadline had passed (never written).
+    pub expired: Drops,
     /// The batch ends with the connection's close frame: nothing will follow it.
     pub close: bool,
 }
@@ -150,6 +186,12 @@ pub struct Outbox {
     close_taken: bool,
     /// The writer found nothing to do and waits for a wake-up.
     writer_idle: bool,
+    /// Birth of the oldest data frame in the writer's batch while bytes are in flight.
+    in_flight_born: Option<Instant>,
+    /// A resync happened and `buffered()` has not yet fallen below the low-water mark.
+    resync_pending: bool,
+    /// Per topic with history: (offset, epoch) of the newest tagged frame moved to the writer.
+    taken_offsets: HashMap<Arc<str>, (u64, Arc<str>)>,
 }
 
 impl Outbox {
@@ -169,7 +211,23 @@ impl Outbox {
             state: State::Open,
             close_taken: false,
             writer_idle: true,
+            in_flight_born: None,
+            resync_pending: false,
+            taken_offsets: HashMap::new(),
         }
+    }
+
+    /// Birth of the oldest frame accepted and not yet written (control frames aside), `None` when
+    /// nothing waits: its age is the connection's lag.
+    pub fn oldest(&self) -> Option<Instant> {
+        [
+            self.in_flight_born,
+            self.critical.front().map(|e| e.frame.born),
+            self.data.front().map(|e| e.frame.born),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Bytes accepted and not yet handed to the kernel.
@@ -228,6 +286,9 @@ impl Outbox {
             }
         }
         let verdict = self.limits.decide(self.buffered(), len, priority);
+        let mut expired = Drops::default();
+        let mut resync = None;
+        let mut queued_as = Outcome::Queued;
         match verdict {
             Verdict::Accept => {}
             Verdict::Drop => {
@@ -237,19 +298,41 @@ impl Outbox {
                 return p;
             }
             Verdict::EvictLow { need, otherwise } => {
-                if self.queued_low >= need {
+                let need = need.saturating_sub(self.evict_expired(frame.born, &mut expired));
+                if need == 0 {
+                } else if self.queued_low >= need {
                     self.evict_low(need, &mut drops);
                 } else {
+                    let mut resync_overflow = false;
                     let outcome = match otherwise {
                         Fallback::Drop => {
                             drops.add(priority, len);
-                            Outcome::Dropped
+                            Some(Outcome::Dropped)
                         }
-                        Fallback::Terminate => Outcome::Overflow,
+                        Fallback::Terminate => Some(Outcome::Overflow),
+                        Fallback::Resync if self.resync_pending => {
+                            resync_overflow = true;
+                            Some(Outcome::Overflow)
+                        }
+                        Fallback::Resync => {
+                            resync = Some(self.resync());
+                            self.resync_pending = true;
+                            if self.buffered() + len > self.limits.max_buffered_amount {
+                                Some(Outcome::Overflow)
+                            } else {
+                                queued_as = Outcome::Resynced;
+                                None
+                            }
+                        }
                     };
-                    let mut p = self.pushed(outcome, drops, false);
-                    p.replaced = replaced;
-                    return p;
+                    if let Some(outcome) = outcome {
+                        let mut p = self.pushed(outcome, drops, false);
+                        p.replaced = replaced;
+                        p.expired = expired;
+                        p.resync = resync;
+                        p.resync_overflow = resync_overflow;
+                        return p;
+                    }
                 }
             }
         }
@@ -274,8 +357,10 @@ impl Outbox {
             Priority::Normal => self.data.push_back(entry),
         }
         let wake = std::mem::take(&mut self.writer_idle);
-        let mut p = self.pushed(Outcome::Queued, drops, wake);
+        let mut p = self.pushed(queued_as, drops, wake);
         p.replaced = replaced;
+        p.expired = expired;
+        p.resync = resync;
         p
     }
 
@@ -325,7 +410,7 @@ impl Outbox {
     }
 
     fn pushed(&mut self, outcome: Outcome, drops: Drops, wake: bool) -> Pushed {
-        let backpressure = if outcome == Outcome::Queued
+        let backpressure = if matches!(outcome, Outcome::Queued | Outcome::Resynced)
             && !self.above_high_water
             && self.buffered() > self.limits.high_water_mark
         {
@@ -338,8 +423,58 @@ impl Outbox {
             outcome,
             replaced: false,
             drops,
+            expired: Drops::default(),
+            resync: None,
+            resync_overflow: false,
             wake,
             backpressure,
+        }
+    }
+
+    /// Removes the queued data frames (both lanes) whose deadline has passed at `now`, marking
+    /// them expired. Returns the bytes freed.
+    fn evict_expired(&mut self, now: Instant, expired: &mut Drops) -> usize {
+        let (mut freed, mut freed_low) = (0, 0);
+        let keys = &mut self.keys;
+        for lane in [&mut self.critical, &mut self.data] {
+            lane.retain(|e| {
+                if !e.frame.expired(now) {
+                    return true;
+                }
+                e.frame.mark_expired();
+                expired.add(e.priority, e.frame.len());
+                freed += e.frame.len();
+                if e.priority == Priority::Low {
+                    freed_low += e.frame.len();
+                }
+                Self::unindex(keys, e);
+                false
+            });
+        }
+        self.queued -= freed;
+        self.queued_low -= freed_low;
+        freed
+    }
+
+    /// Discards every queued Normal and Low frame (a resync). Critical and control frames and the
+    /// writer's batch stay.
+    fn resync(&mut self) -> Resync {
+        let mut drops = Drops::default();
+        for e in self.data.drain(..) {
+            drops.add(e.priority, e.frame.len());
+            Self::unindex(&mut self.keys, &e);
+        }
+        self.queued -= drops.bytes as usize;
+        self.queued_low = 0;
+        let mut at = self.taken_offsets.clone();
+        for e in &self.critical {
+            if let Some(t) = &e.frame.tag {
+                at.insert(t.topic.clone(), (t.offset, t.epoch.clone()));
+            }
+        }
+        Resync {
+            drops,
+            offsets: at.into_iter().map(|(t, (o, e))| (t, o, e)).collect(),
         }
     }
 
@@ -452,14 +587,17 @@ impl Outbox {
     }
 
     /// Moves queued frames, in wire order, into the writer's `batch` until it holds `max_frames`
-    /// frames or at least `max_bytes` bytes. Marks the writer idle when there is nothing to take.
+    /// frames or at least `max_bytes` bytes. Data frames whose deadline has passed at `now` are
+    /// skipped ([`Taken::expired`]). Marks the writer idle when there is nothing to take.
     pub fn take_batch(
         &mut self,
         batch: &mut Vec<Batched>,
         max_frames: usize,
         max_bytes: usize,
+        now: Instant,
     ) -> Taken {
         let mut t = Taken::default();
+        let mut expired_bytes = 0;
         while !self.close_taken && batch.len() < max_frames && t.bytes < max_bytes {
             let (frame, priority) = if let Some((f, kind)) = self.control.pop_front() {
                 if kind == ControlKind::Close {
@@ -483,11 +621,26 @@ impl Outbox {
             } else {
                 break;
             };
+            if let Some(p) = priority {
+                if frame.expired(now) {
+                    frame.mark_expired();
+                    t.expired.add(p, frame.len());
+                    expired_bytes += frame.len();
+                    continue;
+                }
+                if self.in_flight_born.is_none_or(|b| frame.born < b) {
+                    self.in_flight_born = Some(frame.born);
+                }
+                if let Some(tag) = &frame.tag {
+                    self.taken_offsets
+                        .insert(tag.topic.clone(), (tag.offset, tag.epoch.clone()));
+                }
+            }
             t.frames += 1;
             t.bytes += frame.len();
             batch.push(Batched { frame, priority });
         }
-        self.queued -= t.bytes;
+        self.queued -= t.bytes + expired_bytes;
         self.in_flight += t.bytes;
         if t.frames == 0 && batch.is_empty() {
             self.writer_idle = true;
@@ -499,6 +652,12 @@ impl Outbox {
     /// crossed the low-water mark downward after a `backpressure`.
     pub fn written(&mut self, n: usize) -> Option<usize> {
         self.in_flight = self.in_flight.saturating_sub(n);
+        if self.in_flight == 0 {
+            self.in_flight_born = None;
+        }
+        if self.resync_pending && self.buffered() < self.limits.low_water_mark {
+            self.resync_pending = false;
+        }
         if self.above_high_water && self.buffered() < self.limits.low_water_mark {
             self.above_high_water = false;
             Some(self.buffered())
@@ -539,7 +698,7 @@ mod tests {
         let mut out = Vec::new();
         loop {
             let mut batch = Vec::new();
-            let t = o.take_batch(&mut batch, 64, usize::MAX);
+            let t = o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
             if t.frames == 0 {
                 return out;
             }
@@ -562,7 +721,7 @@ mod tests {
             );
         }
         let mut batch = Vec::new();
-        o.take_batch(&mut batch, 1, usize::MAX); // the writer holds frame 0
+        o.take_batch(&mut batch, 1, usize::MAX, Instant::now()); // the writer holds frame 0
         o.push(frame(9, 1000), Priority::Critical);
         let mut order = tags(&batch);
         order.extend(drain_all(&mut o).iter().map(tag));
@@ -676,7 +835,7 @@ mod tests {
         }
         assert_eq!(bp, 1);
         let mut batch = Vec::new();
-        o.take_batch(&mut batch, 100, usize::MAX);
+        o.take_batch(&mut batch, 100, usize::MAX, Instant::now());
         let drains: Vec<usize> = (0..10).filter_map(|_| o.written(KIB)).collect();
         assert_eq!(drains, vec![KIB]);
         assert!(o
@@ -697,7 +856,7 @@ mod tests {
         );
         assert!(!o.push_control(frame(4, 3), ControlKind::Ping));
         let mut batch = Vec::new();
-        let t = o.take_batch(&mut batch, 64, usize::MAX);
+        let t = o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
         assert!(t.close);
         assert_eq!(tags(&batch), vec![1, 2, 9]);
         assert_eq!(
@@ -724,10 +883,14 @@ mod tests {
         assert!(o.push(frame(1, 100), Priority::Normal).wake);
         assert!(!o.push(frame(2, 100), Priority::Normal).wake);
         let mut batch = Vec::new();
-        o.take_batch(&mut batch, 64, usize::MAX);
+        o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
         o.written(200);
         batch.clear();
-        assert_eq!(o.take_batch(&mut batch, 64, usize::MAX).frames, 0);
+        assert_eq!(
+            o.take_batch(&mut batch, 64, usize::MAX, Instant::now())
+                .frames,
+            0
+        );
         assert!(o.push(frame(3, 100), Priority::Normal).wake);
     }
 
@@ -736,21 +899,38 @@ mod tests {
     /// written or discarded, that every frame is accounted for, and that events alternate.
     #[test]
     fn concurrent_enqueue_drain_overflow_accounting() {
+        concurrent_accounting(OverflowAction::Drop, false);
+    }
+
+    /// The same with `onOverflow: 'resync'` and deadlines: what resyncs discard and what expires
+    /// (evicted at push or skipped by the writer) is exactly what was accepted and not written.
+    #[test]
+    fn concurrent_accounting_with_resync_and_deadlines() {
+        concurrent_accounting(OverflowAction::Resync, true);
+    }
+
+    fn concurrent_accounting(on_overflow: OverflowAction, deadlines: bool) {
         let limits = Limits {
             low_priority_limit: 16 * KIB,
             max_buffered_amount: 64 * KIB,
-            on_overflow: OverflowAction::Drop,
+            on_overflow,
             high_water_mark: 32 * KIB,
             low_water_mark: 8 * KIB,
         };
         let o = Arc::new(Mutex::new(Outbox::new(limits)));
         let events = Arc::new(Mutex::new(Vec::<char>::new()));
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Resyncs and expiries seen: the run must have exercised what it checks.
+        let seen = Arc::new([
+            std::sync::atomic::AtomicUsize::new(0),
+            std::sync::atomic::AtomicUsize::new(0),
+        ]);
         const PER_PRODUCER: usize = 20_000;
         let producers: Vec<_> = (0..3u64)
             .map(|seed| {
                 let o = o.clone();
                 let events = events.clone();
+                let seen = seen.clone();
                 std::thread::spawn(move || {
                     let mut rng = seed * 7919 + 1;
                     let (mut sent, mut accepted_bytes, mut evicted_bytes) = (0u64, 0usize, 0usize);
@@ -765,8 +945,14 @@ mod tests {
                             _ => Priority::Low,
                         };
                         let len = 130 + (rng as usize >> 8) % 2048;
+                        let mut f = frame(0, len);
+                        if deadlines && rng % 3 == 0 {
+                            // 0-2 ms to live: some expire in the queue, some at the writer.
+                            f.deadline =
+                                Some(f.born + std::time::Duration::from_micros(rng % 2000));
+                        }
                         let mut g = o.lock().unwrap();
-                        let p = g.push(frame(0, len), prio);
+                        let p = g.push(f, prio);
                         assert!(g.buffered() <= limits.max_buffered_amount);
                         if p.backpressure.is_some() {
                             events.lock().unwrap().push('b');
@@ -774,14 +960,26 @@ mod tests {
                         drop(g);
                         sent += 1;
                         dropped.merge(p.drops);
+                        evicted_bytes += p.expired.bytes as usize;
+                        if let Some(r) = &p.resync {
+                            evicted_bytes += r.drops.bytes as usize;
+                            seen[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        if p.expired.total() > 0 {
+                            seen[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         match p.outcome {
-                            Outcome::Queued => {
+                            Outcome::Queued | Outcome::Resynced => {
                                 accepted_bytes += len;
                                 evicted_bytes += p.drops.bytes as usize;
                             }
                             Outcome::Dropped => assert_eq!(p.drops.total(), 1),
-                            // A Critical that does not fit: the caller terminates the connection.
-                            Outcome::Overflow => assert_eq!(prio, Priority::Critical),
+                            // A Critical that does not fit, or a second overflow before a resync
+                            // drained: the caller terminates the connection. The test goes on
+                            // with the queue as it is.
+                            Outcome::Overflow => assert!(
+                                prio == Priority::Critical || on_overflow == OverflowAction::Resync
+                            ),
                             Outcome::Closed => unreachable!(),
                         }
                     }
@@ -795,6 +993,7 @@ mod tests {
             let done = done.clone();
             std::thread::spawn(move || {
                 let (mut written_bytes, mut written_frames) = (0usize, 0u64);
+                let mut expired_bytes = 0usize;
                 let mut batch: Vec<Batched> = Vec::new();
                 let mut pending = 0usize;
                 let mut rng = 42u64;
@@ -803,14 +1002,18 @@ mod tests {
                     if pending == 0 {
                         written_frames += batch.len() as u64;
                         batch.clear();
-                        pending = g.take_batch(&mut batch, 16, 32 * KIB).bytes;
+                        let t = g.take_batch(&mut batch, 16, 32 * KIB, Instant::now());
+                        expired_bytes += t.expired.bytes as usize;
+                        pending = t.bytes;
                     }
                     if pending == 0 {
                         drop(g);
                         if done.load(std::sync::atomic::Ordering::Acquire) {
                             // Producers are finished: one more look, then stop.
                             let mut g = o.lock().unwrap();
-                            if g.take_batch(&mut batch, 16, 32 * KIB).frames == 0 {
+                            let t = g.take_batch(&mut batch, 16, 32 * KIB, Instant::now());
+                            expired_bytes += t.expired.bytes as usize;
+                            if t.frames == 0 {
                                 break;
                             }
                             pending = batch.iter().map(|b| b.frame.len()).sum();
@@ -829,7 +1032,7 @@ mod tests {
                         events.lock().unwrap().push('d');
                     }
                 }
-                (written_bytes, written_frames)
+                (written_bytes + expired_bytes, written_frames)
             })
         };
         let mut kept = 0;
@@ -845,10 +1048,22 @@ mod tests {
         let (written_bytes, _written_frames) = writer.join().unwrap();
         let g = o.lock().unwrap();
         assert_eq!(g.buffered(), 0);
-        // Every byte accepted and not evicted later reached the writer, exactly.
+        // Every byte accepted and not evicted later reached the writer (or expired there), exactly.
         assert_eq!(written_bytes, kept);
         assert_eq!(sent, 3 * PER_PRODUCER as u64);
         assert!(dropped.frames[2] > 0, "the bound was never reached");
+        if on_overflow == OverflowAction::Resync {
+            assert!(
+                seen[0].load(std::sync::atomic::Ordering::Relaxed) > 0,
+                "no resync"
+            );
+        }
+        if deadlines {
+            assert!(
+                seen[1].load(std::sync::atomic::Ordering::Relaxed) > 0,
+                "no expiry"
+            );
+        }
         let ev = events.lock().unwrap();
         assert!(ev.windows(2).all(|w| w[0] != w[1]), "events must alternate");
         assert!(!ev.is_empty());
@@ -881,7 +1096,7 @@ mod tests {
         let mut o = Outbox::new(Limits::default());
         o.push(keyed(1, 100, "a"), Priority::Normal);
         let mut batch = Vec::new();
-        o.take_batch(&mut batch, 64, usize::MAX);
+        o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
         assert!(!o.push(keyed(2, 100, "a"), Priority::Normal).replaced);
         o.written(100);
         let tags: Vec<u8> = drain_all(&mut o).iter().map(tag).collect();
@@ -989,7 +1204,10 @@ mod tests {
         let mut finished = false;
         loop {
             let mut batch = Vec::new();
-            let t = o.lock().unwrap().take_batch(&mut batch, 4, usize::MAX);
+            let t = o
+                .lock()
+                .unwrap()
+                .take_batch(&mut batch, 4, usize::MAX, Instant::now());
             for b in &batch {
                 let v = u32::from_be_bytes(b.frame.bytes[2..6].try_into().unwrap());
                 let k = b.frame.bytes[6] as usize;
@@ -1014,5 +1232,158 @@ mod tests {
         );
         let g = o.lock().unwrap();
         assert_eq!((g.buffered(), g.keyed()), (0, 0));
+    }
+    /// A frame whose deadline is `ttl_ms` after a birth `age_ms` ago.
+    fn aged(tag: u8, len: usize, age_ms: u64, ttl_ms: u64) -> Frame {
+        let mut f = frame(tag, len);
+        f.born = Instant::now() - std::time::Duration::from_millis(age_ms);
+        f.deadline = Some(f.born + std::time::Duration::from_millis(ttl_ms));
+        f
+    }
+
+    #[test]
+    fn expired_frames_are_skipped_by_the_writer_but_never_cut() {
+        let mut o = Outbox::new(Limits::default());
+        o.push(aged(1, 100, 0, 60_000), Priority::Normal);
+        o.push(aged(2, 100, 1_000, 10), Priority::Normal); // expired already
+        o.push(frame(3, 100), Priority::Low);
+        o.push(aged(4, 100, 1_000, 10), Priority::Critical); // expired already
+        let mut batch = Vec::new();
+        let t = o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
+        assert_eq!(tags(&batch), vec![1, 3]);
+        assert_eq!(t.expired.frames, [1, 1, 0]);
+        assert_eq!(t.expired.bytes, 200);
+        assert_eq!(o.buffered(), 200, "only the taken frames are in flight");
+        // A frame in the batch whose deadline passes meanwhile is still written whole.
+        let mut o = Outbox::new(Limits::default());
+        o.push(aged(5, 100, 0, 1), Priority::Normal);
+        let mut batch = Vec::new();
+        let t = o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
+        assert_eq!(t.frames, 1);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(o.written(50), None);
+        assert_eq!(o.buffered(), 50);
+    }
+
+    #[test]
+    fn an_overflow_evicts_expired_frames_first() {
+        let limits = Limits {
+            max_buffered_amount: 4 * KIB,
+            ..Limits::default()
+        };
+        let mut o = Outbox::new(limits);
+        o.push(aged(1, KIB, 1_000, 10), Priority::Normal);
+        o.push(aged(2, KIB, 1_000, 10), Priority::Critical);
+        o.push(frame(3, KIB), Priority::Normal);
+        o.push(frame(4, KIB), Priority::Normal);
+        let p = o.push(frame(5, 2 * KIB), Priority::Normal);
+        assert_eq!(p.outcome, Outcome::Queued);
+        assert_eq!(p.expired.frames, [1, 1, 0]);
+        assert_eq!(p.drops.total(), 0);
+        assert_eq!(o.buffered(), 4 * KIB);
+        let order: Vec<u8> = drain_all(&mut o).iter().map(tag).collect();
+        assert_eq!(order, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn oldest_is_the_front_of_the_batch_then_of_the_lanes() {
+        let mut o = Outbox::new(Limits::default());
+        assert_eq!(o.oldest(), None);
+        let a = aged(1, 100, 300, 60_000);
+        let born_a = a.born;
+        o.push(a, Priority::Normal);
+        let b = aged(2, 100, 100, 60_000);
+        let born_b = b.born;
+        o.push(b, Priority::Critical);
+        assert_eq!(o.oldest(), Some(born_a));
+        let mut batch = Vec::new();
+        o.take_batch(&mut batch, 1, usize::MAX, Instant::now()); // the writer holds the Critical one
+        assert_eq!(tags(&batch), vec![2]);
+        assert_eq!(
+            o.oldest(),
+            Some(born_a),
+            "the older Normal frame still waits"
+        );
+        o.written(100);
+        assert_eq!(o.oldest(), Some(born_a));
+        batch.clear();
+        o.take_batch(&mut batch, 1, usize::MAX, Instant::now());
+        o.written(60);
+        assert_eq!(o.oldest(), Some(born_a), "partly written: still waiting");
+        o.written(40);
+        assert_eq!(o.oldest(), None);
+        let _ = born_b;
+    }
+
+    fn tagged(tag: u8, len: usize, topic: &str, offset: u64) -> Frame {
+        let mut f = frame(tag, len);
+        f.tag = Some(Arc::new(crate::frame::OffsetTag {
+            topic: Arc::from(topic),
+            offset,
+            epoch: Arc::from("e"),
+        }));
+        f
+    }
+
+    #[test]
+    fn resync_discards_normal_and_low_once_then_terminates_until_drained() {
+        let limits = Limits {
+            max_buffered_amount: 8 * KIB,
+            low_priority_limit: 8 * KIB,
+            on_overflow: OverflowAction::Resync,
+            high_water_mark: 4 * KIB,
+            low_water_mark: 2 * KIB,
+        };
+        let mut o = Outbox::new(limits);
+        o.push(tagged(1, KIB, "t", 7), Priority::Normal);
+        let mut batch = Vec::new();
+        o.take_batch(&mut batch, 1, usize::MAX, Instant::now()); // offset 7 is with the writer
+        o.push(tagged(2, KIB, "t", 8), Priority::Normal);
+        o.push(frame(3, KIB), Priority::Low);
+        o.push(tagged(4, KIB, "u", 3), Priority::Critical);
+        for i in 5..9 {
+            o.push(frame(i, KIB), Priority::Normal);
+        }
+        assert_eq!(o.buffered(), 8 * KIB);
+        let p = o.push(frame(9, 2 * KIB), Priority::Normal);
+        assert_eq!(p.outcome, Outcome::Resynced);
+        let r = p.resync.expect("resynced");
+        // Discarded: offset 8, the Low frame and 5..8.
+        assert_eq!(r.drops.frames, [0, 5, 1]);
+        assert_eq!(r.drops.bytes, 6 * KIB as u64);
+        let mut offsets = r.offsets.clone();
+        offsets.sort();
+        assert_eq!(
+            offsets,
+            vec![
+                (Arc::from("t"), 7, Arc::from("e")),
+                (Arc::from("u"), 3, Arc::from("e"))
+            ]
+        );
+        assert_eq!(o.buffered(), 4 * KIB); // in flight 1 + Critical 1 + the new 2
+        for i in 10..12 {
+            assert_eq!(
+                o.push(frame(i, 2 * KIB), Priority::Normal).outcome,
+                Outcome::Queued
+            );
+        }
+        // Overflowing again before the queue drained below lowWaterMark: terminate.
+        let p = o.push(frame(12, 2 * KIB), Priority::Normal);
+        assert_eq!(p.outcome, Outcome::Overflow);
+        assert!(p.resync_overflow);
+        // Once drained below lowWaterMark, the next overflow resyncs again.
+        let order: Vec<u8> = tags(&batch)
+            .into_iter()
+            .chain(drain_all(&mut o).iter().map(tag))
+            .collect();
+        assert_eq!(order, vec![1, 4, 9, 10, 11]);
+        o.written(KIB);
+        for i in 13..17 {
+            o.push(frame(i, 2 * KIB), Priority::Normal);
+        }
+        assert_eq!(
+            o.push(frame(17, 2 * KIB), Priority::Normal).outcome,
+            Outcome::Resynced
+        );
     }
 }

@@ -3,8 +3,13 @@
 //! | priority | below `lowPriorityLimit` | above `lowPriorityLimit` | would exceed `maxBufferedAmount` |
 //! |----------|--------------------------|--------------------------|----------------------------------|
 //! | Low      | queued                   | dropped, counted         | dropped, counted                 |
-//! | Normal   | queued                   | queued                   | queued Low frames are evicted first; if it still does not fit, `onOverflow`: `terminate` (default) or `drop` |
-//! | Critical | queued ahead of Normal/Low | queued ahead           | queued Low frames are evicted first; if it still does not fit, the connection is terminated |
+//! | Normal   | queued                   | queued                   | expired and queued Low frames are evicted first; if it still does not fit, `onOverflow`: `terminate` (default), `drop` or `resync` |
+//! | Critical | queued ahead of Normal/Low | queued ahead           | expired and queued Low frames are evicted first; if it still does not fit, the connection is terminated |
+//!
+//! `resync`: the connection's queued Normal and Low frames are discarded (counted as dropped,
+//! cause `resync`), the message is queued in their place and JavaScript gets a `resync` event to
+//! send a fresh snapshot. A second overflow before the queue has drained below `lowWaterMark`
+//! terminates the connection (counted apart, `terminated.resyncOverflow`).
 //!
 //! Control frames (pong, close, ping) bypass the policy and go ahead of all data. A frame the
 //! writer has already started is never interrupted: priorities reorder only what is still queued.
@@ -34,6 +39,9 @@ pub enum OverflowAction {
     Terminate,
     /// Drop the message and count it; the connection stays.
     Drop,
+    /// Discard the queued Normal and Low frames, queue the message, tell JavaScript (`resync`);
+    /// a second overflow before draining below `lowWaterMark` terminates.
+    Resync,
 }
 
 /// Default `lowPriorityLimit`: 128 KiB. A client 128 KiB behind is lagging by ~64 lobby updates;
@@ -85,6 +93,7 @@ pub enum Verdict {
 pub enum Fallback {
     Drop,
     Terminate,
+    Resync,
 }
 
 impl Limits {
@@ -105,6 +114,7 @@ impl Limits {
                 otherwise: match self.on_overflow {
                     OverflowAction::Terminate => Fallback::Terminate,
                     OverflowAction::Drop => Fallback::Drop,
+                    OverflowAction::Resync => Fallback::Resync,
                 },
             },
             Priority::Critical => Verdict::EvictLow {
@@ -152,6 +162,24 @@ mod tests {
             Verdict::EvictLow {
                 need: kib,
                 otherwise: Fallback::Drop
+            }
+        );
+        let resync = Limits {
+            on_overflow: OverflowAction::Resync,
+            ..l
+        };
+        assert_eq!(
+            resync.decide(511 * kib, 2 * kib, Priority::Normal),
+            Verdict::EvictLow {
+                need: kib,
+                otherwise: Fallback::Resync
+            }
+        );
+        assert_eq!(
+            resync.decide(511 * kib, 2 * kib, Priority::Critical),
+            Verdict::EvictLow {
+                need: kib,
+                otherwise: Fallback::Terminate
             }
         );
         // Critical ignores onOverflow: it is never dropped.

@@ -67,6 +67,10 @@ pub struct ServerShared {
     /// Handshakes waiting for JavaScript's verdict, by token.
     verifying: Mutex<HashMap<u64, oneshot::Sender<Verdict>>>,
     closing: AtomicBool,
+    /// The fan-out task has run `close_all`: a connection registered after that was not closed by
+    /// it. Written and read only under the `conns` write lock, which orders it with registration
+    /// (Relaxed is enough: the lock is the synchronisation).
+    closed_all: AtomicBool,
     stop_accept: watch::Sender<bool>,
     /// Notified whenever a connection is removed while closing.
     removed: Notify,
@@ -114,6 +118,7 @@ impl ServerShared {
             next_token: AtomicU64::new(1),
             verifying: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
+            closed_all: AtomicBool::new(false),
             stop_accept: watch::channel(false).0,
             removed: Notify::new(),
             fanout: OnceLock::new(),
@@ -453,7 +458,11 @@ impl ServerShared {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let response = handshake::accept_response(&upgrade.accept_key, protocol.as_deref());
         let conn = Conn::new(id, self.clone(), stream, protocol.unwrap_or_default());
-        write(&self.conns).insert(id, conn.clone());
+        let missed_close_all = {
+            let mut conns = write(&self.conns);
+            conns.insert(id, conn.clone());
+            self.closed_all.load(Ordering::Relaxed)
+        };
         self.metrics
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
@@ -473,8 +482,9 @@ impl ServerShared {
             self.remove(&conn);
             return;
         }
-        if self.is_closing() {
-            // close() ran between admission and registration and did not see this connection.
+        if missed_close_all {
+            // close() closed the connections registered before this one. (One registered before
+            // that ran is closed by it, in order with the broadcasts that preceded close().)
             conn.close(close_code::GOING_AWAY, "server closing");
         }
         conn.clone().run(upgrade.leftover).await;
@@ -595,13 +605,16 @@ impl ServerShared {
             link.shutdown();
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        self.fanout().close_all_after_pending(deadline)
+        self.fanout().close_all_after_pending(self, deadline)
     }
 
     /// Runs on the fan-out task, after every job that preceded `close()`.
     pub fn close_all(self: &Arc<Self>, deadline: tokio::time::Instant) {
-        let mut conns = Vec::new();
-        self.snapshot_all(&mut conns);
+        let conns: Vec<Arc<Conn>> = {
+            let g = write(&self.conns);
+            self.closed_all.store(true, Ordering::Relaxed);
+            g.values().cloned().collect()
+        };
         for c in &conns {
             c.close(close_code::GOING_AWAY, "server closing");
         }

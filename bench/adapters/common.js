@@ -200,6 +200,8 @@ function epochUs() {
  *   backoffOnFalse: boolean,              (storm: wait 1 ms and retry the same sequence number)
  *   ready() -> boolean                    (optional, storm: false = the clients are behind; wait
  *                                          1 ms before the next broadcast instead of sending it)
+ *   waitReady() -> Promise|null           (optional, storm: a promise = the server is ahead of
+ *                                          its fan-out; the next broadcast waits for it)
  *   connections() -> number (open now), connectionsPeak() -> number,
  *   terminatedByPolicy() -> number,
  *   extra() -> object                     (adapter-specific details for the JSON)
@@ -276,6 +278,11 @@ async function run(impl) {
 
   function tick() {
     if (stopped) return
+    const wait = storm && impl.waitReady ? impl.waitReady() : null
+    if (wait) {
+      wait.then(tick)
+      return
+    }
     if (storm && impl.ready && !impl.ready()) {
       notReady++
       setTimeout(tick, 1)

@@ -129,9 +129,9 @@ function primaryMain() {
     peer.once('exit', (code, signal) => reject(new Error(`node 1 exited (code ${code}, signal ${signal}) while waiting for '${type}'`)))
   })
 
+  let ahead = false
   main({
     name: 'sluice-cluster',
-    backoffOnFalse: true,
     async listen(opts) {
       if (!opts.redis) throw new Error('sluice-cluster needs --redis redis://127.0.0.1:PORT (bench/run.js starts a redis-server)')
       cluster.redis.pid = opts.redisPid
@@ -159,9 +159,11 @@ function primaryMain() {
       return port
     },
     broadcast(buf) {
-      return server.broadcast(buf)
+      // false: queued, but ahead of the fan-out (see the sluice adapter): wait for drain.
+      ahead = !server.broadcast(buf)
     },
-    ready: () => server.pendingBroadcasts < 4 && server.backpressuredCount * 10 <= server.connectionCount,
+    waitReady: () => (ahead ? server.drained().then(() => (ahead = false)) : null),
+    ready: () => server.backpressuredCount * 10 <= server.connectionCount,
     connections: () => counts.open + peerCounts.open,
     connectionsPeak: () => counts.peak + peerCounts.peak,
     terminatedByPolicy: () => server.metrics().terminated.overflow + peerCounts.overflow,

@@ -7,10 +7,11 @@
 // sluice's threads, so nothing on the JS thread slows the producer down by itself (uWS's publish
 // and ws's send loop do: they do the fan-out on the JS thread). Without pacing, every client
 // overflows maxBufferedAmount within a second and is cut off, as the policy says. So this adapter
-// paces the way a sluice user would: it broadcasts only while fewer than 4 broadcasts wait for
-// fan-out (server.pendingBroadcasts) and at most 10% of the connections are above highWaterMark
-// (server.backpressuredCount), both one atomic read, and otherwise waits 1 ms. It also backs off
-// 1 ms when broadcast() returns false (the fan-out queue is full).
+// paces the way a sluice user would: as with a Node stream, when broadcast() returns false (the
+// fan-out backlog is above pendingHighWaterMark; the message is queued all the same) the next
+// broadcast waits for `await server.drained()`; and it broadcasts only while at most 10% of the
+// connections are above highWaterMark (server.backpressuredCount, one atomic read), otherwise
+// waiting 1 ms.
 //
 // `sluice-conflation` (bench/adapters/sluice-conflation.js) is this adapter with conflation keys:
 // broadcast n is server.broadcast(buf, 'normal', { key: `table:${n % K}` }) with K = --keys.
@@ -45,6 +46,8 @@ function runSluice(name, { keyed = false } = {}) {
   let durationS = 0
   const conns = new Set() // only with --laggards
   let firstBroadcastMs = null
+  // The last broadcast() returned false: wait for the server's drain before the next one.
+  let ahead = false
   let lateWindow = null
   const timeline = []
   const closes = []
@@ -65,7 +68,6 @@ function runSluice(name, { keyed = false } = {}) {
 
   main({
     name,
-    backoffOnFalse: true,
     async listen(opts) {
       const ttl = opts.ttl ? { ttl: opts.ttl } : {}
       if (keyed) {
@@ -127,10 +129,13 @@ function runSluice(name, { keyed = false } = {}) {
     },
     broadcast(buf, seq) {
       if (firstBroadcastMs === null) firstBroadcastMs = Date.now()
-      if (keyOptions) return server.broadcast(buf, 'normal', keyOptions[seq % keyOptions.length])
-      return ttlOptions ? server.broadcast(buf, 'normal', ttlOptions) : server.broadcast(buf)
+      // false: queued, but the producer is ahead of the fan-out (refusals, past maxPendingBytes,
+      // would show in metrics().fanoutRejected; a producer that waits for drain never gets one).
+      const options = keyOptions ? keyOptions[seq % keyOptions.length] : ttlOptions
+      ahead = !(options ? server.broadcast(buf, 'normal', options) : server.broadcast(buf))
     },
-    ready: () => server.pendingBroadcasts < 4 && server.backpressuredCount * 10 <= server.connectionCount,
+    waitReady: () => (ahead ? server.drained().then(() => (ahead = false)) : null),
+    ready: () => server.backpressuredCount * 10 <= server.connectionCount,
     connections: () => open,
     connectionsPeak: () => peak,
     terminatedByPolicy: () => server.metrics().terminated.overflow,
