@@ -288,8 +288,8 @@ export interface Metrics {
   /** Connections above `highWaterMark` right now (had `backpressure`, not yet `drain`). */
   backpressured: number
   /**
-   * Times a connection became lagging: its kernel held more than its link delivers in 250 ms
-   * plus a round trip, so that sluice let the kernel hold at most `laggingKernelLimit` bytes.
+   * Times a connection became lagging: its network path queued its bytes (round trip 250 ms
+   * above its minimum), so that sluice let its kernel hold at most `laggingKernelLimit` bytes.
    */
   laggingEvents: number
   /** Connections lagging right now. */
@@ -427,13 +427,14 @@ export interface ServerOptions {
   kernelUnsentLimit?: number
   /**
    * What the kernel may hold for a *lagging* connection, bytes: unsent plus sent but not yet
-   * acknowledged (Linux `SIOCOUTQ`). A connection lags while the kernel holds more than what
-   * its link delivers in 250 ms (measured) plus one minimum round trip (`TCP_INFO`), as on a
-   * slow mobile link, whose network queue otherwise holds seconds of data that no conflation
-   * key or `ttl` can reach any more. While it lags, sluice hands its kernel one frame at a time and
-   * only below this limit; the rest waits in sluice's queue (`bufferedAmount`, the policy,
-   * conflation and `ttl` apply to it). A lagging connection's throughput is then at most this
-   * much per round trip. `0` turns the rule off. Default `4096` (4 KiB).
+   * acknowledged (Linux `SIOCOUTQ`). A connection lags while the kernel holds more than this
+   * for it and its network path queues it: its round trip exceeds its minimum by more than
+   * 250 ms (`TCP_INFO`), as on a slow mobile link, whose queue otherwise holds seconds of data
+   * that no conflation key or `ttl` can reach any more. While it lags, sluice hands its kernel
+   * one frame at a time and only below this limit; the rest waits in sluice's queue
+   * (`bufferedAmount`, the policy, conflation and `ttl` apply to it), and its throughput is at
+   * most this much per round trip. A client that is slow to *read* does not lag by this rule.
+   * `0` turns the rule off. Default `4096` (4 KiB).
    */
   laggingKernelLimit?: number
   /**

@@ -33,9 +33,9 @@ pub const DEFAULT_KERNEL_UNSENT_LIMIT: usize = 64 * 1024;
 /// Default `laggingKernelLimit`: 4 KiB. What the kernel may hold (unsent + sent but not yet
 /// acknowledged) for a lagging connection (see `lagging.rs`): under half a second of an 80 kbit/s
 /// mobile link, against the 11 to 25 s it held there without the rule, so that the rest waits in
-/// the outbox where conflation keys and `ttl` act on it. About three TCP segments: enough to
-/// keep such a link busy (its round trip's worth of data is smaller), not a fast one, which
-/// therefore never stays lagging.
+/// the outbox where conflation keys and `ttl` act on it. About three TCP segments: enough to keep
+/// such a link busy (a round trip carries less), not a fast one, whose queue therefore drains and
+/// which leaves the state again.
 pub const DEFAULT_LAGGING_KERNEL_LIMIT: usize = 4 * 1024;
 /// Default `workerNice`: 5. With nice 5 a runtime thread weighs about a third of the JS thread
 /// when they compete for a core, so a fan-out to thousands of sockets does not delay the event
@@ -199,13 +199,14 @@ pub struct ServerOptions {
     /// default. Default `65536` (64 KiB).
     pub kernel_unsent_limit: Option<f64>,
     /// What the kernel may hold for a *lagging* connection, bytes: unsent plus sent but not yet
-    /// acknowledged (Linux `SIOCOUTQ`). A connection lags while the kernel holds more than what
-    /// its link delivers in 250 ms (measured) plus one minimum round trip (`TCP_INFO`), as on a
-    /// slow mobile link, whose network queue otherwise holds seconds of data that no conflation
-    /// key or `ttl` can reach any more. While it lags, sluice hands its kernel one frame at a time and
-    /// only below this limit; the rest waits in sluice's queue (`bufferedAmount`, the policy,
-    /// conflation and `ttl` apply to it). A lagging connection's throughput is then at most this
-    /// much per round trip. `0` turns the rule off. Default `4096` (4 KiB).
+    /// acknowledged (Linux `SIOCOUTQ`). A connection lags while the kernel holds more than this
+    /// for it and its network path queues it: its round trip exceeds its minimum by more than
+    /// 250 ms (`TCP_INFO`), as on a slow mobile link, whose queue otherwise holds seconds of data
+    /// that no conflation key or `ttl` can reach any more. While it lags, sluice hands its kernel
+    /// one frame at a time and only below this limit; the rest waits in sluice's queue
+    /// (`bufferedAmount`, the policy, conflation and `ttl` apply to it), and its throughput is at
+    /// most this much per round trip. A client that is slow to *read* does not lag by this rule.
+    /// `0` turns the rule off. Default `4096` (4 KiB).
     pub lagging_kernel_limit: Option<f64>,
     /// Niceness of sluice's threads relative to the JS thread (Linux; 0 to 19). Fan-out is
     /// throughput work and the event loop is latency-sensitive: when both want the same core, the

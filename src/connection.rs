@@ -521,7 +521,7 @@ impl Conn {
         // expirable. An urgent close does not wait.
         let mut lag = WriterLag::new(self.server.config.lagging_kernel_limit, m);
         loop {
-            if let Some(wait) = lag.before_write(&self.sock) {
+            if let Some(wait) = lag.before_write(&self.sock, self.buffered_amount() > 0) {
                 if !self.urgent.load(Ordering::SeqCst) {
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}

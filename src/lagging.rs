@@ -1,44 +1,50 @@
-//! Lagging connections: how much the kernel may hold for a connection whose link is slower than
-//! its traffic.
+//! Lagging connections: how much the kernel may hold for a connection whose network path queues
+//! its bytes, as a slow mobile link does.
 //!
 //! Conflation keys and `ttl` act on frames in sluice's queue. What the kernel already holds is out
 //! of their reach and only gets older: the socket's unsent bytes, and the bytes sent but not yet
-//! acknowledged, which on a slow mobile link wait in a bottleneck queue of the network. Measured
-//! on an 80 kbit/s link (bench scenario `mobile`), the kernel held 110 to 250 KiB per connection,
-//! 11 to 25 s of that link: `TCP_NOTSENT_LOWAT` (`kernelUnsentLimit`) bounds only the unsent part,
-//! and the congestion window lets the rest pile up in the network's queue.
+//! acknowledged, which on a slow link wait in a bottleneck queue of the network. Measured on an
+//! 80 kbit/s link (bench scenario `mobile`), the kernel held 110 to 250 KiB per connection, 11 to
+//! 25 s of that link: `TCP_NOTSENT_LOWAT` (`kernelUnsentLimit`) bounds only the unsent part, and
+//! the congestion window lets the rest pile up in the network's queue.
 //!
-//! **The rule.** A connection is *lagging* while the kernel holds more than
-//! [`LAGGING_ENTER_MS`] of its data beyond one minimum round trip (Linux: `SIOCOUTQ` for the bytes
-//! held, the minimum RTT from `TCP_INFO`):
+//! **The rule.** A connection is *lagging* while the kernel holds more than `laggingKernelLimit`
+//! bytes for it (`SIOCOUTQ`) and its path queues them: its smoothed round trip exceeds its minimum
+//! round trip by more than [`LAGGING_ENTER_MS`] (Linux `TCP_INFO`):
 //!
 //! ```text
-//! held time = SIOCOUTQ / delivery rate - min RTT
-//! delivery rate = bytes acknowledged (written - SIOCOUTQ) over the last RATE_WINDOW or more
+//! queueing delay = smoothed RTT - minimum RTT
 //! ```
 //!
 //! While it is lagging, the writer hands the kernel one frame at a time, and only while the
 //! kernel holds less than `laggingKernelLimit` bytes ([`crate::config::DEFAULT_LAGGING_KERNEL_LIMIT`]);
 //! everything else waits in the outbox, where a newer value of the same key replaces it and a
 //! deadline can still skip it, and where `bufferedAmount` and the policy see it. It stops lagging
-//! when the held time falls below [`LAGGING_LEAVE_MS`] or the kernel has nothing left (the link
-//! caught up). The minimum RTT is subtracted so that a long but fast path (satellite, another
-//! continent) is not taken for a slow one.
+//! when the queueing delay falls below [`LAGGING_LEAVE_MS`] or the kernel has nothing left (the
+//! link caught up).
+//!
+//! Why the queueing delay and not the bytes held, or the time they would take at the measured
+//! rate: a client whose *reader* is slow or descheduled for a moment (a loaded machine, a
+//! garbage collection) closes its receive window; the kernel then holds unsent bytes and
+//! acknowledges little, but nothing waits in the network and the round trip stays short. There
+//! the kernel's buffering absorbs a burst the client will read a moment later, and moving that
+//! backlog into sluice's queue would only bring `maxBufferedAmount` closer. Subtracting the
+//! minimum round trip keeps a long but fast path (satellite, another continent) out of the rule.
 //!
 //! | state | looks at the kernel | becomes the other state when | the writer |
 //! |-------|---------------------|------------------------------|------------|
-//! | keeping up | after a refused write, or every [`SAMPLE_EVERY_BYTES`] written; at most every [`SAMPLE_INTERVAL`] | held > `laggingKernelLimit` and held time > `LAGGING_ENTER_MS` with 2 rates in a row | as before: batches of up to `MAX_BATCH_BYTES`, bounded by `kernelUnsentLimit` |
-//! | lagging | before every write | nothing held, or held time < `LAGGING_LEAVE_MS` with 2 rates in a row | one frame per write, only while held < `laggingKernelLimit`; otherwise waits [`MIN_WAIT`]..[`MAX_WAIT`] (the time the link needs to drain the excess) |
+//! | keeping up | after a refused write, or every [`SAMPLE_EVERY_BYTES`] written; at most every [`SAMPLE_INTERVAL`] | held > `laggingKernelLimit` and queueing delay > `LAGGING_ENTER_MS`, on 2 samples in a row | as before: batches of up to `MAX_BATCH_BYTES`, bounded by `kernelUnsentLimit` |
+//! | lagging | before every write | nothing held and nothing queued, or queueing delay < `LAGGING_LEAVE_MS` | one frame per write, only while held < `laggingKernelLimit`; otherwise waits [`MIN_WAIT`]..[`MAX_WAIT`] (the time the link needs to drain the excess at its delivery rate) |
 //!
 //! **Cost.** A connection that keeps up costs one `SIOCOUTQ` per 16 KiB written (the kernel
 //! holds little for it, so `TCP_INFO` is not read). A lagging one costs both system calls per
-//! frame and one timer per wait. Its throughput is at most `laggingKernelLimit` plus one frame per
-//! round trip: below the link's rate only when a round trip carries more than that (a fast link),
-//! and then the held time stays small and the connection leaves the state again.
+//! frame and one timer per wait. While lagging, its throughput is at most `laggingKernelLimit`
+//! plus one frame per round trip; that is below the link's rate only on a path whose round trip
+//! carries more, and there the queue drains, the delay falls and the connection leaves the state.
 //!
-//! **What it does not cover.** A client that reads slowly over a fast link keeps the kernel's
-//! queue short in time (the bytes are acknowledged as soon as its receive buffer takes them); what
-//! waits in that receive buffer is beyond any server's reach.
+//! **What it does not cover.** A client that reads slowly over a fast link: the bytes it has not
+//! read wait in its own receive buffer and the server's unsent queue (`kernelUnsentLimit`), not in
+//! the network.
 //!
 //! [`LagWatch`] is plain state with no I/O; [`KernelSample::read`] reads the kernel; [`WriterLag`]
 //! is what the connection's writer holds. Counters: `metrics().laggingEvents` and
@@ -51,44 +57,45 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
-/// Held time above which a connection becomes lagging: 250 ms. A client that keeps up has at most
-/// a round trip's worth of data in flight, which the rule subtracts, plus what a burst adds for a
-/// few ms on a fast link; a mobile link under 10x its rate piles up seconds.
+/// Queueing delay above which a connection becomes lagging: 250 ms. Wi-Fi and LTE add tens of ms
+/// under load; a mobile link under 10x its rate adds seconds, all of it in what the kernel holds.
 pub const LAGGING_ENTER_MS: u64 = 250;
-/// Held time below which a lagging connection keeps up again: 50 ms, a fifth of the threshold
-/// above, so that a connection held near `laggingKernelLimit` on a slow link (0.4 s for 4 KiB at
+/// Queueing delay below which a lagging connection keeps up again: 50 ms, a fifth of the threshold
+/// above, so that a connection held at `laggingKernelLimit` on a slow link (0.4 s for 4 KiB at
 /// 80 kbit/s) stays in the state instead of flapping.
 pub const LAGGING_LEAVE_MS: u64 = 50;
 /// A connection that keeps up is looked at once per 16 KiB written (and after a refused write):
 /// on a slow link the kernel takes its congestion window's worth (100+ KiB) before it refuses
 /// anything, all of which the link then needs seconds to deliver.
 pub const SAMPLE_EVERY_BYTES: usize = 16 * 1024;
-/// Samples of a connection that keeps up are at least this far apart.
+/// Samples of a connection that keeps up are at least this far apart, and entering takes two:
+/// one late round trip may be a single delayed acknowledgement.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
-/// The delivery rate is the bytes acknowledged over at least this long: acknowledgements come in
-/// bursts (delayed and aggregated ACKs), so a shorter window would see rates the link does not
-/// have. Entering or leaving the state takes two such rates in a row.
-pub const RATE_WINDOW: Duration = Duration::from_millis(200);
 /// Shortest and longest wait of a lagging connection's writer before it looks at the kernel again.
 pub const MIN_WAIT: Duration = Duration::from_millis(10);
 pub const MAX_WAIT: Duration = Duration::from_millis(250);
 
 /// The kernel's figures for one socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelSample {
     /// Bytes written and not yet acknowledged by the peer (`SIOCOUTQ`: unsent + in flight).
     pub held: usize,
-    /// Bytes the peer has acknowledged since the writer started (written - held).
-    pub acked: u64,
-    /// Minimum round trip seen, µs; `None` when unknown or not read.
+    /// Smoothed and minimum round trip, µs; `None` when unknown or not read.
+    pub srtt_us: Option<u64>,
     pub min_rtt_us: Option<u64>,
+    /// The kernel's latest delivery-rate sample, bytes/s (0: unknown): only how long to wait.
+    pub delivery_rate: u64,
 }
 
 impl KernelSample {
-    /// Reads `SIOCOUTQ`, and the minimum RTT from `TCP_INFO` too when the kernel holds more than
-    /// `rtt_above` bytes (Linux); `written`: bytes the writer handed to the kernel so far. `None`
-    /// elsewhere or on error.
-    pub fn read(sock: &tokio::net::TcpStream, written: u64, rtt_above: usize) -> Option<Self> {
+    /// Smoothed RTT minus minimum RTT, µs: how long the path queues this connection's bytes.
+    pub fn queueing_us(&self) -> Option<u64> {
+        Some(self.srtt_us?.saturating_sub(self.min_rtt_us?))
+    }
+
+    /// Reads `SIOCOUTQ`, and `TCP_INFO` too when the kernel holds more than `rtt_above` bytes
+    /// (Linux); `None` elsewhere or on error.
+    pub fn read(sock: &tokio::net::TcpStream, rtt_above: usize) -> Option<Self> {
         #[cfg(target_os = "linux")]
         {
             use std::os::fd::AsRawFd;
@@ -99,13 +106,11 @@ impl KernelSample {
             if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut held) } != 0 {
                 return None;
             }
-            let held = held.max(0) as usize;
             let mut s = KernelSample {
-                held,
-                acked: written.saturating_sub(held as u64),
-                min_rtt_us: None,
+                held: held.max(0) as usize,
+                ..Default::default()
             };
-            if held <= rtt_above {
+            if s.held <= rtt_above {
                 return Some(s);
             }
             // SAFETY: tcp_info is plain integers, for which all-zero is a valid value.
@@ -123,26 +128,20 @@ impl KernelSample {
                 )
             };
             if r == 0 {
+                let us = |v: u32| (v != 0 && v != u32::MAX).then_some(v as u64);
+                s.srtt_us = us(info.tcpi_rtt);
                 // ~0 (u32::MAX) until the first RTT sample.
-                s.min_rtt_us = match info.tcpi_min_rtt {
-                    0 | u32::MAX => None,
-                    v => Some(v as u64),
-                };
+                s.min_rtt_us = us(info.tcpi_min_rtt);
+                s.delivery_rate = info.tcpi_delivery_rate;
             }
             Some(s)
         }
         #[cfg(not(target_os = "linux"))]
         {
-            let _ = (sock, written, rtt_above);
+            let _ = (sock, rtt_above);
             None
         }
     }
-}
-
-/// How long `held` bytes take to deliver at `rate` bytes/s, beyond one minimum round trip, in µs.
-pub fn held_time_us(held: usize, rate: u64, min_rtt_us: Option<u64>) -> u64 {
-    let drain = (held as u128 * 1_000_000 / rate.max(1) as u128).min(u64::MAX as u128) as u64;
-    drain.saturating_sub(min_rtt_us.unwrap_or(0))
 }
 
 /// A change of state, for the metrics.
@@ -162,13 +161,9 @@ pub struct LagWatch {
     refused: bool,
     /// Bytes handed to the kernel since the last sample.
     written: usize,
-    /// Rates in a row that found the connection late (keeping up) or caught up (lagging).
-    streak: u8,
+    /// Samples in a row that found the connection late, while keeping up.
+    late: u8,
     next_sample: Option<Instant>,
-    /// Where the current rate window started: (when, bytes acknowledged then).
-    window: Option<(Instant, u64)>,
-    /// The latest rate measured, bytes/s (0: none yet): how long a lagging writer waits.
-    last_rate: u64,
 }
 
 impl LagWatch {
@@ -178,10 +173,8 @@ impl LagWatch {
             lagging: false,
             refused: false,
             written: 0,
-            streak: 0,
+            late: 0,
             next_sample: None,
-            window: None,
-            last_rate: 0,
         }
     }
 
@@ -199,14 +192,10 @@ impl LagWatch {
         self.refused = self.limit > 0;
     }
 
-    /// The kernel took `n` bytes. The first write opens the first rate window, so that the first
-    /// sample has a rate already.
+    /// The kernel took `n` bytes.
     pub fn wrote(&mut self, n: usize) {
         if self.limit > 0 {
             self.written = self.written.saturating_add(n);
-            if self.window.is_none() {
-                self.window = Some((Instant::now(), 0));
-            }
         }
     }
 
@@ -221,61 +210,44 @@ impl LagWatch {
     }
 
     /// Takes in a sample (`None`: the kernel could not tell) and returns the state change, if any.
-    pub fn update(&mut self, now: Instant, s: Option<KernelSample>) -> Option<Change> {
+    /// `backlog`: frames wait for this connection in sluice (outbox or writer's batch).
+    pub fn update(
+        &mut self,
+        now: Instant,
+        s: Option<KernelSample>,
+        backlog: bool,
+    ) -> Option<Change> {
         self.refused = false;
         self.written = 0;
         self.next_sample = Some(now + SAMPLE_INTERVAL);
         let s = s?;
-        if self.lagging && s.held == 0 {
-            return Some(self.set(false));
-        }
-        // A new rate once the window is long enough; the first sample only opens a window.
-        let rate = match self.window {
-            Some((t0, a0)) if now.duration_since(t0) >= RATE_WINDOW => {
-                let us = now.duration_since(t0).as_micros().max(1);
-                self.window = Some((now, s.acked));
-                let r = (s.acked.saturating_sub(a0) as u128 * 1_000_000 / us) as u64;
-                self.last_rate = r;
-                Some(r)
+        if self.lagging {
+            // The kernel emptied while frames still waited (a writer that ran late on a busy
+            // machine) is no sign that the link caught up.
+            let caught_up = (s.held == 0 && !backlog)
+                || s.queueing_us().is_some_and(|q| q < LAGGING_LEAVE_MS * 1000);
+            if caught_up {
+                self.lagging = false;
+                self.late = 0;
+                return Some(Change::Left);
             }
-            Some(_) => None,
-            None => {
-                self.window = Some((now, s.acked));
-                None
-            }
-        };
-        if !self.lagging && s.held <= self.limit {
-            self.streak = 0;
             return None;
         }
-        let rate = rate?;
-        let t = held_time_us(s.held, rate, s.min_rtt_us);
-        let towards_other_state = if self.lagging {
-            t < LAGGING_LEAVE_MS * 1000
-        } else {
-            t > LAGGING_ENTER_MS * 1000
-        };
-        if !towards_other_state {
-            self.streak = 0;
+        let late =
+            s.held > self.limit && s.queueing_us().is_some_and(|q| q > LAGGING_ENTER_MS * 1000);
+        if !late {
+            self.late = 0;
             return None;
         }
-        self.streak += 1;
-        if self.streak >= 2 {
-            return Some(self.set(!self.lagging));
+        self.late += 1;
+        if self.late >= 2 {
+            self.lagging = true;
+            self.late = 0;
+            return Some(Change::Entered);
         }
         // Look again at the next chance: what led here may not come back soon.
         self.refused = true;
         None
-    }
-
-    fn set(&mut self, lagging: bool) -> Change {
-        self.lagging = lagging;
-        self.streak = 0;
-        if lagging {
-            Change::Entered
-        } else {
-            Change::Left
-        }
     }
 
     /// How long a lagging connection's writer waits before it writes again, given the latest
@@ -285,21 +257,22 @@ impl LagWatch {
         if !self.lagging || s.held < self.limit {
             return None;
         }
-        let excess = s.held - self.limit + 1;
-        let d = match self.last_rate {
+        let excess = (s.held - self.limit + 1) as u128;
+        let d = match s.delivery_rate {
             0 => MAX_WAIT,
-            r => Duration::from_micros(held_time_us(excess, r, None)),
+            r => {
+                Duration::from_micros((excess * 1_000_000 / r as u128).min(u64::MAX as u128) as u64)
+            }
         };
         Some(d.clamp(MIN_WAIT, MAX_WAIT))
     }
 }
 
-/// A writer's handle on the rule: its [`LagWatch`], the bytes it wrote, and the server's
-/// counters. Owned by the writer task, so the state needs no synchronisation; dropping it (the
-/// writer ends) takes a lagging connection out of `metrics().lagging`.
+/// A writer's handle on the rule: its [`LagWatch`] and the server's counters. Owned by the writer
+/// task, so the state needs no synchronisation; dropping it (the writer ends) takes a lagging
+/// connection out of `metrics().lagging`.
 pub struct WriterLag<'a> {
     watch: LagWatch,
-    written: u64,
     metrics: &'a Metrics,
 }
 
@@ -307,7 +280,6 @@ impl<'a> WriterLag<'a> {
     pub fn new(limit: usize, metrics: &'a Metrics) -> Self {
         Self {
             watch: LagWatch::new(limit),
-            written: 0,
             metrics,
         }
     }
@@ -323,15 +295,18 @@ impl<'a> WriterLag<'a> {
 
     /// The kernel took `n` bytes.
     pub fn wrote(&mut self, n: usize) {
-        self.written += n as u64;
         self.watch.wrote(n);
     }
 
     /// Before a write: reads the kernel when the rule asks for it, and returns how long to wait
-    /// before writing, if at all. Costs no system call and no clock read for a connection that
+    /// before writing, if at all. `backlog`: frames wait in the outbox or the writer's batch. Costs no system call and no clock read for a connection that
     /// keeps up, had no write refused and wrote less than `SAMPLE_EVERY_BYTES` since it was last
     /// looked at; then one `SIOCOUTQ`, and `TCP_INFO` only if the kernel holds more than the limit.
-    pub fn before_write(&mut self, sock: &tokio::net::TcpStream) -> Option<Duration> {
+    pub fn before_write(
+        &mut self,
+        sock: &tokio::net::TcpStream,
+        backlog: bool,
+    ) -> Option<Duration> {
         if !self.watch.may_sample() {
             return None;
         }
@@ -339,8 +314,13 @@ impl<'a> WriterLag<'a> {
         if !self.watch.wants_sample(now) {
             return None;
         }
-        let s = KernelSample::read(sock, self.written, self.watch.limit());
-        match self.watch.update(now, s) {
+        let rtt_above = if self.watch.is_lagging() {
+            0
+        } else {
+            self.watch.limit()
+        };
+        let s = KernelSample::read(sock, rtt_above);
+        match self.watch.update(now, s, backlog) {
             Some(Change::Entered) => {
                 self.metrics.lagging_events.fetch_add(1, Relaxed);
                 self.metrics.lagging.fetch_add(1, Relaxed);
@@ -361,55 +341,54 @@ impl Drop for WriterLag<'_> {
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const KIB: usize = 1024;
-    const MS: Duration = Duration::from_millis(1);
+    const MS: u64 = 1000;
 
-    fn s(held: usize, acked: u64, min_rtt_us: Option<u64>) -> Option<KernelSample> {
+    /// `held` bytes, smoothed RTT `srtt` ms over a minimum of `min` ms, `rate` bytes/s.
+    fn s(held: usize, srtt: u64, min: u64, rate: u64) -> Option<KernelSample> {
         Some(KernelSample {
             held,
-            acked,
-            min_rtt_us,
+            srtt_us: Some(srtt * MS),
+            min_rtt_us: Some(min * MS),
+            delivery_rate: rate,
         })
     }
 
-    /// A connection on a 10 KB/s link with `held` bytes in the kernel, sampled every 200 ms
-    /// (from `t`), `n` times; returns the last change.
-    fn slow_link(
-        w: &mut LagWatch,
-        t: &mut Instant,
-        acked: &mut u64,
-        held: usize,
-        n: usize,
-    ) -> Option<Change> {
-        let mut last = None;
-        for _ in 0..n {
+    /// A watch that is lagging (an 80 kbit/s link with 120 KiB queued, sampled twice).
+    fn lagging_watch(t: Instant) -> LagWatch {
+        let mut w = LagWatch::new(4 * KIB);
+        for i in 0..2 {
             w.refused();
-            *t += RATE_WINDOW;
-            *acked += 2_000;
-            if let Some(c) = w.update(*t, s(held, *acked, Some(7))) {
-                last = Some(c);
-            }
+            w.update(
+                t + SAMPLE_INTERVAL * i,
+                s(120 * KIB, 6_000, 0, 10_000),
+                false,
+            );
         }
-        last
+        assert!(w.is_lagging());
+        w
     }
 
     #[test]
-    fn held_time_subtracts_one_minimum_round_trip() {
-        // 120 KiB at 10 KB/s: 12.3 s.
-        assert_eq!(held_time_us(120 * KIB, 10_000, None), 12_288_000);
-        // A satellite path: 750 KB in flight at 1.25 MB/s with a 600 ms round trip is not late.
-        assert_eq!(held_time_us(750_000, 1_250_000, Some(600_000)), 0);
-        // Nothing acknowledged: as late as can be.
-        assert!(held_time_us(KIB, 0, None) > 1_000_000_000);
+    fn queueing_is_the_round_trip_beyond_the_minimum() {
+        assert_eq!(s(KIB, 1_500, 1, 0).unwrap().queueing_us(), Some(1_499 * MS));
+        // A satellite path: a 600 ms round trip that is its minimum queues nothing.
+        assert_eq!(s(KIB, 610, 600, 0).unwrap().queueing_us(), Some(10 * MS));
+        let unknown = KernelSample {
+            held: KIB,
+            ..Default::default()
+        };
+        assert_eq!(unknown.queueing_us(), None);
     }
 
     /// The first row of the module doc's table.
     #[test]
-    fn keeping_up_is_looked_at_after_a_refusal_or_16_kib() {
+    fn keeping_up_is_looked_at_after_a_refusal_or_16_kib_and_enters_on_two_late_samples() {
         let t0 = Instant::now();
         let mut w = LagWatch::new(4 * KIB);
         assert!(!w.may_sample() && !w.wants_sample(t0));
@@ -417,103 +396,106 @@ mod tests {
         assert!(!w.may_sample());
         w.wrote(1);
         assert!(w.wants_sample(t0));
-        assert_eq!(w.update(t0, s(0, 16 * KIB as u64, None)), None);
+        assert_eq!(w.update(t0, s(0, 1, 1, 0), false), None);
         assert!(!w.may_sample(), "a sample resets the byte count");
         w.refused();
         assert!(w.may_sample());
-        assert!(!w.wants_sample(t0 + 50 * MS), "samples are spaced");
-        assert!(w.wants_sample(t0 + SAMPLE_INTERVAL));
-        // A fast client momentarily behind: 64 KiB held, 4 MB acknowledged per 200 ms.
-        let mut t = t0;
-        let mut acked = 16 * KIB as u64;
+        assert!(
+            !w.wants_sample(t0 + SAMPLE_INTERVAL / 2),
+            "samples are spaced"
+        );
+        let t1 = t0 + SAMPLE_INTERVAL;
+        assert!(w.wants_sample(t1));
+        // A reader that stalls on a fast link: 64 KiB held, nothing acknowledged, but the round
+        // trip stays short. Never late.
         for _ in 0..3 {
             w.refused();
-            t += RATE_WINDOW;
-            acked += 4_000_000;
-            assert_eq!(w.update(t, s(64 * KIB, acked, Some(50))), None);
+            assert_eq!(w.update(t1, s(64 * KIB, 1, 1, 0), false), None);
         }
-        // Holding no more than the limit is never late, whatever the rate (here: none at all).
+        // Held no more than the limit: never late, whatever the delay.
         for _ in 0..3 {
             w.refused();
-            t += RATE_WINDOW;
-            assert_eq!(w.update(t, s(4 * KIB, acked, None)), None);
+            assert_eq!(w.update(t1, s(4 * KIB, 5_000, 1, 0), false), None);
+        }
+        // A slow link: one late sample is not enough; it asks for the next one by itself.
+        assert_eq!(w.update(t1, s(120 * KIB, 1_500, 0, 10_000), false), None);
+        let t2 = t1 + SAMPLE_INTERVAL;
+        assert!(w.wants_sample(t2));
+        // An early sample in between starts the count again...
+        assert_eq!(w.update(t2, s(120 * KIB, 100, 0, 10_000), false), None);
+        w.refused();
+        assert_eq!(w.update(t2, s(120 * KIB, 1_500, 0, 10_000), false), None);
+        assert!(!w.is_lagging());
+        // ...and two late ones in a row enter.
+        assert_eq!(
+            w.update(t2, s(118 * KIB, 1_600, 0, 10_000), false),
+            Some(Change::Entered)
+        );
+        assert!(w.is_lagging());
+        // A failed read or an unknown RTT decides nothing.
+        let mut w = LagWatch::new(4 * KIB);
+        for _ in 0..3 {
+            w.refused();
+            assert_eq!(w.update(t2, None, false), None);
+            let unknown = KernelSample {
+                held: 64 * KIB,
+                ..Default::default()
+            };
+            assert_eq!(w.update(t2, Some(unknown), false), None);
         }
         assert!(!w.is_lagging());
     }
 
-    /// Both rows' changes of state.
+    /// The second row.
     #[test]
-    fn enters_after_two_late_rates_and_leaves_when_caught_up() {
-        let mut t = Instant::now();
-        let mut acked = 0;
-        let mut w = LagWatch::new(4 * KIB);
-        // The first sample opens the rate window; the first rate (10 KB/s with 120 KiB held:
-        // 12 s) is one late rate, not enough; the second enters.
-        w.refused();
-        assert_eq!(w.update(t, s(120 * KIB, acked, Some(7))), None);
-        assert_eq!(slow_link(&mut w, &mut t, &mut acked, 120 * KIB, 1), None);
-        assert!(!w.is_lagging());
-        assert!(
-            w.wants_sample(t + SAMPLE_INTERVAL),
-            "it asks for the next sample by itself"
-        );
-        assert_eq!(
-            slow_link(&mut w, &mut t, &mut acked, 118 * KIB, 1),
-            Some(Change::Entered)
-        );
-        assert!(w.is_lagging());
-        // A sample inside the rate window decides nothing.
-        assert_eq!(w.update(t + 10 * MS, s(KIB, acked, Some(7))), None);
-        // Lagging: a sample before every write. Held near the limit on the slow link (0.4 s) it
-        // stays...
+    fn lagging_samples_before_every_write_and_leaves_when_caught_up() {
+        let t = Instant::now();
+        let mut w = lagging_watch(t);
         assert!(w.wants_sample(t));
-        assert_eq!(slow_link(&mut w, &mut t, &mut acked, 4 * KIB, 5), None);
-        assert!(w.is_lagging());
-        // ...with nothing held it leaves at once...
-        assert_eq!(w.update(t, s(0, acked, Some(7))), Some(Change::Left));
+        // Held at the limit on the slow link: 0.4 s of queueing; it stays.
+        assert_eq!(w.update(t, s(4 * KIB, 410, 0, 10_000), false), None);
+        // Nothing held while frames still wait (its writer ran late): it stays. Nothing held and
+        // nothing waiting: it leaves at once.
+        assert_eq!(w.update(t, s(0, 410, 0, 10_000), true), None);
+        assert_eq!(w.update(t, s(0, 410, 0, 10_000), false), Some(Change::Left));
         assert!(!w.is_lagging());
-        // ...and on a link that became fast (1 MB/s) after two rates.
+        // A link that became fast: the queue drains, the round trip falls back to its minimum.
+        let mut w = lagging_watch(t);
         assert_eq!(
-            slow_link(&mut w, &mut t, &mut acked, 64 * KIB, 3),
-            Some(Change::Entered)
+            w.update(t, s(6 * KIB, 45, 20, 1_000_000), false),
+            Some(Change::Left)
         );
-        let mut fast = |w: &mut LagWatch, t: &mut Instant, acked: &mut u64| {
-            *t += RATE_WINDOW;
-            *acked += 200_000;
-            w.update(*t, s(6 * KIB, *acked, Some(20_000)))
+        // An unknown RTT keeps the state.
+        let mut w = lagging_watch(t);
+        let unknown = KernelSample {
+            held: 6 * KIB,
+            ..Default::default()
         };
-        assert_eq!(fast(&mut w, &mut t, &mut acked), None);
-        assert_eq!(fast(&mut w, &mut t, &mut acked), Some(Change::Left));
-        // An early rate in between starts the count again.
-        let mut w = LagWatch::new(4 * KIB);
-        w.update(t, s(0, acked, None));
-        slow_link(&mut w, &mut t, &mut acked, 120 * KIB, 1);
-        slow_link(&mut w, &mut t, &mut acked, KIB, 1);
-        assert_eq!(slow_link(&mut w, &mut t, &mut acked, 120 * KIB, 1), None);
-        // A failed read decides nothing.
-        assert_eq!(w.update(t, None), None);
-        assert!(!w.is_lagging());
+        assert_eq!(w.update(t, Some(unknown), false), None);
+        assert!(w.is_lagging());
     }
 
     #[test]
     fn a_lagging_writer_waits_while_the_kernel_holds_the_limit() {
-        let mut t = Instant::now();
-        let mut acked = 0;
-        let mut w = LagWatch::new(4 * KIB);
-        assert_eq!(w.wait(s(100 * KIB, 0, None)), None, "not lagging: no wait");
-        w.update(t, s(0, 0, None));
-        slow_link(&mut w, &mut t, &mut acked, 100 * KIB, 2);
-        assert!(w.is_lagging());
-        assert_eq!(w.wait(s(4 * KIB - 1, acked, None)), None);
+        let t = Instant::now();
+        let w = LagWatch::new(4 * KIB);
+        assert_eq!(
+            w.wait(s(100 * KIB, 6_000, 0, 10_000)),
+            None,
+            "not lagging: no wait"
+        );
+        let w = lagging_watch(t);
+        assert_eq!(w.wait(s(4 * KIB - 1, 400, 0, 10_000)), None);
         // 1 byte over at 10 KB/s: 100 µs, raised to the shortest wait.
-        assert_eq!(w.wait(s(4 * KIB, acked, None)), Some(MIN_WAIT));
+        assert_eq!(w.wait(s(4 * KIB, 400, 0, 10_000)), Some(MIN_WAIT));
         // 1 KiB over: ~102 ms.
         assert_eq!(
-            w.wait(s(5 * KIB, acked, None)),
+            w.wait(s(5 * KIB, 400, 0, 10_000)),
             Some(Duration::from_micros(102_500))
         );
-        // Far over: the longest wait; no sample: no wait.
-        assert_eq!(w.wait(s(100 * KIB, acked, None)), Some(MAX_WAIT));
+        // Far over, or no rate: the longest wait; no sample: no wait.
+        assert_eq!(w.wait(s(100 * KIB, 400, 0, 10_000)), Some(MAX_WAIT));
+        assert_eq!(w.wait(s(100 * KIB, 400, 0, 0)), Some(MAX_WAIT));
         assert_eq!(w.wait(None), None);
     }
 

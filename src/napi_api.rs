@@ -223,8 +223,8 @@ pub struct Metrics {
     pub drain_events: f64,
     /// Connections above `highWaterMark` right now (had `backpressure`, not yet `drain`).
     pub backpressured: f64,
-    /// Times a connection became lagging: its kernel held more than its link delivers in 250 ms
-    /// plus a round trip, so that sluice let the kernel hold at most `laggingKernelLimit` bytes.
+    /// Times a connection became lagging: its network path queued its bytes (round trip 250 ms
+    /// above its minimum), so that sluice let its kernel hold at most `laggingKernelLimit` bytes.
     pub lagging_events: f64,
     /// Connections lagging right now.
     pub lagging: f64,
