@@ -374,7 +374,7 @@ function mobileTarget(byKey, fmt) {
   const fastOk = d.fastP99Ms !== null && base.derived.fastP99Ms !== null && d.fastP99Ms <= 1.2 * base.derived.fastP99Ms
   const nobody = mob.terminatedCount === 0 && mob.slowOpen === mob.slowTarget && mob.slowTarget > 0 && d.fastEnded === 0 && base.derived.fastEnded === 0
   const detail = [
-    `slow age p50 ${fmt(c && c.ageP50Ms / 1000, 2)} s (p99 ${fmt(c && c.ageP99Ms / 1000, 2)} s; second half of the window p50 ${fmt(mob.age2P50Ms / 1000, 2)} s): ${ageOk ? 'ok' : 'over'}`,
+    `slow age p50 ${fmt(c && num(c.ageP50Ms) !== null ? c.ageP50Ms / 1000 : null, 2)} s (p99 ${fmt(c && num(c.ageP99Ms) !== null ? c.ageP99Ms / 1000 : null, 2)} s; second half of the window p50 ${fmt(num(mob.age2P50Ms) !== null ? mob.age2P50Ms / 1000 : null, 2)} s): ${ageOk ? 'ok' : 'over'}`,
     `fast p99 ${fmt(d.fastP99Ms, 2)} ms vs 1.2 × ${fmt(base.derived.fastP99Ms, 2)} ms = ${fmt(1.2 * base.derived.fastP99Ms, 2)} ms: ${fastOk ? 'ok' : 'over'}`,
     `terminated by the server ${fmt(mob.terminatedCount, 0)} (${mob.terminated ? Object.entries(mob.terminated).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(', ') || 'none' : '–'}), slow open at the end ${mob.slowOpen}/${mob.slowTarget}, fast ended by the server ${fmt(d.fastEnded, 0)}`,
   ].join('; ')
@@ -398,6 +398,7 @@ function mobileSection(byKey, sc, { fmt, mdTable }) {
   md.push('')
   const base = byId(byKey, 'base')
   const baseP99 = base && base.ok ? base.derived.fastP99Ms : null
+  const sec = (ms) => (num(ms) === null ? null : ms / 1000)
   const rows1 = []
   const rows2 = []
   for (const [v, r] of runs) {
@@ -418,8 +419,8 @@ function mobileSection(byKey, sc, { fmt, mdTable }) {
       label + (r.ok ? '' : ' (FAILED)'),
       slow ? '–' : `${mb.slowOpen}/${mb.slowTarget}`,
       slow ? '–' : `${fmt(c.slowMsgsPerS, 2)} (${fmt(c.slowBytesPerS / 1000, 1)} KB/s)`,
-      slow ? '–' : `${fmt(c.ageP50Ms / 1000, 2)} / ${fmt(c.ageP99Ms / 1000, 2)} / ${fmt(c.ageMaxMs / 1000, 2)} (n=${fmt(c.ageCount, 0)})`,
-      slow ? '–' : `${fmt(mb.age2P50Ms / 1000, 2)} / ${fmt(mb.age2P99Ms / 1000, 2)}`,
+      slow ? '–' : `${fmt(sec(c.ageP50Ms), 2)} / ${fmt(sec(c.ageP99Ms), 2)} / ${fmt(sec(c.ageMaxMs), 2)} (n=${fmt(c.ageCount, 0)})`,
+      slow ? '–' : `${fmt(sec(mb.age2P50Ms), 2)} / ${fmt(sec(mb.age2P99Ms), 2)} (n=${fmt(mb.age2Count, 0)})`,
       slow ? '–' : fmt(c.behindMean, 1),
       slow ? '–' : `${fmt(mb.queuedMedKB, 1)} / ${fmt(mb.kernelMedKB, 1)} / ${fmt(mb.unsentMedKB, 1)} / ${fmt(mb.linkMedKB, 1)}`,
       slow ? '–' : `${fmt(mb.kernelMaxKB, 0)} / ${fmt(mb.linkMaxKB, 0)}`,
