@@ -376,6 +376,7 @@ function mobileTarget(byKey, fmt) {
   const detail = [
     `slow age p50 ${fmt(c && num(c.ageP50Ms) !== null ? c.ageP50Ms / 1000 : null, 2)} s (p99 ${fmt(c && num(c.ageP99Ms) !== null ? c.ageP99Ms / 1000 : null, 2)} s; second half of the window p50 ${fmt(num(mob.age2P50Ms) !== null ? mob.age2P50Ms / 1000 : null, 2)} s): ${ageOk ? 'ok' : 'over'}`,
     `fast p99 ${fmt(d.fastP99Ms, 2)} ms vs 1.2 × ${fmt(base.derived.fastP99Ms, 2)} ms = ${fmt(1.2 * base.derived.fastP99Ms, 2)} ms: ${fastOk ? 'ok' : 'over'}`,
+    `server JS thread run-queue wait over the window ${fmt(d.jsRunQueueWaitMs !== null ? d.jsRunQueueWaitMs / 1000 : null, 1)} s vs ${fmt(base.derived.jsRunQueueWaitMs !== null ? base.derived.jsRunQueueWaitMs / 1000 : null, 1)} s in base`,
     `terminated by the server ${fmt(mob.terminatedCount, 0)} (${mob.terminated ? Object.entries(mob.terminated).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(', ') || 'none' : '–'}), slow open at the end ${mob.slowOpen}/${mob.slowTarget}, fast ended by the server ${fmt(d.fastEnded, 0)}`,
   ].join('; ')
   return { id: 'f', name, verdict: ageOk && fastOk && nobody ? 'MET' : 'NOT MET', detail }
@@ -395,6 +396,7 @@ function mobileSection(byKey, sc, { fmt, mdTable }) {
   md.push('- **where a slow client\'s backlog waits**, median over the window and the slow clients, KiB: **sluice queue** (`conn.bufferedAmount`, every 500 ms by the adapter), **kernel** (`conn.kernelBufferedAmount`, SIOCOUTQ: unsent + in flight), of which **unsent** (`ss` notsent) and **in the link** (the htb class\'s backlog, `tc -s class show`, every second); the RTT `ss` shows (median).')
   md.push('- **lagging**: `metrics().lagging` (connections lagging 1 s before the window ends) / `laggingEvents`; **expired**: `metrics().expired` (Normal), **replaced**: `metrics().replaced`; **terminated**: overflow + resyncOverflow + pongTimeout + closeTimeout (`metrics().terminated`, 1 s before the window ends).')
   md.push('- **fast p99 / base**: fast clients\' p99 latency over the same in the `base` run (no slow clients, same namespace and qdisc).')
+  md.push('- **JS thread run-queue wait**: how long the server\'s JS thread was runnable but not running over the window (`/proc/self/task/<tid>/schedstat`): on a machine shared with other work, the best single sign of how much a run was disturbed from outside; fast-client tails follow it.')
   md.push('')
   const base = byId(byKey, 'base')
   const baseP99 = base && base.ok ? base.derived.fastP99Ms : null
@@ -439,11 +441,12 @@ function mobileSection(byKey, sc, { fmt, mdTable }) {
       mb.terminated ? `${fmt(mb.terminatedCount, 0)}${mb.terminatedCount ? ` (${Object.entries(mb.terminated).filter(([, x]) => x).map(([k, x]) => `${k} ${x}`).join(', ')})` : ''}` : '–',
       fmt(d.rssMaxMB),
       `${fmt(d.cpuS, 2)} (${fmt(d.cpuMsPerMB, 2)})`,
+      fmt(d.jsRunQueueWaitMs !== null ? d.jsRunQueueWaitMs / 1000 : null, 1),
     ])
   }
   md.push(mdTable(['run', 'slow open at end', 'msgs/s per slow client', 'age p50 / p99 / max s', 'age 2nd half p50 / p99 s', 'versions behind', 'median KiB: sluice queue / kernel / unsent / in the link', 'max KiB: kernel / link', 'RTT ms (ss)', 'lagging now / events'], rows1))
   md.push('')
-  md.push(mdTable(['run', 'fast msgs/s', 'fast lat p50 / p99 ms', 'fast p99 / base', 'fast gaps / ended', 'replaced', 'expired Normal', 'dropped Normal', 'terminated', 'RSS max MB', 'CPU s (ms per MB)'], rows2))
+  md.push(mdTable(['run', 'fast msgs/s', 'fast lat p50 / p99 ms', 'fast p99 / base', 'fast gaps / ended', 'replaced', 'expired Normal', 'dropped Normal', 'terminated', 'RSS max MB', 'CPU s (ms per MB)', 'JS thread run-queue wait s'], rows2))
   md.push('')
   const notes = [...new Set(runs.flatMap(([, r]) => r.netnsNotes || []))]
   for (const n of notes) md.push(`- note: ${n}`)

@@ -1309,7 +1309,7 @@ async function main() {
   if (mach.addon) md.push(`- addon binary: ${mach.addon}`)
   if (plan.some(([, a]) => a === 'sluice-cluster')) md.push(`- ${mach.redis || 'redis-server: version unknown'} (cluster scenario; on the same machine too)`)
   md.push('- The server under test and the load generator (sluice-loadgen, Rust/tokio) run on the same machine and share its cores: every figure below includes that contention, for every adapter alike.')
-  if (mach.loadAvg) md.push(`- load average when the runs started: ${mach.loadAvg} (above ${mach.nproc}: other work shared the cores too)`)
+  if (mach.loadAvg) md.push(`- load average when the runs started: ${mach.loadAvg}${Number(mach.loadAvg.split(' ')[0]) > Number(mach.nproc) ? ` (above ${mach.nproc}: other work shared the cores too)` : ''}`)
   md.push('')
   md.push('## Parameters')
   md.push('')
