@@ -206,6 +206,36 @@ export interface ExpiredMetrics {
 }
 
 /**
+ * Upgrades refused, by cause (each counts once, under the first check it failed; they add up
+ * to `handshakesRefused`).
+ */
+export interface HandshakeRefusals {
+  /**
+   * 400: not a well-formed HTTP/1.1 GET upgrade (request line, `Upgrade`, `Connection`,
+   * `Sec-WebSocket-Key`, a malformed or repeated `Sec-WebSocket-Protocol` token).
+   */
+  badRequest: number
+  /** 400: no `Host` header. */
+  missingHost: number
+  /** 400: `Host`, `Origin`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version` more than once. */
+  duplicateHeader: number
+  /** 400: more than 64 subprotocols or 16 extensions offered. */
+  tooManyOffers: number
+  /** 431: a request head over 16 KiB or with more than 64 header fields. */
+  headTooLarge: number
+  /** 426: `Sec-WebSocket-Version` other than 13. */
+  unsupportedVersion: number
+  /** 404: not the `path` option. */
+  wrongPath: number
+  /** 403: `Origin` not in `allowedOrigins`. */
+  origin: number
+  /** `verifyClient` refused, threw (500) or did not answer within `handshakeTimeout` (503). */
+  verifyClient: number
+  /** 503: `maxConnections` reached, or the server is closing. */
+  unavailable: number
+}
+
+/**
  * Fan-out latency in microseconds: from the `broadcast`/`publish` call to the last recipient's
  * socket write of that message.
  */
@@ -255,10 +285,13 @@ export interface Metrics {
   refusedMaxConnections: number
   /** Sockets that did not complete the upgrade within `handshakeTimeout`. */
   handshakesTimedOut: number
+  /** `handshakesRefused` by cause. */
+  handshakesRefusedBy: HandshakeRefusals
   broadcasts: number
   publishes: number
   /**
-   * Normal and Low `broadcast`/`publish` calls refused because `maxPendingBytes` of broadcasts
+   * Normal and Low `broadcast`/`publish` calls (and `conn.send`s queued behind pending
+   * broadcasts, and messages from other nodes) refused because `maxPendingBytes` of broadcasts
    * already waited for fan-out (the producer ignored `drain`). Critical ones are never refused.
    */
   fanoutRejected: number
@@ -478,7 +511,8 @@ export interface ServerOptions {
   pendingHighWaterMark?: number
   /**
    * `ttl` in ms given to Normal and Low messages sent without one: a message still queued for a
-   * connection when it runs out is skipped (counted in `expired`). Default: none (no expiry).
+   * connection when it runs out is skipped (counted in `expired`). `0`: none. Default: none
+   * (no expiry).
    */
   defaultTtl?: number
 }

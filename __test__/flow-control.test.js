@@ -116,18 +116,21 @@ async function readingClients(port, n, processes = 2) {
 }
 
 describe('a burst and a Critical message after it', () => {
-  test('600 broadcasts of 4 KiB reach every fast client with maxBufferedAmount 64 KiB and a stalled client', async () => {
-    const state = await startServer({ maxBufferedAmount: 64 * KiB })
+  /**
+   * The issue's burst: 20 clients that read everything (in their own processes), one stalled
+   * client, 600 broadcasts of 4 KiB with a 5 ms pause every 20, then a jackpot. Returns the
+   * clients' report and the server state once every client has the jackpot or is gone.
+   */
+  async function burst(options) {
+    const state = await startServer(options)
     state.clients = await readingClients(state.port, 20)
     await waitFor(() => state.fast.length === 20, { what: 'fast connections' })
     const { conn: stalledConn } = await stalled(state)
+    state.stalledConn = stalledConn
     for (let i = 0; i < 600; i++) {
       state.server.broadcast(makePayload('burst', i, 4 * KiB))
       if (i % 20 === 19) await sleep(5)
     }
-    // Nothing was refused: the backlog never came near maxPendingBytes.
-    expect(state.server.metrics().fanoutRejected).toBe(0)
-    // A jackpot right after the burst.
     state.server.broadcast(makePayload('jackpot', 0, 2 * KiB), Priority.Critical)
     let report
     const t0 = Date.now()
@@ -135,16 +138,42 @@ describe('a burst and a Critical message after it', () => {
       await sleep(100)
       report = await state.clients.report()
     } while (Date.now() - t0 < 20000 && !report.every((c) => (c.seqs.jackpot || []).length === 1 || c.closeCode !== null))
-    const summary = report.map((c) => `${(c.seqs.burst || []).length}/${(c.seqs.jackpot || []).length}/${c.closeCode}`).join(' ')
-    expect({ summary, ok: report.every((c) => c.closeCode === null && (c.seqs.jackpot || []).length === 1) }).toEqual({ summary, ok: true })
+    return { state, report, stalledConn }
+  }
+
+  test('600 broadcasts of 4 KiB with maxBufferedAmount 64 KiB and a stalled client: nothing refused, every client still connected got all 600 in order and the jackpot, every cut was its own bound', async () => {
+    const { state, report } = await burst({ maxBufferedAmount: 64 * KiB })
+    const m = state.server.metrics()
+    // The broken promise: broadcast() refused most of these and they reached nobody.
+    expect(m.fanoutRejected).toBe(0)
+    const kept = report.filter((c) => c.closeCode === null)
+    for (const c of report) expect(c.errors).toBe(0)
+    for (const c of kept) {
+      expect(c.seqs.burst).toEqual(range(0, 600))
+      expect(c.seqs.jackpot).toEqual([0])
+    }
+    // A client cut off fell more than its bound behind (64 KiB queued, 64 KiB of unsent kernel
+    // buffer and its receive window): counted as overflow, and only what was queued for it
+    // was lost. The stalled client is always among them.
+    await waitFor(() => state.server.metrics().terminated.overflow === state.closes.length, { what: 'every close to be an overflow' })
+    expect(state.closes.length).toBe(21 - kept.length)
+    expect(state.closes.some((c) => c.conn === state.stalledConn)).toBe(true)
+    // eslint-disable-next-line no-console
+    console.log(`burst at maxBufferedAmount 64 KiB: ${kept.length} of 20 reading clients kept up (the rest read less than ~16 MB/s each on this machine and were cut by their own bound)`)
+  })
+
+  test('the same burst with room per client: every one of the 20 fast clients gets all 600 and the jackpot', async () => {
+    // 4 MiB per connection holds the whole 2.4 MB burst: whether a client keeps up no longer
+    // depends on how fast this machine lets it read.
+    const { state, report, stalledConn } = await burst({ maxBufferedAmount: 4 * 1024 * KiB })
+    expect(state.server.metrics().fanoutRejected).toBe(0)
     for (const c of report) {
       expect(c.closeCode).toBe(null)
+      expect(c.errors).toBe(0)
       expect(c.seqs.burst).toEqual(range(0, 600))
+      expect(c.seqs.jackpot).toEqual([0])
     }
-    // The stalled client could not take the burst: its own bound ended it, and only it.
-    await waitFor(() => state.closes.some((c) => c.conn === stalledConn), { what: 'the stalled client to be cut' })
-    expect(state.closes.map((c) => c.conn)).toEqual([stalledConn])
-    expect(state.server.metrics().terminated.overflow).toBe(1)
+    expect(state.closes.filter((c) => c.conn !== stalledConn)).toEqual([])
   })
 
   test('past maxPendingBytes Normal messages are refused and counted, Critical ones never, and nothing accepted is lost', async () => {
@@ -201,7 +230,6 @@ describe("broadcast() returns false above pendingHighWaterMark and the server's 
       let ok = true
       for (let i = 0; i < 100000 && ok; i++) ok = state.server.broadcast(makePayload('d', sent++, 512))
       expect(ok).toBe(false)
-      expect(state.server.pendingBytes).toBeGreaterThan(0)
       await state.server.drained()
       expect(state.server.pendingBytes).toBeLessThan(4 * KiB)
       // Once the backlog is empty, the next broadcast returns true and drained() resolves at once.
@@ -230,10 +258,24 @@ describe("broadcast() returns false above pendingHighWaterMark and the server's 
     expect(seen[0][0]).toBe(conn)
   })
 
-  test('drained() resolves when the server closes', async () => {
+  test('with pendingHighWaterMark 0 every broadcast returns false and drain comes once the backlog is empty', async () => {
     const state = await startServer({ pendingHighWaterMark: 0 })
-    // With a mark of 0 every broadcast is "above" it until the fan-out has run.
+    await fast(state, 2)
+    let drains = 0
+    state.server.on('drain', () => drains++)
     expect(state.server.broadcast('x')).toBe(false)
+    await state.server.drained()
+    expect(state.server.pendingBytes).toBe(0)
+    await sleep(20)
+    expect(drains).toBe(1)
+  })
+
+  test('drained() resolves when the server closes', async () => {
+    // A backlog that cannot drain: the fan-out task waits for nothing, so hold it with a huge
+    // mark of work instead; close() must settle the promise whatever the backlog.
+    const state = await startServer({ pendingHighWaterMark: 1 })
+    await fast(state, 2)
+    for (let i = 0; i < 1000; i++) state.server.broadcast(makePayload('c', i, 1024))
     const p = state.server.drained()
     await state.server.close()
     await p
@@ -307,6 +349,31 @@ describe('ttl', () => {
   })
 })
 
+describe("per-connection 'drain' when expiry alone empties the queue", () => {
+  test('frames that expire in the queue bring bufferedAmount down and fire drain as writes would', async () => {
+    const state = await startServer({ highWaterMark: 8 * KiB, lowWaterMark: 1 * KiB })
+    const { py, conn } = await stalled(state)
+    // Bursts under highWaterMark: no backpressure before the test's own sends.
+    await fillKernelBuffers(conn, (s) => makePayload('k', s, 1024), { burstBytes: 4 * KiB })
+    const events = []
+    conn.on('backpressure', (b) => events.push(['backpressure', b]))
+    conn.on('drain', (b) => events.push(['drain', b]))
+    // 20 KiB that only expiry can take away: after the kernel fill the writer's batch is written
+    // when the client reads, and what remains above lowWaterMark has expired.
+    for (let i = 0; i < 20; i++) conn.send(makePayload('t', i, 1020), Priority.Normal, { ttl: 100 })
+    await waitFor(() => events.length === 1, { what: 'backpressure' })
+    await sleep(300)
+    py.read()
+    await waitFor(() => events.length === 2, { what: 'drain after the expiry' })
+    expect(events.map((e) => e[0])).toEqual(['backpressure', 'drain'])
+    expect(conn.bufferedAmount).toBe(0)
+    expect(conn.expired).toBe(20)
+    expect(state.server.backpressuredCount).toBe(0)
+    await sleep(100)
+    expect(py.messages.filter((m) => m.tag === 't')).toEqual([])
+  })
+})
+
 describe('lag', () => {
   test('conn.lag grows on a stalled client, stays 0 on a fast one, and metrics().lagMs shows it', async () => {
     const state = await startServer({})
@@ -328,7 +395,8 @@ describe('lag', () => {
     state.server.broadcast(makePayload('b', 0, 64))
     await sleep(50)
     const { lagMs } = state.server.metrics()
-    expect(lagMs.max).toBeGreaterThanOrEqual(lag2)
+    // lagMs is whole milliseconds, conn.lag fractional.
+    expect(lagMs.max).toBeGreaterThanOrEqual(Math.floor(lag2))
     expect(lagMs.p50).toBeLessThanOrEqual(lagMs.max)
   })
 })
@@ -386,6 +454,24 @@ describe("onOverflow: 'resync'", () => {
     expect(conn.isOpen).toBe(true)
   })
 
+  test('a message that would not fit even after a resync terminates without resyncing', async () => {
+    const state = await startServer({ maxBufferedAmount: 64 * KiB, onOverflow: 'resync' })
+    const { conn } = await stalled(state)
+    await fillKernelBuffers(conn, (s) => makePayload('k', s, 1024))
+    let resyncs = 0
+    conn.on('resync', () => resyncs++)
+    const closed = once(conn, 'close')
+    // Critical frames fill the bound; a resync could not make room for the next Normal one.
+    for (let i = 0; i < 60; i++) conn.send(makePayload('c', i, 1020), Priority.Critical)
+    state.server.broadcast(makePayload('n', 0, 8 * KiB))
+    await closed
+    expect(resyncs).toBe(0)
+    const m = state.server.metrics()
+    expect(m.resynced).toBe(0)
+    expect(m.dropped.resync).toBe(0)
+    expect(m.terminated.overflow).toBe(1)
+  })
+
   test('a second overflow before draining below lowWaterMark terminates, counted apart', async () => {
     const state = await startServer({ maxBufferedAmount: 64 * KiB, onOverflow: 'resync' })
     const { conn } = await stalled(state)
@@ -407,6 +493,23 @@ describe("onOverflow: 'resync'", () => {
 })
 
 describe('except', () => {
+  test('a long except list (a hash set past 8 ids) and closed connections in it', async () => {
+    const state = await startServer({})
+    const clients = await fast(state, 12)
+    const conns = [...state.fast]
+    const skipped = conns.slice(0, 10)
+    // One of the excluded connections closes first: excluding a gone connection is harmless.
+    const gone = once(skipped[0], 'close')
+    skipped[0].terminate()
+    await gone
+    await waitFor(() => clients.filter((c) => c.closed).length === 1, { what: 'the client to see its end' })
+    state.server.broadcast(makePayload('many', 0, 64), Priority.Normal, { except: skipped })
+    state.server.broadcast(makePayload('end', 0, 64))
+    const open = clients.filter((c) => !c.closed)
+    await waitFor(() => open.every((c) => seqs(c, 'end').length === 1), { what: 'end' })
+    expect(clients.filter((c) => seqs(c, 'many').length === 1).length).toBe(2)
+  })
+
   test('broadcast and publish skip the connections in except (one or an array)', async () => {
     const state = await startServer({})
     const clients = await fast(state, 4)
@@ -423,6 +526,7 @@ describe('except', () => {
     expect(counts.filter((x) => x[1] === 0).length).toBe(2)
     expect(counts.filter((x) => x[2] === 0).length).toBe(1)
     expect(() => state.server.broadcast('x', Priority.Normal, { except: {} })).toThrow(expect.objectContaining({ code: 'ERR_SLUICE_INVALID_EXCEPT' }))
+    expect(() => state.server.broadcast('x', Priority.Normal, { except: [a, 'b'] })).toThrow(TypeError)
     const other = new Server({ noServer: true })
     servers.push(other)
     expect(() => other.broadcast('x', Priority.Normal, { except: a })).toThrow(expect.objectContaining({ code: 'ERR_SLUICE_INVALID_EXCEPT' }))

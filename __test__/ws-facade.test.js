@@ -196,6 +196,9 @@ wss2.on('connection', (ws, req) => {
   ws.addEventListener('close', (ev) => console.log(ev.code, ev.reason, ev.wasClean))
   ws.close(1000, 'bye'); ws.close(); ws.terminate()
   const conn = ws.sluice; console.log(conn.id)
+  ws.send('short-lived', { ttl: 500, key: 'k' })
+  wss2.broadcast('to every other client', { except: ws })
+  wss2.broadcast('the same, Low', Priority.Low, { except: [ws], ttl: 1000 })
 })
 wss2.on('listening', () => console.log(wss2.address()))
 const clients: Set<WebSocket> | undefined = wss2.clients

@@ -17,6 +17,7 @@ export type {
   DroppedMetrics,
   ExpiredMetrics,
   TerminatedMetrics,
+  HandshakeRefusals,
   Percentiles,
   LatencyMetrics,
 } from '../index'
@@ -82,7 +83,8 @@ export interface ResyncInfo {
   bytes: number
   /**
    * Per topic with history: the newest message the client still gets from before the gap
-   * (already written, or being written). Topics none of whose messages reached it are absent.
+   * (written, in the write under way, or a Critical message still queued). Topics none of whose
+   * messages reach it are absent.
    */
   offsets: Record<string, { offset: number; epoch: string }>
 }

@@ -673,6 +673,10 @@ class Server extends EventEmitter {
     const bytes = toBytes(data)
     const opts = toMessageOptions(options, this, true)
     if (this._histories.has(t)) {
+      if (opts && opts.except && this._options.cluster) {
+        // Every node, this one included, delivers such a message when Redis hands it back numbered.
+        throw sluiceError(TypeError, 'ERR_SLUICE_UNSUPPORTED', 'except is not supported on a topic with history in cluster mode')
+      }
       // A topic with history: the message's number. Alone, known at once; with cluster, Redis
       // numbers it and the answer comes back as an event (no client socket is waited on).
       const token = this._nextPending++
@@ -706,12 +710,16 @@ class Server extends EventEmitter {
     return this._drained
   }
 
-  /** The backlog fell below the mark: settle `drained()` and emit `'drain'`. */
+  /** The backlog fell below the mark: emit `'drain'` and settle `drained()`. */
   _fanoutDrained() {
-    const resolve = this._resolveDrained
-    this._drained = null
-    this._resolveDrained = null
-    if (resolve) resolve()
+    // The event may be older than the current wait (the backlog rose above the mark again since
+    // it was sent): then wantDrain() re-arms and the next 'drain' settles the promise.
+    if (this._resolveDrained && this._native.wantDrain()) {
+      const resolve = this._resolveDrained
+      this._drained = null
+      this._resolveDrained = null
+      resolve()
+    }
     safeEmit(this, 'drain')
   }
 
@@ -1011,7 +1019,13 @@ class Server extends EventEmitter {
           safeEmit(this, 'connectionDrain', conn, ev[2])
           break
         case KIND.RESYNC: {
-          const info = { dropped: ev[2], bytes: ev[3], offsets: ev[4] }
+          const offsets = {}
+          const flat = ev[4]
+          for (let i = 0; i < flat.length; i += 3) {
+            // defineProperty: a topic may be named '__proto__'.
+            Object.defineProperty(offsets, flat[i], { value: { offset: flat[i + 1], epoch: flat[i + 2] }, enumerable: true, writable: true, configurable: true })
+          }
+          const info = { dropped: ev[2], bytes: ev[3], offsets }
           safeEmit(conn, 'resync', info)
           safeEmit(this, 'resync', conn, info)
           break

@@ -867,8 +867,13 @@ class WebSocketServer extends HookedEmitter {
   broadcast(data, priority, options) {
     if (typeof data === 'number') data = data.toString()
     if (priority !== null && typeof priority === 'object' && options === undefined) {
-      const { priority: p, ...rest } = priority
-      priority = p
+      options = priority
+      priority = undefined
+    }
+    if (options && options.priority !== undefined) {
+      // The priority may stand in the options, also beside a priority argument (which wins).
+      const { priority: p, ...rest } = options
+      if (priority === undefined) priority = p
       options = rest
     }
     if (options && options.except !== undefined && options.except !== null) {

@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::connection::Conn;
 use crate::events::{Event, EventSink};
 use crate::fanout::{Numbered, Target};
-use crate::frame::{encode, FanoutProbe, Frame, OpCode};
+use crate::frame::{encode, FanoutProbe, Frame, OffsetTag, OpCode};
 use crate::history::{prefixed, HistoryLimits};
 use crate::policy::Priority;
 use crate::server::ServerShared;
@@ -106,19 +106,24 @@ pub struct ClusterConfig {
 /// | bytes | |
 /// |---|---|
 /// | 0 | magic `b'S'` |
-/// | 1 | version, 1 |
+/// | 1 | version, 2 |
 /// | 2 | priority: 0 Critical, 1 Normal, 2 Low |
 /// | 3..19 | publishing node's id |
 /// | 19..27 | its message number |
 /// | 27..35 | publication time, µs since the Unix epoch |
-/// | 35..37 | length of the conflation key (0: none) |
-/// | 37.. | the key (UTF-8), then the WebSocket frame, as the clients get it |
+/// | 35..39 | `ttl` in ms from the publication time (0: none) |
+/// | 39..41 | length of the conflation key (0: none) |
+/// | 41.. | the key (UTF-8), then the WebSocket frame, as the clients get it |
+///
+/// Version 1 (without the ttl) is not read: every node of a cluster runs the same sluice.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     pub priority: Priority,
     pub node: [u8; 16],
     pub seq: u64,
     pub published_us: u64,
+    /// `ttl` in ms from `published_us`; 0: none.
+    pub ttl_ms: u32,
     pub key: Option<Arc<str>>,
     /// A message of a topic with history: the payload follows, not a frame (each node frames
     /// it once it knows the offset Redis gave it).
@@ -132,11 +137,21 @@ const RAW: u8 = 0x80;
 const TEXT: u8 = 0x40;
 
 const MAGIC: u8 = b'S';
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// The fixed part of the header.
-pub const HEADER_LEN: usize = 37;
+pub const HEADER_LEN: usize = 41;
+
+/// A `ttl` as the header carries it: whole ms, 0 for none (a ttl under 1 ms counts as 1 ms).
+fn ttl_ms(ttl: Option<Duration>) -> u32 {
+    ttl.map_or(0, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32)
+}
 
 impl Header {
+    /// The deadline of a message published at `born` (as a local instant), if it has a ttl.
+    fn deadline(&self, born: Instant) -> Option<Instant> {
+        (self.ttl_ms > 0).then(|| born + Duration::from_millis(self.ttl_ms as u64))
+    }
+
     pub fn encode(&self, frame: &[u8]) -> Vec<u8> {
         let key = self.key.as_deref().unwrap_or("").as_bytes();
         let key = &key[..key.len().min(u16::MAX as usize)];
@@ -154,6 +169,7 @@ impl Header {
         out.extend_from_slice(&self.node);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.published_us.to_be_bytes());
+        out.extend_from_slice(&self.ttl_ms.to_be_bytes());
         out.extend_from_slice(&(key.len() as u16).to_be_bytes());
         out.extend_from_slice(key);
         out.extend_from_slice(frame);
@@ -167,6 +183,7 @@ impl Header {
             node,
             seq: 0,
             published_us: now_us(),
+            ttl_ms: 0,
             key: None,
             raw: false,
             text: false,
@@ -192,7 +209,8 @@ impl Header {
         node.copy_from_slice(&msg[3..19]);
         let seq = u64::from_be_bytes(msg[19..27].try_into().ok()?);
         let published_us = u64::from_be_bytes(msg[27..35].try_into().ok()?);
-        let key_len = u16::from_be_bytes(msg[35..37].try_into().ok()?) as usize;
+        let ttl_ms = u32::from_be_bytes(msg[35..39].try_into().ok()?);
+        let key_len = u16::from_be_bytes(msg[39..41].try_into().ok()?) as usize;
         let frame_at = HEADER_LEN + key_len;
         // A frame has at least its 2-byte header; a raw payload may be empty.
         if msg.len() < frame_at + if raw { 0 } else { 2 } {
@@ -210,6 +228,7 @@ impl Header {
                 node,
                 seq,
                 published_us,
+                ttl_ms,
                 key,
                 raw,
                 text,
@@ -421,12 +440,20 @@ impl Link {
     /// Sends an encoded frame the local fan-out has accepted to the other nodes. Never blocks:
     /// the message is queued for the link task, held (Critical, while disconnected), or counted
     /// as not sent.
-    pub fn publish(&self, target: &Target, frame: &Bytes, priority: Priority, key: Option<&str>) {
+    pub fn publish(
+        &self,
+        target: &Target,
+        frame: &Bytes,
+        priority: Priority,
+        key: Option<&str>,
+        ttl: Option<Duration>,
+    ) {
         let header = Header {
             priority,
             node: self.node,
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
             published_us: now_us(),
+            ttl_ms: ttl_ms(ttl),
             key: key.map(Arc::from),
             raw: false,
             text: false,
@@ -440,16 +467,16 @@ impl Link {
         });
     }
 
-    /// A publish on a topic with history: Redis numbers it (see [`PUBLISH_SCRIPT`]) and every
-    /// node subscribed to the topic, this one included, delivers it once it comes back with its
-    /// offset. The promise behind `token` learns the offset, or the reason it was not sent.
+    /// A publish on a topic with history (with the key and ttl of `stamp`): Redis numbers it (see
+    /// [`PUBLISH_SCRIPT`]) and every node subscribed to the topic, this one included, delivers it
+    /// once it comes back with its offset. The promise behind `token` learns the offset, or the reason it was not sent.
     pub fn publish_history(
         &self,
         topic: &Arc<str>,
         payload: &[u8],
         text: bool,
         priority: Priority,
-        key: Option<&str>,
+        stamp: &crate::fanout::Stamp,
         token: u64,
     ) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
@@ -458,7 +485,8 @@ impl Link {
             node: self.node,
             seq,
             published_us: now_us(),
-            key: key.map(Arc::from),
+            ttl_ms: ttl_ms(stamp.ttl),
+            key: stamp.key.clone(),
             raw: true,
             text,
         };
@@ -935,6 +963,7 @@ impl Link {
         let bytes = Bytes::from(message).slice(frame_at..);
         let mut frame = Frame::born_at(bytes, born);
         frame.probe = Some(FanoutProbe::remote(born, server.metrics.clone()));
+        frame.deadline = header.deadline(born);
         frame.key = header.key;
         server
             .fanout()
@@ -977,9 +1006,16 @@ impl Link {
         }
         let prefix = lock(&self.histories).get(&topic).is_some_and(|h| h.prefix);
         let mut frame = numbered_frame(&header, &rest[payload_at..], offset, prefix);
+        let age = Duration::from_micros(now_us().saturating_sub(header.published_us));
+        let born = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        frame.born = born;
+        frame.deadline = header.deadline(born);
+        frame.tag = Some(Arc::new(OffsetTag {
+            topic: topic.clone(),
+            offset,
+            epoch: numbered.epoch.clone(),
+        }));
         if header.node != self.node {
-            let age = Duration::from_micros(now_us().saturating_sub(header.published_us));
-            let born = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
             frame.probe = Some(FanoutProbe::remote(born, server.metrics.clone()));
         }
         server.fanout().broadcast_remote(
@@ -1038,7 +1074,12 @@ impl Link {
                 let decoded = Header::decode(message);
                 match decoded {
                     Some((h, at)) if *offset == expect && h.published_us >= oldest_allowed => {
-                        let f = numbered_frame(&h, &message[at..], *offset, prefix);
+                        let mut f = numbered_frame(&h, &message[at..], *offset, prefix);
+                        f.tag = Some(Arc::new(OffsetTag {
+                            topic: req.topic.clone(),
+                            offset: *offset,
+                            epoch: Arc::from(epoch.as_str()),
+                        }));
                         bytes += f.len();
                         frames.push((f, h.priority));
                         expect += 1;
@@ -1309,6 +1350,7 @@ mod tests {
             node: [7; 16],
             seq: 42,
             published_us: 1_700_000_000_000_000,
+            ttl_ms: 250,
             key: None,
             raw: false,
             text: false,
@@ -1325,7 +1367,13 @@ mod tests {
         h.raw = true;
         h.text = true;
         let raw = h.encode(b"");
-        assert_eq!(Header::decode(&raw), Some((h, HEADER_LEN + 7)));
+        assert_eq!(Header::decode(&raw), Some((h.clone(), HEADER_LEN + 7)));
+        // The ttl becomes a deadline on the receiving node, counted from the publication.
+        let born = Instant::now();
+        assert_eq!(h.deadline(born), Some(born + Duration::from_millis(250)));
+        assert_eq!(Header { ttl_ms: 0, ..h }.deadline(born), None);
+        assert_eq!(ttl_ms(Some(Duration::from_micros(10))), 1);
+        assert_eq!(ttl_ms(None), 0);
         assert_eq!(Header::decode(b"hello from someone else's app"), None);
         let mut wrong_version = msg.clone();
         wrong_version[1] = 9;
@@ -1370,6 +1418,7 @@ mod tests {
             node: [0; 16],
             seq: 1,
             published_us: 0,
+            ttl_ms: 0,
             key: Some(Arc::from("k")),
             raw: true,
             text: true,

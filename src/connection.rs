@@ -31,10 +31,10 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep_until, Instant};
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::Message;
 
-use crate::config::{MAX_BATCH_BYTES, MAX_IOVECS, READ_BUFFER_SIZE};
+use crate::config::{MAX_BATCH_BYTES, MAX_IOVECS};
 use crate::events::Event;
 use crate::frame::{encode, encode_close, Frame, OpCode};
 use crate::lagging::WriterLag;
@@ -288,6 +288,53 @@ impl Conn {
     fn count_expired(&self, d: &Drops) {
         self.expired.fetch_add(d.total(), Ordering::Relaxed);
         self.server.metrics.add_expired(d);
+    }
+
+    /// The writer's `drain`: the queue fell below the low-water mark after a `backpressure`.
+    fn report_drain(&self, amount: usize) {
+        let m = &self.server.metrics;
+        m.drain_events.fetch_add(1, Ordering::Relaxed);
+        m.backpressured.fetch_sub(1, Ordering::Relaxed);
+        self.server.events.push(Event::Drain {
+            id: self.id,
+            amount,
+        });
+    }
+
+    /// Drops the data frames of `batch[start..]` (none of whose bytes went out) whose deadline
+    /// has passed, counting them as expired; `batch[done..]` is what is still unwritten. Returns
+    /// whether any was dropped.
+    fn expire_in_batch(&self, batch: &mut Vec<Batched>, start: usize, done: usize) -> bool {
+        let now = std::time::Instant::now();
+        if !batch[start.min(batch.len())..]
+            .iter()
+            .any(|b| b.priority.is_some() && b.frame.expired(now))
+        {
+            return false;
+        }
+        let mut expired = Drops::default();
+        let tail = batch.split_off(start);
+        for b in tail {
+            match b.priority {
+                Some(p) if b.frame.expired(now) => {
+                    b.frame.mark_expired();
+                    expired.add(p, b.frame.len());
+                }
+                _ => batch.push(b),
+            }
+        }
+        let drain = {
+            let mut o = lock(&self.outbox);
+            let d = o.expired_in_batch(expired.bytes as usize);
+            o.in_flight_front(front_born(&batch[done.min(batch.len())..]));
+            self.buffered.store(o.buffered(), Ordering::Relaxed);
+            d
+        };
+        self.count_expired(&expired);
+        if let Some(amount) = drain {
+            self.report_drain(amount);
+        }
+        true
     }
 
     /// Claims `topic` for a resume; false if subscribed already or a resume is under way.
@@ -547,6 +594,9 @@ impl Conn {
                 if taken.expired.total() > 0 {
                     self.count_expired(&taken.expired);
                 }
+                if let Some(amount) = taken.drain {
+                    self.report_drain(amount);
+                }
                 close_in_batch = taken.close;
                 if batch.is_empty() {
                     tokio::select! {
@@ -581,12 +631,7 @@ impl Conn {
                     m.writes.fetch_add(1, Ordering::Relaxed);
                     m.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
                     self.written.fetch_add(n as u64, Ordering::Relaxed);
-                    let drain = {
-                        let mut o = lock(&self.outbox);
-                        let d = o.written(n);
-                        self.buffered.store(o.buffered(), Ordering::Relaxed);
-                        d
-                    };
+                    let wrote = n;
                     while n > 0 {
                         let rest = batch[*done].frame.len() - offset;
                         if n >= rest {
@@ -600,13 +645,15 @@ impl Conn {
                             n = 0;
                         }
                     }
+                    let drain = {
+                        let mut o = lock(&self.outbox);
+                        let d = o.written(wrote);
+                        o.in_flight_front(front_born(&batch[*done..]));
+                        self.buffered.store(o.buffered(), Ordering::Relaxed);
+                        d
+                    };
                     if let Some(amount) = drain {
-                        m.drain_events.fetch_add(1, Ordering::Relaxed);
-                        m.backpressured.fetch_sub(1, Ordering::Relaxed);
-                        self.server.events.push(Event::Drain {
-                            id: self.id,
-                            amount,
-                        });
+                        self.report_drain(amount);
                     }
                     if *done == batch.len() && close_in_batch {
                         self.close_written.store(true, Ordering::SeqCst);
@@ -621,6 +668,12 @@ impl Conn {
                     if self.urgent.load(Ordering::SeqCst) {
                         // Overflow and the kernel takes nothing more: no close frame can go out.
                         return self.end(Some(Termination::Overflow));
+                    }
+                    // While the kernel takes nothing, frames of the batch not yet started may
+                    // pass their deadline: they are dropped as expired rather than written late.
+                    let start = if offset > 0 { *done + 1 } else { *done };
+                    if self.expire_in_batch(batch, start, *done) && *done == batch.len() {
+                        continue;
                     }
                     tokio::select! {
                         r = self.sock.writable() => if r.is_err() {
@@ -639,13 +692,7 @@ impl Conn {
 
     async fn read_loop(&self, leftover: Vec<u8>) {
         let cfg = &self.server.config;
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER_SIZE)
-            .max_message_size(Some(cfg.max_payload))
-            .max_frame_size(Some(cfg.max_payload))
-            .accept_unmasked_frames(false);
-        let mut ctx =
-            WebSocketContext::from_partially_read(leftover, Role::Server, Some(ws_config));
+        let mut ctx = crate::inbound::context(cfg, leftover);
         let mut kill = self.kill.subscribe();
         let mut captured: Vec<u8> = Vec::new();
         let mut parsing = true; // false: the protocol is over, inbound bytes are discarded
@@ -741,16 +788,7 @@ impl Conn {
                             return self.end(Some(Termination::Io));
                         }
                         Err(e) => {
-                            let (code, reason) = match &e {
-                                WsError::Utf8(_) => (close_code::INVALID_PAYLOAD, "invalid UTF-8"),
-                                WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-                                    (close_code::MESSAGE_TOO_BIG, "message too big")
-                                }
-                                WsError::Protocol(_) | WsError::Capacity(_) => {
-                                    (close_code::PROTOCOL_ERROR, "protocol error")
-                                }
-                                _ => (close_code::INTERNAL_ERROR, "internal error"),
-                            };
+                            let (code, reason) = crate::inbound::close_for(&e);
                             tracing::debug!(id = self.id, error = %e, code, "failing connection");
                             self.fail(code, reason, Termination::Protocol, false);
                             parsing = false;
@@ -890,6 +928,13 @@ impl Conn {
         }
         captured.clear();
     }
+}
+
+/// Birth of the first data frame in `rest` (the unwritten part of the writer's batch).
+fn front_born(rest: &[Batched]) -> Option<std::time::Instant> {
+    rest.iter()
+        .find(|b| b.priority.is_some())
+        .map(|b| b.frame.born)
 }
 
 /// Resolves once the flag is true (at once if it already is). `watch::Receiver::wait_for` would

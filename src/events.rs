@@ -356,14 +356,16 @@ impl ToNapiValue for EventBatch {
                     e.set(1, id as f64)?;
                     e.set(2, frames as f64)?;
                     e.set(3, bytes as f64)?;
-                    let mut o = Object::new(&env)?;
-                    for (topic, offset, epoch) in offsets {
-                        let mut at = Object::new(&env)?;
-                        at.set("offset", offset as f64)?;
-                        at.set("epoch", epoch)?;
-                        o.set(topic, at)?;
+                    // `[topic, offset, epoch, ...]`: JavaScript builds the object (a topic may be
+                    // named `__proto__`).
+                    let mut flat = env.create_array((offsets.len() * 3) as u32)?;
+                    for (i, (topic, offset, epoch)) in offsets.into_iter().enumerate() {
+                        let i = (i * 3) as u32;
+                        flat.set(i, topic)?;
+                        flat.set(i + 1, offset as f64)?;
+                        flat.set(i + 2, epoch)?;
                     }
-                    e.set(4, o)?;
+                    e.set(4, flat)?;
                 }
                 Event::FanoutDrain { pending } => {
                     e.set(0, kind::FANOUT_DRAIN)?;

@@ -51,10 +51,11 @@ use crate::outbox::{Drops, Outcome};
 use crate::policy::Priority;
 use crate::server::ServerShared;
 
-/// Bytes counted per waiting job on top of its frame: the job itself, its channel slot and the
-/// frame's bookkeeping (about 200 bytes measured by size_of), rounded up. It makes the backlog's
-/// byte bound a bound on the number of jobs too (64 MiB / 256 B = 262,144 jobs at most).
-pub const JOB_OVERHEAD: usize = 256;
+/// Bytes counted per waiting job on top of its frame: the job and its channel slot (184 bytes by
+/// `size_of`), the latency probe (40 bytes and its `Arc` header) and the frame's `Bytes`
+/// allocation, about 300 bytes for an empty broadcast, rounded up. It makes the backlog's byte
+/// bound a bound on the number of jobs too (64 MiB / 320 B = 209,715 jobs at most).
+pub const JOB_OVERHEAD: usize = 320;
 
 #[derive(Clone)]
 pub enum Target {
@@ -81,6 +82,16 @@ impl Except {
             0 => Except::None,
             n if n <= EXCEPT_SCAN_MAX => Except::Few(ids.into()),
             _ => Except::Many(Arc::new(ids.into_iter().collect())),
+        }
+    }
+
+    /// Bytes the list takes while its broadcast waits (counted in the backlog).
+    fn cost(&self) -> usize {
+        match self {
+            Except::None => 0,
+            Except::Few(ids) => 8 * ids.len(),
+            // A hash set of u64: about twice the ids' bytes with its control bytes and slack.
+            Except::Many(ids) => 16 * ids.len(),
         }
     }
 
@@ -203,9 +214,10 @@ impl Backlog {
         self.due(self.bytes.load(Ordering::SeqCst))
     }
 
-    /// Whoever takes the flag below the mark sends the one `drain`.
+    /// Whoever takes the flag below the mark (or at 0, for a mark of 0) sends the one `drain`.
     fn due(&self, now: usize) -> Option<usize> {
-        (now < self.high_water_mark && self.need_drain.swap(false, Ordering::SeqCst)).then_some(now)
+        ((now < self.high_water_mark || now == 0) && self.need_drain.swap(false, Ordering::SeqCst))
+            .then_some(now)
     }
 }
 
@@ -266,9 +278,10 @@ impl Fanout {
         self.backlog.bytes.load(Ordering::SeqCst)
     }
 
-    /// True while the backlog is at or above `pendingHighWaterMark`.
+    /// True while the backlog is at or above `pendingHighWaterMark` (and not empty).
     pub fn above_mark(&self) -> bool {
-        self.pending_bytes() >= self.backlog.high_water_mark
+        let pending = self.pending_bytes();
+        pending > 0 && pending >= self.backlog.high_water_mark
     }
 
     /// `drained()`: true if the backlog is below the mark now; else the server's `drain` event
@@ -320,7 +333,8 @@ impl Fanout {
         let born = Instant::now();
         let len = crate::frame::header_len(payload.len()) + payload.len();
         let b = &self.backlog;
-        if !b.has_room(len + JOB_OVERHEAD, priority == Priority::Critical) {
+        let cost = len + JOB_OVERHEAD + stamp.except.cost();
+        if !b.has_room(cost, priority == Priority::Critical) {
             // Refused before the payload is copied.
             server
                 .metrics
@@ -363,7 +377,7 @@ impl Fanout {
         except: Except,
         numbered: Option<Numbered>,
     ) -> Admitted {
-        let cost = frame.len() + JOB_OVERHEAD;
+        let cost = frame.len() + JOB_OVERHEAD + except.cost();
         let job = Job::Broadcast {
             frame,
             priority,
@@ -560,6 +574,13 @@ mod tests {
         assert_eq!(b.remove(600), Some(600), "the crossing sends one drain");
         assert_eq!(b.remove(600), None, "and only one");
         assert_eq!(b.arm(), Some(0), "armed below the mark: due at once");
+        // A mark of 0: every job is above it, and the drain comes once the backlog is empty.
+        let z = Backlog::new(0, 1 << 20);
+        z.add(10);
+        z.add(10);
+        assert_eq!(z.arm(), None);
+        assert_eq!(z.remove(10), None);
+        assert_eq!(z.remove(10), Some(0));
     }
 
     /// The JS thread adds jobs and arms after each `false` while the task removes them. Whatever

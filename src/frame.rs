@@ -51,8 +51,8 @@ pub struct Frame {
     /// `ttl`: a queued frame whose deadline has passed when the writer reaches it is skipped and
     /// counted as expired, never written.
     pub deadline: Option<Instant>,
-    /// For a message of a topic with history: its offset, which the writer records per topic
-    /// once the frame is in the kernel (what a `resync` reports).
+    /// For a message of a topic with history: its offset, which the outbox records per topic once
+    /// the frame is taken into the writer's batch (what a `resync` reports).
     pub tag: Option<Arc<OffsetTag>>,
 }
 

@@ -14,6 +14,7 @@
 //! | listener, accept loop, registry, topics, shutdown | `server.rs` |
 //! | opening handshake | `handshake.rs` |
 //! | per-connection reader, writer, heartbeat, close | `connection.rs` |
+//! | inbound frames' protocol state and close codes, apart from the socket | `inbound.rs` |
 //! | per-connection outbox (lanes, accounting) | `outbox.rs` |
 //! | what the kernel may hold for a lagging connection | `lagging.rs` |
 //! | per-priority overflow policy | `policy.rs` |
@@ -24,6 +25,7 @@
 //! | options and their defaults | `config.rs` |
 //! | the cluster link (Redis pub/sub across processes and machines) | `cluster.rs` |
 //! | topic history (offsets, epochs, the resume decision) | `history.rs` |
+//! | fuzz targets of the handshake and frame parsers (for `tests/fuzz.rs`, `fuzz/`) | `fuzz.rs` |
 
 pub mod cluster;
 pub mod config;
@@ -31,8 +33,13 @@ pub mod connection;
 pub mod events;
 pub mod fanout;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod handshake;
 pub mod history;
+pub mod inbound;
 pub mod lagging;
 pub mod metrics;
 pub mod napi_api;

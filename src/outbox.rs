@@ -151,6 +151,9 @@ pub struct Taken {
     pub bytes: usize,
     /// Frames skipped because their deadline had passed (never written).
     pub expired: Drops,
+    /// `Some(buffered)` when skipping expired frames crossed the low-water mark downward after a
+    /// `backpressure` (the `drain` a write would have reported).
+    pub drain: Option<usize>,
     /// The batch ends with the connection's close frame: nothing will follow it.
     pub close: bool,
 }
@@ -186,8 +189,13 @@ pub struct Outbox {
     close_taken: bool,
     /// The writer found nothing to do and waits for a wake-up.
     writer_idle: bool,
-    /// Birth of the oldest data frame in the writer's batch while bytes are in flight.
+    /// Birth of the writer's next unwritten data frame while bytes are in flight (set from the
+    /// batch when it is taken, then by the writer as it gets through the batch).
     in_flight_born: Option<Instant>,
+    /// A lower bound of the deadlines of the queued frames (`None`: no queued frame has one):
+    /// expired frames are looked for only once it has passed, so frames without a `ttl` cost
+    /// nothing. Lowered at each push, made exact by each scan.
+    earliest_deadline: Option<Instant>,
     /// A resync happened and `buffered()` has not yet fallen below the low-water mark.
     resync_pending: bool,
     /// Per topic with history: (offset, epoch) of the newest tagged frame moved to the writer.
@@ -212,9 +220,15 @@ impl Outbox {
             close_taken: false,
             writer_idle: true,
             in_flight_born: None,
+            earliest_deadline: None,
             resync_pending: false,
             taken_offsets: HashMap::new(),
         }
+    }
+
+    /// True if a queued frame may have expired at `now`.
+    fn may_have_expired(&self, now: Instant) -> bool {
+        self.earliest_deadline.is_some_and(|d| d <= now)
     }
 
     /// Birth of the oldest frame accepted and not yet written (control frames aside), `None` when
@@ -270,7 +284,11 @@ impl Outbox {
                         .expect("indexed key is queued");
                     let old = std::mem::replace(&mut e.frame, frame);
                     let old_priority = std::mem::replace(&mut e.priority, priority);
+                    // The slot has waited since the older frame came: that is the lag it shows.
+                    e.frame.born = e.frame.born.min(old.born);
+                    let deadline = e.frame.deadline;
                     old.mark_replaced();
+                    self.lower_earliest(deadline);
                     self.queued = self.queued - old_len + len;
                     if old_priority == Priority::Low {
                         self.queued_low -= old_len;
@@ -285,8 +303,15 @@ impl Outbox {
                 self.remove_entry(critical, seq);
             }
         }
-        let verdict = self.limits.decide(self.buffered(), len, priority);
+        // Over a bound: frames whose deadline has passed go first (looked for only once the
+        // earliest deadline has passed).
         let mut expired = Drops::default();
+        let over = self.buffered() + len > self.limits.max_buffered_amount
+            || (priority == Priority::Low && self.buffered() > self.limits.low_priority_limit);
+        if over && self.may_have_expired(frame.born) {
+            self.evict_expired(frame.born, &mut expired);
+        }
+        let verdict = self.limits.decide(self.buffered(), len, priority);
         let mut resync = None;
         let mut queued_as = Outcome::Queued;
         match verdict {
@@ -295,12 +320,11 @@ impl Outbox {
                 drops.add(priority, len);
                 let mut p = self.pushed(Outcome::Dropped, drops, false);
                 p.replaced = replaced;
+                p.expired = expired;
                 return p;
             }
             Verdict::EvictLow { need, otherwise } => {
-                let need = need.saturating_sub(self.evict_expired(frame.born, &mut expired));
-                if need == 0 {
-                } else if self.queued_low >= need {
+                if self.queued_low >= need {
                     self.evict_low(need, &mut drops);
                 } else {
                     let mut resync_overflow = false;
@@ -315,11 +339,15 @@ impl Outbox {
                             Some(Outcome::Overflow)
                         }
                         Fallback::Resync => {
-                            resync = Some(self.resync());
-                            self.resync_pending = true;
-                            if self.buffered() + len > self.limits.max_buffered_amount {
+                            // Resync only if the message fits once the Normal and Low frames are
+                            // gone; otherwise (Critical frames and the writer's batch fill the
+                            // bound) the connection is terminated, and nothing is resynced.
+                            let data: usize = self.data.iter().map(|e| e.frame.len()).sum();
+                            if self.buffered() - data + len > self.limits.max_buffered_amount {
                                 Some(Outcome::Overflow)
                             } else {
+                                resync = Some(self.resync());
+                                self.resync_pending = true;
                                 queued_as = Outcome::Resynced;
                                 None
                             }
@@ -337,6 +365,7 @@ impl Outbox {
             }
         }
         self.queued += len;
+        self.lower_earliest(frame.deadline);
         let seq = self.next_seq;
         self.next_seq += 1;
         if let Some(key) = &frame.key {
@@ -431,14 +460,26 @@ impl Outbox {
         }
     }
 
+    fn lower_earliest(&mut self, deadline: Option<Instant>) {
+        if let Some(d) = deadline {
+            if self.earliest_deadline.is_none_or(|e| d < e) {
+                self.earliest_deadline = Some(d);
+            }
+        }
+    }
+
     /// Removes the queued data frames (both lanes) whose deadline has passed at `now`, marking
-    /// them expired. Returns the bytes freed.
+    /// them expired, and makes `earliest_deadline` exact. Returns the bytes freed.
     fn evict_expired(&mut self, now: Instant, expired: &mut Drops) -> usize {
         let (mut freed, mut freed_low) = (0, 0);
+        let mut earliest: Option<Instant> = None;
         let keys = &mut self.keys;
         for lane in [&mut self.critical, &mut self.data] {
             lane.retain(|e| {
                 if !e.frame.expired(now) {
+                    if let Some(d) = e.frame.deadline {
+                        earliest = Some(earliest.map_or(d, |x| x.min(d)));
+                    }
                     return true;
                 }
                 e.frame.mark_expired();
@@ -453,6 +494,7 @@ impl Outbox {
         }
         self.queued -= freed;
         self.queued_low -= freed_low;
+        self.earliest_deadline = earliest;
         freed
     }
 
@@ -563,6 +605,7 @@ impl Outbox {
     /// Drops everything still queued and forgets the writer's batch (the connection is gone).
     pub fn discard(&mut self) -> Drops {
         let drops = self.discard_queued();
+        self.in_flight_born = None;
         self.above_high_water = false;
         self.state = State::Closing;
         self.close_taken = true;
@@ -583,6 +626,7 @@ impl Outbox {
         self.close_after_data = None;
         self.queued = 0;
         self.queued_low = 0;
+        self.earliest_deadline = None;
         drops
     }
 
@@ -642,6 +686,13 @@ impl Outbox {
         }
         self.queued -= t.bytes + expired_bytes;
         self.in_flight += t.bytes;
+        if self.critical.is_empty() && self.data.is_empty() {
+            self.earliest_deadline = None;
+        }
+        if expired_bytes > 0 {
+            // What expired leaves the queue as a write would: the low-water mark may be crossed.
+            t.drain = self.settle();
+        }
         if t.frames == 0 && batch.is_empty() {
             self.writer_idle = true;
         }
@@ -655,10 +706,32 @@ impl Outbox {
         if self.in_flight == 0 {
             self.in_flight_born = None;
         }
-        if self.resync_pending && self.buffered() < self.limits.low_water_mark {
+        self.settle()
+    }
+
+    /// The writer dropped `n` bytes of its batch that had not started (their deadline passed):
+    /// they leave `buffered()` as written bytes would, without being written. Returns the drain
+    /// crossing, as [`Outbox::written`].
+    pub fn expired_in_batch(&mut self, n: usize) -> Option<usize> {
+        self.written(n)
+    }
+
+    /// The writer got through its batch up to a data frame born at `born` (`None`: no data frame
+    /// left unwritten in it): the front of what is in flight, for [`Outbox::oldest`].
+    pub fn in_flight_front(&mut self, born: Option<Instant>) {
+        if self.in_flight > 0 {
+            self.in_flight_born = born;
+        }
+    }
+
+    /// Below the low-water mark (or empty, with a low-water mark of 0): a resync is over, and a
+    /// `drain` is due after a `backpressure`.
+    fn settle(&mut self) -> Option<usize> {
+        let low = self.buffered() < self.limits.low_water_mark || self.buffered() == 0;
+        if low {
             self.resync_pending = false;
         }
-        if self.above_high_water && self.buffered() < self.limits.low_water_mark {
+        if self.above_high_water && low {
             self.above_high_water = false;
             Some(self.buffered())
         } else {
@@ -1263,6 +1336,38 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(o.written(50), None);
         assert_eq!(o.buffered(), 50);
+    }
+
+    #[test]
+    fn expiry_alone_reports_the_drain_and_ends_a_resync() {
+        let limits = Limits {
+            high_water_mark: 2 * KIB,
+            low_water_mark: KIB,
+            ..Limits::default()
+        };
+        let mut o = Outbox::new(limits);
+        let mut bp = 0;
+        for i in 0..4 {
+            bp += o
+                .push(aged(i, KIB, 1_000, 10), Priority::Normal)
+                .backpressure
+                .is_some() as usize;
+        }
+        assert_eq!(bp, 1);
+        let mut batch = Vec::new();
+        let t = o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
+        assert_eq!((t.frames, t.expired.total()), (0, 4));
+        assert_eq!(
+            t.drain,
+            Some(0),
+            "the queue emptied by expiry: drain as after a write"
+        );
+        assert!(!o.above_high_water());
+        // The batch-side twin: bytes the writer drops from its batch count like written ones.
+        o.push(frame(9, 3 * KIB), Priority::Normal);
+        let mut batch = Vec::new();
+        o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
+        assert_eq!(o.expired_in_batch(3 * KIB), Some(0));
     }
 
     #[test]
