@@ -350,6 +350,13 @@ export interface Metrics {
   /** Connections above `highWaterMark` right now (had `backpressure`, not yet `drain`). */
   backpressured: number
   /**
+   * Times a connection became lagging: its network path queued its bytes (round trip 250 ms
+   * above its minimum), so that sluice let its kernel hold at most `laggingKernelLimit` bytes.
+   */
+  laggingEvents: number
+  /** Connections lagging right now. */
+  lagging: number
+  /**
    * bufferedAmount across the recipients of the latest broadcast/publish, as that message found
    * them: the backlog it joined (0 for clients that keep up).
    */
@@ -480,6 +487,18 @@ export interface ServerOptions {
    * default. Default `65536` (64 KiB).
    */
   kernelUnsentLimit?: number
+  /**
+   * What the kernel may hold for a *lagging* connection, bytes: unsent plus sent but not yet
+   * acknowledged (Linux `SIOCOUTQ`). A connection lags while the kernel holds more than this
+   * for it and its network path queues it: its round trip exceeds its minimum by more than
+   * 250 ms (`TCP_INFO`), as on a slow mobile link, whose queue otherwise holds seconds of data
+   * that no conflation key or `ttl` can reach any more. While it lags, sluice hands its kernel
+   * one frame at a time and only below this limit; the rest waits in sluice's queue
+   * (`bufferedAmount`, the policy, conflation and `ttl` apply to it), and its throughput is at
+   * most this much per round trip. A client that is slow to *read* does not lag by this rule.
+   * `0` turns the rule off. Default `4096` (4 KiB).
+   */
+  laggingKernelLimit?: number
   /**
    * Niceness of sluice's threads relative to the JS thread (Linux; 0 to 19). Fan-out is
    * throughput work and the event loop is latency-sensitive: when both want the same core, the

@@ -14,13 +14,16 @@
  * conflation scenario must show the two policies apart under the same load (8 KiB every 10 ms to
  * clients reading 10 KB/s): without keys every slow client is cut off for overflow; with rotating
  * conflation keys every slow client is still connected at the end, its queue bounded by the number
- * of keys, and messages were replaced.
+ * of keys, and messages were replaced. The mobile scenario needs root (network namespaces): where
+ * run.js may not create them, its runs must say so (skipped, with the reason); where it may, they
+ * must have run inside namespaces that are gone afterwards, with every slow client on its own
+ * address.
  */
 
 const fs = require('fs')
 const os = require('os')
 const path = require('path')
-const { execFile } = require('child_process')
+const { execFile, execFileSync } = require('child_process')
 
 const ROOT = path.resolve(__dirname, '..')
 const { QUICK, ADAPTERS, SCENARIO_ORDER, planRuns } = require('../bench/run.js')
@@ -66,15 +69,44 @@ describe('bench/run.js --quick', () => {
     expect(summary).toBeDefined()
     expect(PLAN.map(([s, a]) => `${s}/${a}`)).toContain('cluster/sluice-cluster')
     expect(summary.runs).toHaveLength(PLAN.length)
-    for (const r of summary.runs) expect({ run: `${r.scenario}/${r.adapter}`, ok: r.ok, error: r.error }).toEqual({ run: `${r.scenario}/${r.adapter}`, ok: true, error: undefined })
+    for (const r of summary.runs) {
+      const run = `${r.scenario}/${r.adapter}${r.variant ? `/${r.variant}` : ''}`
+      if (r.skipped) {
+        // Only the mobile scenario may be skipped, and only for a stated reason.
+        expect({ run, scenario: r.scenario, error: /^skipped: ./.test(r.error) }).toEqual({ run, scenario: 'mobile', error: true })
+        continue
+      }
+      expect({ run, ok: r.ok, error: r.error }).toEqual({ run, ok: true, error: undefined })
+    }
+  })
+
+  test('the mobile scenario left no network namespace behind', () => {
+    let list = ''
+    try {
+      list = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+    } catch {
+      return // no iproute2 here: the mobile runs were skipped
+    }
+    // sluice-bench-<pid of run.js>-<n>: run.js has exited, so any such namespace whose process is
+    // gone is a leftover (namespaces of run.js processes still running elsewhere are not ours).
+    const leftovers = list.split('\n').map((l) => /^sluice-bench-(\d+)-\d+/.exec(l.trim())).filter(Boolean).filter((m) => {
+      try {
+        process.kill(Number(m[1]), 0)
+        return false
+      } catch (e) {
+        return e.code !== 'EPERM'
+      }
+    })
+    expect(leftovers.map((m) => m[0])).toEqual([])
   })
 
   const cases = PLAN
 
-  test.each(cases)('%s × %s: both JSON results with sane shapes', (scenario, adapter) => {
-    const entry = summary && summary.runs.find((r) => r.scenario === scenario && r.adapter === adapter)
+  test.each(cases)('%s × %s: both JSON results with sane shapes', (scenario, adapter, variant) => {
+    const entry = summary && summary.runs.find((r) => r.scenario === scenario && r.adapter === adapter && r.variant === variant)
     expect(entry).toBeDefined()
-    const sc = QUICK[scenario]
+    if (entry.skipped) return // checked above
+    const sc = variant === 'base' ? { ...QUICK[scenario], slow: 0 } : QUICK[scenario]
     const a = JSON.parse(fs.readFileSync(entry.adapterJson, 'utf8'))
     const l = JSON.parse(fs.readFileSync(entry.loadgenJson, 'utf8'))
 
@@ -162,6 +194,20 @@ describe('bench/run.js --quick', () => {
       expect(l.byNode).toEqual({})
     }
 
+    if (scenario === 'mobile') {
+      // Every slow client bound an address of its own (the one its link's filter matches) and
+      // reported the age of each message it got.
+      expect(l.slowClients).toHaveLength(sc.slow)
+      const addrs = l.slowClients.map((c) => c.localAddr.replace(/:\d+$/, '')).sort()
+      expect(addrs).toEqual(Array.from({ length: sc.slow }, (_, i) => `127.0.0.${sc.slowSrcBase + i}`))
+      for (const c of l.slowClients) {
+        expect(Array.isArray(c.ageSeries)).toBe(true)
+        expect(c.ageSeries.length).toBe(c.messages)
+      }
+      expect(a.extra.lateWindow).toBeTruthy()
+      expect(typeof a.extra.lateWindow.metrics.lagging).toBe('number')
+    }
+
     if (scenario === 'conflation') {
       // Server counters 1 s before the window's end (every load generator client still there);
       // the slow clients one by one as of the end of the load generator's window.
@@ -204,7 +250,7 @@ describe('bench/run.js --quick', () => {
     expect(report).toMatch(/^# sluice benchmark/)
     expect(report).toContain('## Machine')
     expect(report).toContain('## Targets')
-    for (const [scenario, adapter] of PLAN) expect(report).toContain(`| ${scenario} | ${adapter} |`)
+    for (const [scenario, adapter, variant] of PLAN) expect(report).toContain(`| ${scenario} | ${variant ? `${adapter} [${variant}]` : adapter} |`)
     expect(report).toContain('## Scale-out: cluster scenario')
     expect(report).toContain('## Slow clients: conflation scenario')
     expect(report).toContain('| terminate (sluice, no keys) | 0/')

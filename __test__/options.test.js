@@ -48,6 +48,7 @@ describe('constructor options', () => {
     ['maxPayload', NaN],
     ['maxConnections', '10'],
     ['threads', '2'],
+    ['laggingKernelLimit', '4096'],
   ])('wrong type %s = %p throws TypeError ERR_SLUICE_INVALID_OPTION', (name, value) => {
     const err = expectThrow(() => new Server({ [name]: value }), TypeError, 'ERR_SLUICE_INVALID_OPTION')
     expect(err.message).toContain(name)
@@ -74,6 +75,9 @@ describe('constructor options', () => {
     ['maxConnections', -Infinity],
     ['threads', 0],
     ['threads', 65],
+    ['laggingKernelLimit', -1],
+    ['laggingKernelLimit', 1.5],
+    ['laggingKernelLimit', 2 ** 31],
   ])('out of range %s = %p throws RangeError ERR_SLUICE_OUT_OF_RANGE', (name, value) => {
     const err = expectThrow(() => new Server({ [name]: value }), RangeError, 'ERR_SLUICE_OUT_OF_RANGE')
     expect(err.message).toContain(name)

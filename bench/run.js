@@ -23,7 +23,12 @@
  *
  * The conflation scenario runs only sluice (unkeyed broadcasts: the terminate policy) and
  * sluice-conflation (every broadcast carries one of K rotating conflation keys), with the same load;
- * sluice-conflation runs in no other scenario.
+ * sluice-conflation runs in no other scenario but mobile.
+ *
+ * The mobile scenario (bench/mobile.js) runs sluice and sluice-conflation in the runs listed in
+ * MOBILE_RUNS (with and without keys, ttl and the lagging rule, and a run without slow clients),
+ * each inside a network namespace of its own whose loopback shapes every slow client's address to
+ * an 80 kbit/s link; it needs root, and is skipped with the reason where that is not allowed.
  */
 
 const fs = require('fs')
@@ -31,14 +36,15 @@ const net = require('net')
 const os = require('os')
 const path = require('path')
 const { spawn, execFileSync } = require('child_process')
+const mobile = require('./mobile')
 
 const ROOT = path.resolve(__dirname, '..')
 const LOADGEN = path.join(__dirname, 'loadgen', 'target', 'release', 'sluice-loadgen')
 const ADAPTERS = ['sluice', 'ws-naive', 'ws-guarded', 'uws', 'sluice-cluster', 'sluice-conflation']
-const SCENARIO_ORDER = ['lobby', 'slow', 'base', 'storm', 'idle', 'cluster', 'conflation']
+const SCENARIO_ORDER = ['lobby', 'slow', 'base', 'storm', 'idle', 'cluster', 'conflation', 'mobile']
 // Restrictions on the adapters × scenarios product (see planRuns).
-const SCENARIO_ADAPTERS = { cluster: ['sluice', 'sluice-cluster'], conflation: ['sluice', 'sluice-conflation'] }
-const ADAPTER_SCENARIOS = { 'sluice-cluster': ['cluster'], 'sluice-conflation': ['conflation'] }
+const SCENARIO_ADAPTERS = { cluster: ['sluice', 'sluice-cluster'], conflation: ['sluice', 'sluice-conflation'], mobile: ['sluice', 'sluice-conflation'] }
+const ADAPTER_SCENARIOS = { 'sluice-cluster': ['cluster'], 'sluice-conflation': ['conflation', 'mobile'] }
 // Conflation scenario: the connections listed in each sluice run's extra.lateWindow.laggards.
 const LAGGARDS = 10
 const MAX_BUFFERED = 524288
@@ -53,6 +59,10 @@ const FULL = {
   cluster: { fast: 5000, stalled: 0, slow: 0, probeMs: 0, payload: 2048, interval: 100, windowS: 20 },
   // 2 KiB every 20 ms = 102 KB/s to every client, 10x what a slow client reads; K = 16 keys.
   conflation: { fast: 2000, stalled: 0, slow: 5, slowRate: 10000, probeMs: 0, payload: 2048, interval: 20, windowS: 60, keys: 16 },
+  // The same 102 KB/s to every client; the slow ones behind an 80 kbit/s (10 KB/s) link each, and
+  // reading as fast as they get it (slowRate 0). ttl 250 ms: what is older when the writer gets
+  // to it is not worth sending to a client that wants values under a second old.
+  mobile: { fast: 500, stalled: 0, slow: 5, slowRate: 0, slowSrcBase: 201, linkKbit: 80, probeMs: 0, payload: 2048, interval: 20, windowS: 60, keys: 16, ttlMs: 250, netns: true },
 }
 const QUICK = {
   lobby: { ...FULL.lobby, fast: 200, windowS: 3 },
@@ -63,6 +73,7 @@ const QUICK = {
   cluster: { ...FULL.cluster, fast: 200, windowS: 3 },
   // 8 KiB every 10 ms (819 KB/s): the unkeyed run's slow clients overflow within the few seconds.
   conflation: { ...FULL.conflation, fast: 200, slow: 2, payload: 8192, interval: 10, windowS: 3 },
+  mobile: { ...FULL.mobile, fast: 100, slow: 2, windowS: 3 },
 }
 const DESCRIPTIONS = {
   lobby: 'fast clients + a probe connection every 100 ms; one 2 KiB broadcast every 500 ms',
@@ -72,12 +83,21 @@ const DESCRIPTIONS = {
   idle: 'connections held open, nothing sent; memory per open connection',
   cluster: 'sluice-cluster: 2 processes on one port (reusePort) linked by Redis, one of them broadcasts; sluice: the same clients and rate on 1 process, no Redis',
   conflation: 'fast + slow (10 KB/s) clients; sluice: unkeyed broadcasts (onOverflow terminate); sluice-conflation: the same broadcasts, each with one of K rotating conflation keys',
+  mobile: 'fast clients + slow clients each behind an 80 kbit/s link (a network namespace, htb on its loopback); runs with and without conflation keys, ttl and the lagging rule, and one without slow clients',
 }
 
-/** [scenario, adapter] pairs to run, in order: the product minus SCENARIO_ADAPTERS / ADAPTER_SCENARIOS. */
+/**
+ * [scenario, adapter] pairs to run, in order: the product minus SCENARIO_ADAPTERS /
+ * ADAPTER_SCENARIOS; the mobile scenario gives [scenario, adapter, run id] per MOBILE_RUNS entry
+ * whose adapter is selected.
+ */
 function planRuns(scenarios, adapters) {
   const plan = []
   for (const scn of scenarios) {
+    if (scn === 'mobile') {
+      for (const v of mobile.MOBILE_RUNS) if (adapters.includes(v.adapter)) plan.push([scn, v.adapter, v.id])
+      continue
+    }
     for (const a of adapters) {
       if (SCENARIO_ADAPTERS[scn] && !SCENARIO_ADAPTERS[scn].includes(a)) continue
       if (ADAPTER_SCENARIOS[a] && !ADAPTER_SCENARIOS[a].includes(scn)) continue
@@ -147,10 +167,15 @@ function installSignalHandlers() {
     process.on(sig, () => {
       process.stderr.write(`\nrun.js: ${sig}, killing children\n`)
       killAll()
+      mobile.deleteAllSync()
       process.exit(130)
     })
   }
-  process.on('exit', killAll)
+  process.on('exit', () => {
+    killAll()
+    // The mobile scenario's network namespaces, once the processes inside them are gone.
+    mobile.deleteAllSync()
+  })
 }
 
 function startProcess(cmd, args, logPath, { pipeStdout = false } = {}) {
@@ -282,8 +307,28 @@ async function stopRedis(redis) {
 // ------------------------------------------------------------------------------------------------
 // One run: one adapter through one scenario
 
-async function runOne(adapter, scenario, sc, flags, rawDir) {
-  const base = `${scenario}-${adapter}`
+let netnsSeq = 0
+let ttlChecked
+/** Why the ttl runs cannot happen with this build (checked once), or null. */
+function ttlSupport() {
+  if (ttlChecked === undefined) ttlChecked = mobile.ttlUnavailable(ROOT)
+  return ttlChecked
+}
+
+/**
+ * One run. `variant` (mobile scenario only): a MOBILE_RUNS entry; the run then happens inside a
+ * network namespace of its own (bench/mobile.js), or is skipped ({ skipped: true, error: why }).
+ */
+async function runOne(adapter, scenario, sc, flags, rawDir, variant = null) {
+  const base = variant ? `${scenario}-${variant.id}` : `${scenario}-${adapter}`
+  const label = variant ? `${adapter} [${variant.id}]` : adapter
+  let setup = null
+  if (variant) {
+    setup = mobile.runSetup(variant, sc, LAGGARDS)
+    sc = setup.sc
+    const why = mobile.netnsUnavailable() || (variant.ttl ? ttlSupport() : null)
+    if (why) return { adapter, scenario, variant: variant.id, label, ok: false, skipped: true, error: `skipped: ${why}`, files: {}, elapsedS: 0 }
+  }
   const files = {
     adapterJson: path.join(rawDir, `${base}.adapter.json`),
     loadgenJson: path.join(rawDir, `${base}.loadgen.json`),
@@ -309,23 +354,30 @@ async function runOne(adapter, scenario, sc, flags, rawDir) {
     '--out', files.adapterJson,
   ]
   if (sc.idle) adapterArgs.push('--idle')
-  if (adapter === 'sluice-conflation') adapterArgs.push('--keys', String(sc.keys))
+  if (adapter === 'sluice-conflation' && !variant) adapterArgs.push('--keys', String(sc.keys))
   if (scenario === 'conflation') adapterArgs.push('--laggards', String(LAGGARDS))
+  if (setup) adapterArgs.push(...setup.adapterArgs)
   // The hard limit may be below 65536 (it is 20000 on the reference machine): then take the hard
   // limit (adapterCmd, below).
 
   let adapterProc = null
   let loadgenProc = null
   let redis = null
+  let ns = null
+  let sampler = null
+  let netSamples = null
+  // In the mobile scenario, every process starts inside the run's namespace.
+  const inNs = (cmd, args) => (ns ? ns.exec(cmd, args) : [cmd, args])
   const t0 = Date.now()
   try {
+    if (variant) ns = mobile.createNetns(`sluice-bench-${process.pid}-${++netnsSeq}`, sc)
     if (adapter === 'sluice-cluster') {
       redis = await startRedis(files.redisLog)
       adapterArgs.push('--redis', redis.url, '--redis-pid', String(redis.child.pid))
     }
     const quoted = adapterArgs.map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ')
     const adapterCmd = `ulimit -n 65536 2>/dev/null || ulimit -n hard; exec node --expose-gc ${quoted}`
-    adapterProc = startProcess('bash', ['-c', adapterCmd], files.adapterLog, { pipeStdout: true })
+    adapterProc = startProcess(...inNs('bash', ['-c', adapterCmd]), files.adapterLog, { pipeStdout: true })
     // sluice-cluster prints PORT once its second process listens and both Redis links are up.
     const port = await withTimeout(waitForPort(adapterProc, files.adapterLog), adapter === 'sluice-cluster' ? 45000 : 20000, `${adapter} PORT line`)
 
@@ -340,17 +392,20 @@ async function runOne(adapter, scenario, sc, flags, rawDir) {
       '--out', files.loadgenJson,
     ]
     if (sc.slow) lgArgs.push('--slow-rate', String(sc.slowRate))
+    if (setup) lgArgs.push(...setup.lgArgs)
     if (sc.probeMs) lgArgs.push('--probe-interval-ms', String(sc.probeMs))
     if (sc.idle) lgArgs.push('--idle')
     // Both conflation runs: the per-key version lag of each slow client (key = seq mod K), so the
     // unkeyed run is measured against the same K "table states".
     if (sc.keys) lgArgs.push('--keys', String(sc.keys))
-    loadgenProc = startProcess(LOADGEN, lgArgs, files.loadgenLog)
+    loadgenProc = startProcess(...inNs(LOADGEN, lgArgs), files.loadgenLog)
 
     await withTimeout(waitForFile(files.ready, loadgenProc, 'sluice-loadgen'), (rampS * 4 + 60) * 1000, 'clients connected (ready file)')
     adapterProc.kill('SIGUSR2')
+    if (ns) sampler = mobile.startSampler(ns, sc)
 
     const lg = await withTimeout(loadgenProc.exited, (W + sc.windowS + rampS + 90) * 1000, 'sluice-loadgen finished')
+    if (sampler) netSamples = sampler.stop()
     if (lg.code !== 0) throw new Error(`sluice-loadgen exited with code ${lg.code} signal ${lg.signal} (see ${files.loadgenLog})`)
 
     adapterProc.kill('SIGTERM')
@@ -358,16 +413,23 @@ async function runOne(adapter, scenario, sc, flags, rawDir) {
     if (ad.code !== 0) throw new Error(`${adapter} exited with code ${ad.code} signal ${ad.signal} (see ${files.adapterLog})`)
 
     await stopRedis(redis)
-    const result = { adapter, scenario, ok: true, files, adapterResult: readJson(files.adapterJson), loadgenResult: readJson(files.loadgenJson), elapsedS: (Date.now() - t0) / 1000 }
+    const result = { adapter, scenario, variant: variant ? variant.id : undefined, label, ok: true, files, adapterResult: readJson(files.adapterJson), loadgenResult: readJson(files.loadgenJson), elapsedS: (Date.now() - t0) / 1000 }
+    if (ns) {
+      ns.destroy()
+      Object.assign(result, { netSamples, netnsNotes: ns.notes, warmupS: W })
+      fs.writeFileSync(path.join(rawDir, `${base}.net.json`), JSON.stringify(netSamples))
+    }
     fs.rmSync(files.ready, { force: true })
     return result
   } catch (err) {
+    if (sampler) netSamples = sampler.stop()
     killGroup(loadgenProc)
     killGroup(adapterProc)
     const wait = (c) => (c ? withTimeout(c.exited, 5000, 'kill').catch(() => {}) : null)
     await Promise.all([wait(loadgenProc), wait(adapterProc)])
     await stopRedis(redis)
-    const r = { adapter, scenario, ok: false, error: String(err && err.message ? err.message : err), files, elapsedS: (Date.now() - t0) / 1000 }
+    if (ns) ns.destroy()
+    const r = { adapter, scenario, variant: variant ? variant.id : undefined, label, ok: false, error: String(err && err.message ? err.message : err), files, elapsedS: (Date.now() - t0) / 1000, netSamples, warmupS: W }
     // Keep whatever results were written, for the report.
     try { r.adapterResult = readJson(files.adapterJson) } catch { /* none */ }
     try { r.loadgenResult = readJson(files.loadgenJson) } catch { /* none */ }
@@ -439,6 +501,13 @@ function derive(run, sc) {
     cluster,
     conflation: sc.keys ? deriveConflation(a, l, sc) : null,
   }
+}
+
+/** derive() plus the mobile scenario's own figures (bench/mobile.js). */
+function deriveRun(run, sc) {
+  const d = derive(run, sc)
+  if (run.scenario === 'mobile' && !run.skipped) d.mobile = mobile.deriveMobile(run, sc, d.conflation)
+  return d
 }
 
 /**
@@ -592,7 +661,7 @@ function tableRows(runs, scenarios) {
   for (const run of runs) {
     const sc = scenarios[run.scenario]
     if (!run.ok && !run.adapterResult && !run.loadgenResult) {
-      rows.push([run.scenario, run.adapter, `FAILED: ${run.error.split('\n')[0]}`, ...COLUMNS.slice(3).map(() => '')])
+      rows.push([run.scenario, run.label || run.adapter, run.skipped ? run.error : `FAILED: ${run.error.split('\n')[0]}`, ...COLUMNS.slice(3).map(() => '')])
       continue
     }
     const d = run.derived
@@ -600,7 +669,7 @@ function tableRows(runs, scenarios) {
     const gaps = d.slowGaps !== null ? `${fmt(d.fastGaps, 0)} (slow ${fmt(d.slowGaps, 0)})` : fmt(d.fastGaps, 0)
     rows.push([
       run.scenario + (run.ok ? '' : ' (FAILED)'),
-      run.adapter,
+      run.label || run.adapter,
       sc.idle ? '–' : `${fmt(d.callP99Us)} / ${fmt(d.callCpuP99Us)}`,
       sc.idle ? '–' : fmt(d.turnP99Us),
       `${fmt(d.eldP99Ms)} / ${fmt(d.eldMaxMs)}`,
@@ -628,7 +697,7 @@ function detailsTable(runs) {
     const m = d.sluiceMetrics
     rows.push([
       run.scenario,
-      run.adapter,
+      run.label || run.adapter,
       fmt(d.broadcasts, 0),
       fmt(d.rejected, 0),
       fmt(d.cpuS, 2),
@@ -752,6 +821,7 @@ function evaluateTargets(byKey) {
       })
     }
   }
+  targets.push(mobile.mobileTarget(byKey, fmt))
   return targets
 }
 
@@ -1137,6 +1207,13 @@ function machine() {
     nofileHard: sh('bash', ['-c', 'ulimit -Hn']),
     addon,
     redis: sh('redis-server', ['--version']),
+    loadAvg: (() => {
+      try {
+        return fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')
+      } catch {
+        return null
+      }
+    })(),
   }
 }
 
@@ -1167,15 +1244,22 @@ async function main() {
   const byKey = new Map()
   const began = Date.now()
   for (let i = 0; i < plan.length; i++) {
-    const [scn, a] = plan[i]
+    const [scn, a, vid] = plan[i]
+    const variant = vid ? mobile.MOBILE_RUNS.find((v) => v.id === vid) : null
     const sc = scenarios[scn]
-    process.stdout.write(`[${i + 1}/${plan.length}] ${scn} × ${a} ... `)
-    const run = await runOne(a, scn, sc, flags, rawDir)
-    run.derived = derive(run, sc)
+    process.stdout.write(`[${i + 1}/${plan.length}] ${scn} × ${a}${vid ? ` [${vid}]` : ''} ... `)
+    if (i === 0 || (scn === 'mobile' && plan[i - 1][0] !== 'mobile')) {
+      if (scn === 'mobile') {
+        const stale = mobile.netnsUnavailable() ? [] : mobile.deleteStale()
+        if (stale.length) process.stdout.write(`(deleted stale namespaces ${stale.join(', ')}) `)
+      }
+    }
+    const run = await runOne(a, scn, sc, flags, rawDir, variant)
+    run.derived = deriveRun(run, vid ? { ...sc, slow: variant.noSlow ? 0 : sc.slow } : sc)
     runs.push(run)
-    byKey.set(`${scn}/${a}`, run)
-    process.stdout.write(run.ok ? `ok (${fmt(run.elapsedS)} s)\n` : `FAILED (${fmt(run.elapsedS)} s): ${run.error}\n`)
-    if (i + 1 < plan.length) await sleep(gapMs)
+    byKey.set(`${scn}/${vid || a}`, run)
+    process.stdout.write(run.ok ? `ok (${fmt(run.elapsedS)} s)\n` : run.skipped ? `${run.error}\n` : `FAILED (${fmt(run.elapsedS)} s): ${run.error}\n`)
+    if (i + 1 < plan.length && !run.skipped) await sleep(gapMs)
   }
   const totalS = (Date.now() - began) / 1000
 
@@ -1198,14 +1282,20 @@ async function main() {
     writeChart('conflation-slow-age-cdf.svg', conflationAgeChart(byKey), 'Age of the messages the slow clients receive (CDF), conflation scenario')
   }
   if (byKey.has('cluster/sluice') || byKey.has('cluster/sluice-cluster')) writeChart('cluster-latency-cdf.svg', clusterCdfChart(byKey), 'Delivery latency distribution (CDF), cluster scenario: 1 process vs 2 processes + Redis, by node')
+  if (runs.some((r) => r.scenario === 'mobile' && r.ok && r.variant !== 'base')) {
+    writeChart('mobile-slow-age-cdf.svg', mobile.mobileAgeCdfChart(byKey, { cdfChart, cdfPoints }), 'Age of the messages the slow clients receive (CDF), mobile scenario, per run')
+    writeChart('mobile-slow-age-time.svg', mobile.mobileAgeTimeChart(byKey, scenarios.mobile, { lineChart }), 'Median age of what the slow clients receive over the window, mobile scenario, per run')
+  }
 
   // Report
   const paramRows = flags.scenarios.map((scn) => {
     const sc = scenarios[scn]
-    const clients = [`${sc.fast} ${sc.idle ? 'idle' : 'fast'}${scn === 'cluster' ? ' (sluice-cluster: over 2 processes)' : ''}`, sc.stalled && `${sc.stalled} stalled`, sc.slow && `${sc.slow} slow @ ${sc.slowRate} B/s`].filter(Boolean).join(' + ')
+    const slowKind = sc.linkKbit ? `behind ${sc.linkKbit} kbit/s links, reading freely` : `@ ${sc.slowRate} B/s`
+    const clients = [`${sc.fast} ${sc.idle ? 'idle' : 'fast'}${scn === 'cluster' ? ' (sluice-cluster: over 2 processes)' : ''}`, sc.stalled && `${sc.stalled} stalled`, sc.slow && `${sc.slow} slow ${slowKind}`].filter(Boolean).join(' + ')
     return [scn, clients, sc.probeMs ? `every ${sc.probeMs} ms` : '–', sc.idle ? 'none' : `${sc.payload} B / ${sc.interval === 0 ? 'as fast as possible' : `${sc.interval} ms`}${sc.keys ? ` (sluice-conflation: ${sc.keys} keys)` : ''}`, `${flags.warmupS} s`, `${sc.windowS} s`, DESCRIPTIONS[scn]]
   })
-  const failed = runs.filter((r) => !r.ok)
+  const failed = runs.filter((r) => !r.ok && !r.skipped)
+  const skipped = runs.filter((r) => r.skipped)
   const md = []
   md.push(`# sluice benchmark, ${date}${flags.quick ? ' (--quick: harness check only, the numbers mean nothing)' : ''}`)
   md.push('')
@@ -1219,6 +1309,7 @@ async function main() {
   if (mach.addon) md.push(`- addon binary: ${mach.addon}`)
   if (plan.some(([, a]) => a === 'sluice-cluster')) md.push(`- ${mach.redis || 'redis-server: version unknown'} (cluster scenario; on the same machine too)`)
   md.push('- The server under test and the load generator (sluice-loadgen, Rust/tokio) run on the same machine and share its cores: every figure below includes that contention, for every adapter alike.')
+  if (mach.loadAvg) md.push(`- load average when the runs started: ${mach.loadAvg}${Number(mach.loadAvg.split(' ')[0]) > Number(mach.nproc) ? ` (above ${mach.nproc}: other work shared the cores too)` : ''}`)
   md.push('')
   md.push('## Parameters')
   md.push('')
@@ -1259,6 +1350,8 @@ async function main() {
   for (const line of clusterMd) md.push(line)
   const conflationMd = conflationSection(byKey, scenarios.conflation, MAX_BUFFERED)
   for (const line of conflationMd) md.push(line)
+  const mobileMd = mobile.mobileSection(byKey, scenarios.mobile, { fmt, mdTable })
+  for (const line of mobileMd) md.push(line)
   md.push('## Targets')
   md.push('')
   md.push(targetsMd)
@@ -1274,23 +1367,35 @@ async function main() {
   if (failed.length) {
     md.push('## Failed runs')
     md.push('')
-    for (const r of failed) md.push(`- ${r.scenario} × ${r.adapter}: ${r.error.replace(/\n/g, ' ')}`)
+    for (const r of failed) md.push(`- ${r.scenario} × ${r.label || r.adapter}: ${r.error.replace(/\n/g, ' ')}`)
+    md.push('')
+  }
+  if (skipped.length) {
+    md.push('## Skipped runs')
+    md.push('')
+    for (const r of skipped) md.push(`- ${r.scenario} × ${r.label || r.adapter}: ${r.error}`)
     md.push('')
   }
   md.push('## Raw results')
   md.push('')
   md.push(`Per run: adapter JSON, load generator JSON and both processes' stderr, in \`${path.relative(flags.outDir, rawDir) || '.'}/\` (relative to this report):`)
   md.push('')
-  for (const r of runs) md.push(`- ${r.scenario} × ${r.adapter}: \`${path.relative(flags.outDir, r.files.adapterJson)}\`, \`${path.relative(flags.outDir, r.files.loadgenJson)}\``)
+  for (const r of runs) {
+    if (!r.skipped) md.push(`- ${r.scenario} × ${r.label || r.adapter}: \`${path.relative(flags.outDir, r.files.adapterJson)}\`, \`${path.relative(flags.outDir, r.files.loadgenJson)}\``)
+  }
   md.push('')
   const reportPath = path.join(flags.outDir, `${reportName}.md`)
   fs.writeFileSync(reportPath, md.join('\n'))
-  const summary = { reportPath, assetsDir, charts: charts.map((c) => c.file), runs: runs.map((r) => ({ scenario: r.scenario, adapter: r.adapter, ok: r.ok, error: r.error, adapterJson: r.files.adapterJson, loadgenJson: r.files.loadgenJson })), targets }
+  const summary = { reportPath, assetsDir, charts: charts.map((c) => c.file), runs: runs.map((r) => ({ scenario: r.scenario, adapter: r.adapter, variant: r.variant, ok: r.ok, skipped: r.skipped || undefined, error: r.error, adapterJson: r.files.adapterJson, loadgenJson: r.files.loadgenJson })), targets }
   fs.writeFileSync(path.join(assetsDir, 'summary.json'), JSON.stringify(summary, null, 2))
 
   if (conflationMd.length) {
     const lines = conflationMd.filter((l) => l.startsWith('|') || l.startsWith('Ratios') || l.startsWith('- check') || l === '').join('\n').replace(/\n{3,}/g, '\n\n').trim()
     process.stdout.write(`\nSlow clients, conflation scenario:\n\n${lines}\n`)
+  }
+  if (mobileMd.length) {
+    const lines = mobileMd.filter((l) => l.startsWith('|') || l === '').join('\n').replace(/\n{3,}/g, '\n\n').trim()
+    process.stdout.write(`\nSlow clients on a real slow link, mobile scenario:\n\n${lines}\n`)
   }
   if (clusterMd.length) {
     const lines = clusterMd.filter((l) => l.startsWith('|') || l.startsWith('Ratios') || l === '').join('\n').replace(/\n{3,}/g, '\n\n').trim()
@@ -1299,6 +1404,7 @@ async function main() {
   process.stdout.write(`\n${table}\n\nRatios, sluice / peer:\n\n${ratios}\n\nTargets${flags.quick ? ' (--quick: not meaningful)' : ''}:\n\n${targetsMd}\n\n`)
   process.stdout.write(`report: ${reportPath}\ncharts: ${charts.map((c) => c.file).join(', ')}\nraw: ${rawDir}\nsummary: ${path.join(assetsDir, 'summary.json')}\n`)
   process.stdout.write(`total ${fmt(totalS / 60, 1)} min\n`)
+  if (skipped.length) process.stdout.write(`${skipped.length} run(s) skipped: ${[...new Set(skipped.map((r) => r.error))].join('; ')}\n`)
   if (failed.length) {
     process.stdout.write(`${failed.length} run(s) FAILED\n`)
     process.exitCode = 1

@@ -84,6 +84,7 @@ const OPTIONS = {
   maxConnections: ['int', 1, Infinity],
   threads: ['int', 1, 64],
   kernelUnsentLimit: ['int', 0, 2 ** 31 - 1],
+  laggingKernelLimit: ['int', 0, 2 ** 31 - 1],
   workerNice: ['int', 0, 19],
   noServer: ['boolean'],
   verifyClient: ['function'],

@@ -192,6 +192,8 @@ declare namespace WebSocket {
     maxConnections?: number
     threads?: number
     kernelUnsentLimit?: number
+    /** What the kernel may hold for a lagging connection (bytes; `0` = off). Default 4096. */
+    laggingKernelLimit?: number
     workerNice?: number
     /** Browser Origins allowed to connect (exact); others get 403. */
     allowedOrigins?: string[]

@@ -109,6 +109,7 @@ const SLUICE_OPTIONS = new Set([
   'maxConnections',
   'threads',
   'kernelUnsentLimit',
+  'laggingKernelLimit',
   'workerNice',
   'allowedOrigins',
   'maxPendingBytes',

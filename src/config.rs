@@ -31,6 +31,13 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = usize::MAX;
 /// unsent data (plus what is in flight within the peer's window); the rest waits in sluice's
 /// outbox, where the priorities and bounds apply. 64 KiB keeps a fast loopback or LAN link busy.
 pub const DEFAULT_KERNEL_UNSENT_LIMIT: usize = 64 * 1024;
+/// Default `laggingKernelLimit`: 4 KiB. What the kernel may hold (unsent + sent but not yet
+/// acknowledged) for a lagging connection (see `lagging.rs`): under half a second of an 80 kbit/s
+/// mobile link, against the 11 to 25 s it held there without the rule, so that the rest waits in
+/// the outbox where conflation keys and `ttl` act on it. About three TCP segments: enough to keep
+/// such a link busy (a round trip carries less), not a fast one, whose queue therefore drains and
+/// which leaves the state again.
+pub const DEFAULT_LAGGING_KERNEL_LIMIT: usize = 4 * 1024;
 /// Default `workerNice`: 5. With nice 5 a runtime thread weighs about a third of the JS thread
 /// when they compete for a core, so a fan-out to thousands of sockets does not delay the event
 /// loop's next turn; on an idle core it runs at full speed all the same.
@@ -124,6 +131,8 @@ pub struct Config {
     pub threads: usize,
     /// `TCP_NOTSENT_LOWAT` for accepted sockets; `None` leaves the kernel's default.
     pub kernel_unsent_limit: Option<usize>,
+    /// `laggingKernelLimit`; 0: the lagging rule is off.
+    pub lagging_kernel_limit: usize,
     /// Niceness added to sluice's runtime threads.
     pub worker_nice: i32,
     /// `Origin` values accepted from browsers; `None`: any.
@@ -161,6 +170,7 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             threads: default_threads(),
             kernel_unsent_limit: Some(DEFAULT_KERNEL_UNSENT_LIMIT),
+            lagging_kernel_limit: DEFAULT_LAGGING_KERNEL_LIMIT,
             worker_nice: DEFAULT_WORKER_NICE,
             allowed_origins: None,
             ask_js: false,
@@ -245,6 +255,16 @@ pub struct ServerOptions {
     /// it the kernel alone can buffer megabytes for a stalled client. `0` leaves the kernel's
     /// default. Default `65536` (64 KiB).
     pub kernel_unsent_limit: Option<f64>,
+    /// What the kernel may hold for a *lagging* connection, bytes: unsent plus sent but not yet
+    /// acknowledged (Linux `SIOCOUTQ`). A connection lags while the kernel holds more than this
+    /// for it and its network path queues it: its round trip exceeds its minimum by more than
+    /// 250 ms (`TCP_INFO`), as on a slow mobile link, whose queue otherwise holds seconds of data
+    /// that no conflation key or `ttl` can reach any more. While it lags, sluice hands its kernel
+    /// one frame at a time and only below this limit; the rest waits in sluice's queue
+    /// (`bufferedAmount`, the policy, conflation and `ttl` apply to it), and its throughput is at
+    /// most this much per round trip. A client that is slow to *read* does not lag by this rule.
+    /// `0` turns the rule off. Default `4096` (4 KiB).
+    pub lagging_kernel_limit: Option<f64>,
     /// Niceness of sluice's threads relative to the JS thread (Linux; 0 to 19). Fan-out is
     /// throughput work and the event loop is latency-sensitive: when both want the same core, the
     /// kernel lets the JS thread run first. `0` gives them equal weight. Default `5`.
@@ -493,6 +513,12 @@ impl Config {
                 0 => None,
                 n => Some(n.min(i32::MAX as usize)),
             },
+            lagging_kernel_limit: bytes(
+                o.lagging_kernel_limit,
+                "laggingKernelLimit",
+                DEFAULT_LAGGING_KERNEL_LIMIT,
+            )?
+            .min(i32::MAX as usize),
             worker_nice: o
                 .worker_nice
                 .map(|n| n.min(19) as i32)

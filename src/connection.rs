@@ -44,6 +44,7 @@ use crate::frame::{encode, encode_close, Frame, OpCode};
 use crate::inbound::{
     Inbound, Stop, PARTIAL_ROOM_TIMEOUT, RATE_LIMITED_LINGER, READ_BUDGET_BYTES, READ_BUDGET_FRAMES,
 };
+use crate::lagging::WriterLag;
 use crate::metrics::Termination;
 use crate::outbox::{Batched, ControlKind, Drops, Outbox, Outcome};
 use crate::policy::Priority;
@@ -572,15 +573,31 @@ impl Conn {
         let mut offset = 0usize; // bytes of batch[done] already written
         let mut close_in_batch = false;
         let m = &self.server.metrics;
+        // A lagging connection (lagging.rs) writes one frame at a time, and only while its kernel
+        // holds less than laggingKernelLimit: the rest stays in the outbox, replaceable and
+        // expirable. An urgent close does not wait.
+        let mut lag = WriterLag::new(self.server.config.lagging_kernel_limit, m);
         loop {
+            if let Some(wait) = lag.before_write(&self.sock, self.buffered_amount() > 0) {
+                if !self.urgent.load(Ordering::SeqCst) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.writer_wake.notified() => {}
+                        _ = killed(&mut kill) => return,
+                    }
+                    continue;
+                }
+            }
+            let one_frame = lag.is_lagging();
             if *done == batch.len() {
                 batch.clear();
                 *done = 0;
                 offset = 0;
+                let max_bytes = if one_frame { 1 } else { MAX_BATCH_BYTES };
                 let taken = {
                     let mut o = lock(&self.outbox);
                     let now = std::time::Instant::now();
-                    let t = o.take_batch(batch, MAX_IOVECS, MAX_BATCH_BYTES, now);
+                    let t = o.take_batch(batch, MAX_IOVECS, max_bytes, now);
                     self.buffered.store(o.buffered(), Ordering::Relaxed);
                     t
                 };
@@ -598,19 +615,29 @@ impl Conn {
                     }
                 }
             }
-            let result = {
+            let (result, asked) = {
                 let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() - *done);
                 iov.push(IoSlice::new(&batch[*done].frame.bytes[offset..]));
+                let rest = if one_frame {
+                    0
+                } else {
+                    batch.len() - *done - 1
+                };
                 iov.extend(
-                    batch[*done + 1..]
+                    batch[*done + 1..][..rest]
                         .iter()
                         .map(|b| IoSlice::new(&b.frame.bytes)),
                 );
-                self.sock.try_write_vectored(&iov)
+                let asked: usize = iov.iter().map(|v| v.len()).sum();
+                (self.sock.try_write_vectored(&iov), asked)
             };
             match result {
                 Ok(0) => return self.end(Some(Termination::Io)),
                 Ok(mut n) => {
+                    lag.wrote(n);
+                    if n < asked {
+                        lag.refused();
+                    }
                     m.writes.fetch_add(1, Ordering::Relaxed);
                     m.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
                     self.written.fetch_add(n as u64, Ordering::Relaxed);
@@ -647,6 +674,7 @@ impl Conn {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    lag.refused();
                     if self.urgent.load(Ordering::SeqCst) {
                         // Overflow and the kernel takes nothing more: no close frame can go out.
                         return self.end(Some(Termination::Overflow));

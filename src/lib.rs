@@ -16,6 +16,7 @@
 //! | per-connection reader, writer, heartbeat, close | `connection.rs` |
 //! | what one client may make the reader do (read budget, rate limits, partly received messages), and the inbound frames' protocol state and close codes, apart from the socket | `inbound.rs` |
 //! | per-connection outbox (lanes, accounting) | `outbox.rs` |
+//! | what the kernel may hold for a lagging connection | `lagging.rs` |
 //! | per-priority overflow policy | `policy.rs` |
 //! | fan-out of broadcasts and publishes | `fanout.rs` |
 //! | frame encoding | `frame.rs` |
@@ -39,6 +40,7 @@ mod fuzz_tests;
 pub mod handshake;
 pub mod history;
 pub mod inbound;
+pub mod lagging;
 pub mod metrics;
 pub mod napi_api;
 pub mod outbox;

@@ -133,6 +133,11 @@ pub struct Metrics {
     /// Connections between a `backpressure` and its `drain` right now: +1 at backpressure, -1 at
     /// drain or when such a connection ends.
     pub backpressured: AtomicUsize,
+    /// Times a connection became lagging (`lagging.rs`).
+    pub lagging_events: AtomicU64,
+    /// Connections lagging right now: +1 when one enters the state, -1 when it leaves it or its
+    /// writer ends (the writer task owns the state, so each +1 has exactly one -1).
+    pub lagging: AtomicUsize,
 
     /// `broadcast`/`publish` call to the last local socket write, in µs.
     pub fanout_latency_us: Latency,

@@ -293,6 +293,11 @@ pub struct Metrics {
     pub drain_events: f64,
     /// Connections above `highWaterMark` right now (had `backpressure`, not yet `drain`).
     pub backpressured: f64,
+    /// Times a connection became lagging: its network path queued its bytes (round trip 250 ms
+    /// above its minimum), so that sluice let its kernel hold at most `laggingKernelLimit` bytes.
+    pub lagging_events: f64,
+    /// Connections lagging right now.
+    pub lagging: f64,
     /// bufferedAmount across the recipients of the latest broadcast/publish, as that message found
     /// them: the backlog it joined (0 for clients that keep up).
     pub buffered_amount: Percentiles,
@@ -396,6 +401,8 @@ fn metrics_object(shared: &ServerShared, link: Option<&Arc<Link>>) -> Metrics {
         backpressure_events: g(&m.backpressure_events),
         drain_events: g(&m.drain_events),
         backpressured: m.backpressured.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        lagging_events: g(&m.lagging_events),
+        lagging: m.lagging.load(std::sync::atomic::Ordering::Relaxed) as f64,
         buffered_amount: Percentiles {
             p50: b50 as f64,
             p99: b99 as f64,

@@ -12,6 +12,9 @@
  *      [--redis URL --redis-pid PID]  (sluice-cluster only: the Redis server run.js started)
  *      [--keys K]  (sluice-conflation only: broadcast n carries conflation key n mod K)
  *      [--laggards N]  (sluice adapters: the N connections with the most bytes queued, at the end of the window)
+ *      [--ttl MS]  (sluice adapters: every broadcast carries { ttl: MS }, with its key if it has one)
+ *      [--watch-hosts A,B]  (sluice adapters with --laggards: extra.watched follows the connections from these addresses)
+ *      [--server-options JSON]  (sluice adapters: more `new Server()` options, e.g. '{"kernelUnsentLimit":4096}')
  *
  * Protocol: prints `PORT <n>` as its first stdout line once listening. Starts broadcasting on
  * SIGUSR2 or a line "start" on stdin. The measurement window is [W, W + D] seconds after the start
@@ -55,6 +58,9 @@ function parseArgs(argv) {
     redisPid: null,
     keys: 0,
     laggards: 0,
+    ttl: 0,
+    serverOptions: {},
+    watchHosts: [],
   }
   const num = (name, v) => {
     const n = Number(v)
@@ -77,6 +83,18 @@ function parseArgs(argv) {
       case '--redis-pid': o.redisPid = num('redis-pid', argv[++i]); break
       case '--keys': o.keys = num('keys', argv[++i]); break
       case '--laggards': o.laggards = num('laggards', argv[++i]); break
+      case '--ttl': o.ttl = num('ttl', argv[++i]); break
+      case '--watch-hosts': o.watchHosts = String(argv[++i] || '').split(',').filter(Boolean); break
+      case '--server-options': {
+        const v = argv[++i]
+        try {
+          o.serverOptions = JSON.parse(v)
+        } catch (e) {
+          throw new Error(`--server-options needs a JSON object, got ${v}`)
+        }
+        if (!o.serverOptions || typeof o.serverOptions !== 'object' || Array.isArray(o.serverOptions)) throw new Error(`--server-options needs a JSON object, got ${v}`)
+        break
+      }
       default: throw new Error(`unknown argument ${a}`)
     }
   }

@@ -26,7 +26,12 @@
 // had messages replaced or 16 KiB queued in a scan of all connections once a second during the
 // first 10 s after the first broadcast (a conflated queue may never reach highWaterMark); every
 // 500 ms while open: [ms since the first broadcast, [[id, bufferedAmount,
-// kernelBufferedAmount, replaced], ...]].
+// kernelBufferedAmount, replaced, expired (null without ttl support), remoteAddress], ...]].
+// --watch-hosts a,b (the mobile scenario: the slow clients' own addresses): watch exactly the
+// connections from those addresses instead. extra.timeline's last column is metrics().lagging.
+// --ttl MS: every broadcast carries { ttl: MS } (with its key, if keyed); --server-options JSON:
+// more options for new Server() (e.g. laggingKernelLimit).
+
 
 const { Server } = require('../..')
 const { main } = require('./common')
@@ -35,7 +40,8 @@ function runSluice(name, { keyed = false } = {}) {
   let server
   let open = 0
   let peak = 0
-  let keyOptions = null // keyed: one { key } object per key, made once
+  let keyOptions = null // keyed: one { key } (or { key, ttl }) object per key, made once
+  let ttlOptions = null // unkeyed with --ttl: { ttl }, made once
   let laggards = 0
   let durationS = 0
   const conns = new Set() // only with --laggards
@@ -46,6 +52,7 @@ function runSluice(name, { keyed = false } = {}) {
   const timeline = []
   const closes = []
   const watchedConns = new Set()
+  let watchHosts = null // --watch-hosts: watch exactly the connections from these addresses
   const watched = []
   const sinceFirst = () => (firstBroadcastMs === null ? null : Math.round(Date.now() - firstBroadcastMs))
   const laggardRows = () => {
@@ -62,23 +69,27 @@ function runSluice(name, { keyed = false } = {}) {
   main({
     name,
     async listen(opts) {
+      const ttl = opts.ttl ? { ttl: opts.ttl } : {}
       if (keyed) {
         if (!Number.isInteger(opts.keys) || opts.keys < 1) throw new Error(`${name} needs --keys K, a whole number >= 1`)
-        keyOptions = Array.from({ length: opts.keys }, (_, i) => ({ key: `table:${i}` }))
+        keyOptions = Array.from({ length: opts.keys }, (_, i) => ({ key: `table:${i}`, ...ttl }))
       } else if (opts.keys) {
         throw new Error(`${name} broadcasts without keys: --keys is for sluice-conflation`)
+      } else if (opts.ttl) {
+        ttlOptions = ttl
       }
       laggards = opts.laggards
       durationS = opts.durationS
+      watchHosts = opts.watchHosts.length ? new Set(opts.watchHosts) : null
       if (laggards) {
         const sampler = setInterval(() => {
           const m = server.metrics()
-          timeline.push([sinceFirst(), m.terminated.overflow, m.terminated.pongTimeout, m.replaced, m.dropped.normal, open])
+          timeline.push([sinceFirst(), m.terminated.overflow, m.terminated.pongTimeout, m.replaced, m.dropped.normal, open, m.lagging === undefined ? null : m.lagging])
         }, 250)
         sampler.unref()
         const watcher = setInterval(() => {
           const t = sinceFirst()
-          if (t !== null && t < 10000 && Math.floor(t / 500) % 2 === 0 && watchedConns.size < 20) {
+          if (!watchHosts && t !== null && t < 10000 && Math.floor(t / 500) % 2 === 0 && watchedConns.size < 20) {
             for (const c of conns) {
               if (watchedConns.size >= 20) break
               if (c.isOpen && (c.replaced > 0 || c.bufferedAmount >= 16384)) watchedConns.add(c)
@@ -86,21 +97,25 @@ function runSluice(name, { keyed = false } = {}) {
           }
           if (!watchedConns.size || lateWindow) return
           const rows = []
-          for (const c of watchedConns) if (c.isOpen) rows.push([c.id, c.bufferedAmount, c.kernelBufferedAmount, c.replaced])
+          for (const c of watchedConns) if (c.isOpen) rows.push([c.id, c.bufferedAmount, c.kernelBufferedAmount, c.replaced, c.expired === undefined ? null : c.expired, c.remoteAddress])
           if (rows.length) watched.push([sinceFirst(), rows])
         }, 500)
         watcher.unref()
       }
-      server = new Server({ port: opts.port, host: opts.host, maxBufferedAmount: opts.maxBuffered })
+      server = new Server({ port: opts.port, host: opts.host, maxBufferedAmount: opts.maxBuffered, ...opts.serverOptions })
       server.on('error', (err) => process.stderr.write(`sluice server error: ${err && err.stack ? err.stack : err}\n`))
       server.on('connection', (conn) => {
         open++
         if (open > peak) peak = open
         if (laggards) {
           conns.add(conn)
-          conn.on('backpressure', () => {
-            if (watchedConns.size < 20) watchedConns.add(conn)
-          })
+          if (watchHosts) {
+            if (watchHosts.has(conn.remoteAddress)) watchedConns.add(conn)
+          } else {
+            conn.on('backpressure', () => {
+              if (watchedConns.size < 20) watchedConns.add(conn)
+            })
+          }
         }
         conn.on('close', (code) => {
           open--
@@ -116,7 +131,8 @@ function runSluice(name, { keyed = false } = {}) {
       if (firstBroadcastMs === null) firstBroadcastMs = Date.now()
       // false: queued, but the producer is ahead of the fan-out (refusals, past maxPendingBytes,
       // would show in metrics().fanoutRejected; a producer that waits for drain never gets one).
-      ahead = !(keyOptions ? server.broadcast(buf, 'normal', keyOptions[seq % keyOptions.length]) : server.broadcast(buf))
+      const options = keyOptions ? keyOptions[seq % keyOptions.length] : ttlOptions
+      ahead = !(options ? server.broadcast(buf, 'normal', options) : server.broadcast(buf))
     },
     waitReady: () => (ahead ? server.drained().then(() => (ahead = false)) : null),
     ready: () => server.backpressuredCount * 10 <= server.connectionCount,

@@ -25,6 +25,9 @@ pub struct Config {
     pub threads: usize,
     pub stalled_rcvbuf: usize,
     pub src_count: u8,
+    /// Slow client i binds 127.0.0.(base + i), an address of its own (0 = the shared round-robin
+    /// addresses like every other client), so that a qdisc filter can shape each one.
+    pub slow_src_base: u8,
     pub quiet: bool,
 }
 
@@ -37,7 +40,9 @@ USAGE: sluice-loadgen --url ws://127.0.0.1:PORT/ [options]
   --fast N                  clients that read as fast as possible (default 0)
   --stalled N               clients with SO_RCVBUF 4096 that never read after the upgrade (default 0)
   --slow N                  clients that read at most --slow-rate bytes/s (default 0)
-  --slow-rate B             read budget of each slow client in bytes/s (default 10000)
+  --slow-rate B             read budget of each slow client in bytes/s (default 10000); 0 = no
+                            read limit: the slow clients read as fast as fast ones, and what makes
+                            them slow is the network (bench scenario `mobile`: a shaped link)
   --keys K                  the server's messages carry K rotating conflation keys (key = sequence
                             number mod K): report, per slow client, how many newer versions of each
                             key it lacked at the end of the window (default 0 = not reported)
@@ -54,6 +59,8 @@ USAGE: sluice-loadgen --url ws://127.0.0.1:PORT/ [options]
   --threads N               tokio worker threads; 1 = current_thread runtime (default 1)
   --stalled-rcvbuf B        SO_RCVBUF of stalled clients (default 4096)
   --src-count N             source addresses 127.0.0.2 .. 127.0.0.(1+N), round-robin (default 100)
+  --slow-src-base A         slow client i binds 127.0.0.(A+i) alone, above the round-robin range
+                            (default 0 = slow clients share the round-robin addresses)
   --quiet                   no per-second progress line on stderr
 "
 }
@@ -122,6 +129,7 @@ pub fn parse() -> Result<Config, String> {
         threads: 1,
         stalled_rcvbuf: 4096,
         src_count: 100,
+        slow_src_base: 0,
         quiet: false,
     };
     let mut it = std::env::args().skip(1);
@@ -164,6 +172,7 @@ pub fn parse() -> Result<Config, String> {
             "--threads" => c.threads = num(&name, val(&name)?)?,
             "--stalled-rcvbuf" => c.stalled_rcvbuf = num(&name, val(&name)?)?,
             "--src-count" => c.src_count = num(&name, val(&name)?)?,
+            "--slow-src-base" => c.slow_src_base = num(&name, val(&name)?)?,
             "--quiet" => c.quiet = true,
             other => return Err(format!("unknown argument {other}\n\n{}", usage())),
         }
@@ -180,8 +189,16 @@ pub fn parse() -> Result<Config, String> {
     if c.warmup_s + c.duration_s > 24.0 * 3600.0 {
         return Err("--warmup-s + --duration-s must be below 24 h".into());
     }
-    if c.slow > 0 && c.slow_rate == 0 {
-        return Err("--slow-rate must be > 0".into());
+    if c.slow_src_base != 0 {
+        let last = c.slow_src_base as u64 + c.slow.max(1) - 1;
+        if (c.slow_src_base as u64) <= 1 + c.src_count as u64 || last > 254 {
+            return Err(format!(
+                "--slow-src-base: 127.0.0.{}..127.0.0.{last} must lie above the round-robin \
+                 addresses 127.0.0.2..127.0.0.{} and at most at .254",
+                c.slow_src_base,
+                1 + c.src_count as u64
+            ));
+        }
     }
     if c.keys > 65_536 {
         return Err("--keys must be at most 65536".into());

@@ -127,6 +127,8 @@ impl StreamStats {
 /// One slow client's own figures (see the module doc). Only slow clients have one.
 struct SlowClient {
     connected_at_us: u64,
+    /// Its own address (ip:port): which qdisc class shapes it, in the bench scenario `mobile`.
+    local_addr: String,
     /// When it ended (server close, EOF, error, protocol error); 0 while open.
     ended_at_us: AtomicU64,
     /// Its socket while open (-1 once the reader is done with it), for TCP_INFO: a reset from the
@@ -148,12 +150,19 @@ struct SlowClientState {
     last_recv_us: u64,
     /// With --keys K: the highest sequence number received per key (key = seq mod K).
     key_last: Vec<Option<u64>>,
+    /// Inside the window, per message: (ms since the window started, age in ms), the first
+    /// AGE_SERIES_MAX of them (a slow client gets a few per second).
+    age_series: Vec<(u32, u32)>,
 }
 
+/// Messages per slow client kept in `ageSeries` (about 4 minutes at 80 messages/s).
+const AGE_SERIES_MAX: usize = 20_000;
+
 impl SlowClient {
-    fn new(keys: u64) -> Self {
+    fn new(keys: u64, local_addr: String) -> Self {
         SlowClient {
             connected_at_us: now_us(),
+            local_addr,
             ended_at_us: AtomicU64::new(0),
             fd: AtomicI32::new(-1),
             rcvq_last: AtomicU64::new(0),
@@ -165,17 +174,23 @@ impl SlowClient {
                 last_age_us: None,
                 last_recv_us: 0,
                 key_last: vec![None; keys as usize],
+                age_series: Vec::new(),
             }),
         }
     }
 
-    fn record(&self, in_win: bool, lat: Option<u64>, len: u64, seq: u64, now: u64) {
+    fn record(&self, in_win: bool, w0: u64, lat: Option<u64>, len: u64, seq: u64, now: u64) {
         let mut st = self.st.lock().unwrap();
         let age = lat.unwrap_or(0);
         if in_win {
             st.messages += 1;
             st.bytes += len;
             st.ages.saturating_record(age);
+            if st.age_series.len() < AGE_SERIES_MAX {
+                let t = (now.saturating_sub(w0) / 1000).min(u32::MAX as u64) as u32;
+                st.age_series
+                    .push((t, (age / 1000).min(u32::MAX as u64) as u32));
+            }
         }
         st.last_age_us = Some(age);
         st.last_recv_us = now;
@@ -233,6 +248,8 @@ struct Shared {
     ramp_abort: AtomicBool,
     all_done: Notify,
     src_counter: AtomicUsize,
+    /// Slow clients given an address of their own so far (--slow-src-base).
+    slow_src_counter: AtomicUsize,
     phase: Mutex<&'static str>,
 }
 
@@ -245,6 +262,16 @@ impl Shared {
     fn next_src(&self) -> Ipv4Addr {
         let i = self.src_counter.fetch_add(1, Relaxed) % self.cfg.src_count as usize;
         Ipv4Addr::new(127, 0, 0, 2 + i as u8)
+    }
+
+    /// The source address of a new client of `role`: with --slow-src-base, slow client i gets
+    /// 127.0.0.(base + i) to itself (args checks that the range fits below .255).
+    fn src_for(&self, role: Role) -> Ipv4Addr {
+        if role == Role::Slow && self.cfg.slow_src_base != 0 {
+            let i = self.slow_src_counter.fetch_add(1, Relaxed);
+            return Ipv4Addr::new(127, 0, 0, self.cfg.slow_src_base + i as u8);
+        }
+        self.next_src()
     }
 
     fn stream_stats(&self, role: Role) -> &StreamStats {
@@ -306,10 +333,11 @@ fn on_message(
         }
     }
     if let Some(pc) = per {
-        pc.record(in_win, lat, len, seq, now);
+        pc.record(in_win, sh.window_start_us.load(Relaxed), lat, len, seq, now);
     }
     if role == Role::Fast && sh.cfg.keys > 0 {
-        sh.fast_max_seq_plus1.fetch_max(seq.saturating_add(1), Relaxed);
+        sh.fast_max_seq_plus1
+            .fetch_max(seq.saturating_add(1), Relaxed);
     }
     *last_seq = Some(match *last_seq {
         Some(last) => last.max(seq),
@@ -379,9 +407,17 @@ impl Reader {
             close_sent,
         } = self;
         frames.feed(data, &mut |ev| match ev {
-            Event::Message { prefix, len } => {
-                on_message(sh, ss, *role, per.as_deref(), last_seq, node, prefix, len, now)
-            }
+            Event::Message { prefix, len } => on_message(
+                sh,
+                ss,
+                *role,
+                per.as_deref(),
+                last_seq,
+                node,
+                prefix,
+                len,
+                now,
+            ),
             Event::Ping(p) => ws::push_masked_frame(out, 0xA, p),
             Event::Close(code) => {
                 *close_code = Some(code.unwrap_or(1005));
@@ -404,7 +440,10 @@ async fn reader_loop(
     let ss = sh.stream_stats(role);
     let rs = &sh.roles[role as usize];
     let per = (role == Role::Slow).then(|| {
-        let pc = Arc::new(SlowClient::new(sh.cfg.keys));
+        let local = stream
+            .local_addr()
+            .map_or_else(|_| String::new(), |a| a.to_string());
+        let pc = Arc::new(SlowClient::new(sh.cfg.keys, local));
         pc.fd.store(stream.as_raw_fd(), Relaxed);
         sh.slow_clients.lock().unwrap().push(pc.clone());
         pc
@@ -425,7 +464,8 @@ async fn reader_loop(
     }
     drop(leftover);
 
-    let slow = role == Role::Slow;
+    // --slow-rate 0: a slow client reads like a fast one (the network makes it slow).
+    let slow = role == Role::Slow && sh.cfg.slow_rate > 0;
     let rate = sh.cfg.slow_rate.max(1) as f64;
     // Token bucket: 100 ms worth of budget, at least 1 byte, at most one read buffer.
     let cap = (rate / 10.0).clamp(1.0, READ_BUF as f64);
@@ -463,11 +503,11 @@ async fn reader_loop(
                 Ok(n) => {
                     if slow {
                         tokens -= n as f64;
-                        if let Some(pc) = &r.per {
-                            let q = fionread(stream.as_raw_fd());
-                            pc.rcvq_last.store(q, Relaxed);
-                            pc.rcvq_max.fetch_max(q, Relaxed);
-                        }
+                    }
+                    if let Some(pc) = &r.per {
+                        let q = fionread(stream.as_raw_fd());
+                        pc.rcvq_last.store(q, Relaxed);
+                        pc.rcvq_max.fetch_max(q, Relaxed);
                     }
                     match r.process(sh, ss, &b[..n], now_us()) {
                         Ok(()) => ReadOutcome::Data,
@@ -584,7 +624,7 @@ async fn stalled_loop(sh: &'static Shared, stream: TcpStream, connected_at: Inst
 async fn client_task(sh: &'static Shared, role: Role, permit: tokio::sync::OwnedSemaphorePermit) {
     let rs = &sh.roles[role as usize];
     let rcvbuf = (role == Role::Stalled).then_some(sh.cfg.stalled_rcvbuf);
-    let src = sh.next_src();
+    let src = sh.src_for(role);
     let t0 = Instant::now();
     let res = tokio::time::timeout(
         Duration::from_millis(sh.cfg.connect_timeout_ms),
@@ -907,9 +947,14 @@ fn slow_clients_json(sh: &Shared, at: u64) -> Value {
         let fd = pc.fd.load(Relaxed);
         // The TCP state now: a server that reset the connection (sluice's overflow policy) shows
         // as CLOSE here while the client still drains what it had received before the reset.
-        let tcp = if ended == 0 && fd >= 0 { Some(tcp_state(fd)) } else { None };
+        let tcp = if ended == 0 && fd >= 0 {
+            Some(tcp_state(fd))
+        } else {
+            None
+        };
         let open = (ended == 0 || ended > at) && tcp.map_or(true, |st| st == Some(1));
         let mut o = json!({
+            "localAddr": pc.local_addr,
             "openAtWindowEnd": open,
             "tcpStateAtWindowEnd": match tcp {
                 Some(st) => json!(tcp_state_name(st)),
@@ -922,6 +967,7 @@ fn slow_clients_json(sh: &Shared, at: u64) -> Value {
             "ageUs": hist_json(&st.ages),
             "rcvQueueBytes": { "last": pc.rcvq_last.load(Relaxed), "max": pc.rcvq_max.load(Relaxed) },
             "lastAgeUs": st.last_age_us,
+            "ageSeries": st.age_series.iter().map(|&(t, a)| json!([t, a])).collect::<Vec<_>>(),
             "msSinceLastMessage": if st.last_recv_us == 0 { Value::Null } else { json!(at.saturating_sub(st.last_recv_us) / 1000) },
         });
         if keys > 0 {
@@ -998,7 +1044,7 @@ fn result_json(sh: &Shared, ri: &RunInfo) -> Value {
             "fast": c.fast, "stalled": c.stalled, "slow": c.slow, "slowRate": c.slow_rate, "keys": c.keys,
             "probeIntervalMs": c.probe_interval_ms, "probeTimeoutMs": c.probe_timeout_ms,
             "rampPerS": c.ramp_per_s, "maxInflight": c.max_inflight, "threads": c.threads,
-            "stalledRcvbuf": c.stalled_rcvbuf, "srcCount": c.src_count,
+            "stalledRcvbuf": c.stalled_rcvbuf, "srcCount": c.src_count, "slowSrcBase": c.slow_src_base,
         },
         "loadgen": {
             "threads": c.threads,
@@ -1280,6 +1326,7 @@ fn main() {
         ramp_abort: AtomicBool::new(false),
         all_done: Notify::new(),
         src_counter: AtomicUsize::new(0),
+        slow_src_counter: AtomicUsize::new(0),
         phase: Mutex::new("start"),
     }));
 
