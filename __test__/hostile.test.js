@@ -33,6 +33,12 @@ const BOUNDS = {
 
 const FLOOD_MS = 3000
 
+/** The counter of connections closed with 1008 for exceeding an inbound rate limit. */
+const RATE_LIMITED = 'terminated.rateLimited'
+
+/** Options that turn the inbound rate limits off, to reach the bounds behind them. */
+const NO_RATE_LIMITS = { maxInboundBytesPerSecond: 0, maxInboundFramesPerSecond: 0 }
+
 jest.setTimeout(90000)
 
 afterEach(() => h.killAll())
@@ -45,6 +51,15 @@ function closes(m) {
 
 function delta(m, field) {
   return m.server ? m.server.metricsDelta[field] : null
+}
+
+/** A build without an option the case needs fails the case (it left the option out). */
+function optionsKnown(m) {
+  return [h.equals('options this build ignored', m.server ? m.server.ignoredOptions : null, [])]
+}
+
+function rssOutcome(m) {
+  return m.observer ? `RSS +${Math.round(m.observer.rssMB.max - m.observer.rssMB.base)} MB` : ''
 }
 
 function flooderOutcome(m, flooders) {
@@ -70,7 +85,7 @@ describe('floods from one connection or two', () => {
         const m = await h.attack({ attack: { case: `${opcode}-flood`, durationMs: FLOOD_MS, options: { connections: flooders } } })
         const checks = [
           h.equals('flooders closed with 1008', closes(m) && (closes(m)['1008'] || 0), flooders),
-          h.atLeast('metrics: flooders counted', delta(m, 'terminated.rateLimit'), flooders),
+          h.atLeast('metrics: flooders counted', delta(m, RATE_LIMITED), flooders),
           ...h.bystanders(m, BOUNDS),
         ]
         const failed = h.record({
@@ -88,19 +103,40 @@ describe('floods from one connection or two', () => {
 })
 
 describe('floods that cost memory', () => {
+  test('a flood of empty binary frames (default server): flooder closed with 1008, others unaffected', async () => {
+    const m = await h.attack({ attack: { case: 'message-flood', durationMs: FLOOD_MS, options: { size: 0 } } })
+    const checks = [
+      h.equals('flooder closed with 1008', closes(m) && (closes(m)['1008'] || 0), 1),
+      h.atLeast('metrics: flooder counted', delta(m, RATE_LIMITED), 1),
+      ...h.bystanders(m, BOUNDS),
+    ]
+    const failed = h.record({
+      id: 'empty-binary-default',
+      attack: `one connection floods empty binary frames (${m.attacker.mbPerSecond} MB/s, ${FLOOD_MS / 1000} s)`,
+      does: `${flooderOutcome(m, 1)}; ${rssOutcome(m)}; ${bystanderOutcome(m)}`,
+      measured: h.summary(m),
+      checks,
+      raw: m,
+    })
+    expect(failed).toEqual([])
+  })
+
+  // With the inbound rate limits off, nothing closes the flooder: what holds the server's memory
+  // and its event loop is the bound on queued events (by count and by cost) and the batched
+  // delivery to JavaScript.
   const cases = [
     ['empty-binary', 'empty binary frames', { case: 'message-flood', options: { size: 0 } }, {}],
     ['small-messages', '16-byte binary messages', { case: 'message-flood', options: { size: 16 } }, {}],
     ['ping-listener', "pings, with a JS 'ping' listener", { case: 'ping-flood', options: {} }, { listener: 'message+ping' }],
   ]
   for (const [id, label, attack, server] of cases) {
-    test(`a flood of ${label}: RSS growth under ${BOUNDS.rssGrowth} MB, timers keep firing`, async () => {
-      const m = await h.attack({ server, attack: { ...attack, durationMs: FLOOD_MS } })
-      const checks = h.bystanders(m, BOUNDS)
+    test(`a flood of ${label}, rate limits off: RSS growth under ${BOUNDS.rssGrowth} MB, timers keep firing`, async () => {
+      const m = await h.attack({ server: { ...server, options: NO_RATE_LIMITS }, attack: { ...attack, durationMs: FLOOD_MS } })
+      const checks = [...optionsKnown(m), ...h.bystanders(m, BOUNDS)]
       const failed = h.record({
         id,
-        attack: `one connection floods ${label} (${m.attacker.mbPerSecond} MB/s, ${FLOOD_MS / 1000} s)`,
-        does: `${m.observer ? `RSS +${Math.round(m.observer.rssMB.max - m.observer.rssMB.base)} MB` : ''}; ${flooderOutcome(m, 1)}; ${bystanderOutcome(m)}`,
+        attack: `one connection floods ${label} (${m.attacker.mbPerSecond} MB/s, ${FLOOD_MS / 1000} s), inbound rate limits off`,
+        does: `${rssOutcome(m)}; ${bystanderOutcome(m)}`,
         measured: h.summary(m),
         checks,
         raw: m,
@@ -126,16 +162,17 @@ describe('floods that cost memory', () => {
 })
 
 describe('the event loop under a flood', () => {
-  test('a 50 µs message handler under a flood of 1 KiB messages: timers keep firing', async () => {
+  // Rate limits off, as above: the flooder is not closed, and the event loop must still run.
+  test('a 50 µs message handler under a flood of 1 KiB messages, rate limits off: timers keep firing', async () => {
     const m = await h.attack({
-      server: { listener: 'slow', busyUs: 50 },
+      server: { listener: 'slow', busyUs: 50, options: NO_RATE_LIMITS },
       attack: { case: 'message-flood', durationMs: FLOOD_MS, options: { size: 1024 } },
     })
-    const checks = h.bystanders(m, BOUNDS)
+    const checks = [...optionsKnown(m), ...h.bystanders(m, BOUNDS)]
     const failed = h.record({
       id: 'slow-handler',
-      attack: `one connection floods 1 KiB messages at a handler that busy-waits 50 µs each (${m.attacker.mbPerSecond} MB/s, ${FLOOD_MS / 1000} s)`,
-      does: `${m.server ? `${m.server.counts.messages} messages delivered` : 'no answer'}; ${flooderOutcome(m, 1)}; ${bystanderOutcome(m)}`,
+      attack: `one connection floods 1 KiB messages at a handler that busy-waits 50 µs each (${m.attacker.mbPerSecond} MB/s, ${FLOOD_MS / 1000} s), inbound rate limits off`,
+      does: `${m.server ? `${m.server.counts.messages} messages delivered` : 'no answer'}; ${bystanderOutcome(m)}`,
       measured: h.summary(m),
       checks,
       raw: m,
