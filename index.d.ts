@@ -175,6 +175,36 @@ export interface DroppedMetrics {
 }
 
 /**
+ * Upgrades refused, by cause (each counts once, under the first check it failed; they add up
+ * to `handshakesRefused`).
+ */
+export interface HandshakeRefusals {
+  /**
+   * 400: not a well-formed HTTP/1.1 GET upgrade (request line, `Upgrade`, `Connection`,
+   * `Sec-WebSocket-Key`, a malformed or repeated `Sec-WebSocket-Protocol` token).
+   */
+  badRequest: number
+  /** 400: no `Host` header. */
+  missingHost: number
+  /** 400: `Host`, `Origin`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version` more than once. */
+  duplicateHeader: number
+  /** 400: more than 64 subprotocols or 16 extensions offered. */
+  tooManyOffers: number
+  /** 431: a request head over 16 KiB or with more than 64 header fields. */
+  headTooLarge: number
+  /** 426: `Sec-WebSocket-Version` other than 13. */
+  unsupportedVersion: number
+  /** 404: not the `path` option. */
+  wrongPath: number
+  /** 403: `Origin` not in `allowedOrigins`. */
+  origin: number
+  /** `verifyClient` refused, threw (500) or did not answer within `handshakeTimeout` (503). */
+  verifyClient: number
+  /** 503: `maxConnections` reached, or the server is closing. */
+  unavailable: number
+}
+
+/**
  * Fan-out latency in microseconds: from the `broadcast`/`publish` call to the last recipient's
  * socket write of that message.
  */
@@ -207,6 +237,8 @@ export interface Metrics {
   refusedMaxConnections: number
   /** Sockets that did not complete the upgrade within `handshakeTimeout`. */
   handshakesTimedOut: number
+  /** `handshakesRefused` by cause. */
+  handshakesRefusedBy: HandshakeRefusals
   broadcasts: number
   publishes: number
   /**

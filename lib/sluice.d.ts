@@ -16,6 +16,7 @@ export type {
   PriorityCounts,
   DroppedMetrics,
   TerminatedMetrics,
+  HandshakeRefusals,
   Percentiles,
   LatencyMetrics,
 } from '../index'

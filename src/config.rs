@@ -36,6 +36,17 @@ pub const DEFAULT_KERNEL_UNSENT_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_WORKER_NICE: i32 = 5;
 /// Largest upgrade request head we read before answering 431.
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+/// Most subprotocols an upgrade request may offer (`Sec-WebSocket-Protocol`, all its headers
+/// together); more get 400. Real clients offer one to a handful (`graphql-transport-ws`,
+/// `mqtt`, versioned variants of an app protocol). Every offered name is copied into the `verify`
+/// event and the `Set` that `handleProtocols` gets, so without a cap one 16 KiB head could make
+/// the JS thread build a Set of ~8,000 strings. 64 leaves room for generous clients.
+pub const MAX_OFFERED_PROTOCOLS: usize = 64;
+/// Most extensions an upgrade request may offer (`Sec-WebSocket-Extensions`, all its headers
+/// together); more get 400. sluice negotiates none, so offers are only counted, never parsed;
+/// a browser offers one (`permessage-deflate` with its parameters), a client trying variants a
+/// few.
+pub const MAX_OFFERED_EXTENSIONS: usize = 16;
 /// Bytes the reader allocates per connection for inbound frames, and the most it reads per
 /// system call. tungstenite's default (128 KiB, zero-filled on first read) would make every idle
 /// connection cost ~140 KiB resident. Inbound traffic in a broadcast server is small (pongs, chat,

@@ -1,25 +1,49 @@
-//! The opening handshake (RFC 6455 §4.2): read the HTTP upgrade request, validate it, answer.
+//! The opening handshake (RFC 6455 §4.2): read the HTTP upgrade request, check it, answer.
 //!
-//! Everything before the `101 Switching Protocols` happens here, on the runtime, under the
-//! server's `handshakeTimeout`. A request that is not a valid WebSocket upgrade gets a plain HTTP
-//! error and the socket is closed: nothing is registered as a connection before the 101 is sent.
+//! Everything before the `101 Switching Protocols` happens here and in `server.rs`, on the
+//! accept thread, under the server's `handshakeTimeout`. A request that is not a valid WebSocket
+//! upgrade gets a plain HTTP error whose body says what was wrong ([`Invalid::message`]), and the
+//! socket is closed: nothing is registered as a connection before the 101 is sent.
 //!
 //! | problem | answer |
 //! |---|---|
-//! | not GET, not HTTP/1.1, missing/invalid `Upgrade`, `Connection`, `Sec-WebSocket-Key` | 400 |
-//! | `path` option set and the request path differs | 404 |
-//! | request head over 16 KiB | 431 |
-//! | `Sec-WebSocket-Version` other than 13 | 426 with `Sec-WebSocket-Version: 13` |
-//! | malformed `Sec-WebSocket-Protocol` list | 400 |
+//! | request head over 16 KiB, or more than 64 header fields | 431 |
+//! | `maxConnections` reached, or the server is closing | 503 |
+//! | two `Origin` headers | 400 |
 //! | `Origin` not in `allowedOrigins` | 403 |
+//! | not GET, not HTTP/1.1, missing/invalid `Upgrade`, `Connection`, `Sec-WebSocket-Key` | 400 |
+//! | no `Host`; two `Host`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version` headers | 400 |
+//! | `Sec-WebSocket-Version` other than 13 | 426 with `Sec-WebSocket-Version: 13` |
+//! | `path` option set and the request path differs | 404 |
+//! | more than 16 extensions or 64 subprotocols offered | 400 |
+//! | malformed or repeated `Sec-WebSocket-Protocol` token | 400 |
 //! | `verifyClient` refused | 401, or the status it gave |
 //! | `verifyClient` threw / took longer than `handshakeTimeout` | 500 / 503 |
-//! | `maxConnections` reached, or the server is closing | 503 |
+//!
+//! **What a request may cost.** The rows are in the order of the checks, and each check is
+//! linear in the size of the head, so a hostile request costs about what a valid one costs:
+//!
+//! 1. The head is read incrementally ([`HeadReader`]): the search for its end resumes where the
+//!    previous read left it, so each byte is looked at a bounded number of times however the
+//!    client splits the head (one byte per packet costs the accept thread what one packet
+//!    does), and httparse runs once, on the complete head.
+//! 2. The server's cheap refusals come next, before anything is parsed: 503 (`server.rs`).
+//! 3. httparse parses the head (one pass, at most [`MAX_HEADERS`] fields); then [`validate`]
+//!    checks `Origin` first, then the rest. Offered subprotocols and extensions are counted (a
+//!    scan for commas) before they are split, and refused past [`MAX_OFFERED_PROTOCOLS`] and
+//!    [`MAX_OFFERED_EXTENSIONS`]; repeated subprotocols are found with a hash set.
+//!
+//! Headers that RFC 6455 §11.3 (and RFC 7230 §5.4 for `Host`, RFC 6454 §7.3 for `Origin`) allow
+//! once are refused when repeated, with any values: two `Origin`s would let `allowedOrigins` and
+//! `verifyClient` see different origins, two keys or versions are ambiguous. Repeating
+//! `Sec-WebSocket-Protocol` and `Sec-WebSocket-Extensions` is allowed (the lists are joined), as
+//! the RFC and `ws` do.
 //!
 //! Bytes the client sent after the request head (its first frames) are returned to the caller so
 //! that the frame reader starts with them. A socket taken over from Node's http server arrives
-//! with its request already parsed by Node: [`from_parts`] applies the same checks to it.
+//! with its request already parsed by Node ([`head_from_parts`]): the same checks apply to it.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 
@@ -27,9 +51,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::config::MAX_REQUEST_HEAD;
+pub use crate::config::{MAX_OFFERED_EXTENSIONS, MAX_OFFERED_PROTOCOLS, MAX_REQUEST_HEAD};
+use crate::metrics::RefusalCause;
 
-const MAX_HEADERS: usize = 64;
+/// Most header fields a request may have; more get 431. httparse fills a fixed array of them.
+pub const MAX_HEADERS: usize = 64;
+/// Reads of an unfinished request head done as soon as bytes arrive; each later one first waits
+/// [`HEAD_READ_PACE`]. A client sends its head in one packet, or a few: even a 16 KiB head in
+/// 1448-byte packets (a real path's MSS), each read on its own, takes 12. A client that dribbles
+/// its head a byte per packet would otherwise cost the accept thread a wake-up and two system
+/// calls per byte.
+pub const HEAD_READS_AT_ONCE: usize = 16;
+/// 5 ms: the bytes of a dribbling client pile up in the kernel meanwhile and come in with one
+/// read, so it costs at most 200 reads a second, while an honest head that needs more than
+/// [`HEAD_READS_AT_ONCE`] reads is delayed by 5 ms per extra read.
+pub const HEAD_READ_PACE: std::time::Duration = std::time::Duration::from_millis(5);
+/// Spare room before each read of the head, so that one read takes what piled up.
+const HEAD_READ_ROOM: usize = 1024;
 
 /// The upgrade request as JavaScript sees it (`req` in the `connection` event).
 #[derive(Debug, Clone)]
@@ -40,11 +78,119 @@ pub struct Request {
     pub remote: SocketAddr,
 }
 
+/// Why an upgrade request is refused. [`Invalid::status`] is the answer, [`Invalid::message`]
+/// its body, [`Invalid::cause`] the counter it goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    /// The head did not end within [`MAX_REQUEST_HEAD`] bytes.
+    HeadTooLarge,
+    /// More than [`MAX_HEADERS`] header fields.
+    TooManyHeaders,
+    /// Not an HTTP request head (httparse's reason), or a header value that is not UTF-8.
+    Malformed(&'static str),
+    NotGet,
+    NotHttp11,
+    MissingHost,
+    /// A header allowed once appeared more than once (its name as usually written).
+    Duplicate(&'static str),
+    /// No `websocket` token in `Upgrade`.
+    NotWebSocket,
+    /// No `upgrade` token in `Connection`.
+    NotUpgrade,
+    /// `Sec-WebSocket-Key` missing or not the base64 of 16 bytes.
+    BadKey,
+    /// `Sec-WebSocket-Version` missing or not 13.
+    UnsupportedVersion,
+    /// Not the `path` option.
+    WrongPath,
+    /// A `Sec-WebSocket-Protocol` element that is not a token, or a token offered twice.
+    BadProtocols,
+    /// This many subprotocols offered, over [`MAX_OFFERED_PROTOCOLS`].
+    TooManyProtocols(usize),
+    /// This many extensions offered, over [`MAX_OFFERED_EXTENSIONS`].
+    TooManyExtensions(usize),
+    /// `Origin` not in `allowedOrigins`.
+    OriginNotAllowed,
+}
+
+impl Invalid {
+    pub fn status(&self) -> u16 {
+        match self {
+            Invalid::HeadTooLarge | Invalid::TooManyHeaders => 431,
+            Invalid::UnsupportedVersion => 426,
+            Invalid::WrongPath => 404,
+            Invalid::OriginNotAllowed => 403,
+            _ => 400,
+        }
+    }
+
+    pub fn cause(&self) -> RefusalCause {
+        match self {
+            Invalid::HeadTooLarge | Invalid::TooManyHeaders => RefusalCause::HeadTooLarge,
+            Invalid::MissingHost => RefusalCause::MissingHost,
+            Invalid::Duplicate(_) => RefusalCause::DuplicateHeader,
+            Invalid::TooManyProtocols(_) | Invalid::TooManyExtensions(_) => {
+                RefusalCause::TooManyOffers
+            }
+            Invalid::UnsupportedVersion => RefusalCause::UnsupportedVersion,
+            Invalid::WrongPath => RefusalCause::WrongPath,
+            Invalid::OriginNotAllowed => RefusalCause::Origin,
+            Invalid::Malformed(_)
+            | Invalid::NotGet
+            | Invalid::NotHttp11
+            | Invalid::NotWebSocket
+            | Invalid::NotUpgrade
+            | Invalid::BadKey
+            | Invalid::BadProtocols => RefusalCause::BadRequest,
+        }
+    }
+
+    /// The plain-text body of the answer.
+    pub fn message(&self) -> String {
+        match self {
+            Invalid::HeadTooLarge => {
+                format!("Request head larger than {MAX_REQUEST_HEAD} bytes")
+            }
+            Invalid::TooManyHeaders => format!("More than {MAX_HEADERS} header fields"),
+            Invalid::Malformed(why) => format!("Malformed HTTP request: {why}"),
+            Invalid::NotGet => "The upgrade request must be a GET".into(),
+            Invalid::NotHttp11 => "The upgrade request must be HTTP/1.1".into(),
+            Invalid::MissingHost => "Missing Host header".into(),
+            Invalid::Duplicate(name) => format!("More than one {name} header"),
+            Invalid::NotWebSocket => "Missing or invalid Upgrade header (expected websocket)".into(),
+            Invalid::NotUpgrade => "Missing or invalid Connection header (expected Upgrade)".into(),
+            Invalid::BadKey => "Missing or invalid Sec-WebSocket-Key header".into(),
+            Invalid::UnsupportedVersion => "Unsupported Sec-WebSocket-Version (expected 13)".into(),
+            Invalid::WrongPath => "Not Found".into(),
+            Invalid::BadProtocols => {
+                "Invalid Sec-WebSocket-Protocol header (expected distinct tokens)".into()
+            }
+            Invalid::TooManyProtocols(n) => format!(
+                "Too many subprotocols offered in Sec-WebSocket-Protocol: {n} (at most {MAX_OFFERED_PROTOCOLS})"
+            ),
+            Invalid::TooManyExtensions(n) => format!(
+                "Too many extensions offered in Sec-WebSocket-Extensions: {n} (at most {MAX_OFFERED_EXTENSIONS})"
+            ),
+            Invalid::OriginNotAllowed => "Origin not allowed".into(),
+        }
+    }
+
+    /// Extra headers of the answer: `Sec-WebSocket-Version: 13` with a 426.
+    pub fn extra_headers(&self) -> Vec<(String, String)> {
+        match self {
+            Invalid::UnsupportedVersion => {
+                vec![("Sec-WebSocket-Version".to_string(), "13".to_string())]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// A handshake that did not complete.
 #[derive(Debug)]
 pub enum Refusal {
-    /// Answered with this HTTP status.
-    Http(u16),
+    /// The request is refused for this reason (not yet answered).
+    Invalid(Invalid),
     /// The socket failed or closed before a full request arrived.
     Io(io::Error),
 }
@@ -65,71 +211,243 @@ pub struct Upgrade {
     pub leftover: Vec<u8>,
 }
 
-/// Extra headers of a 426 answer.
-pub fn extra_for(status: u16) -> &'static [(&'static str, &'static str)] {
-    if status == 426 {
-        &[("Sec-WebSocket-Version", "13")]
-    } else {
-        &[]
+/// Finds the end of a request head (the first empty line) in a buffer that grows between calls.
+///
+/// Each call resumes where the previous one stopped, so the total work is linear in the bytes
+/// received however they were split: a head sent one byte per packet is scanned once, not once
+/// per byte. Line ends are CRLF or a bare LF, as httparse accepts.
+#[derive(Debug, Default)]
+pub struct HeadScanner {
+    /// No head end starts before this offset. Only grows.
+    from: usize,
+}
+
+impl HeadScanner {
+    /// The length of the head, up to and including its empty line, once `buf` holds it. Between
+    /// calls `buf` may only grow (what was scanned stays as it was).
+    pub fn scan(&mut self, buf: &[u8]) -> Option<usize> {
+        let mut i = self.from;
+        while let Some(at) = buf[i..].iter().position(|&b| b == b'\n') {
+            let lf = i + at;
+            match (buf.get(lf + 1), buf.get(lf + 2)) {
+                (Some(b'\n'), _) => return Some(lf + 2),
+                (Some(b'\r'), Some(b'\n')) => return Some(lf + 3),
+                // This LF may start the end once more bytes arrive: look at it again then.
+                (None, _) | (Some(b'\r'), None) => {
+                    self.from = lf;
+                    return None;
+                }
+                _ => i = lf + 1,
+            }
+        }
+        self.from = buf.len();
+        None
+    }
+
+    /// Where the next [`HeadScanner::scan`] starts looking: at most 2 bytes before the end of
+    /// the buffer it was last given (the fuzz harness checks this bound).
+    pub fn resume_at(&self) -> usize {
+        self.from
     }
 }
 
-/// Reads and validates the upgrade request. Invalid requests are answered here.
-pub async fn read_upgrade(
-    stream: &mut TcpStream,
-    remote: SocketAddr,
-    path: Option<&str>,
-) -> Result<Upgrade, Refusal> {
+/// The bytes of a request head being received, and the search for its end.
+#[derive(Debug, Default)]
+pub struct HeadReader {
+    buf: Vec<u8>,
+    scanner: HeadScanner,
+}
+
+/// A complete request head and the bytes received after it.
+pub struct RawHead {
+    buf: Vec<u8>,
+    head_len: usize,
+}
+
+impl RawHead {
+    /// The head, up to and including its empty line.
+    pub fn head(&self) -> &[u8] {
+        &self.buf[..self.head_len]
+    }
+
+    /// The bytes received after the head (the client's first frames, if any).
+    pub fn leftover(&self) -> Vec<u8> {
+        self.buf[self.head_len..].to_vec()
+    }
+}
+
+impl HeadReader {
+    pub fn new() -> Self {
+        Self {
+            buf: Vec::with_capacity(1024),
+            scanner: HeadScanner::default(),
+        }
+    }
+
+    /// Appends received bytes and looks for the end of the head in what is new.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<usize>, Invalid> {
+        self.buf.extend_from_slice(bytes);
+        self.check()
+    }
+
+    /// After bytes were appended: `Some(head length)` once the head is complete. Refused once
+    /// [`MAX_REQUEST_HEAD`] bytes are in without the head's end, or if the head is longer.
+    fn check(&mut self) -> Result<Option<usize>, Invalid> {
+        match self.scanner.scan(&self.buf) {
+            Some(len) if len > MAX_REQUEST_HEAD => Err(Invalid::HeadTooLarge),
+            Some(len) => Ok(Some(len)),
+            None if self.buf.len() > MAX_REQUEST_HEAD => Err(Invalid::HeadTooLarge),
+            None => Ok(None),
+        }
+    }
+
+    /// The scanner, for the fuzz harness's bound on the work done.
+    pub fn scanner(&self) -> &HeadScanner {
+        &self.scanner
+    }
+
+    /// The bytes received so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The complete head, once [`HeadReader::push`] returned its length.
+    pub fn finish(self, head_len: usize) -> RawHead {
+        RawHead {
+            buf: self.buf,
+            head_len,
+        }
+    }
+}
+
+/// Reads from `stream` until the request head is complete. Nothing is answered here: an
+/// [`Invalid`] is for the caller to answer and count.
+///
+/// The first [`HEAD_READS_AT_ONCE`] reads happen as bytes arrive. Past them the client is
+/// dribbling: the socket's `SO_RCVLOWAT` is raised above any acceptable head, so that its
+/// packets no longer wake the accept thread one by one, and what piled up is read every
+/// [`HEAD_READ_PACE`]. `SO_RCVLOWAT` is back to 1 before the socket is handed on.
+pub async fn read_head(stream: &mut TcpStream) -> Result<RawHead, Refusal> {
     // On the heap, not in the future: a stack array here would stay in every connection task's
     // state for the connection's whole life (the task's size is that of its largest state).
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        if buf.len() == buf.capacity() {
-            buf.reserve(1024);
+    let mut reader = HeadReader::new();
+    let mut paced = false;
+    for reads in 0.. {
+        // Room for whatever arrived meanwhile (the Vec doubles: amortised linear).
+        if reader.buf.capacity() - reader.buf.len() < HEAD_READ_ROOM {
+            reader.buf.reserve(HEAD_READ_ROOM);
         }
-        let n = stream.read_buf(&mut buf).await?;
+        let n = if reads < HEAD_READS_AT_ONCE {
+            stream.read_buf(&mut reader.buf).await?
+        } else {
+            if !paced {
+                paced = true;
+                set_rcvlowat(stream, MAX_REQUEST_HEAD + 1)?;
+            }
+            tokio::time::sleep(HEAD_READ_PACE).await;
+            match stream.try_read_buf(&mut reader.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Refusal::Io(e)),
+            }
+        };
         if n == 0 {
             return Err(Refusal::Io(io::ErrorKind::UnexpectedEof.into()));
         }
-        match parse(&buf, remote, path) {
-            Parsed::Partial if buf.len() > MAX_REQUEST_HEAD => {
-                return Err(refuse(stream, 431, &[]).await)
-            }
-            Parsed::Partial => continue,
-            Parsed::Invalid(status) => return Err(refuse(stream, status, extra_for(status)).await),
-            Parsed::Ok {
-                request,
-                key,
-                protocols,
-                head_len,
-            } => {
-                if head_len > MAX_REQUEST_HEAD {
-                    return Err(refuse(stream, 431, &[]).await);
+        match reader.check() {
+            Ok(Some(len)) => {
+                if paced {
+                    set_rcvlowat(stream, 1)?;
                 }
-                return Ok(Upgrade {
-                    request,
-                    accept_key: derive_accept_key(key.as_bytes()),
-                    protocols,
-                    leftover: buf[head_len..].to_vec(),
-                });
+                return Ok(reader.finish(len));
             }
+            Ok(None) => {}
+            Err(why) => return Err(Refusal::Invalid(why)),
         }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Sets `SO_RCVLOWAT`: the socket is reported readable (and its arrivals wake the reactor) only
+/// once this many bytes are queued. Linux; elsewhere a no-op (the pacing then saves reads only).
+fn set_rcvlowat(stream: &TcpStream, bytes: usize) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let v = bytes.min(i32::MAX as usize) as libc::c_int;
+        // SAFETY: the fd is a live TCP socket owned by `stream`; the option value is a c_int read
+        // from a local that outlives the call, with its exact size passed.
+        let r = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (stream, bytes);
+    Ok(())
+}
+
+/// A request head, parsed by httparse ([`parse_head`]) or by Node ([`head_from_parts`]).
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub method: String,
+    pub http_1_1: bool,
+    pub url: String,
+    /// Names lower-cased, values trimmed, in arrival order.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Parses a complete head (as [`HeadReader`] delimits it).
+pub fn parse_head(head: &[u8]) -> Result<Head, Invalid> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        // An empty line that httparse does not take as the end of the head: blank lines before
+        // the request line. Refused rather than searched past (a stream of blank lines would
+        // otherwise cost one parse each).
+        Ok(_) => return Err(Invalid::Malformed("blank line before the request line")),
+        Err(httparse::Error::TooManyHeaders) => return Err(Invalid::TooManyHeaders),
+        Err(e) => return Err(Invalid::Malformed(httparse_reason(e))),
+    }
+    let mut out = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        match std::str::from_utf8(h.value) {
+            Ok(v) => out.push((h.name.to_ascii_lowercase(), v.trim().to_string())),
+            Err(_) => return Err(Invalid::Malformed("header value is not UTF-8")),
+        }
+    }
+    Ok(Head {
+        method: req.method.unwrap_or("").to_string(),
+        http_1_1: req.version == Some(1),
+        url: req.path.unwrap_or("/").to_string(),
+        headers: out,
+    })
+}
+
+fn httparse_reason(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status",
+        httparse::Error::Token => "invalid request line",
+        httparse::Error::Version => "invalid HTTP version",
+        _ => "invalid request",
     }
 }
 
-enum Parsed {
-    Partial,
-    Invalid(u16),
-    Ok {
-        request: Request,
-        key: String,
-        protocols: Vec<String>,
-        head_len: usize,
-    },
-}
-
 /// A request Node's http parser has already read: method, `httpVersion` (`"1.1"`), url and
-/// `rawHeaders` (name, value, name, value...).
+/// `rawHeaders` (name, value, name, value...; repeated headers appear repeated).
 pub struct RequestParts {
     pub method: String,
     pub http_version: String,
@@ -137,122 +455,193 @@ pub struct RequestParts {
     pub raw_headers: Vec<String>,
 }
 
-/// Validates a request parsed by Node; `head` holds the bytes that followed its head. On `Err`
-/// the status to answer with (see the module table). No path check: the caller routed it here.
-pub fn from_parts(parts: RequestParts, remote: SocketAddr, head: Vec<u8>) -> Result<Upgrade, u16> {
+/// The head of a request Node parsed, under the same size limits as one sluice reads.
+pub fn head_from_parts(parts: RequestParts) -> Result<Head, Invalid> {
     let size: usize =
         parts.url.len() + parts.raw_headers.iter().map(|h| h.len() + 4).sum::<usize>();
     if size > MAX_REQUEST_HEAD {
-        return Err(431);
+        return Err(Invalid::HeadTooLarge);
     }
-    if !parts.raw_headers.len().is_multiple_of(2) || parts.raw_headers.len() / 2 > MAX_HEADERS {
-        return Err(400);
+    if !parts.raw_headers.len().is_multiple_of(2) {
+        return Err(Invalid::Malformed("rawHeaders must be name, value pairs"));
+    }
+    if parts.raw_headers.len() / 2 > MAX_HEADERS {
+        return Err(Invalid::TooManyHeaders);
     }
     let headers = parts
         .raw_headers
         .chunks(2)
         .map(|h| (h[0].to_ascii_lowercase(), h[1].trim().to_string()))
         .collect();
-    let (request, key, protocols) = check(
-        &parts.method,
-        parts.http_version == "1.1",
-        parts.url,
+    Ok(Head {
+        method: parts.method,
+        http_1_1: parts.http_version == "1.1",
+        url: parts.url,
         headers,
-        remote,
-        None,
-    )?;
-    Ok(Upgrade {
-        request,
-        accept_key: derive_accept_key(key.as_bytes()),
-        protocols,
-        leftover: head,
     })
 }
 
-fn parse(buf: &[u8], remote: SocketAddr, path: Option<&str>) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => return Parsed::Invalid(431),
-        Err(_) => return Parsed::Invalid(400),
-    };
-    let url = req.path.unwrap_or("/").to_string();
-    let mut out = Vec::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        match std::str::from_utf8(h.value) {
-            Ok(v) => out.push((h.name.to_ascii_lowercase(), v.trim().to_string())),
-            Err(_) => return Parsed::Invalid(400),
-        }
-    }
-    let method = req.method.unwrap_or("");
-    match check(method, req.version == Some(1), url, out, remote, path) {
-        Ok((request, key, protocols)) => Parsed::Ok {
-            request,
-            key,
-            protocols,
-            head_len,
-        },
-        Err(status) => Parsed::Invalid(status),
-    }
+/// What the server's options add to the protocol's checks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gate<'a> {
+    /// The `path` option; `None` for a taken-over socket (the application routed it here).
+    pub path: Option<&'a str>,
+    /// `allowedOrigins`.
+    pub allowed_origins: Option<&'a [String]>,
 }
 
-/// The checks of RFC 6455 §4.2.1 on a parsed request (header names lower-cased). Returns the
-/// request, its key and the offered subprotocols, or the status to answer with.
-fn check(
-    method: &str,
-    http_1_1: bool,
-    url: String,
-    out: Vec<(String, String)>,
+/// The checks of RFC 6455 §4.2.1 and the server's options on a parsed head, in the order of the
+/// module table. `leftover` is what followed the head.
+pub fn validate(
+    head: Head,
+    gate: &Gate<'_>,
     remote: SocketAddr,
-    path: Option<&str>,
-) -> Result<(Request, String, Vec<String>), u16> {
-    if method != "GET" || !http_1_1 {
-        return Err(400);
-    }
-    let get = |name: &str| out.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
-    let has_token = |name: &str, token: &str| {
-        out.iter()
-            .filter(|(n, _)| n == name)
-            .flat_map(|(_, v)| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
-        return Err(400);
-    }
-    let key = match get("sec-websocket-key") {
-        Some(k) if valid_key(k) => k.to_string(),
-        _ => return Err(400),
-    };
-    if get("sec-websocket-version") != Some("13") {
-        return Err(426);
-    }
-    if let Some(p) = path {
-        let req_path = url.split('?').next().unwrap_or("");
-        if req_path != p {
-            return Err(404);
-        }
-    }
-    let mut protocols: Vec<String> = Vec::new();
-    for (_, v) in out.iter().filter(|(n, _)| n == "sec-websocket-protocol") {
-        for p in v.split(',').map(str::trim) {
-            // RFC 6455 §4.1: each is a token, listed once.
-            if !is_token(p) || protocols.iter().any(|q| q == p) {
-                return Err(400);
+    leftover: Vec<u8>,
+) -> Result<Upgrade, Invalid> {
+    let h = &head.headers;
+    // The cheap refusal first: a browser's origin.
+    if let Some(origin) = single(h, "origin", "Origin")? {
+        if let Some(list) = gate.allowed_origins {
+            if !list.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+                return Err(Invalid::OriginNotAllowed);
             }
-            protocols.push(p.to_string());
         }
     }
-    Ok((
-        Request {
-            url,
-            headers: out,
+    if head.method != "GET" {
+        return Err(Invalid::NotGet);
+    }
+    if !head.http_1_1 {
+        return Err(Invalid::NotHttp11);
+    }
+    if single(h, "host", "Host")?.is_none() {
+        return Err(Invalid::MissingHost);
+    }
+    if !has_token(h, "upgrade", "websocket") {
+        return Err(Invalid::NotWebSocket);
+    }
+    if !has_token(h, "connection", "upgrade") {
+        return Err(Invalid::NotUpgrade);
+    }
+    let accept_key = match single(h, "sec-websocket-key", "Sec-WebSocket-Key")? {
+        Some(k) if valid_key(k) => derive_accept_key(k.as_bytes()),
+        _ => return Err(Invalid::BadKey),
+    };
+    if single(h, "sec-websocket-version", "Sec-WebSocket-Version")? != Some("13") {
+        return Err(Invalid::UnsupportedVersion);
+    }
+    if let Some(p) = gate.path {
+        if head.url.split('?').next().unwrap_or("") != p {
+            return Err(Invalid::WrongPath);
+        }
+    }
+    let extensions = count_extensions(h);
+    if extensions > MAX_OFFERED_EXTENSIONS {
+        return Err(Invalid::TooManyExtensions(extensions));
+    }
+    let protocols = offered_protocols(h)?;
+    Ok(Upgrade {
+        request: Request {
+            url: head.url,
+            headers: head.headers,
             remote,
         },
-        key,
+        accept_key,
         protocols,
-    ))
+        leftover,
+    })
+}
+
+/// The value of a header allowed at most once; `Err` if it is repeated.
+fn single<'a>(
+    headers: &'a [(String, String)],
+    name: &str,
+    display: &'static str,
+) -> Result<Option<&'a str>, Invalid> {
+    let mut found = None;
+    for (n, v) in headers {
+        if n == name {
+            if found.is_some() {
+                return Err(Invalid::Duplicate(display));
+            }
+            found = Some(v.as_str());
+        }
+    }
+    Ok(found)
+}
+
+/// True if a comma-separated list in any `name` header holds `token` (ASCII case-insensitively).
+fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .flat_map(|(_, v)| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Extension offers in the `Sec-WebSocket-Extensions` headers (RFC 6455 §9.1): the non-empty
+/// elements of the comma-separated lists; a comma inside a quoted parameter value does not
+/// separate offers. One pass over the bytes.
+fn count_extensions(headers: &[(String, String)]) -> usize {
+    let mut offers = 0;
+    for (_, v) in headers
+        .iter()
+        .filter(|(n, _)| n == "sec-websocket-extensions")
+    {
+        let (mut quoted, mut escaped, mut element) = (false, false, false);
+        for b in v.bytes() {
+            if quoted {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    quoted = false;
+                }
+                continue;
+            }
+            match b {
+                b',' => {
+                    offers += usize::from(element);
+                    element = false;
+                }
+                b' ' | b'\t' => {}
+                b'"' => {
+                    quoted = true;
+                    element = true;
+                }
+                _ => element = true,
+            }
+        }
+        offers += usize::from(element);
+    }
+    offers
+}
+
+/// The offered subprotocols, in order. They are counted (a scan for commas) before anything is
+/// allocated for them; repeats are found with a hash set.
+fn offered_protocols(headers: &[(String, String)]) -> Result<Vec<String>, Invalid> {
+    let values = || {
+        headers
+            .iter()
+            .filter(|(n, _)| n == "sec-websocket-protocol")
+            .map(|(_, v)| v.as_str())
+    };
+    let offered: usize = values()
+        .map(|v| 1 + v.bytes().filter(|&b| b == b',').count())
+        .sum();
+    if offered > MAX_OFFERED_PROTOCOLS {
+        return Err(Invalid::TooManyProtocols(offered));
+    }
+    let mut seen = HashSet::with_capacity(offered);
+    let mut protocols = Vec::with_capacity(offered);
+    for p in values().flat_map(|v| v.split(',')).map(str::trim) {
+        // RFC 6455 §4.1: each is a token, listed once.
+        if !is_token(p) || !seen.insert(p) {
+            return Err(Invalid::BadProtocols);
+        }
+        protocols.push(p.to_string());
+    }
+    Ok(protocols)
 }
 
 /// An HTTP token (RFC 7230 §3.2.6): visible ASCII except separators.
@@ -260,16 +649,6 @@ pub fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// True if the request may proceed under `allowedOrigins`: no list, no `Origin` header (not a
-/// browser), or an `Origin` equal (ASCII case-insensitively) to one in the list.
-pub fn origin_allowed(request: &Request, allowed: Option<&[String]>) -> bool {
-    let Some(list) = allowed else { return true };
-    match request.headers.iter().find(|(n, _)| n == "origin") {
-        None => true,
-        Some((_, origin)) => list.iter().any(|a| a.eq_ignore_ascii_case(origin)),
-    }
 }
 
 /// A key is the base64 of 16 bytes: 22 characters and `==`.
@@ -294,9 +673,14 @@ pub fn accept_response(accept_key: &str, protocol: Option<&str>) -> String {
     resp
 }
 
+/// Answers an invalid request: its status, extra headers and [`Invalid::message`] as the body.
+pub async fn refuse_invalid(stream: &mut TcpStream, why: &Invalid) {
+    refuse_with(stream, why.status(), &why.extra_headers(), &why.message()).await;
+}
+
 /// Answers with an HTTP error (its reason phrase as the body) and closes the write side.
 /// Returns the refusal to propagate.
-pub async fn refuse(stream: &mut TcpStream, status: u16, extra: &[(&str, &str)]) -> Refusal {
+pub async fn refuse(stream: &mut TcpStream, status: u16, extra: &[(&str, &str)]) -> u16 {
     let extra: Vec<(String, String)> = extra
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -306,12 +690,22 @@ pub async fn refuse(stream: &mut TcpStream, status: u16, extra: &[(&str, &str)])
 
 /// Answers with `status`, extra headers and a plain-text body, then closes the write side.
 /// Header names and values must already be checked ([`is_token`], [`is_header_value`]).
+/// Returns `status`.
 pub async fn refuse_with(
     stream: &mut TcpStream,
     status: u16,
     extra: &[(String, String)],
     body: &str,
-) -> Refusal {
+) -> u16 {
+    let resp = response_head(status, extra, body);
+    // Best effort: the peer may already be gone.
+    let _ = stream.write_all(resp.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    status
+}
+
+/// The whole refusal: status line, headers, body.
+fn response_head(status: u16, extra: &[(String, String)], body: &str) -> String {
     let reason = reason_phrase(status);
     let mut resp = format!(
         "HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
@@ -322,10 +716,7 @@ pub async fn refuse_with(
     }
     resp.push_str("\r\n");
     resp.push_str(body);
-    // Best effort: the peer may already be gone.
-    let _ = stream.write_all(resp.as_bytes()).await;
-    let _ = stream.shutdown().await;
-    Refusal::Http(status)
+    resp
 }
 
 /// A header value that cannot break the response: no CR, LF or other control characters.
@@ -358,34 +749,82 @@ mod tests {
 
     const GOOD: &str = "GET /lobby?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nXY";
 
+    /// Reads `bytes` in one piece and checks it under `gate`.
+    fn run(bytes: &[u8], gate: &Gate<'_>) -> Result<Upgrade, Invalid> {
+        let mut r = HeadReader::new();
+        let len = r.push(bytes)?.expect("complete head");
+        let raw = r.finish(len);
+        validate(parse_head(raw.head())?, gate, remote(), raw.leftover())
+    }
+
+    fn status(s: &str, path: Option<&str>) -> u16 {
+        let gate = Gate {
+            path,
+            allowed_origins: None,
+        };
+        match run(s.as_bytes(), &gate) {
+            Ok(_) => 101,
+            Err(e) => e.status(),
+        }
+    }
+
+    fn with(extra: &str) -> String {
+        GOOD.replace("Host: a", &format!("Host: a\r\n{extra}"))
+    }
+
     #[test]
     fn a_valid_request_is_parsed_with_leftover() {
-        match parse(GOOD.as_bytes(), remote(), Some("/lobby")) {
-            Parsed::Ok {
-                request,
-                key,
-                head_len,
-                ..
-            } => {
-                assert_eq!(request.url, "/lobby?x=1");
-                assert_eq!(key, "dGhlIHNhbXBsZSBub25jZQ==");
-                assert_eq!(&GOOD.as_bytes()[head_len..], b"XY");
-                assert_eq!(
-                    derive_accept_key(key.as_bytes()),
-                    "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-                );
+        let u = run(GOOD.as_bytes(), &Gate::default()).ok().unwrap();
+        assert_eq!(u.request.url, "/lobby?x=1");
+        assert_eq!(u.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(u.leftover, b"XY");
+        assert_eq!(u.request.headers[0], ("host".into(), "a".into()));
+    }
+
+    #[test]
+    fn the_head_end_is_found_however_the_bytes_are_split() {
+        for text in [GOOD.to_string(), GOOD.replace("\r\n", "\n")] {
+            let whole = HeadReader::new().push(text.as_bytes()).unwrap().unwrap();
+            assert_eq!(&text.as_bytes()[whole..], b"XY");
+            for chunk in 1..=7 {
+                let mut r = HeadReader::new();
+                let mut found = None;
+                for piece in text.as_bytes().chunks(chunk) {
+                    if let Some(n) = r.push(piece).unwrap() {
+                        found = Some(n);
+                        break;
+                    }
+                    // Linear work: the next search starts at most 2 bytes before the end.
+                    assert!(r.bytes().len() - r.scanner().resume_at() <= 2);
+                }
+                assert_eq!(found, Some(whole), "chunks of {chunk}");
             }
-            _ => panic!("expected Ok"),
         }
     }
 
     #[test]
+    fn a_head_without_its_end_is_refused_past_16_kib() {
+        let mut r = HeadReader::new();
+        let line = format!("X-Pad: {}\r\n", "a".repeat(100));
+        let mut refused = None;
+        for _ in 0..200 {
+            if let Err(e) = r.push(line.as_bytes()) {
+                refused = Some(e);
+                break;
+            }
+        }
+        assert_eq!(refused, Some(Invalid::HeadTooLarge));
+        assert!(r.bytes().len() <= MAX_REQUEST_HEAD + line.len());
+        // Blank lines before the request line are refused, not searched past.
+        assert_eq!(
+            status(&format!("\r\n\r\n{GOOD}"), None),
+            400,
+            "leading blank lines"
+        );
+    }
+
+    #[test]
     fn invalid_requests_get_their_status() {
-        let status = |s: &str, path| match parse(s.as_bytes(), remote(), path) {
-            Parsed::Invalid(c) => c,
-            Parsed::Partial => 0,
-            Parsed::Ok { .. } => 101,
-        };
         assert_eq!(status(GOOD, Some("/other")), 404);
         assert_eq!(status(&GOOD.replace("13\r\n", "8\r\n"), None), 426);
         assert_eq!(status(&GOOD.replace("GET", "POST"), None), 400);
@@ -397,16 +836,108 @@ mod tests {
             status(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"), None),
             400
         );
-        assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\n", None), 0);
-        let with = |p: &str| {
-            GOOD.replace(
-                "Host: a",
-                &format!("Host: a\r\nSec-WebSocket-Protocol: {p}"),
-            )
+        assert_eq!(
+            status(&with("Sec-WebSocket-Protocol: chat, chat"), None),
+            400
+        );
+        assert_eq!(status(&with("Sec-WebSocket-Protocol: a b"), None), 400);
+        assert_eq!(
+            status(&with("Sec-WebSocket-Protocol: chat, v2.json"), None),
+            101
+        );
+        let many: Vec<String> = (0..70).map(|i| format!("x{i}")).collect();
+        assert_eq!(
+            status(&with(&format!("X: {}", many.join(", "))), None),
+            101,
+            "other lists are not capped"
+        );
+    }
+
+    #[test]
+    fn rfc_6455_section_11_3_headers_appear_once() {
+        let cases = [
+            (GOOD.replace("Host: a\r\n", ""), Invalid::MissingHost),
+            (with("Host: b"), Invalid::Duplicate("Host")),
+            (with("host: a"), Invalid::Duplicate("Host")),
+            (
+                with("Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA=="),
+                Invalid::Duplicate("Sec-WebSocket-Key"),
+            ),
+            (
+                with("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="),
+                Invalid::Duplicate("Sec-WebSocket-Key"),
+            ),
+            (
+                with("Sec-WebSocket-Version: 13"),
+                Invalid::Duplicate("Sec-WebSocket-Version"),
+            ),
+            (
+                with("Origin: https://a.example\r\nOrigin: https://b.example"),
+                Invalid::Duplicate("Origin"),
+            ),
+        ];
+        for (req, want) in cases {
+            let got = run(req.as_bytes(), &Gate::default()).err();
+            assert_eq!(got.as_ref(), Some(&want), "{req}");
+            assert_eq!(got.unwrap().status(), 400);
+        }
+        // Lists may be split over several headers.
+        let u = run(
+            with("Sec-WebSocket-Protocol: a\r\nSec-WebSocket-Protocol: b").as_bytes(),
+            &Gate::default(),
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(u.protocols, ["a", "b"]);
+    }
+
+    #[test]
+    fn offers_are_capped_and_counted_before_they_are_parsed() {
+        // Distinct one- and two-character tokens: 3,800 of them fit in 11.3 KB, under 16 KiB.
+        let tokens = |n: usize| {
+            let alphabet: Vec<char> = ('a'..='z').chain('A'..='Z').chain('0'..='9').collect();
+            let one = alphabet.iter().map(|c| c.to_string());
+            let two = alphabet
+                .iter()
+                .flat_map(|a| alphabet.iter().map(move |b| format!("{a}{b}")));
+            one.chain(two).take(n).collect::<Vec<_>>().join(",")
         };
-        assert_eq!(status(&with("chat, chat"), None), 400);
-        assert_eq!(status(&with("a b"), None), 400);
-        assert_eq!(status(&with("chat, v2.json"), None), 101);
+        let at_cap = with(&format!(
+            "Sec-WebSocket-Protocol: {}",
+            tokens(MAX_OFFERED_PROTOCOLS)
+        ));
+        let u = run(at_cap.as_bytes(), &Gate::default()).ok().unwrap();
+        assert_eq!(u.protocols.len(), MAX_OFFERED_PROTOCOLS);
+        let over = with(&format!("Sec-WebSocket-Protocol: {}", tokens(3800)));
+        let e = run(over.as_bytes(), &Gate::default()).err().unwrap();
+        assert_eq!(e, Invalid::TooManyProtocols(3800));
+        assert_eq!(e.status(), 400);
+        assert!(e.message().contains("3800 (at most 64)"), "{}", e.message());
+        // Split over two headers, the lists count together.
+        let split = with(&format!(
+            "Sec-WebSocket-Protocol: {}\r\nSec-WebSocket-Protocol: {}",
+            tokens(40),
+            tokens(40)
+        ));
+        assert_eq!(
+            run(split.as_bytes(), &Gate::default()).err(),
+            Some(Invalid::TooManyProtocols(80))
+        );
+
+        let ext = |v: &str| count_extensions(&[("sec-websocket-extensions".into(), v.into())]);
+        assert_eq!(ext("permessage-deflate; client_max_window_bits, x-foo"), 2);
+        assert_eq!(ext("a; p=\"x, y\", b"), 2, "a comma in a quoted value");
+        assert_eq!(ext("a; p=\"x\\\", y\", b"), 2, "an escaped quote");
+        assert_eq!(ext(" , a,, b , "), 2, "empty elements");
+        let offers = vec!["x"; 17].join(", ");
+        assert_eq!(
+            run(
+                with(&format!("Sec-WebSocket-Extensions: {offers}")).as_bytes(),
+                &Gate::default()
+            )
+            .err(),
+            Some(Invalid::TooManyExtensions(17))
+        );
     }
 
     #[test]
@@ -417,7 +948,12 @@ mod tests {
             url: "/x".into(),
             raw_headers: headers.iter().map(|s| s.to_string()).collect(),
         };
+        let check = |p: RequestParts| {
+            head_from_parts(p).and_then(|h| validate(h, &Gate::default(), remote(), b"AB".to_vec()))
+        };
         let good = [
+            "Host",
+            "a",
             "Upgrade",
             "websocket",
             "Connection",
@@ -429,45 +965,76 @@ mod tests {
             "Sec-WebSocket-Protocol",
             "b, a",
         ];
-        let u = from_parts(parts("1.1", &good), remote(), b"AB".to_vec())
-            .ok()
-            .unwrap();
+        let u = check(parts("1.1", &good)).ok().unwrap();
         assert_eq!(u.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(u.protocols, ["b", "a"]);
         assert_eq!(u.leftover, b"AB");
-        assert_eq!(
-            from_parts(parts("1.0", &good), remote(), vec![]).err(),
-            Some(400)
-        );
-        assert_eq!(
-            from_parts(parts("1.1", &good[..9]), remote(), vec![]).err(),
-            Some(400)
-        );
+        let status = |p| check(p).err().map(|e| e.status());
+        assert_eq!(status(parts("1.0", &good)), Some(400));
+        assert_eq!(status(parts("1.1", &good[..11])), Some(400));
         let mut v8 = good;
-        v8[7] = "8";
+        v8[9] = "8";
+        assert_eq!(status(parts("1.1", &v8)), Some(426));
+        // Node's rawHeaders keep repeated headers repeated: refused as from our own listener.
+        for dup in [
+            ["Host", "b"],
+            ["Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAAAA=="],
+            ["Sec-WebSocket-Version", "13"],
+            ["Origin", "https://a.example"],
+        ] {
+            let mut h: Vec<&str> = good.to_vec();
+            h.extend(dup);
+            if dup[0] == "Origin" {
+                h.extend(["Origin", "https://b.example"]);
+            }
+            assert_eq!(
+                check(parts("1.1", &h)).err().map(|e| e.cause()),
+                Some(RefusalCause::DuplicateHeader),
+                "{dup:?}"
+            );
+        }
         assert_eq!(
-            from_parts(parts("1.1", &v8), remote(), vec![]).err(),
-            Some(426)
+            check(parts("1.1", &good[2..])).err(),
+            Some(Invalid::MissingHost)
         );
     }
 
     #[test]
     fn origins_are_checked_only_when_listed_and_present() {
-        let req = |origin: Option<&str>| Request {
-            url: "/".into(),
-            headers: origin
-                .map(|o| vec![("origin".to_string(), o.to_string())])
-                .unwrap_or_default(),
-            remote: remote(),
-        };
         let list = ["https://a.example".to_string()];
-        assert!(origin_allowed(&req(Some("https://evil.example")), None));
-        assert!(origin_allowed(&req(None), Some(&list)));
-        assert!(origin_allowed(&req(Some("HTTPS://A.example")), Some(&list)));
-        assert!(!origin_allowed(
-            &req(Some("https://evil.example")),
-            Some(&list)
-        ));
-        assert!(!origin_allowed(&req(Some("null")), Some(&list)));
+        let gate = Gate {
+            path: None,
+            allowed_origins: Some(&list),
+        };
+        let origin = |o: &str| run(with(&format!("Origin: {o}")).as_bytes(), &gate).err();
+        assert!(run(
+            with("Origin: https://evil.example").as_bytes(),
+            &Gate::default()
+        )
+        .is_ok());
+        assert!(run(GOOD.as_bytes(), &gate).is_ok());
+        assert_eq!(origin("HTTPS://A.example"), None);
+        assert_eq!(
+            origin("https://evil.example"),
+            Some(Invalid::OriginNotAllowed)
+        );
+        assert_eq!(origin("null"), Some(Invalid::OriginNotAllowed));
+        // The origin is checked before anything else: a bad request from a foreign origin is a 403.
+        let bad = with("Origin: https://evil.example").replace("GET", "POST");
+        assert_eq!(
+            run(bad.as_bytes(), &gate).err(),
+            Some(Invalid::OriginNotAllowed)
+        );
+    }
+
+    #[test]
+    fn refusals_carry_their_message_as_the_body() {
+        let why = Invalid::Duplicate("Host");
+        let resp = response_head(why.status(), &why.extra_headers(), &why.message());
+        assert!(resp.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+        assert!(resp.ends_with("\r\n\r\nMore than one Host header"));
+        let v = Invalid::UnsupportedVersion;
+        assert!(response_head(v.status(), &v.extra_headers(), &v.message())
+            .contains("\r\nSec-WebSocket-Version: 13\r\n"));
     }
 }

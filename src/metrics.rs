@@ -31,6 +31,44 @@ pub enum Termination {
     Io,
 }
 
+/// Why an upgrade was refused (`metrics().handshakesRefusedBy`). Each refusal counts once, under
+/// the first check it failed; the order of the checks is in `handshake.rs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalCause {
+    /// 400: not a well-formed HTTP/1.1 `GET` upgrade (request line, `Upgrade`, `Connection`,
+    /// `Sec-WebSocket-Key`, a malformed `Sec-WebSocket-Protocol` list).
+    BadRequest,
+    /// 400: no `Host` header (RFC 7230 §5.4).
+    MissingHost,
+    /// 400: `Host`, `Origin`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version` more than once.
+    DuplicateHeader,
+    /// 400: more subprotocols or extensions offered than sluice reads.
+    TooManyOffers,
+    /// 431: a request head over 16 KiB or with more than 64 header fields.
+    HeadTooLarge,
+    /// 426: `Sec-WebSocket-Version` other than 13.
+    UnsupportedVersion,
+    /// 404: not the `path` option.
+    WrongPath,
+    /// 403: `Origin` not in `allowedOrigins`.
+    Origin,
+    /// `verifyClient` refused, threw or did not answer in time.
+    VerifyClient,
+    /// 503: `maxConnections` reached, or the server is closing.
+    Unavailable,
+}
+
+// COUNT is the number of variants: the last one's index + 1.
+const _: () = assert!(RefusalCause::Unavailable as usize + 1 == RefusalCause::COUNT);
+
+impl RefusalCause {
+    pub const COUNT: usize = 10;
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub connections_opened: AtomicU64,
@@ -40,6 +78,8 @@ pub struct Metrics {
     pub handshakes_refused: AtomicU64,
     pub handshakes_timed_out: AtomicU64,
     pub refused_max_connections: AtomicU64,
+    /// `handshakes_refused` by cause, indexed by [`RefusalCause::index`].
+    pub handshakes_refused_by: [AtomicU64; RefusalCause::COUNT],
 
     pub broadcasts: AtomicU64,
     pub publishes: AtomicU64,
@@ -119,6 +159,12 @@ impl Metrics {
         if d.bytes > 0 {
             self.dropped_bytes.fetch_add(d.bytes, Relaxed);
         }
+    }
+
+    /// Counts a refused upgrade, in the total and under its cause.
+    pub fn add_refusal(&self, cause: RefusalCause) {
+        self.handshakes_refused.fetch_add(1, Relaxed);
+        self.handshakes_refused_by[cause.index()].fetch_add(1, Relaxed);
     }
 
     pub fn add_termination(&self, why: Termination) {

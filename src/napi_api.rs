@@ -20,7 +20,7 @@ use crate::frame::{encode, Fate, Frame, OpCode, SendAck, MAX_CONTROL_PAYLOAD};
 use crate::handshake::{is_header_value, is_token, RequestParts};
 use crate::history::{HistoryLimits, Resume};
 use crate::metrics::Metrics as CoreMetrics;
-use crate::metrics::Termination;
+use crate::metrics::{RefusalCause, Termination};
 use crate::policy::Priority as CorePriority;
 use crate::server::{ServerShared, Verdict};
 
@@ -115,6 +115,49 @@ pub struct TerminatedMetrics {
     pub io: f64,
 }
 
+/// Upgrades refused, by cause (each counts once, under the first check it failed; they add up
+/// to `handshakesRefused`).
+#[napi(object)]
+pub struct HandshakeRefusals {
+    /// 400: not a well-formed HTTP/1.1 GET upgrade (request line, `Upgrade`, `Connection`,
+    /// `Sec-WebSocket-Key`, a malformed or repeated `Sec-WebSocket-Protocol` token).
+    pub bad_request: f64,
+    /// 400: no `Host` header.
+    pub missing_host: f64,
+    /// 400: `Host`, `Origin`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version` more than once.
+    pub duplicate_header: f64,
+    /// 400: more than 64 subprotocols or 16 extensions offered.
+    pub too_many_offers: f64,
+    /// 431: a request head over 16 KiB or with more than 64 header fields.
+    pub head_too_large: f64,
+    /// 426: `Sec-WebSocket-Version` other than 13.
+    pub unsupported_version: f64,
+    /// 404: not the `path` option.
+    pub wrong_path: f64,
+    /// 403: `Origin` not in `allowedOrigins`.
+    pub origin: f64,
+    /// `verifyClient` refused, threw (500) or did not answer within `handshakeTimeout` (503).
+    pub verify_client: f64,
+    /// 503: `maxConnections` reached, or the server is closing.
+    pub unavailable: f64,
+}
+
+fn refusal_metrics(m: &CoreMetrics) -> HandshakeRefusals {
+    let g = |c: RefusalCause| CoreMetrics::get(&m.handshakes_refused_by[c.index()]);
+    HandshakeRefusals {
+        bad_request: g(RefusalCause::BadRequest),
+        missing_host: g(RefusalCause::MissingHost),
+        duplicate_header: g(RefusalCause::DuplicateHeader),
+        too_many_offers: g(RefusalCause::TooManyOffers),
+        head_too_large: g(RefusalCause::HeadTooLarge),
+        unsupported_version: g(RefusalCause::UnsupportedVersion),
+        wrong_path: g(RefusalCause::WrongPath),
+        origin: g(RefusalCause::Origin),
+        verify_client: g(RefusalCause::VerifyClient),
+        unavailable: g(RefusalCause::Unavailable),
+    }
+}
+
 /// Fan-out latency in microseconds: from the `broadcast`/`publish` call to the last recipient's
 /// socket write of that message.
 #[napi(object)]
@@ -167,6 +210,8 @@ pub struct Metrics {
     pub refused_max_connections: f64,
     /// Sockets that did not complete the upgrade within `handshakeTimeout`.
     pub handshakes_timed_out: f64,
+    /// `handshakesRefused` by cause.
+    pub handshakes_refused_by: HandshakeRefusals,
     pub broadcasts: f64,
     pub publishes: f64,
     /// `broadcast`/`publish` calls refused because `maxBufferedAmount - highWaterMark` bytes of
@@ -240,6 +285,7 @@ fn metrics_object(m: &CoreMetrics, link: Option<&Arc<Link>>) -> Metrics {
         handshakes_refused: g(&m.handshakes_refused),
         refused_max_connections: g(&m.refused_max_connections),
         handshakes_timed_out: g(&m.handshakes_timed_out),
+        handshakes_refused_by: refusal_metrics(m),
         broadcasts: g(&m.broadcasts),
         publishes: g(&m.publishes),
         fanout_rejected: g(&m.fanout_rejected),

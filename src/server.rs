@@ -7,7 +7,10 @@
 //!   `handshakeTimeout`; once upgraded it is handed over to the worker runtime. Accept errors such
 //!   as `EMFILE` pause the loop briefly instead of spinning.
 //! * **Admission.** `maxConnections` counts open connections; when it is reached, or when the
-//!   server is closing, the upgrade is refused with 503 before any 101 is sent.
+//!   server is closing, the upgrade is refused with 503 before any 101 is sent. That check comes
+//!   right after the request head is received, before it is parsed, and again (reserving the
+//!   slot) after the JavaScript hooks. Every refusal is counted by cause
+//!   (`metrics().handshakesRefusedBy`).
 //! * **Registry.** Open connections by id, and topic subscriptions. Fan-out takes a snapshot under
 //!   the read lock; registration and removal take the write lock briefly.
 //! * **Closing.** [`ServerShared::begin_close`] stops accepting, asks every connection to close
@@ -30,7 +33,7 @@ use crate::events::{Event, EventSink};
 use crate::fanout::Fanout;
 use crate::handshake::{self, Refusal};
 use crate::history::{History, HistoryLimits};
-use crate::metrics::{Metrics, Termination};
+use crate::metrics::{Metrics, RefusalCause, Termination};
 
 /// Pause after an accept error (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -41,6 +44,22 @@ const TERMINATE_GRACE: Duration = Duration::from_secs(2);
 const LISTEN_BACKLOG: i32 = 511;
 
 type Registry = HashMap<u64, Arc<Conn>>;
+
+/// A socket taken over from Node (`handleUpgrade`): its handshake token and its request as
+/// Node parsed it, with the bytes that followed the head.
+struct Taken {
+    token: u64,
+    parts: handshake::RequestParts,
+    head: Vec<u8>,
+}
+
+/// A request head received, not yet parsed.
+enum Pending {
+    /// Read by sluice's own listener.
+    Raw(handshake::RawHead),
+    /// Parsed by Node, and what followed its head.
+    Parts(handshake::RequestParts, Vec<u8>),
+}
 
 /// JavaScript's answer about an upgrade (`verifyClient`, `handleProtocols`).
 #[derive(Debug)]
@@ -269,10 +288,11 @@ impl ServerShared {
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         sock.set_nonblocking(true)?;
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let upgrade = handshake::from_parts(parts, peer, head);
         let _guard = rt.enter();
         let stream = TcpStream::from_std(sock.into())?;
-        rt.spawn(self.clone().handshake(stream, peer, Some((token, upgrade))));
+        // The request is checked on the accept thread, not here on the JS thread.
+        let taken = Taken { token, parts, head };
+        rt.spawn(self.clone().handshake(stream, peer, Some(taken)));
         Ok(token)
     }
 
@@ -287,12 +307,12 @@ impl ServerShared {
 
     /// Runs on the accept thread: the handshake never waits behind fan-out work, so new clients
     /// get their 101 promptly however busy the workers are. `taken` is set for a socket taken
-    /// over from Node: its token and its request, already parsed and checked.
+    /// over from Node: its token and its request, as Node parsed it.
     async fn handshake(
         self: Arc<Self>,
         mut stream: TcpStream,
         peer: SocketAddr,
-        taken: Option<(u64, Result<handshake::Upgrade, u16>)>,
+        taken: Option<Taken>,
     ) {
         let _ = stream.set_nodelay(true);
         if let Some(limit) = self.config.kernel_unsent_limit {
@@ -301,7 +321,7 @@ impl ServerShared {
         // JavaScript knows a handshake by its token: a taken-over socket has one already; one from
         // our listener gets one when the hooks are asked about it.
         let token = match &taken {
-            Some((t, _)) => *t,
+            Some(t) => t.token,
             None if self.config.ask_js => self.next_token.fetch_add(1, Ordering::Relaxed),
             None => 0,
         };
@@ -335,39 +355,35 @@ impl ServerShared {
         });
     }
 
-    /// Everything before the connection exists: read and check the request, the origin, the
-    /// JavaScript hooks (asked under `token`), admission. On success the connection's slot under
-    /// `maxConnections` is reserved and the 101 is still to be sent (by `run_connection`). `Err` carries the status answered (0: none, the socket failed
-    /// or the request never completed).
+    /// Everything before the connection exists, cheapest refusals first (see `handshake.rs`):
+    /// read the request head, admission (503), parse and check the request (the origin first),
+    /// the JavaScript hooks (asked under `token`), admission again. On success the connection's
+    /// slot under `maxConnections` is reserved and the 101 is still to be sent (by
+    /// `run_connection`). `Err` carries the status answered (0: none, the socket failed or the
+    /// request never completed).
     async fn negotiate(
         &self,
         stream: &mut TcpStream,
         peer: SocketAddr,
         token: u64,
-        taken: Option<(u64, Result<handshake::Upgrade, u16>)>,
+        taken: Option<Taken>,
     ) -> Result<(handshake::Upgrade, Option<String>), u16> {
         let m = &self.metrics;
-        let refused = |status: u16| {
-            tracing::debug!(%peer, status, "upgrade refused");
-            m.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+        let refused = |cause: RefusalCause, status: u16| {
+            tracing::debug!(%peer, status, ?cause, "upgrade refused");
+            m.add_refusal(cause);
             status
         };
         let timeout = self.config.handshake_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let upgrade = match taken {
-            Some((_, Ok(u))) => u,
-            Some((_, Err(status))) => {
-                handshake::refuse(stream, status, handshake::extra_for(status)).await;
-                return Err(refused(status));
-            }
-            None => match tokio::time::timeout_at(
-                deadline,
-                handshake::read_upgrade(stream, peer, self.config.path.as_deref()),
-            )
-            .await
-            {
-                Ok(Ok(u)) => u,
-                Ok(Err(Refusal::Http(status))) => return Err(refused(status)),
+        let head = match taken {
+            Some(t) => Pending::Parts(t.parts, t.head),
+            None => match tokio::time::timeout_at(deadline, handshake::read_head(stream)).await {
+                Ok(Ok(raw)) => Pending::Raw(raw),
+                Ok(Err(Refusal::Invalid(why))) => {
+                    handshake::refuse_invalid(stream, &why).await;
+                    return Err(refused(why.cause(), why.status()));
+                }
                 Ok(Err(Refusal::Io(_))) => return Err(0),
                 Err(_) => {
                     m.handshakes_timed_out.fetch_add(1, Ordering::Relaxed);
@@ -375,10 +391,40 @@ impl ServerShared {
                 }
             },
         };
-        if !handshake::origin_allowed(&upgrade.request, self.config.allowed_origins.as_deref()) {
-            handshake::refuse(stream, 403, &[]).await;
-            return Err(refused(403));
+        // The cheap refusal before any parsing: no room, or closing.
+        if self.is_closing() || self.is_full() {
+            if !self.is_closing() {
+                m.refused_max_connections.fetch_add(1, Ordering::Relaxed);
+            }
+            handshake::refuse(stream, 503, &[]).await;
+            return Err(refused(RefusalCause::Unavailable, 503));
         }
+        let checked = match head {
+            Pending::Raw(raw) => {
+                let gate = handshake::Gate {
+                    path: self.config.path.as_deref(),
+                    allowed_origins: self.config.allowed_origins.as_deref(),
+                };
+                handshake::parse_head(raw.head())
+                    .and_then(|h| handshake::validate(h, &gate, peer, raw.leftover()))
+            }
+            Pending::Parts(parts, head) => {
+                // No path check: the application routed this request here.
+                let gate = handshake::Gate {
+                    path: None,
+                    allowed_origins: self.config.allowed_origins.as_deref(),
+                };
+                handshake::head_from_parts(parts)
+                    .and_then(|h| handshake::validate(h, &gate, peer, head))
+            }
+        };
+        let upgrade = match checked {
+            Ok(u) => u,
+            Err(why) => {
+                handshake::refuse_invalid(stream, &why).await;
+                return Err(refused(why.cause(), why.status()));
+            }
+        };
         // As ws does: without a handleProtocols hook, the client's first choice.
         let mut protocol = upgrade.protocols.first().cloned();
         if self.config.ask_js && !self.is_closing() {
@@ -390,12 +436,12 @@ impl ServerShared {
                     body,
                 }) => {
                     handshake::refuse_with(stream, status, &headers, &body).await;
-                    return Err(refused(status));
+                    return Err(refused(RefusalCause::VerifyClient, status));
                 }
                 None => {
                     m.handshakes_timed_out.fetch_add(1, Ordering::Relaxed);
                     handshake::refuse(stream, 503, &[]).await;
-                    return Err(refused(503));
+                    return Err(refused(RefusalCause::VerifyClient, 503));
                 }
             }
         }
@@ -404,7 +450,7 @@ impl ServerShared {
                 m.refused_max_connections.fetch_add(1, Ordering::Relaxed);
             }
             handshake::refuse(stream, 503, &[]).await;
-            return Err(refused(503));
+            return Err(refused(RefusalCause::Unavailable, 503));
         }
         Ok((upgrade, protocol))
     }
@@ -479,6 +525,12 @@ impl ServerShared {
         }
         conn.clone().run(upgrade.leftover).await;
         self.remove(&conn);
+    }
+
+    /// True when `maxConnections` are open: a quick look before a request is parsed; the slot
+    /// itself is reserved by [`Self::admit`].
+    fn is_full(&self) -> bool {
+        self.metrics.open.load(Ordering::Acquire) >= self.config.max_connections
     }
 
     /// Reserves a slot under `maxConnections`.
