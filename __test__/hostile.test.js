@@ -187,13 +187,14 @@ describe('handshake amplification', () => {
     const a = m.attacker
     const checks = [
       h.equals('every request answered 400', Object.keys(a.statuses), ['400']),
+      h.equals('metrics: handshakesRefusedBy.tooManyOffers', delta(m, 'handshakesRefusedBy.tooManyOffers'), a.requests),
       h.below('other handshakes p50 (ms)', m.observer && h.round(m.observer.handshake.p50), 50, ' ms'),
       ...h.bystanders(m, BOUNDS),
     ]
     const failed = h.record({
       id: 'protocol-list',
       attack: `16 loops of requests offering ${a.tokens} subprotocols (${(a.headerBytes / 1000).toFixed(1)} KB), ${FLOOD_MS / 1000} s`,
-      does: `answers ${JSON.stringify(a.statuses)} in ${h.fmtMs(a.answerMs.p50)} (p50); ${bystanderOutcome(m)}`,
+      does: `answers ${JSON.stringify(a.statuses)} in ${h.fmtMs(a.answerMs.p50)} (p50), counted in handshakesRefusedBy.tooManyOffers; ${bystanderOutcome(m)}`,
       measured: `other handshakes p50 ${h.fmtMs(m.observer.handshake.p50)}, ${h.summary(m)}`,
       checks,
       raw: m,
@@ -223,11 +224,17 @@ describe('RFC 6455 handshake rules', () => {
     const m = await h.attack({ observe: false, attack: { case: 'lenient', durationMs: 1000 } })
     const s = m.attacker.statuses
     const expected = { 'no Host': 400, 'two Hosts': 400, 'two Sec-WebSocket-Keys': 400, 'two Sec-WebSocket-Versions': 400, 'two Origins': 400, control: 101 }
-    const checks = [h.equals('statuses', s, expected)]
+    const checks = [
+      h.equals('statuses', s, expected),
+      h.equals('metrics: handshakesRefusedBy.missingHost', delta(m, 'handshakesRefusedBy.missingHost'), 1),
+      h.equals('metrics: handshakesRefusedBy.duplicateHeader', delta(m, 'handshakesRefusedBy.duplicateHeader'), 4),
+    ]
     const failed = h.record({
       id: 'lenient',
       attack: 'requests with no Host, two Hosts, two Sec-WebSocket-Keys, two Sec-WebSocket-Versions, two Origins',
-      does: Object.values(s).slice(0, 5).every((x) => x === 400) ? '400 for each' : `answers ${JSON.stringify(s)}`,
+      does: Object.values(s).slice(0, 5).every((x) => x === 400)
+        ? '400 for each, counted in handshakesRefusedBy.missingHost / .duplicateHeader'
+        : `answers ${JSON.stringify(s)}`,
       measured: Object.entries(s).filter(([k]) => k !== 'control').map(([k, v]) => `${k}: ${v}`).join(', '),
       checks,
       raw: m,
