@@ -206,7 +206,9 @@ describe('handshake amplification', () => {
     const m = await h.attack({ attack: { case: 'byte-head', durationMs: FLOOD_MS, options: { connections: 100, headBytes: 16000, bulkBytes: 12000 } } })
     const a = m.attacker
     const cpu = m.observer ? m.observer.cpu.accept : null
-    const checks = [h.below('accept thread CPU (share of a core)', cpu, 0.5), ...h.bystanders(m, BOUNDS)]
+    // A parser that starts over on every byte kept the accept thread at 28% of a core here
+    // (92% in issue 11 with a faster attacker); one that resumes, at 4%.
+    const checks = [h.below('accept thread CPU (share of a core)', cpu, 0.15), ...h.bystanders(m, BOUNDS)]
     const failed = h.record({
       id: 'byte-head',
       attack: `100 connections: 12 KB of a 16 KB head, then the rest a byte at a time (${Math.round(a.bytesPerSecond / 1000)} K single bytes/s)`,
