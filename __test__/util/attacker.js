@@ -217,8 +217,8 @@ function percentile(sorted, p) {
 
 async function floodCase(opcode, { connections = 1, payload = 16, size = null, read = true }) {
   const conns = await Promise.all(Array.from({ length: connections }, () => upgrade({ read })))
-  const len = size === null ? payload : size
-  const chunk = repeated(frame(opcode, crypto.randomBytes(len)))
+  const one = frame(opcode, crypto.randomBytes(size === null ? payload : size))
+  const chunk = repeated(one)
   const until = now() + DURATION
   const started = now()
   const sent = await Promise.all(conns.map((c) => (c.status === 101 ? flood(c.socket, chunk, until) : 0)))
@@ -229,7 +229,7 @@ async function floodCase(opcode, { connections = 1, payload = 16, size = null, r
   await delay(200)
   return {
     connections,
-    frameBytes: chunk.length / Math.floor(chunk.length / frame(opcode, Buffer.alloc(len)).length),
+    frameBytes: one.length,
     statuses: statusCounts(conns.map((c) => c.status)),
     bytesSent: sent.reduce((a, b) => a + b, 0),
     mbPerSecond: Number((sent.reduce((a, b) => a + b, 0) / 1e6 / (elapsed / 1000)).toFixed(1)),
