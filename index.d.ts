@@ -113,6 +113,12 @@ export declare class NativeServer {
   get pendingBroadcasts(): number
   subscriberCount(topic: string): number
   metrics(): Metrics
+  /**
+   * The next batch of events: after the thread-safe call's batch, `lib/sluice.js` takes the
+   * following ones itself, between turns of the event loop, until one is empty; only then does
+   * the next event make a thread-safe call again. Empty once destroyed.
+   */
+  takeEvents(): Array<Array<any>>
   /** Starts the graceful close; the `closed` event follows. False if already closing. */
   close(timeoutMs: number): boolean
   /** Stops the runtime threads and releases the event callback. Call after `closed`. */
@@ -204,6 +210,28 @@ export interface HandshakeRefusals {
   unavailable: number
 }
 
+/** `metrics().inbound`: how the readers were held back, and what inbound data waits right now. */
+export interface InboundMetrics {
+  /**
+   * Times a reader stopped after its per-wake-up budget (64 KiB or 256 frames) to let the other
+   * connections run: high under floods, harmless by itself.
+   */
+  yields: number
+  /**
+   * Times a reader paused because JavaScript had not yet taken the pending events (TCP then
+   * pushes back on the clients).
+   */
+  eventQueuePauses: number
+  /** Times a reader paused for room under `maxPartialMessageBytes`. */
+  partialPauses: number
+  /** Inbound events (messages, pings, pongs) waiting for JavaScript right now. */
+  pendingEvents: number
+  /** What they cost: payload plus 512 bytes each (the bound is 64 MiB, or 65,536 events). */
+  pendingEventBytes: number
+  /** Bytes reserved right now by messages still arriving (bounded by `maxPartialMessageBytes`). */
+  partialMessageBytes: number
+}
+
 /**
  * Fan-out latency in microseconds: from the `broadcast`/`publish` call to the last recipient's
  * socket write of that message.
@@ -261,6 +289,7 @@ export interface Metrics {
    */
   replaced: number
   terminated: TerminatedMetrics
+  inbound: InboundMetrics
   backpressureEvents: number
   drainEvents: number
   /** Connections above `highWaterMark` right now (had `backpressure`, not yet `drain`). */
@@ -415,6 +444,36 @@ export interface ServerOptions {
    * no Redis connection is ever opened.
    */
   cluster?: ClusterOptions
+  /**
+   * Bytes per second one connection may send (frame headers included), averaged over
+   * `inboundRateWindow`. A connection that sends more is closed with 1008 (counted in
+   * `metrics().terminated.rateLimited`). The burst is `inboundRateWindow` of it, and at least one
+   * `maxPayload` message. `0` disables the limit. Default `4194304` (4 MiB/s): no lobby or chat
+   * client comes near it; a client flooding loopback sends a hundred times more.
+   */
+  maxInboundBytesPerSecond?: number
+  /**
+   * Frames per second one connection may send: messages, fragments, pings and pongs all count
+   * (a flood of empty frames or pings costs the server per frame). Averaged over
+   * `inboundRateWindow`; a connection that sends more is closed with 1008 (counted in
+   * `metrics().terminated.rateLimited`). `0` disables the limit. Default `1000`.
+   */
+  maxInboundFramesPerSecond?: number
+  /**
+   * The inbound rate limits are token buckets that hold this many milliseconds of their rate:
+   * the largest burst a client may send at once. Default `2000` (2,000 frames, 8 MiB).
+   */
+  inboundRateWindow?: number
+  /**
+   * Server-wide bound on the bytes of messages still arriving (a fragmented message before its
+   * last fragment, or a large frame before its last byte), summed over all connections. A
+   * connection whose message does not fit stops being read until others complete theirs (TCP
+   * pushes back meanwhile), counted in `metrics().inbound.partialPauses`; after 5 s without
+   * room it is closed with 1013 (`metrics().terminated.partialBudget`). Messages up to 1 KiB
+   * are not counted. At least `maxPayload`; `0` disables the bound. Default `67108864`
+   * (64 MiB), or `maxPayload` if larger.
+   */
+  maxPartialMessageBytes?: number
 }
 
 /** Connections the server ended without a completed close handshake, by cause. */
@@ -431,6 +490,10 @@ export interface TerminatedMetrics {
   protocol: number
   /** The peer vanished: reset, EOF without a close frame, write error. */
   io: number
+  /** Sent more than `maxInboundBytesPerSecond` or `maxInboundFramesPerSecond` (closed 1008). */
+  rateLimited: number
+  /** Waited more than 5 s for room under `maxPartialMessageBytes` (closed 1013). */
+  partialBudget: number
 }
 
 /**

@@ -17,6 +17,7 @@ export type {
   DroppedMetrics,
   TerminatedMetrics,
   HandshakeRefusals,
+  InboundMetrics,
   Percentiles,
   LatencyMetrics,
 } from '../index'

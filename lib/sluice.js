@@ -29,6 +29,13 @@ const DEFAULT_CLOSE_TIMEOUT = 5000
 /** Defaults of the event thresholds (the native side holds the same values). */
 const DEFAULT_HIGH_WATER_MARK = 64 * 1024
 const DEFAULT_LOW_WATER_MARK = 16 * 1024
+/**
+ * Longest run of event handling (ms) before the event loop gets a turn: timers fire at most this
+ * much (plus one listener call) late during an inbound flood.
+ */
+const DISPATCH_SLICE_MS = 10
+/** Default `maxPayload` (the native side holds the same value). */
+const DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 const KIND = {
   CONNECTION: 0,
@@ -81,6 +88,10 @@ const OPTIONS = {
   allowedOrigins: ['strings'],
   reusePort: ['boolean'],
   cluster: ['cluster'],
+  maxInboundBytesPerSecond: ['int', 0, MAX_BYTES],
+  maxInboundFramesPerSecond: ['int', 0, 1e9],
+  inboundRateWindow: ['int', 1, MAX_MS],
+  maxPartialMessageBytes: ['int', 0, MAX_BYTES],
 }
 
 /** `cluster: { redis, prefix, criticalQueue }`, checked; returns the native form. */
@@ -161,6 +172,10 @@ function validateOptions(options) {
   const low = out.lowWaterMark ?? Math.min(DEFAULT_LOW_WATER_MARK, high)
   if (low > high) {
     throw sluiceError(RangeError, 'ERR_SLUICE_OUT_OF_RANGE', `lowWaterMark (${low}) must not exceed highWaterMark (${high})`)
+  }
+  const maxPayload = out.maxPayload ?? DEFAULT_MAX_PAYLOAD
+  if (out.maxPartialMessageBytes !== undefined && out.maxPartialMessageBytes !== 0 && out.maxPartialMessageBytes < maxPayload) {
+    throw sluiceError(RangeError, 'ERR_SLUICE_OUT_OF_RANGE', `maxPartialMessageBytes (${out.maxPartialMessageBytes}) must be 0 or at least maxPayload (${maxPayload}): a message of maxPayload must fit`)
   }
   if (out.noServer) {
     const own = ['host', 'port', 'path'].filter((n) => out[n] !== undefined)
@@ -459,6 +474,12 @@ class Server extends EventEmitter {
     /** Promises of history publishes and resumes answered by events (cluster mode), by token. */
     this._pending = new Map()
     this._nextPending = 1
+    /** Event batches from the native side not yet handled, oldest first (see `_drain`). */
+    this._batches = []
+    /** Next event of `_batches[0]`. */
+    this._batchPos = 0
+    this._draining = false
+    this._drainLater = () => this._drain()
     this._native = new NativeServer(nativeOptions(this._options), (events) => this._dispatch(events))
   }
 
@@ -816,105 +837,151 @@ class Server extends EventEmitter {
     }
   }
 
+  /**
+   * Receives a batch of events from the native side (its thread-safe call). Batches are handled
+   * in order by `_drain`.
+   */
   _dispatch(events) {
-    for (const ev of events) {
-      const kind = ev[0]
-      if (kind === KIND.CONNECTION) {
-        const token = ev[4]
-        const entry = token ? this._handshakes.get(token) : undefined
-        if (entry) this._handshakes.delete(token)
-        const req = entry ? entry.req : ownRequest(ev[3])
-        const conn = new Connection(ev[2], req, this)
-        this._connections.set(ev[1], conn)
-        this._updateHold()
-        safeEmit(this, 'connection', conn, req)
-        if (entry && entry.callback) {
-          try {
-            entry.callback(conn, req)
-          } catch (err) {
-            process.nextTick(() => {
-              throw err
-            })
+    this._batches.push(events)
+    if (!this._draining) this._drain()
+  }
+
+  /**
+   * Handles events for at most DISPATCH_SLICE_MS, then lets the event loop run (timers, I/O) and
+   * goes on from a setImmediate. After the batch of the native side's thread-safe call, the next
+   * batches (1,024 events, 1 MiB of inbound data at most each) are taken with `takeEvents()` until
+   * one is empty; only then does the native side call again. So however long an inbound flood
+   * lasts, and however slow the listeners, the server's own timers keep firing; meanwhile the
+   * native queue fills up, its readers pause, and TCP pushes back on the clients.
+   */
+  _drain() {
+    this._draining = true
+    const deadline = performance.now() + DISPATCH_SLICE_MS
+    let handled = 0
+    let idle = false
+    try {
+      for (;;) {
+        if (this._batches.length === 0) {
+          const next = this._state === 'closed' ? [] : this._native.takeEvents()
+          if (next.length === 0) {
+            idle = true
+            break
           }
+          this._batches.push(next)
         }
-        conn._syncInterest()
-        continue
+        const batch = this._batches[0]
+        if (this._batchPos === batch.length) {
+          this._batches.shift()
+          this._batchPos = 0
+          continue
+        }
+        this._event(batch[this._batchPos++])
+        if ((++handled & 15) === 0 && performance.now() > deadline) break
       }
-      if (kind === KIND.VERIFY) {
-        this._verify(ev[1], ev[2], ev[3])
-        continue
+    } finally {
+      // Also after an exception thrown out of a handler: delivery must not stall.
+      if (idle) this._draining = false
+      else setImmediate(this._drainLater)
+    }
+  }
+
+  _event(ev) {
+    const kind = ev[0]
+    if (kind === KIND.CONNECTION) {
+      const token = ev[4]
+      const entry = token ? this._handshakes.get(token) : undefined
+      if (entry) this._handshakes.delete(token)
+      const req = entry ? entry.req : ownRequest(ev[3])
+      const conn = new Connection(ev[2], req, this)
+      this._connections.set(ev[1], conn)
+      this._updateHold()
+      safeEmit(this, 'connection', conn, req)
+      if (entry && entry.callback) {
+        try {
+          entry.callback(conn, req)
+        } catch (err) {
+          process.nextTick(() => {
+            throw err
+          })
+        }
       }
-      if (kind === KIND.HANDSHAKE_FAILED) {
-        this._handshakes.delete(ev[1])
+      conn._syncInterest()
+      return
+    }
+    if (kind === KIND.VERIFY) {
+      this._verify(ev[1], ev[2], ev[3])
+      return
+    }
+    if (kind === KIND.HANDSHAKE_FAILED) {
+      this._handshakes.delete(ev[1])
+      this._updateHold()
+      return
+    }
+    if (kind === KIND.PUBLISHED || kind === KIND.RESUMED) {
+      const p = this._pending.get(ev[1])
+      if (p) {
+        this._pending.delete(ev[1])
+        if (kind === KIND.RESUMED) p.resolve({ recovered: ev[2], offset: ev[3], epoch: ev[4] })
+        else if (ev[4]) p.reject(sluiceError(Error, ev[4], 'not published: Redis could not be reached, and only Critical messages are held during an outage'))
+        else p.resolve({ offset: ev[2], epoch: ev[3] })
+      }
+      return
+    }
+    if (kind === KIND.SENT) {
+      const callback = this._acks.get(ev[2])
+      if (callback) {
+        this._acks.delete(ev[2])
+        const err =
+          ev[3] === 0
+            ? null
+            : ev[3] === 2
+              ? sluiceError(Error, 'ERR_SLUICE_REPLACED', 'the message was replaced, before it was written, by a newer one with the same key')
+              : sluiceError(Error, 'ERR_SLUICE_DROPPED', 'the message was dropped before it was written: the connection closed, or the policy refused it')
+        try {
+          callback(err)
+        } catch (e) {
+          process.nextTick(() => {
+            throw e
+          })
+        }
+      }
+      return
+    }
+    if (kind === KIND.CLOSED) {
+      this._finishClose()
+      return
+    }
+    if (kind === KIND.ERROR) {
+      const err = sluiceError(Error, ev[2], ev[3])
+      if (this.listenerCount('error') > 0) safeEmit(this, 'error', err)
+      return
+    }
+    const conn = this._connections.get(ev[1])
+    if (!conn) return
+    switch (kind) {
+      case KIND.MESSAGE:
+        safeEmit(conn, 'message', ev[2], !!ev[3])
+        break
+      case KIND.CLOSE:
+        this._connections.delete(ev[1])
         this._updateHold()
-        continue
-      }
-      if (kind === KIND.PUBLISHED || kind === KIND.RESUMED) {
-        const p = this._pending.get(ev[1])
-        if (p) {
-          this._pending.delete(ev[1])
-          if (kind === KIND.RESUMED) p.resolve({ recovered: ev[2], offset: ev[3], epoch: ev[4] })
-          else if (ev[4]) p.reject(sluiceError(Error, ev[4], 'not published: Redis could not be reached, and only Critical messages are held during an outage'))
-          else p.resolve({ offset: ev[2], epoch: ev[3] })
-        }
-        continue
-      }
-      if (kind === KIND.SENT) {
-        const callback = this._acks.get(ev[2])
-        if (callback) {
-          this._acks.delete(ev[2])
-          const err =
-            ev[3] === 0
-              ? null
-              : ev[3] === 2
-                ? sluiceError(Error, 'ERR_SLUICE_REPLACED', 'the message was replaced, before it was written, by a newer one with the same key')
-                : sluiceError(Error, 'ERR_SLUICE_DROPPED', 'the message was dropped before it was written: the connection closed, or the policy refused it')
-          try {
-            callback(err)
-          } catch (e) {
-            process.nextTick(() => {
-              throw e
-            })
-          }
-        }
-        continue
-      }
-      if (kind === KIND.CLOSED) {
-        this._finishClose()
-        continue
-      }
-      if (kind === KIND.ERROR) {
-        const err = sluiceError(Error, ev[2], ev[3])
-        if (this.listenerCount('error') > 0) safeEmit(this, 'error', err)
-        continue
-      }
-      const conn = this._connections.get(ev[1])
-      if (!conn) continue
-      switch (kind) {
-        case KIND.MESSAGE:
-          safeEmit(conn, 'message', ev[2], !!ev[3])
-          break
-        case KIND.CLOSE:
-          this._connections.delete(ev[1])
-          this._updateHold()
-          conn._closed = true
-          safeEmit(conn, 'close', ev[2], ev[3])
-          break
-        case KIND.PING:
-          safeEmit(conn, 'ping', ev[2])
-          break
-        case KIND.PONG:
-          safeEmit(conn, 'pong', ev[2])
-          break
-        case KIND.BACKPRESSURE:
-          safeEmit(conn, 'backpressure', ev[2])
-          safeEmit(this, 'backpressure', conn, ev[2])
-          break
-        case KIND.DRAIN:
-          safeEmit(conn, 'drain', ev[2])
-          safeEmit(this, 'drain', conn, ev[2])
-          break
-      }
+        conn._closed = true
+        safeEmit(conn, 'close', ev[2], ev[3])
+        break
+      case KIND.PING:
+        safeEmit(conn, 'ping', ev[2])
+        break
+      case KIND.PONG:
+        safeEmit(conn, 'pong', ev[2])
+        break
+      case KIND.BACKPRESSURE:
+        safeEmit(conn, 'backpressure', ev[2])
+        safeEmit(this, 'backpressure', conn, ev[2])
+        break
+      case KIND.DRAIN:
+        safeEmit(conn, 'drain', ev[2])
+        safeEmit(this, 'drain', conn, ev[2])
+        break
     }
   }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use napi_derive::napi;
 
 use crate::cluster::{ClusterConfig, DEFAULT_CRITICAL_QUEUE};
+use crate::inbound::RateLimits;
 use crate::policy::{Limits, OverflowAction};
 
 /// Default `pingInterval`: 30 s, as most proxies time out idle connections after 60 s.
@@ -58,9 +59,43 @@ pub const MAX_IOVECS: usize = 64;
 /// A batch stops growing once it holds this many bytes: big enough to coalesce many small frames
 /// into one syscall, small enough that a Critical frame queued behind it is not held up long.
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
-/// Inbound message bytes waiting for the JS thread before readers pause (TCP then pushes back on
-/// the clients). Bounds the event queue when JS handlers are slower than the clients.
+/// Inbound event bytes waiting for the JS thread before readers pause (TCP then pushes back on
+/// the clients). Bounds the event queue when JS handlers are slower than the clients. Each event a
+/// reader produces (message, ping, pong) counts its payload plus [`EVENT_OVERHEAD_BYTES`], so
+/// that empty and tiny messages count for what they cost.
 pub const MAX_PENDING_EVENT_BYTES: usize = 64 * 1024 * 1024;
+/// What an inbound event costs beyond its payload, measured on Node 20 / x86-64 (see
+/// `events.rs`): in Rust, the `Event` in the queue (112 bytes, up to twice that while the queue
+/// grows) and its share of the read buffer it was parsed from (its frame's size on the wire); in
+/// JavaScript, the `[kind, id, data, binary]` array and the Buffer with its ArrayBuffer that it
+/// becomes, about 300 bytes of heap. 512 bytes rounds that up.
+pub const EVENT_OVERHEAD_BYTES: usize = 512;
+/// Inbound events waiting for the JS thread before readers pause, whatever their size: 50,000
+/// events are ~50 ms of JavaScript at 1 µs each. The queue's capacity is a power of two: with
+/// this bound (and the few events readers add past it) it stays at 65,536 slots, 7 MiB.
+pub const MAX_PENDING_EVENTS: usize = 50_000;
+/// Most events handed to JavaScript in one call. Between two calls the event loop runs (timers,
+/// I/O): at 1 µs per event 1,024 events take ~1 ms, at 50 µs ~50 ms.
+pub const EVENT_BATCH_EVENTS: usize = 1024;
+/// Most inbound event bytes (payload + [`EVENT_OVERHEAD_BYTES`] each) handed to JavaScript in one
+/// call; a single larger event goes alone. 1 MiB is copied into JS buffers in well under 1 ms.
+pub const EVENT_BATCH_BYTES: usize = 1024 * 1024;
+/// Default `maxInboundBytesPerSecond`: 4 MiB/s per connection (32 Mbit/s of upload, sustained),
+/// far above what a lobby or chat client sends (a few KiB/s), far below what one client on
+/// loopback can push (hundreds of MB/s). The burst is `inboundRateWindow` of it (8 MiB).
+pub const DEFAULT_MAX_INBOUND_BYTES_PER_SECOND: usize = 4 * 1024 * 1024;
+/// Default `maxInboundFramesPerSecond`: 1,000 per connection. A browser sends one frame per
+/// message and one pong per ping; an interactive client sends tens per second at most. A flood of
+/// empty frames or pings costs the server per frame, not per byte, hence a limit of its own.
+pub const DEFAULT_MAX_INBOUND_FRAMES_PER_SECOND: u32 = 1000;
+/// Default `inboundRateWindow`: 2 s. The limits are token buckets holding this much of their
+/// rate: a client may send 2,000 frames (a reconnecting client's backlog, say) at once, and is
+/// closed only if it keeps above the rate until the bucket is empty.
+pub const DEFAULT_INBOUND_RATE_WINDOW_MS: u32 = 2000;
+/// Default `maxPartialMessageBytes`: 64 MiB server-wide (or `maxPayload`, if that is larger), for
+/// all messages still arriving together: 64 clients uploading a 1 MiB message at once. Without
+/// it, N clients that each leave a `maxPayload` message unfinished hold N x `maxPayload`.
+pub const DEFAULT_MAX_PARTIAL_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -87,6 +122,10 @@ pub struct Config {
     pub reuse_port: bool,
     /// The link to the other nodes through Redis; `None`: this process alone.
     pub cluster: Option<ClusterConfig>,
+    /// Per-connection inbound rate limits.
+    pub inbound: RateLimits,
+    /// Server-wide bound on bytes of partly received messages; 0: none.
+    pub max_partial_message_bytes: usize,
 }
 
 impl Default for Config {
@@ -109,6 +148,13 @@ impl Default for Config {
             ask_js: false,
             reuse_port: false,
             cluster: None,
+            inbound: RateLimits {
+                bytes_per_second: Some(DEFAULT_MAX_INBOUND_BYTES_PER_SECOND as u64),
+                frames_per_second: Some(DEFAULT_MAX_INBOUND_FRAMES_PER_SECOND as u64),
+                window: ms(DEFAULT_INBOUND_RATE_WINDOW_MS),
+                max_payload: DEFAULT_MAX_PAYLOAD,
+            },
+            max_partial_message_bytes: DEFAULT_MAX_PARTIAL_MESSAGE_BYTES,
         }
     }
 }
@@ -192,6 +238,28 @@ pub struct ServerOptions {
     /// Scale-out through Redis (see `ClusterOptions`). Default: none, this process alone, and
     /// no Redis connection is ever opened.
     pub cluster: Option<ClusterOptions>,
+    /// Bytes per second one connection may send (frame headers included), averaged over
+    /// `inboundRateWindow`. A connection that sends more is closed with 1008 (counted in
+    /// `metrics().terminated.rateLimited`). The burst is `inboundRateWindow` of it, and at least one
+    /// `maxPayload` message. `0` disables the limit. Default `4194304` (4 MiB/s): no lobby or chat
+    /// client comes near it; a client flooding loopback sends a hundred times more.
+    pub max_inbound_bytes_per_second: Option<f64>,
+    /// Frames per second one connection may send: messages, fragments, pings and pongs all count
+    /// (a flood of empty frames or pings costs the server per frame). Averaged over
+    /// `inboundRateWindow`; a connection that sends more is closed with 1008 (counted in
+    /// `metrics().terminated.rateLimited`). `0` disables the limit. Default `1000`.
+    pub max_inbound_frames_per_second: Option<f64>,
+    /// The inbound rate limits are token buckets that hold this many milliseconds of their rate:
+    /// the largest burst a client may send at once. Default `2000` (2,000 frames, 8 MiB).
+    pub inbound_rate_window: Option<u32>,
+    /// Server-wide bound on the bytes of messages still arriving (a fragmented message before its
+    /// last fragment, or a large frame before its last byte), summed over all connections. A
+    /// connection whose message does not fit stops being read until others complete theirs (TCP
+    /// pushes back meanwhile), counted in `metrics().inbound.partialPauses`; after 5 s without
+    /// room it is closed with 1013 (`metrics().terminated.partialBudget`). Messages up to 1 KiB
+    /// are not counted. At least `maxPayload`; `0` disables the bound. Default `67108864`
+    /// (64 MiB), or `maxPayload` if larger.
+    pub max_partial_message_bytes: Option<f64>,
 }
 
 /// The `cluster` option as `lib/sluice.js` passes it (it maps `redis: url | url[]`).
@@ -286,7 +354,54 @@ impl Config {
             Some(x) if x == f64::INFINITY => usize::MAX,
             v => bytes(v, "maxConnections", d.max_connections)?,
         };
+        let max_payload = bytes(o.max_payload, "maxPayload", d.max_payload)?.max(1);
+        let inbound = RateLimits {
+            bytes_per_second: match bytes(
+                o.max_inbound_bytes_per_second,
+                "maxInboundBytesPerSecond",
+                DEFAULT_MAX_INBOUND_BYTES_PER_SECOND,
+            )? {
+                0 => None,
+                n => Some(n as u64),
+            },
+            frames_per_second: match o.max_inbound_frames_per_second {
+                None => Some(DEFAULT_MAX_INBOUND_FRAMES_PER_SECOND as u64),
+                Some(x) if x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x <= 1e9 => {
+                    Some(x as u64).filter(|&n| n > 0)
+                }
+                Some(x) => {
+                    return Err(ConfigError {
+                        option: "maxInboundFramesPerSecond",
+                        message: format!(
+                            "maxInboundFramesPerSecond must be a whole number between 0 and 1e9, got {x}"
+                        ),
+                    })
+                }
+            },
+            window: ms(o
+                .inbound_rate_window
+                .unwrap_or(DEFAULT_INBOUND_RATE_WINDOW_MS)
+                .max(1)),
+            max_payload,
+        };
+        let max_partial_message_bytes = match o.max_partial_message_bytes {
+            None => DEFAULT_MAX_PARTIAL_MESSAGE_BYTES.max(max_payload),
+            v => {
+                let n = bytes(v, "maxPartialMessageBytes", 0)?;
+                if n != 0 && n < max_payload {
+                    return Err(ConfigError {
+                        option: "maxPartialMessageBytes",
+                        message: format!(
+                            "maxPartialMessageBytes ({n}) must be 0 or at least maxPayload ({max_payload})"
+                        ),
+                    });
+                }
+                n
+            }
+        };
         Ok(Config {
+            inbound,
+            max_partial_message_bytes,
             host: o.host.unwrap_or(d.host),
             port: o.port.unwrap_or(0) as u16,
             path: o.path,
@@ -299,7 +414,7 @@ impl Config {
             pong_timeout: o.pong_timeout.map(ms).unwrap_or(d.pong_timeout),
             handshake_timeout: o.handshake_timeout.map(ms).unwrap_or(d.handshake_timeout),
             close_timeout: o.close_timeout.map(ms).unwrap_or(d.close_timeout),
-            max_payload: bytes(o.max_payload, "maxPayload", d.max_payload)?.max(1),
+            max_payload,
             max_connections,
             threads: o
                 .threads
@@ -391,5 +506,44 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.limits.low_water_mark, 1000);
+    }
+
+    #[test]
+    fn inbound_limits() {
+        let c = Config::from_options(ServerOptions::default()).unwrap();
+        assert_eq!(c.inbound.bytes_per_second, Some(4 << 20));
+        assert_eq!(c.inbound.frames_per_second, Some(1000));
+        assert_eq!(c.inbound.window, Duration::from_secs(2));
+        assert_eq!(c.inbound.max_payload, 1 << 20);
+        assert_eq!(c.max_partial_message_bytes, 64 << 20);
+        // 0 disables; the default budget follows a larger maxPayload up.
+        let c = Config::from_options(ServerOptions {
+            max_inbound_bytes_per_second: Some(0.0),
+            max_inbound_frames_per_second: Some(0.0),
+            max_payload: Some((100u64 << 20) as f64),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.inbound.bytes_per_second, None);
+        assert_eq!(c.inbound.frames_per_second, None);
+        assert_eq!(c.max_partial_message_bytes, 100 << 20);
+        let e = Config::from_options(ServerOptions {
+            max_partial_message_bytes: Some(1000.0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.option, "maxPartialMessageBytes");
+        let c = Config::from_options(ServerOptions {
+            max_partial_message_bytes: Some(0.0),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.max_partial_message_bytes, 0);
+        let e = Config::from_options(ServerOptions {
+            max_inbound_frames_per_second: Some(1.5),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.option, "maxInboundFramesPerSecond");
     }
 }

@@ -8,6 +8,10 @@
 //! * the **reader** parses inbound frames with tungstenite's protocol state machine (RFC 6455
 //!   masking, fragmentation, UTF-8, close codes, `maxPayload`), passes messages to JavaScript,
 //!   answers pings, sends our own pings every `pingInterval`, and drives the close handshake.
+//!   What one client can make it do is bounded (`inbound.rs`): a read budget per wake-up, after
+//!   which it yields its thread to the other connections; the inbound rate limits (closed with
+//!   1008 above them); the server-wide bound on partly received messages; and the pending-event
+//!   bound, above which it pauses until JavaScript catches up.
 //!
 //! tungstenite never writes to the socket: what it wants to send (pong, close reply) is captured
 //! and queued in the outbox's control lane, ahead of data.
@@ -37,6 +41,7 @@ use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig, W
 use crate::config::{MAX_BATCH_BYTES, MAX_IOVECS, READ_BUFFER_SIZE};
 use crate::events::Event;
 use crate::frame::{encode, encode_close, Frame, OpCode};
+use crate::inbound::{Inbound, Stop, PARTIAL_ROOM_TIMEOUT, READ_BUDGET_BYTES, READ_BUDGET_FRAMES};
 use crate::metrics::Termination;
 use crate::outbox::{Batched, ControlKind, Drops, Outbox, Outcome};
 use crate::policy::Priority;
@@ -51,6 +56,8 @@ pub mod close_code {
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server is overloaded (RFC 6455 §7.4.1 registry, "Try Again Later").
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const INTERNAL_ERROR: u16 = 1011;
 }
 
@@ -388,7 +395,12 @@ impl Conn {
         let sock = SockRef::from(&self.sock);
         if matches!(
             self.why.get(),
-            Some(Termination::Overflow | Termination::PongTimeout | Termination::Requested)
+            Some(
+                Termination::Overflow
+                    | Termination::PongTimeout
+                    | Termination::Requested
+                    | Termination::RateLimited
+            )
         ) {
             // Reset instead of FIN: the kernel frees the unsent bytes of a stalled peer at once.
             let _ = sock.set_linger(Some(Duration::ZERO));
@@ -553,12 +565,25 @@ impl Conn {
             .max_message_size(Some(cfg.max_payload))
             .max_frame_size(Some(cfg.max_payload))
             .accept_unmasked_frames(false);
+        let mut inbound = Inbound::new(
+            cfg.inbound,
+            self.server.partial.clone(),
+            std::time::Instant::now(),
+        );
+        // Bytes that came with the upgrade request count like any others.
+        inbound.consumed(&leftover, std::time::Instant::now());
         let mut ctx =
             WebSocketContext::from_partially_read(leftover, Role::Server, Some(ws_config));
+        // Messages tungstenite has returned (see `Inbound::take_large_seen`).
+        let mut returned = 0u64;
         let mut kill = self.kill.subscribe();
         let mut captured: Vec<u8> = Vec::new();
         let mut parsing = true; // false: the protocol is over, inbound bytes are discarded
         let mut half_closed = false;
+        // Over the rate limit: nothing more is read (not even discarded) until the end.
+        let mut limited = false;
+        // Waiting for room under maxPartialMessageBytes since then.
+        let mut room_since: Option<Instant> = None;
         let mut next_ping = cfg.ping_interval.map(|d| Instant::now() + d);
         let mut pong_deadline: Option<Instant> = None;
         // What the peer had acknowledged when the ping went out.
@@ -569,24 +594,44 @@ impl Conn {
             if *kill.borrow() {
                 return;
             }
-            // 1. Consume what the socket has.
-            let mut paused = false;
-            if parsing {
+            // 1. Consume what the socket has, up to this wake-up's budget (see `inbound.rs`).
+            let mut paused = false; // JavaScript has not caught up
+            let mut more = false; // budget spent: yield, then read on
+            let mut wait_room = false; // no room for the message in progress
+            inbound.begin_wake();
+            if parsing && !limited {
+                let mut handled = 0u64;
                 loop {
-                    if events.is_full() {
-                        paused = true;
+                    if inbound.rate_limited() {
                         break;
                     }
-                    let r = ctx.read(&mut Io {
+                    if events.is_full() {
+                        paused = true;
+                        m.inbound_event_pauses.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    if handled >= READ_BUDGET_FRAMES {
+                        more = true;
+                        break;
+                    }
+                    let mut io = Io {
                         sock: &self.sock,
                         out: &mut captured,
-                    });
+                        inbound: &mut inbound,
+                        stop: None,
+                    };
+                    let r = ctx.read(&mut io);
+                    let stop = io.stop;
                     match r {
                         Ok(msg) => {
+                            handled += 1;
+                            returned += 1;
                             // Any queued pong or close reply goes to `captured`.
                             let _ = ctx.flush(&mut Io {
                                 sock: &self.sock,
                                 out: &mut captured,
+                                inbound: &mut inbound,
+                                stop: None,
                             });
                             self.send_captured(&mut captured);
                             match msg {
@@ -637,8 +682,27 @@ impl Conn {
                                     break;
                                 }
                             }
+                            if inbound.take_large_seen(returned) {
+                                // A large frame left tungstenite's read buffer grown to its size
+                                // (up to maxPayload, resident for the connection's life), and the
+                                // buffer holds nothing now: start afresh with a small one.
+                                ctx = WebSocketContext::from_partially_read(
+                                    Vec::new(),
+                                    Role::Server,
+                                    Some(ws_config),
+                                );
+                            }
                         }
-                        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                            match stop {
+                                Some(Stop::Yield) => more = true,
+                                Some(Stop::Room) => wait_room = true,
+                                // Seen below.
+                                Some(Stop::RateLimited) => {}
+                                None => {}
+                            }
+                            break;
+                        }
                         Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
                             parsing = false;
@@ -667,11 +731,53 @@ impl Conn {
                         }
                     }
                 }
+                if more {
+                    m.inbound_yields.fetch_add(1, Ordering::Relaxed);
+                }
+                if wait_room {
+                    let now = Instant::now();
+                    let since = *room_since.get_or_insert_with(|| {
+                        m.inbound_partial_pauses.fetch_add(1, Ordering::Relaxed);
+                        now
+                    });
+                    if now.duration_since(since) >= PARTIAL_ROOM_TIMEOUT {
+                        self.fail(
+                            close_code::TRY_AGAIN_LATER,
+                            "no room for the message",
+                            Termination::PartialBudget,
+                            false,
+                        );
+                        parsing = false;
+                        wait_room = false;
+                    }
+                } else if !paused {
+                    room_since = None;
+                }
+                if inbound.rate_limited() && !limited {
+                    tracing::debug!(id = self.id, "inbound rate limit exceeded");
+                    // Urgent: a flooder that does not read may never let the close frame out.
+                    self.fail(
+                        close_code::POLICY_VIOLATION,
+                        "inbound rate limit exceeded",
+                        Termination::RateLimited,
+                        true,
+                    );
+                    limited = true;
+                    parsing = false;
+                    more = false;
+                    wait_room = false;
+                }
             }
-            if !parsing {
+            if !parsing && !limited {
                 // Drain and discard until EOF: the close handshake (or failure) is under way.
+                // Bounded per wake-up like parsing, and still under the rate limit.
                 let mut scratch = [0u8; 4096];
+                let mut drained = 0usize;
                 loop {
+                    if drained >= READ_BUDGET_BYTES {
+                        more = true;
+                        break;
+                    }
                     match self.sock.try_read(&mut scratch) {
                         Ok(0) => {
                             return self.end(
@@ -684,7 +790,13 @@ impl Conn {
                                 },
                             )
                         }
-                        Ok(_) => {}
+                        Ok(n) => {
+                            drained += n;
+                            inbound.discarded(n, std::time::Instant::now());
+                            if inbound.rate_limited() {
+                                return self.end(Some(Termination::RateLimited));
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(_) => return self.end(None),
@@ -697,11 +809,20 @@ impl Conn {
                 && self.close_written.load(Ordering::SeqCst)
                 && (self.peer_close.get().is_some() || self.failing.load(Ordering::SeqCst))
             {
+                if limited {
+                    // Nothing more is read from a flooder: drop it once it has been told why.
+                    return self.end(None);
+                }
                 half_closed = true;
                 parsing = false;
                 let _ = SockRef::from(&self.sock).shutdown(std::net::Shutdown::Write);
             }
-            // 3. Wait for input, a timer, a wake-up from the writer or a close request.
+            // 3. Wait for input, a timer, a wake-up from the writer or a close request. After a
+            // spent budget, the other tasks of this thread run first (yield), then reading goes on.
+            if more {
+                tokio::task::yield_now().await;
+            }
+            let reading = !paused && !wait_room && !limited && !more;
             let close_deadline = *lock(&self.close_deadline);
             let timer = [
                 close_deadline,
@@ -712,14 +833,11 @@ impl Conn {
             .flatten()
             .min();
             let room = events.room.notified();
+            let partial_room = self.server.partial.room.notified();
             tokio::select! {
-                r = self.sock.readable(), if !paused => if r.is_err() {
-                    return self.end(Some(Termination::Io));
-                },
-                _ = room, if paused => {}
-                // notify_waiters() only reaches registered waiters; re-check now and then too.
-                _ = tokio::time::sleep(Duration::from_millis(10)), if paused => {}
-                _ = self.reader_wake.notified() => {}
+                // Timers and requests first: a connection that always has input still gets its
+                // pings sent and its deadlines kept.
+                biased;
                 _ = killed(&mut kill) => return,
                 _ = sleep_until(timer.unwrap_or_else(far_future)), if timer.is_some() => {
                     let now = Instant::now();
@@ -753,6 +871,15 @@ impl Conn {
                         }
                     }
                 }
+                _ = self.reader_wake.notified() => {}
+                _ = room, if paused => {}
+                _ = partial_room, if wait_room => {}
+                // notify_waiters() only reaches registered waiters; re-check now and then too.
+                _ = tokio::time::sleep(Duration::from_millis(10)), if paused || wait_room => {}
+                _ = std::future::ready(()), if more => {}
+                r = self.sock.readable(), if reading => if r.is_err() {
+                    return self.end(Some(Termination::Io));
+                },
             }
         }
     }
@@ -820,15 +947,25 @@ fn far_future() -> Instant {
 }
 
 /// The blocking-style stream tungstenite's protocol state machine reads from: reads are
-/// non-blocking reads of the socket (WouldBlock when empty), writes are captured.
+/// non-blocking reads of the socket (WouldBlock when empty), writes are captured. Every read goes
+/// through [`Inbound`] first: when it refuses (budget spent, no room, rate exceeded) the read is
+/// a WouldBlock too, with the reason in `stop`.
 struct Io<'a> {
     sock: &'a TcpStream,
     out: &'a mut Vec<u8>,
+    inbound: &'a mut Inbound,
+    stop: Option<Stop>,
 }
 
 impl Read for Io<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.sock.try_read(buf)
+        if let Err(stop) = self.inbound.may_read() {
+            self.stop = Some(stop);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.sock.try_read(buf)?;
+        self.inbound.consumed(&buf[..n], std::time::Instant::now());
+        Ok(n)
     }
 }
 

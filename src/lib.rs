@@ -14,6 +14,7 @@
 //! | listener, accept loop, registry, topics, shutdown | `server.rs` |
 //! | opening handshake | `handshake.rs` |
 //! | per-connection reader, writer, heartbeat, close | `connection.rs` |
+//! | what one client may make the reader do (read budget, rate limits, partly received messages) | `inbound.rs` |
 //! | per-connection outbox (lanes, accounting) | `outbox.rs` |
 //! | per-priority overflow policy | `policy.rs` |
 //! | fan-out of broadcasts and publishes | `fanout.rs` |
@@ -32,6 +33,7 @@ pub mod fanout;
 pub mod frame;
 pub mod handshake;
 pub mod history;
+pub mod inbound;
 pub mod metrics;
 pub mod napi_api;
 pub mod outbox;

@@ -29,6 +29,11 @@ pub enum Termination {
     Protocol,
     /// The peer vanished (EOF without close frame, reset, write error).
     Io,
+    /// Sent more than `maxInboundBytesPerSecond` / `maxInboundFramesPerSecond` (closed 1008).
+    RateLimited,
+    /// Waited longer than `PARTIAL_ROOM_TIMEOUT` for room under `maxPartialMessageBytes`
+    /// (closed 1013).
+    PartialBudget,
 }
 
 /// Why an upgrade was refused (`metrics().handshakesRefusedBy`). Each refusal counts once, under
@@ -102,6 +107,15 @@ pub struct Metrics {
     pub terminated_requested: AtomicU64,
     pub terminated_protocol: AtomicU64,
     pub terminated_io: AtomicU64,
+    pub terminated_rate_limited: AtomicU64,
+    pub terminated_partial_budget: AtomicU64,
+
+    /// Times a reader stopped after its per-wake-up budget to let the other tasks run.
+    pub inbound_yields: AtomicU64,
+    /// Times a reader paused because JavaScript had not taken the pending events yet.
+    pub inbound_event_pauses: AtomicU64,
+    /// Times a reader paused for room under `maxPartialMessageBytes`.
+    pub inbound_partial_pauses: AtomicU64,
 
     pub backpressure_events: AtomicU64,
     pub drain_events: AtomicU64,
@@ -175,6 +189,8 @@ impl Metrics {
             Termination::Requested => &self.terminated_requested,
             Termination::Protocol => &self.terminated_protocol,
             Termination::Io => &self.terminated_io,
+            Termination::RateLimited => &self.terminated_rate_limited,
+            Termination::PartialBudget => &self.terminated_partial_budget,
         };
         c.fetch_add(1, Relaxed);
     }

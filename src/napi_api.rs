@@ -113,6 +113,29 @@ pub struct TerminatedMetrics {
     pub protocol: f64,
     /// The peer vanished: reset, EOF without a close frame, write error.
     pub io: f64,
+    /// Sent more than `maxInboundBytesPerSecond` or `maxInboundFramesPerSecond` (closed 1008).
+    pub rate_limited: f64,
+    /// Waited more than 5 s for room under `maxPartialMessageBytes` (closed 1013).
+    pub partial_budget: f64,
+}
+
+/// `metrics().inbound`: how the readers were held back, and what inbound data waits right now.
+#[napi(object)]
+pub struct InboundMetrics {
+    /// Times a reader stopped after its per-wake-up budget (64 KiB or 256 frames) to let the other
+    /// connections run: high under floods, harmless by itself.
+    pub yields: f64,
+    /// Times a reader paused because JavaScript had not yet taken the pending events (TCP then
+    /// pushes back on the clients).
+    pub event_queue_pauses: f64,
+    /// Times a reader paused for room under `maxPartialMessageBytes`.
+    pub partial_pauses: f64,
+    /// Inbound events (messages, pings, pongs) waiting for JavaScript right now.
+    pub pending_events: f64,
+    /// What they cost: payload plus 512 bytes each (the bound is 64 MiB, or 65,536 events).
+    pub pending_event_bytes: f64,
+    /// Bytes reserved right now by messages still arriving (bounded by `maxPartialMessageBytes`).
+    pub partial_message_bytes: f64,
 }
 
 /// Upgrades refused, by cause (each counts once, under the first check it failed; they add up
@@ -230,6 +253,7 @@ pub struct Metrics {
     /// client got the newer value instead. Not counted in `dropped`.
     pub replaced: f64,
     pub terminated: TerminatedMetrics,
+    pub inbound: InboundMetrics,
     pub backpressure_events: f64,
     pub drain_events: f64,
     /// Connections above `highWaterMark` right now (had `backpressure`, not yet `drain`).
@@ -275,7 +299,9 @@ fn cluster_metrics(link: &Link, m: &CoreMetrics) -> ClusterMetrics {
     }
 }
 
-fn metrics_object(m: &CoreMetrics, link: Option<&Arc<Link>>) -> Metrics {
+fn metrics_object(shared: &ServerShared, link: Option<&Arc<Link>>) -> Metrics {
+    let m: &CoreMetrics = &shared.metrics;
+    let (pending_events, pending_event_bytes) = shared.events.pending();
     let g = CoreMetrics::get;
     let (b50, b99, bmax) = m.buffered_sample();
     Metrics {
@@ -308,6 +334,16 @@ fn metrics_object(m: &CoreMetrics, link: Option<&Arc<Link>>) -> Metrics {
             requested: g(&m.terminated_requested),
             protocol: g(&m.terminated_protocol),
             io: g(&m.terminated_io),
+            rate_limited: g(&m.terminated_rate_limited),
+            partial_budget: g(&m.terminated_partial_budget),
+        },
+        inbound: InboundMetrics {
+            yields: g(&m.inbound_yields),
+            event_queue_pauses: g(&m.inbound_event_pauses),
+            partial_pauses: g(&m.inbound_partial_pauses),
+            pending_events: pending_events as f64,
+            pending_event_bytes: pending_event_bytes as f64,
+            partial_message_bytes: shared.partial.reserved() as f64,
         },
         backpressure_events: g(&m.backpressure_events),
         drain_events: g(&m.drain_events),
@@ -800,7 +836,18 @@ impl NativeServer {
 
     #[napi]
     pub fn metrics(&self) -> Metrics {
-        metrics_object(&self.shared.metrics, self.shared.cluster())
+        metrics_object(&self.shared, self.shared.cluster())
+    }
+
+    /// The next batch of events: after the thread-safe call's batch, `lib/sluice.js` takes the
+    /// following ones itself, between turns of the event loop, until one is empty; only then does
+    /// the next event make a thread-safe call again. Empty once destroyed.
+    #[napi(ts_return_type = "Array<Array<any>>")]
+    pub fn take_events(&self) -> EventBatch {
+        if self.runtimes.is_none() {
+            return EventBatch::default();
+        }
+        self.shared.events.take_batch()
     }
 
     /// Starts the graceful close; the `closed` event follows. False if already closing.

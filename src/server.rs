@@ -33,6 +33,7 @@ use crate::events::{Event, EventSink};
 use crate::fanout::Fanout;
 use crate::handshake::{self, Refusal};
 use crate::history::{History, HistoryLimits};
+use crate::inbound::PartialBudget;
 use crate::metrics::{Metrics, RefusalCause, Termination};
 
 /// Pause after an accept error (e.g. out of file descriptors) before trying again.
@@ -98,6 +99,8 @@ pub struct ServerShared {
     cluster: OnceLock<Arc<Link>>,
     /// Topics configured with a history, by name.
     histories: RwLock<HashMap<Arc<str>, Arc<TopicHistory>>>,
+    /// Bytes held by partly received messages, server-wide (`maxPartialMessageBytes`).
+    pub partial: Arc<PartialBudget>,
 }
 
 /// A topic's history and how its messages carry their offsets.
@@ -124,6 +127,7 @@ impl ServerShared {
         workers: tokio::runtime::Handle,
     ) -> Arc<Self> {
         Arc::new(Self {
+            partial: Arc::new(PartialBudget::new(config.max_partial_message_bytes)),
             config,
             metrics: Arc::new(Metrics::default()),
             events,
