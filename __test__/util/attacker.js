@@ -487,7 +487,8 @@ async function main() {
   if (!run) throw new Error(`unknown case ${CASE}; known: ${Object.keys(cases).join(', ')}`)
   const result = await run(OPTIONS)
   for (const s of sockets) s.destroy()
-  process.stdout.write(JSON.stringify({ event: 'result', case: CASE, ms: now(), ...result }) + '\n')
+  const cpu = process.cpuUsage()
+  process.stdout.write(JSON.stringify({ event: 'result', case: CASE, ms: now(), cpuMs: (cpu.user + cpu.system) / 1000, ...result }) + '\n')
   // Bounded even if a socket lingers.
   setTimeout(() => process.exit(0), 100).unref()
 }

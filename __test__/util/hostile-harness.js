@@ -149,11 +149,43 @@ function metricsDelta(before, after, prefix = '', out = {}) {
  * - `settleMs` (300): measured time after the attacker is done;
  * - `reportWaitMs` (15000): how long a stalled server's event loop may take to answer.
  *
- * Resolves with { attacker, server, observer }. `server` is null if the server's event loop did
+ * Resolves with { attacker, server, observer, attempts }. `server` is null if the server's event loop did
  * not answer within `reportWaitMs` (its timer then stopped at least that long: see
  * `timerMaxGapMs`).
  */
 async function attack(spec) {
+  const attempts = []
+  for (;;) {
+    const cpu0 = process.cpuUsage()
+    const m = await attackOnce(spec)
+    const cpu1 = process.cpuUsage(cpu0)
+    const o = m.observer
+    const lag = o ? o.ownLagMs : 0
+    // What processes other than the server, the bystanders, the attacker and this one used.
+    const foreign = o
+      ? o.machineCores - o.cpu.total - o.ownCores - (m.attacker.cpuMs + (cpu1.user + cpu1.system) / 1000) / o.windowMs
+      : 0
+    m.foreignCores = round(foreign, 2)
+    attempts.push({ observerLagMs: Math.round(lag), foreignCores: m.foreignCores, summary: summary(m) })
+    if ((lag <= STARVED_MS && foreign <= FOREIGN_CORES) || attempts.length === MAX_ATTEMPTS) {
+      m.attempts = attempts
+      return m
+    }
+  }
+}
+
+/**
+ * A run is measured again (up to MAX_ATTEMPTS in all) when the machine was busy with something
+ * else: the bystanders' own process stopped over STARVED_MS (on 2 otherwise idle cores it stays
+ * under ~30 ms even during a flood), or processes outside the test took over FOREIGN_CORES of
+ * CPU on average. The figures would then measure that load, not the server. The last attempt is
+ * judged by every bound, whatever the load; the earlier ones are kept in `attempts`.
+ */
+const STARVED_MS = 100
+const FOREIGN_CORES = 0.3
+const MAX_ATTEMPTS = 3
+
+async function attackOnce(spec) {
   const settleMs = spec.settleMs === undefined ? 300 : spec.settleMs
   const reportWaitMs = spec.reportWaitMs || 15000
   const server = new Proc('hostile-server.js', [JSON.stringify(spec.server || {})])
@@ -266,6 +298,14 @@ const rows = []
  * failed checks as readable lines (the test asserts that there are none).
  */
 function record(row) {
+  const tries = row.raw && row.raw.attempts
+  if (tries && tries.length > 1) {
+    const earlier = tries
+      .slice(0, -1)
+      .map((t) => `${t.foreignCores} cores, ${t.observerLagMs} ms`)
+      .join('; ')
+    row = { ...row, measured: `${row.measured} (attempt ${tries.length}; other processes took, and stalled the bystanders by: ${earlier})` }
+  }
   const failed = row.checks.filter((c) => !c.ok).map((c) => `${c.what}: ${JSON.stringify(c.value)}, expected ${c.bound}`)
   rows.push({ ...row, holds: failed.length === 0, failed })
   return failed

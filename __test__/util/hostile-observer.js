@@ -14,7 +14,8 @@
  * - Every `sampleMs` the server's RSS (`/proc/PID/status`) is sampled, from here, so that a server
  *   whose event loop stopped is still measured. CPU time of the whole server process, of its
  *   accept thread (`sluice-accept`) and of its runtime workers (`sluice-rt`) comes from
- *   `/proc/PID/task/<tid>/stat` at the start and the end of the window.
+ *   `/proc/PID/task/<tid>/stat` at the start and the end of the window, and that of the whole
+ *   machine from `/proc/stat` (so that the harness can tell what other processes took).
  *
  * Prints `{ event: 'ready' }` once every client has received a broadcast. Commands on stdin:
  * `start` (the window starts; answers `{ event: 'started' }`), `stop` (answers
@@ -131,9 +132,36 @@ function readCpu() {
   return cpu
 }
 
+/** CPU seconds the whole machine spent busy (all cores), from /proc/stat. */
+function readMachineBusy() {
+  try {
+    const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
+    // user nice system idle iowait irq softirq steal ...
+    const busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7]
+    return busy / CLK_TCK
+  } catch {
+    return null
+  }
+}
+
+function ownCpuSeconds() {
+  const u = process.cpuUsage()
+  return (u.user + u.system) / 1e6
+}
+
+let machineStart = null
+let ownCpuStart = null
+
 const rss = { base: null, max: null, samples: 0 }
 let cpuStart = null
+// This process's own event-loop lag: if it is large, the bystanders' figures measure this
+// process being starved of CPU, not the server.
+let lastSample = nowMs()
+let ownLagMs = 0
 setInterval(() => {
+  const t = nowMs()
+  if (inWindow()) ownLagMs = Math.max(ownLagMs, t - lastSample - config.sampleMs)
+  lastSample = t
   if (!inWindow()) return
   const r = readRssMB()
   if (r === null) return
@@ -174,6 +202,10 @@ function report() {
     handshake: { ...percentiles(probes.times.concat(pending)), failed: probes.failed, pending: pending.length },
     rssMB: { base: rss.base, max: rss.max, end: readRssMB(), samples: rss.samples },
     cpu: { total: share('total'), accept: share('accept'), workers: share('workers') },
+    ownLagMs,
+    // Cores' worth of CPU the whole machine and this process used over the window.
+    machineCores: machineStart === null ? null : Number(((readMachineBusy() - machineStart) / secs).toFixed(3)),
+    ownCores: Number(((ownCpuSeconds() - ownCpuStart) / secs).toFixed(3)),
   }
 }
 
@@ -184,6 +216,8 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
     rss.base = readRssMB()
     rss.max = rss.base
     cpuStart = readCpu()
+    machineStart = readMachineBusy()
+    ownCpuStart = ownCpuSeconds()
     out({ event: 'started' })
   } else if (cmd === 'stop') {
     windowEnd = nowMs()
