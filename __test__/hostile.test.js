@@ -100,6 +100,25 @@ describe('floods from one connection or two', () => {
         expect(failed).toEqual([])
       })
     }
+
+    // Rate limits off: nothing closes the flooders, and the read budget per wake-up must still
+    // let every other connection have its turn.
+    test(`2 × ${label}, rate limits off: others unaffected`, async () => {
+      const m = await h.attack({
+        server: { options: NO_RATE_LIMITS },
+        attack: { case: `${opcode}-flood`, durationMs: FLOOD_MS, options: { connections: 2 } },
+      })
+      const checks = [...optionsKnown(m), ...h.bystanders(m, BOUNDS)]
+      const failed = h.record({
+        id: `${opcode}-flood-2-unlimited`,
+        attack: `two connections flood ${label} (${m.attacker.mbPerSecond} MB/s, ${FLOOD_MS / 1000} s), inbound rate limits off`,
+        does: `reads them in turns (the readers yielded ${delta(m, 'inbound.yields')} times, inbound.yields); ${bystanderOutcome(m)}`,
+        measured: h.summary(m),
+        checks,
+        raw: m,
+      })
+      expect(failed).toEqual([])
+    })
   }
 })
 
