@@ -119,7 +119,7 @@ describe('connection close', () => {
     expect(onClose).toHaveBeenCalledWith(4000, 'bye')
     const m = server.metrics()
     expect(m.connectionsClosed).toBe(1)
-    expect(m.terminated).toEqual({ overflow: 0, pongTimeout: 0, closeTimeout: 0, requested: 0, protocol: 0, io: 0 })
+    expect(m.terminated).toEqual({ overflow: 0, pongTimeout: 0, closeTimeout: 0, requested: 0, protocol: 0, io: 0, rateLimited: 0, partialBudget: 0 })
   })
 
   test('conn.terminate() makes the client see 1006', async () => {

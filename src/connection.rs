@@ -41,7 +41,9 @@ use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig, W
 use crate::config::{MAX_BATCH_BYTES, MAX_IOVECS, READ_BUFFER_SIZE};
 use crate::events::Event;
 use crate::frame::{encode, encode_close, Frame, OpCode};
-use crate::inbound::{Inbound, Stop, PARTIAL_ROOM_TIMEOUT, READ_BUDGET_BYTES, READ_BUDGET_FRAMES};
+use crate::inbound::{
+    Inbound, Stop, PARTIAL_ROOM_TIMEOUT, RATE_LIMITED_LINGER, READ_BUDGET_BYTES, READ_BUDGET_FRAMES,
+};
 use crate::metrics::Termination;
 use crate::outbox::{Batched, ControlKind, Drops, Outbox, Outcome};
 use crate::policy::Priority;
@@ -810,8 +812,11 @@ impl Conn {
                 && (self.peer_close.get().is_some() || self.failing.load(Ordering::SeqCst))
             {
                 if limited {
-                    // Nothing more is read from a flooder: drop it once it has been told why.
-                    return self.end(None);
+                    // Nothing more is read from a flooder. Its connection ends (with a reset)
+                    // shortly after the close frame, once the client has had time to read why.
+                    let mut d = lock(&self.close_deadline);
+                    let soon = Instant::now() + RATE_LIMITED_LINGER;
+                    *d = Some(d.map_or(soon, |at| at.min(soon)));
                 }
                 half_closed = true;
                 parsing = false;

@@ -7,7 +7,7 @@
 //! | bound | scope | when reached | counted in `metrics()` |
 //! |---|---|---|---|
 //! | [`READ_BUDGET_BYTES`] / [`READ_BUDGET_FRAMES`] per wake-up | connection | the reader yields its worker thread to the other connections, then goes on | `inbound.yields` |
-//! | `maxInboundBytesPerSecond`, `maxInboundFramesPerSecond` over `inboundRateWindow` ([`TokenBucket`]) | connection | closed with 1008, no more bytes read | `terminated.rateLimited` |
+//! | `maxInboundBytesPerSecond`, `maxInboundFramesPerSecond` over `inboundRateWindow` ([`TokenBucket`]) | connection | closed with 1008, no more bytes read, reset [`RATE_LIMITED_LINGER`] after the close frame | `terminated.rateLimited` |
 //! | `maxPartialMessageBytes` ([`PartialBudget`]) | server | the reader stops reading until room frees up; after [`PARTIAL_ROOM_TIMEOUT`] closed with 1013 | `inbound.partialPauses`, `terminated.partialBudget` |
 //! | pending events (bytes and count, `events.rs`) | server | every reader pauses until JavaScript catches up | `inbound.eventQueuePauses` |
 //!
@@ -17,9 +17,9 @@
 //! **Partly received messages.** tungstenite reserves a data frame's whole announced length when
 //! it reads the frame's header, and gathers the fragments of a fragmented message in a buffer of
 //! its own until the last one. Neither is visible from outside, so the reader reserves for it:
-//! when a header shows that the message in progress (its fragments so far plus this frame's
-//! length) exceeds [`PARTIAL_FREE_BYTES`], that size is reserved in the server-wide
-//! [`PartialBudget`] and released when the message is complete (or the connection ends). A
+//! when a header shows that what tungstenite will hold for the message in progress exceeds
+//! [`PARTIAL_FREE_BYTES`], that much is reserved in the server-wide [`PartialBudget`], and
+//! released when the message is complete (or the connection ends). A
 //! reservation that does not fit stops the reader before it reads any further bytes; a frame whose
 //! reservation succeeded can always be completed, so the readers holding the budget make progress
 //! and free it, and a message alone always proceeds. What is reserved, from a frame's header on,
@@ -29,9 +29,10 @@
 //! read (`READ_BUFFER_SIZE`).
 //!
 //! ```text
-//! bytes from the socket ──► Inbound::admit (budget, buckets) ──► tungstenite ──► events
-//!                              │ FrameTracker: headers, lengths, message boundaries
-//!                              └ PartialBudget (server-wide, atomic)
+//! socket ──► Inbound::may_read (budget spent? room? limit?) ──► try_read ──► Inbound::consumed ──► tungstenite ──► events
+//!                                                                            │ FrameTracker: headers, lengths, message ends
+//!                                                                            │ TokenBuckets: bytes, frames
+//!                                                                            └ PartialBudget (server-wide, atomic)
 //! ```
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,8 +49,8 @@ use crate::config::READ_BUFFER_SIZE;
 /// at most, while a large message is still read at hundreds of MB/s.
 pub const READ_BUDGET_BYTES: usize = 64 * 1024;
 /// Frames (control frames included) a reader handles per wake-up before it yields. 256 empty or
-/// tiny frames cost about as much CPU as [`READ_BUDGET_BYTES`] of large ones: each is parsed and
-/// most become an event.
+/// tiny frames cost CPU of the same order as [`READ_BUDGET_BYTES`] of large ones (a few hundred
+/// µs): each is parsed and most become an event.
 pub const READ_BUDGET_FRAMES: u64 = 256;
 /// A message in progress up to this size is not reserved in [`PartialBudget`]: it is within the
 /// memory every connection has anyway (its read buffer), and the budget's counter is then only
@@ -60,6 +61,10 @@ pub const PARTIAL_FREE_BYTES: usize = READ_BUFFER_SIZE;
 /// client that cannot get any within 5 s (the default `handshakeTimeout` and `closeTimeout` too)
 /// is better told to come back than left hanging.
 pub const PARTIAL_ROOM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection closed for its rate is kept once its close frame is in the kernel (our
+/// side half-closed, nothing read) before it is reset: time for the client to read the 1008 and
+/// its reason, which a reset at once could destroy unread. It costs a socket, no CPU.
+pub const RATE_LIMITED_LINGER: Duration = Duration::from_secs(1);
 /// Largest client frame header: 2 bytes, an 8-byte length, a 4-byte mask.
 const MAX_HEADER: usize = 14;
 

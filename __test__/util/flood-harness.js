@@ -82,16 +82,19 @@ function percentile(sorted, q) {
  * @param {object} s.flood `{ mode, durationMs, connections = 1, payload, read = true }`
  * @param {number} [s.flooders=1] flooder processes, each with `flood.connections` connections
  * @param {number} [s.observers=20]
- * @param {number} [s.settleMs=0] if set, wait this long after the flood, collect the server's
- *   garbage and sample its RSS again (rssSettledGrowth)
+ * @param {number} [s.probeAtMs=0] if set, this long after the flood started (the flooders still
+ *   connected), collect the server's garbage and sample its RSS and metrics (probe)
+ * @param {object} [s.env] environment variables added for the server process
  * @returns {Promise<object>} maxGapMs (worst receipt gap of any observer during the flood),
  *   maxTimerGapMs, handshake { p50, p99, max, count }, rssBaseline, rssMax, rssGrowth,
- *   rssSettledGrowth, metrics (at the end of the flood), flooders (their reports), killed
+ *   probe { rssGrowth, metrics } (or null), metrics (at the end of the flood), flooders (their
+ *   reports), killed
  */
 async function runScenario(s) {
-  const { options = {}, listeners = ['message'], handlerUs = 0, flood, flooders = 1, observers = 20, settleMs = 0 } = s
+  const { options = {}, listeners = ['message'], handlerUs = 0, flood, flooders = 1, observers = 20, probeAtMs = 0, env } = s
   const server = spawn(process.execPath, ['--expose-gc', path.join(FIXTURES, 'flood-server.js'), JSON.stringify(options), JSON.stringify(listeners), String(handlerUs)], {
     stdio: ['pipe', 'pipe', 'inherit'],
+    env: env ? { ...process.env, ...env } : process.env,
   })
   const next = jsonLines(server)
   const clients = []
@@ -156,28 +159,33 @@ async function runScenario(s) {
       p.ws = ws
     }, 200)
 
+    let probe = null
+    const probing = probeAtMs > 0
+      ? delay(probeAtMs).then(async () => {
+          if (killed) return
+          server.stdin.write('gc\n')
+          await next(10000, 'gc')
+          await delay(300)
+          const rss = rssOf(server.pid)
+          server.stdin.write('report\n')
+          const r = await next(10000, 'probe report')
+          probe = { rssGrowth: rss - rssBaseline, metrics: r.metrics }
+        })
+      : Promise.resolve()
     const flooderReports = await Promise.all(reports)
+    await probing
     const t1 = performance.now()
     clearInterval(prober)
     prober = undefined
     let metrics = null
     let maxTimerGapMs = null
     let handled = null
-    let rssSettled = null
     if (!killed) {
       server.stdin.write('report\n')
       const r = await next(30000, 'final report').catch(() => null)
       if (r) ({ metrics, maxTimerGapMs, handled } = r)
     }
     const end = performance.now()
-    if (!killed && settleMs > 0) {
-      // What stays once the flood is over and JavaScript's garbage is collected.
-      await delay(settleMs)
-      server.stdin.write('gc\n')
-      await next(10000, 'gc').catch(() => null)
-      await delay(200)
-      rssSettled = rssOf(server.pid)
-    }
     // Receipt gaps within the flood window [t0, t1]: the wait for the first broadcast after t0
     // and the one still open at t1 count too.
     let maxGapMs = 0
@@ -202,7 +210,7 @@ async function runScenario(s) {
       rssBaseline,
       rssMax,
       rssGrowth: rssMax - rssBaseline,
-      rssSettledGrowth: rssSettled === null ? null : rssSettled - rssBaseline,
+      probe,
       metrics,
       flooders: flooderReports,
       killed,
