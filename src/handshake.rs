@@ -25,8 +25,10 @@
 //!
 //! 1. The head is read incrementally ([`HeadReader`]): the search for its end resumes where the
 //!    previous read left it, so each byte is looked at a bounded number of times however the
-//!    client splits the head (one byte per packet costs the accept thread what one packet
-//!    does), and httparse runs once, on the complete head.
+//!    client splits the head, and httparse runs once, on the complete head. A client that
+//!    needs more than [`HEAD_READS_AT_ONCE`] reads is dribbling: its later reads are paced
+//!    ([`read_head`]), so the reads, wake-ups and system calls it costs are bounded per
+//!    connection, not per byte.
 //! 2. The server's cheap refusals come next, before anything is parsed: 503 (`server.rs`).
 //! 3. httparse parses the head (one pass, at most [`MAX_HEADERS`] fields); then [`validate`]
 //!    checks `Origin` first, then the rest. Offered subprotocols and extensions are counted (a
@@ -44,7 +46,7 @@
 //! with its request already parsed by Node ([`head_from_parts`]): the same checks apply to it.
 
 use std::collections::HashSet;
-use std::io;
+use std::io::{self, Read};
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,15 +59,19 @@ use crate::metrics::RefusalCause;
 /// Most header fields a request may have; more get 431. httparse fills a fixed array of them.
 pub const MAX_HEADERS: usize = 64;
 /// Reads of an unfinished request head done as soon as bytes arrive; each later one first waits
-/// [`HEAD_READ_PACE`]. A client sends its head in one packet, or a few: even a 16 KiB head in
-/// 1448-byte packets (a real path's MSS), each read on its own, takes 12. A client that dribbles
-/// its head a byte per packet would otherwise cost the accept thread a wake-up and two system
-/// calls per byte.
+/// (see [`HEAD_READ_PACE`]). A client sends its head in one packet, or a few: even a 16 KiB
+/// head in 1448-byte packets (a real path's MSS), each read on its own, takes 12. A client that
+/// dribbles its head a byte per packet would otherwise cost the accept thread a wake-up and two
+/// system calls per byte.
 pub const HEAD_READS_AT_ONCE: usize = 16;
-/// 5 ms: the bytes of a dribbling client pile up in the kernel meanwhile and come in with one
-/// read, so it costs at most 200 reads a second, while an honest head that needs more than
-/// [`HEAD_READS_AT_ONCE`] reads is delayed by 5 ms per extra read.
+/// The wait before the first read past [`HEAD_READS_AT_ONCE`]: 5 ms, doubling at each further
+/// read up to [`HEAD_READ_PACE_MAX`]. Meanwhile the bytes of a dribbling client pile up in the
+/// kernel and come in with one read, so a connection costs at most about 70 reads over a 5 s
+/// `handshakeTimeout`, however it splits its head; an honest head that needs more than 16
+/// reads is late by at most 100 ms.
 pub const HEAD_READ_PACE: std::time::Duration = std::time::Duration::from_millis(5);
+/// The longest wait between two paced reads of a head: 100 ms.
+pub const HEAD_READ_PACE_MAX: std::time::Duration = std::time::Duration::from_millis(100);
 /// Spare room before each read of the head, so that one read takes what piled up.
 const HEAD_READ_ROOM: usize = 1024;
 
@@ -325,8 +331,9 @@ impl HeadReader {
 ///
 /// The first [`HEAD_READS_AT_ONCE`] reads happen as bytes arrive. Past them the client is
 /// dribbling: the socket's `SO_RCVLOWAT` is raised above any acceptable head, so that its
-/// packets no longer wake the accept thread one by one, and what piled up is read every
-/// [`HEAD_READ_PACE`]. `SO_RCVLOWAT` is back to 1 before the socket is handed on.
+/// packets no longer wake the accept thread one by one, and what piled up is read after a
+/// growing wait ([`HEAD_READ_PACE`]). `SO_RCVLOWAT` is back to 1 before the socket is handed
+/// on.
 pub async fn read_head(stream: &mut TcpStream) -> Result<RawHead, Refusal> {
     // On the heap, not in the future: a stack array here would stay in every connection task's
     // state for the connection's whole life (the task's size is that of its largest state).
@@ -344,8 +351,9 @@ pub async fn read_head(stream: &mut TcpStream) -> Result<RawHead, Refusal> {
                 paced = true;
                 set_rcvlowat(stream, MAX_REQUEST_HEAD + 1)?;
             }
-            tokio::time::sleep(HEAD_READ_PACE).await;
-            match stream.try_read_buf(&mut reader.buf) {
+            let doublings = (reads - HEAD_READS_AT_ONCE).min(16) as u32;
+            tokio::time::sleep((HEAD_READ_PACE * (1 << doublings)).min(HEAD_READ_PACE_MAX)).await;
+            match read_now(stream, &mut reader.buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -367,6 +375,17 @@ pub async fn read_head(stream: &mut TcpStream) -> Result<RawHead, Refusal> {
         }
     }
     unreachable!("the loop returns")
+}
+
+/// One non-blocking read of whatever the kernel holds, appended to `buf`. Straight to the
+/// socket: tokio's `try_read` only reads after the reactor has seen the socket readable, and
+/// with `SO_RCVLOWAT` raised it may never see that.
+fn read_now(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let len = buf.len();
+    buf.resize(buf.capacity().max(len + 1), 0);
+    let r = (&*socket2::SockRef::from(stream)).read(&mut buf[len..]);
+    buf.truncate(len + *r.as_ref().unwrap_or(&0));
+    r
 }
 
 /// Sets `SO_RCVLOWAT`: the socket is reported readable (and its arrivals wake the reactor) only
@@ -455,10 +474,13 @@ pub struct RequestParts {
     pub raw_headers: Vec<String>,
 }
 
-/// The head of a request Node parsed, under the same size limits as one sluice reads.
+/// The head of a request Node parsed, under the same size limits as one sluice reads. Its
+/// size is that of the head written canonically (`Name: value` lines ending in CRLF), which
+/// Node's own parser has already capped (`maxHeaderSize`, 16 KiB by default).
 pub fn head_from_parts(parts: RequestParts) -> Result<Head, Invalid> {
-    let size: usize =
-        parts.url.len() + parts.raw_headers.iter().map(|h| h.len() + 4).sum::<usize>();
+    let size: usize = parts.url.len()
+        + parts.raw_headers.iter().map(|h| h.len()).sum::<usize>()
+        + 4 * (parts.raw_headers.len() / 2);
     if size > MAX_REQUEST_HEAD {
         return Err(Invalid::HeadTooLarge);
     }
