@@ -9,6 +9,7 @@
  *   node scripts/hostile-table.js --from FILE.json   writes the table from a report already made
  *                                                    (SLUICE_HOSTILE_REPORT=FILE.json npx jest __test__/hostile.test.js)
  *   add --print                                      prints the table instead of writing README.md
+ *   SLUICE_HOSTILE_REPORT=FILE.json                  (first form) keeps the suite's report there
  *
  * Exits with the suite's status: a case that does not hold is written to the table as such, and
  * the script fails.
@@ -53,7 +54,8 @@ function main() {
   if (fromAt >= 0) {
     file = path.resolve(args[fromAt + 1])
   } else {
-    file = path.join(os.tmpdir(), `sluice-hostile-${process.pid}.json`)
+    // SLUICE_HOSTILE_REPORT, if set, keeps the report there; a temporary file otherwise.
+    file = process.env.SLUICE_HOSTILE_REPORT || path.join(os.tmpdir(), `sluice-hostile-${process.pid}.json`)
     const jest = path.join(ROOT, 'node_modules', 'jest', 'bin', 'jest.js')
     const r = spawnSync(process.execPath, [jest, '--ci', '__test__/hostile.test.js'], {
       cwd: ROOT,
@@ -63,7 +65,7 @@ function main() {
     status = r.status === null ? 1 : r.status
   }
   const report = JSON.parse(fs.readFileSync(file, 'utf8'))
-  if (fromAt < 0) fs.unlinkSync(file)
+  if (fromAt < 0 && !process.env.SLUICE_HOSTILE_REPORT) fs.unlinkSync(file)
   const table = render(report)
   if (args.includes('--print')) {
     process.stdout.write(table + '\n')

@@ -302,9 +302,9 @@ function record(row) {
   if (tries && tries.length > 1) {
     const earlier = tries
       .slice(0, -1)
-      .map((t) => `${t.foreignCores} cores, ${t.observerLagMs} ms`)
+      .map((t) => `${t.foreignCores} cores of other load, bystanders stalled ${t.observerLagMs} ms`)
       .join('; ')
-    row = { ...row, measured: `${row.measured} (attempt ${tries.length}; other processes took, and stalled the bystanders by: ${earlier})` }
+    row = { ...row, measured: `${row.measured} (attempt ${tries.length}; before: ${earlier})` }
   }
   const failed = row.checks.filter((c) => !c.ok).map((c) => `${c.what}: ${JSON.stringify(c.value)}, expected ${c.bound}`)
   rows.push({ ...row, holds: failed.length === 0, failed })
