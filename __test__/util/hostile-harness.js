@@ -183,7 +183,7 @@ async function attack(spec) {
  */
 const STARVED_MS = 100
 const FOREIGN_CORES = 0.3
-const MAX_ATTEMPTS = 2
+const MAX_ATTEMPTS = 3
 
 async function attackOnce(spec) {
   const settleMs = spec.settleMs === undefined ? 300 : spec.settleMs
