@@ -365,7 +365,7 @@ function mobileTarget(byKey, fmt) {
   const base = byId(byKey, 'base')
   if (!kt || !base || !kt.ok || !base.ok) {
     const why = [kt, base].filter((r) => r && r.skipped).map((r) => r.error)
-    return { id: 'f', name, verdict: 'n/a', detail: why.length ? `skipped: ${why[0]}` : 'the mobile runs keys-ttl and base are needed' }
+    return { id: 'f', name, verdict: 'n/a', detail: why.length ? why[0] : 'the mobile runs keys-ttl and base are needed' }
   }
   const d = kt.derived
   const mob = d.mobile
@@ -406,7 +406,7 @@ function mobileSection(byKey, sc, { fmt, mdTable }) {
   for (const [v, r] of runs) {
     const label = `${v.id} (${v.what})`
     if (r.skipped) {
-      rows1.push([label, `skipped: ${r.error}`, ...Array(8).fill('')])
+      rows1.push([label, r.error, ...Array(8).fill('')])
       continue
     }
     if (!r.derived || !r.derived.mobile) {
