@@ -39,6 +39,7 @@
 
 const net = require('net')
 const crypto = require('crypto')
+const { frame: wsFrame } = require('./ws-frame')
 
 const HOST = '127.0.0.1'
 
@@ -57,29 +58,9 @@ function delay(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms))
 }
 
-/** One masked client frame. */
-function frame(opcode, payload = Buffer.alloc(0), { fin = true, rsv = 0, mask = true } = {}) {
-  const len = payload.length
-  let header
-  if (len < 126) {
-    header = Buffer.alloc(2)
-    header[1] = len
-  } else if (len <= 0xffff) {
-    header = Buffer.alloc(4)
-    header[1] = 126
-    header.writeUInt16BE(len, 2)
-  } else {
-    header = Buffer.alloc(10)
-    header[1] = 127
-    header.writeBigUInt64BE(BigInt(len), 2)
-  }
-  header[0] = (fin ? 0x80 : 0) | ((rsv & 7) << 4) | (opcode & 0x0f)
-  if (!mask) return Buffer.concat([header, payload])
-  header[1] |= 0x80
-  const key = crypto.randomBytes(4)
-  const masked = Buffer.alloc(len)
-  for (let i = 0; i < len; i++) masked[i] = payload[i] ^ key[i & 3]
-  return Buffer.concat([header, key, masked])
+/** One client frame (masked unless `mask: false`): util/ws-frame.js. */
+function frame(opcode, payload = Buffer.alloc(0), options = {}) {
+  return wsFrame({ opcode, payload, ...options })
 }
 
 /** `count` copies of `one` in one buffer: a flood writes it again and again. */
