@@ -535,7 +535,7 @@ export interface ServerOptions {
   /**
    * `broadcast`/`publish` return `false` once the bytes waiting for fan-out are at or above this
    * (the message is still queued), and the server emits `drain` when they fall back below it.
-   * Default `262144` (256 KiB).
+   * Default `16384` (16 KiB, as Node's `Writable`).
    */
   pendingHighWaterMark?: number
   /**

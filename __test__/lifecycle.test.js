@@ -231,7 +231,7 @@ describe('server.close()', () => {
     const closes = clients.map((c) => wsClosed(c.ws, 5000))
     const payload = Buffer.alloc(2048, 1)
     // 400 KiB in one synchronous loop: broadcast() may return false once the backlog passes
-    // pendingHighWaterMark (256 KiB), but every message is queued.
+    // pendingHighWaterMark (16 KiB), but every message is queued.
     for (let i = 0; i < 200; i++) server.broadcast(payload)
     expect(server.metrics().fanoutRejected).toBe(0)
     await withTimeout(server.close({ timeout: 3000 }), 5000, 'server.close()')
