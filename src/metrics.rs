@@ -175,6 +175,19 @@ impl Latency {
     }
 }
 
+/// Adds `d`'s frames per priority and its bytes to a set of counters (drops, expiries).
+fn add_per_priority(frames: &[AtomicU64; 3], bytes: &AtomicU64, d: &Drops) {
+    for p in Priority::ALL {
+        let n = d.frames[p.index()];
+        if n > 0 {
+            frames[p.index()].fetch_add(n, Relaxed);
+        }
+    }
+    if d.bytes > 0 {
+        bytes.fetch_add(d.bytes, Relaxed);
+    }
+}
+
 /// (p50, p99, max) of a histogram; zeros while empty.
 fn summary3(h: &Histogram<u64>) -> (u64, u64, u64) {
     if h.is_empty() {
@@ -191,15 +204,7 @@ pub fn new_histogram() -> Histogram<u64> {
 
 impl Metrics {
     pub fn add_drops(&self, d: &Drops) {
-        for p in Priority::ALL {
-            let n = d.frames[p.index()];
-            if n > 0 {
-                self.dropped[p.index()].fetch_add(n, Relaxed);
-            }
-        }
-        if d.bytes > 0 {
-            self.dropped_bytes.fetch_add(d.bytes, Relaxed);
-        }
+        add_per_priority(&self.dropped, &self.dropped_bytes, d);
     }
 
     /// Counts a refused upgrade, in the total and under its cause.
@@ -224,15 +229,7 @@ impl Metrics {
     }
 
     pub fn add_expired(&self, d: &Drops) {
-        for p in Priority::ALL {
-            let n = d.frames[p.index()];
-            if n > 0 {
-                self.expired[p.index()].fetch_add(n, Relaxed);
-            }
-        }
-        if d.bytes > 0 {
-            self.expired_bytes.fetch_add(d.bytes, Relaxed);
-        }
+        add_per_priority(&self.expired, &self.expired_bytes, d);
     }
 
     /// Keeps the distributions of bufferedAmount and lag over one broadcast's recipients.
