@@ -50,6 +50,11 @@ export declare class NativeConnection {
    * closing or closed.
    */
   close(code: number, reason: string): boolean
+  /**
+   * Answers the peer's close frame, once the events before it have been handled (internal:
+   * `lib/sluice.js` calls it when it reaches the close in the event stream).
+   */
+  answerClose(): void
   /** Drops the TCP connection now; queued data is discarded (and counted). */
   terminate(): boolean
   /** False if already subscribed (or a resume of the topic is under way) or closed. */
@@ -425,7 +430,10 @@ export interface ResumeResult {
 
 /** Options for `new Server(options)`. Every option is optional; sizes are bytes, times milliseconds. */
 export interface ServerOptions {
-  /** Interface to listen on. Default `'0.0.0.0'`. */
+  /**
+   * Interface to listen on. Default: as Node's `net.Server`, the unspecified IPv6 address
+   * `'::'` in dual-stack mode (IPv4 clients too), or `'0.0.0.0'` where IPv6 is not available.
+   */
   host?: string
   /** TCP port; `0` picks a free one (read it from `listen()`'s result). Default `0`. */
   port?: number

@@ -55,6 +55,7 @@ const KIND = {
   RESUMED: 13,
   RESYNC: 14,
   FANOUT_DRAIN: 15,
+  PEER_CLOSE: 16,
 }
 
 /** Inbound events the native side passes on only while JavaScript listens (interest bits). */
@@ -1071,6 +1072,11 @@ class Server extends EventEmitter {
         this._updateHold()
         conn._closed = true
         safeEmit(conn, 'close', ev[2], ev[3])
+        break
+      case KIND.PEER_CLOSE:
+        // Every message before the peer's close frame has been handled (and could be answered):
+        // only now does the connection start closing.
+        conn._native.answerClose()
         break
       case KIND.PING:
         safeEmit(conn, 'ping', ev[2])

@@ -150,7 +150,7 @@ declare namespace WebSocket {
   interface ServerOptions {
     /** Port to listen on (`0`: a free one). One and only one of `port`, `server`, `noServer`. */
     port?: number
-    /** Interface to listen on in `port` mode. Default: sluice's `'0.0.0.0'`. */
+    /** Interface to listen on in `port` mode. Default: `'::'` in dual-stack mode (`'0.0.0.0'` without IPv6), as ws and Node. */
     host?: string
     /** An http.Server whose upgrade requests this server takes (HTTP routes keep working). */
     server?: http.Server

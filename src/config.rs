@@ -122,7 +122,8 @@ pub const DEFAULT_MAX_PARTIAL_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub host: String,
+    /// `None`: every address, `::` dual-stack (or `0.0.0.0` without IPv6), as Node.
+    pub host: Option<String>,
     pub port: u16,
     pub path: Option<String>,
     pub limits: Limits,
@@ -162,7 +163,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            host: "0.0.0.0".into(),
+            host: None,
             port: 0,
             path: None,
             limits: Limits::default(),
@@ -213,7 +214,8 @@ pub fn ms(v: u32) -> Duration {
 #[napi(object)]
 #[derive(Default, Debug)]
 pub struct ServerOptions {
-    /// Interface to listen on. Default `'0.0.0.0'`.
+    /// Interface to listen on. Default: as Node's `net.Server`, the unspecified IPv6 address
+    /// `'::'` in dual-stack mode (IPv4 clients too), or `'0.0.0.0'` where IPv6 is not available.
     pub host: Option<String>,
     /// TCP port; `0` picks a free one (read it from `listen()`'s result). Default `0`.
     pub port: Option<u32>,
@@ -491,7 +493,7 @@ impl Config {
         Ok(Config {
             inbound,
             max_partial_message_bytes,
-            host: o.host.unwrap_or(d.host),
+            host: o.host.or(d.host),
             port: o.port.unwrap_or(0) as u16,
             path: o.path,
             limits,

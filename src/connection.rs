@@ -14,7 +14,9 @@
 //!   bound, above which it pauses until JavaScript catches up.
 //!
 //! tungstenite never writes to the socket: what it wants to send (pong, close reply) is captured
-//! and queued in the outbox's control lane, ahead of data.
+//! and queued: pongs in the outbox's control lane, ahead of data; the reply to the peer's close
+//! after the data, and only once JavaScript has handled the messages that came before that close
+//! (so that, as with `ws`, a client's last request can still be answered).
 //!
 //! **How a connection ends.** Gracefully: a close frame is written, the peer's close frame is
 //! received (either order), the server half-closes (FIN first, as RFC 6455 §7.1.1 asks of servers)
@@ -108,6 +110,10 @@ pub struct Conn {
     sent_close: OnceLock<(u16, String)>,
     /// Close frame the peer sent (code, reason).
     peer_close: OnceLock<(u16, String)>,
+    /// The reply to the peer's close frame, held until JavaScript has handled the messages that
+    /// came before it (see [`Conn::answer_peer_close`]): until then the connection is open, and
+    /// what JavaScript sends in answer to them goes out ahead of the reply.
+    close_reply: Mutex<Option<Bytes>>,
     /// Our close frame is in the kernel. Set by the writer, read by the reader (SeqCst: paired
     /// with `peer_close` so that one of the two tasks always sees both halves).
     close_written: AtomicBool,
@@ -149,6 +155,7 @@ impl Conn {
             why: OnceLock::new(),
             sent_close: OnceLock::new(),
             peer_close: OnceLock::new(),
+            close_reply: Mutex::new(None),
             close_written: AtomicBool::new(false),
             failing: AtomicBool::new(false),
             urgent: AtomicBool::new(false),
@@ -429,7 +436,13 @@ impl Conn {
     /// Graceful close: the close frame goes out after everything already queued; the connection
     /// ends when the peer answers, or after `closeTimeout`. Returns false if already closing.
     pub fn close(&self, code: u16, reason: &str) -> bool {
-        let frame = Frame::new(encode_close(code, reason));
+        self.close_with(encode_close(code, reason), code, reason)
+    }
+
+    /// [`Self::close`] with the close frame already encoded (`code` and `reason` are what it
+    /// carries, for the `close` event).
+    fn close_with(&self, frame: Bytes, code: u16, reason: &str) -> bool {
+        let frame = Frame::new(frame);
         let queued = {
             let mut o = lock(&self.outbox);
             let r = o.close_after_data(frame);
@@ -444,6 +457,29 @@ impl Conn {
         }
         self.reader_wake.notify_one();
         true
+    }
+
+    /// JavaScript has handled every event the reader pushed before the peer's close frame: the
+    /// reply goes out now, after the data already queued (RFC 6455 §5.5.1 lets an endpoint finish
+    /// sending before it answers a close). From here on the connection is closing. A close of our
+    /// own queued meanwhile is the answer instead. `closeTimeout`, armed when the peer's close
+    /// arrived, bounds the whole exchange, so a JS thread that never gets here (or a peer that
+    /// stops reading) still ends the connection.
+    pub fn answer_peer_close(&self) {
+        let Some(frame) = lock(&self.close_reply).take() else {
+            return;
+        };
+        let (code, reason) = close_frame_info(&frame);
+        self.close_with(frame, code, &reason);
+    }
+
+    /// [`Self::answer_peer_close`] in call order with pending broadcasts and sends, like
+    /// [`Self::close_ordered`]: a reply JavaScript sent just before is never overtaken.
+    pub fn answer_peer_close_ordered(self: &Arc<Self>) {
+        let fanout = self.server.fanout();
+        if !(fanout.busy() && fanout.answer_close_after_pending(self.clone())) {
+            self.answer_peer_close();
+        }
     }
 
     /// Fails the connection: discards what is queued (counted), sends a close frame with `code`
@@ -769,7 +805,12 @@ impl Conn {
                                 inbound: &mut inbound,
                                 stop: None,
                             });
-                            self.send_captured(&mut captured);
+                            // While JavaScript listens for inbound events, the messages before
+                            // the peer's close frame may still be in the event queue: the reply
+                            // waits for them (see `answer_peer_close`).
+                            let defer = matches!(msg, Message::Close(_))
+                                && self.interest.load(Ordering::Relaxed) != 0;
+                            self.send_captured(&mut captured, defer);
                             match msg {
                                 Message::Text(t) => {
                                     m.messages_received.fetch_add(1, Ordering::Relaxed);
@@ -814,6 +855,9 @@ impl Conn {
                                         .unwrap_or((close_code::NO_STATUS, String::new()));
                                     let _ = self.peer_close.set(info);
                                     self.arm_close_deadline();
+                                    if defer {
+                                        events.push(Event::PeerClose { id: self.id });
+                                    }
                                     parsing = false;
                                     break;
                                 }
@@ -1010,8 +1054,10 @@ impl Conn {
         }
     }
 
-    /// Queues what tungstenite wrote (pongs, the reply to a close) in the control lane.
-    fn send_captured(&self, captured: &mut Vec<u8>) {
+    /// Queues what tungstenite wrote: pongs in the control lane, the reply to a close after the
+    /// data already queued, or, with `defer_close`, held in `close_reply` for
+    /// [`Self::answer_peer_close`].
+    fn send_captured(&self, captured: &mut Vec<u8>, defer_close: bool) {
         let mut rest = &captured[..];
         // Server frames of control messages: 2-byte header (unmasked, payload <= 125) + payload.
         while rest.len() >= 2 {
@@ -1022,35 +1068,28 @@ impl Conn {
             let frame = Bytes::copy_from_slice(&rest[..len]);
             match rest[0] & 0x0f {
                 0xA => self.push_control(frame, ControlKind::Pong),
+                0x8 if defer_close => *lock(&self.close_reply) = Some(frame),
                 0x8 => {
-                    // The reply to the peer's close goes out at once, ahead of (and instead of)
-                    // queued data, even if our own graceful close was waiting behind that data.
-                    // If our close frame is already with the writer, that one is the answer.
-                    let code = if len >= 4 {
-                        u16::from_be_bytes([rest[2], rest[3]])
-                    } else {
-                        close_code::NO_STATUS
-                    };
-                    let queued = {
-                        let mut o = lock(&self.outbox);
-                        let r = o.close_now(Frame::new(frame));
-                        self.buffered.store(o.buffered(), Ordering::Relaxed);
-                        r
-                    };
-                    if let Some((drops, wake)) = queued {
-                        self.server.metrics.add_drops(&drops);
-                        let reason = String::from_utf8_lossy(&rest[4.min(len)..len]).into_owned();
-                        let _ = self.sent_close.set((code, reason));
-                        if wake {
-                            self.writer_wake.notify_one();
-                        }
-                    }
+                    // If a close of our own is already queued, that one is the answer.
+                    let (code, reason) = close_frame_info(&frame);
+                    self.close_with(frame, code, &reason);
                 }
                 _ => {}
             }
             rest = &rest[len..];
         }
         captured.clear();
+    }
+}
+
+/// The code and reason a server close frame (2-byte header, payload <= 125) carries; no body is
+/// 1005 ("no status"), which is only ever reported, never sent.
+fn close_frame_info(frame: &[u8]) -> (u16, String) {
+    if frame.len() >= 4 {
+        let code = u16::from_be_bytes([frame[2], frame[3]]);
+        (code, String::from_utf8_lossy(&frame[4..]).into_owned())
+    } else {
+        (close_code::NO_STATUS, String::new())
     }
 }
 

@@ -72,6 +72,7 @@ pub mod kind {
     pub const RESUMED: u32 = 13;
     pub const RESYNC: u32 = 14;
     pub const FANOUT_DRAIN: u32 = 15;
+    pub const PEER_CLOSE: u32 = 16;
 }
 
 pub enum Event {
@@ -90,6 +91,11 @@ pub enum Event {
         id: u64,
         code: u16,
         reason: String,
+    },
+    /// The peer sent a close frame, after the messages already queued here. JavaScript answers
+    /// with `answerClose()` once it has handled them; the connection stays open until then.
+    PeerClose {
+        id: u64,
     },
     Backpressure {
         id: u64,
@@ -367,6 +373,10 @@ impl ToNapiValue for EventBatch {
                     e.set(1, id as f64)?;
                     e.set(2, code as u32)?;
                     e.set(3, reason)?;
+                }
+                Event::PeerClose { id } => {
+                    e.set(0, kind::PEER_CLOSE)?;
+                    e.set(1, id as f64)?;
                 }
                 Event::Backpressure { id, amount } => {
                     e.set(0, kind::BACKPRESSURE)?;

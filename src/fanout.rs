@@ -144,6 +144,8 @@ enum Job {
         code: u16,
         reason: String,
     },
+    /// The reply to a peer's close frame, once JavaScript has handled what came before it.
+    AnswerClose { conn: Arc<Conn> },
     /// `server.close()`: close every connection once the broadcasts before it are queued.
     CloseAll { deadline: tokio::time::Instant },
     /// `conn.subscribe(topic, { since })`: the missed messages, then the subscription, in order
@@ -407,6 +409,12 @@ impl Fanout {
         self.send(&server, job, JOB_OVERHEAD, true) != Admitted::Refused
     }
 
+    /// Answers the peer's close frame ([`Conn::answer_peer_close`]) after every job already sent.
+    pub fn answer_close_after_pending(&self, conn: Arc<Conn>) -> bool {
+        let server = conn.server.clone();
+        self.send(&server, Job::AnswerClose { conn }, JOB_OVERHEAD, true) != Admitted::Refused
+    }
+
     /// Replays `frames` to `conn`, then subscribes it to `topic`, after every job already sent
     /// (the publishes the history had when the frames were taken) and before every later one.
     pub fn resume(
@@ -508,6 +516,7 @@ async fn run(
             Job::Close { conn, code, reason } => {
                 conn.close(code, &reason);
             }
+            Job::AnswerClose { conn } => conn.answer_peer_close(),
             Job::CloseAll { deadline } => server.close_all(deadline),
             Job::Resume {
                 conn,

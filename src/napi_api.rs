@@ -1203,6 +1203,15 @@ impl NativeConnection {
             .is_some_and(|c| c.close_ordered(code as u16, &reason))
     }
 
+    /// Answers the peer's close frame, once the events before it have been handled (internal:
+    /// `lib/sluice.js` calls it when it reaches the close in the event stream).
+    #[napi]
+    pub fn answer_close(&self) {
+        if let Some(c) = self.conn.upgrade() {
+            c.answer_peer_close_ordered();
+        }
+    }
+
     /// Drops the TCP connection now; queued data is discarded (and counted).
     #[napi]
     pub fn terminate(&self) -> bool {

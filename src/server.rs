@@ -215,7 +215,30 @@ impl ServerShared {
     /// Binds the listener (on the caller's thread) and starts accepting on `rt`, the accept
     /// runtime.
     pub fn listen(self: &Arc<Self>, rt: &tokio::runtime::Handle) -> std::io::Result<SocketAddr> {
-        let addr: SocketAddr = resolve(&self.config.host, self.config.port)?;
+        let std_listener = match &self.config.host {
+            Some(host) => self.bind(resolve(host, self.config.port)?)?,
+            // As Node's net.Server without a host: `::` in dual-stack mode, so that IPv6 and IPv4
+            // clients both reach it, or `0.0.0.0` on a machine without IPv6.
+            None => {
+                let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, self.config.port));
+                match self.bind(any6) {
+                    Ok(l) => l,
+                    Err(e) if no_ipv6(&e) => self.bind(SocketAddr::from((
+                        std::net::Ipv4Addr::UNSPECIFIED,
+                        self.config.port,
+                    )))?,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let local = std_listener.local_addr()?;
+        let _guard = rt.enter();
+        let listener = TcpListener::from_std(std_listener)?;
+        rt.spawn(self.clone().accept_loop(listener));
+        Ok(local)
+    }
+
+    fn bind(&self, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
@@ -235,12 +258,7 @@ impl ServerShared {
         socket.bind(&addr.into())?;
         socket.listen(LISTEN_BACKLOG)?;
         socket.set_nonblocking(true)?;
-        let std_listener: std::net::TcpListener = socket.into();
-        let local = std_listener.local_addr()?;
-        let _guard = rt.enter();
-        let listener = TcpListener::from_std(std_listener)?;
-        rt.spawn(self.clone().accept_loop(listener));
-        Ok(local)
+        Ok(socket.into())
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
@@ -702,6 +720,14 @@ impl ServerShared {
             }
         }
     }
+}
+
+/// The error of binding `::` on a machine without IPv6 (kernel built without it, or disabled).
+fn no_ipv6(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) | Some(libc::EPROTONOSUPPORT)
+    )
 }
 
 fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
