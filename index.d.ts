@@ -234,7 +234,7 @@ export interface HandshakeRefusals {
   tooManyOffers: number
   /** 431: a request head over 16 KiB or with more than 64 header fields. */
   headTooLarge: number
-  /** 426: `Sec-WebSocket-Version` other than 13. */
+  /** 400: `Sec-WebSocket-Version` missing, or neither 13 nor 8. */
   unsupportedVersion: number
   /** 404: not the `path` option. */
   wrongPath: number

@@ -171,24 +171,29 @@ describe('handshake refusals', () => {
     expect(server.metrics().connectionsOpened).toBe(1)
   })
 
-  test('Sec-WebSocket-Version 8 -> 426 with Sec-WebSocket-Version: 13', async () => {
-    const { server, port } = await res.server()
-    const r = await rawHttp(port, upgradeRequest({ version: '8' }))
-    expect(r.status).toBe(426)
-    expect(r.headers['sec-websocket-version']).toBe('13')
-    const r2 = await rawHttp(port, upgradeRequest({ version: null }))
-    expect(r2.status).toBe(426)
+  test('Sec-WebSocket-Version 8 is accepted (as ws); another or none -> 400 with Sec-WebSocket-Version: 13, 8', async () => {
+    const { server, port, url } = await res.server()
+    const v8 = await res.ws(url, { protocolVersion: 8 })
+    expect(v8.readyState).toBe(1) // OPEN
+    for (const version of ['9', null]) {
+      const r = await rawHttp(port, upgradeRequest({ version }))
+      expect(r.status).toBe(400)
+      expect(r.headers['sec-websocket-version']).toBe('13, 8')
+      expect(r.body).toBe('Missing or invalid Sec-WebSocket-Version header')
+    }
     expect(server.metrics().handshakesRefused).toBe(2)
+    expect(server.metrics().handshakesRefusedBy.unsupportedVersion).toBe(2)
   })
 
-  test('missing or malformed Sec-WebSocket-Key -> 400', async () => {
+  test('missing or malformed Sec-WebSocket-Key -> 400; not GET -> 405; no Upgrade at all -> 426', async () => {
     const { server, port } = await res.server()
     expect((await rawHttp(port, upgradeRequest({ key: null }))).status).toBe(400)
     expect((await rawHttp(port, upgradeRequest({ key: 'short' }))).status).toBe(400)
-    const post = upgradeRequest().replace(/^GET/, 'POST')
-    expect((await rawHttp(port, post)).status).toBe(400)
-    const noUpgrade = `GET / HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`
-    expect((await rawHttp(port, noUpgrade)).status).toBe(400)
+    // As ws: a wrong method is 405, a plain HTTP request 426; each body names what was wrong.
+    const post = await rawHttp(port, upgradeRequest().replace(/^GET/, 'POST'))
+    expect([post.status, post.headers.allow, post.body]).toEqual([405, 'GET', 'Invalid HTTP method'])
+    const plain = await rawHttp(port, `GET / HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`)
+    expect([plain.status, plain.headers.upgrade, plain.body]).toEqual([426, 'websocket', 'Upgrade Required'])
     expect(server.metrics().handshakesRefused).toBe(4)
     expect(server.metrics().connectionsOpened).toBe(0)
   })

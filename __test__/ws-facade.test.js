@@ -327,11 +327,11 @@ describe('port mode', () => {
     expect(err.code).toBe('EADDRINUSE')
   })
 
-  test('a plain HTTP request (no upgrade) is answered 400 and closed', async () => {
-    // ws's own http server answers 426 Upgrade Required here; sluice's Rust listener answers 400.
+  test('a plain HTTP request (no upgrade) is answered 426 and closed, as by ws', async () => {
     const { wss } = await portServer()
     const res = await rawHttp(wss.address().port, `GET / HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`)
-    expect(res.status).toBe(400)
+    expect(res.status).toBe(426)
+    expect(res.body).toBe(http.STATUS_CODES[426])
     expect(res.headers.connection).toBe('close')
   })
 })

@@ -289,6 +289,7 @@ fn discriminant(e: &Invalid) -> u64 {
         Invalid::TooManyProtocols(_) => 14,
         Invalid::TooManyExtensions(_) => 15,
         Invalid::OriginNotAllowed => 16,
+        Invalid::NotAnUpgrade => 17,
     }
 }
 
@@ -308,7 +309,10 @@ fn check_against_httparse(data: &[u8], len: usize, parsed: &Result<Head, Invalid
 }
 
 fn check_refusal(e: &Invalid) {
-    assert!(matches!(e.status(), 400 | 403 | 404 | 426 | 431), "{e:?}");
+    assert!(
+        matches!(e.status(), 400 | 403 | 404 | 405 | 426 | 431),
+        "{e:?}"
+    );
     let body = e.message();
     assert!(!body.is_empty() && is_header_value(&body), "{body:?}");
     for (k, v) in e.extra_headers() {
@@ -330,7 +334,8 @@ fn check_accepted(head: &Head, gate: &Gate<'_>, u: &handshake::Upgrade) {
     assert_eq!(count("sec-websocket-key"), 1);
     assert_eq!(count("sec-websocket-version"), 1);
     assert!(count("origin") <= 1);
-    assert_eq!(value("sec-websocket-version"), Some("13"));
+    assert!(matches!(value("sec-websocket-version"), Some("13" | "8")));
+    assert!(count("upgrade") >= 1);
     let key = value("sec-websocket-key").expect("counted above");
     assert_eq!(u.accept_key, derive_accept_key(key.as_bytes()));
     assert!(u.protocols.len() <= MAX_OFFERED_PROTOCOLS);

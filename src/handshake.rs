@@ -11,9 +11,11 @@
 //! | `maxConnections` reached, or the server is closing | 503 |
 //! | two `Origin` headers | 400 |
 //! | `Origin` not in `allowedOrigins` | 403 |
-//! | not GET, not HTTP/1.1, missing/invalid `Upgrade`, `Connection`, `Sec-WebSocket-Key` | 400 |
+//! | no `Upgrade` header at all: a plain HTTP request | 426 with `Upgrade: websocket` |
+//! | not GET | 405 with `Allow: GET` |
+//! | not HTTP/1.1, invalid `Upgrade`, missing/invalid `Connection`, `Sec-WebSocket-Key` | 400 |
 //! | no `Host`; two `Host`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version` headers | 400 |
-//! | `Sec-WebSocket-Version` other than 13 | 426 with `Sec-WebSocket-Version: 13` |
+//! | `Sec-WebSocket-Version` missing, or neither 13 nor 8 | 400 with `Sec-WebSocket-Version: 13, 8` |
 //! | `path` option set and the request path differs | 404 |
 //! | more than 16 extensions or 64 subprotocols offered | 400 |
 //! | malformed or repeated `Sec-WebSocket-Protocol` token | 400 |
@@ -40,6 +42,12 @@
 //! `verifyClient` see different origins, two keys or versions are ambiguous. Repeating
 //! `Sec-WebSocket-Protocol` and `Sec-WebSocket-Extensions` is allowed (the lists are joined), as
 //! the RFC and `ws` do.
+//!
+//! Statuses and bodies are those of `ws` 8 wherever it refuses the same request (its bodies name
+//! the header at fault: "Invalid Upgrade header", "Missing or invalid Sec-WebSocket-Key header"),
+//! so that tooling and people reading them see the same answer from either server. Version 8
+//! (draft hybi-10, the framing of RFC 6455 with `Sec-WebSocket-Origin` for `Origin`) is accepted
+//! as `ws` accepts it.
 //!
 //! Bytes the client sent after the request head (its first frames) are returned to the caller so
 //! that the frame reader starts with them. A socket taken over from Node's http server arrives
@@ -94,6 +102,8 @@ pub enum Invalid {
     TooManyHeaders,
     /// Not an HTTP request head (httparse's reason), or a header value that is not UTF-8.
     Malformed(&'static str),
+    /// No `Upgrade` header: not an upgrade request at all.
+    NotAnUpgrade,
     NotGet,
     NotHttp11,
     MissingHost,
@@ -105,7 +115,7 @@ pub enum Invalid {
     NotUpgrade,
     /// `Sec-WebSocket-Key` missing or not the base64 of 16 bytes.
     BadKey,
-    /// `Sec-WebSocket-Version` missing or not 13.
+    /// `Sec-WebSocket-Version` missing, or neither 13 nor 8.
     UnsupportedVersion,
     /// Not the `path` option.
     WrongPath,
@@ -123,7 +133,8 @@ impl Invalid {
     pub fn status(&self) -> u16 {
         match self {
             Invalid::HeadTooLarge | Invalid::TooManyHeaders => 431,
-            Invalid::UnsupportedVersion => 426,
+            Invalid::NotAnUpgrade => 426,
+            Invalid::NotGet => 405,
             Invalid::WrongPath => 404,
             Invalid::OriginNotAllowed => 403,
             _ => 400,
@@ -142,6 +153,7 @@ impl Invalid {
             Invalid::WrongPath => RefusalCause::WrongPath,
             Invalid::OriginNotAllowed => RefusalCause::Origin,
             Invalid::Malformed(_)
+            | Invalid::NotAnUpgrade
             | Invalid::NotGet
             | Invalid::NotHttp11
             | Invalid::NotWebSocket
@@ -159,18 +171,17 @@ impl Invalid {
             }
             Invalid::TooManyHeaders => format!("More than {MAX_HEADERS} header fields"),
             Invalid::Malformed(why) => format!("Malformed HTTP request: {why}"),
-            Invalid::NotGet => "The upgrade request must be a GET".into(),
+            Invalid::NotAnUpgrade => "Upgrade Required".into(),
+            Invalid::NotGet => "Invalid HTTP method".into(),
             Invalid::NotHttp11 => "The upgrade request must be HTTP/1.1".into(),
             Invalid::MissingHost => "Missing Host header".into(),
             Invalid::Duplicate(name) => format!("More than one {name} header"),
-            Invalid::NotWebSocket => "Missing or invalid Upgrade header (expected websocket)".into(),
+            Invalid::NotWebSocket => "Invalid Upgrade header".into(),
             Invalid::NotUpgrade => "Missing or invalid Connection header (expected Upgrade)".into(),
             Invalid::BadKey => "Missing or invalid Sec-WebSocket-Key header".into(),
-            Invalid::UnsupportedVersion => "Unsupported Sec-WebSocket-Version (expected 13)".into(),
+            Invalid::UnsupportedVersion => "Missing or invalid Sec-WebSocket-Version header".into(),
             Invalid::WrongPath => "Not Found".into(),
-            Invalid::BadProtocols => {
-                "Invalid Sec-WebSocket-Protocol header (expected distinct tokens)".into()
-            }
+            Invalid::BadProtocols => "Invalid Sec-WebSocket-Protocol header".into(),
             Invalid::TooManyProtocols(n) => format!(
                 "Too many subprotocols offered in Sec-WebSocket-Protocol: {n} (at most {MAX_OFFERED_PROTOCOLS})"
             ),
@@ -181,12 +192,14 @@ impl Invalid {
         }
     }
 
-    /// Extra headers of the answer: `Sec-WebSocket-Version: 13` with a 426.
+    /// Extra headers of the answer: the versions understood, the method allowed, the protocol
+    /// to upgrade to.
     pub fn extra_headers(&self) -> Vec<(String, String)> {
+        let one = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
         match self {
-            Invalid::UnsupportedVersion => {
-                vec![("Sec-WebSocket-Version".to_string(), "13".to_string())]
-            }
+            Invalid::UnsupportedVersion => one("Sec-WebSocket-Version", "13, 8"),
+            Invalid::NotGet => one("Allow", "GET"),
+            Invalid::NotAnUpgrade => one("Upgrade", "websocket"),
             _ => Vec::new(),
         }
     }
@@ -521,13 +534,28 @@ pub fn validate(
     leftover: Vec<u8>,
 ) -> Result<Upgrade, Invalid> {
     let h = &head.headers;
-    // The cheap refusal first: a browser's origin.
-    if let Some(origin) = single(h, "origin", "Origin")? {
+    // The cheap refusal first: a browser's origin. Version 8 clients name theirs
+    // Sec-WebSocket-Origin; that one is checked too when the request says it is version 8.
+    let v8 = h
+        .iter()
+        .any(|(n, v)| n == "sec-websocket-version" && v == "8");
+    let v8_origin = if v8 {
+        single(h, "sec-websocket-origin", "Sec-WebSocket-Origin")?
+    } else {
+        None
+    };
+    for origin in [single(h, "origin", "Origin")?, v8_origin]
+        .into_iter()
+        .flatten()
+    {
         if let Some(list) = gate.allowed_origins {
             if !list.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
                 return Err(Invalid::OriginNotAllowed);
             }
         }
+    }
+    if !h.iter().any(|(n, _)| n == "upgrade") {
+        return Err(Invalid::NotAnUpgrade);
     }
     if head.method != "GET" {
         return Err(Invalid::NotGet);
@@ -548,7 +576,8 @@ pub fn validate(
         Some(k) if valid_key(k) => derive_accept_key(k.as_bytes()),
         _ => return Err(Invalid::BadKey),
     };
-    if single(h, "sec-websocket-version", "Sec-WebSocket-Version")? != Some("13") {
+    let version = single(h, "sec-websocket-version", "Sec-WebSocket-Version")?;
+    if !matches!(version, Some("13" | "8")) {
         return Err(Invalid::UnsupportedVersion);
     }
     if let Some(p) = gate.path {
@@ -752,6 +781,7 @@ fn reason_phrase(status: u16) -> &'static str {
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        405 => "Method Not Allowed",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -848,8 +878,15 @@ mod tests {
     #[test]
     fn invalid_requests_get_their_status() {
         assert_eq!(status(GOOD, Some("/other")), 404);
-        assert_eq!(status(&GOOD.replace("13\r\n", "8\r\n"), None), 426);
-        assert_eq!(status(&GOOD.replace("GET", "POST"), None), 400);
+        // Version 8 is accepted, as ws accepts it; any other is refused with the versions known.
+        assert_eq!(status(&GOOD.replace("13\r\n", "8\r\n"), None), 101);
+        assert_eq!(status(&GOOD.replace("13\r\n", "12\r\n"), None), 400);
+        assert_eq!(status(&GOOD.replace("GET", "POST"), None), 405);
+        assert_eq!(
+            status(&GOOD.replace("Upgrade: WebSocket\r\n", ""), None),
+            426,
+            "a plain HTTP request"
+        );
         assert_eq!(
             status(&GOOD.replace("Upgrade: WebSocket", "Upgrade: h2c"), None),
             400
@@ -996,7 +1033,10 @@ mod tests {
         assert_eq!(status(parts("1.1", &good[..11])), Some(400));
         let mut v8 = good;
         v8[9] = "8";
-        assert_eq!(status(parts("1.1", &v8)), Some(426));
+        assert_eq!(status(parts("1.1", &v8)), None);
+        let mut v9 = good;
+        v9[9] = "9";
+        assert_eq!(status(parts("1.1", &v9)), Some(400));
         // Node's rawHeaders keep repeated headers repeated: refused as from our own listener.
         for dup in [
             ["Host", "b"],
@@ -1047,6 +1087,13 @@ mod tests {
             run(bad.as_bytes(), &gate).err(),
             Some(Invalid::OriginNotAllowed)
         );
+        // A version 8 client names its origin Sec-WebSocket-Origin.
+        let v8 = |o: &str| {
+            let req = with(&format!("Sec-WebSocket-Origin: {o}")).replace("13\r\n", "8\r\n");
+            run(req.as_bytes(), &gate).err()
+        };
+        assert_eq!(v8("https://a.example"), None);
+        assert_eq!(v8("https://evil.example"), Some(Invalid::OriginNotAllowed));
     }
 
     #[test]
@@ -1056,7 +1103,13 @@ mod tests {
         assert!(resp.starts_with("HTTP/1.1 400 Bad Request\r\n"));
         assert!(resp.ends_with("\r\n\r\nMore than one Host header"));
         let v = Invalid::UnsupportedVersion;
-        assert!(response_head(v.status(), &v.extra_headers(), &v.message())
-            .contains("\r\nSec-WebSocket-Version: 13\r\n"));
+        let resp = response_head(v.status(), &v.extra_headers(), &v.message());
+        assert!(resp.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+        assert!(resp.contains("\r\nSec-WebSocket-Version: 13, 8\r\n"));
+        assert!(resp.ends_with("\r\n\r\nMissing or invalid Sec-WebSocket-Version header"));
+        let m = Invalid::NotGet;
+        let resp = response_head(m.status(), &m.extra_headers(), &m.message());
+        assert!(resp.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
+        assert!(resp.contains("\r\nAllow: GET\r\n"));
     }
 }

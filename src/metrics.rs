@@ -53,7 +53,7 @@ pub enum RefusalCause {
     TooManyOffers,
     /// 431: a request head over 16 KiB or with more than 64 header fields.
     HeadTooLarge,
-    /// 426: `Sec-WebSocket-Version` other than 13.
+    /// 400: `Sec-WebSocket-Version` missing, or neither 13 nor 8.
     UnsupportedVersion,
     /// 404: not the `path` option.
     WrongPath,

@@ -183,7 +183,7 @@ pub struct HandshakeRefusals {
     pub too_many_offers: f64,
     /// 431: a request head over 16 KiB or with more than 64 header fields.
     pub head_too_large: f64,
-    /// 426: `Sec-WebSocket-Version` other than 13.
+    /// 400: `Sec-WebSocket-Version` missing, or neither 13 nor 8.
     pub unsupported_version: f64,
     /// 404: not the `path` option.
     pub wrong_path: f64,
