@@ -85,6 +85,13 @@ export declare class NativeServer {
    */
   adopt(fd: number, method: string, httpVersion: string, url: string, rawHeaders: Array<string>, head: Uint8Array): number
   /**
+   * Runs the checks a taken-over socket's request gets ([`adopt`](Self::adopt)) without
+   * taking anything over: the offered subprotocols if the request is a valid upgrade, `null`
+   * if sluice would refuse it. `sluice/ws` uses it to call `verifyClient` while Node still
+   * owns the socket, as ws does, and only for requests that pass.
+   */
+  checkUpgrade(method: string, httpVersion: string, url: string, rawHeaders: Array<string>): Array<string> | null
+  /**
    * Answers a `verify` event: `status` 0 accepts (with `protocol`, one the client offered, or
    * none); 400-599 refuses with that status, `headers` (`[name, value, ...]`) and `body`.
    * False if the handshake no longer waits (it timed out).
@@ -318,6 +325,11 @@ export interface Metrics {
   refusedMaxConnections: number
   /** Sockets that did not complete the upgrade within `handshakeTimeout`. */
   handshakesTimedOut: number
+  /**
+   * Clients that hung up (FIN or reset) while `verifyClient` / `handleProtocols` decided:
+   * dropped without an answer, as ws drops them.
+   */
+  handshakesAbandoned: number
   /** `handshakesRefused` by cause. */
   handshakesRefusedBy: HandshakeRefusals
   broadcasts: number

@@ -174,3 +174,207 @@ describe('the default listening address', () => {
     expect(seen).toEqual(['::1', '::ffff:127.0.0.1'])
   })
 })
+
+// ---------------------------------------------------------------------------------------------
+// 2. handleUpgrade twice with one socket throws, as ws does (the README promises
+//    ERR_SLUICE_SOCKET_TAKEN), instead of returning quietly.
+
+describe('handleUpgrade with a socket already handed over', () => {
+  test('facade: the second call throws ERR_SLUICE_SOCKET_TAKEN with ws message; the first connection works', async () => {
+    const { server, port } = await httpServer()
+    const wss = new WebSocketServer({ noServer: true })
+    facades.push(wss)
+    const thrown = []
+    server.on('upgrade', (req, socket, head) => {
+      wss.handleUpgrade(req, socket, head, (ws) => ws.send('first'))
+      try {
+        wss.handleUpgrade(req, socket, head, () => {})
+      } catch (err) {
+        thrown.push(err)
+      }
+    })
+    const ws = new Client(`ws://${HOST}:${port}`)
+    ws.on('error', () => {})
+    const [msg] = await once(ws, 'message')
+    expect(msg.toString()).toBe('first')
+    expect(thrown).toHaveLength(1)
+    expect(thrown[0].code).toBe('ERR_SLUICE_SOCKET_TAKEN')
+    expect(thrown[0].message).toBe('server.handleUpgrade() was called more than once with the same socket, possibly due to a misconfiguration')
+    ws.close()
+  })
+
+  test('core: the same error from Server.handleUpgrade', async () => {
+    const { server, port } = await httpServer()
+    const { Server } = require('sluice')
+    const core = new Server({ noServer: true })
+    res.servers.push(core)
+    const thrown = []
+    server.on('upgrade', (req, socket, head) => {
+      core.handleUpgrade(req, socket, head)
+      try {
+        core.handleUpgrade(req, socket, head)
+      } catch (err) {
+        thrown.push(err.code)
+      }
+    })
+    const conn = once(core, 'connection')
+    const ws = new Client(`ws://${HOST}:${port}`)
+    ws.on('error', () => {})
+    await once(ws, 'open')
+    await conn
+    expect(thrown).toEqual(['ERR_SLUICE_SOCKET_TAKEN'])
+    ws.close()
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// 3. verifyClient sees the request while Node still owns the socket; a client that hangs up
+//    before the verdict is dropped, never a 'connection'.
+
+describe('verifyClient and a client that leaves', () => {
+  function upgradeBytes() {
+    return upgradeRequest({ key: 'dGhlIHNhbXBsZSBub25jZQ==' })
+  }
+
+  test('facade, server mode: req.socket is live in verifyClient; a FIN before the verdict drops the client', async () => {
+    const { server, port } = await httpServer()
+    const seen = []
+    let verdictGiven
+    const given = new Promise((resolve) => (verdictGiven = resolve))
+    const wss = new WebSocketServer({
+      server,
+      verifyClient: ({ req }, cb) => {
+        const { socket } = req
+        seen.push({ destroyed: socket.destroyed, readable: socket.readable, writable: socket.writable, remote: socket.remoteAddress })
+        socket.on('end', () => {
+          // The client sent FIN: accepted now, it must still not become a connection.
+          cb(true)
+          verdictGiven()
+        })
+      },
+    })
+    facades.push(wss)
+    let connections = 0
+    wss.on('connection', () => connections++)
+    const socket = net.connect({ port, host: HOST, allowHalfOpen: true })
+    socket.on('error', () => {})
+    await once(socket, 'connect')
+    const answer = []
+    socket.on('data', (d) => answer.push(d))
+    socket.end(upgradeBytes())
+    await withTimeout(given, 3000, 'verdict')
+    await withTimeout(once(socket, 'close'), 3000, 'socket closed by the server')
+    await delay(100)
+    expect(seen).toEqual([{ destroyed: false, readable: true, writable: true, remote: HOST }])
+    expect(Buffer.concat(answer).toString()).toBe('')
+    expect(connections).toBe(0)
+  })
+
+  test('facade, server mode: an async accept with the client still there upgrades, once', async () => {
+    const { server, port } = await httpServer()
+    const wss = new WebSocketServer({ server, verifyClient: (info, cb) => setTimeout(() => cb(true), 50) })
+    facades.push(wss)
+    const conns = []
+    wss.on('connection', (ws) => conns.push(ws))
+    const ws = new Client(`ws://${HOST}:${port}`)
+    ws.on('error', () => {})
+    await once(ws, 'open')
+    await delay(50)
+    expect(conns).toHaveLength(1)
+    ws.close()
+  })
+
+  test('core: a client that hangs up while verifyClient decides is dropped and counted', async () => {
+    let release
+    const decided = new Promise((resolve) => (release = resolve))
+    const { server, port } = await res.server({
+      verifyClient: async () => {
+        await decided
+        return true
+      },
+    })
+    let connections = 0
+    server.on('connection', () => connections++)
+    const socket = net.connect({ port, host: HOST, allowHalfOpen: true })
+    socket.on('error', () => {})
+    await once(socket, 'connect')
+    const answer = []
+    socket.on('data', (d) => answer.push(d))
+    socket.end(upgradeBytes())
+    // The FIN is in the server's receive queue before the verdict.
+    await delay(200)
+    release()
+    await withTimeout(once(socket, 'close'), 3000, 'socket closed by the server')
+    await delay(100)
+    expect(Buffer.concat(answer).toString()).toBe('')
+    expect(connections).toBe(0)
+    expect(server.metrics().handshakesAbandoned).toBe(1)
+    expect(server.metrics().connectionsOpened).toBe(0)
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// 6. handleProtocols in the facade answers as ws does: the value as it is, offered or not;
+//    undefined (or any falsy value) means no subprotocol.
+
+describe('handleProtocols in the facade', () => {
+  /** The 101's Sec-WebSocket-Protocol (null: none) and what the ws client made of it. */
+  async function negotiate(serverOptions, offered) {
+    const { url } = await facade(serverOptions)
+    const ws = new Client(url, offered)
+    let header
+    ws.on('upgrade', (r) => (header = r.headers['sec-websocket-protocol'] ?? null))
+    const outcome = await Promise.race([
+      once(ws, 'open').then(() => ({ open: true, protocol: ws.protocol })),
+      once(ws, 'error').then(([e]) => ({ open: false, error: e.message })),
+    ])
+    ws.terminate()
+    return { header, ...outcome }
+  }
+
+  // In the first two cases the ws client itself gives up, exactly as it does against ws.
+  test('a value the client did not offer is sent as is', async () => {
+    const got = await negotiate({ handleProtocols: () => 'other' }, ['chat'])
+    expect(got).toEqual({ header: 'other', open: false, error: 'Server sent an invalid subprotocol' })
+  })
+
+  test('undefined means no subprotocol: a 101 without one', async () => {
+    const got = await negotiate({ handleProtocols: () => undefined }, ['chat', 'json'])
+    expect(got).toEqual({ header: null, open: false, error: 'Server sent no subprotocol' })
+  })
+
+  test('false too; an offered value is chosen; the hook sees the offers in order', async () => {
+    let offers
+    expect((await negotiate({ handleProtocols: () => false }, ['chat'])).header).toBe(null)
+    const got = await negotiate(
+      {
+        handleProtocols: (set) => {
+          offers = [...set]
+          return 'json'
+        },
+      },
+      ['chat', 'json'],
+    )
+    expect(got).toEqual({ header: 'json', open: true, protocol: 'json' })
+    expect(offers).toEqual(['chat', 'json'])
+  })
+
+  test('server mode with verifyClient: the hook runs before the hand-over and is answered the same way', async () => {
+    const { server, port } = await httpServer()
+    const wss = new WebSocketServer({ server, verifyClient: () => true, handleProtocols: (set, req) => (req.socket.destroyed ? 'dead' : 'live') })
+    facades.push(wss)
+    const ws = new Client(`ws://${HOST}:${port}`, ['live'])
+    ws.on('error', () => {})
+    await once(ws, 'open')
+    expect(ws.protocol).toBe('live')
+    ws.close()
+  })
+
+  test('core Server keeps its stricter rule: an unoffered value is a 500 and an error event', async () => {
+    const { server, url } = await res.server({ handleProtocols: () => 'other' })
+    const errors = []
+    server.on('error', (e) => errors.push(e.code))
+    await expect(res.ws(url, {}, ['chat'])).rejects.toMatchObject({ statusCode: 500 })
+    expect(errors).toEqual(['ERR_SLUICE_INVALID_PROTOCOL'])
+  })
+})

@@ -13,7 +13,10 @@ const { EventEmitter } = require('events')
 const { NativeServer, Priority, threadCpuTimeNs } = require('./native')
 
 /** Marks a Node socket that sluice has taken over (a second `handleUpgrade` on it throws). */
-const kTakenOver = Symbol('sluice.takenOver')
+const kTakenOver = Symbol.for('sluice.takenOver')
+/** Marks a `handleProtocols` hook (sluice/ws's) whose answer is taken as ws takes it: any truthy
+ * value is the subprotocol, offered or not; a falsy one means none. */
+const kAnyProtocol = Symbol.for('sluice.ws.anyProtocol')
 const EMPTY = Buffer.alloc(0)
 /** Longest conflation key. */
 const MAX_KEY_BYTES = 1024
@@ -574,6 +577,17 @@ class Server extends EventEmitter {
    * already taken over, `ERR_SLUICE_INVALID_SOCKET` for one without a descriptor.
    */
   handleUpgrade(req, socket, head, callback) {
+    this._handOver(req, socket, head, callback, undefined)
+  }
+
+  /**
+   * `handleUpgrade`, with the JavaScript hooks' answers already known: `preset` is `{ verdict,
+   * protocol }`, `verdict` as `verifyClient` returns it and `protocol` the subprotocol to answer
+   * with (sluice/ws decides while Node still owns the socket, as ws does). The hooks are then not
+   * called again for this request. A `preset` needs `askJs` (a `verifyClient` or
+   * `handleProtocols` option): the verify event is where it is applied.
+   */
+  _handOver(req, socket, head, callback, preset) {
     if (req === null || typeof req !== 'object' || typeof req.url !== 'string' || req.headers === null || typeof req.headers !== 'object') {
       throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_ARG', 'req must be the http.IncomingMessage of the upgrade request')
     }
@@ -587,7 +601,7 @@ class Server extends EventEmitter {
       throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_CALLBACK', 'callback must be a function')
     }
     if (socket[kTakenOver]) {
-      throw sluiceError(Error, 'ERR_SLUICE_SOCKET_TAKEN', 'handleUpgrade() was called more than once with the same socket')
+      throw sluiceError(Error, 'ERR_SLUICE_SOCKET_TAKEN', 'server.handleUpgrade() was called more than once with the same socket, possibly due to a misconfiguration')
     }
     if (socket.encrypted) {
       throw sluiceError(Error, 'ERR_SLUICE_ENCRYPTED_SOCKET', 'sluice cannot take over a TLS socket (its bytes are ciphertext): terminate TLS in a proxy in front of Node and let it forward plain HTTP (see the README, "Behind a TLS proxy")')
@@ -615,7 +629,7 @@ class Server extends EventEmitter {
       throw sluiceError(Error, 'ERR_SLUICE_TAKEOVER_FAILED', err.message)
     }
     socket[kTakenOver] = true
-    this._handshakes.set(token, { req, callback })
+    this._handshakes.set(token, { req, callback, preset })
     this._updateHold()
     // Node closes its descriptor; ours keeps the connection open, so no FIN reaches the peer.
     socket.destroy()
@@ -883,14 +897,15 @@ class Server extends EventEmitter {
       this._updateHold()
     }
     const req = entry.req
+    const preset = entry.preset
     let status = 0
     let protocol
     let headers
     let body
     try {
       const { verifyClient, handleProtocols } = this._options
-      if (verifyClient) {
-        const verdict = await verifyClient(req)
+      if (verifyClient || preset) {
+        const verdict = preset ? preset.verdict : await verifyClient(req)
         if (verdict === false) {
           status = 401
         } else if (verdict !== null && typeof verdict === 'object') {
@@ -904,9 +919,13 @@ class Server extends EventEmitter {
           throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_VERDICT', `verifyClient must return (or resolve to) true, false or { code, message }, got ${verdict === null ? 'null' : typeof verdict}`)
         }
       }
-      if (status === 0 && handleProtocols && protocols.length > 0) {
+      if (status === 0 && preset) {
+        protocol = preset.protocol
+      } else if (status === 0 && handleProtocols && protocols.length > 0) {
         const chosen = handleProtocols(new Set(protocols), req)
-        if (chosen !== false) {
+        if (handleProtocols[kAnyProtocol]) {
+          if (chosen) protocol = String(chosen)
+        } else if (chosen !== false) {
           if (!protocols.includes(chosen)) {
             throw sluiceError(Error, 'ERR_SLUICE_INVALID_PROTOCOL', `handleProtocols must return one of the offered protocols or false, got ${typeof chosen === 'string' ? `'${chosen}'` : typeof chosen}`)
           }
@@ -926,6 +945,10 @@ class Server extends EventEmitter {
         safeEmit(this, 'error', err)
       }
     }
+    this._verifyReply(token, status, protocol, headers, body)
+  }
+
+  _verifyReply(token, status, protocol, headers, body) {
     if (this._state === 'closed') return
     try {
       this._native.verifyReply(token, status, protocol, headers, body)

@@ -46,6 +46,14 @@ const http = require('http')
 const tls = require('tls')
 const { Server, Priority } = require('./sluice')
 
+/** lib/sluice.js's mark on a socket it has taken over. */
+const kTakenOver = Symbol.for('sluice.takenOver')
+/** A socket this facade handed over to be refused (a later server's handleUpgrade ignores it). */
+const kRefused = Symbol('sluice.ws.refused')
+
+/** lib/sluice.js's mark for a handleProtocols hook answered as ws answers it. */
+const kAnyProtocol = Symbol.for('sluice.ws.anyProtocol')
+
 const CONNECTING = 0
 const OPEN = 1
 const CLOSING = 2
@@ -842,21 +850,101 @@ class WebSocketServer extends HookedEmitter {
     if (cb !== undefined && typeof cb !== 'function') {
       throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_CALLBACK', 'callback must be a function')
     }
+    if (socket && socket[kTakenOver]) {
+      // A socket an earlier server refused is left alone (as ws finds it no longer writable), and
+      // so is one for another path (that server's upgrade); a second upgrade of the same request
+      // is a misconfiguration, as in ws.
+      if (socket[kRefused] || !this.shouldHandle(req)) return
+      throw sluiceError(Error, 'ERR_SLUICE_SOCKET_TAKEN', 'server.handleUpgrade() was called more than once with the same socket, possibly due to a misconfiguration')
+    }
     if (socket && typeof socket.destroy === 'function' && (socket.destroyed || !socket.readable || !socket.writable)) {
-      // As ws: a socket already ended or destroyed (the client left, or another upgrade listener
-      // took it) is destroyed without an answer.
+      // As ws: a socket already ended or destroyed (the client left) is destroyed without an
+      // answer.
       socket.destroy()
       return
     }
     if (socket && (socket.encrypted || socket instanceof tls.TLSSocket)) {
       throw unsupported('TLS sockets (wss:// through an https.Server)', 'terminate TLS in front of sluice (a proxy or load balancer)')
     }
-    if (!cb) {
-      this.sluice.handleUpgrade(req, socket, head)
+    const handOver = (preset) => {
+      if (!cb) {
+        this.sluice._handOver(req, socket, head, undefined, preset)
+        return
+      }
+      this._viaCallback.add(req)
+      this.sluice._handOver(req, socket, head, (conn, r) => cb(this._wrap(conn), r), preset)
+    }
+    const offered = this._offeredProtocols(req)
+    if (offered === null || this._state !== RUNNING || !this.shouldHandle(req)) {
+      // Refused by sluice with ws's status and body, and counted: an invalid request (400, 405),
+      // another path (400), a closing server (503).
+      handOver(undefined)
+      socket[kRefused] = true
       return
     }
-    this._viaCallback.add(req)
-    this.sluice.handleUpgrade(req, socket, head, (conn, r) => cb(this._wrap(conn), r))
+    if (!this.options.verifyClient) {
+      // Nothing to ask while Node owns the socket: hand it over at once.
+      handOver(undefined)
+      return
+    }
+    // As ws: verifyClient runs while Node still owns the socket (info.req.socket is live), and a
+    // client that hangs up meanwhile is dropped without an answer.
+    const decided = (verdict) => {
+      if (socket.destroyed || !socket.readable || !socket.writable) {
+        socket.destroy()
+        return
+      }
+      try {
+        handOver(verdict === true ? this._chooseProtocol(offered, req) : { verdict })
+      } catch (err) {
+        socket.destroy()
+        this.emit('error', err)
+      }
+    }
+    let verdict
+    try {
+      verdict = this._verify(req)
+    } catch (err) {
+      this._hookFailed(err)
+      verdict = { code: 500 }
+    }
+    if (verdict instanceof Promise) {
+      verdict.then(decided, (err) => {
+        this._hookFailed(err)
+        decided({ code: 500 })
+      })
+    } else {
+      decided(verdict)
+    }
+  }
+
+  /** A verifyClient / handleProtocols hook threw: the client gets 500, and the error is an
+   * 'error' event if anyone listens (as when the hooks run on sluice's side). */
+  _hookFailed(err) {
+    if (!err || typeof err !== 'object') err = new Error(String(err))
+    if (!err.code) err.code = 'ERR_SLUICE_VERIFY_FAILED'
+    if (this.listenerCount('error') > 0) this.emit('error', err)
+  }
+
+  /** The subprotocols a request offers if sluice would accept it as an upgrade, else null. */
+  _offeredProtocols(req) {
+    if (req === null || typeof req !== 'object' || typeof req.url !== 'string' || !req.headers) return null
+    const raw = req.rawHeaders || Object.entries(req.headers).flat()
+    return this.sluice._native.checkUpgrade(req.method || '', req.httpVersion || '', req.url, raw.map(String))
+  }
+
+  /** The accepting preset, with the subprotocol chosen as ws chooses it. */
+  _chooseProtocol(offered, req) {
+    const hook = this.options.handleProtocols
+    if (offered.length === 0) return { verdict: true }
+    if (!hook) return { verdict: true, protocol: offered[0] }
+    try {
+      const chosen = hook(new Set(offered), req)
+      return { verdict: true, protocol: chosen ? String(chosen) : undefined }
+    } catch (err) {
+      this._hookFailed(err)
+      return { verdict: { code: 500 } }
+    }
   }
 
   /**
@@ -945,7 +1033,10 @@ function checkOptions(options) {
     if (typeof options.handleProtocols !== 'function') {
       throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTION', 'handleProtocols must be a function')
     }
-    core.handleProtocols = options.handleProtocols
+    // As ws: whatever the hook returns is the answer, offered or not; a falsy value means none.
+    const hook = options.handleProtocols
+    core.handleProtocols = (protocols, req) => hook(protocols, req)
+    core.handleProtocols[kAnyProtocol] = true
   }
   core.maxPayload = options.maxPayload === 0 ? SLUICE_MAX_PAYLOAD : options.maxPayload
   core.closeTimeout = options.closeTimeout

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub open: AtomicUsize,
     pub handshakes_refused: AtomicU64,
     pub handshakes_timed_out: AtomicU64,
+    /// Clients that hung up while the JavaScript hooks decided on their upgrade.
+    pub handshakes_abandoned: AtomicU64,
     pub refused_max_connections: AtomicU64,
     /// `handshakes_refused` by cause, indexed by [`RefusalCause::index`].
     pub handshakes_refused_by: [AtomicU64; RefusalCause::COUNT],

@@ -263,6 +263,9 @@ pub struct Metrics {
     pub refused_max_connections: f64,
     /// Sockets that did not complete the upgrade within `handshakeTimeout`.
     pub handshakes_timed_out: f64,
+    /// Clients that hung up (FIN or reset) while `verifyClient` / `handleProtocols` decided:
+    /// dropped without an answer, as ws drops them.
+    pub handshakes_abandoned: f64,
     /// `handshakesRefused` by cause.
     pub handshakes_refused_by: HandshakeRefusals,
     pub broadcasts: f64,
@@ -355,6 +358,7 @@ fn metrics_object(shared: &ServerShared, link: Option<&Arc<Link>>) -> Metrics {
         handshakes_refused: g(&m.handshakes_refused),
         refused_max_connections: g(&m.refused_max_connections),
         handshakes_timed_out: g(&m.handshakes_timed_out),
+        handshakes_abandoned: g(&m.handshakes_abandoned),
         handshakes_refused_by: refusal_metrics(m),
         broadcasts: g(&m.broadcasts),
         publishes: g(&m.publishes),
@@ -587,6 +591,35 @@ impl NativeServer {
                     format!("cannot take the socket over: {e}"),
                 )
             })
+    }
+
+    /// Runs the checks a taken-over socket's request gets ([`adopt`](Self::adopt)) without
+    /// taking anything over: the offered subprotocols if the request is a valid upgrade, `null`
+    /// if sluice would refuse it. `sluice/ws` uses it to call `verifyClient` while Node still
+    /// owns the socket, as ws does, and only for requests that pass.
+    #[napi]
+    pub fn check_upgrade(
+        &self,
+        method: String,
+        http_version: String,
+        url: String,
+        raw_headers: Vec<String>,
+    ) -> Option<Vec<String>> {
+        let parts = RequestParts {
+            method,
+            http_version,
+            url,
+            raw_headers,
+        };
+        let gate = crate::handshake::Gate {
+            path: None,
+            allowed_origins: self.shared.config.allowed_origins.as_deref(),
+        };
+        let nobody = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+        crate::handshake::head_from_parts(parts)
+            .and_then(|h| crate::handshake::validate(h, &gate, nobody, Vec::new()))
+            .ok()
+            .map(|u| u.protocols)
     }
 
     /// Answers a `verify` event: `status` 0 accepts (with `protocol`, one the client offered, or

@@ -471,6 +471,12 @@ impl ServerShared {
                     return Err(refused(RefusalCause::VerifyClient, 503));
                 }
             }
+            // As ws: a client that hung up (FIN, or reset) while the hooks were deciding is
+            // dropped without an answer, and never becomes a connection.
+            if peer_hung_up(stream) {
+                m.handshakes_abandoned.fetch_add(1, Ordering::Relaxed);
+                return Err(0);
+            }
         }
         if self.is_closing() || !self.admit() {
             if !self.is_closing() {
@@ -718,6 +724,20 @@ impl ServerShared {
             if tokio::time::timeout_at(deadline, removed).await.is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// True if the peer has closed its side (EOF waits at the front of the receive queue) or the
+/// connection failed; bytes it sent after the request (its first frames) are left in place.
+fn peer_hung_up(stream: &TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match socket2::SockRef::from(stream).peek(&mut probe) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => {
+            e.kind() != std::io::ErrorKind::WouldBlock
+                && e.kind() != std::io::ErrorKind::Interrupted
         }
     }
 }
