@@ -15,7 +15,10 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
  */
 export declare class NativeConnection {
   get id(): number
-  /** Bytes queued and not yet handed to the kernel; 0 once closed. */
+  /**
+   * Bytes of messages queued and not yet handed to the kernel (the close frame is not
+   * counted); 0 once closed.
+   */
   get bufferedAmount(): number
   /**
    * Bytes in the kernel's send queue not yet acknowledged by the peer (Linux `SIOCOUTQ`);

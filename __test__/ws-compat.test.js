@@ -378,3 +378,93 @@ describe('handleProtocols in the facade', () => {
     expect(errors).toEqual(['ERR_SLUICE_INVALID_PROTOCOL'])
   })
 })
+
+// ---------------------------------------------------------------------------------------------
+// 7. bufferedAmount counts messages, not the close frame; in the facade, what is sent once the
+//    socket is no longer OPEN adds its size, as in ws and the browser (0 -> 2 -> 4).
+
+describe('bufferedAmount around a close', () => {
+  test('facade: 0 after close(), then the size of each send or ping made while CLOSING or CLOSED', async () => {
+    const { wss, url } = await facade()
+    const conn = once(wss, 'connection')
+    const client = new Client(url)
+    client.on('error', () => {})
+    const [ws] = await conn
+    ws.close()
+    expect(ws.bufferedAmount).toBe(0)
+    const errors = []
+    ws.send('hi', (err) => errors.push(err.message))
+    expect(ws.bufferedAmount).toBe(2)
+    await once(ws, 'close')
+    ws.ping((err) => errors.push(err.message))
+    expect(ws.bufferedAmount).toBe(2)
+    ws.send(Buffer.from('hey'), (err) => errors.push(err.message))
+    expect(ws.bufferedAmount).toBe(5)
+    await delay(10)
+    expect(errors).toEqual(['WebSocket is not open: readyState 2 (CLOSING)', 'WebSocket is not open: readyState 3 (CLOSED)', 'WebSocket is not open: readyState 3 (CLOSED)'])
+  })
+
+  test('core: the queued close frame is not counted; the data before it is, exactly', async () => {
+    const { server, port } = await res.server()
+    const conn = once(server, 'connection')
+    // A client that does not read, so that what is queued stays queued.
+    const raw = res.track(await RawClient.connect(port))
+    raw.socket.pause()
+    const [c] = await conn
+    const big = Buffer.alloc(200 * 1024, 1)
+    let sent = 0
+    for (let i = 0; i < 20 && c.bufferedAmount === 0; i++) {
+      c.send(big)
+      sent++
+      await delay(20)
+    }
+    // Some data waits in sluice's queue; closing adds a close frame, which is not counted.
+    const before = c.bufferedAmount
+    expect(before).toBeGreaterThan(0)
+    expect(sent).toBeLessThan(20)
+    c.close(1000, 'bye')
+    expect(c.bufferedAmount).toBe(before)
+  })
+})
+
+// ---------------------------------------------------------------------------------------------
+// 8. One message larger than maxBufferedAmount goes to a client that keeps up; the memory bound
+//    stays: highWaterMark plus that one message.
+
+describe('one message larger than maxBufferedAmount', () => {
+  test('facade: a 4 MiB echo to a fast client arrives whole and the connection stays open', async () => {
+    const { wss, url } = await facade()
+    wss.on('connection', (ws) => ws.on('message', (data) => expect(ws.send(data)).toBe(true)))
+    const ws = new Client(url, { maxPayload: 8 * 1024 * 1024 })
+    ws.on('error', () => {})
+    await once(ws, 'open')
+    const body = Buffer.alloc(4 * 1024 * 1024)
+    for (let i = 0; i < body.length; i += 4096) body[i] = i & 0xff
+    ws.send(body)
+    const [echo] = await once(ws, 'message', 10000)
+    expect(echo.length).toBe(body.length)
+    expect(echo.equals(body)).toBe(true)
+    expect(ws.readyState).toBe(Client.OPEN)
+    expect(wss.sluice.metrics().terminated.overflow).toBe(0)
+    ws.close()
+  })
+
+  test('core: accepted below highWaterMark; while it is queued the next send that does not fit meets onOverflow', async () => {
+    const { server, port } = await res.server({ onOverflow: 'drop' })
+    const conn = once(server, 'connection')
+    const raw = res.track(await RawClient.connect(port))
+    // Not reading: the 4 MiB cannot all leave at once.
+    raw.socket.pause()
+    const [c] = await conn
+    const body = Buffer.alloc(4 * 1024 * 1024, 7)
+    expect(c.send(body)).toBe(true)
+    expect(c.bufferedAmount).toBeGreaterThan(64 * 1024)
+    const small = Buffer.alloc(600 * 1024, 8)
+    expect(c.send(small)).toBe(false)
+    const m = server.metrics()
+    expect(m.dropped.normal).toBe(1)
+    // The bound held: highWaterMark plus the one large message (and its frame header).
+    expect(c.bufferedAmount).toBeLessThanOrEqual(64 * 1024 + body.length + 10)
+    expect(c.isOpen).toBe(true)
+  })
+})

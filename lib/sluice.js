@@ -218,6 +218,17 @@ function ownRequest(request) {
   return request
 }
 
+/**
+ * The headers of a request Node parsed, as sluice checks them: `rawHeaders` (repeats kept), cut
+ * to the http server's `maxHeadersCount` as Node cuts `req.headers` (but not `rawHeaders`), so
+ * that sluice judges the request the application sees.
+ */
+function requestHeaders(req, socket) {
+  const raw = req.rawHeaders || flatHeaders(req.headers)
+  const max = socket && socket.server ? socket.server.maxHeadersCount : undefined
+  return Number.isInteger(max) && max > 0 && raw.length > 2 * max ? raw.slice(0, 2 * max) : raw
+}
+
 /** `rawHeaders` of a request object sluice built (own listener): Node's flat form. */
 function flatHeaders(headers) {
   const out = []
@@ -624,7 +635,7 @@ class Server extends EventEmitter {
     void socket.remoteAddress
     let token
     try {
-      token = this._native.adopt(fd, req.method || '', req.httpVersion || '', req.url, req.rawHeaders || flatHeaders(req.headers), bytes)
+      token = this._native.adopt(fd, req.method || '', req.httpVersion || '', req.url, requestHeaders(req, socket), bytes)
     } catch (err) {
       throw sluiceError(Error, 'ERR_SLUICE_TAKEOVER_FAILED', err.message)
     }
@@ -633,6 +644,16 @@ class Server extends EventEmitter {
     this._updateHold()
     // Node closes its descriptor; ours keeps the connection open, so no FIN reaches the peer.
     socket.destroy()
+  }
+
+  /**
+   * Runs the checks `handleUpgrade` would (sluice/ws's hook to call `verifyClient` before the
+   * hand-over, as ws does): the offered subprotocols of a valid upgrade request, or null.
+   */
+  _checkUpgrade(req, socket) {
+    if (req === null || typeof req !== 'object' || typeof req.url !== 'string' || req.headers === null || typeof req.headers !== 'object') return null
+    const headers = requestHeaders(req, socket).map(String)
+    return this._native.checkUpgrade(req.method || '', req.httpVersion || '', req.url, headers)
   }
 
   /**

@@ -13,14 +13,20 @@
 // `pause()` / `resume()`; `'headers'` and `'wsClientError'` listeners on the server;
 // `createWebSocketStream`, `Receiver`, `Sender`, `PerMessageDeflate`, `extension`, `subprotocol`.
 //
-// Deliberate differences: `close()` without a code sends 1000 (ws: no code, seen as 1005);
-// `wss.close()` in port mode keeps the port bound (answering 503) until the last client has gone;
-// no pings of sluice's own unless `pingInterval` is given (as ws: applications ping); in port mode
-// `req` is a plain object, not an `http.IncomingMessage`; `ping`/`pong` callbacks run once the
-// frame is queued; a throwing `verifyClient` answers 500 (and is an 'error' event on the server);
-// a `verifyClient` refusal status must be 4xx/5xx; sockets never emit 'error' (a protocol
-// violation shows as 'close' with 1002/1007/1009); `send(buffer, { binary: false })` requires
-// valid UTF-8; `send()` returns whether sluice queued the message.
+// Deliberate differences (the README's "What changes in behaviour" and lib/ws.js's header): a
+// slow client is bounded by `maxBufferedAmount` (terminated or loses messages, counted); one
+// message larger than the bound goes to a client below `highWaterMark`; `bufferedAmount` is
+// sluice's queue; sockets never emit 'error' (a protocol violation shows as 'close' with
+// 1002/1007/1009); in port mode `req` is an `http.IncomingMessage` built by sluice, whose `socket`
+// is `{ remoteAddress, remotePort }`; `wss.close()` in port mode keeps the port bound (answering
+// 503) until the last client has gone; the handshake checks are stricter (Host required, no
+// repeated Host/Origin, head at most 16 KiB / 64 fields, at most 64 subprotocols / 16
+// extensions) and `handleProtocols` must answer a token; a throwing `verifyClient` or
+// `handleProtocols` answers 500 (and is an 'error' event on the server); a `verifyClient`
+// refusal status must be 4xx/5xx; `ping`/`pong` callbacks run once the frame is queued;
+// `send(buffer, { binary: false })` requires valid UTF-8; `send()` returns whether sluice queued
+// the message. Not supported either: a socket that is not TCP (a Unix-domain socket, another
+// Duplex) given to `handleUpgrade`.
 
 import { EventEmitter } from 'events'
 import * as http from 'http'
@@ -76,7 +82,7 @@ declare class WebSocket extends EventEmitter {
   ping(cb: (err?: Error) => void): void
   pong(data?: WebSocket.Data, mask?: false, cb?: (err?: Error) => void): void
   pong(cb: (err?: Error) => void): void
-  /** Default code 1000 (ws: none). `data`: at most 123 bytes of UTF-8. */
+  /** Without `code`, as ws, a close frame without a body (seen as 1005). `data`: at most 123 bytes of UTF-8. */
   close(code?: number, data?: string | Buffer): void
   terminate(): void
   /** @throws `ERR_SLUICE_WS_UNSUPPORTED` */
@@ -126,8 +132,8 @@ declare namespace WebSocket {
     /** Always false: sluice serves plain ws:// (TLS ends in a proxy in front). */
     secure: boolean
     /**
-     * The upgrade request. With `server` / `noServer` the `http.IncomingMessage`; in `port` mode a
-     * plain object with `url`, `method`, `headers`, `rawHeaders`, `socket.remoteAddress/remotePort`.
+     * The upgrade request, an `http.IncomingMessage`. In `port` mode sluice builds it from the
+     * request it parsed: its `socket` is `{ remoteAddress, remotePort }`.
      */
     req: http.IncomingMessage
   }
@@ -164,7 +170,8 @@ declare namespace WebSocket {
     /** Keep `wss.clients`. Default true. */
     clientTracking?: boolean
     /** Chooses the subprotocol; default: the first the client offered. */
-    handleProtocols?: (protocols: Set<string>, request: http.IncomingMessage) => string | false
+    /** As ws: the value returned is the subprotocol (offered or not; an HTTP token); a falsy one means none. */
+    handleProtocols?: (protocols: Set<string>, request: http.IncomingMessage) => string | false | null | undefined
     /** ms from `close()` to the peer's close frame before the connection is dropped. Default 30000. */
     closeTimeout?: number
     /** Only `false` (or left out). */
@@ -276,7 +283,9 @@ declare namespace WebSocket {
     /**
      * Takes the upgrade over. `callback(ws, request)` once open ('connection' is then not emitted:
      * emit it yourself); without a callback 'connection' is emitted.
-     * @throws `ERR_SLUICE_WS_UNSUPPORTED` for a TLS socket
+     * `socket` must be a TCP `net.Socket`.
+     * @throws `ERR_SLUICE_WS_UNSUPPORTED` for a TLS socket, a Unix-domain socket or another Duplex
+     * @throws `ERR_SLUICE_SOCKET_TAKEN` when called again for a socket already handed over
      */
     handleUpgrade(request: http.IncomingMessage, socket: Duplex, head: Buffer, callback?: (client: WebSocketAlias, request: http.IncomingMessage) => void): void
     /**

@@ -14,31 +14,35 @@
  * `err.code === 'ERR_SLUICE_WS_UNSUPPORTED'` naming it, at the point it is used (option at
  * construction, method when called, event when a listener is added): never a silent no-op.
  *
- * Known differences from ws, all deliberate (see also lib/ws.d.ts):
- * - `ws.close()` without a code sends 1000 (ws sends a close frame without a body, which the
- *   peer reports as 1005).
- * - `wss.close()` in `port` mode keeps the port bound until the last client has gone (new
- *   upgrades meanwhile get 503); ws unbinds at once. As in ws, open clients are not closed.
- * - Like ws, the facade sends no pings of its own by default (`pingInterval: 0`), so heartbeat
- *   code written for ws (ping every N s, terminate who did not pong) behaves as it did. Pass
- *   `pingInterval` (and `pongTimeout`) to let sluice do it in Rust instead, for every client at
- *   no cost to the event loop.
- * - In `port` mode `req` (in 'connection' and `verifyClient`'s `info.req`) is a plain object
- *   `{ url, method, headers, remoteAddress, remotePort, socket }`, not an `http.IncomingMessage`
- *   (the HTTP request is parsed in Rust). With `server` / `noServer` it is the IncomingMessage.
- * - A throwing `verifyClient` answers 500 and is an 'error' event on the WebSocketServer (in ws
- *   the exception escapes from the http server's 'upgrade' event). A refusal status must be
- *   4xx/5xx (`cb(false, 302)` throws ERR_SLUICE_WS_UNSUPPORTED; the client gets 500).
- * - In `port` mode a plain HTTP request (no upgrade) is answered 400 by sluice (ws: 426).
+ * Known differences from ws, all deliberate; the same list as the README's "What changes in
+ * behaviour" (and lib/ws.d.ts):
+ * - A slow client is bounded: past `maxBufferedAmount` it is terminated (1008) or loses messages
+ *   (`onOverflow`), Low ones first; one message larger than the bound still goes to a client whose
+ *   queue is below `highWaterMark`. Drops are counted; a `send` callback gets ERR_SLUICE_DROPPED.
+ * - `bufferedAmount` is sluice's queue for the socket (the kernel's: `ws.sluice.kernelBufferedAmount`).
  * - A socket never emits 'error': sluice closes a connection that breaks the protocol (1002,
  *   1007, 1009) and reports it only through 'close' with that code and sluice's metrics.
- * - `send(buffer, { binary: false })` requires valid UTF-8 (ERR_SLUICE_INVALID_DATA otherwise);
- *   ws sends the bytes and the peer fails the connection with 1007.
- * - `send()` returns whether sluice queued the message (ws returns undefined).
+ * - In `port` mode `req` is an `http.IncomingMessage` built from the request sluice parsed in
+ *   Rust; its `socket` is `{ remoteAddress, remotePort }`, not a `net.Socket`.
+ * - `wss.close()` in `port` mode keeps the port bound until the last client has gone (new
+ *   upgrades meanwhile get 503); ws unbinds at once. As in ws, open clients are not closed.
+ * - The handshake checks are stricter (no Host, a repeated Host or Origin, a head over 16 KiB or
+ *   64 fields, more than 64 subprotocols or 16 extensions are refused); `handleProtocols` must
+ *   answer an HTTP token (otherwise 500).
+ * - A throwing `verifyClient` or `handleProtocols` answers 500 and is an 'error' event on the
+ *   WebSocketServer (in ws the exception escapes from the http server's 'upgrade' event). A
+ *   refusal status must be 4xx/5xx (`cb(false, 302)` throws ERR_SLUICE_WS_UNSUPPORTED; the client
+ *   gets 500).
  * - `ping(data, mask, cb)` / `pong(...)`: `cb` is called once the frame is queued (ws: once it is
- *   written).
- * - sluice-only options (`maxBufferedAmount`, `onOverflow`, `pingInterval`, ...) are accepted
- *   and passed to the sluice Server; an option neither ws nor sluice knows throws (ws ignores it).
+ *   written). `send()` returns whether sluice queued the message (ws returns undefined).
+ *   `send(buffer, { binary: false })` requires valid UTF-8 (ERR_SLUICE_INVALID_DATA otherwise);
+ *   ws sends the bytes and the peer fails the connection with 1007.
+ *
+ * The same as ws, though sluice's own Server differs: no pings unless `pingInterval` is given
+ * (heartbeat code written for ws behaves as it did), `maxPayload` 100 MiB, `closeTimeout` 30 s,
+ * `handleProtocols`' answer sent as is, verifyClient run while Node still owns the socket.
+ * sluice-only options (`maxBufferedAmount`, `onOverflow`, `pingInterval`, ...) are accepted and
+ * passed to the sluice Server; an option neither ws nor sluice knows throws (ws ignores it).
  */
 
 const { EventEmitter } = require('events')
@@ -74,6 +78,8 @@ const WS_DEFAULT_PING_INTERVAL = 0
 const WS_DEFAULT_CLOSE_TIMEOUT = 30000
 
 const EMPTY_BUFFER = Buffer.alloc(0)
+/** Close code 1005: reported when a close frame has no body; sluice then sends an empty one. */
+const NO_STATUS = 1005
 /** Strict UTF-8 that keeps a BOM: decoding and re-encoding gives back the same bytes. */
 const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
 const BINARY_TYPES = ['nodebuffer', 'arraybuffer', 'fragments']
@@ -89,6 +95,13 @@ function sluiceError(Class, code, message) {
 
 function unsupported(feature, hint) {
   return sluiceError(Error, UNSUPPORTED, `sluice/ws does not support ${feature}${hint ? `: ${hint}` : ''}`)
+}
+
+/** sluice takes over TCP sockets only: their descriptor moves to its threads. */
+function notTcp(cause) {
+  const err = unsupported('a socket that is not a TCP socket (an http server on a Unix-domain socket, or another Duplex stream)', 'sluice takes the TCP connection over; listen on a TCP port')
+  if (cause) err.cause = cause
+  return err
 }
 
 function isBlob(value) {
@@ -294,6 +307,8 @@ class WebSocket extends HookedEmitter {
     this._closeRequested = false
     this._forwarders = null
     this._closeCode = 1006
+    /** As ws (and the browser): bytes of what was sent once no longer OPEN, never written. */
+    this._bufferedAfterClose = 0
   }
 
   /** Called by WebSocketServer once the sluice connection is open. */
@@ -347,9 +362,16 @@ class WebSocket extends HookedEmitter {
     if (BINARY_TYPES.includes(type)) this._binaryType = type
   }
 
-  /** Bytes queued in sluice for this connection and not yet handed to the kernel. */
+  /** Bytes of messages queued in sluice and not yet handed to the kernel, plus (as in ws and the
+   * browser) the size of everything sent after the connection stopped being OPEN. */
   get bufferedAmount() {
-    return this._conn === null ? 0 : this._conn.bufferedAmount
+    return (this._conn === null ? 0 : this._conn.bufferedAmount) + this._bufferedAfterClose
+  }
+
+  /** ws's sendAfterClose: the data is not sent, its size is added to bufferedAmount. */
+  _sentAfterClose(data, cb) {
+    if (data) this._bufferedAfterClose += typeof data === 'string' ? Buffer.byteLength(data) : toBuffer(data).length
+    if (cb) process.nextTick(cb, this._notOpenError())
   }
 
   /** Negotiated extensions: always '' (sluice does not implement permessage-deflate). */
@@ -410,7 +432,7 @@ class WebSocket extends HookedEmitter {
     if (opts.mask === true) throw unsupported("send() with 'mask: true' (servers do not mask)")
     if (isBlob(data)) throw unsupported('sending a Blob', 'send a Buffer or ArrayBuffer')
     if (this.readyState !== OPEN) {
-      if (cb) process.nextTick(cb, this._notOpenError())
+      this._sentAfterClose(data, cb)
       return false
     }
     const binary = opts.binary === undefined ? typeof data !== 'string' : !!opts.binary
@@ -446,7 +468,7 @@ class WebSocket extends HookedEmitter {
     if (typeof data === 'number') data = data.toString()
     if (isBlob(data)) throw unsupported(`a Blob as ${kind} data`)
     if (this.readyState !== OPEN) {
-      if (cb) process.nextTick(cb, this._notOpenError())
+      this._sentAfterClose(data, cb)
       return
     }
     const payload = data === undefined || data === null || data === '' ? EMPTY_BUFFER : typeof data === 'string' ? Buffer.from(data, 'utf8') : toBuffer(data)
@@ -468,8 +490,9 @@ class WebSocket extends HookedEmitter {
   }
 
   /**
-   * Starts the closing handshake after the data already queued. `code` defaults to 1000 (ws:
-   * no status code); `reason` is a string or Buffer of at most 123 bytes.
+   * Starts the closing handshake after the data already queued. Without `code`, as ws, a close
+   * frame without a body (the peer reports 1005) and no reason; `data` (the reason) is a string
+   * or Buffer of at most 123 bytes.
    */
   close(code, data) {
     const state = this.readyState
@@ -496,7 +519,12 @@ class WebSocket extends HookedEmitter {
     }
     if (state === CLOSING) return
     this._closeRequested = true
-    this._conn.close(code === undefined ? 1000 : code, reason)
+    if (code === undefined) {
+      // As ws: a close frame without a body (the peer reports 1005), and no reason.
+      this._conn._native.close(NO_STATUS, '')
+    } else {
+      this._conn.close(code, reason)
+    }
   }
 
   /** Drops the TCP connection now; queued data is discarded. 'close' follows with 1006. */
@@ -657,6 +685,14 @@ class WebSocketServer extends HookedEmitter {
     }
 
     const core = checkOptions(options)
+    /** The http.IncomingMessage standing for each request sluice's own listener parsed. */
+    this._requests = new WeakMap()
+    if (core.handleProtocols) {
+      // As ws: whatever the hook returns is the answer, offered or not; a falsy value means none.
+      const hook = core.handleProtocols
+      core.handleProtocols = (protocols, req) => hook(protocols, this._incoming(req))
+      core.handleProtocols[kAnyProtocol] = true
+    }
 
     this.options = options
     this._state = RUNNING
@@ -716,8 +752,33 @@ class WebSocketServer extends HookedEmitter {
     }
   }
 
+  /**
+   * As ws, `req` is an `http.IncomingMessage` in every mode. In `port` mode sluice parsed the
+   * request in Rust: this builds one from it (once per request; its `socket` is
+   * `{ remoteAddress, remotePort }`, the connection itself being sluice's).
+   */
+  _incoming(req) {
+    if (req instanceof http.IncomingMessage) return req
+    let msg = this._requests.get(req)
+    if (msg) return msg
+    msg = new http.IncomingMessage(req.socket)
+    msg.method = req.method
+    msg.url = req.url
+    msg.httpVersionMajor = 1
+    msg.httpVersionMinor = 1
+    msg.httpVersion = '1.1'
+    msg.headers = req.headers
+    msg.rawHeaders = req.rawHeaders
+    msg.upgrade = true
+    msg.complete = true
+    msg.push(null)
+    this._requests.set(req, msg)
+    return msg
+  }
+
   /** The core verifyClient hook: the closing state, the path, then the user's verifyClient. */
   _verify(req) {
+    req = this._incoming(req)
     if (this._state !== RUNNING) return { code: 503, message: http.STATUS_CODES[503] }
     if (!this.shouldHandle(req)) return { code: 400, message: http.STATUS_CODES[400] }
     const verifyClient = this.options.verifyClient
@@ -769,6 +830,7 @@ class WebSocketServer extends HookedEmitter {
   }
 
   _onConnection(conn, req) {
+    req = this._incoming(req)
     const ws = this._wrap(conn)
     if (!this._viaCallback.has(req)) this.emit('connection', ws, req)
   }
@@ -866,15 +928,24 @@ class WebSocketServer extends HookedEmitter {
     if (socket && (socket.encrypted || socket instanceof tls.TLSSocket)) {
       throw unsupported('TLS sockets (wss:// through an https.Server)', 'terminate TLS in front of sluice (a proxy or load balancer)')
     }
-    const handOver = (preset) => {
-      if (!cb) {
-        this.sluice._handOver(req, socket, head, undefined, preset)
-        return
-      }
-      this._viaCallback.add(req)
-      this.sluice._handOver(req, socket, head, (conn, r) => cb(this._wrap(conn), r), preset)
+    if (socket && !(socket._handle && typeof socket._handle.fd === 'number')) {
+      throw notTcp()
     }
-    const offered = this._offeredProtocols(req)
+    const handOver = (preset) => {
+      try {
+        if (!cb) {
+          this.sluice._handOver(req, socket, head, undefined, preset)
+          return
+        }
+        this._viaCallback.add(req)
+        this.sluice._handOver(req, socket, head, (conn, r) => cb(this._wrap(conn), r), preset)
+      } catch (err) {
+        // A Unix-domain socket has a descriptor too; sluice finds out it is not TCP.
+        if (err.code === 'ERR_SLUICE_TAKEOVER_FAILED' || err.code === 'ERR_SLUICE_INVALID_SOCKET') throw notTcp(err)
+        throw err
+      }
+    }
+    const offered = this.sluice._checkUpgrade(req, socket)
     if (offered === null || this._state !== RUNNING || !this.shouldHandle(req)) {
       // Refused by sluice with ws's status and body, and counted: an invalid request (400, 405),
       // another path (400), a closing server (503).
@@ -924,13 +995,6 @@ class WebSocketServer extends HookedEmitter {
     if (!err || typeof err !== 'object') err = new Error(String(err))
     if (!err.code) err.code = 'ERR_SLUICE_VERIFY_FAILED'
     if (this.listenerCount('error') > 0) this.emit('error', err)
-  }
-
-  /** The subprotocols a request offers if sluice would accept it as an upgrade, else null. */
-  _offeredProtocols(req) {
-    if (req === null || typeof req !== 'object' || typeof req.url !== 'string' || !req.headers) return null
-    const raw = req.rawHeaders || Object.entries(req.headers).flat()
-    return this.sluice._native.checkUpgrade(req.method || '', req.httpVersion || '', req.url, raw.map(String))
   }
 
   /** The accepting preset, with the subprotocol chosen as ws chooses it. */
@@ -1033,10 +1097,7 @@ function checkOptions(options) {
     if (typeof options.handleProtocols !== 'function') {
       throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTION', 'handleProtocols must be a function')
     }
-    // As ws: whatever the hook returns is the answer, offered or not; a falsy value means none.
-    const hook = options.handleProtocols
-    core.handleProtocols = (protocols, req) => hook(protocols, req)
-    core.handleProtocols[kAnyProtocol] = true
+    core.handleProtocols = options.handleProtocols
   }
   core.maxPayload = options.maxPayload === 0 ? SLUICE_MAX_PAYLOAD : options.maxPayload
   core.closeTimeout = options.closeTimeout

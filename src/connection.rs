@@ -100,6 +100,10 @@ pub struct Conn {
     /// `conn.bufferedAmount` reads it without locking. Relaxed: a snapshot for observers; every
     /// decision is taken under the lock.
     buffered: AtomicUsize,
+    /// Size of the close frame in the outbox (0: none queued). It is always the last frame, so
+    /// `buffered - close_len` is exactly the data not yet handed to the kernel (see
+    /// [`Conn::buffered_data`]). Stored under the outbox lock, with `buffered`.
+    close_len: AtomicUsize,
     writer_wake: Notify,
     reader_wake: Notify,
     kill: watch::Sender<bool>,
@@ -148,6 +152,7 @@ impl Conn {
             sock,
             outbox: Mutex::new(Outbox::new(limits)),
             buffered: AtomicUsize::new(0),
+            close_len: AtomicUsize::new(0),
             writer_wake: Notify::new(),
             reader_wake: Notify::new(),
             kill: watch::channel(false).0,
@@ -167,6 +172,14 @@ impl Conn {
     /// Bytes queued for this connection and not yet handed to the kernel.
     pub fn buffered_amount(&self) -> usize {
         self.buffered.load(Ordering::Relaxed)
+    }
+
+    /// `conn.bufferedAmount`: bytes of messages (and pings, pongs) queued and not yet handed to
+    /// the kernel, without the close frame, as the browser's `bufferedAmount` counts data only.
+    pub fn buffered_data(&self) -> usize {
+        self.buffered
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.close_len.load(Ordering::Relaxed))
     }
 
     /// How late the connection is: the age of the oldest frame accepted for it and not yet
@@ -435,17 +448,26 @@ impl Conn {
 
     /// Graceful close: the close frame goes out after everything already queued; the connection
     /// ends when the peer answers, or after `closeTimeout`. Returns false if already closing.
+    /// `code` 1005 ("no status", never valid on the wire) sends a close frame without a body, as
+    /// ws's `close()` without a code does.
     pub fn close(&self, code: u16, reason: &str) -> bool {
+        if code == close_code::NO_STATUS {
+            return self.close_with(encode(OpCode::Close, b""), code, "");
+        }
         self.close_with(encode_close(code, reason), code, reason)
     }
 
     /// [`Self::close`] with the close frame already encoded (`code` and `reason` are what it
     /// carries, for the `close` event).
     fn close_with(&self, frame: Bytes, code: u16, reason: &str) -> bool {
+        let len = frame.len();
         let frame = Frame::new(frame);
         let queued = {
             let mut o = lock(&self.outbox);
             let r = o.close_after_data(frame);
+            if r.is_some() {
+                self.close_len.store(len, Ordering::Relaxed);
+            }
             self.buffered.store(o.buffered(), Ordering::Relaxed);
             r
         };
@@ -492,9 +514,13 @@ impl Conn {
             self.urgent.store(true, Ordering::SeqCst);
         }
         let frame = Frame::new(encode_close(code, reason));
+        let len = frame.len();
         let queued = {
             let mut o = lock(&self.outbox);
             let r = o.close_now(frame);
+            if r.is_some() {
+                self.close_len.store(len, Ordering::Relaxed);
+            }
             self.buffered.store(o.buffered(), Ordering::Relaxed);
             r
         };

@@ -240,6 +240,7 @@ pub fn handshake(input: &[u8]) -> u64 {
         Gate {
             path: Some("/chat"),
             allowed_origins: Some(&allowed),
+            taken_over: false,
         },
     ];
     let mut sig = 0x1000;
@@ -247,6 +248,7 @@ pub fn handshake(input: &[u8]) -> u64 {
         let own = handshake::validate(head.clone(), gate, remote, Vec::new());
         let node_gate = Gate {
             path: None,
+            taken_over: true,
             ..*gate
         };
         let from_node = handshake::head_from_parts(as_parts(&head))
@@ -255,7 +257,8 @@ pub fn handshake(input: &[u8]) -> u64 {
             Ok(u) => check_accepted(&head, gate, u),
             Err(e) => check_refusal(e),
         }
-        // Node's path has no path check; otherwise the same answer, unless the head written
+        // Node's path has no path check (and Node has judged it an upgrade request, so no 426);
+        // otherwise the same answer, unless the head written
         // canonically (how Node's request is measured) is over the limit while the bytes sent
         // (bare LFs, no space after the colons) were not.
         let own_no_path = handshake::validate(head.clone(), &node_gate, remote, Vec::new());

@@ -14,8 +14,9 @@
 //! | no `Upgrade` header at all: a plain HTTP request | 426 with `Upgrade: websocket` |
 //! | not GET | 405 with `Allow: GET` |
 //! | not HTTP/1.1, invalid `Upgrade`, missing/invalid `Connection`, `Sec-WebSocket-Key` | 400 |
-//! | no `Host`; two `Host`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version` headers | 400 |
+//! | two `Sec-WebSocket-Key` or `Sec-WebSocket-Version` headers | 400 |
 //! | `Sec-WebSocket-Version` missing, or neither 13 nor 8 | 400 with `Sec-WebSocket-Version: 13, 8` |
+//! | no `Host`, or two | 400 |
 //! | `path` option set and the request path differs | 404 |
 //! | more than 16 extensions or 64 subprotocols offered | 400 |
 //! | malformed or repeated `Sec-WebSocket-Protocol` token | 400 |
@@ -523,6 +524,9 @@ pub struct Gate<'a> {
     pub path: Option<&'a str>,
     /// `allowedOrigins`.
     pub allowed_origins: Option<&'a [String]>,
+    /// The request came with a socket taken over from Node: Node already judged it an upgrade
+    /// request, so a missing `Upgrade` header is an invalid one (400), not a plain request (426).
+    pub taken_over: bool,
 }
 
 /// The checks of RFC 6455 §4.2.1 and the server's options on a parsed head, in the order of the
@@ -554,7 +558,7 @@ pub fn validate(
             }
         }
     }
-    if !h.iter().any(|(n, _)| n == "upgrade") {
+    if !gate.taken_over && !h.iter().any(|(n, _)| n == "upgrade") {
         return Err(Invalid::NotAnUpgrade);
     }
     if head.method != "GET" {
@@ -562,9 +566,6 @@ pub fn validate(
     }
     if !head.http_1_1 {
         return Err(Invalid::NotHttp11);
-    }
-    if single(h, "host", "Host")?.is_none() {
-        return Err(Invalid::MissingHost);
     }
     if !has_token(h, "upgrade", "websocket") {
         return Err(Invalid::NotWebSocket);
@@ -579,6 +580,10 @@ pub fn validate(
     let version = single(h, "sec-websocket-version", "Sec-WebSocket-Version")?;
     if !matches!(version, Some("13" | "8")) {
         return Err(Invalid::UnsupportedVersion);
+    }
+    // After the checks ws makes, in ws's order, so that the same request gets the same answer.
+    if single(h, "host", "Host")?.is_none() {
+        return Err(Invalid::MissingHost);
     }
     if let Some(p) = gate.path {
         if head.url.split('?').next().unwrap_or("") != p {
@@ -812,7 +817,7 @@ mod tests {
     fn status(s: &str, path: Option<&str>) -> u16 {
         let gate = Gate {
             path,
-            allowed_origins: None,
+            ..Gate::default()
         };
         match run(s.as_bytes(), &gate) {
             Ok(_) => 101,
@@ -1007,8 +1012,12 @@ mod tests {
             url: "/x".into(),
             raw_headers: headers.iter().map(|s| s.to_string()).collect(),
         };
+        let node = Gate {
+            taken_over: true,
+            ..Gate::default()
+        };
         let check = |p: RequestParts| {
-            head_from_parts(p).and_then(|h| validate(h, &Gate::default(), remote(), b"AB".to_vec()))
+            head_from_parts(p).and_then(|h| validate(h, &node, remote(), b"AB".to_vec()))
         };
         let good = [
             "Host",
@@ -1026,6 +1035,13 @@ mod tests {
         ];
         let u = check(parts("1.1", &good)).ok().unwrap();
         assert_eq!(u.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        // Node judged it an upgrade: without an Upgrade header (Node's maxHeadersCount cut it, say)
+        // it is an invalid one, 400 as ws answers, not a plain request's 426.
+        let no_upgrade = [&good[..2], &good[4..]].concat();
+        assert_eq!(
+            check(parts("1.1", &no_upgrade)).err(),
+            Some(Invalid::NotWebSocket)
+        );
         assert_eq!(u.protocols, ["b", "a"]);
         assert_eq!(u.leftover, b"AB");
         let status = |p| check(p).err().map(|e| e.status());
@@ -1065,8 +1081,8 @@ mod tests {
     fn origins_are_checked_only_when_listed_and_present() {
         let list = ["https://a.example".to_string()];
         let gate = Gate {
-            path: None,
             allowed_origins: Some(&list),
+            ..Gate::default()
         };
         let origin = |o: &str| run(with(&format!("Origin: {o}")).as_bytes(), &gate).err();
         assert!(run(

@@ -614,6 +614,7 @@ impl NativeServer {
         let gate = crate::handshake::Gate {
             path: None,
             allowed_origins: self.shared.config.allowed_origins.as_deref(),
+            taken_over: true,
         };
         let nobody = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
         crate::handshake::head_from_parts(parts)
@@ -1087,12 +1088,13 @@ impl NativeConnection {
         self.id as f64
     }
 
-    /// Bytes queued and not yet handed to the kernel; 0 once closed.
+    /// Bytes of messages queued and not yet handed to the kernel (the close frame is not
+    /// counted); 0 once closed.
     #[napi(getter)]
     pub fn buffered_amount(&self) -> f64 {
         self.conn
             .upgrade()
-            .map_or(0.0, |c| c.buffered_amount() as f64)
+            .map_or(0.0, |c| c.buffered_data() as f64)
     }
 
     /// Bytes in the kernel's send queue not yet acknowledged by the peer (Linux `SIOCOUTQ`);

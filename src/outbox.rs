@@ -326,6 +326,8 @@ impl Outbox {
             Verdict::EvictLow { need, otherwise } => {
                 if self.queued_low >= need {
                     self.evict_low(need, &mut drops);
+                } else if self.limits.may_pass_the_bound(self.buffered(), priority) {
+                    // The one message past the bound (see `policy.rs`): queued as it is.
                 } else {
                     let mut resync_overflow = false;
                     let outcome = match otherwise {
@@ -751,7 +753,13 @@ mod tests {
 
     /// A frame of exactly `len` bytes (`len` >= 3, not 128 or 129) whose first payload byte is `tag`.
     fn frame(tag: u8, len: usize) -> Frame {
-        let plen = if len - 2 < 126 { len - 2 } else { len - 4 };
+        let plen = if len - 2 < 126 {
+            len - 2
+        } else if len - 4 < 65536 {
+            len - 4
+        } else {
+            len - 10
+        };
         let mut payload = vec![0u8; plen];
         payload[0] = tag;
         let bytes = encode(OpCode::Binary, &payload);
@@ -887,6 +895,39 @@ mod tests {
             Outcome::Overflow
         );
         assert_eq!(d.buffered(), 4 * KIB);
+    }
+
+    #[test]
+    fn one_message_past_the_bound_goes_to_a_connection_that_keeps_up() {
+        let limits = Limits {
+            max_buffered_amount: 64 * KIB,
+            high_water_mark: 16 * KIB,
+            low_water_mark: 4 * KIB,
+            ..Limits::default()
+        };
+        let mut o = Outbox::new(limits);
+        o.push(frame(0, 15 * KIB), Priority::Normal);
+        // Below highWaterMark: a 1 MiB message is queued whole, nothing dropped.
+        let p = o.push(frame(1, 1024 * KIB), Priority::Normal);
+        assert_eq!((p.outcome, p.drops.total()), (Outcome::Queued, 0));
+        assert_eq!(o.buffered(), 1039 * KIB);
+        // While it is queued, the next message that does not fit meets onOverflow.
+        assert_eq!(
+            o.push(frame(2, KIB), Priority::Normal).outcome,
+            Outcome::Overflow
+        );
+        // Once written, the same message passes again.
+        drain_all(&mut o);
+        assert_eq!(
+            o.push(frame(3, 1024 * KIB), Priority::Critical).outcome,
+            Outcome::Queued
+        );
+        // Low frames never pass the bound.
+        let mut l = Outbox::new(limits);
+        assert_eq!(
+            l.push(frame(4, 100 * KIB), Priority::Low).outcome,
+            Outcome::Dropped
+        );
     }
 
     #[test]

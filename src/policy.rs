@@ -11,6 +11,15 @@
 //! send a fresh snapshot. A second overflow before the queue has drained below `lowWaterMark`
 //! terminates the connection (counted apart, `terminated.resyncOverflow`).
 //!
+//! **One message past the bound.** A Normal or Critical message that does not fit under
+//! `maxBufferedAmount`, even after the evictions, is still queued when the queue is below
+//! `highWaterMark` (or `maxBufferedAmount`, if that is lower) instead of meeting `onOverflow`:
+//! the connection is keeping up, and a file or a snapshot larger than the bound must be sendable
+//! to it (uWebSockets.js checks its limit before a send, not after, for the same reason). The
+//! bound on a connection's queue is then that threshold plus the one message: while it is
+//! queued the queue is above the threshold, so the next message that does not fit meets the
+//! table above (wait for `drain` before sending more).
+//!
 //! Control frames (pong, close, ping) bypass the policy and go ahead of all data. A frame the
 //! writer has already started is never interrupted: priorities reorder only what is still queued.
 //!
@@ -125,6 +134,14 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// Whether a Normal or Critical message that does not fit may still be queued, as the one
+    /// message past the bound (see the module's documentation).
+    pub fn may_pass_the_bound(&self, buffered: usize, priority: Priority) -> bool {
+        priority != Priority::Low && buffered < self.high_water_mark.min(self.max_buffered_amount)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +207,18 @@ mod tests {
                 otherwise: Fallback::Terminate
             }
         );
+        // One message past the bound, when nothing else makes room: Normal and Critical, on a
+        // connection below highWaterMark (or maxBufferedAmount, if lower).
+        assert!(l.may_pass_the_bound(63 * kib, Priority::Normal));
+        assert!(l.may_pass_the_bound(0, Priority::Critical));
+        assert!(!l.may_pass_the_bound(64 * kib, Priority::Normal));
+        assert!(!l.may_pass_the_bound(0, Priority::Low));
+        let small = Limits {
+            max_buffered_amount: 8 * kib,
+            ..l
+        };
+        assert!(small.may_pass_the_bound(7 * kib, Priority::Normal));
+        assert!(!small.may_pass_the_bound(8 * kib, Priority::Normal));
         // A Low frame never pushes the queue past the hard bound either.
         let tight = Limits {
             low_priority_limit: 600 * kib,

@@ -431,6 +431,7 @@ impl ServerShared {
                 let gate = handshake::Gate {
                     path: self.config.path.as_deref(),
                     allowed_origins: self.config.allowed_origins.as_deref(),
+                    taken_over: false,
                 };
                 handshake::parse_head(raw.head())
                     .and_then(|h| handshake::validate(h, &gate, peer, raw.leftover()))
@@ -440,6 +441,7 @@ impl ServerShared {
                 let gate = handshake::Gate {
                     path: None,
                     allowed_origins: self.config.allowed_origins.as_deref(),
+                    taken_over: true,
                 };
                 handshake::head_from_parts(parts)
                     .and_then(|h| handshake::validate(h, &gate, peer, head))
