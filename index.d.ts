@@ -90,7 +90,7 @@ export declare class NativeServer {
   /**
    * Runs the checks a taken-over socket's request gets ([`adopt`](Self::adopt)) without
    * taking anything over: the offered subprotocols if the request is a valid upgrade, `null`
-   * if sluice would refuse it. `sluice/ws` uses it to call `verifyClient` while Node still
+   * if sluice would refuse it (invalid, or the server is full or closing). `sluice/ws` uses it to call `verifyClient` while Node still
    * owns the socket, as ws does, and only for requests that pass.
    */
   checkUpgrade(method: string, httpVersion: string, url: string, rawHeaders: Array<string>): Array<string> | null
@@ -458,8 +458,11 @@ export interface ServerOptions {
    */
   path?: string
   /**
-   * Hard bound of a connection's queued bytes. A Normal message that would exceed it triggers
-   * `onOverflow`; a Critical one terminates the connection. Default `524288` (512 KiB).
+   * Bound of a connection's queued bytes. A Normal message that would exceed it triggers
+   * `onOverflow`; a Critical one terminates the connection. One exception: a Normal or
+   * Critical message is still queued, whatever its size, when the queue is below
+   * `highWaterMark` (or this bound, if lower), so a client that keeps up can be sent one file
+   * or snapshot larger than the bound. Default `524288` (512 KiB).
    */
   maxBufferedAmount?: number
   /**

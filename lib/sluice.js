@@ -17,6 +17,9 @@ const kTakenOver = Symbol.for('sluice.takenOver')
 /** Marks a `handleProtocols` hook (sluice/ws's) whose answer is taken as ws takes it: any truthy
  * value is the subprotocol, offered or not; a falsy one means none. */
 const kAnyProtocol = Symbol.for('sluice.ws.anyProtocol')
+/** Marks the request objects sluice builds for its own listener (sluice/ws turns them into
+ * IncomingMessages; a request an application passes to handleUpgrade is left as it is). */
+const kOwnRequest = Symbol.for('sluice.ownRequest')
 const EMPTY = Buffer.alloc(0)
 /** Longest conflation key. */
 const MAX_KEY_BYTES = 1024
@@ -212,6 +215,7 @@ function nativeOptions(options) {
 /** Completes the request object of sluice's own listener with the `IncomingMessage` fields
  * applications read most: `method`, `rawHeaders`, `socket.remoteAddress` / `remotePort`. */
 function ownRequest(request) {
+  request[kOwnRequest] = true
   request.method = 'GET'
   request.rawHeaders = flatHeaders(request.headers)
   request.socket = { remoteAddress: request.remoteAddress, remotePort: request.remotePort }
@@ -221,12 +225,19 @@ function ownRequest(request) {
 /**
  * The headers of a request Node parsed, as sluice checks them: `rawHeaders` (repeats kept), cut
  * to the http server's `maxHeadersCount` as Node cuts `req.headers` (but not `rawHeaders`), so
- * that sluice judges the request the application sees.
+ * that sluice judges the request the application sees; never cut when that would hide an
+ * `Origin` from `allowedOrigins`.
  */
 function requestHeaders(req, socket) {
   const raw = req.rawHeaders || flatHeaders(req.headers)
   const max = socket && socket.server ? socket.server.maxHeadersCount : undefined
-  return Number.isInteger(max) && max > 0 && raw.length > 2 * max ? raw.slice(0, 2 * max) : raw
+  if (!(Number.isInteger(max) && max > 0 && raw.length > 2 * max)) return raw
+  // An Origin past the cut is still checked against allowedOrigins: the whole list then.
+  for (let i = 2 * max; i < raw.length; i += 2) {
+    const name = String(raw[i]).toLowerCase()
+    if (name === 'origin' || name === 'sec-websocket-origin') return raw
+  }
+  return raw.slice(0, 2 * max)
 }
 
 /** `rawHeaders` of a request object sluice built (own listener): Node's flat form. */
@@ -367,6 +378,8 @@ class Connection extends EventEmitter {
     /** The negotiated subprotocol, `''` if none. */
     this.protocol = native.protocol
     this._closed = false
+    /** The peer's close frame was reached in the event stream (the connection is closing). */
+    this._peerClosed = false
     // The native side starts with messages on, so that none is lost before the 'connection'
     // handlers have added their listeners; `_syncInterest` then tells it what is listened to.
     this._interest = 0
@@ -407,7 +420,7 @@ class Connection extends EventEmitter {
 
   /** True until the connection starts closing. */
   get isOpen() {
-    return !this._closed && this._native.isOpen
+    return !this._closed && !this._peerClosed && this._native.isOpen
   }
 
   /**
@@ -1119,7 +1132,9 @@ class Server extends EventEmitter {
         break
       case KIND.PEER_CLOSE:
         // Every message before the peer's close frame has been handled (and could be answered):
-        // only now does the connection start closing.
+        // only now does the connection start closing (at once for isOpen, even if the answer
+        // waits behind broadcasts still being fanned out).
+        conn._peerClosed = true
         conn._native.answerClose()
         break
       case KIND.PING:

@@ -20,10 +20,10 @@
 // 1002/1007/1009); in port mode `req` is an `http.IncomingMessage` built by sluice, whose `socket`
 // is `{ remoteAddress, remotePort }`; `wss.close()` in port mode keeps the port bound (answering
 // 503) until the last client has gone; the handshake checks are stricter (Host required, no
-// repeated Host/Origin, head at most 16 KiB / 64 fields, at most 64 subprotocols / 16
-// extensions) and `handleProtocols` must answer a token; a throwing `verifyClient` or
+// repeated Host/Origin, HTTP/1.1 only, head at most 16 KiB / 64 fields, at most 64 subprotocols /
+// 16 extensions) and `handleProtocols` must answer a token; a throwing `verifyClient` or
 // `handleProtocols` answers 500 (and is an 'error' event on the server); a `verifyClient`
-// refusal status must be 4xx/5xx; `ping`/`pong` callbacks run once the frame is queued;
+// refusal status must be 4xx/5xx, and a verdict is due within `handshakeTimeout` (then 503); `ping`/`pong` callbacks run once the frame is queued;
 // `send(buffer, { binary: false })` requires valid UTF-8; `send()` returns whether sluice queued
 // the message. Not supported either: a socket that is not TCP (a Unix-domain socket, another
 // Duplex) given to `handleUpgrade`.

@@ -26,13 +26,13 @@
  *   Rust; its `socket` is `{ remoteAddress, remotePort }`, not a `net.Socket`.
  * - `wss.close()` in `port` mode keeps the port bound until the last client has gone (new
  *   upgrades meanwhile get 503); ws unbinds at once. As in ws, open clients are not closed.
- * - The handshake checks are stricter (no Host, a repeated Host or Origin, a head over 16 KiB or
- *   64 fields, more than 64 subprotocols or 16 extensions are refused); `handleProtocols` must
- *   answer an HTTP token (otherwise 500).
+ * - The handshake checks are stricter (no Host, a repeated Host or Origin, not HTTP/1.1, a head
+ *   over 16 KiB or 64 fields, more than 64 subprotocols or 16 extensions are refused);
+ *   `handleProtocols` must answer an HTTP token (otherwise 500).
  * - A throwing `verifyClient` or `handleProtocols` answers 500 and is an 'error' event on the
  *   WebSocketServer (in ws the exception escapes from the http server's 'upgrade' event). A
  *   refusal status must be 4xx/5xx (`cb(false, 302)` throws ERR_SLUICE_WS_UNSUPPORTED; the client
- *   gets 500).
+ *   gets 500). A verifyClient that has not answered within `handshakeTimeout` is answered 503.
  * - `ping(data, mask, cb)` / `pong(...)`: `cb` is called once the frame is queued (ws: once it is
  *   written). `send()` returns whether sluice queued the message (ws returns undefined).
  *   `send(buffer, { binary: false })` requires valid UTF-8 (ERR_SLUICE_INVALID_DATA otherwise);
@@ -57,6 +57,8 @@ const kRefused = Symbol('sluice.ws.refused')
 
 /** lib/sluice.js's mark for a handleProtocols hook answered as ws answers it. */
 const kAnyProtocol = Symbol.for('sluice.ws.anyProtocol')
+/** lib/sluice.js's mark on the request objects of its own listener. */
+const kOwnRequest = Symbol.for('sluice.ownRequest')
 
 const CONNECTING = 0
 const OPEN = 1
@@ -74,6 +76,8 @@ const WS_DEFAULT_MAX_PAYLOAD = 100 * 1024 * 1024
 const SLUICE_MAX_PAYLOAD = 2 ** 40
 /** ws sends no pings by itself; sluice's own heartbeat is opt-in through the facade. */
 const WS_DEFAULT_PING_INTERVAL = 0
+/** sluice's default handshakeTimeout (DEFAULT_HANDSHAKE_TIMEOUT_MS in src/config.rs). */
+const DEFAULT_HANDSHAKE_TIMEOUT = 5000
 /** ws's default closeTimeout (30 s). */
 const WS_DEFAULT_CLOSE_TIMEOUT = 30000
 
@@ -95,6 +99,12 @@ function sluiceError(Class, code, message) {
 
 function unsupported(feature, hint) {
   return sluiceError(Error, UNSUPPORTED, `sluice/ws does not support ${feature}${hint ? `: ${hint}` : ''}`)
+}
+
+/** A net.Socket over TCP (not a Unix-domain socket, not another Duplex): one sluice can take. */
+function isTcp(socket) {
+  const handle = socket._handle
+  return !!handle && typeof handle.fd === 'number' && !(handle.constructor && handle.constructor.name === 'Pipe')
 }
 
 /** sluice takes over TCP sockets only: their descriptor moves to its threads. */
@@ -502,7 +512,8 @@ class WebSocket extends HookedEmitter {
       throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_CLOSE_CODE', 'First argument must be a valid error code number')
     }
     let reason = ''
-    if (data !== undefined && data !== null && data.length) {
+    // As ws: without a code, `data` is not looked at (no body is sent).
+    if (code !== undefined && data !== undefined && data !== null && data.length) {
       if (typeof data === 'string') reason = data
       else if (data instanceof Uint8Array) {
         try {
@@ -687,6 +698,8 @@ class WebSocketServer extends HookedEmitter {
     const core = checkOptions(options)
     /** The http.IncomingMessage standing for each request sluice's own listener parsed. */
     this._requests = new WeakMap()
+    /** How long a verifyClient may take in server / noServer mode (sluice's handshakeTimeout). */
+    this._handshakeTimeout = options.handshakeTimeout === undefined ? DEFAULT_HANDSHAKE_TIMEOUT : options.handshakeTimeout
     if (core.handleProtocols) {
       // As ws: whatever the hook returns is the answer, offered or not; a falsy value means none.
       const hook = core.handleProtocols
@@ -758,7 +771,7 @@ class WebSocketServer extends HookedEmitter {
    * `{ remoteAddress, remotePort }`, the connection itself being sluice's).
    */
   _incoming(req) {
-    if (req instanceof http.IncomingMessage) return req
+    if (!req || !req[kOwnRequest]) return req
     let msg = this._requests.get(req)
     if (msg) return msg
     msg = new http.IncomingMessage(req.socket)
@@ -830,7 +843,10 @@ class WebSocketServer extends HookedEmitter {
   }
 
   _onConnection(conn, req) {
+    const own = req
     req = this._incoming(req)
+    // The last use of the IncomingMessage standing for it: the application keeps it if it wants.
+    this._requests.delete(own)
     const ws = this._wrap(conn)
     if (!this._viaCallback.has(req)) this.emit('connection', ws, req)
   }
@@ -928,9 +944,7 @@ class WebSocketServer extends HookedEmitter {
     if (socket && (socket.encrypted || socket instanceof tls.TLSSocket)) {
       throw unsupported('TLS sockets (wss:// through an https.Server)', 'terminate TLS in front of sluice (a proxy or load balancer)')
     }
-    if (socket && !(socket._handle && typeof socket._handle.fd === 'number')) {
-      throw notTcp()
-    }
+    if (socket && !isTcp(socket)) throw notTcp()
     const handOver = (preset) => {
       try {
         if (!cb) {
@@ -940,38 +954,47 @@ class WebSocketServer extends HookedEmitter {
         this._viaCallback.add(req)
         this.sluice._handOver(req, socket, head, (conn, r) => cb(this._wrap(conn), r), preset)
       } catch (err) {
-        // A Unix-domain socket has a descriptor too; sluice finds out it is not TCP.
-        if (err.code === 'ERR_SLUICE_TAKEOVER_FAILED' || err.code === 'ERR_SLUICE_INVALID_SOCKET') throw notTcp(err)
+        if (err.code === 'ERR_SLUICE_TAKEOVER_FAILED' && /not a TCP socket/.test(err.message)) throw notTcp(err)
         throw err
       }
     }
     const offered = this.sluice._checkUpgrade(req, socket)
     if (offered === null || this._state !== RUNNING || !this.shouldHandle(req)) {
-      // Refused by sluice with ws's status and body, and counted: an invalid request (400, 405),
-      // another path (400), a closing server (503).
+      // Refused by sluice with ws's status and body, and counted, without asking any hook: an
+      // invalid request (400, 405), another path (400), a full or closing server (503).
       handOver(undefined)
       socket[kRefused] = true
       return
     }
     if (!this.options.verifyClient) {
-      // Nothing to ask while Node owns the socket: hand it over at once.
-      handOver(undefined)
+      // Nothing to wait for: handleProtocols (if any) sees the live socket, then the hand-over.
+      handOver(this._chooseProtocol(offered, req))
       return
     }
     // As ws: verifyClient runs while Node still owns the socket (info.req.socket is live), and a
-    // client that hangs up meanwhile is dropped without an answer.
+    // client that hangs up meanwhile is dropped without an answer. Unlike ws, a verdict is due
+    // within handshakeTimeout (then 503), as on sluice's own listener.
+    let answered = false
     const decided = (verdict) => {
+      if (answered) return
+      answered = true
+      clearTimeout(timer)
       if (socket.destroyed || !socket.readable || !socket.writable) {
         socket.destroy()
         return
       }
+      let preset
+      if (verdict !== true) preset = { verdict }
+      else if (this._state !== RUNNING) preset = { verdict: { code: 503 } }
+      else preset = this._chooseProtocol(offered, req)
       try {
-        handOver(verdict === true ? this._chooseProtocol(offered, req) : { verdict })
+        handOver(preset)
       } catch (err) {
         socket.destroy()
-        this.emit('error', err)
+        if (this.listenerCount('error') > 0) this.emit('error', err)
       }
     }
+    const timer = setTimeout(() => decided({ code: 503 }), this._handshakeTimeout)
     let verdict
     try {
       verdict = this._verify(req)

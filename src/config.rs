@@ -222,8 +222,11 @@ pub struct ServerOptions {
     /// Accept upgrades only on this path (the query string is ignored); others get 404.
     /// Default: any path.
     pub path: Option<String>,
-    /// Hard bound of a connection's queued bytes. A Normal message that would exceed it triggers
-    /// `onOverflow`; a Critical one terminates the connection. Default `524288` (512 KiB).
+    /// Bound of a connection's queued bytes. A Normal message that would exceed it triggers
+    /// `onOverflow`; a Critical one terminates the connection. One exception: a Normal or
+    /// Critical message is still queued, whatever its size, when the queue is below
+    /// `highWaterMark` (or this bound, if lower), so a client that keeps up can be sent one file
+    /// or snapshot larger than the bound. Default `524288` (512 KiB).
     pub max_buffered_amount: Option<f64>,
     /// A Low message is dropped (and counted) for a connection whose bufferedAmount is already
     /// above this. Default `131072` (128 KiB).

@@ -177,9 +177,10 @@ impl Conn {
     /// `conn.bufferedAmount`: bytes of messages (and pings, pongs) queued and not yet handed to
     /// the kernel, without the close frame, as the browser's `bufferedAmount` counts data only.
     pub fn buffered_data(&self) -> usize {
-        self.buffered
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.close_len.load(Ordering::Relaxed))
+        // Acquire pairs with the Release store of `buffered` that follows `close_len`'s: a
+        // `buffered` that counts the close frame comes with its length.
+        let buffered = self.buffered.load(Ordering::Acquire);
+        buffered.saturating_sub(self.close_len.load(Ordering::Relaxed))
     }
 
     /// How late the connection is: the age of the oldest frame accepted for it and not yet
@@ -468,7 +469,7 @@ impl Conn {
             if r.is_some() {
                 self.close_len.store(len, Ordering::Relaxed);
             }
-            self.buffered.store(o.buffered(), Ordering::Relaxed);
+            self.buffered.store(o.buffered(), Ordering::Release);
             r
         };
         let Some(wake) = queued else { return false };
@@ -521,7 +522,7 @@ impl Conn {
             if r.is_some() {
                 self.close_len.store(len, Ordering::Relaxed);
             }
-            self.buffered.store(o.buffered(), Ordering::Relaxed);
+            self.buffered.store(o.buffered(), Ordering::Release);
             r
         };
         if let Some((drops, wake)) = queued {
@@ -780,6 +781,8 @@ impl Conn {
         let mut half_closed = false;
         // Over the rate limit: nothing more is read (not even discarded) until the end.
         let mut limited = false;
+        // The peer's FIN came after its close frame, before ours went out: nothing more to read.
+        let mut peer_eof = false;
         // Waiting for room under maxPartialMessageBytes since then.
         let mut room_since: Option<Instant> = None;
         let mut next_ping = cfg.ping_interval.map(|d| Instant::now() + d);
@@ -881,6 +884,9 @@ impl Conn {
                                         .unwrap_or((close_code::NO_STATUS, String::new()));
                                     let _ = self.peer_close.set(info);
                                     self.arm_close_deadline();
+                                    // From here closeTimeout governs: a ping that crossed the
+                                    // peer's close gets no pong.
+                                    pong_deadline = None;
                                     if defer {
                                         events.push(Event::PeerClose { id: self.id });
                                     }
@@ -972,6 +978,17 @@ impl Conn {
                         break;
                     }
                     match self.sock.try_read(&mut scratch) {
+                        Ok(0)
+                            if self.peer_close.get().is_some()
+                                && !self.close_written.load(Ordering::SeqCst)
+                                && !self.failing.load(Ordering::SeqCst) =>
+                        {
+                            // The peer half-closed after its close frame: what is queued for it
+                            // (the replies to its last messages, then our close) still goes out,
+                            // then the connection ends (at the latest at closeTimeout).
+                            peer_eof = true;
+                            break;
+                        }
                         Ok(0) => {
                             return self.end(
                                 if self.peer_close.get().is_some()
@@ -1018,7 +1035,7 @@ impl Conn {
             if more {
                 tokio::task::yield_now().await;
             }
-            let reading = !paused && !wait_room && !limited && !more;
+            let reading = !paused && !wait_room && !limited && !more && !peer_eof;
             let close_deadline = *lock(&self.close_deadline);
             let timer = [
                 close_deadline,

@@ -261,13 +261,28 @@ pub fn handshake(input: &[u8]) -> u64 {
         // otherwise the same answer, unless the head written
         // canonically (how Node's request is measured) is over the limit while the bytes sent
         // (bare LFs, no space after the colons) were not.
-        let own_no_path = handshake::validate(head.clone(), &node_gate, remote, Vec::new());
+        let own_gate = Gate {
+            path: None,
+            taken_over: false,
+            ..*gate
+        };
+        let own_no_path = handshake::validate(head.clone(), &own_gate, remote, Vec::new());
         if from_node.as_ref().err() != Some(&Invalid::HeadTooLarge) {
-            assert_eq!(
-                own_no_path.as_ref().err(),
-                from_node.as_ref().err(),
-                "own listener and taken-over request disagree"
-            );
+            // Where our listener sees a plain HTTP request (426), Node would not have made it an
+            // upgrade; if it did, the taken-over request is refused as an invalid upgrade.
+            let ours = own_no_path.as_ref().err();
+            if ours == Some(&Invalid::NotAnUpgrade) {
+                assert!(
+                    from_node.is_err(),
+                    "a plain request, taken over, was accepted"
+                );
+            } else {
+                assert_eq!(
+                    ours,
+                    from_node.as_ref().err(),
+                    "own listener and taken-over request disagree"
+                );
+            }
         }
         sig = sig * 64 + own.as_ref().err().map_or(63, discriminant) + i as u64;
     }
@@ -348,6 +363,20 @@ fn check_accepted(head: &Head, gate: &Gate<'_>, u: &handshake::Upgrade) {
     }
     if let (Some(list), Some(origin)) = (gate.allowed_origins, value("origin")) {
         assert!(list.iter().any(|a| a.eq_ignore_ascii_case(origin)));
+    }
+    // A version 8 client's origin is checked too.
+    if value("sec-websocket-version") == Some("8") {
+        assert!(count("sec-websocket-origin") <= 1);
+        if let (Some(list), Some(origin)) = (gate.allowed_origins, value("sec-websocket-origin")) {
+            assert!(list.iter().any(|a| a.eq_ignore_ascii_case(origin)));
+        }
+    }
+    // Node would have seen an upgrade request: both headers are there.
+    if !gate.taken_over {
+        assert!(head
+            .headers
+            .iter()
+            .any(|(n, v)| n == "connection" && v.to_ascii_lowercase().contains("upgrade")));
     }
     if let Some(p) = gate.path {
         assert_eq!(head.url.split('?').next(), Some(p));

@@ -11,7 +11,7 @@
 //! | `maxConnections` reached, or the server is closing | 503 |
 //! | two `Origin` headers | 400 |
 //! | `Origin` not in `allowedOrigins` | 403 |
-//! | no `Upgrade` header at all: a plain HTTP request | 426 with `Upgrade: websocket` |
+//! | no `Upgrade` header, or no `Connection: Upgrade`: a plain HTTP request | 426 with `Upgrade: websocket` |
 //! | not GET | 405 with `Allow: GET` |
 //! | not HTTP/1.1, invalid `Upgrade`, missing/invalid `Connection`, `Sec-WebSocket-Key` | 400 |
 //! | two `Sec-WebSocket-Key` or `Sec-WebSocket-Version` headers | 400 |
@@ -103,7 +103,8 @@ pub enum Invalid {
     TooManyHeaders,
     /// Not an HTTP request head (httparse's reason), or a header value that is not UTF-8.
     Malformed(&'static str),
-    /// No `Upgrade` header: not an upgrade request at all.
+    /// No `Upgrade` header, or no `upgrade` token in `Connection`: not an upgrade request at all
+    /// (sluice's own listener only).
     NotAnUpgrade,
     NotGet,
     NotHttp11,
@@ -558,7 +559,11 @@ pub fn validate(
             }
         }
     }
-    if !gate.taken_over && !h.iter().any(|(n, _)| n == "upgrade") {
+    // A request without both Upgrade and Connection: Upgrade is a plain HTTP request to Node
+    // (its 'request' event, where ws answers 426). A taken-over one was an upgrade to Node.
+    if !gate.taken_over
+        && (!h.iter().any(|(n, _)| n == "upgrade") || !has_token(h, "connection", "upgrade"))
+    {
         return Err(Invalid::NotAnUpgrade);
     }
     if head.method != "GET" {

@@ -595,7 +595,7 @@ impl NativeServer {
 
     /// Runs the checks a taken-over socket's request gets ([`adopt`](Self::adopt)) without
     /// taking anything over: the offered subprotocols if the request is a valid upgrade, `null`
-    /// if sluice would refuse it. `sluice/ws` uses it to call `verifyClient` while Node still
+    /// if sluice would refuse it (invalid, or the server is full or closing). `sluice/ws` uses it to call `verifyClient` while Node still
     /// owns the socket, as ws does, and only for requests that pass.
     #[napi]
     pub fn check_upgrade(
@@ -605,6 +605,11 @@ impl NativeServer {
         url: String,
         raw_headers: Vec<String>,
     ) -> Option<Vec<String>> {
+        // The cheap refusal first, as on sluice's own listener: no hook runs for a request that
+        // gets 503 anyway.
+        if self.shared.is_closing() || self.shared.is_full() {
+            return None;
+        }
         let parts = RequestParts {
             method,
             http_version,

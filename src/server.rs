@@ -569,7 +569,7 @@ impl ServerShared {
 
     /// True when `maxConnections` are open: a quick look before a request is parsed; the slot
     /// itself is reserved by [`Self::admit`].
-    fn is_full(&self) -> bool {
+    pub fn is_full(&self) -> bool {
         self.metrics.open.load(Ordering::Acquire) >= self.config.max_connections
     }
 
