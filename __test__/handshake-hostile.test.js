@@ -24,7 +24,7 @@ const http = require('http')
 const net = require('net')
 const path = require('path')
 const { spawn, execFileSync } = require('child_process')
-const { HOST, once, delay, waitUntil, Resources, rawHttp, upgradeRequest, frame, WebSocket } = require('./util/protocol-helpers')
+const { HOST, once, delay, waitUntil, Resources, rawHttp, closeHttpServers, upgradeRequest, frame, WebSocket } = require('./util/protocol-helpers')
 const { Server } = require('..')
 const { protocolList, request, oneRequest } = require('./fixtures/hostile-handshakes')
 
@@ -39,10 +39,7 @@ const httpServers = []
 afterEach(async () => {
   for (const c of children.splice(0)) c.kill('SIGKILL')
   await res.cleanup()
-  for (const s of httpServers.splice(0)) {
-    s.closeAllConnections()
-    await new Promise((resolve) => s.close(resolve))
-  }
+  await closeHttpServers(httpServers)
 })
 
 const TICK_MS = LINUX ? 1000 / Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) : 10

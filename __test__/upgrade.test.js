@@ -28,20 +28,17 @@ const {
   frame,
   RawClient,
   rawHttp,
+  closeHttpServers,
   upgradeRequest,
   WebSocket,
 } = require('./util/protocol-helpers')
 
 const res = new Resources()
-let httpServers = []
+const httpServers = []
 
 afterEach(async () => {
   await res.cleanup()
-  for (const s of httpServers) {
-    if (s.closeAllConnections) s.closeAllConnections()
-    await new Promise((resolve) => s.close(() => resolve()))
-  }
-  httpServers = []
+  await closeHttpServers(httpServers)
 })
 
 /** Starts `server` (an http.Server) on a free loopback port; tracked for cleanup. */

@@ -9,26 +9,17 @@ const http = require('http')
 const net = require('net')
 const Client = require('ws')
 const { WebSocketServer } = require('sluice/ws')
-const { HOST, Resources, once, delay, withTimeout, frame, closePayload, RawClient, rawHttp, upgradeRequest } = require('./util/protocol-helpers')
+const { HOST, Resources, once, delay, withTimeout, frame, closePayload, RawClient, rawHttp, closeHttpServers, upgradeRequest } = require('./util/protocol-helpers')
 
 const res = new Resources()
 let facades = []
-let httpServers = []
+const httpServers = []
 
 afterEach(async () => {
   await res.cleanup()
   await Promise.all(facades.map((wss) => withTimeout(wss.sluice.close({ timeout: 500 }), 5000, 'sluice close').catch(() => {})))
   facades = []
-  await Promise.all(
-    httpServers.map(
-      (s) =>
-        new Promise((resolve) => {
-          s.closeAllConnections()
-          s.close(() => resolve())
-        }),
-    ),
-  )
-  httpServers = []
+  await closeHttpServers(httpServers)
 })
 
 /** A listening sluice/ws server in port mode. */
@@ -250,8 +241,16 @@ describe('handleUpgrade with a socket already handed over', () => {
 //    before the verdict is dropped, never a 'connection'.
 
 describe('verifyClient and a client that leaves', () => {
-  function upgradeBytes() {
-    return upgradeRequest({ key: 'dGhlIHNhbXBsZSBub25jZQ==' })
+  /** A raw client that sends a valid upgrade request and its FIN at once, and keeps reading:
+   * `answer` collects whatever the server sends it. */
+  async function halfClosingUpgrade(port) {
+    const socket = net.connect({ port, host: HOST, allowHalfOpen: true })
+    socket.on('error', () => {})
+    await once(socket, 'connect')
+    const answer = []
+    socket.on('data', (d) => answer.push(d))
+    socket.end(upgradeRequest({ key: 'dGhlIHNhbXBsZSBub25jZQ==' }))
+    return { socket, answer }
   }
 
   test('facade, server mode: req.socket is live in verifyClient; a FIN before the verdict drops the client', async () => {
@@ -274,12 +273,7 @@ describe('verifyClient and a client that leaves', () => {
     facades.push(wss)
     let connections = 0
     wss.on('connection', () => connections++)
-    const socket = net.connect({ port, host: HOST, allowHalfOpen: true })
-    socket.on('error', () => {})
-    await once(socket, 'connect')
-    const answer = []
-    socket.on('data', (d) => answer.push(d))
-    socket.end(upgradeBytes())
+    const { socket, answer } = await halfClosingUpgrade(port)
     await withTimeout(given, 3000, 'verdict')
     await withTimeout(once(socket, 'close'), 3000, 'socket closed by the server')
     await delay(100)
@@ -313,12 +307,7 @@ describe('verifyClient and a client that leaves', () => {
     })
     let connections = 0
     server.on('connection', () => connections++)
-    const socket = net.connect({ port, host: HOST, allowHalfOpen: true })
-    socket.on('error', () => {})
-    await once(socket, 'connect')
-    const answer = []
-    socket.on('data', (d) => answer.push(d))
-    socket.end(upgradeBytes())
+    const { socket, answer } = await halfClosingUpgrade(port)
     // The FIN is in the server's receive queue before the verdict.
     await delay(200)
     release()

@@ -13,7 +13,7 @@ const { execFileSync } = require('child_process')
 const Client = require('ws')
 const WS = require('sluice/ws')
 const { WebSocketServer, WebSocket, Priority } = WS
-const { HOST, once, delay, waitUntil, withTimeout, rawHttp } = require('./util/protocol-helpers')
+const { HOST, once, delay, waitUntil, withTimeout, rawHttp, closeHttpServers } = require('./util/protocol-helpers')
 
 const ROOT = path.join(__dirname, '..')
 
@@ -21,7 +21,7 @@ const ROOT = path.join(__dirname, '..')
 // resources: every server and client a test opens is closed after it
 
 let servers = []
-let httpServers = []
+const httpServers = []
 let clients = []
 
 afterEach(async () => {
@@ -37,16 +37,7 @@ afterEach(async () => {
     servers.map((wss) => withTimeout(wss.sluice.close({ timeout: 500 }), 5000, 'sluice close').catch(() => {})),
   )
   servers = []
-  await Promise.all(
-    httpServers.map(
-      (s) =>
-        new Promise((resolve) => {
-          s.closeAllConnections()
-          s.close(() => resolve())
-        }),
-    ),
-  )
-  httpServers = []
+  await closeHttpServers(httpServers)
 })
 
 function track(wss) {

@@ -338,6 +338,19 @@ async function rawHttp(port, request, ms = 3000) {
   return { status: m ? Number(m[1]) : null, headers, body: i >= 0 ? raw.slice(i + 4) : '', raw }
 }
 
+/** Closes the http servers a test opened, dropping their open connections, and empties `list`. */
+async function closeHttpServers(list) {
+  await Promise.all(
+    list.splice(0).map(
+      (s) =>
+        new Promise((resolve) => {
+          s.closeAllConnections()
+          s.close(() => resolve())
+        }),
+    ),
+  )
+}
+
 function upgradeRequest({ path = '/', version = '13', key = crypto.randomBytes(16).toString('base64'), extra = '' } = {}) {
   let r = `GET ${path} HTTP/1.1\r\nHost: ${HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`
   if (key !== null) r += `Sec-WebSocket-Key: ${key}\r\n`
@@ -371,6 +384,7 @@ module.exports = {
   closePayload,
   RawClient,
   rawHttp,
+  closeHttpServers,
   upgradeRequest,
   WebSocket,
 }
