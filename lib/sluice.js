@@ -240,6 +240,11 @@ function requestHeaders(req, socket) {
   return raw.slice(0, 2 * max)
 }
 
+/** Shaped like an upgrade request: an object with a `url` string and a `headers` object. */
+function isRequest(req) {
+  return req !== null && typeof req === 'object' && typeof req.url === 'string' && req.headers !== null && typeof req.headers === 'object'
+}
+
 /** `rawHeaders` of a request object sluice built (own listener): Node's flat form. */
 function flatHeaders(headers) {
   const out = []
@@ -612,7 +617,7 @@ class Server extends EventEmitter {
    * `handleProtocols` option): the verify event is where it is applied.
    */
   _handOver(req, socket, head, callback, preset) {
-    if (req === null || typeof req !== 'object' || typeof req.url !== 'string' || req.headers === null || typeof req.headers !== 'object') {
+    if (!isRequest(req)) {
       throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_ARG', 'req must be the http.IncomingMessage of the upgrade request')
     }
     if (socket === null || typeof socket !== 'object' || typeof socket.destroy !== 'function') {
@@ -664,7 +669,7 @@ class Server extends EventEmitter {
    * hand-over, as ws does): the offered subprotocols of a valid upgrade request, or null.
    */
   _checkUpgrade(req, socket) {
-    if (req === null || typeof req !== 'object' || typeof req.url !== 'string' || req.headers === null || typeof req.headers !== 'object') return null
+    if (!isRequest(req)) return null
     const headers = requestHeaders(req, socket).map(String)
     return this._native.checkUpgrade(req.method || '', req.httpVersion || '', req.url, headers)
   }
@@ -921,6 +926,34 @@ class Server extends EventEmitter {
     }
   }
 
+  /**
+   * The subprotocol to answer with (undefined: none) for the `protocols` a request offers: the
+   * `handleProtocols` hook's choice, else the client's first. Throws ERR_SLUICE_INVALID_PROTOCOL
+   * for a choice that was not offered, unless the hook is sluice/ws's (marked `kAnyProtocol`),
+   * whose answer is taken as ws takes it.
+   */
+  _chooseProtocol(protocols, req) {
+    if (protocols.length === 0) return undefined
+    const { handleProtocols } = this._options
+    if (!handleProtocols) return protocols[0]
+    const chosen = handleProtocols(new Set(protocols), req)
+    if (handleProtocols[kAnyProtocol]) return chosen ? String(chosen) : undefined
+    if (chosen === false) return undefined
+    if (!protocols.includes(chosen)) {
+      throw sluiceError(Error, 'ERR_SLUICE_INVALID_PROTOCOL', `handleProtocols must return one of the offered protocols or false, got ${typeof chosen === 'string' ? `'${chosen}'` : typeof chosen}`)
+    }
+    return chosen
+  }
+
+  /** A `verifyClient` / `handleProtocols` hook threw (the client gets 500): an 'error' event,
+   * with code ERR_SLUICE_VERIFY_FAILED unless it has one, if anyone listens. */
+  _hookFailed(err) {
+    if (this.listenerCount('error') === 0) return
+    if (!err || typeof err !== 'object') err = new Error(String(err))
+    if (!err.code) err.code = 'ERR_SLUICE_VERIFY_FAILED'
+    safeEmit(this, 'error', err)
+  }
+
   /** Runs `verifyClient` and `handleProtocols` for a handshake and answers the native side. */
   async _verify(token, request, protocols) {
     let entry = this._handshakes.get(token)
@@ -937,7 +970,7 @@ class Server extends EventEmitter {
     let headers
     let body
     try {
-      const { verifyClient, handleProtocols } = this._options
+      const { verifyClient } = this._options
       if (verifyClient || preset) {
         const verdict = preset ? preset.verdict : await verifyClient(req)
         if (verdict === false) {
@@ -953,36 +986,14 @@ class Server extends EventEmitter {
           throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_VERDICT', `verifyClient must return (or resolve to) true, false or { code, message }, got ${verdict === null ? 'null' : typeof verdict}`)
         }
       }
-      if (status === 0 && preset) {
-        protocol = preset.protocol
-      } else if (status === 0 && handleProtocols && protocols.length > 0) {
-        const chosen = handleProtocols(new Set(protocols), req)
-        if (handleProtocols[kAnyProtocol]) {
-          if (chosen) protocol = String(chosen)
-        } else if (chosen !== false) {
-          if (!protocols.includes(chosen)) {
-            throw sluiceError(Error, 'ERR_SLUICE_INVALID_PROTOCOL', `handleProtocols must return one of the offered protocols or false, got ${typeof chosen === 'string' ? `'${chosen}'` : typeof chosen}`)
-          }
-          protocol = chosen
-        }
-      } else if (status === 0 && protocols.length > 0) {
-        protocol = protocols[0]
-      }
+      if (status === 0) protocol = preset ? preset.protocol : this._chooseProtocol(protocols, req)
     } catch (err) {
       status = 500
       protocol = undefined
       headers = undefined
       body = undefined
-      if (this.listenerCount('error') > 0) {
-        if (!err || typeof err !== 'object') err = new Error(String(err))
-        if (!err.code) err.code = 'ERR_SLUICE_VERIFY_FAILED'
-        safeEmit(this, 'error', err)
-      }
+      this._hookFailed(err)
     }
-    this._verifyReply(token, status, protocol, headers, body)
-  }
-
-  _verifyReply(token, status, protocol, headers, body) {
     if (this._state === 'closed') return
     try {
       this._native.verifyReply(token, status, protocol, headers, body)

@@ -999,12 +999,12 @@ class WebSocketServer extends HookedEmitter {
     try {
       verdict = this._verify(req)
     } catch (err) {
-      this._hookFailed(err)
+      this.sluice._hookFailed(err)
       verdict = { code: 500 }
     }
     if (verdict instanceof Promise) {
       verdict.then(decided, (err) => {
-        this._hookFailed(err)
+        this.sluice._hookFailed(err)
         decided({ code: 500 })
       })
     } else {
@@ -1012,24 +1012,13 @@ class WebSocketServer extends HookedEmitter {
     }
   }
 
-  /** A verifyClient / handleProtocols hook threw: the client gets 500, and the error is an
-   * 'error' event if anyone listens (as when the hooks run on sluice's side). */
-  _hookFailed(err) {
-    if (!err || typeof err !== 'object') err = new Error(String(err))
-    if (!err.code) err.code = 'ERR_SLUICE_VERIFY_FAILED'
-    if (this.listenerCount('error') > 0) this.emit('error', err)
-  }
-
-  /** The accepting preset, with the subprotocol chosen as ws chooses it. */
+  /** The accepting preset, with the subprotocol chosen as sluice's own listener chooses it
+   * (this facade's hook answers as ws's does); a hook that throws refuses with 500. */
   _chooseProtocol(offered, req) {
-    const hook = this.options.handleProtocols
-    if (offered.length === 0) return { verdict: true }
-    if (!hook) return { verdict: true, protocol: offered[0] }
     try {
-      const chosen = hook(new Set(offered), req)
-      return { verdict: true, protocol: chosen ? String(chosen) : undefined }
+      return { verdict: true, protocol: this.sluice._chooseProtocol(offered, req) }
     } catch (err) {
-      this._hookFailed(err)
+      this.sluice._hookFailed(err)
       return { verdict: { code: 500 } }
     }
   }
