@@ -611,3 +611,24 @@ describe('verifyClient before the hand-over keeps the core guarantees', () => {
     ws.close()
   })
 })
+
+test('facade: a throwing verifyClient with no error listener answers 500 and does not crash the process', async () => {
+  // In a child process: an unhandled 'error' event would end it.
+  const script = `
+    const { WebSocketServer } = require('sluice/ws')
+    const Client = require('ws')
+    const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', verifyClient: () => { throw new Error('boom') } })
+    wss.on('listening', () => {
+      const ws = new Client('ws://127.0.0.1:' + wss.address().port)
+      ws.on('error', () => {})
+      ws.on('unexpected-response', (req, res) => {
+        console.log('status ' + res.statusCode)
+        setTimeout(() => wss.sluice.close().then(() => process.exit(0)), 100)
+      })
+    })`
+  const { execFile } = require('child_process')
+  const out = await new Promise((resolve) => {
+    execFile(process.execPath, ['-e', script], { cwd: require('path').join(__dirname, '..'), timeout: 10000 }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stdout, stderr }))
+  })
+  expect(out).toEqual({ code: 0, stdout: 'status 500\n', stderr: '' })
+})

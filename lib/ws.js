@@ -732,7 +732,11 @@ class WebSocketServer extends HookedEmitter {
     /** The sluice Server underneath: metrics(), connectionCount, publish(), ... */
     this.sluice = new Server(core)
     this.sluice.on('connection', (conn, req) => this._onConnection(conn, req))
-    this.sluice.on('error', (err) => this.emit('error', err))
+    // sluice emits 'error' only when someone listens (this forwarder always does): the same
+    // rule here, so that an error nobody listens for is not an unhandled 'error' event.
+    this.sluice.on('error', (err) => {
+      if (this.listenerCount('error') > 0) this.emit('error', err)
+    })
     this.sluice.on('close', () => this._onCoreClose())
 
     if (options.port != null) {
