@@ -90,8 +90,9 @@ export declare class NativeServer {
   /**
    * Runs the checks a taken-over socket's request gets ([`adopt`](Self::adopt)) without
    * taking anything over: the offered subprotocols if the request is a valid upgrade, `null`
-   * if sluice would refuse it (invalid, or the server is full or closing). `sluice/ws` uses it to call `verifyClient` while Node still
-   * owns the socket, as ws does, and only for requests that pass.
+   * if sluice would refuse it (invalid, or the server is full or closing). `sluice/ws` uses it
+   * to call `verifyClient` while Node still owns the socket, as ws does, and only for requests
+   * that pass.
    */
   checkUpgrade(method: string, httpVersion: string, url: string, rawHeaders: Array<string>): Array<string> | null
   /**

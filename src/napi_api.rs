@@ -595,8 +595,9 @@ impl NativeServer {
 
     /// Runs the checks a taken-over socket's request gets ([`adopt`](Self::adopt)) without
     /// taking anything over: the offered subprotocols if the request is a valid upgrade, `null`
-    /// if sluice would refuse it (invalid, or the server is full or closing). `sluice/ws` uses it to call `verifyClient` while Node still
-    /// owns the socket, as ws does, and only for requests that pass.
+    /// if sluice would refuse it (invalid, or the server is full or closing). `sluice/ws` uses it
+    /// to call `verifyClient` while Node still owns the socket, as ws does, and only for requests
+    /// that pass.
     #[napi]
     pub fn check_upgrade(
         &self,
@@ -616,14 +617,9 @@ impl NativeServer {
             url,
             raw_headers,
         };
-        let gate = crate::handshake::Gate {
-            path: None,
-            allowed_origins: self.shared.config.allowed_origins.as_deref(),
-            taken_over: true,
-        };
         let nobody = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
-        crate::handshake::head_from_parts(parts)
-            .and_then(|h| crate::handshake::validate(h, &gate, nobody, Vec::new()))
+        self.shared
+            .check_taken(parts, nobody, Vec::new())
             .ok()
             .map(|u| u.protocols)
     }

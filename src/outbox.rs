@@ -586,8 +586,9 @@ impl Outbox {
     }
 
     /// Discards every queued frame (counted) and queues `close` ahead of everything: used on a
-    /// protocol error and on overflow (the reply to a peer's close goes after the data instead). Returns `None` if the close frame has
-    /// already been handed to the writer, else the discarded frames and whether to wake the writer.
+    /// protocol error and on overflow (the reply to a peer's close goes after the data instead).
+    /// Returns `None` if the close frame has already been handed to the writer, else the
+    /// discarded frames and whether to wake the writer.
     pub fn close_now(&mut self, close: Frame) -> Option<(Drops, bool)> {
         if self.close_taken {
             return None;

@@ -323,6 +323,23 @@ impl ServerShared {
         Ok(token)
     }
 
+    /// The checks of a request Node parsed (a socket taken over, or about to be): no path check,
+    /// the application routed it here.
+    pub fn check_taken(
+        &self,
+        parts: handshake::RequestParts,
+        peer: SocketAddr,
+        leftover: Vec<u8>,
+    ) -> Result<handshake::Upgrade, handshake::Invalid> {
+        let gate = handshake::Gate {
+            path: None,
+            allowed_origins: self.config.allowed_origins.as_deref(),
+            taken_over: true,
+        };
+        handshake::head_from_parts(parts)
+            .and_then(|h| handshake::validate(h, &gate, peer, leftover))
+    }
+
     /// JavaScript's answer to a [`Event::Verify`]. False if that handshake no longer waits (it
     /// timed out, or the token is unknown).
     pub fn verify_reply(&self, token: u64, verdict: Verdict) -> bool {
@@ -436,16 +453,7 @@ impl ServerShared {
                 handshake::parse_head(raw.head())
                     .and_then(|h| handshake::validate(h, &gate, peer, raw.leftover()))
             }
-            Pending::Parts(parts, head) => {
-                // No path check: the application routed this request here.
-                let gate = handshake::Gate {
-                    path: None,
-                    allowed_origins: self.config.allowed_origins.as_deref(),
-                    taken_over: true,
-                };
-                handshake::head_from_parts(parts)
-                    .and_then(|h| handshake::validate(h, &gate, peer, head))
-            }
+            Pending::Parts(parts, head) => self.check_taken(parts, peer, head),
         };
         let upgrade = match checked {
             Ok(u) => u,
