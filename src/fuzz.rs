@@ -1,9 +1,9 @@
 //! Fuzz targets for the two parsers a client's bytes reach, and what their harnesses share.
 //!
-//! * [`handshake`]: the request head, read as [`crate::handshake::read_head`] reads it, parsed
+//! * [`handshake`]: the request head, read as [`crate::wire::handshake::read_head`] reads it, parsed
 //!   and checked as `server.rs` does, on both paths (own listener, and Node's parsed request).
 //! * [`frames`]: the inbound frame path, tungstenite's `WebSocketContext` configured by
-//!   [`crate::inbound`], driven as the connection's reader drives it.
+//!   [`crate::net::inbound`], driven as the connection's reader drives it.
 //!
 //! An input is one byte that says how the network splits the rest (and, for frames, which
 //! `maxPayload` applies), then the bytes the client sends. Each target panics if a property
@@ -26,13 +26,14 @@ use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Message;
 
-use crate::config::{Config, DEFAULT_MAX_PAYLOAD, MAX_REQUEST_HEAD};
-use crate::connection::close_code;
-use crate::handshake::{
+use crate::core::config::{Config, DEFAULT_MAX_PAYLOAD};
+use crate::net::inbound;
+use crate::wire::close::CloseCode;
+use crate::wire::handshake::MAX_REQUEST_HEAD;
+use crate::wire::handshake::{
     self, is_header_value, is_token, Gate, Head, HeadReader, Invalid, RequestParts,
     MAX_OFFERED_PROTOCOLS,
 };
-use crate::inbound;
 
 /// The targets, by name (the corpus folder of each is `fuzz/corpus/<name>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -545,13 +546,13 @@ fn read_frames(cfg: &Config, pieces: &[&[u8]]) -> Vec<Seen> {
                 assert!(
                     matches!(
                         code,
-                        close_code::PROTOCOL_ERROR
-                            | close_code::INVALID_PAYLOAD
-                            | close_code::MESSAGE_TOO_BIG
+                        CloseCode::ProtocolError
+                            | CloseCode::InvalidPayload
+                            | CloseCode::MessageTooBig
                     ),
-                    "client bytes led to {e:?} (close code {code})"
+                    "client bytes led to {e:?} (close code {code:?})"
                 );
-                seen.push(Seen::Failed(code));
+                seen.push(Seen::Failed(code.code()));
                 return seen;
             }
         }

@@ -28,21 +28,13 @@
 //! | fuzz targets of the handshake and frame parsers (for `tests/fuzz.rs`, `fuzz/`) | `fuzz.rs` |
 
 pub mod cluster;
-pub mod config;
-pub mod connection;
-pub mod events;
-pub mod fanout;
-pub mod frame;
+pub mod core;
 #[doc(hidden)]
 pub mod fuzz;
 #[cfg(test)]
 mod fuzz_tests;
-pub mod handshake;
-pub mod history;
-pub mod inbound;
-pub mod lagging;
-pub mod metrics;
-pub mod napi_api;
-pub mod outbox;
-pub mod policy;
-pub mod server;
+pub mod napi;
+pub mod net;
+pub mod wire;
+#[cfg(test)]
+mod layering;

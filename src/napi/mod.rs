@@ -11,18 +11,25 @@ use napi::bindgen_prelude::*;
 use napi::Env;
 use napi_derive::napi;
 
+pub mod events;
+pub mod options;
+
 use crate::cluster::Link;
-use crate::config::{self, Config, ServerOptions};
-use crate::connection::Conn;
-use crate::events::{Event, EventBatch, EventSink};
-use crate::fanout::{Except, Stamp, Target};
-use crate::frame::{encode, Fate, Frame, OffsetTag, OpCode, SendAck, MAX_CONTROL_PAYLOAD};
-use crate::handshake::{is_header_value, is_token, RequestParts};
-use crate::history::{HistoryLimits, Resume};
-use crate::metrics::Metrics as CoreMetrics;
-use crate::metrics::{RefusalCause, Termination};
-use crate::policy::Priority as CorePriority;
-use crate::server::{ServerShared, Verdict};
+use crate::core::config::{self, Config};
+use crate::core::history::{HistoryLimits, Resume};
+use crate::core::message::{Fate, Frame, OffsetTag, SendAck};
+use crate::core::metrics::Metrics as CoreMetrics;
+use crate::core::metrics::Termination;
+use crate::core::policy::Priority as CorePriority;
+use crate::net::connection::Conn;
+use crate::net::events::{Event, EventSink};
+use crate::net::fanout::{Except, Stamp, Target};
+use crate::net::peers::{HistoryTopic, ResumeRequest};
+use crate::net::server::{ServerShared, Verdict};
+use crate::wire::frame::{encode, OpCode, MAX_CONTROL_PAYLOAD};
+use crate::wire::handshake::{is_header_value, is_token, RefusalCause, RequestParts};
+use events::{EventBatch, JsWaker};
+use options::ServerOptions;
 
 /// Message priority. Strings `'critical' | 'normal' | 'low'` are accepted wherever a priority is.
 #[napi(string_enum = "lowercase", js_name = "Priority")]
@@ -312,7 +319,7 @@ pub struct Metrics {
     pub cluster: Option<ClusterMetrics>,
 }
 
-fn latency_metrics(l: &crate::metrics::Latency) -> LatencyMetrics {
+fn latency_metrics(l: &crate::core::metrics::Latency) -> LatencyMetrics {
     let (p50, p99, max, count) = l.summary();
     LatencyMetrics {
         p50: p50 as f64,
@@ -500,6 +507,10 @@ fn init_tracing() {
 #[napi]
 pub struct NativeServer {
     shared: Arc<ServerShared>,
+    /// The JS dispatcher the event queue wakes.
+    waker: Arc<JsWaker>,
+    /// The cluster link, with the `cluster` option (also set as the server's peers).
+    link: Option<Arc<Link>>,
     /// `None` once destroyed.
     runtimes: Option<Runtimes>,
     listening: bool,
@@ -525,12 +536,23 @@ impl NativeServer {
             accept: build_runtime("sluice-accept", 1, 0)?,
         };
         let events = EventSink::new();
-        events.attach(on_events)?;
+        let waker = JsWaker::attach(&events, on_events)?;
         let shared = ServerShared::new(config, events, runtimes.workers.handle().clone());
         shared.start_fanout();
-        shared.start_cluster();
+        let link = shared.config.cluster.clone().map(|c| {
+            let link = Link::start(
+                c,
+                runtimes.workers.handle(),
+                Arc::downgrade(&shared),
+                shared.events.clone(),
+            );
+            shared.set_peers(link.clone());
+            link
+        });
         Ok(Self {
             shared,
+            waker,
+            link,
             runtimes: Some(runtimes),
             listening: false,
             closing: false,
@@ -548,7 +570,7 @@ impl NativeServer {
     fn update_ref(&self, env: &Env) -> Result<()> {
         let busy = self.listening || self.closing || self.holding;
         let alive = busy && self.keep_alive && self.runtimes.is_some();
-        self.shared.events.set_ref(env, alive)
+        self.waker.set_ref(env, alive)
     }
 
     /// Open connections keep the process alive as open sockets do in Node, also without a
@@ -824,7 +846,7 @@ impl NativeServer {
             }
             link.configure_history(
                 &Arc::from(topic.as_str()),
-                crate::cluster::HistoryTopic {
+                HistoryTopic {
                     limits,
                     prefix: prefix_offsets,
                 },
@@ -906,7 +928,7 @@ impl NativeServer {
         let offset = h.next_offset();
         let with_offset;
         let payload: &[u8] = if th.prefix {
-            with_offset = crate::history::prefixed(offset, data, text);
+            with_offset = crate::core::history::prefixed(offset, data, text);
             &with_offset
         } else {
             data
@@ -982,7 +1004,7 @@ impl NativeServer {
 
     #[napi]
     pub fn metrics(&self) -> Metrics {
-        metrics_object(&self.shared, self.shared.cluster())
+        metrics_object(&self.shared, self.link.as_ref())
     }
 
     /// The next batch of events: after the thread-safe call's batch, `lib/sluice.js` takes the
@@ -993,7 +1015,7 @@ impl NativeServer {
         if self.runtimes.is_none() {
             return EventBatch::default();
         }
-        self.shared.events.take_batch()
+        EventBatch(self.shared.events.take_batch())
     }
 
     /// Starts the graceful close; the `closed` event follows. False if already closing.
@@ -1023,6 +1045,7 @@ impl NativeServer {
             r.workers.shutdown_timeout(Duration::from_secs(1));
         }
         self.shared.events.detach();
+        self.waker.release();
         Ok(())
     }
 
@@ -1308,7 +1331,7 @@ impl NativeConnection {
             u64::MAX
         };
         if let Some(link) = c.server.cluster() {
-            let req = crate::cluster::ResumeRequest {
+            let req = ResumeRequest {
                 conn: c.clone(),
                 topic: Arc::from(topic.as_str()),
                 since,
@@ -1360,10 +1383,10 @@ const _: () = {
     assert!(config::DEFAULT_HANDSHAKE_TIMEOUT_MS == 5_000);
     assert!(config::DEFAULT_CLOSE_TIMEOUT_MS == 5_000);
     assert!(config::DEFAULT_MAX_PAYLOAD == 1_048_576);
-    assert!(crate::policy::DEFAULT_MAX_BUFFERED_AMOUNT == 524_288);
-    assert!(crate::policy::DEFAULT_LOW_PRIORITY_LIMIT == 131_072);
-    assert!(crate::policy::DEFAULT_HIGH_WATER_MARK == 65_536);
-    assert!(crate::policy::DEFAULT_LOW_WATER_MARK == 16_384);
+    assert!(crate::core::policy::DEFAULT_MAX_BUFFERED_AMOUNT == 524_288);
+    assert!(crate::core::policy::DEFAULT_LOW_PRIORITY_LIMIT == 131_072);
+    assert!(crate::core::policy::DEFAULT_HIGH_WATER_MARK == 65_536);
+    assert!(crate::core::policy::DEFAULT_LOW_WATER_MARK == 16_384);
 };
 
 /// CPU time consumed by the calling thread, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`). A

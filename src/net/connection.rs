@@ -40,31 +40,19 @@ use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::Message;
 
-use crate::config::{MAX_BATCH_BYTES, MAX_IOVECS};
-use crate::events::Event;
-use crate::frame::{encode, encode_close, Frame, OpCode};
-use crate::inbound::{
+use crate::core::config::{MAX_BATCH_BYTES, MAX_IOVECS};
+use crate::core::message::Frame;
+use crate::core::metrics::Termination;
+use crate::core::outbox::{Batched, ControlKind, Drops, Outbox, Outcome};
+use crate::core::policy::Priority;
+use crate::net::events::Event;
+use crate::net::inbound::{
     Inbound, Stop, PARTIAL_ROOM_TIMEOUT, RATE_LIMITED_LINGER, READ_BUDGET_BYTES, READ_BUDGET_FRAMES,
 };
-use crate::lagging::WriterLag;
-use crate::metrics::Termination;
-use crate::outbox::{Batched, ControlKind, Drops, Outbox, Outcome};
-use crate::policy::Priority;
-use crate::server::ServerShared;
-
-/// Close codes the server sends.
-pub mod close_code {
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const NO_STATUS: u16 = 1005;
-    pub const ABNORMAL: u16 = 1006;
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    pub const POLICY_VIOLATION: u16 = 1008;
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
-    /// The server is overloaded (RFC 6455 §7.4.1 registry, "Try Again Later").
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    pub const INTERNAL_ERROR: u16 = 1011;
-}
+use crate::net::lagging::WriterLag;
+use crate::net::server::ServerShared;
+use crate::wire::close::CloseCode;
+use crate::wire::frame::{encode, encode_close, OpCode};
 
 /// Inbound events JavaScript listens for (`Conn::interest`). Without a listener, inbound traffic
 /// is handled here (pongs answered, messages counted and discarded) and never wakes the JS thread.
@@ -90,7 +78,7 @@ pub struct Conn {
     written: std::sync::atomic::AtomicU64,
     /// Per topic with history (cluster mode): the last numbered message a resume replayed, so
     /// that the same message arriving live is not delivered twice.
-    replayed: Mutex<std::collections::HashMap<Arc<str>, crate::fanout::Numbered>>,
+    replayed: Mutex<std::collections::HashMap<Arc<str>, crate::net::fanout::Numbered>>,
     /// Topics a resume is under way for (from `conn.subscribe(topic, { since })` to its job on
     /// the fan-out task): a second subscribe to them is refused meanwhile.
     resuming: Mutex<HashSet<Arc<str>>>,
@@ -302,7 +290,7 @@ impl Conn {
         }
         if pushed.outcome == Outcome::Overflow {
             self.fail(
-                close_code::POLICY_VIOLATION,
+                CloseCode::PolicyViolation.code(),
                 "send buffer limit exceeded",
                 if pushed.resync_overflow {
                     Termination::ResyncOverflow
@@ -386,12 +374,12 @@ impl Conn {
     }
 
     /// Records what a resume replayed of `topic`.
-    pub fn set_replayed(&self, topic: &Arc<str>, upto: crate::fanout::Numbered) {
+    pub fn set_replayed(&self, topic: &Arc<str>, upto: crate::net::fanout::Numbered) {
         lock(&self.replayed).insert(topic.clone(), upto);
     }
 
     /// True if a resume already replayed this numbered message of `topic`.
-    pub fn replayed(&self, topic: &str, n: &crate::fanout::Numbered) -> bool {
+    pub fn replayed(&self, topic: &str, n: &crate::net::fanout::Numbered) -> bool {
         lock(&self.replayed)
             .get(topic)
             .is_some_and(|f| f.epoch == n.epoch && n.offset <= f.offset)
@@ -452,7 +440,7 @@ impl Conn {
     /// `code` 1005 ("no status", never valid on the wire) sends a close frame without a body, as
     /// ws's `close()` without a code does.
     pub fn close(&self, code: u16, reason: &str) -> bool {
-        if code == close_code::NO_STATUS {
+        if code == CloseCode::NoStatus.code() {
             return self.close_with(encode(OpCode::Close, b""), code, "");
         }
         self.close_with(encode_close(code, reason), code, reason)
@@ -587,7 +575,7 @@ impl Conn {
                 return (*c, r.clone());
             }
         }
-        (close_code::ABNORMAL, String::new())
+        (CloseCode::Abnormal.code(), String::new())
     }
 
     pub fn termination(&self) -> Option<Termination> {
@@ -772,7 +760,7 @@ impl Conn {
         );
         // Bytes that came with the upgrade request count like any others.
         inbound.consumed(&leftover, std::time::Instant::now());
-        let mut ctx = crate::inbound::context(cfg, leftover);
+        let mut ctx = crate::net::inbound::context(cfg, leftover);
         // Messages tungstenite has returned (see `Inbound::take_large_seen`).
         let mut returned = 0u64;
         let mut kill = self.kill.subscribe();
@@ -881,7 +869,7 @@ impl Conn {
                                 Message::Close(frame) => {
                                     let info = frame
                                         .map(|f| (u16::from(f.code), f.reason.to_string()))
-                                        .unwrap_or((close_code::NO_STATUS, String::new()));
+                                        .unwrap_or((CloseCode::NoStatus.code(), String::new()));
                                     let _ = self.peer_close.set(info);
                                     self.arm_close_deadline();
                                     // From here closeTimeout governs: a ping that crossed the
@@ -898,7 +886,7 @@ impl Conn {
                                 // A large frame left tungstenite's read buffer grown to its size
                                 // (up to maxPayload, resident for the connection's life), and the
                                 // buffer holds nothing now: start afresh with a small one.
-                                ctx = crate::inbound::context(cfg, Vec::new());
+                                ctx = crate::net::inbound::context(cfg, Vec::new());
                             }
                         }
                         Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -922,7 +910,8 @@ impl Conn {
                             return self.end(Some(Termination::Io));
                         }
                         Err(e) => {
-                            let (code, reason) = crate::inbound::close_for(&e);
+                            let (code, reason) = crate::net::inbound::close_for(&e);
+                            let code = code.code();
                             tracing::debug!(id = self.id, error = %e, code, "failing connection");
                             self.fail(code, reason, Termination::Protocol, false);
                             parsing = false;
@@ -941,7 +930,7 @@ impl Conn {
                     });
                     if now.duration_since(since) >= PARTIAL_ROOM_TIMEOUT {
                         self.fail(
-                            close_code::TRY_AGAIN_LATER,
+                            CloseCode::TryAgainLater.code(),
                             "no room for the message",
                             Termination::PartialBudget,
                             false,
@@ -956,7 +945,7 @@ impl Conn {
                     tracing::debug!(id = self.id, "inbound rate limit exceeded");
                     // Urgent: a flooder that does not read may never let the close frame out.
                     self.fail(
-                        close_code::POLICY_VIOLATION,
+                        CloseCode::PolicyViolation.code(),
                         "inbound rate limit exceeded",
                         Termination::RateLimited,
                         true,
@@ -1132,7 +1121,7 @@ fn close_frame_info(frame: &[u8]) -> (u16, String) {
         let code = u16::from_be_bytes([frame[2], frame[3]]);
         (code, String::from_utf8_lossy(&frame[4..]).into_owned())
     } else {
-        (close_code::NO_STATUS, String::new())
+        (CloseCode::NoStatus.code(), String::new())
     }
 }
 

@@ -55,35 +55,25 @@
 //! with its request already parsed by Node ([`head_from_parts`]): the same checks apply to it.
 
 use std::collections::HashSet;
-use std::io::{self, Read};
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-pub use crate::config::{MAX_OFFERED_EXTENSIONS, MAX_OFFERED_PROTOCOLS, MAX_REQUEST_HEAD};
-use crate::metrics::RefusalCause;
-
+/// Largest upgrade request head we read before answering 431.
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+/// Most subprotocols an upgrade request may offer (`Sec-WebSocket-Protocol`, all its headers
+/// together); more get 400. Real clients offer one to a handful (`graphql-transport-ws`,
+/// `mqtt`, versioned variants of an app protocol). Every offered name is copied into the `verify`
+/// event and the `Set` that `handleProtocols` gets, so without a cap one 16 KiB head could make
+/// the JS thread build a Set of ~8,000 strings. 64 leaves room for generous clients.
+pub const MAX_OFFERED_PROTOCOLS: usize = 64;
+/// Most extensions an upgrade request may offer (`Sec-WebSocket-Extensions`, all its headers
+/// together); more get 400. sluice negotiates none, so offers are only counted, never parsed;
+/// a browser offers one (`permessage-deflate` with its parameters), a client trying variants a
+/// few.
+pub const MAX_OFFERED_EXTENSIONS: usize = 16;
 /// Most header fields a request may have; more get 431. httparse fills a fixed array of them.
 pub const MAX_HEADERS: usize = 64;
-/// Reads of an unfinished request head done as soon as bytes arrive; each later one first waits
-/// (see [`HEAD_READ_PACE`]). A client sends its head in one packet, or a few: even a 16 KiB
-/// head in 1448-byte packets (a real path's MSS), each read on its own, takes 12. A client that
-/// dribbles its head a byte per packet would otherwise cost the accept thread a wake-up and two
-/// system calls per byte.
-pub const HEAD_READS_AT_ONCE: usize = 16;
-/// The wait before the first read past [`HEAD_READS_AT_ONCE`]: 5 ms, doubling at each further
-/// read up to [`HEAD_READ_PACE_MAX`]. Meanwhile the bytes of a dribbling client pile up in the
-/// kernel and come in with one read, so a connection costs at most about 70 reads over a 5 s
-/// `handshakeTimeout`, however it splits its head; an honest head that needs more than 16
-/// reads is late by at most 100 ms.
-pub const HEAD_READ_PACE: std::time::Duration = std::time::Duration::from_millis(5);
-/// The longest wait between two paced reads of a head: 100 ms.
-pub const HEAD_READ_PACE_MAX: std::time::Duration = std::time::Duration::from_millis(100);
-/// Spare room before each read of the head, so that one read takes what piled up.
-const HEAD_READ_ROOM: usize = 1024;
-
 /// The upgrade request as JavaScript sees it (`req` in the `connection` event).
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -207,18 +197,41 @@ impl Invalid {
     }
 }
 
-/// A handshake that did not complete.
-#[derive(Debug)]
-pub enum Refusal {
-    /// The request is refused for this reason (not yet answered).
-    Invalid(Invalid),
-    /// The socket failed or closed before a full request arrived.
-    Io(io::Error),
+/// Why an upgrade was refused (`metrics().handshakesRefusedBy`). Each refusal counts once, under
+/// the first check it failed; the order of the checks is in this module's doc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalCause {
+    /// 400: not a well-formed HTTP/1.1 `GET` upgrade (request line, `Upgrade`, `Connection`,
+    /// `Sec-WebSocket-Key`, a malformed `Sec-WebSocket-Protocol` list).
+    BadRequest,
+    /// 400: no `Host` header (RFC 7230 §5.4).
+    MissingHost,
+    /// 400: `Host`, `Origin`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version` more than once.
+    DuplicateHeader,
+    /// 400: more subprotocols or extensions offered than sluice reads.
+    TooManyOffers,
+    /// 431: a request head over 16 KiB or with more than 64 header fields.
+    HeadTooLarge,
+    /// 400: `Sec-WebSocket-Version` missing, or neither 13 nor 8.
+    UnsupportedVersion,
+    /// 404: not the `path` option.
+    WrongPath,
+    /// 403: `Origin` not in `allowedOrigins`.
+    Origin,
+    /// `verifyClient` refused, threw or did not answer in time.
+    VerifyClient,
+    /// 503: `maxConnections` reached, or the server is closing.
+    Unavailable,
 }
 
-impl From<io::Error> for Refusal {
-    fn from(e: io::Error) -> Self {
-        Refusal::Io(e)
+// COUNT is the number of variants: the last one's index + 1.
+const _: () = assert!(RefusalCause::Unavailable as usize + 1 == RefusalCause::COUNT);
+
+impl RefusalCause {
+    pub const COUNT: usize = 10;
+
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -313,13 +326,19 @@ impl HeadReader {
 
     /// After bytes were appended: `Some(head length)` once the head is complete. Refused once
     /// [`MAX_REQUEST_HEAD`] bytes are in without the head's end, or if the head is longer.
-    fn check(&mut self) -> Result<Option<usize>, Invalid> {
+    pub fn check(&mut self) -> Result<Option<usize>, Invalid> {
         match self.scanner.scan(&self.buf) {
             Some(len) if len > MAX_REQUEST_HEAD => Err(Invalid::HeadTooLarge),
             Some(len) => Ok(Some(len)),
             None if self.buf.len() > MAX_REQUEST_HEAD => Err(Invalid::HeadTooLarge),
             None => Ok(None),
         }
+    }
+
+    /// The buffer the head is read into (by `net::handshake::read_head`, straight from the socket);
+    /// call [`HeadReader::check`] after appending to it.
+    pub fn buf_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
     }
 
     /// The scanner, for the fuzz harness's bound on the work done.
@@ -339,95 +358,6 @@ impl HeadReader {
             head_len,
         }
     }
-}
-
-/// Reads from `stream` until the request head is complete. Nothing is answered here: an
-/// [`Invalid`] is for the caller to answer and count.
-///
-/// The first [`HEAD_READS_AT_ONCE`] reads happen as bytes arrive. Past them the client is
-/// dribbling: the socket's `SO_RCVLOWAT` is raised above any acceptable head, so that its
-/// packets no longer wake the accept thread one by one, and what piled up is read after a
-/// growing wait ([`HEAD_READ_PACE`]). `SO_RCVLOWAT` is back to 1 before the socket is handed
-/// on.
-pub async fn read_head(stream: &mut TcpStream) -> Result<RawHead, Refusal> {
-    // On the heap, not in the future: a stack array here would stay in every connection task's
-    // state for the connection's whole life (the task's size is that of its largest state).
-    let mut reader = HeadReader::new();
-    let mut paced = false;
-    for reads in 0.. {
-        // Room for whatever arrived meanwhile (the Vec doubles: amortised linear).
-        if reader.buf.capacity() - reader.buf.len() < HEAD_READ_ROOM {
-            reader.buf.reserve(HEAD_READ_ROOM);
-        }
-        let n = if reads < HEAD_READS_AT_ONCE {
-            stream.read_buf(&mut reader.buf).await?
-        } else {
-            if !paced {
-                paced = true;
-                set_rcvlowat(stream, MAX_REQUEST_HEAD + 1)?;
-            }
-            let doublings = (reads - HEAD_READS_AT_ONCE).min(16) as u32;
-            tokio::time::sleep((HEAD_READ_PACE * (1 << doublings)).min(HEAD_READ_PACE_MAX)).await;
-            match read_now(stream, &mut reader.buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Refusal::Io(e)),
-            }
-        };
-        if n == 0 {
-            return Err(Refusal::Io(io::ErrorKind::UnexpectedEof.into()));
-        }
-        match reader.check() {
-            Ok(Some(len)) => {
-                if paced {
-                    set_rcvlowat(stream, 1)?;
-                }
-                return Ok(reader.finish(len));
-            }
-            Ok(None) => {}
-            Err(why) => return Err(Refusal::Invalid(why)),
-        }
-    }
-    unreachable!("the loop returns")
-}
-
-/// One non-blocking read of whatever the kernel holds, appended to `buf`. Straight to the
-/// socket: tokio's `try_read` only reads after the reactor has seen the socket readable, and
-/// with `SO_RCVLOWAT` raised it may never see that.
-fn read_now(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let len = buf.len();
-    buf.resize(buf.capacity().max(len + 1), 0);
-    let r = (&*socket2::SockRef::from(stream)).read(&mut buf[len..]);
-    buf.truncate(len + *r.as_ref().unwrap_or(&0));
-    r
-}
-
-/// Sets `SO_RCVLOWAT`: the socket is reported readable (and its arrivals wake the reactor) only
-/// once this many bytes are queued. Linux; elsewhere a no-op (the pacing then saves reads only).
-fn set_rcvlowat(stream: &TcpStream, bytes: usize) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let v = bytes.min(i32::MAX as usize) as libc::c_int;
-        // SAFETY: the fd is a live TCP socket owned by `stream`; the option value is a c_int read
-        // from a local that outlives the call, with its exact size passed.
-        let r = unsafe {
-            libc::setsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                &v as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (stream, bytes);
-    Ok(())
 }
 
 /// A request head, parsed by httparse ([`parse_head`]) or by Node ([`head_from_parts`]).
@@ -734,39 +664,8 @@ pub fn accept_response(accept_key: &str, protocol: Option<&str>) -> String {
     resp
 }
 
-/// Answers an invalid request: its status, extra headers and [`Invalid::message`] as the body.
-pub async fn refuse_invalid(stream: &mut TcpStream, why: &Invalid) {
-    refuse_with(stream, why.status(), &why.extra_headers(), &why.message()).await;
-}
-
-/// Answers with an HTTP error (its reason phrase as the body) and closes the write side.
-/// Returns the refusal to propagate.
-pub async fn refuse(stream: &mut TcpStream, status: u16, extra: &[(&str, &str)]) -> u16 {
-    let extra: Vec<(String, String)> = extra
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    refuse_with(stream, status, &extra, reason_phrase(status)).await
-}
-
-/// Answers with `status`, extra headers and a plain-text body, then closes the write side.
-/// Header names and values must already be checked ([`is_token`], [`is_header_value`]).
-/// Returns `status`.
-pub async fn refuse_with(
-    stream: &mut TcpStream,
-    status: u16,
-    extra: &[(String, String)],
-    body: &str,
-) -> u16 {
-    let resp = response_head(status, extra, body);
-    // Best effort: the peer may already be gone.
-    let _ = stream.write_all(resp.as_bytes()).await;
-    let _ = stream.shutdown().await;
-    status
-}
-
 /// The whole refusal: status line, headers, body.
-fn response_head(status: u16, extra: &[(String, String)], body: &str) -> String {
+pub fn response_head(status: u16, extra: &[(String, String)], body: &str) -> String {
     let reason = reason_phrase(status);
     let mut resp = format!(
         "HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
@@ -785,7 +684,7 @@ pub fn is_header_value(v: &str) -> bool {
     v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
-fn reason_phrase(status: u16) -> &'static str {
+pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
         401 => "Unauthorized",

@@ -42,16 +42,16 @@ use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::connection::Conn;
-use crate::events::{Event, EventSink};
-use crate::fanout::{Numbered, Target};
-use crate::frame::{encode, FanoutProbe, Frame, OffsetTag, OpCode};
-use crate::history::{prefixed, HistoryLimits};
-use crate::policy::Priority;
-use crate::server::ServerShared;
+use crate::core::config::ClusterConfig;
+use crate::core::history::{prefixed, HistoryLimits};
+use crate::core::message::{FanoutProbe, Frame, OffsetTag};
+use crate::core::policy::Priority;
+use crate::net::events::{Event, EventSink};
+use crate::net::fanout::{Numbered, Target};
+use crate::net::peers::{HistoryTopic, Peers, ResumeRequest};
+use crate::net::server::ServerShared;
+use crate::wire::frame::{encode, OpCode};
 
-/// Default `criticalQueue`: Critical messages held while Redis is unreachable.
-pub const DEFAULT_CRITICAL_QUEUE: usize = 1024;
 /// Bytes the link may hold (queued and held messages together).
 pub const MAX_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// First reconnect delay; it doubles up to [`BACKOFF_MAX`].
@@ -88,17 +88,6 @@ impl LinkState {
             LinkState::Disconnected => "disconnected",
         }
     }
-}
-
-/// The `cluster` option, checked.
-#[derive(Clone, Debug)]
-pub struct ClusterConfig {
-    /// One URL (a single Redis), or the seed nodes of a Redis Cluster.
-    pub urls: Vec<String>,
-    /// A Redis Cluster: sharded pub/sub.
-    pub sharded: bool,
-    pub prefix: String,
-    pub critical_queue: usize,
 }
 
 /// The header in front of every frame sent through Redis (all integers big-endian).
@@ -252,22 +241,6 @@ struct HistoryOut {
     /// The JavaScript promise waiting for the offset (0: none).
     token: u64,
     seq: u64,
-}
-
-/// A topic with history, as configured on this node.
-#[derive(Clone, Copy, Debug)]
-pub struct HistoryTopic {
-    pub limits: HistoryLimits,
-    pub prefix: bool,
-}
-
-/// `conn.subscribe(topic, { since })` in cluster mode, for the link task.
-pub struct ResumeRequest {
-    pub conn: Arc<Conn>,
-    pub topic: Arc<str>,
-    pub since: u64,
-    pub epoch: String,
-    pub token: u64,
 }
 
 /// Numbers a publish on a topic with history, keeps it in the topic's stream and publishes it,
@@ -437,71 +410,6 @@ impl Link {
         }
     }
 
-    /// Sends an encoded frame the local fan-out has accepted to the other nodes. Never blocks:
-    /// the message is queued for the link task, held (Critical, while disconnected), or counted
-    /// as not sent.
-    pub fn publish(
-        &self,
-        target: &Target,
-        frame: &Bytes,
-        priority: Priority,
-        key: Option<&str>,
-        ttl: Option<Duration>,
-    ) {
-        let header = Header {
-            priority,
-            node: self.node,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-            published_us: now_us(),
-            ttl_ms: ttl_ms(ttl),
-            key: key.map(Arc::from),
-            raw: false,
-            text: false,
-        };
-        let message = header.encode(frame);
-        self.enqueue(Outgoing {
-            channel: self.channel(target),
-            message,
-            priority,
-            history: None,
-        });
-    }
-
-    /// A publish on a topic with history (with the key and ttl of `stamp`): Redis numbers it (see
-    /// [`PUBLISH_SCRIPT`]) and every node subscribed to the topic, this one included, delivers it
-    /// once it comes back with its offset. The promise behind `token` learns the offset, or the reason it was not sent.
-    pub fn publish_history(
-        &self,
-        topic: &Arc<str>,
-        payload: &[u8],
-        text: bool,
-        priority: Priority,
-        stamp: &crate::fanout::Stamp,
-        token: u64,
-    ) {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let header = Header {
-            priority,
-            node: self.node,
-            seq,
-            published_us: now_us(),
-            ttl_ms: ttl_ms(stamp.ttl),
-            key: stamp.key.clone(),
-            raw: true,
-            text,
-        };
-        self.enqueue(Outgoing {
-            channel: self.channel(&Target::Topic(topic.clone())),
-            message: header.encode(payload),
-            priority,
-            history: Some(HistoryOut {
-                topic: topic.clone(),
-                token,
-                seq,
-            }),
-        });
-    }
-
     /// Queues a message for the link task, holds it (Critical, while disconnected), or counts it
     /// as not sent.
     fn enqueue(&self, m: Outgoing) {
@@ -542,52 +450,6 @@ impl Link {
         }
     }
 
-    /// Configures a topic with history on this node (cluster mode).
-    pub fn configure_history(&self, topic: &Arc<str>, h: HistoryTopic) {
-        lock(&self.histories).insert(topic.clone(), h);
-    }
-
-    /// Queues a resume for the link task. False if the link is not connected (the caller then
-    /// answers "not recovered" itself).
-    pub fn resume(&self, req: ResumeRequest) -> Result<(), ResumeRequest> {
-        if self.state() != LinkState::Connected {
-            return Err(req);
-        }
-        lock(&self.resumes).push_back(req);
-        self.resume_wake.notify_one();
-        Ok(())
-    }
-
-    /// The node has its first local subscriber to `topic` (`true`) or lost its last (`false`).
-    pub fn want(&self, topic: &Arc<str>, wanted: bool) {
-        let mut w = lock(&self.wanted);
-        let changed = if wanted {
-            w.insert(topic.clone())
-        } else {
-            w.remove(topic)
-        };
-        drop(w);
-        if changed {
-            self.subs_changed.notify_one();
-        }
-    }
-
-    /// Stops the link task (the server is closing); messages still queued are counted as not
-    /// sent.
-    pub fn shutdown(&self) {
-        self.stop.send_replace(true);
-        let lost: Vec<Outgoing> = {
-            let mut q = lock(&self.queue);
-            let all = q.messages.drain(..).collect();
-            *q = Queue::default();
-            all
-        };
-        self.stats.held.store(0, Ordering::Relaxed);
-        for m in &lost {
-            self.not_sent(m);
-        }
-    }
-
     async fn run(self: Arc<Self>, server: Weak<ServerShared>) {
         let mut stop = self.stop.subscribe();
         let mut backoff = BACKOFF_MIN;
@@ -606,7 +468,7 @@ impl Link {
             self.set_state(LinkState::Connecting);
             let outcome = tokio::select! {
                 r = self.session(&server, &mut connected_before, &mut backoff, &mut seen, &mut expected, &mut numbered_seen) => r,
-                _ = crate::connection::killed(&mut stop) => return,
+                _ = crate::net::connection::killed(&mut stop) => return,
             };
             if let Err(e) = outcome {
                 tracing::debug!(error = %e, "cluster link down");
@@ -616,7 +478,7 @@ impl Link {
             let jitter = Duration::from_millis(u64::from(random_id()[0]) % 50);
             tokio::select! {
                 _ = tokio::time::sleep(backoff + jitter) => {}
-                _ = crate::connection::killed(&mut stop) => return,
+                _ = crate::net::connection::killed(&mut stop) => return,
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
@@ -644,20 +506,6 @@ impl Link {
         for req in pending {
             self.answer_unrecovered(req);
         }
-    }
-
-    /// Subscribes the connection without a replay and says so.
-    pub fn answer_unrecovered(&self, req: ResumeRequest) {
-        let server = req.conn.server.clone();
-        server
-            .fanout()
-            .resume(req.conn, req.topic, Vec::new(), None);
-        self.events.push(Event::Resumed {
-            token: req.token,
-            recovered: false,
-            offset: 0,
-            epoch: String::new(),
-        });
     }
 
     /// One connection's life: connect, subscribe, then publish and receive until it fails.
@@ -1339,6 +1187,127 @@ impl RedisConn {
     }
 }
 
+impl Peers for Link {
+    /// Sends an encoded frame the local fan-out has accepted to the other nodes. Never blocks:
+    /// the message is queued for the link task, held (Critical, while disconnected), or counted
+    /// as not sent.
+    fn publish(
+        &self,
+        target: &Target,
+        frame: &Bytes,
+        priority: Priority,
+        key: Option<&str>,
+        ttl: Option<Duration>,
+    ) {
+        let header = Header {
+            priority,
+            node: self.node,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            published_us: now_us(),
+            ttl_ms: ttl_ms(ttl),
+            key: key.map(Arc::from),
+            raw: false,
+            text: false,
+        };
+        let message = header.encode(frame);
+        self.enqueue(Outgoing {
+            channel: self.channel(target),
+            message,
+            priority,
+            history: None,
+        });
+    }
+    /// A publish on a topic with history (with the key and ttl of `stamp`): Redis numbers it (see
+    /// [`PUBLISH_SCRIPT`]) and every node subscribed to the topic, this one included, delivers it
+    /// once it comes back with its offset. The promise behind `token` learns the offset, or the reason it was not sent.
+    fn publish_history(
+        &self,
+        topic: &Arc<str>,
+        payload: &[u8],
+        text: bool,
+        priority: Priority,
+        stamp: &crate::net::fanout::Stamp,
+        token: u64,
+    ) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let header = Header {
+            priority,
+            node: self.node,
+            seq,
+            published_us: now_us(),
+            ttl_ms: ttl_ms(stamp.ttl),
+            key: stamp.key.clone(),
+            raw: true,
+            text,
+        };
+        self.enqueue(Outgoing {
+            channel: self.channel(&Target::Topic(topic.clone())),
+            message: header.encode(payload),
+            priority,
+            history: Some(HistoryOut {
+                topic: topic.clone(),
+                token,
+                seq,
+            }),
+        });
+    }
+    /// Configures a topic with history on this node (cluster mode).
+    fn configure_history(&self, topic: &Arc<str>, h: HistoryTopic) {
+        lock(&self.histories).insert(topic.clone(), h);
+    }
+    /// Queues a resume for the link task. False if the link is not connected (the caller then
+    /// answers "not recovered" itself).
+    fn resume(&self, req: ResumeRequest) -> Result<(), ResumeRequest> {
+        if self.state() != LinkState::Connected {
+            return Err(req);
+        }
+        lock(&self.resumes).push_back(req);
+        self.resume_wake.notify_one();
+        Ok(())
+    }
+    /// The node has its first local subscriber to `topic` (`true`) or lost its last (`false`).
+    fn want(&self, topic: &Arc<str>, wanted: bool) {
+        let mut w = lock(&self.wanted);
+        let changed = if wanted {
+            w.insert(topic.clone())
+        } else {
+            w.remove(topic)
+        };
+        drop(w);
+        if changed {
+            self.subs_changed.notify_one();
+        }
+    }
+    /// Stops the link task (the server is closing); messages still queued are counted as not
+    /// sent.
+    fn shutdown(&self) {
+        self.stop.send_replace(true);
+        let lost: Vec<Outgoing> = {
+            let mut q = lock(&self.queue);
+            let all = q.messages.drain(..).collect();
+            *q = Queue::default();
+            all
+        };
+        self.stats.held.store(0, Ordering::Relaxed);
+        for m in &lost {
+            self.not_sent(m);
+        }
+    }
+    /// Subscribes the connection without a replay and says so.
+    fn answer_unrecovered(&self, req: ResumeRequest) {
+        let server = req.conn.server.clone();
+        server
+            .fanout()
+            .resume(req.conn, req.topic, Vec::new(), None);
+        self.events.push(Event::Resumed {
+            token: req.token,
+            recovered: false,
+            offset: 0,
+            epoch: String::new(),
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1355,7 +1324,7 @@ mod tests {
             raw: false,
             text: false,
         };
-        let frame = crate::frame::encode(crate::frame::OpCode::Binary, &[0, 255, 1]);
+        let frame = crate::wire::frame::encode(crate::wire::frame::OpCode::Binary, &[0, 255, 1]);
         let msg = h.encode(&frame);
         assert_eq!(msg.len(), HEADER_LEN + frame.len());
         assert_eq!(Header::decode(&msg), Some((h.clone(), HEADER_LEN)));
@@ -1426,13 +1395,13 @@ mod tests {
         let f = numbered_frame(&h, b"hi", 12, true);
         assert_eq!(
             &f.bytes[..],
-            &crate::frame::encode(OpCode::Text, b"12 hi")[..]
+            &crate::wire::frame::encode(OpCode::Text, b"12 hi")[..]
         );
         assert_eq!(f.key.as_deref(), Some("k"));
         let plain = numbered_frame(&h, b"hi", 12, false);
         assert_eq!(
             &plain.bytes[..],
-            &crate::frame::encode(OpCode::Text, b"hi")[..]
+            &crate::wire::frame::encode(OpCode::Text, b"hi")[..]
         );
     }
 }

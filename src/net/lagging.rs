@@ -17,7 +17,7 @@
 //! ```
 //!
 //! While it is lagging, the writer hands the kernel one frame at a time, and only while the
-//! kernel holds less than `laggingKernelLimit` bytes ([`crate::config::DEFAULT_LAGGING_KERNEL_LIMIT`]);
+//! kernel holds less than `laggingKernelLimit` bytes ([`crate::core::config::DEFAULT_LAGGING_KERNEL_LIMIT`]);
 //! everything else waits in the outbox, where a newer value of the same key replaces it and a
 //! deadline can still skip it, and where `bufferedAmount` and the policy see it. It stops lagging
 //! when the queueing delay falls below [`LAGGING_LEAVE_MS`] or the kernel has nothing left (the
@@ -55,7 +55,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::core::metrics::Metrics;
 
 /// Queueing delay above which a connection becomes lagging: 250 ms. Wi-Fi and LTE add tens of ms
 /// under load; a mobile link under 10x its rate adds seconds, all of it in what the kernel holds.

@@ -1,9 +1,6 @@
-//! Server-side frame encoding: a message is framed once and the result is shared.
-//!
-//! A server frame (RFC 6455 §5.2) is never masked, so its bytes are the same for every recipient.
-//! [`encode`] writes the header and copies the payload into one allocation, the only copy a
-//! broadcast makes; the resulting [`Frame`] is cloned into each recipient's outbox by reference
-//! count (`bytes::Bytes`), never by copying the payload.
+//! A broadcast's frame as every recipient's outbox shares it, with what travels along: the
+//! latency probe of the broadcast, the acknowledgement of a `send` with a callback, the
+//! conflation key, the deadline and the history offset.
 //!
 //! A broadcast frame can carry a [`FanoutProbe`]: each recipient's writer marks it when the frame
 //! has been handed to the kernel, and when the last reference goes away the probe records "broadcast
@@ -14,25 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
-use crate::metrics::Metrics;
-
-/// RFC 6455 opcodes the server emits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpCode {
-    Text = 0x1,
-    Binary = 0x2,
-    Close = 0x8,
-    Ping = 0x9,
-    Pong = 0xA,
-}
-
-/// Largest payload of a control frame (RFC 6455 §5.5).
-pub const MAX_CONTROL_PAYLOAD: usize = 125;
-
-/// Largest close reason in bytes: 125 minus the two bytes of the status code.
-pub const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
+use crate::core::metrics::Metrics;
 
 /// One encoded frame, ready to be written as it is, plus the optional latency probe of the
 /// broadcast it belongs to and the optional acknowledgement of a `send` with a callback.
@@ -133,56 +114,6 @@ impl Frame {
             a.written.store(true, Ordering::Relaxed);
         }
     }
-}
-
-/// Size of the header for a payload of `len` bytes (server frames carry no mask).
-pub fn header_len(len: usize) -> usize {
-    if len < 126 {
-        2
-    } else if len <= u16::MAX as usize {
-        4
-    } else {
-        10
-    }
-}
-
-/// Encodes one final (FIN) unmasked frame: header and payload in a single allocation.
-pub fn encode(op: OpCode, payload: &[u8]) -> Bytes {
-    let mut buf = BytesMut::with_capacity(header_len(payload.len()) + payload.len());
-    buf.put_u8(0x80 | op as u8);
-    let len = payload.len();
-    if len < 126 {
-        buf.put_u8(len as u8);
-    } else if len <= u16::MAX as usize {
-        buf.put_u8(126);
-        buf.put_u16(len as u16);
-    } else {
-        buf.put_u8(127);
-        buf.put_u64(len as u64);
-    }
-    buf.put_slice(payload);
-    buf.freeze()
-}
-
-/// A close frame with `code` and `reason`; the reason is cut at a UTF-8 boundary so that the
-/// payload stays within the 125 bytes a control frame may carry.
-pub fn encode_close(code: u16, reason: &str) -> Bytes {
-    let reason = truncate_utf8(reason, MAX_CLOSE_REASON);
-    let mut payload = Vec::with_capacity(2 + reason.len());
-    payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(reason.as_bytes());
-    encode(OpCode::Close, &payload)
-}
-
-fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Measures one broadcast from the JS call (or, for a message from another node of a cluster,
@@ -312,28 +243,7 @@ impl Drop for SendAck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
-
-    fn parse(b: &Bytes) -> (FrameHeader, u64, usize) {
-        let mut cur = std::io::Cursor::new(&b[..]);
-        let (h, len) = FrameHeader::parse(&mut cur).unwrap().unwrap();
-        (h, len, cur.position() as usize)
-    }
-
-    #[test]
-    fn lengths_take_the_three_header_forms() {
-        for (len, hdr) in [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
-            let payload = vec![7u8; len];
-            let f = encode(OpCode::Binary, &payload);
-            let (h, plen, off) = parse(&f);
-            assert!(h.is_final);
-            assert!(h.mask.is_none());
-            assert_eq!(plen as usize, len);
-            assert_eq!(off, hdr);
-            assert_eq!(header_len(len), hdr);
-            assert_eq!(&f[off..], &payload[..]);
-        }
-    }
+    use crate::wire::frame::{encode, OpCode};
 
     #[test]
     fn a_send_ack_reports_once_whether_its_frame_was_written() {
@@ -364,15 +274,5 @@ mod tests {
             *seen.lock().unwrap(),
             [Fate::Written, Fate::Dropped, Fate::Replaced]
         );
-    }
-
-    #[test]
-    fn close_reason_is_cut_on_a_char_boundary() {
-        let reason = "é".repeat(100); // 200 bytes
-        let f = encode_close(1008, &reason);
-        let (_, plen, off) = parse(&f);
-        assert!(plen as usize <= MAX_CONTROL_PAYLOAD);
-        assert_eq!(u16::from_be_bytes([f[off], f[off + 1]]), 1008);
-        assert!(std::str::from_utf8(&f[off + 2..]).is_ok());
     }
 }

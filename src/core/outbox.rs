@@ -43,8 +43,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::frame::Frame;
-use crate::policy::{Fallback, Limits, Priority, Verdict};
+use crate::core::message::Frame;
+use crate::core::policy::{Fallback, Limits, Priority, Verdict};
 
 /// Unsent pongs kept per connection (each at most 127 bytes). Bursts of pings, common in keepalive
 /// libraries and in Autobahn's cases 2.10/2.11, each get their own pong; a flood beyond this only
@@ -746,8 +746,8 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{encode, OpCode};
-    use crate::policy::OverflowAction;
+    use crate::core::policy::OverflowAction;
+    use crate::wire::frame::{encode, OpCode};
     use std::sync::{Arc, Mutex};
 
     const KIB: usize = 1024;
@@ -1464,7 +1464,7 @@ mod tests {
 
     fn tagged(tag: u8, len: usize, topic: &str, offset: u64) -> Frame {
         let mut f = frame(tag, len);
-        f.tag = Some(Arc::new(crate::frame::OffsetTag {
+        f.tag = Some(Arc::new(crate::core::message::OffsetTag {
             topic: Arc::from(topic),
             offset,
             epoch: Arc::from("e"),

@@ -19,8 +19,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::frame::Frame;
-use crate::policy::Priority;
+use crate::core::message::Frame;
+use crate::core::policy::Priority;
 
 /// Default bounds.
 pub const DEFAULT_SIZE: usize = 1000;
@@ -176,7 +176,7 @@ pub fn prefixed(offset: u64, payload: &[u8], text: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{encode, OpCode};
+    use crate::wire::frame::{encode, OpCode};
 
     fn msg(i: u64, len: usize) -> Frame {
         let mut payload = vec![0u8; len];
@@ -264,7 +264,7 @@ mod tests {
     fn kept_frames_hold_no_probe_or_acknowledgement() {
         let mut h = History::new("e".into(), HistoryLimits::default());
         let mut f = msg(1, 16);
-        f.ack = Some(crate::frame::SendAck::new(|_| {}));
+        f.ack = Some(crate::core::message::SendAck::new(|_| {}));
         h.append(&f, Priority::Critical, Instant::now());
         match h.since(0, "e", Instant::now()) {
             Resume::Recovered(v) => {

@@ -54,8 +54,8 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
-use crate::config::{Config, READ_BUFFER_SIZE};
-use crate::connection::close_code;
+use crate::core::config::{Config, RateLimits, READ_BUFFER_SIZE};
+use crate::wire::close::CloseCode;
 
 /// Bytes a reader reads from one connection before it lets the other tasks of its worker thread
 /// run (`tokio::task::yield_now`). 64 KiB is 64 reads of `READ_BUFFER_SIZE`, about 0.1 ms of
@@ -81,19 +81,6 @@ pub const PARTIAL_ROOM_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RATE_LIMITED_LINGER: Duration = Duration::from_secs(1);
 /// Largest client frame header: 2 bytes, an 8-byte length, a 4-byte mask.
 const MAX_HEADER: usize = 14;
-
-/// Inbound rate limits of one connection, from the options.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RateLimits {
-    /// Bytes per second (wire bytes, headers included); `None`: no limit.
-    pub bytes_per_second: Option<u64>,
-    /// Frames per second (data, continuation and control frames); `None`: no limit.
-    pub frames_per_second: Option<u64>,
-    /// The buckets hold this much of each rate: the largest burst.
-    pub window: Duration,
-    /// The byte bucket holds at least one message of this size, whatever the rate.
-    pub max_payload: usize,
-}
 
 /// A token bucket: `rate` tokens per second, at most `capacity`, full at the start. A client
 /// exceeds the limit when it spends more than there is.
@@ -508,16 +495,14 @@ pub fn context(cfg: &Config, leftover: Vec<u8>) -> WebSocketContext {
 
 /// The close code and reason for an error of [`WebSocketContext::read`] that fails the
 /// connection (not I/O, not the end of the stream: the reader handles those itself).
-pub fn close_for(e: &WsError) -> (u16, &'static str) {
+pub fn close_for(e: &WsError) -> (CloseCode, &'static str) {
     match e {
-        WsError::Utf8(_) => (close_code::INVALID_PAYLOAD, "invalid UTF-8"),
+        WsError::Utf8(_) => (CloseCode::InvalidPayload, "invalid UTF-8"),
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-            (close_code::MESSAGE_TOO_BIG, "message too big")
+            (CloseCode::MessageTooBig, "message too big")
         }
-        WsError::Protocol(_) | WsError::Capacity(_) => {
-            (close_code::PROTOCOL_ERROR, "protocol error")
-        }
-        _ => (close_code::INTERNAL_ERROR, "internal error"),
+        WsError::Protocol(_) | WsError::Capacity(_) => (CloseCode::ProtocolError, "protocol error"),
+        _ => (CloseCode::InternalError, "internal error"),
     }
 }
 

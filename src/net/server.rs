@@ -26,15 +26,17 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Notify};
 
-use crate::cluster::Link;
-use crate::config::Config;
-use crate::connection::{close_code, Conn};
-use crate::events::{Event, EventSink};
-use crate::fanout::Fanout;
-use crate::handshake::{self, Refusal};
-use crate::history::{History, HistoryLimits};
-use crate::inbound::PartialBudget;
-use crate::metrics::{Metrics, RefusalCause, Termination};
+use crate::core::config::Config;
+use crate::core::history::{History, HistoryLimits};
+use crate::core::metrics::{Metrics, Termination};
+use crate::net::connection::Conn;
+use crate::net::events::{Event, EventSink};
+use crate::net::fanout::Fanout;
+use crate::net::handshake::{self as io_handshake, Refusal};
+use crate::net::inbound::PartialBudget;
+use crate::net::peers::Peers;
+use crate::wire::close::CloseCode;
+use crate::wire::handshake::{self, RefusalCause};
 
 /// Pause after an accept error (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -100,7 +102,7 @@ pub struct ServerShared {
     /// on the accept runtime).
     workers: tokio::runtime::Handle,
     /// The link to the other nodes (`cluster` option); set once, right after construction.
-    cluster: OnceLock<Arc<Link>>,
+    peers: OnceLock<Arc<dyn Peers>>,
     /// Topics configured with a history, by name.
     histories: RwLock<HashMap<Arc<str>, Arc<TopicHistory>>>,
     /// Bytes held by partly received messages, server-wide (`maxPartialMessageBytes`).
@@ -146,7 +148,7 @@ impl ServerShared {
             removed: Notify::new(),
             fanout: OnceLock::new(),
             workers,
-            cluster: OnceLock::new(),
+            peers: OnceLock::new(),
             histories: RwLock::new(HashMap::new()),
         })
     }
@@ -179,22 +181,15 @@ impl ServerShared {
             .contains(topic)
     }
 
-    /// Starts the cluster link, if configured. Called once, by the constructor of the napi server.
-    pub fn start_cluster(self: &Arc<Self>) {
-        if let Some(c) = &self.config.cluster {
-            let link = Link::start(
-                c.clone(),
-                &self.workers,
-                Arc::downgrade(self),
-                self.events.clone(),
-            );
-            let _ = self.cluster.set(link);
-        }
+    /// Sets the other nodes of the cluster (`cluster` option). Called once, by the constructor of
+    /// the napi server, before the server listens.
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) {
+        let _ = self.peers.set(peers);
     }
 
-    /// The cluster link, with the `cluster` option.
-    pub fn cluster(&self) -> Option<&Arc<Link>> {
-        self.cluster.get()
+    /// The other nodes, with the `cluster` option.
+    pub fn cluster(&self) -> Option<&Arc<dyn Peers>> {
+        self.peers.get()
     }
 
     /// Starts the fan-out task on the workers. Called once, by the constructor of the napi server.
@@ -274,7 +269,7 @@ impl ServerShared {
                         tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     }
                 },
-                _ = crate::connection::killed(&mut stop) => return,
+                _ = crate::net::connection::killed(&mut stop) => return,
             }
         }
     }
@@ -422,25 +417,27 @@ impl ServerShared {
         let deadline = tokio::time::Instant::now() + timeout;
         let head = match taken {
             Some(t) => Pending::Parts(t.parts, t.head),
-            None => match tokio::time::timeout_at(deadline, handshake::read_head(stream)).await {
-                Ok(Ok(raw)) => Pending::Raw(raw),
-                Ok(Err(Refusal::Invalid(why))) => {
-                    handshake::refuse_invalid(stream, &why).await;
-                    return Err(refused(why.cause(), why.status()));
+            None => {
+                match tokio::time::timeout_at(deadline, io_handshake::read_head(stream)).await {
+                    Ok(Ok(raw)) => Pending::Raw(raw),
+                    Ok(Err(Refusal::Invalid(why))) => {
+                        io_handshake::refuse_invalid(stream, &why).await;
+                        return Err(refused(why.cause(), why.status()));
+                    }
+                    Ok(Err(Refusal::Io(_))) => return Err(0),
+                    Err(_) => {
+                        m.handshakes_timed_out.fetch_add(1, Ordering::Relaxed);
+                        return Err(0);
+                    }
                 }
-                Ok(Err(Refusal::Io(_))) => return Err(0),
-                Err(_) => {
-                    m.handshakes_timed_out.fetch_add(1, Ordering::Relaxed);
-                    return Err(0);
-                }
-            },
+            }
         };
         // The cheap refusal before any parsing: no room, or closing.
         if self.is_closing() || self.is_full() {
             if !self.is_closing() {
                 m.refused_max_connections.fetch_add(1, Ordering::Relaxed);
             }
-            handshake::refuse(stream, 503, &[]).await;
+            io_handshake::refuse(stream, 503, &[]).await;
             return Err(refused(RefusalCause::Unavailable, 503));
         }
         let checked = match head {
@@ -458,7 +455,7 @@ impl ServerShared {
         let upgrade = match checked {
             Ok(u) => u,
             Err(why) => {
-                handshake::refuse_invalid(stream, &why).await;
+                io_handshake::refuse_invalid(stream, &why).await;
                 return Err(refused(why.cause(), why.status()));
             }
         };
@@ -472,12 +469,12 @@ impl ServerShared {
                     headers,
                     body,
                 }) => {
-                    handshake::refuse_with(stream, status, &headers, &body).await;
+                    io_handshake::refuse_with(stream, status, &headers, &body).await;
                     return Err(refused(RefusalCause::VerifyClient, status));
                 }
                 None => {
                     m.handshakes_timed_out.fetch_add(1, Ordering::Relaxed);
-                    handshake::refuse(stream, 503, &[]).await;
+                    io_handshake::refuse(stream, 503, &[]).await;
                     return Err(refused(RefusalCause::VerifyClient, 503));
                 }
             }
@@ -492,7 +489,7 @@ impl ServerShared {
             if !self.is_closing() {
                 m.refused_max_connections.fetch_add(1, Ordering::Relaxed);
             }
-            handshake::refuse(stream, 503, &[]).await;
+            io_handshake::refuse(stream, 503, &[]).await;
             return Err(refused(RefusalCause::Unavailable, 503));
         }
         Ok((upgrade, protocol))
@@ -569,7 +566,7 @@ impl ServerShared {
         if missed_close_all {
             // close() closed the connections registered before this one. (One registered before
             // that ran is closed by it, in order with the broadcasts that preceded close().)
-            conn.close(close_code::GOING_AWAY, "server closing");
+            conn.close(CloseCode::GoingAway.code(), "server closing");
         }
         conn.clone().run(upgrade.leftover).await;
         self.remove(&conn);
@@ -706,7 +703,7 @@ impl ServerShared {
             g.values().cloned().collect()
         };
         for c in &conns {
-            c.close(close_code::GOING_AWAY, "server closing");
+            c.close(CloseCode::GoingAway.code(), "server closing");
         }
         drop(conns);
         let this = self.clone();

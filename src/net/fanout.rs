@@ -43,13 +43,14 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
-use crate::connection::Conn;
-use crate::events::Event;
-use crate::frame::{encode, FanoutProbe, Frame, OffsetTag, OpCode};
-use crate::metrics::new_histogram;
-use crate::outbox::{Drops, Outcome};
-use crate::policy::Priority;
-use crate::server::ServerShared;
+use crate::core::message::{FanoutProbe, Frame, OffsetTag};
+use crate::core::metrics::new_histogram;
+use crate::core::outbox::{Drops, Outcome};
+use crate::core::policy::Priority;
+use crate::net::connection::Conn;
+use crate::net::events::Event;
+use crate::net::server::ServerShared;
+use crate::wire::frame::{encode, OpCode};
 
 /// Bytes counted per waiting job on top of its frame: the job and its channel slot (184 bytes by
 /// `size_of`), the latency probe (40 bytes and its `Arc` header) and the frame's `Bytes`
@@ -333,7 +334,7 @@ impl Fanout {
         stamp: Stamp,
     ) -> (Admitted, Option<Bytes>) {
         let born = Instant::now();
-        let len = crate::frame::header_len(payload.len()) + payload.len();
+        let len = crate::wire::frame::header_len(payload.len()) + payload.len();
         let b = &self.backlog;
         let cost = len + JOB_OVERHEAD + stamp.except.cost();
         if !b.has_room(cost, priority == Priority::Critical) {

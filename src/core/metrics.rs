@@ -11,8 +11,9 @@ use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
 
-use crate::outbox::Drops;
-use crate::policy::Priority;
+use crate::core::outbox::Drops;
+use crate::core::policy::Priority;
+use crate::wire::handshake::RefusalCause;
 
 /// Why the server ended a connection without a completed close handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,44 +37,6 @@ pub enum Termination {
     /// Waited longer than `PARTIAL_ROOM_TIMEOUT` for room under `maxPartialMessageBytes`
     /// (closed 1013).
     PartialBudget,
-}
-
-/// Why an upgrade was refused (`metrics().handshakesRefusedBy`). Each refusal counts once, under
-/// the first check it failed; the order of the checks is in `handshake.rs`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefusalCause {
-    /// 400: not a well-formed HTTP/1.1 `GET` upgrade (request line, `Upgrade`, `Connection`,
-    /// `Sec-WebSocket-Key`, a malformed `Sec-WebSocket-Protocol` list).
-    BadRequest,
-    /// 400: no `Host` header (RFC 7230 §5.4).
-    MissingHost,
-    /// 400: `Host`, `Origin`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version` more than once.
-    DuplicateHeader,
-    /// 400: more subprotocols or extensions offered than sluice reads.
-    TooManyOffers,
-    /// 431: a request head over 16 KiB or with more than 64 header fields.
-    HeadTooLarge,
-    /// 400: `Sec-WebSocket-Version` missing, or neither 13 nor 8.
-    UnsupportedVersion,
-    /// 404: not the `path` option.
-    WrongPath,
-    /// 403: `Origin` not in `allowedOrigins`.
-    Origin,
-    /// `verifyClient` refused, threw or did not answer in time.
-    VerifyClient,
-    /// 503: `maxConnections` reached, or the server is closing.
-    Unavailable,
-}
-
-// COUNT is the number of variants: the last one's index + 1.
-const _: () = assert!(RefusalCause::Unavailable as usize + 1 == RefusalCause::COUNT);
-
-impl RefusalCause {
-    pub const COUNT: usize = 10;
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
 }
 
 #[derive(Default)]

@@ -1,0 +1,9 @@
+//! Tokio tasks.
+pub mod connection;
+pub mod events;
+pub mod fanout;
+pub mod handshake;
+pub mod inbound;
+pub mod lagging;
+pub mod peers;
+pub mod server;

@@ -1,0 +1,110 @@
+//! Server-side frame encoding (RFC 6455 §5.2): bytes only.
+//!
+//! A server frame is never masked, so its bytes are the same for every recipient. [`encode`]
+//! writes the header and copies the payload into one allocation, the only copy a broadcast makes;
+//! the result is shared by reference count (`bytes::Bytes`) with every recipient, never copied.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// RFC 6455 opcodes the server emits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpCode {
+    Text = 0x1,
+    Binary = 0x2,
+    Close = 0x8,
+    Ping = 0x9,
+    Pong = 0xA,
+}
+
+/// Largest payload of a control frame (RFC 6455 §5.5).
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// Largest close reason in bytes: 125 minus the two bytes of the status code.
+pub const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
+
+/// Size of the header for a payload of `len` bytes (server frames carry no mask).
+pub fn header_len(len: usize) -> usize {
+    if len < 126 {
+        2
+    } else if len <= u16::MAX as usize {
+        4
+    } else {
+        10
+    }
+}
+
+/// Encodes one final (FIN) unmasked frame: header and payload in a single allocation.
+pub fn encode(op: OpCode, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(header_len(payload.len()) + payload.len());
+    buf.put_u8(0x80 | op as u8);
+    let len = payload.len();
+    if len < 126 {
+        buf.put_u8(len as u8);
+    } else if len <= u16::MAX as usize {
+        buf.put_u8(126);
+        buf.put_u16(len as u16);
+    } else {
+        buf.put_u8(127);
+        buf.put_u64(len as u64);
+    }
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
+/// A close frame with `code` and `reason`; the reason is cut at a UTF-8 boundary so that the
+/// payload stays within the 125 bytes a control frame may carry.
+pub fn encode_close(code: u16, reason: &str) -> Bytes {
+    let reason = truncate_utf8(reason, MAX_CLOSE_REASON);
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason.as_bytes());
+    encode(OpCode::Close, &payload)
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+    fn parse(b: &Bytes) -> (FrameHeader, u64, usize) {
+        let mut cur = std::io::Cursor::new(&b[..]);
+        let (h, len) = FrameHeader::parse(&mut cur).unwrap().unwrap();
+        (h, len, cur.position() as usize)
+    }
+
+    #[test]
+    fn lengths_take_the_three_header_forms() {
+        for (len, hdr) in [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
+            let payload = vec![7u8; len];
+            let f = encode(OpCode::Binary, &payload);
+            let (h, plen, off) = parse(&f);
+            assert!(h.is_final);
+            assert!(h.mask.is_none());
+            assert_eq!(plen as usize, len);
+            assert_eq!(off, hdr);
+            assert_eq!(header_len(len), hdr);
+            assert_eq!(&f[off..], &payload[..]);
+        }
+    }
+
+    #[test]
+    fn close_reason_is_cut_on_a_char_boundary() {
+        let reason = "é".repeat(100); // 200 bytes
+        let f = encode_close(1008, &reason);
+        let (_, plen, off) = parse(&f);
+        assert!(plen as usize <= MAX_CONTROL_PAYLOAD);
+        assert_eq!(u16::from_be_bytes([f[off], f[off + 1]]), 1008);
+        assert!(std::str::from_utf8(&f[off + 2..]).is_ok());
+    }
+}
