@@ -74,7 +74,7 @@ pub async fn read_head(stream: &mut TcpStream) -> Result<RawHead, Refusal> {
             }
             let doublings = (reads - HEAD_READS_AT_ONCE).min(16) as u32;
             tokio::time::sleep((HEAD_READ_PACE * (1 << doublings)).min(HEAD_READ_PACE_MAX)).await;
-            match read_now(stream, &mut reader.buf_mut()) {
+            match read_now(stream, reader.buf_mut()) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
