@@ -50,7 +50,6 @@ const KIND = {
   CLOSE: 2,
   BACKPRESSURE: 3,
   DRAIN: 4,
-  ERROR: 5,
   CLOSED: 6,
   VERIFY: 7,
   HANDSHAKE_FAILED: 8,
@@ -1122,11 +1121,6 @@ class Server extends EventEmitter {
     }
     if (kind === KIND.FANOUT_DRAIN) {
       this._fanoutDrained()
-      return
-    }
-    if (kind === KIND.ERROR) {
-      const err = sluiceError(Error, ev[2], ev[3])
-      if (this.listenerCount('error') > 0) safeEmit(this, 'error', err)
       return
     }
     const conn = this._connections.get(ev[1])

@@ -101,7 +101,11 @@ fn each_layer_names_only_layers_below_it() {
         seen_layers.iter().all(|&n| n > 0),
         "a layer has no files: {seen_layers:?}"
     );
-    assert!(wrong.is_empty(), "upward or forbidden names:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "upward or forbidden names:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]

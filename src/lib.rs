@@ -27,14 +27,14 @@
 //! | topic history (offsets, epochs, the resume decision) | `history.rs` |
 //! | fuzz targets of the handshake and frame parsers (for `tests/fuzz.rs`, `fuzz/`) | `fuzz.rs` |
 
-pub mod cluster;
-pub mod core;
+mod cluster;
+mod core;
 #[doc(hidden)]
 pub mod fuzz;
 #[cfg(test)]
 mod fuzz_tests;
-pub mod napi;
-pub mod net;
-pub mod wire;
 #[cfg(test)]
 mod layering;
+mod napi;
+mod net;
+mod wire;

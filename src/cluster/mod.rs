@@ -53,10 +53,10 @@ use crate::net::server::ServerShared;
 use crate::wire::frame::{encode, OpCode};
 
 /// Bytes the link may hold (queued and held messages together).
-pub const MAX_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// First reconnect delay; it doubles up to [`BACKOFF_MAX`].
-pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Connecting, and any single command, give up after this long.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// An idle link sends a PING this often to notice a Redis that went away silently.
@@ -65,7 +65,7 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 const BATCH: usize = 256;
 /// After a reconnect, publishing waits until every channel has as many subscribers as it had
 /// before the loss (the other nodes have resubscribed too), at most this long.
-pub const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(7);
+pub(crate) const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(7);
 /// How often the subscriber counts are checked while waiting for the other nodes.
 const RECOVERY_POLL: Duration = Duration::from_millis(50);
 /// The priority byte of a probe: a message receivers ignore, published only for the number of
@@ -74,14 +74,14 @@ const PROBE: u8 = 0xFF;
 
 /// The link's state, as `metrics().cluster.state` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LinkState {
+pub(crate) enum LinkState {
     Connecting = 0,
     Connected = 1,
     Disconnected = 2,
 }
 
 impl LinkState {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             LinkState::Connecting => "connecting",
             LinkState::Connected => "connected",
@@ -106,19 +106,19 @@ impl LinkState {
 ///
 /// Version 1 (without the ttl) is not read: every node of a cluster runs the same sluice.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Header {
-    pub priority: Priority,
-    pub node: [u8; 16],
-    pub seq: u64,
-    pub published_us: u64,
+pub(crate) struct Header {
+    pub(crate) priority: Priority,
+    pub(crate) node: [u8; 16],
+    pub(crate) seq: u64,
+    pub(crate) published_us: u64,
     /// `ttl` in ms from `published_us`; 0: none.
-    pub ttl_ms: u32,
-    pub key: Option<Arc<str>>,
+    pub(crate) ttl_ms: u32,
+    pub(crate) key: Option<Arc<str>>,
     /// A message of a topic with history: the payload follows, not a frame (each node frames
     /// it once it knows the offset Redis gave it).
-    pub raw: bool,
+    pub(crate) raw: bool,
     /// With `raw`: a text message.
-    pub text: bool,
+    pub(crate) text: bool,
 }
 
 /// Priority byte flags.
@@ -128,7 +128,7 @@ const TEXT: u8 = 0x40;
 const MAGIC: u8 = b'S';
 const VERSION: u8 = 2;
 /// The fixed part of the header.
-pub const HEADER_LEN: usize = 41;
+pub(crate) const HEADER_LEN: usize = 41;
 
 /// A `ttl` as the header carries it: whole ms, 0 for none (a ttl under 1 ms counts as 1 ms).
 fn ttl_ms(ttl: Option<Duration>) -> u32 {
@@ -141,7 +141,7 @@ impl Header {
         (self.ttl_ms > 0).then(|| born + Duration::from_millis(self.ttl_ms as u64))
     }
 
-    pub fn encode(&self, frame: &[u8]) -> Vec<u8> {
+    pub(crate) fn encode(&self, frame: &[u8]) -> Vec<u8> {
         let key = self.key.as_deref().unwrap_or("").as_bytes();
         let key = &key[..key.len().min(u16::MAX as usize)];
         let mut out = Vec::with_capacity(HEADER_LEN + key.len() + frame.len());
@@ -184,7 +184,7 @@ impl Header {
 
     /// The header of a message from Redis and where its frame starts, or `None` if it is not
     /// one of ours (or a probe).
-    pub fn decode(msg: &[u8]) -> Option<(Header, usize)> {
+    pub(crate) fn decode(msg: &[u8]) -> Option<(Header, usize)> {
         if msg.len() < HEADER_LEN || msg[0] != MAGIC || msg[1] != VERSION || msg[2] == PROBE {
             return None;
         }
@@ -285,15 +285,15 @@ struct Queue {
 
 /// Counters of the link (see `metrics().cluster`).
 #[derive(Default)]
-pub struct LinkStats {
-    pub published: AtomicU64,
-    pub received: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub not_sent: [AtomicU64; 3],
-    pub held: AtomicU64,
+pub(crate) struct LinkStats {
+    pub(crate) published: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) not_sent: [AtomicU64; 3],
+    pub(crate) held: AtomicU64,
 }
 
-pub struct Link {
+pub(crate) struct Link {
     config: ClusterConfig,
     node: [u8; 16],
     /// `node` in hex, as the publish script keeps it.
@@ -310,7 +310,7 @@ pub struct Link {
     /// Topics this node has local subscribers for.
     wanted: Mutex<HashSet<Arc<str>>>,
     subs_changed: Notify,
-    pub stats: LinkStats,
+    pub(crate) stats: LinkStats,
     stop: watch::Sender<bool>,
     /// Topics with history on this node.
     histories: Mutex<HashMap<Arc<str>, HistoryTopic>>,
@@ -360,7 +360,7 @@ pub(crate) fn random_epoch() -> String {
 
 impl Link {
     /// Creates the link and starts its task on `rt`. It connects at once and keeps trying.
-    pub fn start(
+    pub(crate) fn start(
         config: ClusterConfig,
         rt: &tokio::runtime::Handle,
         server: Weak<ServerShared>,
@@ -391,7 +391,7 @@ impl Link {
         link
     }
 
-    pub fn state(&self) -> LinkState {
+    pub(crate) fn state(&self) -> LinkState {
         match self.state.load(Ordering::Relaxed) {
             1 => LinkState::Connected,
             2 => LinkState::Disconnected,

@@ -10,39 +10,39 @@ use std::time::Duration;
 use crate::core::policy::Limits;
 
 /// Default `pingInterval`: 30 s, as most proxies time out idle connections after 60 s.
-pub const DEFAULT_PING_INTERVAL_MS: u32 = 30_000;
+pub(crate) const DEFAULT_PING_INTERVAL_MS: u32 = 30_000;
 /// Default `pongTimeout`: 10 s after a ping without pong the connection is a zombie.
-pub const DEFAULT_PONG_TIMEOUT_MS: u32 = 10_000;
+pub(crate) const DEFAULT_PONG_TIMEOUT_MS: u32 = 10_000;
 /// Default `handshakeTimeout`: 5 s from TCP accept to a complete upgrade request.
-pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u32 = 5_000;
+pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT_MS: u32 = 5_000;
 /// Default `closeTimeout`: 5 s from a close request to the peer's close frame (flush included).
-pub const DEFAULT_CLOSE_TIMEOUT_MS: u32 = 5_000;
+pub(crate) const DEFAULT_CLOSE_TIMEOUT_MS: u32 = 5_000;
 /// Default `maxPayload`: 1 MiB per inbound message; larger ones close the connection with 1009.
-pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+pub(crate) const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 /// Default `maxConnections`: no limit beyond the process's file descriptors.
-pub const DEFAULT_MAX_CONNECTIONS: usize = usize::MAX;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = usize::MAX;
 /// Default `kernelUnsentLimit`: 64 KiB. Without a limit, Linux lets a socket's send buffer grow to
 /// megabytes (4 MiB on loopback) of data the peer has not asked for yet, all of it invisible to
 /// `bufferedAmount` and the policy. With `TCP_NOTSENT_LOWAT` the kernel holds at most this much
 /// unsent data (plus what is in flight within the peer's window); the rest waits in sluice's
 /// outbox, where the priorities and bounds apply. 64 KiB keeps a fast loopback or LAN link busy.
-pub const DEFAULT_KERNEL_UNSENT_LIMIT: usize = 64 * 1024;
+pub(crate) const DEFAULT_KERNEL_UNSENT_LIMIT: usize = 64 * 1024;
 /// Default `laggingKernelLimit`: 4 KiB. What the kernel may hold (unsent + sent but not yet
 /// acknowledged) for a lagging connection (see `lagging.rs`): under half a second of an 80 kbit/s
 /// mobile link, against the 11 to 25 s it held there without the rule, so that the rest waits in
 /// the outbox where conflation keys and `ttl` act on it. About three TCP segments: enough to keep
 /// such a link busy (a round trip carries less), not a fast one, whose queue therefore drains and
 /// which leaves the state again.
-pub const DEFAULT_LAGGING_KERNEL_LIMIT: usize = 4 * 1024;
+pub(crate) const DEFAULT_LAGGING_KERNEL_LIMIT: usize = 4 * 1024;
 /// Default `workerNice`: 5. With nice 5 a runtime thread weighs about a third of the JS thread
 /// when they compete for a core, so a fan-out to thousands of sockets does not delay the event
 /// loop's next turn; on an idle core it runs at full speed all the same.
-pub const DEFAULT_WORKER_NICE: i32 = 5;
+pub(crate) const DEFAULT_WORKER_NICE: i32 = 5;
 /// Default `maxPendingBytes`: 64 MiB. What waits for the fan-out task is one shared frame per
 /// broadcast, so this bound protects the process's memory, not any client: 64 MiB is 32,768
 /// lobby-sized (2 KiB) broadcasts, far more than a producer that paces itself with `drain` ever
 /// queues, and a small share of a server's RAM. Past it Normal and Low broadcasts are refused.
-pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 /// Default `pendingHighWaterMark`: 16 KiB, where `broadcast` starts returning false (the message
 /// is still queued) and after which the server's `drain` fires: Node's own `Writable` default,
 /// about 7 lobby updates (2 KiB each, with their bookkeeping) ahead of the fan-out. Every message
@@ -51,109 +51,109 @@ pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 /// scenario (2,000 clients, 2 KiB as fast as the server takes it) a mark of 256 KiB let fast
 /// clients' latency p99 reach 558 ms. The mark only changes what `broadcast` returns: a burst
 /// above it is queued all the same.
-pub const DEFAULT_PENDING_HIGH_WATER_MARK: usize = 16 * 1024;
+pub(crate) const DEFAULT_PENDING_HIGH_WATER_MARK: usize = 16 * 1024;
 /// Largest `ttl`/`defaultTtl` in ms (Node's own timer limit, 2^31 - 1).
-pub const MAX_TTL_MS: u32 = i32::MAX as u32;
+pub(crate) const MAX_TTL_MS: u32 = i32::MAX as u32;
 /// Bytes the reader allocates per connection for inbound frames, and the most it reads per
 /// system call. tungstenite's default (128 KiB, zero-filled on first read) would make every idle
 /// connection cost ~140 KiB resident. Inbound traffic in a broadcast server is small (pongs, chat,
 /// acks), so 1 KiB costs little; a larger message still works (the buffer grows to the frame's
 /// size while it is read) but takes one read per KiB: 1 ms of system calls per MiB here.
-pub const READ_BUFFER_SIZE: usize = 1024;
+pub(crate) const READ_BUFFER_SIZE: usize = 1024;
 /// At most this many frames go into one vectored write (well under Linux's IOV_MAX of 1024).
-pub const MAX_IOVECS: usize = 64;
+pub(crate) const MAX_IOVECS: usize = 64;
 /// A batch stops growing once it holds this many bytes: big enough to coalesce many small frames
 /// into one syscall, small enough that a Critical frame queued behind it is not held up long.
-pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Inbound event bytes waiting for the JS thread before readers pause (TCP then pushes back on
 /// the clients). Bounds the event queue when JS handlers are slower than the clients. Each event a
 /// reader produces (message, ping, pong) counts its payload plus [`EVENT_OVERHEAD_BYTES`], so
 /// that empty and tiny messages count for what they cost.
-pub const MAX_PENDING_EVENT_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_PENDING_EVENT_BYTES: usize = 64 * 1024 * 1024;
 /// What an inbound event costs beyond its payload, measured on Node 20 / x86-64 (see
 /// `events.rs`): in Rust, the `Event` in the queue (112 bytes, up to twice that while the queue
 /// grows) and its share of the read buffer it was parsed from (its frame's size on the wire); in
 /// JavaScript, the `[kind, id, data, binary]` array and the Buffer with its ArrayBuffer that it
 /// becomes, about 300 bytes of heap. 512 bytes rounds that up.
-pub const EVENT_OVERHEAD_BYTES: usize = 512;
+pub(crate) const EVENT_OVERHEAD_BYTES: usize = 512;
 /// Inbound events waiting for the JS thread before readers pause, whatever their size: 50,000
 /// events are ~50 ms of JavaScript at 1 µs each. The queue's capacity is a power of two: with
 /// this bound (and the few events readers add past it) it stays at 65,536 slots, 7 MiB.
-pub const MAX_PENDING_EVENTS: usize = 50_000;
+pub(crate) const MAX_PENDING_EVENTS: usize = 50_000;
 /// Most events handed to JavaScript in one call. Between two calls the event loop runs (timers,
 /// I/O): at 1 µs per event 1,024 events take ~1 ms, at 50 µs ~50 ms.
-pub const EVENT_BATCH_EVENTS: usize = 1024;
+pub(crate) const EVENT_BATCH_EVENTS: usize = 1024;
 /// Most inbound event bytes (payload + [`EVENT_OVERHEAD_BYTES`] each) handed to JavaScript in one
 /// call; a single larger event goes alone. 1 MiB is copied into JS buffers in well under 1 ms.
-pub const EVENT_BATCH_BYTES: usize = 1024 * 1024;
+pub(crate) const EVENT_BATCH_BYTES: usize = 1024 * 1024;
 /// Default `maxInboundBytesPerSecond`: 4 MiB/s per connection (32 Mbit/s of upload, sustained),
 /// far above what a lobby or chat client sends (a few KiB/s), far below what one client on
 /// loopback can push (hundreds of MB/s). The burst is `inboundRateWindow` of it (8 MiB).
-pub const DEFAULT_MAX_INBOUND_BYTES_PER_SECOND: usize = 4 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_INBOUND_BYTES_PER_SECOND: usize = 4 * 1024 * 1024;
 /// Default `maxInboundFramesPerSecond`: 1,000 per connection. A browser sends one frame per
 /// message and one pong per ping; an interactive client sends tens per second at most. A flood of
 /// empty frames or pings costs the server per frame, not per byte, hence a limit of its own.
-pub const DEFAULT_MAX_INBOUND_FRAMES_PER_SECOND: u32 = 1000;
+pub(crate) const DEFAULT_MAX_INBOUND_FRAMES_PER_SECOND: u32 = 1000;
 /// Default `inboundRateWindow`: 2 s. The limits are token buckets holding this much of their
 /// rate: a client may send 2,000 frames (a reconnecting client's backlog, say) at once, and is
 /// closed only if it keeps above the rate until the bucket is empty.
-pub const DEFAULT_INBOUND_RATE_WINDOW_MS: u32 = 2000;
+pub(crate) const DEFAULT_INBOUND_RATE_WINDOW_MS: u32 = 2000;
 /// Default `maxPartialMessageBytes`: 64 MiB server-wide (or `maxPayload`, if that is larger), for
 /// all messages still arriving together: 64 clients uploading a 1 MiB message at once. Without
 /// it, N clients that each leave a `maxPayload` message unfinished hold N x `maxPayload`.
-pub const DEFAULT_MAX_PARTIAL_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_PARTIAL_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Inbound rate limits of one connection, from the options.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     /// Bytes per second (wire bytes, headers included); `None`: no limit.
-    pub bytes_per_second: Option<u64>,
+    pub(crate) bytes_per_second: Option<u64>,
     /// Frames per second (data, continuation and control frames); `None`: no limit.
-    pub frames_per_second: Option<u64>,
+    pub(crate) frames_per_second: Option<u64>,
     /// The buckets hold this much of each rate: the largest burst.
-    pub window: Duration,
+    pub(crate) window: Duration,
     /// The byte bucket holds at least one message of this size, whatever the rate.
-    pub max_payload: usize,
+    pub(crate) max_payload: usize,
 }
 
 #[derive(Clone, Debug)]
-pub struct Config {
+pub(crate) struct Config {
     /// `None`: every address, `::` dual-stack (or `0.0.0.0` without IPv6), as Node.
-    pub host: Option<String>,
-    pub port: u16,
-    pub path: Option<String>,
-    pub limits: Limits,
-    pub ping_interval: Option<Duration>,
-    pub pong_timeout: Duration,
-    pub handshake_timeout: Duration,
-    pub close_timeout: Duration,
-    pub max_payload: usize,
-    pub max_connections: usize,
-    pub threads: usize,
+    pub(crate) host: Option<String>,
+    pub(crate) port: u16,
+    pub(crate) path: Option<String>,
+    pub(crate) limits: Limits,
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) pong_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) max_payload: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) threads: usize,
     /// `TCP_NOTSENT_LOWAT` for accepted sockets; `None` leaves the kernel's default.
-    pub kernel_unsent_limit: Option<usize>,
+    pub(crate) kernel_unsent_limit: Option<usize>,
     /// `laggingKernelLimit`; 0: the lagging rule is off.
-    pub lagging_kernel_limit: usize,
+    pub(crate) lagging_kernel_limit: usize,
     /// Niceness added to sluice's runtime threads.
-    pub worker_nice: i32,
+    pub(crate) worker_nice: i32,
     /// `Origin` values accepted from browsers; `None`: any.
-    pub allowed_origins: Option<Vec<String>>,
+    pub(crate) allowed_origins: Option<Vec<String>>,
     /// Ask JavaScript (`verifyClient`, `handleProtocols`) before answering an upgrade.
-    pub ask_js: bool,
+    pub(crate) ask_js: bool,
     /// `SO_REUSEPORT` on the listener.
-    pub reuse_port: bool,
+    pub(crate) reuse_port: bool,
     /// The link to the other nodes through Redis; `None`: this process alone.
-    pub cluster: Option<ClusterConfig>,
+    pub(crate) cluster: Option<ClusterConfig>,
     /// Bytes of broadcasts waiting for fan-out past which Normal and Low ones are refused.
-    pub max_pending_bytes: usize,
+    pub(crate) max_pending_bytes: usize,
     /// Backlog above which `broadcast` returns false and after which `drain` fires.
-    pub pending_high_water_mark: usize,
+    pub(crate) pending_high_water_mark: usize,
     /// `ttl` of Normal and Low messages sent without one; `None`: they never expire.
-    pub default_ttl: Option<Duration>,
+    pub(crate) default_ttl: Option<Duration>,
     /// Per-connection inbound rate limits.
-    pub inbound: RateLimits,
+    pub(crate) inbound: RateLimits,
     /// Server-wide bound on bytes of partly received messages; 0: none.
-    pub max_partial_message_bytes: usize,
+    pub(crate) max_partial_message_bytes: usize,
 }
 
 impl Default for Config {
@@ -194,7 +194,7 @@ impl Default for Config {
 /// Runtime worker threads: one core less than the machine has (the JS thread needs one to
 /// itself: with as many workers as cores, a fan-out preempts the JS thread and a cheap
 /// `broadcast()` call then takes milliseconds of wall time), at least 1, at most 4.
-pub fn default_threads() -> usize {
+pub(crate) fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -202,27 +202,27 @@ pub fn default_threads() -> usize {
         .clamp(1, 4)
 }
 
-pub fn ms(v: u32) -> Duration {
+pub(crate) fn ms(v: u32) -> Duration {
     Duration::from_millis(v as u64)
 }
 
 /// A configuration error: the option's name and what is wrong with it.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    pub option: &'static str,
-    pub message: String,
+pub(crate) struct ConfigError {
+    pub(crate) option: &'static str,
+    pub(crate) message: String,
 }
 
 /// Default `criticalQueue`: Critical messages held while Redis is unreachable.
-pub const DEFAULT_CRITICAL_QUEUE: usize = 1024;
+pub(crate) const DEFAULT_CRITICAL_QUEUE: usize = 1024;
 
 /// The `cluster` option, checked.
 #[derive(Clone, Debug)]
-pub struct ClusterConfig {
+pub(crate) struct ClusterConfig {
     /// One URL (a single Redis), or the seed nodes of a Redis Cluster.
-    pub urls: Vec<String>,
+    pub(crate) urls: Vec<String>,
     /// A Redis Cluster: sharded pub/sub.
-    pub sharded: bool,
-    pub prefix: String,
-    pub critical_queue: usize,
+    pub(crate) sharded: bool,
+    pub(crate) prefix: String,
+    pub(crate) critical_queue: usize,
 }

@@ -23,15 +23,15 @@ use crate::core::message::Frame;
 use crate::core::policy::Priority;
 
 /// Default bounds.
-pub const DEFAULT_SIZE: usize = 1000;
-pub const DEFAULT_BYTES: usize = 8 * 1024 * 1024;
-pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_SIZE: usize = 1000;
+pub(crate) const DEFAULT_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HistoryLimits {
-    pub size: usize,
-    pub bytes: usize,
-    pub ttl: Duration,
+pub(crate) struct HistoryLimits {
+    pub(crate) size: usize,
+    pub(crate) bytes: usize,
+    pub(crate) ttl: Duration,
 }
 
 impl Default for HistoryLimits {
@@ -54,7 +54,7 @@ struct Kept {
 
 /// The outcome of a resume request.
 #[derive(Debug)]
-pub enum Resume {
+pub(crate) enum Resume {
     /// Every message after the client's offset, in order (possibly none).
     Recovered(Vec<(Frame, Priority)>),
     /// Another epoch, or messages after the client's offset are gone.
@@ -62,7 +62,7 @@ pub enum Resume {
 }
 
 #[derive(Debug)]
-pub struct History {
+pub(crate) struct History {
     epoch: String,
     limits: HistoryLimits,
     /// Offset of the latest message (0: none yet).
@@ -72,7 +72,7 @@ pub struct History {
 }
 
 impl History {
-    pub fn new(epoch: String, limits: HistoryLimits) -> Self {
+    pub(crate) fn new(epoch: String, limits: HistoryLimits) -> Self {
         Self {
             epoch,
             limits,
@@ -82,32 +82,29 @@ impl History {
         }
     }
 
-    pub fn epoch(&self) -> &str {
+    pub(crate) fn epoch(&self) -> &str {
         &self.epoch
     }
 
     /// Offset of the latest message, 0 before the first.
-    pub fn last(&self) -> u64 {
+    pub(crate) fn last(&self) -> u64 {
         self.last
     }
 
     /// Messages kept right now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.kept.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.kept.is_empty()
-    }
-
     /// The offset the next message gets.
-    pub fn next_offset(&self) -> u64 {
+    pub(crate) fn next_offset(&self) -> u64 {
         self.last + 1
     }
 
     /// Keeps `frame` (without its probe or acknowledgement) as the message at the next offset,
     /// then trims to the bounds. Returns its offset.
-    pub fn append(&mut self, frame: &Frame, priority: Priority, now: Instant) -> u64 {
+    pub(crate) fn append(&mut self, frame: &Frame, priority: Priority, now: Instant) -> u64 {
         self.last += 1;
         let kept = frame.kept();
         self.bytes += kept.len();
@@ -122,7 +119,7 @@ impl History {
     }
 
     /// Drops messages beyond the count and byte bounds, and those older than the ttl.
-    pub fn trim(&mut self, now: Instant) {
+    pub(crate) fn trim(&mut self, now: Instant) {
         while let Some(front) = self.kept.front() {
             let too_many = self.kept.len() > self.limits.size;
             let too_big = self.bytes > self.limits.bytes;
@@ -136,7 +133,7 @@ impl History {
     }
 
     /// What a client that has everything up to `offset` of `epoch` needs.
-    pub fn since(&mut self, offset: u64, epoch: &str, now: Instant) -> Resume {
+    pub(crate) fn since(&mut self, offset: u64, epoch: &str, now: Instant) -> Resume {
         self.trim(now);
         if epoch != self.epoch || offset > self.last {
             return Resume::NotRecovered;
@@ -161,7 +158,7 @@ impl History {
 
 /// Prefixes the frame payload with its offset (`offsets: 'prefix'`): 8 bytes big-endian in a
 /// binary message, the decimal offset and one space in a text message.
-pub fn prefixed(offset: u64, payload: &[u8], text: bool) -> Vec<u8> {
+pub(crate) fn prefixed(offset: u64, payload: &[u8], text: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 21);
     if text {
         out.extend_from_slice(offset.to_string().as_bytes());

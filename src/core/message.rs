@@ -19,40 +19,40 @@ use crate::core::metrics::Metrics;
 /// broadcast it belongs to and the optional acknowledgement of a `send` with a callback.
 /// Cloning is reference-count increments and a few plain copies, never a payload copy.
 #[derive(Clone, Debug)]
-pub struct Frame {
-    pub bytes: Bytes,
-    pub probe: Option<Arc<FanoutProbe>>,
-    pub ack: Option<Arc<SendAck>>,
+pub(crate) struct Frame {
+    pub(crate) bytes: Bytes,
+    pub(crate) probe: Option<Arc<FanoutProbe>>,
+    pub(crate) ack: Option<Arc<SendAck>>,
     /// Conflation key: a newer frame with the same key replaces this one while it is still queued
     /// for a connection (see `Outbox::push`).
-    pub key: Option<Arc<str>>,
+    pub(crate) key: Option<Arc<str>>,
     /// When the message was sent (the `broadcast`/`send` call): the age of the oldest queued
     /// frame is a connection's `lag`.
-    pub born: Instant,
+    pub(crate) born: Instant,
     /// `ttl`: a queued frame whose deadline has passed when the writer reaches it is skipped and
     /// counted as expired, never written.
-    pub deadline: Option<Instant>,
+    pub(crate) deadline: Option<Instant>,
     /// For a message of a topic with history: its offset, which the outbox records per topic once
     /// the frame is taken into the writer's batch (what a `resync` reports).
-    pub tag: Option<Arc<OffsetTag>>,
+    pub(crate) tag: Option<Arc<OffsetTag>>,
 }
 
 /// The place of a message in a topic's history.
 #[derive(Debug)]
-pub struct OffsetTag {
-    pub topic: Arc<str>,
-    pub offset: u64,
-    pub epoch: Arc<str>,
+pub(crate) struct OffsetTag {
+    pub(crate) topic: Arc<str>,
+    pub(crate) offset: u64,
+    pub(crate) epoch: Arc<str>,
 }
 
 impl Frame {
     /// A frame with neither probe nor acknowledgement, born now, without deadline.
-    pub fn new(bytes: Bytes) -> Self {
+    pub(crate) fn new(bytes: Bytes) -> Self {
         Self::born_at(bytes, Instant::now())
     }
 
     /// A frame with neither probe nor acknowledgement, born at `born`, without deadline.
-    pub fn born_at(bytes: Bytes, born: Instant) -> Self {
+    pub(crate) fn born_at(bytes: Bytes, born: Instant) -> Self {
         Self {
             bytes,
             probe: None,
@@ -66,7 +66,7 @@ impl Frame {
 
     /// A copy for keeping (history): the bytes, key and tag, without probe, acknowledgement or
     /// deadline.
-    pub fn kept(&self) -> Self {
+    pub(crate) fn kept(&self) -> Self {
         Self {
             bytes: self.bytes.clone(),
             probe: None,
@@ -79,34 +79,30 @@ impl Frame {
     }
 
     /// True if the frame has a deadline and it has passed at `now`.
-    pub fn expired(&self, now: Instant) -> bool {
+    pub(crate) fn expired(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| d <= now)
     }
 
     /// Called by an outbox when a newer frame with the same key took this one's place.
-    pub fn mark_replaced(&self) {
+    pub(crate) fn mark_replaced(&self) {
         if let Some(a) = &self.ack {
             a.replaced.store(true, Ordering::Relaxed);
         }
     }
 
     /// Called by an outbox when the frame's deadline passed before it could be written.
-    pub fn mark_expired(&self) {
+    pub(crate) fn mark_expired(&self) {
         if let Some(a) = &self.ack {
             a.expired.store(true, Ordering::Relaxed);
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.bytes.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
     /// Called by a writer once every byte of this frame is in the kernel.
-    pub fn mark_written(&self) {
+    pub(crate) fn mark_written(&self) {
         if let Some(p) = &self.probe {
             p.mark_written();
         }
@@ -118,7 +114,7 @@ impl Frame {
 
 /// Measures one broadcast from the JS call (or, for a message from another node of a cluster,
 /// from its publication there) to the last local recipient's socket write.
-pub struct FanoutProbe {
+pub(crate) struct FanoutProbe {
     born: Instant,
     /// From another node: recorded as cross-node latency rather than fan-out latency.
     remote: bool,
@@ -130,7 +126,7 @@ pub struct FanoutProbe {
 }
 
 impl FanoutProbe {
-    pub fn new(born: Instant, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(born: Instant, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             born,
             remote: false,
@@ -141,7 +137,7 @@ impl FanoutProbe {
 
     /// For a message published on another node at `born` (its publication time, as a local
     /// instant).
-    pub fn remote(born: Instant, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn remote(born: Instant, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             born,
             remote: true,
@@ -182,7 +178,7 @@ impl Drop for FanoutProbe {
 
 /// What became of a frame sent with a callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fate {
+pub(crate) enum Fate {
     /// Every byte reached the kernel.
     Written,
     /// Refused by policy, evicted, or discarded when the connection ended.
@@ -196,7 +192,7 @@ pub enum Fate {
 /// Reports the fate of one `conn.send(data, priority, callback)`: when the frame's last reference
 /// goes away, `report` is called once with its [`Fate`]. Dropping is the only way a frame leaves
 /// sluice without being written, so no outcome is missed.
-pub struct SendAck {
+pub(crate) struct SendAck {
     // The three flags are set with Relaxed by whichever thread holds a reference and read once,
     // in `Drop`, after every other reference is gone: the Arc's release/acquire on the last drop
     // orders them.
@@ -207,7 +203,7 @@ pub struct SendAck {
 }
 
 impl SendAck {
-    pub fn new(report: impl Fn(Fate) + Send + Sync + 'static) -> Arc<Self> {
+    pub(crate) fn new(report: impl Fn(Fate) + Send + Sync + 'static) -> Arc<Self> {
         Arc::new(Self {
             written: AtomicBool::new(false),
             replaced: AtomicBool::new(false),

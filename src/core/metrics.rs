@@ -17,7 +17,7 @@ use crate::wire::handshake::RefusalCause;
 
 /// Why the server ended a connection without a completed close handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Termination {
+pub(crate) enum Termination {
     /// Over `maxBufferedAmount` (Normal with `onOverflow: 'terminate'`, or Critical).
     Overflow,
     /// `onOverflow: 'resync'`: overflowed again before the queue drained below `lowWaterMark`.
@@ -40,74 +40,74 @@ pub enum Termination {
 }
 
 #[derive(Default)]
-pub struct Metrics {
-    pub connections_opened: AtomicU64,
-    pub connections_closed: AtomicU64,
+pub(crate) struct Metrics {
+    pub(crate) connections_opened: AtomicU64,
+    pub(crate) connections_closed: AtomicU64,
     /// Open connections (handshake done, not yet ended).
-    pub open: AtomicUsize,
-    pub handshakes_refused: AtomicU64,
-    pub handshakes_timed_out: AtomicU64,
+    pub(crate) open: AtomicUsize,
+    pub(crate) handshakes_refused: AtomicU64,
+    pub(crate) handshakes_timed_out: AtomicU64,
     /// Clients that hung up while the JavaScript hooks decided on their upgrade.
-    pub handshakes_abandoned: AtomicU64,
-    pub refused_max_connections: AtomicU64,
+    pub(crate) handshakes_abandoned: AtomicU64,
+    pub(crate) refused_max_connections: AtomicU64,
     /// `handshakes_refused` by cause, indexed by [`RefusalCause::index`].
-    pub handshakes_refused_by: [AtomicU64; RefusalCause::COUNT],
+    pub(crate) handshakes_refused_by: [AtomicU64; RefusalCause::COUNT],
 
-    pub broadcasts: AtomicU64,
-    pub publishes: AtomicU64,
+    pub(crate) broadcasts: AtomicU64,
+    pub(crate) publishes: AtomicU64,
     /// broadcast/publish calls refused because `maxPendingBytes` of broadcasts already waited for
     /// fan-out (never Critical ones).
-    pub fanout_rejected: AtomicU64,
-    pub frames_sent: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub writes: AtomicU64,
-    pub messages_received: AtomicU64,
-    pub bytes_received: AtomicU64,
+    pub(crate) fanout_rejected: AtomicU64,
+    pub(crate) frames_sent: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) writes: AtomicU64,
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
 
-    pub dropped: [AtomicU64; 3],
+    pub(crate) dropped: [AtomicU64; 3],
     /// Frames discarded by resyncs (also counted in `dropped` by priority).
-    pub dropped_resync: AtomicU64,
+    pub(crate) dropped_resync: AtomicU64,
     /// Connections resynced (`onOverflow: 'resync'`).
-    pub resynced: AtomicU64,
+    pub(crate) resynced: AtomicU64,
     /// Frames whose `ttl` ran out before they were written, per priority, and their bytes.
-    pub expired: [AtomicU64; 3],
-    pub expired_bytes: AtomicU64,
+    pub(crate) expired: [AtomicU64; 3],
+    pub(crate) expired_bytes: AtomicU64,
     /// Queued frames replaced by a newer one with the same conflation key (not dropped).
-    pub replaced: AtomicU64,
-    pub dropped_bytes: AtomicU64,
+    pub(crate) replaced: AtomicU64,
+    pub(crate) dropped_bytes: AtomicU64,
 
-    pub terminated_overflow: AtomicU64,
-    pub terminated_resync_overflow: AtomicU64,
-    pub terminated_pong_timeout: AtomicU64,
-    pub terminated_close_timeout: AtomicU64,
-    pub terminated_requested: AtomicU64,
-    pub terminated_protocol: AtomicU64,
-    pub terminated_io: AtomicU64,
-    pub terminated_rate_limited: AtomicU64,
-    pub terminated_partial_budget: AtomicU64,
+    pub(crate) terminated_overflow: AtomicU64,
+    pub(crate) terminated_resync_overflow: AtomicU64,
+    pub(crate) terminated_pong_timeout: AtomicU64,
+    pub(crate) terminated_close_timeout: AtomicU64,
+    pub(crate) terminated_requested: AtomicU64,
+    pub(crate) terminated_protocol: AtomicU64,
+    pub(crate) terminated_io: AtomicU64,
+    pub(crate) terminated_rate_limited: AtomicU64,
+    pub(crate) terminated_partial_budget: AtomicU64,
 
     /// Times a reader stopped after its per-wake-up budget to let the other tasks run.
-    pub inbound_yields: AtomicU64,
+    pub(crate) inbound_yields: AtomicU64,
     /// Times a reader paused because JavaScript had not taken the pending events yet.
-    pub inbound_event_pauses: AtomicU64,
+    pub(crate) inbound_event_pauses: AtomicU64,
     /// Times a reader paused for room under `maxPartialMessageBytes`.
-    pub inbound_partial_pauses: AtomicU64,
+    pub(crate) inbound_partial_pauses: AtomicU64,
 
-    pub backpressure_events: AtomicU64,
-    pub drain_events: AtomicU64,
+    pub(crate) backpressure_events: AtomicU64,
+    pub(crate) drain_events: AtomicU64,
     /// Connections between a `backpressure` and its `drain` right now: +1 at backpressure, -1 at
     /// drain or when such a connection ends.
-    pub backpressured: AtomicUsize,
+    pub(crate) backpressured: AtomicUsize,
     /// Times a connection became lagging (`lagging.rs`).
-    pub lagging_events: AtomicU64,
+    pub(crate) lagging_events: AtomicU64,
     /// Connections lagging right now: +1 when one enters the state, -1 when it leaves it or its
     /// writer ends (the writer task owns the state, so each +1 has exactly one -1).
-    pub lagging: AtomicUsize,
+    pub(crate) lagging: AtomicUsize,
 
     /// `broadcast`/`publish` call to the last local socket write, in µs.
-    pub fanout_latency_us: Latency,
+    pub(crate) fanout_latency_us: Latency,
     /// Publish on another node to the last local socket write here, in µs (cluster mode).
-    pub cluster_latency_us: Latency,
+    pub(crate) cluster_latency_us: Latency,
     /// (p50, p99, max) of bufferedAmount over the recipients of the latest broadcast.
     buffered_sample: Mutex<(u64, u64, u64)>,
     /// (p50, p99, max) of `lag` in ms over the recipients of the latest broadcast.
@@ -116,17 +116,17 @@ pub struct Metrics {
 
 /// A latency distribution in microseconds, created on first use.
 #[derive(Default)]
-pub struct Latency(Mutex<Option<Histogram<u64>>>);
+pub(crate) struct Latency(Mutex<Option<Histogram<u64>>>);
 
 impl Latency {
-    pub fn record(&self, us: u64) {
+    pub(crate) fn record(&self, us: u64) {
         let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         g.get_or_insert_with(new_histogram)
             .saturating_record(us.max(1));
     }
 
     /// (p50, p99, max, count); zeros while empty.
-    pub fn summary(&self) -> (u64, u64, u64, u64) {
+    pub(crate) fn summary(&self) -> (u64, u64, u64, u64) {
         let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match g.as_ref() {
             Some(h) if !h.is_empty() => (
@@ -162,23 +162,23 @@ fn summary3(h: &Histogram<u64>) -> (u64, u64, u64) {
     }
 }
 
-pub fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // 3 significant figures over 1 µs .. 1 h (or 1 byte .. 4 GiB): a few tens of KiB.
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
 }
 
 impl Metrics {
-    pub fn add_drops(&self, d: &Drops) {
+    pub(crate) fn add_drops(&self, d: &Drops) {
         add_per_priority(&self.dropped, &self.dropped_bytes, d);
     }
 
     /// Counts a refused upgrade, in the total and under its cause.
-    pub fn add_refusal(&self, cause: RefusalCause) {
+    pub(crate) fn add_refusal(&self, cause: RefusalCause) {
         self.handshakes_refused.fetch_add(1, Relaxed);
         self.handshakes_refused_by[cause.index()].fetch_add(1, Relaxed);
     }
 
-    pub fn add_termination(&self, why: Termination) {
+    pub(crate) fn add_termination(&self, why: Termination) {
         let c = match why {
             Termination::Overflow => &self.terminated_overflow,
             Termination::ResyncOverflow => &self.terminated_resync_overflow,
@@ -193,12 +193,12 @@ impl Metrics {
         c.fetch_add(1, Relaxed);
     }
 
-    pub fn add_expired(&self, d: &Drops) {
+    pub(crate) fn add_expired(&self, d: &Drops) {
         add_per_priority(&self.expired, &self.expired_bytes, d);
     }
 
     /// Keeps the distributions of bufferedAmount and lag over one broadcast's recipients.
-    pub fn set_samples(&self, buffered: &Histogram<u64>, lag_ms: &Histogram<u64>) {
+    pub(crate) fn set_samples(&self, buffered: &Histogram<u64>, lag_ms: &Histogram<u64>) {
         *self
             .buffered_sample
             .lock()
@@ -206,18 +206,18 @@ impl Metrics {
         *self.lag_sample.lock().unwrap_or_else(|e| e.into_inner()) = summary3(lag_ms);
     }
 
-    pub fn buffered_sample(&self) -> (u64, u64, u64) {
+    pub(crate) fn buffered_sample(&self) -> (u64, u64, u64) {
         *self
             .buffered_sample
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn lag_sample(&self) -> (u64, u64, u64) {
+    pub(crate) fn lag_sample(&self) -> (u64, u64, u64) {
         *self.lag_sample.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn get(c: &AtomicU64) -> f64 {
+    pub(crate) fn get(c: &AtomicU64) -> f64 {
         c.load(Relaxed) as f64
     }
 }

@@ -1,7 +1,7 @@
 //! Pure state.
-pub mod config;
-pub mod history;
-pub mod message;
-pub mod metrics;
-pub mod outbox;
-pub mod policy;
+pub(crate) mod config;
+pub(crate) mod history;
+pub(crate) mod message;
+pub(crate) mod metrics;
+pub(crate) mod outbox;
+pub(crate) mod policy;

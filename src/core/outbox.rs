@@ -49,25 +49,26 @@ use crate::core::policy::{Fallback, Limits, Priority, Verdict};
 /// Unsent pongs kept per connection (each at most 127 bytes). Bursts of pings, common in keepalive
 /// libraries and in Autobahn's cases 2.10/2.11, each get their own pong; a flood beyond this only
 /// updates the newest.
-pub const MAX_QUEUED_PONGS: usize = 16;
+pub(crate) const MAX_QUEUED_PONGS: usize = 16;
 
 /// Frames per priority (`[critical, normal, low]`) and their bytes dropped by one call.
 /// Critical is only ever non-zero when a connection is being torn down.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Drops {
-    pub frames: [u64; 3],
-    pub bytes: u64,
+pub(crate) struct Drops {
+    pub(crate) frames: [u64; 3],
+    pub(crate) bytes: u64,
 }
 
 impl Drops {
-    pub fn add(&mut self, p: Priority, len: usize) {
+    pub(crate) fn add(&mut self, p: Priority, len: usize) {
         self.frames[p.index()] += 1;
         self.bytes += len as u64;
     }
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.frames.iter().sum()
     }
-    pub fn merge(&mut self, other: Drops) {
+    #[cfg(test)]
+    pub(crate) fn merge(&mut self, other: Drops) {
         for i in 0..3 {
             self.frames[i] += other.frames[i];
         }
@@ -77,7 +78,7 @@ impl Drops {
 
 /// What happened to a pushed message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Queued for the socket.
     Queued,
     /// Refused by policy (counted in `drops`).
@@ -93,26 +94,26 @@ pub enum Outcome {
 
 /// The result of [`Outbox::push`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pushed {
-    pub outcome: Outcome,
+pub(crate) struct Pushed {
+    pub(crate) outcome: Outcome,
     /// A queued frame with the same conflation key was replaced by this one.
-    pub replaced: bool,
+    pub(crate) replaced: bool,
     /// Frames refused or evicted by policy by this push (a resync's discards not included).
-    pub drops: Drops,
+    pub(crate) drops: Drops,
     /// Frames evicted because their deadline had passed.
-    pub expired: Drops,
+    pub(crate) expired: Drops,
     /// What a resync discarded (with [`Outcome::Resynced`]).
-    pub resync: Option<Resync>,
+    pub(crate) resync: Option<Resync>,
     /// An overflow while a resync had not yet drained: terminate, counted apart.
-    pub resync_overflow: bool,
+    pub(crate) resync_overflow: bool,
     /// The writer was idle and must be woken.
-    pub wake: bool,
+    pub(crate) wake: bool,
     /// `Some(buffered)` when this push crossed the high-water mark upward.
-    pub backpressure: Option<usize>,
+    pub(crate) backpressure: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ControlKind {
+pub(crate) enum ControlKind {
     Ping,
     Pong,
     Close,
@@ -129,9 +130,9 @@ enum State {
 /// A frame in the writer's batch, with its priority (`None` for control frames), so that a frame
 /// the writer could not finish before the connection ended is counted as dropped.
 #[derive(Debug)]
-pub struct Batched {
-    pub frame: Frame,
-    pub priority: Option<Priority>,
+pub(crate) struct Batched {
+    pub(crate) frame: Frame,
+    pub(crate) priority: Option<Priority>,
 }
 
 /// A resync: the frames it discarded, and per topic with history the newest offset the
@@ -139,23 +140,23 @@ pub struct Batched {
 /// frame still queued): the client has everything up to there, and nothing after it until the
 /// application sends more.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Resync {
-    pub drops: Drops,
-    pub offsets: Vec<(Arc<str>, u64, Arc<str>)>,
+pub(crate) struct Resync {
+    pub(crate) drops: Drops,
+    pub(crate) offsets: Vec<(Arc<str>, u64, Arc<str>)>,
 }
 
 /// What [`Outbox::take_batch`] moved into the writer's batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Taken {
-    pub frames: usize,
-    pub bytes: usize,
+pub(crate) struct Taken {
+    pub(crate) frames: usize,
+    pub(crate) bytes: usize,
     /// Frames skipped because their deadline had passed (never written).
-    pub expired: Drops,
+    pub(crate) expired: Drops,
     /// `Some(buffered)` when skipping expired frames crossed the low-water mark downward after a
     /// `backpressure` (the `drain` a write would have reported).
-    pub drain: Option<usize>,
+    pub(crate) drain: Option<usize>,
     /// The batch ends with the connection's close frame: nothing will follow it.
-    pub close: bool,
+    pub(crate) close: bool,
 }
 
 /// A queued data frame. `seq` increases along each lane (even after evictions), so a keyed
@@ -168,7 +169,7 @@ struct Entry {
 }
 
 #[derive(Debug)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     limits: Limits,
     control: VecDeque<(Frame, ControlKind)>,
     critical: VecDeque<Entry>,
@@ -203,7 +204,7 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: Limits) -> Self {
         Self {
             limits,
             control: VecDeque::new(),
@@ -233,7 +234,7 @@ impl Outbox {
 
     /// Birth of the oldest frame accepted and not yet written (control frames aside), `None` when
     /// nothing waits: its age is the connection's lag.
-    pub fn oldest(&self) -> Option<Instant> {
+    pub(crate) fn oldest(&self) -> Option<Instant> {
         [
             self.in_flight_born,
             self.critical.front().map(|e| e.frame.born),
@@ -245,16 +246,12 @@ impl Outbox {
     }
 
     /// Bytes accepted and not yet handed to the kernel.
-    pub fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.queued + self.in_flight
     }
 
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.state == State::Open
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
     }
 
     /// Queues a data frame under the policy for `priority`.
@@ -265,7 +262,7 @@ impl Outbox {
     /// the queue: a lagging client gets the newest value of each key at the pace it can take, and
     /// its queue holds at most one frame per key. Otherwise the old frame is removed and the new
     /// one is queued like any other. Either way the old frame counts as replaced, not dropped.
-    pub fn push(&mut self, frame: Frame, priority: Priority) -> Pushed {
+    pub(crate) fn push(&mut self, frame: Frame, priority: Priority) -> Pushed {
         let mut drops = Drops::default();
         if self.state != State::Open {
             return self.pushed(Outcome::Closed, drops, false);
@@ -436,7 +433,8 @@ impl Outbox {
     }
 
     /// Frames with a conflation key queued right now.
-    pub fn keyed(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn keyed(&self) -> usize {
         self.keys.len()
     }
 
@@ -542,7 +540,7 @@ impl Outbox {
     /// Queues a ping or pong ahead of all data. Ignored once the connection is closing.
     /// With [`MAX_QUEUED_PONGS`] pongs unsent, the newest is replaced instead.
     /// Returns whether the writer must be woken.
-    pub fn push_control(&mut self, frame: Frame, kind: ControlKind) -> bool {
+    pub(crate) fn push_control(&mut self, frame: Frame, kind: ControlKind) -> bool {
         debug_assert!(
             kind != ControlKind::Close,
             "use close_now / close_after_data"
@@ -575,7 +573,7 @@ impl Outbox {
 
     /// Queues `close` after everything already queued (graceful close). Returns `None` if a close
     /// is already under way, else whether the writer must be woken.
-    pub fn close_after_data(&mut self, close: Frame) -> Option<bool> {
+    pub(crate) fn close_after_data(&mut self, close: Frame) -> Option<bool> {
         if self.state != State::Open {
             return None;
         }
@@ -589,7 +587,7 @@ impl Outbox {
     /// protocol error and on overflow (the reply to a peer's close goes after the data instead).
     /// Returns `None` if the close frame has already been handed to the writer, else the
     /// discarded frames and whether to wake the writer.
-    pub fn close_now(&mut self, close: Frame) -> Option<(Drops, bool)> {
+    pub(crate) fn close_now(&mut self, close: Frame) -> Option<(Drops, bool)> {
         if self.close_taken {
             return None;
         }
@@ -601,12 +599,12 @@ impl Outbox {
     }
 
     /// True between a `backpressure` and the following `drain`.
-    pub fn above_high_water(&self) -> bool {
+    pub(crate) fn above_high_water(&self) -> bool {
         self.above_high_water
     }
 
     /// Drops everything still queued and forgets the writer's batch (the connection is gone).
-    pub fn discard(&mut self) -> Drops {
+    pub(crate) fn discard(&mut self) -> Drops {
         let drops = self.discard_queued();
         self.in_flight_born = None;
         self.above_high_water = false;
@@ -636,7 +634,7 @@ impl Outbox {
     /// Moves queued frames, in wire order, into the writer's `batch` until it holds `max_frames`
     /// frames or at least `max_bytes` bytes. Data frames whose deadline has passed at `now` are
     /// skipped ([`Taken::expired`]). Marks the writer idle when there is nothing to take.
-    pub fn take_batch(
+    pub(crate) fn take_batch(
         &mut self,
         batch: &mut Vec<Batched>,
         max_frames: usize,
@@ -704,7 +702,7 @@ impl Outbox {
 
     /// Reports `n` bytes of the batch handed to the kernel. Returns `Some(buffered)` when this
     /// crossed the low-water mark downward after a `backpressure`.
-    pub fn written(&mut self, n: usize) -> Option<usize> {
+    pub(crate) fn written(&mut self, n: usize) -> Option<usize> {
         self.in_flight = self.in_flight.saturating_sub(n);
         if self.in_flight == 0 {
             self.in_flight_born = None;
@@ -715,13 +713,13 @@ impl Outbox {
     /// The writer dropped `n` bytes of its batch that had not started (their deadline passed):
     /// they leave `buffered()` as written bytes would, without being written. Returns the drain
     /// crossing, as [`Outbox::written`].
-    pub fn expired_in_batch(&mut self, n: usize) -> Option<usize> {
+    pub(crate) fn expired_in_batch(&mut self, n: usize) -> Option<usize> {
         self.written(n)
     }
 
     /// The writer got through its batch up to a data frame born at `born` (`None`: no data frame
     /// left unwritten in it): the front of what is in flight, for [`Outbox::oldest`].
-    pub fn in_flight_front(&mut self, born: Option<Instant>) {
+    pub(crate) fn in_flight_front(&mut self, born: Option<Instant>) {
         if self.in_flight > 0 {
             self.in_flight_born = born;
         }

@@ -27,23 +27,23 @@
 
 /// Message priority. `Normal` is the default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Priority {
+pub(crate) enum Priority {
     Critical,
     Normal,
     Low,
 }
 
 impl Priority {
-    pub const ALL: [Priority; 3] = [Priority::Critical, Priority::Normal, Priority::Low];
+    pub(crate) const ALL: [Priority; 3] = [Priority::Critical, Priority::Normal, Priority::Low];
 
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
 
 /// What happens to a connection when a Normal message does not fit under `maxBufferedAmount`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OverflowAction {
+pub(crate) enum OverflowAction {
     /// Close the connection (1008 if a close frame can still go out, else drop the TCP connection).
     Terminate,
     /// Drop the message and count it; the connection stays.
@@ -55,22 +55,22 @@ pub enum OverflowAction {
 
 /// Default `lowPriorityLimit`: 128 KiB. A client 128 KiB behind is lagging by ~64 lobby updates;
 /// cosmetic data sent to it now would only delay what matters.
-pub const DEFAULT_LOW_PRIORITY_LIMIT: usize = 128 * 1024;
+pub(crate) const DEFAULT_LOW_PRIORITY_LIMIT: usize = 128 * 1024;
 /// Default `maxBufferedAmount`: 512 KiB, the bound commonly used with `ws` and uWebSockets.js.
-pub const DEFAULT_MAX_BUFFERED_AMOUNT: usize = 512 * 1024;
+pub(crate) const DEFAULT_MAX_BUFFERED_AMOUNT: usize = 512 * 1024;
 /// Default `highWaterMark`: 64 KiB, where `backpressure` fires.
-pub const DEFAULT_HIGH_WATER_MARK: usize = 64 * 1024;
+pub(crate) const DEFAULT_HIGH_WATER_MARK: usize = 64 * 1024;
 /// Default `lowWaterMark`: 16 KiB, where `drain` fires after `backpressure`.
-pub const DEFAULT_LOW_WATER_MARK: usize = 16 * 1024;
+pub(crate) const DEFAULT_LOW_WATER_MARK: usize = 16 * 1024;
 
 /// Per-connection bounds, all in bytes of encoded frames.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub low_priority_limit: usize,
-    pub max_buffered_amount: usize,
-    pub on_overflow: OverflowAction,
-    pub high_water_mark: usize,
-    pub low_water_mark: usize,
+pub(crate) struct Limits {
+    pub(crate) low_priority_limit: usize,
+    pub(crate) max_buffered_amount: usize,
+    pub(crate) on_overflow: OverflowAction,
+    pub(crate) high_water_mark: usize,
+    pub(crate) low_water_mark: usize,
 }
 
 impl Default for Limits {
@@ -87,7 +87,7 @@ impl Default for Limits {
 
 /// The policy's verdict for one message, before any eviction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Queue it.
     Accept,
     /// Queue it after evicting queued Low frames worth at least `need` bytes, if there are enough;
@@ -99,7 +99,7 @@ pub enum Verdict {
 
 /// What to do when eviction cannot make room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fallback {
+pub(crate) enum Fallback {
     Drop,
     Terminate,
     Resync,
@@ -107,7 +107,7 @@ pub enum Fallback {
 
 impl Limits {
     /// Decides for a message of `len` bytes at `priority` on a connection with `buffered` bytes.
-    pub fn decide(&self, buffered: usize, len: usize, priority: Priority) -> Verdict {
+    pub(crate) fn decide(&self, buffered: usize, len: usize, priority: Priority) -> Verdict {
         let fits = buffered.saturating_add(len) <= self.max_buffered_amount;
         match priority {
             Priority::Low => {
@@ -137,7 +137,7 @@ impl Limits {
 impl Limits {
     /// Whether a Normal or Critical message that does not fit may still be queued, as the one
     /// message past the bound (see the module's documentation).
-    pub fn may_pass_the_bound(&self, buffered: usize, priority: Priority) -> bool {
+    pub(crate) fn may_pass_the_bound(&self, buffered: usize, priority: Priority) -> bool {
         priority != Priority::Low && buffered < self.high_water_mark.min(self.max_buffered_amount)
     }
 }

@@ -18,7 +18,6 @@ pub mod kind {
     pub const CLOSE: u32 = 2;
     pub const BACKPRESSURE: u32 = 3;
     pub const DRAIN: u32 = 4;
-    pub const ERROR: u32 = 5;
     pub const CLOSED: u32 = 6;
     pub const VERIFY: u32 = 7;
     pub const HANDSHAKE_FAILED: u32 = 8;
@@ -95,7 +94,7 @@ impl JsWaker {
 
 /// One batch of events, converted to `Array<[kind, id, a, b]>` on the JS thread.
 #[derive(Default)]
-pub struct EventBatch(pub Vec<Event>);
+pub struct EventBatch(pub(crate) Vec<Event>);
 
 impl TypeName for EventBatch {
     fn type_name() -> &'static str {
@@ -149,12 +148,6 @@ impl ToNapiValue for EventBatch {
                     e.set(0, kind::DRAIN)?;
                     e.set(1, id as f64)?;
                     e.set(2, amount as f64)?;
-                }
-                Event::Error { code, message } => {
-                    e.set(0, kind::ERROR)?;
-                    e.set(1, 0)?;
-                    e.set(2, code)?;
-                    e.set(3, message)?;
                 }
                 Event::Closed => {
                     e.set(0, kind::CLOSED)?;

@@ -1096,7 +1096,7 @@ pub struct NativeConnection {
 }
 
 impl NativeConnection {
-    pub fn new(conn: &Arc<Conn>) -> Self {
+    pub(crate) fn new(conn: &Arc<Conn>) -> Self {
         Self {
             conn: Arc::downgrade(conn),
             id: conn.id,
@@ -1393,6 +1393,8 @@ const _: () = {
 /// diagnostic clock for benchmarks: on the JS thread it shows what a call cost that thread,
 /// unlike wall time, which includes being preempted by sluice's own threads.
 #[napi]
+// Called from JavaScript only: napi registers it outside `cargo test` builds.
+#[cfg_attr(test, allow(dead_code))]
 pub fn thread_cpu_time_ns() -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -56,24 +56,24 @@ use crate::wire::frame::{encode, encode_close, OpCode};
 
 /// Inbound events JavaScript listens for (`Conn::interest`). Without a listener, inbound traffic
 /// is handled here (pongs answered, messages counted and discarded) and never wakes the JS thread.
-pub mod interest {
-    pub const MESSAGE: u8 = 1;
-    pub const PING: u8 = 2;
-    pub const PONG: u8 = 4;
+pub(crate) mod interest {
+    pub(crate) const MESSAGE: u8 = 1;
+    pub(crate) const PING: u8 = 2;
+    pub(crate) const PONG: u8 = 4;
 }
 
-pub struct Conn {
-    pub id: u64,
-    pub server: Arc<ServerShared>,
+pub(crate) struct Conn {
+    pub(crate) id: u64,
+    pub(crate) server: Arc<ServerShared>,
     /// The negotiated subprotocol, `""` if none.
-    pub protocol: String,
+    pub(crate) protocol: String,
     /// Which inbound events to pass to JavaScript ([`interest`] bits). Relaxed: a listener added
     /// in JavaScript applies from the next inbound frame.
     interest: std::sync::atomic::AtomicU8,
     /// Queued frames replaced by a newer one with the same conflation key.
-    pub replaced: std::sync::atomic::AtomicU64,
+    pub(crate) replaced: std::sync::atomic::AtomicU64,
     /// Queued frames whose `ttl` ran out before they were written.
-    pub expired: std::sync::atomic::AtomicU64,
+    pub(crate) expired: std::sync::atomic::AtomicU64,
     /// Bytes handed to the kernel over the connection's life.
     written: std::sync::atomic::AtomicU64,
     /// Per topic with history (cluster mode): the last numbered message a resume replayed, so
@@ -115,7 +115,7 @@ pub struct Conn {
     /// Overflow: if the close frame cannot be written right now, drop the TCP connection.
     urgent: AtomicBool,
     close_deadline: Mutex<Option<Instant>>,
-    pub topics: Mutex<HashSet<Arc<str>>>,
+    pub(crate) topics: Mutex<HashSet<Arc<str>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,7 +123,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Conn {
-    pub fn new(id: u64, server: Arc<ServerShared>, sock: TcpStream, protocol: String) -> Arc<Self> {
+    pub(crate) fn new(
+        id: u64,
+        server: Arc<ServerShared>,
+        sock: TcpStream,
+        protocol: String,
+    ) -> Arc<Self> {
         let limits = server.config.limits;
         Arc::new(Self {
             id,
@@ -158,13 +163,13 @@ impl Conn {
     }
 
     /// Bytes queued for this connection and not yet handed to the kernel.
-    pub fn buffered_amount(&self) -> usize {
+    pub(crate) fn buffered_amount(&self) -> usize {
         self.buffered.load(Ordering::Relaxed)
     }
 
     /// `conn.bufferedAmount`: bytes of messages (and pings, pongs) queued and not yet handed to
     /// the kernel, without the close frame, as the browser's `bufferedAmount` counts data only.
-    pub fn buffered_data(&self) -> usize {
+    pub(crate) fn buffered_data(&self) -> usize {
         // Acquire pairs with the Release store of `buffered` that follows `close_len`'s: a
         // `buffered` that counts the close frame comes with its length.
         let buffered = self.buffered.load(Ordering::Acquire);
@@ -173,7 +178,7 @@ impl Conn {
 
     /// How late the connection is: the age of the oldest frame accepted for it and not yet
     /// written, zero when nothing waits.
-    pub fn lag(&self, now: Instant) -> Duration {
+    pub(crate) fn lag(&self, now: Instant) -> Duration {
         let oldest = lock(&self.outbox).oldest();
         oldest.map_or(Duration::ZERO, |b| {
             now.into_std().saturating_duration_since(b)
@@ -182,7 +187,7 @@ impl Conn {
 
     /// Bytes in the kernel's send queue (not yet acknowledged by the peer), from `SIOCOUTQ`.
     /// `None` where the platform has no such query or the socket is gone.
-    pub fn kernel_buffered_amount(&self) -> Option<usize> {
+    pub(crate) fn kernel_buffered_amount(&self) -> Option<usize> {
         #[cfg(target_os = "linux")]
         {
             use std::os::fd::AsRawFd;
@@ -205,14 +210,14 @@ impl Conn {
         }
     }
 
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         !self.ended.load(Ordering::Acquire) && lock(&self.outbox).is_open()
     }
 
     /// A JavaScript `conn.send`: queued behind broadcasts still being fanned out (then `true`
     /// means accepted; the policy applies when it reaches the outbox), else queued at once with
     /// the policy's verdict. Returns whether it was queued (or accepted).
-    pub fn send_ordered(self: &Arc<Self>, frame: Frame, priority: Priority) -> bool {
+    pub(crate) fn send_ordered(self: &Arc<Self>, frame: Frame, priority: Priority) -> bool {
         let fanout = self.server.fanout();
         if fanout.busy() {
             return self.is_open() && fanout.send_after_pending(self.clone(), frame, priority);
@@ -224,7 +229,7 @@ impl Conn {
     }
 
     /// A JavaScript `conn.close`: in call order with pending broadcasts, like [`Self::send_ordered`].
-    pub fn close_ordered(self: &Arc<Self>, code: u16, reason: &str) -> bool {
+    pub(crate) fn close_ordered(self: &Arc<Self>, code: u16, reason: &str) -> bool {
         let fanout = self.server.fanout();
         if fanout.busy() {
             return self.is_open() && fanout.close_after_pending(self.clone(), code, reason.into());
@@ -234,13 +239,13 @@ impl Conn {
 
     /// Queues a data frame under the policy and acts on the verdict (events, overflow, resync).
     /// Frames refused by policy are counted here; `Closed` and `Overflow` are the caller's to count.
-    pub fn deliver(&self, frame: Frame, priority: Priority) -> Outcome {
+    pub(crate) fn deliver(&self, frame: Frame, priority: Priority) -> Outcome {
         self.deliver_sampled(frame, priority).0
     }
 
     /// [`Self::deliver`], also returning the birth of the oldest frame that was waiting before
     /// this one (the lag the message joins), read under the same lock.
-    pub fn deliver_sampled(
+    pub(crate) fn deliver_sampled(
         &self,
         frame: Frame,
         priority: Priority,
@@ -356,7 +361,7 @@ impl Conn {
     }
 
     /// Claims `topic` for a resume; false if subscribed already or a resume is under way.
-    pub fn begin_resume(&self, topic: &str) -> bool {
+    pub(crate) fn begin_resume(&self, topic: &str) -> bool {
         if self.server.is_subscribed(self, topic) {
             return false;
         }
@@ -364,22 +369,22 @@ impl Conn {
     }
 
     /// The resume of `topic` reached the fan-out task.
-    pub fn end_resume(&self, topic: &str) {
+    pub(crate) fn end_resume(&self, topic: &str) {
         lock(&self.resuming).remove(topic);
     }
 
     /// True while a resume of `topic` is under way.
-    pub fn is_resuming(&self, topic: &str) -> bool {
+    pub(crate) fn is_resuming(&self, topic: &str) -> bool {
         lock(&self.resuming).contains(topic)
     }
 
     /// Records what a resume replayed of `topic`.
-    pub fn set_replayed(&self, topic: &Arc<str>, upto: crate::net::fanout::Numbered) {
+    pub(crate) fn set_replayed(&self, topic: &Arc<str>, upto: crate::net::fanout::Numbered) {
         lock(&self.replayed).insert(topic.clone(), upto);
     }
 
     /// True if a resume already replayed this numbered message of `topic`.
-    pub fn replayed(&self, topic: &str, n: &crate::net::fanout::Numbered) -> bool {
+    pub(crate) fn replayed(&self, topic: &str, n: &crate::net::fanout::Numbered) -> bool {
         lock(&self.replayed)
             .get(topic)
             .is_some_and(|f| f.epoch == n.epoch && n.offset <= f.offset)
@@ -393,7 +398,7 @@ impl Conn {
     }
 
     /// Sets which inbound events go to JavaScript ([`interest`] bits).
-    pub fn set_interest(&self, bits: u8) {
+    pub(crate) fn set_interest(&self, bits: u8) {
         self.interest.store(bits, Ordering::Relaxed);
     }
 
@@ -403,7 +408,7 @@ impl Conn {
 
     /// Queues a ping (`pong == false`) or an unsolicited pong with `payload` (at most 125 bytes)
     /// in the control lane. False once the connection is closing.
-    pub fn send_control(&self, pong: bool, payload: &[u8]) -> bool {
+    pub(crate) fn send_control(&self, pong: bool, payload: &[u8]) -> bool {
         if !self.is_open() {
             return false;
         }
@@ -439,7 +444,7 @@ impl Conn {
     /// ends when the peer answers, or after `closeTimeout`. Returns false if already closing.
     /// `code` 1005 ("no status", never valid on the wire) sends a close frame without a body, as
     /// ws's `close()` without a code does.
-    pub fn close(&self, code: u16, reason: &str) -> bool {
+    pub(crate) fn close(&self, code: u16, reason: &str) -> bool {
         if code == CloseCode::NoStatus.code() {
             return self.close_with(encode(OpCode::Close, b""), code, "");
         }
@@ -476,7 +481,7 @@ impl Conn {
     /// own queued meanwhile is the answer instead. `closeTimeout`, armed when the peer's close
     /// arrived, bounds the whole exchange, so a JS thread that never gets here (or a peer that
     /// stops reading) still ends the connection.
-    pub fn answer_peer_close(&self) {
+    pub(crate) fn answer_peer_close(&self) {
         let Some(frame) = lock(&self.close_reply).take() else {
             return;
         };
@@ -486,7 +491,7 @@ impl Conn {
 
     /// [`Self::answer_peer_close`] in call order with pending broadcasts and sends, like
     /// [`Self::close_ordered`]: a reply JavaScript sent just before is never overtaken.
-    pub fn answer_peer_close_ordered(self: &Arc<Self>) {
+    pub(crate) fn answer_peer_close_ordered(self: &Arc<Self>) {
         let fanout = self.server.fanout();
         if !(fanout.busy() && fanout.answer_close_after_pending(self.clone())) {
             self.answer_peer_close();
@@ -496,7 +501,7 @@ impl Conn {
     /// Fails the connection: discards what is queued (counted), sends a close frame with `code`
     /// ahead of everything, then drops the connection without waiting for the peer. With `urgent`,
     /// the TCP connection is dropped at once if the close frame cannot be written right now.
-    pub fn fail(&self, code: u16, reason: &str, why: Termination, urgent: bool) {
+    pub(crate) fn fail(&self, code: u16, reason: &str, why: Termination, urgent: bool) {
         let _ = self.why.set(why);
         self.failing.store(true, Ordering::SeqCst);
         if urgent {
@@ -526,7 +531,7 @@ impl Conn {
     }
 
     /// Ends the connection now. Idempotent; the first reason given is kept.
-    pub fn end(&self, why: Option<Termination>) {
+    pub(crate) fn end(&self, why: Option<Termination>) {
         if let Some(w) = why {
             let _ = self.why.set(w);
         }
@@ -566,7 +571,7 @@ impl Conn {
     }
 
     /// The close event's code and reason, once the connection has ended.
-    pub fn close_info(&self) -> (u16, String) {
+    pub(crate) fn close_info(&self) -> (u16, String) {
         if let Some((c, r)) = self.peer_close.get() {
             return (*c, r.clone());
         }
@@ -578,12 +583,12 @@ impl Conn {
         (CloseCode::Abnormal.code(), String::new())
     }
 
-    pub fn termination(&self) -> Option<Termination> {
+    pub(crate) fn termination(&self) -> Option<Termination> {
         self.why.get().copied()
     }
 
     /// Writes the HTTP response head (the 101) before the writer starts.
-    pub async fn write_head(&self, mut bytes: &[u8]) -> io::Result<()> {
+    pub(crate) async fn write_head(&self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             match self.sock.try_write(bytes) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -597,7 +602,7 @@ impl Conn {
     }
 
     /// Runs the connection until it ends. `leftover` holds bytes read past the handshake.
-    pub async fn run(self: Arc<Self>, leftover: Vec<u8>) {
+    pub(crate) async fn run(self: Arc<Self>, leftover: Vec<u8>) {
         let writer = tokio::spawn(self.clone().write_loop());
         self.read_loop(leftover).await;
         self.end(None);
@@ -1134,7 +1139,7 @@ fn front_born(rest: &[Batched]) -> Option<std::time::Instant> {
 
 /// Resolves once the flag is true (at once if it already is). `watch::Receiver::wait_for` would
 /// hold a non-`Send` guard across the await.
-pub async fn killed(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn killed(rx: &mut watch::Receiver<bool>) {
     if *rx.borrow_and_update() {
         return;
     }

@@ -53,11 +53,11 @@ use crate::wire::handshake::Request;
 /// What the queue wakes when it goes from idle to holding events: the JavaScript dispatcher (a
 /// thread-safe function, in the napi layer), or a test. Called from any runtime thread, never
 /// while a lock of the queue is held.
-pub trait Wake: Send + Sync {
+pub(crate) trait Wake: Send + Sync {
     fn wake(&self);
 }
 
-pub enum Event {
+pub(crate) enum Event {
     Connection {
         conn: Arc<Conn>,
         request: Request,
@@ -86,10 +86,6 @@ pub enum Event {
     Drain {
         id: u64,
         amount: usize,
-    },
-    Error {
-        code: &'static str,
-        message: String,
     },
     /// The server finished closing: every connection is gone.
     Closed,
@@ -156,7 +152,7 @@ pub enum Event {
 impl Event {
     /// What an event a reader produced costs while queued (payload + overhead); `None` for the
     /// events the server itself produces, whose number it bounds otherwise.
-    pub fn inbound_cost(&self) -> Option<usize> {
+    pub(crate) fn inbound_cost(&self) -> Option<usize> {
         match self {
             Event::Message { data, .. } | Event::Ping { data, .. } | Event::Pong { data, .. } => {
                 Some(data.len() + EVENT_OVERHEAD_BYTES)
@@ -166,7 +162,7 @@ impl Event {
     }
 }
 
-pub struct EventSink {
+pub(crate) struct EventSink {
     queue: Mutex<VecDeque<Event>>,
     /// A delivery is under way: a JS call is scheduled, or JavaScript is handling batches and will
     /// take the next one. Set by the pusher that finds it clear (swap); cleared under the queue's
@@ -180,12 +176,12 @@ pub struct EventSink {
     /// Number of inbound events queued for JS; like `pending_bytes`.
     pending_events: AtomicUsize,
     /// Notified when JS has taken a batch: paused readers re-check the bounds.
-    pub room: Notify,
+    pub(crate) room: Notify,
     waker: Mutex<Option<Arc<dyn Wake>>>,
 }
 
 impl EventSink {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             queue: Mutex::new(VecDeque::new()),
             scheduled: AtomicBool::new(false),
@@ -196,7 +192,7 @@ impl EventSink {
         })
     }
 
-    pub fn push(&self, ev: Event) {
+    pub(crate) fn push(&self, ev: Event) {
         let cost = ev.inbound_cost();
         {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -218,7 +214,7 @@ impl EventSink {
     /// and [`EVENT_BATCH_BYTES`] of cost (a larger single event goes alone). An empty batch means
     /// the queue was empty: the next push schedules a thread-safe call. Until then the caller
     /// takes the batches itself. JS thread only.
-    pub fn take_batch(&self) -> Vec<Event> {
+    pub(crate) fn take_batch(&self) -> Vec<Event> {
         let mut taken_bytes = 0usize;
         let mut taken_events = 0usize;
         let mut batch_bytes = 0usize;
@@ -260,13 +256,13 @@ impl EventSink {
     }
 
     /// True while readers should pause: JavaScript has not caught up with inbound events.
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.pending_bytes.load(Ordering::Relaxed) > MAX_PENDING_EVENT_BYTES
             || self.pending_events.load(Ordering::Relaxed) >= MAX_PENDING_EVENTS
     }
 
     /// (inbound events, their cost in bytes) waiting for JavaScript right now.
-    pub fn pending(&self) -> (usize, usize) {
+    pub(crate) fn pending(&self) -> (usize, usize) {
         (
             self.pending_events.load(Ordering::Relaxed),
             self.pending_bytes.load(Ordering::Relaxed),
@@ -274,12 +270,12 @@ impl EventSink {
     }
 
     /// Sets what a push into an idle queue wakes. Called once, before the server starts.
-    pub fn attach(&self, waker: Arc<dyn Wake>) {
+    pub(crate) fn attach(&self, waker: Arc<dyn Wake>) {
         *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker);
     }
 
     /// Forgets the waker: no further events reach JavaScript.
-    pub fn detach(&self) {
+    pub(crate) fn detach(&self) {
         self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }

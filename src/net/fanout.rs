@@ -56,17 +56,17 @@ use crate::wire::frame::{encode, OpCode};
 /// `size_of`), the latency probe (40 bytes and its `Arc` header) and the frame's `Bytes`
 /// allocation, about 300 bytes for an empty broadcast, rounded up. It makes the backlog's byte
 /// bound a bound on the number of jobs too (64 MiB / 320 B = 209,715 jobs at most).
-pub const JOB_OVERHEAD: usize = 320;
+pub(crate) const JOB_OVERHEAD: usize = 320;
 
 #[derive(Clone)]
-pub enum Target {
+pub(crate) enum Target {
     All,
     Topic(Arc<str>),
 }
 
 /// Connections a broadcast skips (`except`), by id.
 #[derive(Clone, Debug, Default)]
-pub enum Except {
+pub(crate) enum Except {
     #[default]
     None,
     /// A few ids: a linear scan beats hashing.
@@ -78,7 +78,7 @@ pub enum Except {
 const EXCEPT_SCAN_MAX: usize = 8;
 
 impl Except {
-    pub fn from_ids(ids: Vec<u64>) -> Self {
+    pub(crate) fn from_ids(ids: Vec<u64>) -> Self {
         match ids.len() {
             0 => Except::None,
             n if n <= EXCEPT_SCAN_MAX => Except::Few(ids.into()),
@@ -107,21 +107,21 @@ impl Except {
 
 /// What a broadcast carries besides its payload.
 #[derive(Clone, Debug, Default)]
-pub struct Stamp {
+pub(crate) struct Stamp {
     /// Conflation key.
-    pub key: Option<Arc<str>>,
+    pub(crate) key: Option<Arc<str>>,
     /// Time to live from the call: past it, a frame still queued for a connection is skipped.
-    pub ttl: Option<Duration>,
-    pub except: Except,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) except: Except,
     /// A message of a topic with history: its offset.
-    pub tag: Option<Arc<OffsetTag>>,
+    pub(crate) tag: Option<Arc<OffsetTag>>,
 }
 
 /// A message of a topic with history, as numbered by Redis (cluster mode).
 #[derive(Clone, Debug)]
-pub struct Numbered {
-    pub epoch: Arc<str>,
-    pub offset: u64,
+pub(crate) struct Numbered {
+    pub(crate) epoch: Arc<str>,
+    pub(crate) offset: u64,
 }
 
 enum Job {
@@ -231,14 +231,14 @@ fn drain_event(server: &ServerShared, due: Option<usize>) {
 }
 
 /// The JS-thread end of the fan-out channel.
-pub struct Fanout {
+pub(crate) struct Fanout {
     tx: mpsc::UnboundedSender<(Job, usize)>,
     backlog: Arc<Backlog>,
 }
 
 /// What became of a message handed to the fan-out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admitted {
+pub(crate) enum Admitted {
     /// Queued, and the backlog is below `pendingHighWaterMark`.
     Queued,
     /// Queued, but the backlog is above `pendingHighWaterMark`: the server's `drain` follows.
@@ -249,14 +249,14 @@ pub enum Admitted {
 
 impl Admitted {
     /// `broadcast`'s return value, as `Writable#write`'s.
-    pub fn ok(self) -> bool {
+    pub(crate) fn ok(self) -> bool {
         self == Admitted::Queued
     }
 }
 
 impl Fanout {
     /// Starts the fan-out task on `rt`.
-    pub fn start(rt: &tokio::runtime::Handle, server: Arc<ServerShared>) -> Self {
+    pub(crate) fn start(rt: &tokio::runtime::Handle, server: Arc<ServerShared>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let backlog = Arc::new(Backlog::new(
             server.config.pending_high_water_mark,
@@ -267,29 +267,29 @@ impl Fanout {
     }
 
     /// True while earlier jobs are still being fanned out: a direct enqueue could overtake them.
-    pub fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         self.backlog.jobs.load(Ordering::Acquire) > 0
     }
 
     /// Jobs (mostly broadcasts) accepted and not yet fanned out.
-    pub fn pending_jobs(&self) -> usize {
+    pub(crate) fn pending_jobs(&self) -> usize {
         self.backlog.jobs.load(Ordering::Relaxed)
     }
 
     /// Bytes of the jobs waiting (frames plus [`JOB_OVERHEAD`] each).
-    pub fn pending_bytes(&self) -> usize {
+    pub(crate) fn pending_bytes(&self) -> usize {
         self.backlog.bytes.load(Ordering::SeqCst)
     }
 
     /// True while the backlog is at or above `pendingHighWaterMark` (and not empty).
-    pub fn above_mark(&self) -> bool {
+    pub(crate) fn above_mark(&self) -> bool {
         let pending = self.pending_bytes();
         pending > 0 && pending >= self.backlog.high_water_mark
     }
 
     /// `drained()`: true if the backlog is below the mark now; else the server's `drain` event
     /// follows (false).
-    pub fn want_drain(&self, server: &ServerShared) -> bool {
+    pub(crate) fn want_drain(&self, server: &ServerShared) -> bool {
         if !self.above_mark() {
             return true;
         }
@@ -324,7 +324,7 @@ impl Fanout {
 
     /// Encodes `payload` once and queues it for every target connection. Returns the verdict and,
     /// if queued, the encoded frame (for the cluster link and the history).
-    pub fn broadcast(
+    pub(crate) fn broadcast(
         &self,
         server: &ServerShared,
         payload: &[u8],
@@ -360,7 +360,7 @@ impl Fanout {
     /// Queues a frame that another node of the cluster published, under the same backlog rules as
     /// a local broadcast (Critical always accepted: a node cannot refuse it to a peer that does
     /// not wait for an answer).
-    pub fn broadcast_remote(
+    pub(crate) fn broadcast_remote(
         &self,
         server: &ServerShared,
         frame: Frame,
@@ -392,7 +392,12 @@ impl Fanout {
     }
 
     /// Queues a direct send behind pending broadcasts (under the same backlog rules).
-    pub fn send_after_pending(&self, conn: Arc<Conn>, frame: Frame, priority: Priority) -> bool {
+    pub(crate) fn send_after_pending(
+        &self,
+        conn: Arc<Conn>,
+        frame: Frame,
+        priority: Priority,
+    ) -> bool {
         let server = conn.server.clone();
         let cost = frame.len() + JOB_OVERHEAD;
         let job = Job::Send {
@@ -404,21 +409,21 @@ impl Fanout {
     }
 
     /// Queues a graceful close behind pending broadcasts.
-    pub fn close_after_pending(&self, conn: Arc<Conn>, code: u16, reason: String) -> bool {
+    pub(crate) fn close_after_pending(&self, conn: Arc<Conn>, code: u16, reason: String) -> bool {
         let server = conn.server.clone();
         let job = Job::Close { conn, code, reason };
         self.send(&server, job, JOB_OVERHEAD, true) != Admitted::Refused
     }
 
     /// Answers the peer's close frame ([`Conn::answer_peer_close`]) after every job already sent.
-    pub fn answer_close_after_pending(&self, conn: Arc<Conn>) -> bool {
+    pub(crate) fn answer_close_after_pending(&self, conn: Arc<Conn>) -> bool {
         let server = conn.server.clone();
         self.send(&server, Job::AnswerClose { conn }, JOB_OVERHEAD, true) != Admitted::Refused
     }
 
     /// Replays `frames` to `conn`, then subscribes it to `topic`, after every job already sent
     /// (the publishes the history had when the frames were taken) and before every later one.
-    pub fn resume(
+    pub(crate) fn resume(
         &self,
         conn: Arc<Conn>,
         topic: Arc<str>,
@@ -438,7 +443,7 @@ impl Fanout {
     }
 
     /// Closes every connection once the broadcasts already accepted are queued to them.
-    pub fn close_all_after_pending(
+    pub(crate) fn close_all_after_pending(
         &self,
         server: &ServerShared,
         deadline: tokio::time::Instant,

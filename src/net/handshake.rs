@@ -16,21 +16,21 @@ use crate::wire::handshake::{
 /// head in 1448-byte packets (a real path's MSS), each read on its own, takes 12. A client that
 /// dribbles its head a byte per packet would otherwise cost the accept thread a wake-up and two
 /// system calls per byte.
-pub const HEAD_READS_AT_ONCE: usize = 16;
+pub(crate) const HEAD_READS_AT_ONCE: usize = 16;
 /// The wait before the first read past [`HEAD_READS_AT_ONCE`]: 5 ms, doubling at each further
 /// read up to [`HEAD_READ_PACE_MAX`]. Meanwhile the bytes of a dribbling client pile up in the
 /// kernel and come in with one read, so a connection costs at most about 70 reads over a 5 s
 /// `handshakeTimeout`, however it splits its head; an honest head that needs more than 16
 /// reads is late by at most 100 ms.
-pub const HEAD_READ_PACE: std::time::Duration = std::time::Duration::from_millis(5);
+pub(crate) const HEAD_READ_PACE: std::time::Duration = std::time::Duration::from_millis(5);
 /// The longest wait between two paced reads of a head: 100 ms.
-pub const HEAD_READ_PACE_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+pub(crate) const HEAD_READ_PACE_MAX: std::time::Duration = std::time::Duration::from_millis(100);
 /// Spare room before each read of the head, so that one read takes what piled up.
 const HEAD_READ_ROOM: usize = 1024;
 
 /// A handshake that did not complete.
 #[derive(Debug)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The request is refused for this reason (not yet answered).
     Invalid(Invalid),
     /// The socket failed or closed before a full request arrived.
@@ -51,7 +51,7 @@ impl From<io::Error> for Refusal {
 /// packets no longer wake the accept thread one by one, and what piled up is read after a
 /// growing wait ([`HEAD_READ_PACE`]). `SO_RCVLOWAT` is back to 1 before the socket is handed
 /// on.
-pub async fn read_head(stream: &mut TcpStream) -> Result<RawHead, Refusal> {
+pub(crate) async fn read_head(stream: &mut TcpStream) -> Result<RawHead, Refusal> {
     // On the heap, not in the future: a stack array here would stay in every connection task's
     // state for the connection's whole life (the task's size is that of its largest state).
     let mut reader = HeadReader::new();
@@ -137,13 +137,13 @@ fn set_rcvlowat(stream: &TcpStream, bytes: usize) -> io::Result<()> {
 }
 
 /// Answers an invalid request: its status, extra headers and [`Invalid::message`] as the body.
-pub async fn refuse_invalid(stream: &mut TcpStream, why: &Invalid) {
+pub(crate) async fn refuse_invalid(stream: &mut TcpStream, why: &Invalid) {
     refuse_with(stream, why.status(), &why.extra_headers(), &why.message()).await;
 }
 
 /// Answers with an HTTP error (its reason phrase as the body) and closes the write side.
 /// Returns the refusal to propagate.
-pub async fn refuse(stream: &mut TcpStream, status: u16, extra: &[(&str, &str)]) -> u16 {
+pub(crate) async fn refuse(stream: &mut TcpStream, status: u16, extra: &[(&str, &str)]) -> u16 {
     let extra: Vec<(String, String)> = extra
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -154,7 +154,7 @@ pub async fn refuse(stream: &mut TcpStream, status: u16, extra: &[(&str, &str)])
 /// Answers with `status`, extra headers and a plain-text body, then closes the write side.
 /// Header names and values must already be checked ([`is_token`], [`is_header_value`]).
 /// Returns `status`.
-pub async fn refuse_with(
+pub(crate) async fn refuse_with(
     stream: &mut TcpStream,
     status: u16,
     extra: &[(String, String)],

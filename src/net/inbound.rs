@@ -61,31 +61,31 @@ use crate::wire::close::CloseCode;
 /// run (`tokio::task::yield_now`). 64 KiB is 64 reads of `READ_BUFFER_SIZE`, about 0.1 ms of
 /// system calls here: a flooding client delays another client's broadcast by that much per wake-up
 /// at most, while a large message is still read at hundreds of MB/s.
-pub const READ_BUDGET_BYTES: usize = 64 * 1024;
+pub(crate) const READ_BUDGET_BYTES: usize = 64 * 1024;
 /// Frames (control frames included) a reader handles per wake-up before it yields. 256 empty or
 /// tiny frames cost CPU of the same order as [`READ_BUDGET_BYTES`] of large ones (a few hundred
 /// µs): each is parsed and most become an event.
-pub const READ_BUDGET_FRAMES: u64 = 256;
+pub(crate) const READ_BUDGET_FRAMES: u64 = 256;
 /// A message in progress up to this size is not reserved in [`PartialBudget`]: it is within the
 /// memory every connection has anyway (its read buffer), and the budget's counter is then only
 /// touched by messages that are large.
-pub const PARTIAL_FREE_BYTES: usize = READ_BUFFER_SIZE;
+pub(crate) const PARTIAL_FREE_BYTES: usize = READ_BUFFER_SIZE;
 /// How long a reader waits for room under `maxPartialMessageBytes` before it closes its
 /// connection with 1013 (Try Again Later). The room is held by other partly received messages: a
 /// client that cannot get any within 5 s (the default `handshakeTimeout` and `closeTimeout` too)
 /// is better told to come back than left hanging.
-pub const PARTIAL_ROOM_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const PARTIAL_ROOM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection closed for its rate is kept once its close frame is in the kernel (our
 /// side half-closed, nothing read) before it is reset: time for the client to read the 1008 and
 /// its reason, which a reset at once could destroy unread. It costs a socket, no CPU.
-pub const RATE_LIMITED_LINGER: Duration = Duration::from_secs(1);
+pub(crate) const RATE_LIMITED_LINGER: Duration = Duration::from_secs(1);
 /// Largest client frame header: 2 bytes, an 8-byte length, a 4-byte mask.
 const MAX_HEADER: usize = 14;
 
 /// A token bucket: `rate` tokens per second, at most `capacity`, full at the start. A client
 /// exceeds the limit when it spends more than there is.
 #[derive(Debug)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     capacity: f64,
     level: f64,
@@ -93,7 +93,7 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub fn new(rate: f64, capacity: f64, now: Instant) -> Self {
+    pub(crate) fn new(rate: f64, capacity: f64, now: Instant) -> Self {
         Self {
             rate,
             capacity,
@@ -103,7 +103,7 @@ impl TokenBucket {
     }
 
     /// Spends `n` tokens at `now`; false if there were not enough (the limit is exceeded).
-    pub fn spend(&mut self, n: f64, now: Instant) -> bool {
+    pub(crate) fn spend(&mut self, n: f64, now: Instant) -> bool {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.level = (self.level + dt * self.rate).min(self.capacity) - n;
@@ -115,7 +115,7 @@ impl TokenBucket {
 /// (2 to 14 bytes), then the payload it announces. Garbage gives garbage lengths, never a panic;
 /// tungstenite rejects such a stream itself.
 #[derive(Debug, Default)]
-pub struct FrameTracker {
+pub(crate) struct FrameTracker {
     head: [u8; MAX_HEADER],
     /// Header bytes collected so far (while `left` is `None`).
     have: usize,
@@ -141,7 +141,7 @@ pub struct FrameTracker {
 
 impl FrameTracker {
     /// Feeds bytes in the order they were read; returns how many frame headers they completed.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> u64 {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> u64 {
         let mut headers = 0;
         while !bytes.is_empty() {
             match self.left {
@@ -221,7 +221,7 @@ impl FrameTracker {
     /// message in progress, as soon as a frame's header is read: a read buffer as large as the
     /// message's largest frame, and for a fragmented message a copy of every fragment too. 0
     /// between messages.
-    pub fn message_in_progress(&self) -> u64 {
+    pub(crate) fn message_in_progress(&self) -> u64 {
         if self.fragmented {
             self.done
                 .saturating_add(self.cur)
@@ -234,18 +234,18 @@ impl FrameTracker {
     /// Payload announced so far for the data message in progress: its complete fragments and the
     /// whole length of its current frame. tungstenite refuses a message once this exceeds
     /// `maxPayload`.
-    pub fn message_payload(&self) -> u64 {
+    pub(crate) fn message_payload(&self) -> u64 {
         self.done.saturating_add(self.cur)
     }
 
     /// Messages (data messages and control frames) complete so far.
-    pub fn messages(&self) -> u64 {
+    pub(crate) fn messages(&self) -> u64 {
         self.messages
     }
 
     /// True between frames with no message in progress: every byte fed so far belongs to
     /// complete messages.
-    pub fn at_rest(&self) -> bool {
+    pub(crate) fn at_rest(&self) -> bool {
         self.left.is_none() && self.have == 0 && !self.fragmented && self.largest == 0
     }
 }
@@ -261,7 +261,7 @@ fn header_len(b1: u8) -> usize {
 
 /// The server-wide bound on bytes held in partly received messages (`maxPartialMessageBytes`).
 #[derive(Debug)]
-pub struct PartialBudget {
+pub(crate) struct PartialBudget {
     /// Bytes reserved by all connections. Changed by each connection's reader for its own
     /// reservation (fetch_add / fetch_sub of its delta). Relaxed: it guards no other memory; a
     /// reservation that races past the bound by one delta is undone at once (see `reserve`).
@@ -269,12 +269,12 @@ pub struct PartialBudget {
     /// `usize::MAX`: no bound.
     max: usize,
     /// Notified when a reservation shrinks: stopped readers try again.
-    pub room: Notify,
+    pub(crate) room: Notify,
 }
 
 impl PartialBudget {
     /// `max` 0: no bound.
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             reserved: AtomicUsize::new(0),
             max: if max == 0 { usize::MAX } else { max },
@@ -283,7 +283,7 @@ impl PartialBudget {
     }
 
     /// Bytes reserved right now.
-    pub fn reserved(&self) -> usize {
+    pub(crate) fn reserved(&self) -> usize {
         self.reserved.load(Ordering::Relaxed)
     }
 
@@ -309,7 +309,7 @@ impl PartialBudget {
 
 /// Why [`Inbound`] refused to read more for now (the reader then sees `WouldBlock`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// This wake-up's read budget is spent: yield, then go on.
     Yield,
     /// The message in progress needs room under `maxPartialMessageBytes`: wait for it.
@@ -320,7 +320,7 @@ pub enum Stop {
 
 /// One connection's inbound accounting: what it may still read now, and what it holds.
 #[derive(Debug)]
-pub struct Inbound {
+pub(crate) struct Inbound {
     tracker: FrameTracker,
     bytes: Option<TokenBucket>,
     frames: Option<TokenBucket>,
@@ -338,10 +338,10 @@ pub struct Inbound {
 }
 
 /// A frame this large leaves tungstenite's read buffer grown to its size ([`Inbound::take_large_seen`]).
-pub const LARGE_FRAME: u64 = 64 * 1024;
+pub(crate) const LARGE_FRAME: u64 = 64 * 1024;
 
 impl Inbound {
-    pub fn new(limits: RateLimits, budget: Arc<PartialBudget>, now: Instant) -> Self {
+    pub(crate) fn new(limits: RateLimits, budget: Arc<PartialBudget>, now: Instant) -> Self {
         let window = limits.window.as_secs_f64();
         Self {
             tracker: FrameTracker::default(),
@@ -367,13 +367,13 @@ impl Inbound {
     }
 
     /// A new wake-up of the reader: the per-wake-up budget starts again.
-    pub fn begin_wake(&mut self) {
+    pub(crate) fn begin_wake(&mut self) {
         self.wake_bytes = 0;
         self.wake_frames = 0;
     }
 
     /// Whether the reader may read now; `Err` says why not. A pending reservation is retried.
-    pub fn may_read(&mut self) -> Result<(), Stop> {
+    pub(crate) fn may_read(&mut self) -> Result<(), Stop> {
         if self.limited {
             return Err(Stop::RateLimited);
         }
@@ -390,7 +390,7 @@ impl Inbound {
     }
 
     /// Accounts bytes just read from the socket (or left over from the handshake).
-    pub fn consumed(&mut self, bytes: &[u8], now: Instant) {
+    pub(crate) fn consumed(&mut self, bytes: &[u8], now: Instant) {
         let frames = self.tracker.feed(bytes);
         self.wake_bytes += bytes.len();
         self.wake_frames += frames;
@@ -429,7 +429,7 @@ impl Inbound {
     /// Accounts bytes read after the protocol ended (discarded unparsed): they count against
     /// the byte rate and this wake-up's budget, and the message in progress will never complete,
     /// so its reservation goes.
-    pub fn discarded(&mut self, n: usize, now: Instant) {
+    pub(crate) fn discarded(&mut self, n: usize, now: Instant) {
         self.wake_bytes += n;
         if let Some(b) = &mut self.bytes {
             if !b.spend(n as f64, now) {
@@ -454,14 +454,14 @@ impl Inbound {
     }
 
     /// The rate limit was exceeded.
-    pub fn rate_limited(&self) -> bool {
+    pub(crate) fn rate_limited(&self) -> bool {
         self.limited
     }
 
     /// True if a large frame was announced since the last call, every byte read so far belongs
     /// to complete messages, and tungstenite has returned all `returned` of them: its read buffer
     /// then holds nothing, only the capacity that large frame left it, and may be replaced.
-    pub fn take_large_seen(&mut self, returned: u64) -> bool {
+    pub(crate) fn take_large_seen(&mut self, returned: u64) -> bool {
         if self.large_seen && self.tracker.at_rest() && self.tracker.messages() == returned {
             self.large_seen = false;
             return true;
@@ -479,7 +479,7 @@ impl Drop for Inbound {
 // ---- The protocol state of the inbound path ----
 /// tungstenite's configuration for inbound frames: `maxPayload` bounds a frame and a whole
 /// message; client frames must be masked; reads of [`READ_BUFFER_SIZE`].
-pub fn ws_config(cfg: &Config) -> WebSocketConfig {
+pub(crate) fn ws_config(cfg: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_SIZE)
         .max_message_size(Some(cfg.max_payload))
@@ -489,13 +489,13 @@ pub fn ws_config(cfg: &Config) -> WebSocketConfig {
 
 /// The server side of a connection whose handshake is done; `leftover` is what the client sent
 /// after its request head.
-pub fn context(cfg: &Config, leftover: Vec<u8>) -> WebSocketContext {
+pub(crate) fn context(cfg: &Config, leftover: Vec<u8>) -> WebSocketContext {
     WebSocketContext::from_partially_read(leftover, Role::Server, Some(ws_config(cfg)))
 }
 
 /// The close code and reason for an error of [`WebSocketContext::read`] that fails the
 /// connection (not I/O, not the end of the stream: the reader handles those itself).
-pub fn close_for(e: &WsError) -> (CloseCode, &'static str) {
+pub(crate) fn close_for(e: &WsError) -> (CloseCode, &'static str) {
     match e {
         WsError::Utf8(_) => (CloseCode::InvalidPayload, "invalid UTF-8"),
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {

@@ -59,43 +59,43 @@ use crate::core::metrics::Metrics;
 
 /// Queueing delay above which a connection becomes lagging: 250 ms. Wi-Fi and LTE add tens of ms
 /// under load; a mobile link under 10x its rate adds seconds, all of it in what the kernel holds.
-pub const LAGGING_ENTER_MS: u64 = 250;
+pub(crate) const LAGGING_ENTER_MS: u64 = 250;
 /// Queueing delay below which a lagging connection keeps up again: 50 ms, a fifth of the threshold
 /// above, so that a connection held at `laggingKernelLimit` on a slow link (0.4 s for 4 KiB at
 /// 80 kbit/s) stays in the state instead of flapping.
-pub const LAGGING_LEAVE_MS: u64 = 50;
+pub(crate) const LAGGING_LEAVE_MS: u64 = 50;
 /// A connection that keeps up is looked at once per 16 KiB written (and after a refused write):
 /// on a slow link the kernel takes its congestion window's worth (100+ KiB) before it refuses
 /// anything, all of which the link then needs seconds to deliver.
-pub const SAMPLE_EVERY_BYTES: usize = 16 * 1024;
+pub(crate) const SAMPLE_EVERY_BYTES: usize = 16 * 1024;
 /// Samples of a connection that keeps up are at least this far apart, and entering takes two:
 /// one late round trip may be a single delayed acknowledgement.
-pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 /// Shortest and longest wait of a lagging connection's writer before it looks at the kernel again.
-pub const MIN_WAIT: Duration = Duration::from_millis(10);
-pub const MAX_WAIT: Duration = Duration::from_millis(250);
+pub(crate) const MIN_WAIT: Duration = Duration::from_millis(10);
+pub(crate) const MAX_WAIT: Duration = Duration::from_millis(250);
 
 /// The kernel's figures for one socket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelSample {
+pub(crate) struct KernelSample {
     /// Bytes written and not yet acknowledged by the peer (`SIOCOUTQ`: unsent + in flight).
-    pub held: usize,
+    pub(crate) held: usize,
     /// Smoothed and minimum round trip, µs; `None` when unknown or not read.
-    pub srtt_us: Option<u64>,
-    pub min_rtt_us: Option<u64>,
+    pub(crate) srtt_us: Option<u64>,
+    pub(crate) min_rtt_us: Option<u64>,
     /// The kernel's latest delivery-rate sample, bytes/s (0: unknown): only how long to wait.
-    pub delivery_rate: u64,
+    pub(crate) delivery_rate: u64,
 }
 
 impl KernelSample {
     /// Smoothed RTT minus minimum RTT, µs: how long the path queues this connection's bytes.
-    pub fn queueing_us(&self) -> Option<u64> {
+    pub(crate) fn queueing_us(&self) -> Option<u64> {
         Some(self.srtt_us?.saturating_sub(self.min_rtt_us?))
     }
 
     /// Reads `SIOCOUTQ`, and `TCP_INFO` too when the kernel holds more than `rtt_above` bytes
     /// (Linux); `None` elsewhere or on error.
-    pub fn read(sock: &tokio::net::TcpStream, rtt_above: usize) -> Option<Self> {
+    pub(crate) fn read(sock: &tokio::net::TcpStream, rtt_above: usize) -> Option<Self> {
         #[cfg(target_os = "linux")]
         {
             use std::os::fd::AsRawFd;
@@ -146,14 +146,14 @@ impl KernelSample {
 
 /// A change of state, for the metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     Entered,
     Left,
 }
 
 /// One connection's lagging state, owned by its writer task.
 #[derive(Debug)]
-pub struct LagWatch {
+pub(crate) struct LagWatch {
     /// `laggingKernelLimit`; 0: the rule is off.
     limit: usize,
     lagging: bool,
@@ -167,7 +167,7 @@ pub struct LagWatch {
 }
 
 impl LagWatch {
-    pub fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         Self {
             limit,
             lagging: false,
@@ -178,40 +178,40 @@ impl LagWatch {
         }
     }
 
-    pub fn is_lagging(&self) -> bool {
+    pub(crate) fn is_lagging(&self) -> bool {
         self.lagging
     }
 
     /// The most the kernel may hold while lagging; also what it must hold to be late.
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit
     }
 
     /// The kernel refused (part of) a write: the connection may be lagging.
-    pub fn refused(&mut self) {
+    pub(crate) fn refused(&mut self) {
         self.refused = self.limit > 0;
     }
 
     /// The kernel took `n` bytes.
-    pub fn wrote(&mut self, n: usize) {
+    pub(crate) fn wrote(&mut self, n: usize) {
         if self.limit > 0 {
             self.written = self.written.saturating_add(n);
         }
     }
 
     /// Whether anything could make the writer look at the kernel now (no clock read).
-    pub fn may_sample(&self) -> bool {
+    pub(crate) fn may_sample(&self) -> bool {
         self.lagging || self.refused || self.written >= SAMPLE_EVERY_BYTES
     }
 
     /// Whether the writer should read the kernel's figures before its next write.
-    pub fn wants_sample(&self, now: Instant) -> bool {
+    pub(crate) fn wants_sample(&self, now: Instant) -> bool {
         self.lagging || (self.may_sample() && self.next_sample.is_none_or(|t| now >= t))
     }
 
     /// Takes in a sample (`None`: the kernel could not tell) and returns the state change, if any.
     /// `backlog`: frames wait for this connection in sluice (outbox or writer's batch).
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         now: Instant,
         s: Option<KernelSample>,
@@ -252,7 +252,7 @@ impl LagWatch {
 
     /// How long a lagging connection's writer waits before it writes again, given the latest
     /// sample; `None`: write now.
-    pub fn wait(&self, s: Option<KernelSample>) -> Option<Duration> {
+    pub(crate) fn wait(&self, s: Option<KernelSample>) -> Option<Duration> {
         let s = s?;
         if !self.lagging || s.held < self.limit {
             return None;
@@ -271,30 +271,30 @@ impl LagWatch {
 /// A writer's handle on the rule: its [`LagWatch`] and the server's counters. Owned by the writer
 /// task, so the state needs no synchronisation; dropping it (the writer ends) takes a lagging
 /// connection out of `metrics().lagging`.
-pub struct WriterLag<'a> {
+pub(crate) struct WriterLag<'a> {
     watch: LagWatch,
     metrics: &'a Metrics,
 }
 
 impl<'a> WriterLag<'a> {
-    pub fn new(limit: usize, metrics: &'a Metrics) -> Self {
+    pub(crate) fn new(limit: usize, metrics: &'a Metrics) -> Self {
         Self {
             watch: LagWatch::new(limit),
             metrics,
         }
     }
 
-    pub fn is_lagging(&self) -> bool {
+    pub(crate) fn is_lagging(&self) -> bool {
         self.watch.is_lagging()
     }
 
     /// The kernel refused (part of) a write.
-    pub fn refused(&mut self) {
+    pub(crate) fn refused(&mut self) {
         self.watch.refused();
     }
 
     /// The kernel took `n` bytes.
-    pub fn wrote(&mut self, n: usize) {
+    pub(crate) fn wrote(&mut self, n: usize) {
         self.watch.wrote(n);
     }
 
@@ -302,7 +302,7 @@ impl<'a> WriterLag<'a> {
     /// before writing, if at all. `backlog`: frames wait in the outbox or the writer's batch. Costs no system call and no clock read for a connection that
     /// keeps up, had no write refused and wrote less than `SAMPLE_EVERY_BYTES` since it was last
     /// looked at; then one `SIOCOUTQ`, and `TCP_INFO` only if the kernel holds more than the limit.
-    pub fn before_write(
+    pub(crate) fn before_write(
         &mut self,
         sock: &tokio::net::TcpStream,
         backlog: bool,

@@ -1,9 +1,9 @@
 //! Tokio tasks.
-pub mod connection;
-pub mod events;
-pub mod fanout;
-pub mod handshake;
-pub mod inbound;
-pub mod lagging;
-pub mod peers;
-pub mod server;
+pub(crate) mod connection;
+pub(crate) mod events;
+pub(crate) mod fanout;
+pub(crate) mod handshake;
+pub(crate) mod inbound;
+pub(crate) mod lagging;
+pub(crate) mod peers;
+pub(crate) mod server;

@@ -13,23 +13,23 @@ use crate::net::fanout::{Stamp, Target};
 
 /// A topic with history, as configured on this node.
 #[derive(Clone, Copy, Debug)]
-pub struct HistoryTopic {
-    pub limits: HistoryLimits,
-    pub prefix: bool,
+pub(crate) struct HistoryTopic {
+    pub(crate) limits: HistoryLimits,
+    pub(crate) prefix: bool,
 }
 
 /// `conn.subscribe(topic, { since })` in cluster mode, for the link task.
-pub struct ResumeRequest {
-    pub conn: Arc<Conn>,
-    pub topic: Arc<str>,
-    pub since: u64,
-    pub epoch: String,
-    pub token: u64,
+pub(crate) struct ResumeRequest {
+    pub(crate) conn: Arc<Conn>,
+    pub(crate) topic: Arc<str>,
+    pub(crate) since: u64,
+    pub(crate) epoch: String,
+    pub(crate) token: u64,
 }
 
 /// What the server asks of the other nodes. Every call returns at once: the transport queues,
 /// holds or counts what it cannot send now.
-pub trait Peers: Send + Sync {
+pub(crate) trait Peers: Send + Sync {
     /// Sends an encoded frame the local fan-out has accepted to the other nodes.
     fn publish(
         &self,

@@ -66,7 +66,7 @@ enum Pending {
 
 /// JavaScript's answer about an upgrade (`verifyClient`, `handleProtocols`).
 #[derive(Debug)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Answer 101, with this subprotocol (a token the client offered) or none.
     Accept { protocol: Option<String> },
     /// Answer with this status (400-599), extra headers (checked) and plain-text body.
@@ -77,10 +77,10 @@ pub enum Verdict {
     },
 }
 
-pub struct ServerShared {
-    pub config: Config,
-    pub metrics: Arc<Metrics>,
-    pub events: Arc<EventSink>,
+pub(crate) struct ServerShared {
+    pub(crate) config: Config,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) events: Arc<EventSink>,
     conns: RwLock<Registry>,
     topics: RwLock<HashMap<Arc<str>, Registry>>,
     next_id: AtomicU64,
@@ -106,14 +106,14 @@ pub struct ServerShared {
     /// Topics configured with a history, by name.
     histories: RwLock<HashMap<Arc<str>, Arc<TopicHistory>>>,
     /// Bytes held by partly received messages, server-wide (`maxPartialMessageBytes`).
-    pub partial: Arc<PartialBudget>,
+    pub(crate) partial: Arc<PartialBudget>,
 }
 
 /// A topic's history and how its messages carry their offsets.
-pub struct TopicHistory {
-    pub history: Mutex<History>,
+pub(crate) struct TopicHistory {
+    pub(crate) history: Mutex<History>,
     /// `offsets: 'prefix'`: each message starts with its offset.
-    pub prefix: bool,
+    pub(crate) prefix: bool,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -127,7 +127,7 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl ServerShared {
-    pub fn new(
+    pub(crate) fn new(
         config: Config,
         events: Arc<EventSink>,
         workers: tokio::runtime::Handle,
@@ -154,7 +154,7 @@ impl ServerShared {
     }
 
     /// Gives `topic` a history with these bounds (a new epoch), or changes its bounds.
-    pub fn configure_history(
+    pub(crate) fn configure_history(
         &self,
         topic: &str,
         limits: HistoryLimits,
@@ -169,12 +169,12 @@ impl ServerShared {
         h
     }
 
-    pub fn history(&self, topic: &str) -> Option<Arc<TopicHistory>> {
+    pub(crate) fn history(&self, topic: &str) -> Option<Arc<TopicHistory>> {
         read(&self.histories).get(topic).cloned()
     }
 
     /// Whether `conn` is subscribed to `topic`.
-    pub fn is_subscribed(&self, conn: &Conn, topic: &str) -> bool {
+    pub(crate) fn is_subscribed(&self, conn: &Conn, topic: &str) -> bool {
         conn.topics
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -183,33 +183,36 @@ impl ServerShared {
 
     /// Sets the other nodes of the cluster (`cluster` option). Called once, by the constructor of
     /// the napi server, before the server listens.
-    pub fn set_peers(&self, peers: Arc<dyn Peers>) {
+    pub(crate) fn set_peers(&self, peers: Arc<dyn Peers>) {
         let _ = self.peers.set(peers);
     }
 
     /// The other nodes, with the `cluster` option.
-    pub fn cluster(&self) -> Option<&Arc<dyn Peers>> {
+    pub(crate) fn cluster(&self) -> Option<&Arc<dyn Peers>> {
         self.peers.get()
     }
 
     /// Starts the fan-out task on the workers. Called once, by the constructor of the napi server.
-    pub fn start_fanout(self: &Arc<Self>) {
+    pub(crate) fn start_fanout(self: &Arc<Self>) {
         let _ = self.fanout.set(Fanout::start(&self.workers, self.clone()));
     }
 
-    pub fn fanout(&self) -> &Fanout {
+    pub(crate) fn fanout(&self) -> &Fanout {
         self.fanout
             .get()
             .expect("fan-out is started with the server")
     }
 
-    pub fn is_closing(&self) -> bool {
+    pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
     }
 
     /// Binds the listener (on the caller's thread) and starts accepting on `rt`, the accept
     /// runtime.
-    pub fn listen(self: &Arc<Self>, rt: &tokio::runtime::Handle) -> std::io::Result<SocketAddr> {
+    pub(crate) fn listen(
+        self: &Arc<Self>,
+        rt: &tokio::runtime::Handle,
+    ) -> std::io::Result<SocketAddr> {
         let std_listener = match &self.config.host {
             Some(host) => self.bind(resolve(host, self.config.port)?)?,
             // As Node's net.Server without a host: `::` in dual-stack mode, so that IPv6 and IPv4
@@ -280,7 +283,7 @@ impl ServerShared {
     /// peer. The handshake then runs like one from sluice's own listener (the same checks, hooks
     /// and admission) on the accept thread. Returns the handshake's token, which the `connection`
     /// or `handshake failed` event carries back to JavaScript.
-    pub fn adopt(
+    pub(crate) fn adopt(
         self: &Arc<Self>,
         rt: &tokio::runtime::Handle,
         fd: i32,
@@ -320,7 +323,7 @@ impl ServerShared {
 
     /// The checks of a request Node parsed (a socket taken over, or about to be): no path check,
     /// the application routed it here.
-    pub fn check_taken(
+    pub(crate) fn check_taken(
         &self,
         parts: handshake::RequestParts,
         peer: SocketAddr,
@@ -337,7 +340,7 @@ impl ServerShared {
 
     /// JavaScript's answer to a [`Event::Verify`]. False if that handshake no longer waits (it
     /// timed out, or the token is unknown).
-    pub fn verify_reply(&self, token: u64, verdict: Verdict) -> bool {
+    pub(crate) fn verify_reply(&self, token: u64, verdict: Verdict) -> bool {
         match lock(&self.verifying).remove(&token) {
             Some(tx) => tx.send(verdict).is_ok(),
             None => false,
@@ -424,7 +427,10 @@ impl ServerShared {
                         io_handshake::refuse_invalid(stream, &why).await;
                         return Err(refused(why.cause(), why.status()));
                     }
-                    Ok(Err(Refusal::Io(_))) => return Err(0),
+                    Ok(Err(Refusal::Io(e))) => {
+                        tracing::debug!(error = %e, "socket failed before its request head");
+                        return Err(0);
+                    }
                     Err(_) => {
                         m.handshakes_timed_out.fetch_add(1, Ordering::Relaxed);
                         return Err(0);
@@ -574,7 +580,7 @@ impl ServerShared {
 
     /// True when `maxConnections` are open: a quick look before a request is parsed; the slot
     /// itself is reserved by [`Self::admit`].
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.metrics.open.load(Ordering::Acquire) >= self.config.max_connections
     }
 
@@ -627,7 +633,7 @@ impl ServerShared {
         self.removed.notify_waiters();
     }
 
-    pub fn subscribe(&self, conn: &Arc<Conn>, topic: &str) -> bool {
+    pub(crate) fn subscribe(&self, conn: &Arc<Conn>, topic: &str) -> bool {
         if !conn.is_open() {
             return false;
         }
@@ -647,7 +653,7 @@ impl ServerShared {
         true
     }
 
-    pub fn unsubscribe(&self, conn: &Conn, topic: &str) -> bool {
+    pub(crate) fn unsubscribe(&self, conn: &Conn, topic: &str) -> bool {
         let mut mine = conn.topics.lock().unwrap_or_else(|e| e.into_inner());
         if !mine.remove(topic) {
             return false;
@@ -666,24 +672,24 @@ impl ServerShared {
         true
     }
 
-    pub fn snapshot_all(&self, out: &mut Vec<Arc<Conn>>) {
+    pub(crate) fn snapshot_all(&self, out: &mut Vec<Arc<Conn>>) {
         out.extend(read(&self.conns).values().cloned());
     }
 
-    pub fn snapshot_topic(&self, topic: &str, out: &mut Vec<Arc<Conn>>) {
+    pub(crate) fn snapshot_topic(&self, topic: &str, out: &mut Vec<Arc<Conn>>) {
         if let Some(subs) = read(&self.topics).get(topic) {
             out.extend(subs.values().cloned());
         }
     }
 
-    pub fn subscriber_count(&self, topic: &str) -> usize {
+    pub(crate) fn subscriber_count(&self, topic: &str) -> usize {
         read(&self.topics).get(topic).map_or(0, |s| s.len())
     }
 
     /// Starts the graceful shutdown: stops accepting now, and closes the connections once the
     /// broadcasts already accepted are queued to them (see [`Fanout`]). Emits [`Event::Closed`]
     /// when it is complete. Returns false if a close is already under way.
-    pub fn begin_close(&self, timeout: Duration) -> bool {
+    pub(crate) fn begin_close(&self, timeout: Duration) -> bool {
         if self.closing.swap(true, Ordering::AcqRel) {
             return false;
         }
@@ -696,7 +702,7 @@ impl ServerShared {
     }
 
     /// Runs on the fan-out task, after every job that preceded `close()`.
-    pub fn close_all(self: &Arc<Self>, deadline: tokio::time::Instant) {
+    pub(crate) fn close_all(self: &Arc<Self>, deadline: tokio::time::Instant) {
         let conns: Vec<Arc<Conn>> = {
             let g = write(&self.conns);
             self.closed_all.store(true, Ordering::Relaxed);

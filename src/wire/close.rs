@@ -3,7 +3,7 @@
 /// A close code the server sends. [`CloseCode::code`] is its number on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u16)]
-pub enum CloseCode {
+pub(crate) enum CloseCode {
     /// The endpoint is going away: the server is shutting down.
     GoingAway = 1001,
     /// The peer broke the protocol (a masked/unmasked mismatch, a bad opcode, a bad close code).
@@ -26,7 +26,7 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// The code's number on the wire.
-    pub const fn code(self) -> u16 {
+    pub(crate) const fn code(self) -> u16 {
         self as u16
     }
 }

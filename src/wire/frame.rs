@@ -8,7 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// RFC 6455 opcodes the server emits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpCode {
+pub(crate) enum OpCode {
     Text = 0x1,
     Binary = 0x2,
     Close = 0x8,
@@ -17,13 +17,13 @@ pub enum OpCode {
 }
 
 /// Largest payload of a control frame (RFC 6455 §5.5).
-pub const MAX_CONTROL_PAYLOAD: usize = 125;
+pub(crate) const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// Largest close reason in bytes: 125 minus the two bytes of the status code.
-pub const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
+pub(crate) const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
 
 /// Size of the header for a payload of `len` bytes (server frames carry no mask).
-pub fn header_len(len: usize) -> usize {
+pub(crate) fn header_len(len: usize) -> usize {
     if len < 126 {
         2
     } else if len <= u16::MAX as usize {
@@ -34,7 +34,7 @@ pub fn header_len(len: usize) -> usize {
 }
 
 /// Encodes one final (FIN) unmasked frame: header and payload in a single allocation.
-pub fn encode(op: OpCode, payload: &[u8]) -> Bytes {
+pub(crate) fn encode(op: OpCode, payload: &[u8]) -> Bytes {
     let mut buf = BytesMut::with_capacity(header_len(payload.len()) + payload.len());
     buf.put_u8(0x80 | op as u8);
     let len = payload.len();
@@ -53,7 +53,7 @@ pub fn encode(op: OpCode, payload: &[u8]) -> Bytes {
 
 /// A close frame with `code` and `reason`; the reason is cut at a UTF-8 boundary so that the
 /// payload stays within the 125 bytes a control frame may carry.
-pub fn encode_close(code: u16, reason: &str) -> Bytes {
+pub(crate) fn encode_close(code: u16, reason: &str) -> Bytes {
     let reason = truncate_utf8(reason, MAX_CLOSE_REASON);
     let mut payload = Vec::with_capacity(2 + reason.len());
     payload.extend_from_slice(&code.to_be_bytes());

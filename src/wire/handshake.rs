@@ -60,33 +60,33 @@ use std::net::SocketAddr;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Largest upgrade request head we read before answering 431.
-pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+pub(crate) const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// Most subprotocols an upgrade request may offer (`Sec-WebSocket-Protocol`, all its headers
 /// together); more get 400. Real clients offer one to a handful (`graphql-transport-ws`,
 /// `mqtt`, versioned variants of an app protocol). Every offered name is copied into the `verify`
 /// event and the `Set` that `handleProtocols` gets, so without a cap one 16 KiB head could make
 /// the JS thread build a Set of ~8,000 strings. 64 leaves room for generous clients.
-pub const MAX_OFFERED_PROTOCOLS: usize = 64;
+pub(crate) const MAX_OFFERED_PROTOCOLS: usize = 64;
 /// Most extensions an upgrade request may offer (`Sec-WebSocket-Extensions`, all its headers
 /// together); more get 400. sluice negotiates none, so offers are only counted, never parsed;
 /// a browser offers one (`permessage-deflate` with its parameters), a client trying variants a
 /// few.
-pub const MAX_OFFERED_EXTENSIONS: usize = 16;
+pub(crate) const MAX_OFFERED_EXTENSIONS: usize = 16;
 /// Most header fields a request may have; more get 431. httparse fills a fixed array of them.
-pub const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 /// The upgrade request as JavaScript sees it (`req` in the `connection` event).
 #[derive(Debug, Clone)]
-pub struct Request {
-    pub url: String,
+pub(crate) struct Request {
+    pub(crate) url: String,
     /// Header names lower-cased, in arrival order.
-    pub headers: Vec<(String, String)>,
-    pub remote: SocketAddr,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) remote: SocketAddr,
 }
 
 /// Why an upgrade request is refused. [`Invalid::status`] is the answer, [`Invalid::message`]
 /// its body, [`Invalid::cause`] the counter it goes to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Invalid {
+pub(crate) enum Invalid {
     /// The head did not end within [`MAX_REQUEST_HEAD`] bytes.
     HeadTooLarge,
     /// More than [`MAX_HEADERS`] header fields.
@@ -122,7 +122,7 @@ pub enum Invalid {
 }
 
 impl Invalid {
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             Invalid::HeadTooLarge | Invalid::TooManyHeaders => 431,
             Invalid::NotAnUpgrade => 426,
@@ -133,7 +133,7 @@ impl Invalid {
         }
     }
 
-    pub fn cause(&self) -> RefusalCause {
+    pub(crate) fn cause(&self) -> RefusalCause {
         match self {
             Invalid::HeadTooLarge | Invalid::TooManyHeaders => RefusalCause::HeadTooLarge,
             Invalid::MissingHost => RefusalCause::MissingHost,
@@ -156,7 +156,7 @@ impl Invalid {
     }
 
     /// The plain-text body of the answer.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         match self {
             Invalid::HeadTooLarge => {
                 format!("Request head larger than {MAX_REQUEST_HEAD} bytes")
@@ -186,7 +186,7 @@ impl Invalid {
 
     /// Extra headers of the answer: the versions understood, the method allowed, the protocol
     /// to upgrade to.
-    pub fn extra_headers(&self) -> Vec<(String, String)> {
+    pub(crate) fn extra_headers(&self) -> Vec<(String, String)> {
         let one = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
         match self {
             Invalid::UnsupportedVersion => one("Sec-WebSocket-Version", "13, 8"),
@@ -200,7 +200,7 @@ impl Invalid {
 /// Why an upgrade was refused (`metrics().handshakesRefusedBy`). Each refusal counts once, under
 /// the first check it failed; the order of the checks is in this module's doc.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefusalCause {
+pub(crate) enum RefusalCause {
     /// 400: not a well-formed HTTP/1.1 `GET` upgrade (request line, `Upgrade`, `Connection`,
     /// `Sec-WebSocket-Key`, a malformed `Sec-WebSocket-Protocol` list).
     BadRequest,
@@ -228,21 +228,21 @@ pub enum RefusalCause {
 const _: () = assert!(RefusalCause::Unavailable as usize + 1 == RefusalCause::COUNT);
 
 impl RefusalCause {
-    pub const COUNT: usize = 10;
+    pub(crate) const COUNT: usize = 10;
 
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
 
 /// A valid upgrade request, not yet answered.
-pub struct Upgrade {
-    pub request: Request,
-    pub accept_key: String,
+pub(crate) struct Upgrade {
+    pub(crate) request: Request,
+    pub(crate) accept_key: String,
     /// Subprotocols the client offered (`Sec-WebSocket-Protocol`), in its order of preference.
-    pub protocols: Vec<String>,
+    pub(crate) protocols: Vec<String>,
     /// Bytes received after the request head.
-    pub leftover: Vec<u8>,
+    pub(crate) leftover: Vec<u8>,
 }
 
 /// Finds the end of a request head (the first empty line) in a buffer that grows between calls.
@@ -251,7 +251,7 @@ pub struct Upgrade {
 /// received however they were split: a head sent one byte per packet is scanned once, not once
 /// per byte. Line ends are CRLF or a bare LF, as httparse accepts.
 #[derive(Debug, Default)]
-pub struct HeadScanner {
+pub(crate) struct HeadScanner {
     /// No head end starts before this offset. Only grows.
     from: usize,
 }
@@ -259,7 +259,7 @@ pub struct HeadScanner {
 impl HeadScanner {
     /// The length of the head, up to and including its empty line, once `buf` holds it. Between
     /// calls `buf` may only grow (what was scanned stays as it was).
-    pub fn scan(&mut self, buf: &[u8]) -> Option<usize> {
+    pub(crate) fn scan(&mut self, buf: &[u8]) -> Option<usize> {
         let mut i = self.from;
         while let Some(at) = buf[i..].iter().position(|&b| b == b'\n') {
             let lf = i + at;
@@ -280,38 +280,38 @@ impl HeadScanner {
 
     /// Where the next [`HeadScanner::scan`] starts looking: at most 2 bytes before the end of
     /// the buffer it was last given (the fuzz harness checks this bound).
-    pub fn resume_at(&self) -> usize {
+    pub(crate) fn resume_at(&self) -> usize {
         self.from
     }
 }
 
 /// The bytes of a request head being received, and the search for its end.
 #[derive(Debug, Default)]
-pub struct HeadReader {
+pub(crate) struct HeadReader {
     buf: Vec<u8>,
     scanner: HeadScanner,
 }
 
 /// A complete request head and the bytes received after it.
-pub struct RawHead {
+pub(crate) struct RawHead {
     buf: Vec<u8>,
     head_len: usize,
 }
 
 impl RawHead {
     /// The head, up to and including its empty line.
-    pub fn head(&self) -> &[u8] {
+    pub(crate) fn head(&self) -> &[u8] {
         &self.buf[..self.head_len]
     }
 
     /// The bytes received after the head (the client's first frames, if any).
-    pub fn leftover(&self) -> Vec<u8> {
+    pub(crate) fn leftover(&self) -> Vec<u8> {
         self.buf[self.head_len..].to_vec()
     }
 }
 
 impl HeadReader {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             buf: Vec::with_capacity(1024),
             scanner: HeadScanner::default(),
@@ -319,14 +319,14 @@ impl HeadReader {
     }
 
     /// Appends received bytes and looks for the end of the head in what is new.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<usize>, Invalid> {
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<Option<usize>, Invalid> {
         self.buf.extend_from_slice(bytes);
         self.check()
     }
 
     /// After bytes were appended: `Some(head length)` once the head is complete. Refused once
     /// [`MAX_REQUEST_HEAD`] bytes are in without the head's end, or if the head is longer.
-    pub fn check(&mut self) -> Result<Option<usize>, Invalid> {
+    pub(crate) fn check(&mut self) -> Result<Option<usize>, Invalid> {
         match self.scanner.scan(&self.buf) {
             Some(len) if len > MAX_REQUEST_HEAD => Err(Invalid::HeadTooLarge),
             Some(len) => Ok(Some(len)),
@@ -337,22 +337,22 @@ impl HeadReader {
 
     /// The buffer the head is read into (by `net::handshake::read_head`, straight from the socket);
     /// call [`HeadReader::check`] after appending to it.
-    pub fn buf_mut(&mut self) -> &mut Vec<u8> {
+    pub(crate) fn buf_mut(&mut self) -> &mut Vec<u8> {
         &mut self.buf
     }
 
     /// The scanner, for the fuzz harness's bound on the work done.
-    pub fn scanner(&self) -> &HeadScanner {
+    pub(crate) fn scanner(&self) -> &HeadScanner {
         &self.scanner
     }
 
     /// The bytes received so far.
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.buf
     }
 
     /// The complete head, once [`HeadReader::push`] returned its length.
-    pub fn finish(self, head_len: usize) -> RawHead {
+    pub(crate) fn finish(self, head_len: usize) -> RawHead {
         RawHead {
             buf: self.buf,
             head_len,
@@ -362,16 +362,16 @@ impl HeadReader {
 
 /// A request head, parsed by httparse ([`parse_head`]) or by Node ([`head_from_parts`]).
 #[derive(Debug, Clone)]
-pub struct Head {
-    pub method: String,
-    pub http_1_1: bool,
-    pub url: String,
+pub(crate) struct Head {
+    pub(crate) method: String,
+    pub(crate) http_1_1: bool,
+    pub(crate) url: String,
     /// Names lower-cased, values trimmed, in arrival order.
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 /// Parses a complete head (as [`HeadReader`] delimits it).
-pub fn parse_head(head: &[u8]) -> Result<Head, Invalid> {
+pub(crate) fn parse_head(head: &[u8]) -> Result<Head, Invalid> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
@@ -412,17 +412,17 @@ fn httparse_reason(e: httparse::Error) -> &'static str {
 
 /// A request Node's http parser has already read: method, `httpVersion` (`"1.1"`), url and
 /// `rawHeaders` (name, value, name, value...; repeated headers appear repeated).
-pub struct RequestParts {
-    pub method: String,
-    pub http_version: String,
-    pub url: String,
-    pub raw_headers: Vec<String>,
+pub(crate) struct RequestParts {
+    pub(crate) method: String,
+    pub(crate) http_version: String,
+    pub(crate) url: String,
+    pub(crate) raw_headers: Vec<String>,
 }
 
 /// The head of a request Node parsed, under the same size limits as one sluice reads. Its
 /// size is that of the head written canonically (`Name: value` lines ending in CRLF), which
 /// Node's own parser has already capped (`maxHeaderSize`, 16 KiB by default).
-pub fn head_from_parts(parts: RequestParts) -> Result<Head, Invalid> {
+pub(crate) fn head_from_parts(parts: RequestParts) -> Result<Head, Invalid> {
     let size: usize = parts.url.len()
         + parts.raw_headers.iter().map(|h| h.len()).sum::<usize>()
         + 4 * (parts.raw_headers.len() / 2);
@@ -450,19 +450,19 @@ pub fn head_from_parts(parts: RequestParts) -> Result<Head, Invalid> {
 
 /// What the server's options add to the protocol's checks.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Gate<'a> {
+pub(crate) struct Gate<'a> {
     /// The `path` option; `None` for a taken-over socket (the application routed it here).
-    pub path: Option<&'a str>,
+    pub(crate) path: Option<&'a str>,
     /// `allowedOrigins`.
-    pub allowed_origins: Option<&'a [String]>,
+    pub(crate) allowed_origins: Option<&'a [String]>,
     /// The request came with a socket taken over from Node: Node already judged it an upgrade
     /// request, so a missing `Upgrade` header is an invalid one (400), not a plain request (426).
-    pub taken_over: bool,
+    pub(crate) taken_over: bool,
 }
 
 /// The checks of RFC 6455 §4.2.1 and the server's options on a parsed head, in the order of the
 /// module table. `leftover` is what followed the head.
-pub fn validate(
+pub(crate) fn validate(
     head: Head,
     gate: &Gate<'_>,
     remote: SocketAddr,
@@ -636,7 +636,7 @@ fn offered_protocols(headers: &[(String, String)]) -> Result<Vec<String>, Invali
 }
 
 /// An HTTP token (RFC 7230 §3.2.6): visible ASCII except separators.
-pub fn is_token(s: &str) -> bool {
+pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
@@ -653,7 +653,7 @@ fn valid_key(k: &str) -> bool {
 
 /// The 101 response, with the chosen subprotocol if any (a token, checked by the caller).
 /// The connection writes it once it is registered (see `ServerShared::run_connection`).
-pub fn accept_response(accept_key: &str, protocol: Option<&str>) -> String {
+pub(crate) fn accept_response(accept_key: &str, protocol: Option<&str>) -> String {
     let mut resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n"
     );
@@ -665,7 +665,7 @@ pub fn accept_response(accept_key: &str, protocol: Option<&str>) -> String {
 }
 
 /// The whole refusal: status line, headers, body.
-pub fn response_head(status: u16, extra: &[(String, String)], body: &str) -> String {
+pub(crate) fn response_head(status: u16, extra: &[(String, String)], body: &str) -> String {
     let reason = reason_phrase(status);
     let mut resp = format!(
         "HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
@@ -680,11 +680,11 @@ pub fn response_head(status: u16, extra: &[(String, String)], body: &str) -> Str
 }
 
 /// A header value that cannot break the response: no CR, LF or other control characters.
-pub fn is_header_value(v: &str) -> bool {
+pub(crate) fn is_header_value(v: &str) -> bool {
     v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
-pub fn reason_phrase(status: u16) -> &'static str {
+pub(crate) fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
         401 => "Unauthorized",
