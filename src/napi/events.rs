@@ -7,7 +7,7 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{sys, Env};
 
-use crate::napi::NativeConnection;
+use crate::napi::connection::NativeConnection;
 use crate::net::events::{Event, EventSink, Wake};
 use crate::wire::handshake::Request;
 
