@@ -216,6 +216,51 @@ export interface DroppedMetrics {
 }
 
 /**
+ * The kind of an event as JavaScript's dispatcher (`lib/dispatch.js`) receives it: the first
+ * element of each event array. The elements after it, by kind:
+ */
+export declare enum EventKind {
+  /**
+   * `[kind, id, NativeConnection, request, token]`: a connection is open; `request` is the
+   * object of sluice's own listener, `token` (0 there) the handshake's of a taken-over socket.
+   */
+  Connection = 0,
+  /** `[kind, id, data: Buffer, binary: boolean]`: a message (only while JavaScript listens). */
+  Message = 1,
+  /** `[kind, id, code, reason]`: the connection has ended. */
+  Close = 2,
+  /** `[kind, id, bufferedAmount]`: bufferedAmount rose above `highWaterMark`. */
+  Backpressure = 3,
+  /** `[kind, id, bufferedAmount]`: bufferedAmount fell below `lowWaterMark`. */
+  Drain = 4,
+  /** `[kind, 0]`: the server has closed; every connection is gone. */
+  Closed = 5,
+  /** `[kind, token, request, protocols]`: a valid upgrade waits for `verifyReply(token, ..)`. */
+  Verify = 6,
+  /** `[kind, token, status]`: a handshake JavaScript knows of failed (or was refused). */
+  HandshakeFailed = 7,
+  /** `[kind, id, data: Buffer]`: a ping from the peer (only while JavaScript listens). */
+  Ping = 8,
+  /** `[kind, id, data: Buffer]`: a pong from the peer (only while JavaScript listens). */
+  Pong = 9,
+  /** `[kind, id, token, fate: SendFate]`: what became of a `send` with a callback. */
+  Sent = 10,
+  /**
+   * `[kind, token, offset, epoch, code?]`: Redis numbered a publish on a topic with history,
+   * or (`code`) it could not be sent.
+   */
+  Published = 11,
+  /** `[kind, token, recovered, offset, epoch]`: a resume through Redis is answered. */
+  Resumed = 12,
+  /** `[kind, id, dropped, bytes, [topic, offset, epoch, ...]]`: `onOverflow: 'resync'`. */
+  Resync = 13,
+  /** `[kind, 0, pendingBytes]`: the fan-out backlog fell below `pendingHighWaterMark`. */
+  FanoutDrain = 14,
+  /** `[kind, id]`: the peer's close frame; every message before it has been delivered. */
+  PeerClose = 15,
+}
+
+/**
  * Messages whose `ttl` ran out while they waited in a connection's queue (never written), per
  * priority. Not counted in `dropped`.
  */
@@ -277,6 +322,16 @@ export interface InboundMetrics {
   pendingEventBytes: number
   /** Bytes reserved right now by messages still arriving (bounded by `maxPartialMessageBytes`). */
   partialMessageBytes: number
+}
+
+/**
+ * Inbound events a connection passes to JavaScript, as bits of
+ * `NativeConnection.setInterest`: without a listener they never wake the JS thread.
+ */
+export declare enum Interest {
+  Message = 1,
+  Ping = 2,
+  Pong = 4,
 }
 
 /**
@@ -442,6 +497,18 @@ export interface ResumeResult {
   epoch: string
   /** Cluster mode: the link task answers with a `resumed` event carrying the token. */
   pending: boolean
+}
+
+/** What became of a frame sent with a callback (the `Sent` event's fate). */
+export declare enum SendFate {
+  /** Every byte reached the kernel. */
+  Written = 0,
+  /** Refused by policy, evicted, or discarded when the connection ended. */
+  Dropped = 1,
+  /** A newer frame with the same conflation key took its place before it was written. */
+  Replaced = 2,
+  /** Its `ttl` ran out before the writer reached it. */
+  Expired = 3,
 }
 
 /** Options for `new Server(options)`. Every option is optional; sizes are bytes, times milliseconds. */

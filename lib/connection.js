@@ -3,12 +3,13 @@
 /** `Connection`: one open WebSocket, an EventEmitter over a `NativeConnection`. */
 
 const { EventEmitter } = require('events')
+const { Interest } = require('./native')
 const { sluiceError, nativeError } = require('./errors')
 const { toPriority, toBytes, toTopic, controlPayload, validCloseCode } = require('./validation')
 const { toMessageOptions } = require('./options')
 
 /** Inbound events the native side passes on only while JavaScript listens (interest bits). */
-const INTEREST = { message: 1, ping: 2, pong: 4 }
+const INTEREST = { message: Interest.Message, ping: Interest.Ping, pong: Interest.Pong }
 
 /**
  * One open WebSocket connection of a `Server` (its `'connection'` event). Inbound messages,

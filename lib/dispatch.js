@@ -1,10 +1,12 @@
 'use strict'
 
 /**
- * The event stream from the native side: batches of `[kind, id, ...]` arrays, handled in order,
- * in slices that leave the event loop its turns.
+ * The event stream from the native side: batches of `[kind, id, ...]` arrays (`EventKind` in
+ * index.d.ts says what each kind carries), handled in order, in slices that leave the event loop
+ * its turns.
  */
 
+const { EventKind, SendFate } = require('./native')
 const { sluiceError, callSafely, safeEmit } = require('./errors')
 const { Connection } = require('./connection')
 const { ownRequest } = require('./upgrade')
@@ -15,24 +17,6 @@ const { ownRequest } = require('./upgrade')
  */
 const DISPATCH_SLICE_MS = 10
 
-const KIND = {
-  CONNECTION: 0,
-  MESSAGE: 1,
-  CLOSE: 2,
-  BACKPRESSURE: 3,
-  DRAIN: 4,
-  CLOSED: 6,
-  VERIFY: 7,
-  HANDSHAKE_FAILED: 8,
-  PING: 9,
-  PONG: 10,
-  SENT: 11,
-  PUBLISHED: 12,
-  RESUMED: 13,
-  RESYNC: 14,
-  FANOUT_DRAIN: 15,
-  PEER_CLOSE: 16,
-}
 
 /**
  * Handles `server`'s events for at most DISPATCH_SLICE_MS, then lets the event loop run (timers,
@@ -75,11 +59,11 @@ function drain(server) {
   }
 }
 
-/** The error a `send` callback gets for a frame that was not written (fate 1, 2, 3). */
+/** The error a `send` callback gets for a frame that was not written. */
 function sendError(fate) {
-  return fate === 2
+  return fate === SendFate.Replaced
     ? sluiceError(Error, 'ERR_SLUICE_REPLACED', 'the message was replaced, before it was written, by a newer one with the same key')
-    : fate === 3
+    : fate === SendFate.Expired
       ? sluiceError(Error, 'ERR_SLUICE_EXPIRED', 'the message was not written: its ttl ran out while it waited in the queue')
       : sluiceError(Error, 'ERR_SLUICE_DROPPED', 'the message was dropped before it was written: the connection closed, or the policy refused it')
 }
@@ -87,7 +71,7 @@ function sendError(fate) {
 /** One event: to the server, a pending promise or callback, or a connection. */
 function handleEvent(server, ev) {
   const kind = ev[0]
-  if (kind === KIND.CONNECTION) {
+  if (kind === EventKind.Connection) {
     const token = ev[4]
     const entry = token ? server._handshakes.get(token) : undefined
     if (entry) server._handshakes.delete(token)
@@ -100,75 +84,75 @@ function handleEvent(server, ev) {
     conn._syncInterest()
     return
   }
-  if (kind === KIND.VERIFY) {
+  if (kind === EventKind.Verify) {
     server._verify(ev[1], ev[2], ev[3])
     return
   }
-  if (kind === KIND.HANDSHAKE_FAILED) {
+  if (kind === EventKind.HandshakeFailed) {
     server._handshakes.delete(ev[1])
     server._updateHold()
     return
   }
-  if (kind === KIND.PUBLISHED || kind === KIND.RESUMED) {
+  if (kind === EventKind.Published || kind === EventKind.Resumed) {
     const p = server._pending.get(ev[1])
     if (p) {
       server._pending.delete(ev[1])
-      if (kind === KIND.RESUMED) p.resolve({ recovered: ev[2], offset: ev[3], epoch: ev[4] })
+      if (kind === EventKind.Resumed) p.resolve({ recovered: ev[2], offset: ev[3], epoch: ev[4] })
       else if (ev[4]) p.reject(sluiceError(Error, ev[4], 'not published: Redis could not be reached, and only Critical messages are held during an outage'))
       else p.resolve({ offset: ev[2], epoch: ev[3] })
     }
     return
   }
-  if (kind === KIND.SENT) {
+  if (kind === EventKind.Sent) {
     const callback = server._acks.get(ev[2])
     if (callback) {
       server._acks.delete(ev[2])
-      callSafely(callback, ev[3] === 0 ? null : sendError(ev[3]))
+      callSafely(callback, ev[3] === SendFate.Written ? null : sendError(ev[3]))
     }
     return
   }
-  if (kind === KIND.CLOSED) {
+  if (kind === EventKind.Closed) {
     server._finishClose()
     return
   }
-  if (kind === KIND.FANOUT_DRAIN) {
+  if (kind === EventKind.FanoutDrain) {
     server._fanoutDrained()
     return
   }
   const conn = server._connections.get(ev[1])
   if (!conn) return
   switch (kind) {
-    case KIND.MESSAGE:
+    case EventKind.Message:
       safeEmit(conn, 'message', ev[2], !!ev[3])
       break
-    case KIND.CLOSE:
+    case EventKind.Close:
       server._connections.delete(ev[1])
       server._updateHold()
       conn._closed = true
       safeEmit(conn, 'close', ev[2], ev[3])
       break
-    case KIND.PEER_CLOSE:
+    case EventKind.PeerClose:
       // Every message before the peer's close frame has been handled (and could be answered):
       // only now does the connection start closing (at once for isOpen, even if the answer
       // waits behind broadcasts still being fanned out).
       conn._peerClosed = true
       conn._native.answerClose()
       break
-    case KIND.PING:
+    case EventKind.Ping:
       safeEmit(conn, 'ping', ev[2])
       break
-    case KIND.PONG:
+    case EventKind.Pong:
       safeEmit(conn, 'pong', ev[2])
       break
-    case KIND.BACKPRESSURE:
+    case EventKind.Backpressure:
       safeEmit(conn, 'backpressure', ev[2])
       safeEmit(server, 'backpressure', conn, ev[2])
       break
-    case KIND.DRAIN:
+    case EventKind.Drain:
       safeEmit(conn, 'drain', ev[2])
       safeEmit(server, 'connectionDrain', conn, ev[2])
       break
-    case KIND.RESYNC: {
+    case EventKind.Resync: {
       const offsets = {}
       const flat = ev[4]
       for (let i = 0; i < flat.length; i += 3) {

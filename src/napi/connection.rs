@@ -132,15 +132,7 @@ impl NativeConnection {
     ) -> bool {
         let ack = ack.map(|token| {
             let (events, id, token) = (self.events.clone(), self.id, token as u64);
-            SendAck::new(move |fate| {
-                let fate = match fate {
-                    Fate::Written => 0,
-                    Fate::Dropped => 1,
-                    Fate::Replaced => 2,
-                    Fate::Expired => 3,
-                };
-                events.push(Event::Sent { id, token, fate })
-            })
+            SendAck::new(move |fate| events.push(Event::Sent { id, token, fate }))
         });
         let Some(c) = self.conn.upgrade() else {
             // The connection is gone: dropping `ack` reports the send as dropped.
