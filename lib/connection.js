@@ -3,7 +3,7 @@
 /** `Connection`: one open WebSocket, an EventEmitter over a `NativeConnection`. */
 
 const { EventEmitter } = require('events')
-const { Interest } = require('./native')
+const { Interest, MAX_CLOSE_REASON } = require('./native')
 const { sluiceError, nativeError } = require('./errors')
 const { toPriority, toBytes, toTopic, controlPayload, validCloseCode } = require('./validation')
 const { toMessageOptions } = require('./options')
@@ -190,6 +190,7 @@ class Connection extends EventEmitter {
     try {
       r = this._native.resume(t, offset, epoch, token)
     } catch (err) {
+      // ERR_SLUICE_NO_HISTORY, ERR_SLUICE_ALREADY_SUBSCRIBED, ERR_SLUICE_CLOSED
       return Promise.reject(nativeError(err))
     }
     if (r.pending) return server._awaitPending(token)
@@ -222,8 +223,8 @@ class Connection extends EventEmitter {
     if (typeof reason !== 'string') {
       throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_CLOSE_REASON', 'reason must be a string')
     }
-    if (Buffer.byteLength(reason) > 123) {
-      throw sluiceError(RangeError, 'ERR_SLUICE_INVALID_CLOSE_REASON', 'reason must be at most 123 bytes')
+    if (Buffer.byteLength(reason) > MAX_CLOSE_REASON) {
+      throw sluiceError(RangeError, 'ERR_SLUICE_INVALID_CLOSE_REASON', `reason must be at most ${MAX_CLOSE_REASON} bytes`)
     }
     return this._native.close(code, reason)
   }

@@ -61,10 +61,26 @@ function safeEmit(emitter, ...args) {
   }
 }
 
-/** An error thrown by the native side as "ERR_SLUICE_X: message", with its code. */
-function nativeError(err) {
-  const m = /^(ERR_SLUICE_[A-Z_]+): (.*)$/s.exec(err && err.message)
-  return m ? sluiceError(Error, m[1], m[2]) : err
+const NATIVE_CLASSES = { TypeError, RangeError }
+
+/**
+ * An error a native call threw, made again in this realm: the native side's errors carry their
+ * class (`TypeError`, `RangeError` or `Error`, as its `name`) and their `code` as fields, but they
+ * are objects of the addon's realm (the main context), not of the caller's (a `vm` context, such
+ * as Jest's, where `instanceof TypeError` would fail for them). An error without a sluice code
+ * (napi's own conversion of an argument failed) gets `fallback`, if given, or is passed on as it
+ * is.
+ *
+ * @param {unknown} err
+ * @param {string} [fallback] The code of an error without one of sluice's
+ * @returns {unknown}
+ */
+function nativeError(err, fallback) {
+  if (err === null || typeof err !== 'object') return err
+  const own = typeof err.code === 'string' && err.code.startsWith('ERR_SLUICE_')
+  if (!own && fallback === undefined) return err
+  const Class = (own && NATIVE_CLASSES[err.name]) || Error
+  return sluiceError(Class, own ? err.code : fallback, String(err.message))
 }
 
 module.exports = { sluiceError, nativeError, throwLater, callSafely, safeEmit }

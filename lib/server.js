@@ -7,10 +7,9 @@
  */
 
 const { EventEmitter } = require('events')
-const { NativeServer } = require('./native')
+const { NativeServer, MAX_MS, DEFAULT_CLOSE_TIMEOUT_MS } = require('./native')
 const { sluiceError, nativeError, callSafely, safeEmit } = require('./errors')
-const { MAX_MS, DEFAULT_CLOSE_TIMEOUT } = require('./constants')
-const { validateOptions, nativeOptions, toMessageOptions, topicOptions } = require('./options')
+const { jsOptions, toMessageOptions, topicOptions } = require('./options')
 const { toPriority, toBytes, toTopic } = require('./validation')
 const upgrade = require('./upgrade')
 const { drain } = require('./dispatch')
@@ -28,7 +27,6 @@ class Server extends EventEmitter {
    */
   constructor(options) {
     super()
-    this._options = validateOptions(options)
     /** @type {Map<number, Connection>} */
     this._connections = new Map()
     this._state = 'idle'
@@ -57,7 +55,15 @@ class Server extends EventEmitter {
     this._batchPos = 0
     this._draining = false
     this._drainLater = () => drain(this)
-    this._native = new NativeServer(nativeOptions(this._options), (events) => this._dispatch(events))
+    try {
+      // The native side checks the options (the one place they are checked): a TypeError or
+      // RangeError with a stable code for one it refuses.
+      this._native = new NativeServer(options, (events) => this._dispatch(events))
+    } catch (err) {
+      throw nativeError(err)
+    }
+    /** What JavaScript itself needs of the options: the hooks, `noServer`, `cluster`. */
+    this._options = jsOptions(options)
   }
 
   /**
@@ -293,6 +299,7 @@ class Server extends EventEmitter {
     try {
       epoch = this._native.configureTopic(t, o.size, o.bytes, o.ttl, o.prefix)
     } catch (err) {
+      // ERR_SLUICE_INVALID_TOPIC: a topic the cluster cannot number.
       throw nativeError(err)
     }
     this._histories.add(t)
@@ -352,7 +359,7 @@ class Server extends EventEmitter {
    * @returns {Promise<void>}
    * @throws {RangeError} `ERR_SLUICE_OUT_OF_RANGE`
    */
-  close({ timeout = DEFAULT_CLOSE_TIMEOUT } = {}) {
+  close({ timeout = DEFAULT_CLOSE_TIMEOUT_MS } = {}) {
     if (this._closing) return this._closing
     if (!Number.isInteger(timeout) || timeout < 0 || timeout > MAX_MS) {
       throw sluiceError(RangeError, 'ERR_SLUICE_OUT_OF_RANGE', `timeout must be a whole number from 0 to ${MAX_MS}, got ${timeout}`)

@@ -10,7 +10,7 @@
  * hook is given (a `verify` event, answered with `verifyReply`).
  */
 
-const { sluiceError, safeEmit } = require('./errors')
+const { sluiceError, nativeError, safeEmit } = require('./errors')
 const { kTakenOver, kAnyProtocol, kOwnRequest, EMPTY } = require('./constants')
 
 /** Shaped like an upgrade request: an object with a `url` string and a `headers` object. */
@@ -106,7 +106,7 @@ function handOver(server, req, socket, head, callback, preset) {
   try {
     token = server._native.adopt(fd, req.method || '', req.httpVersion || '', req.url, requestHeaders(req, socket), bytes)
   } catch (err) {
-    throw sluiceError(Error, 'ERR_SLUICE_TAKEOVER_FAILED', err.message)
+    throw nativeError(err, 'ERR_SLUICE_TAKEOVER_FAILED')
   }
   socket[kTakenOver] = true
   server._handshakes.set(token, { req, callback, preset })
@@ -225,7 +225,7 @@ async function verify(server, token, request, protocols) {
   } catch (err) {
     // Headers the native side refuses (CR/LF in a value...): refuse the upgrade plainly.
     server._native.verifyReply(token, 500)
-    if (server.listenerCount('error') > 0) safeEmit(server, 'error', sluiceError(Error, 'ERR_SLUICE_INVALID_VERDICT', err.message))
+    if (server.listenerCount('error') > 0) safeEmit(server, 'error', nativeError(err, 'ERR_SLUICE_INVALID_VERDICT'))
   }
 }
 

@@ -6,9 +6,9 @@
  * `RangeError` with a stable `code`.
  */
 
-const { Priority } = require('./native')
+const { Priority, MAX_CONTROL_PAYLOAD } = require('./native')
 const { sluiceError } = require('./errors')
-const { EMPTY, MAX_CONTROL_PAYLOAD } = require('./constants')
+const { EMPTY } = require('./constants')
 
 const PRIORITIES = new Set([Priority.Critical, Priority.Normal, Priority.Low])
 

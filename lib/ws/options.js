@@ -7,7 +7,7 @@
 
 const tls = require('tls')
 const { sluiceError } = require('../errors')
-const { MAX_BYTES } = require('../constants')
+const { MAX_BYTES } = require('../native')
 const { unsupported } = require('./errors')
 const { WebSocket } = require('./websocket')
 const { WS_DEFAULT_PING_INTERVAL } = require('./constants')

@@ -10,7 +10,8 @@ const http = require('http')
 const tls = require('tls')
 const { Server } = require('../server')
 const { sluiceError } = require('../errors')
-const { kTakenOver, kAnyProtocol, kOwnRequest, DEFAULT_HANDSHAKE_TIMEOUT } = require('../constants')
+const { DEFAULT_HANDSHAKE_TIMEOUT_MS } = require('../native')
+const { kTakenOver, kAnyProtocol, kOwnRequest } = require('../constants')
 const { unsupported, notTcp } = require('./errors')
 const { isTcp } = require('./validation')
 const { HookedEmitter } = require('./hooked-emitter')
@@ -74,7 +75,7 @@ class WebSocketServer extends HookedEmitter {
     /** The http.IncomingMessage standing for each request sluice's own listener parsed. */
     this._requests = new WeakMap()
     /** How long a verifyClient may take in server / noServer mode (sluice's handshakeTimeout). */
-    this._handshakeTimeout = options.handshakeTimeout === undefined ? DEFAULT_HANDSHAKE_TIMEOUT : options.handshakeTimeout
+    this._handshakeTimeout = options.handshakeTimeout === undefined ? DEFAULT_HANDSHAKE_TIMEOUT_MS : options.handshakeTimeout
     if (core.handleProtocols) {
       // As ws: whatever the hook returns is the answer, offered or not; a falsy value means none.
       const hook = core.handleProtocols

@@ -6,6 +6,7 @@
  * supported; see lib/ws.js for the differences.
  */
 
+const { MAX_CONTROL_PAYLOAD, MAX_CLOSE_REASON } = require('../native')
 const { sluiceError } = require('../errors')
 const { unsupported } = require('./errors')
 const { validCloseCode, isBlob } = require('./validation')
@@ -213,8 +214,8 @@ class WebSocket extends HookedEmitter {
       return
     }
     const payload = data === undefined || data === null || data === '' ? EMPTY_BUFFER : typeof data === 'string' ? Buffer.from(data, 'utf8') : toBuffer(data)
-    if (payload.length > 125) {
-      throw new RangeError('The data size must not be greater than 125 bytes')
+    if (payload.length > MAX_CONTROL_PAYLOAD) {
+      throw new RangeError(`The data size must not be greater than ${MAX_CONTROL_PAYLOAD} bytes`)
     }
     const queued = this._conn[kind](payload)
     if (cb) process.nextTick(cb, queued ? undefined : new Error(`${kind} was not queued: the connection is closing`))
@@ -272,8 +273,8 @@ class WebSocket extends HookedEmitter {
       } else {
         throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_CLOSE_REASON', 'Second argument must be a string or a Uint8Array')
       }
-      if (Buffer.byteLength(reason) > 123) {
-        throw sluiceError(RangeError, 'ERR_SLUICE_INVALID_CLOSE_REASON', 'The message must not be greater than 123 bytes')
+      if (Buffer.byteLength(reason) > MAX_CLOSE_REASON) {
+        throw sluiceError(RangeError, 'ERR_SLUICE_INVALID_CLOSE_REASON', `The message must not be greater than ${MAX_CLOSE_REASON} bytes`)
       }
     }
     if (state === CLOSING) return

@@ -149,10 +149,10 @@ impl NativeConnection {
 
     /// Queues a ping (or, with `pong`, an unsolicited pong) carrying at most 125 bytes.
     #[napi]
-    pub fn ping(&self, data: &[u8], pong: bool) -> Result<bool> {
+    pub fn ping(&self, data: &[u8], pong: bool) -> Result<bool, ErrorCode> {
         if data.len() > MAX_CONTROL_PAYLOAD {
-            return Err(Error::new(
-                Status::InvalidArg,
+            return Err(coded(
+                ErrorCode::InvalidData,
                 "ping/pong data must be at most 125 bytes",
             ));
         }
@@ -172,7 +172,7 @@ impl NativeConnection {
     }
 
     /// Answers the peer's close frame, once the events before it have been handled (internal:
-    /// `lib/sluice.js` calls it when it reaches the close in the event stream).
+    /// `lib/dispatch.js` calls it when it reaches the close in the event stream).
     #[napi]
     pub fn answer_close(&self) {
         if let Some(c) = self.conn.upgrade() {
@@ -209,12 +209,9 @@ impl NativeConnection {
         offset: f64,
         epoch: String,
         token: f64,
-    ) -> Result<ResumeResult> {
+    ) -> Result<ResumeResult, ErrorCode> {
         let Some(c) = self.conn.upgrade() else {
-            return Err(Error::new(
-                Status::GenericFailure,
-                "ERR_SLUICE_CLOSED: the connection is closed",
-            ));
+            return Err(coded(ErrorCode::Closed, "the connection is closed"));
         };
         let Some(th) = c
             .server
@@ -222,16 +219,16 @@ impl NativeConnection {
             .map(Some)
             .or_else(|| c.server.cluster().map(|_| None))
         else {
-            return Err(Error::new(
-                Status::InvalidArg,
-                format!("ERR_SLUICE_NO_HISTORY: topic '{topic}' has no history (server.topic(name, {{ history }}))"),
+            return Err(coded(
+                ErrorCode::NoHistory,
+                format!("topic '{topic}' has no history (server.topic(name, {{ history }}))"),
             ));
         };
         // Claimed until the resume's job runs: a second subscribe meanwhile would replay twice.
         if !c.begin_resume(&topic) {
-            return Err(Error::new(
-                Status::InvalidArg,
-                format!("ERR_SLUICE_ALREADY_SUBSCRIBED: already subscribed to '{topic}'"),
+            return Err(coded(
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to '{topic}'"),
             ));
         }
         let since = if offset.is_finite() && offset >= 0.0 {

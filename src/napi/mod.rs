@@ -1,4 +1,4 @@
-//! The napi surface: the native classes that `lib/sluice.js` wraps in Node-style EventEmitters.
+//! The napi surface: the native classes that `lib/` wraps in Node-style EventEmitters.
 //!
 //! Every method here returns at once. `broadcast`/`publish` copy the payload once into a frame and
 //! hand it to the fan-out task; `send` queues into one outbox; getters read atomics. Nothing here
@@ -12,7 +12,9 @@ use napi::Env;
 use napi_derive::napi;
 
 pub mod connection;
+pub mod errors;
 pub mod events;
+pub mod limits;
 pub mod metrics;
 pub mod options;
 pub mod runtime;
@@ -32,8 +34,8 @@ use crate::net::peers::{HistoryTopic, ResumeRequest};
 use crate::net::server::{ServerShared, Verdict};
 use crate::wire::frame::{encode, OpCode, MAX_CONTROL_PAYLOAD};
 use crate::wire::handshake::{is_header_value, is_token, RefusalCause, RequestParts};
+use errors::{coded, ErrorCode};
 use events::{EventBatch, JsWaker};
-use options::ServerOptions;
 
 /// Message priority. Strings `'critical' | 'normal' | 'low'` are accepted wherever a priority is.
 #[napi(string_enum = "lowercase", js_name = "Priority")]
@@ -58,7 +60,7 @@ impl From<Priority> for CorePriority {
     }
 }
 
-/// Per-message options of `broadcast`, `publish` and `send`, as `lib/sluice.js` passes them.
+/// Per-message options of `broadcast`, `publish` and `send`, as `lib/options.js` passes them.
 #[napi(object)]
 #[derive(Default)]
 pub struct MessageOptions {

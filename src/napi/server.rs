@@ -2,6 +2,7 @@
 
 use super::*;
 
+use super::errors::throw_config_error;
 use super::metrics::{metrics_object, Metrics};
 use super::runtime::{init_tracing, Runtimes};
 
@@ -25,14 +26,20 @@ pub struct NativeServer {
 
 #[napi]
 impl NativeServer {
+    /// Checks `options` (the one place they are checked: `options.rs`) and starts the runtimes.
+    /// Throws a `TypeError` or `RangeError` with a stable `code` for options it refuses.
     #[napi(
         constructor,
-        ts_args_type = "options: ServerOptions, onEvents: (events: Array<Array<any>>) => void"
+        ts_args_type = "options: ServerOptions | undefined, onEvents: (events: Array<Array<any>>) => void"
     )]
-    pub fn new(options: ServerOptions, on_events: Function<'_, EventBatch, ()>) -> Result<Self> {
+    pub fn new(
+        env: Env,
+        options: Unknown<'_>,
+        on_events: Function<'_, EventBatch, ()>,
+    ) -> Result<Self> {
         init_tracing();
-        let config = Config::from_options(options)
-            .map_err(|e| Error::new(Status::InvalidArg, format!("{}: {}", e.option, e.message)))?;
+        let given = options::read_options(&options)?;
+        let config = options::config(&given).map_err(|e| throw_config_error(&env, e))?;
         let runtimes = Runtimes::new(&config)?;
         let events = EventSink::new();
         let waker = JsWaker::attach(&events, on_events)?;
@@ -73,7 +80,7 @@ impl NativeServer {
     }
 
     /// Open connections keep the process alive as open sockets do in Node, also without a
-    /// listener of sluice's own (`noServer`). `lib/sluice.js` calls this when its count of open
+    /// listener of sluice's own (`noServer`). `lib/server.js` calls this when its count of open
     /// connections and handshakes in progress leaves or reaches zero.
     #[napi]
     pub fn hold(&mut self, env: Env, holding: bool) -> Result<()> {
@@ -95,8 +102,12 @@ impl NativeServer {
         url: String,
         raw_headers: Vec<String>,
         head: &[u8],
-    ) -> Result<f64> {
-        let rt = self.runtimes()?.accept.handle();
+    ) -> Result<f64, ErrorCode> {
+        let rt = self
+            .runtimes()
+            .map_err(|e| coded(ErrorCode::Closed, e.reason))?
+            .accept
+            .handle();
         let parts = RequestParts {
             method,
             http_version,
@@ -107,8 +118,8 @@ impl NativeServer {
             .adopt(rt, fd, parts, head.to_vec())
             .map(|token| token as f64)
             .map_err(|e| {
-                Error::new(
-                    Status::InvalidArg,
+                coded(
+                    ErrorCode::TakeoverFailed,
                     format!("cannot take the socket over: {e}"),
                 )
             })
@@ -156,34 +167,34 @@ impl NativeServer {
         protocol: Option<String>,
         headers: Option<Vec<String>>,
         body: Option<String>,
-    ) -> Result<bool> {
+    ) -> Result<bool, ErrorCode> {
         let verdict = if status == 0 {
             if protocol.as_deref().is_some_and(|p| !is_token(p)) {
-                return Err(Error::new(
-                    Status::InvalidArg,
+                return Err(coded(
+                    ErrorCode::InvalidVerdict,
                     "protocol must be an HTTP token",
                 ));
             }
             Verdict::Accept { protocol }
         } else {
             if !(400..=599).contains(&status) {
-                return Err(Error::new(
-                    Status::InvalidArg,
+                return Err(coded(
+                    ErrorCode::InvalidVerdict,
                     "status must be 0 or 400-599",
                 ));
             }
             let flat = headers.unwrap_or_default();
             if !flat.len().is_multiple_of(2) {
-                return Err(Error::new(
-                    Status::InvalidArg,
+                return Err(coded(
+                    ErrorCode::InvalidVerdict,
                     "headers must be name, value pairs",
                 ));
             }
             let mut pairs = Vec::with_capacity(flat.len() / 2);
             for h in flat.chunks(2) {
                 if !is_token(&h[0]) || !is_header_value(&h[1]) {
-                    return Err(Error::new(
-                        Status::InvalidArg,
+                    return Err(coded(
+                        ErrorCode::InvalidVerdict,
                         format!("invalid header {:?}", h[0]),
                     ));
                 }
@@ -328,7 +339,7 @@ impl NativeServer {
         bytes: Option<f64>,
         ttl_ms: Option<u32>,
         prefix_offsets: bool,
-    ) -> Result<String> {
+    ) -> Result<String, ErrorCode> {
         let d = HistoryLimits::default();
         let limits = HistoryLimits {
             size: size.map_or(d.size, |n| n as usize),
@@ -338,9 +349,9 @@ impl NativeServer {
         if let Some(link) = self.shared.cluster() {
             // Offsets and history live in Redis, shared by every node; the epoch is Redis's.
             if topic.contains(['{', '}']) {
-                return Err(Error::new(
-                    Status::InvalidArg,
-                    "ERR_SLUICE_INVALID_TOPIC: with cluster, a topic with history may not contain '{' or '}'",
+                return Err(coded(
+                    ErrorCode::InvalidTopic,
+                    "with cluster, a topic with history may not contain '{' or '}'",
                 ));
             }
             link.configure_history(
@@ -506,7 +517,7 @@ impl NativeServer {
         metrics_object(&self.shared, self.link.as_ref())
     }
 
-    /// The next batch of events: after the thread-safe call's batch, `lib/sluice.js` takes the
+    /// The next batch of events: after the thread-safe call's batch, `lib/dispatch.js` takes the
     /// following ones itself, between turns of the event loop, until one is empty; only then does
     /// the next event make a thread-safe call again. Empty once destroyed.
     #[napi(ts_return_type = "Array<Array<any>>")]

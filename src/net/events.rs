@@ -10,7 +10,7 @@
 //! say) they cost one wake-up, and are delivered in the order they were pushed: a connection's
 //! `connection` event always precedes its messages, its messages precede its `close`.
 //!
-//! **The event loop keeps running.** `lib/sluice.js` handles events for at most a few
+//! **The event loop keeps running.** `lib/dispatch.js` handles events for at most a few
 //! milliseconds at a time and takes the next batch from a `setImmediate`, so that timers and I/O
 //! callbacks run in between. One thread-safe call at a time is what makes that work: Node
 //! dispatches up to 1,000 queued calls of one thread-safe function in a row without returning to
