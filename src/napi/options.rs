@@ -466,64 +466,50 @@ fn is_redis_url(s: &str) -> bool {
 }
 
 fn check_cluster(v: &Given) -> Result<(), ConfigError> {
+    let refuse = |fault, message: String| Err(fail("cluster", fault, message));
     let Given::Object(entries) = v else {
-        return Err(fail(
-            "cluster",
+        return refuse(
             Fault::Type,
             "cluster must be an object: { redis, prefix?, criticalQueue? }".into(),
-        ));
+        );
     };
-    if let Some((key, _)) = entries
-        .iter()
-        .find(|(k, _)| !["redis", "prefix", "criticalQueue"].contains(&k.as_str()))
-    {
-        return Err(fail(
-            "cluster",
-            Fault::Unknown,
-            format!("unknown option 'cluster.{key}'"),
-        ));
+    let known = ["redis", "prefix", "criticalQueue"];
+    if let Some((key, _)) = entries.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        return refuse(Fault::Unknown, format!("unknown option 'cluster.{key}'"));
     }
     let urls: Vec<&Given> = match v.field("redis") {
         Given::Array(items) => items.iter().collect(),
         one => vec![one],
     };
-    if urls.is_empty()
-        || !urls
-            .iter()
-            .all(|u| matches!(u, Given::String(s) if is_redis_url(s)))
-    {
-        return Err(fail(
-            "cluster",
+    let url = |u: &&Given| matches!(u, Given::String(s) if is_redis_url(s));
+    if urls.is_empty() || !urls.iter().all(url) {
+        return refuse(
             Fault::Type,
             "cluster.redis must be a 'redis://host:port' URL, or an array of them (the seed nodes of a Redis Cluster)".into(),
-        ));
+        );
     }
-    match v.field("prefix") {
-        Given::Undefined => {}
-        Given::String(s) if !s.is_empty() => {}
-        _ => {
-            return Err(fail(
-                "cluster",
-                Fault::Type,
-                "cluster.prefix must be a non-empty string".into(),
-            ))
-        }
+    let prefix_ok = match v.field("prefix") {
+        Given::Undefined => true,
+        Given::String(s) => !s.is_empty(),
+        _ => false,
+    };
+    if !prefix_ok {
+        return refuse(
+            Fault::Type,
+            "cluster.prefix must be a non-empty string".into(),
+        );
     }
     match v.field("criticalQueue") {
-        Given::Undefined => {}
-        Given::Number(n) if n.fract() == 0.0 && (0.0..=MAX_CRITICAL_QUEUE).contains(n) => {}
-        other => {
-            return Err(fail(
-                "cluster",
-                Fault::Value,
-                format!(
-                    "cluster.criticalQueue must be a whole number from 0 to 1000000, got {}",
-                    other.show()
-                ),
-            ))
-        }
+        Given::Undefined => Ok(()),
+        Given::Number(n) if n.fract() == 0.0 && (0.0..=MAX_CRITICAL_QUEUE).contains(n) => Ok(()),
+        other => refuse(
+            Fault::Value,
+            format!(
+                "cluster.criticalQueue must be a whole number from 0 to 1000000, got {}",
+                other.show()
+            ),
+        ),
     }
-    Ok(())
 }
 
 /// A `cluster` value the checks accepted, as [`ClusterOptions`].
