@@ -1,8 +1,20 @@
-//! The napi surface: the native classes that `lib/sluice.js` wraps in Node-style EventEmitters.
+//! **napi**: the only `#[napi]` code; the native classes that `lib/` wraps in Node-style
+//! EventEmitters.
 //!
-//! Every method here returns at once. `broadcast`/`publish` copy the payload once into a frame and
-//! hand it to the fan-out task; `send` queues into one outbox; getters read atomics. Nothing here
-//! waits on a socket, and nothing loops over connections on the JS thread.
+//! What this layer promises: every method returns at once. `broadcast`/`publish` copy the payload
+//! once into a frame and hand it to the fan-out task; `send` queues into one outbox; getters read
+//! atomics. Nothing here waits on a socket, and nothing loops over connections on the JS thread.
+//!
+//! - [`options`]: the options object as JavaScript passes it, mapped to `core::config::Config`.
+//! - [`server`], [`connection`]: thin wrappers of `net::server::ServerShared` and
+//!   `net::connection::Conn`: argument mapping, results, errors with their `code`.
+//! - [`events`]: the JS dispatcher the event queue wakes, and the conversion of events to arrays.
+//! - [`metrics`]: the `metrics()` snapshot. [`runtime`]: the worker and accept runtimes, thread
+//!   priority, tracing.
+//!
+//! What it may not touch: no decision of the engine's own (fan-out order, policy, history
+//! numbering, routing between local fan-out and the peers): those live in `net` and `core`, so
+//! that they are tested without Node. It may name every layer below it.
 
 use std::sync::{Arc, Once, Weak};
 use std::time::Duration;
