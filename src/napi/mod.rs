@@ -41,9 +41,9 @@ use crate::net::connection::Conn;
 use crate::net::events::{Event, EventSink};
 use crate::net::fanout::{Except, Stamp, Target};
 use crate::net::peers::{HistoryTopic, ResumeRequest};
-use crate::net::server::{ServerShared, Verdict};
+use crate::net::server::ServerShared;
 use crate::wire::frame::{encode, OpCode, MAX_CONTROL_PAYLOAD};
-use crate::wire::handshake::{is_header_value, is_token, RefusalCause, RequestParts};
+use crate::wire::handshake::{RefusalCause, RequestParts, Verdict};
 use events::{EventBatch, JsWaker};
 use options::ServerOptions;
 

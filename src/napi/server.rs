@@ -157,44 +157,8 @@ impl NativeServer {
         headers: Option<Vec<String>>,
         body: Option<String>,
     ) -> Result<bool> {
-        let verdict = if status == 0 {
-            if protocol.as_deref().is_some_and(|p| !is_token(p)) {
-                return Err(Error::new(
-                    Status::InvalidArg,
-                    "protocol must be an HTTP token",
-                ));
-            }
-            Verdict::Accept { protocol }
-        } else {
-            if !(400..=599).contains(&status) {
-                return Err(Error::new(
-                    Status::InvalidArg,
-                    "status must be 0 or 400-599",
-                ));
-            }
-            let flat = headers.unwrap_or_default();
-            if !flat.len().is_multiple_of(2) {
-                return Err(Error::new(
-                    Status::InvalidArg,
-                    "headers must be name, value pairs",
-                ));
-            }
-            let mut pairs = Vec::with_capacity(flat.len() / 2);
-            for h in flat.chunks(2) {
-                if !is_token(&h[0]) || !is_header_value(&h[1]) {
-                    return Err(Error::new(
-                        Status::InvalidArg,
-                        format!("invalid header {:?}", h[0]),
-                    ));
-                }
-                pairs.push((h[0].clone(), h[1].clone()));
-            }
-            Verdict::Refuse {
-                status: status as u16,
-                headers: pairs,
-                body: body.unwrap_or_default(),
-            }
-        };
+        let verdict = Verdict::checked(status, protocol, headers.unwrap_or_default(), body)
+            .map_err(|why| Error::new(Status::InvalidArg, why))?;
         Ok(self.shared.verify_reply(token as u64, verdict))
     }
 

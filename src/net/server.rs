@@ -36,7 +36,7 @@ use crate::net::handshake::{self as io_handshake, Refusal};
 use crate::net::inbound::PartialBudget;
 use crate::net::peers::Peers;
 use crate::wire::close::CloseCode;
-use crate::wire::handshake::{self, RefusalCause};
+use crate::wire::handshake::{self, RefusalCause, Verdict};
 
 /// Pause after an accept error (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -62,19 +62,6 @@ enum Pending {
     Raw(handshake::RawHead),
     /// Parsed by Node, and what followed its head.
     Parts(handshake::RequestParts, Vec<u8>),
-}
-
-/// JavaScript's answer about an upgrade (`verifyClient`, `handleProtocols`).
-#[derive(Debug)]
-pub(crate) enum Verdict {
-    /// Answer 101, with this subprotocol (a token the client offered) or none.
-    Accept { protocol: Option<String> },
-    /// Answer with this status (400-599), extra headers (checked) and plain-text body.
-    Refuse {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: String,
-    },
 }
 
 pub(crate) struct ServerShared {
