@@ -11,6 +11,7 @@
 //! - [`history`]: a topic's numbered history (offsets, epochs, size and age bounds) and the resume
 //!   decision.
 //! - [`metrics`]: counters and histograms, read without locks.
+//! - [`topics`]: the topic registry, which reports a topic's first and last subscriber.
 //!
 //! What it may not touch: no tokio, no sockets, no napi, no Redis. Time comes in as an `Instant`
 //! argument, so every rule can be tested as a plain struct. It names only `wire` (for frame
@@ -27,3 +28,4 @@ pub(crate) mod message;
 pub(crate) mod metrics;
 pub(crate) mod outbox;
 pub(crate) mod policy;
+pub(crate) mod topics;

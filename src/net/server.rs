@@ -29,6 +29,7 @@ use tokio::sync::{oneshot, watch, Notify};
 use crate::core::config::Config;
 use crate::core::history::{History, HistoryLimits};
 use crate::core::metrics::{Metrics, Termination};
+use crate::core::topics::Topics;
 use crate::net::connection::Conn;
 use crate::net::events::{Event, EventSink};
 use crate::net::fanout::Fanout;
@@ -69,7 +70,7 @@ pub(crate) struct ServerShared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) events: Arc<EventSink>,
     conns: RwLock<Registry>,
-    topics: RwLock<HashMap<Arc<str>, Registry>>,
+    topics: RwLock<Topics<Arc<Conn>>>,
     next_id: AtomicU64,
     /// Tokens of handshakes JavaScript knows about (taken-over sockets, `verify` events).
     next_token: AtomicU64,
@@ -125,7 +126,7 @@ impl ServerShared {
             metrics: Arc::new(Metrics::default()),
             events,
             conns: RwLock::new(HashMap::new()),
-            topics: RwLock::new(HashMap::new()),
+            topics: RwLock::new(Topics::new()),
             next_id: AtomicU64::new(1),
             next_token: AtomicU64::new(1),
             verifying: Mutex::new(HashMap::new()),
@@ -593,13 +594,9 @@ impl ServerShared {
         if !topics.is_empty() {
             let mut t = write(&self.topics);
             for name in topics {
-                if let Some(subs) = t.get_mut(&name) {
-                    subs.remove(&conn.id);
-                    if subs.is_empty() {
-                        t.remove(&name);
-                        if let Some(link) = self.cluster() {
-                            link.want(&name, false);
-                        }
+                if let Some(gone) = t.unsubscribe(&name, conn.id) {
+                    if let Some(link) = self.cluster() {
+                        link.want(&gone, false);
                     }
                 }
             }
@@ -629,10 +626,7 @@ impl ServerShared {
         if !mine.insert(name.clone()) {
             return false;
         }
-        let mut t = write(&self.topics);
-        let subs = t.entry(name.clone()).or_default();
-        subs.insert(conn.id, conn.clone());
-        if subs.len() == 1 {
+        if write(&self.topics).subscribe(&name, conn.id, conn.clone()) {
             if let Some(link) = self.cluster() {
                 link.want(&name, true);
             }
@@ -645,15 +639,9 @@ impl ServerShared {
         if !mine.remove(topic) {
             return false;
         }
-        let mut t = write(&self.topics);
-        if let Some(subs) = t.get_mut(topic) {
-            subs.remove(&conn.id);
-            if subs.is_empty() {
-                if let Some((name, _)) = t.remove_entry(topic) {
-                    if let Some(link) = self.cluster() {
-                        link.want(&name, false);
-                    }
-                }
+        if let Some(gone) = write(&self.topics).unsubscribe(topic, conn.id) {
+            if let Some(link) = self.cluster() {
+                link.want(&gone, false);
             }
         }
         true
@@ -664,13 +652,11 @@ impl ServerShared {
     }
 
     pub(crate) fn snapshot_topic(&self, topic: &str, out: &mut Vec<Arc<Conn>>) {
-        if let Some(subs) = read(&self.topics).get(topic) {
-            out.extend(subs.values().cloned());
-        }
+        read(&self.topics).snapshot(topic, out);
     }
 
     pub(crate) fn subscriber_count(&self, topic: &str) -> usize {
-        read(&self.topics).get(topic).map_or(0, |s| s.len())
+        read(&self.topics).count(topic)
     }
 
     /// Starts the graceful shutdown: stops accepting now, and closes the connections once the
