@@ -18,5 +18,6 @@
 //! 65,535/65,536 bytes (the three header forms).
 
 pub(crate) mod close;
+pub(crate) mod cluster;
 pub(crate) mod frame;
 pub(crate) mod handshake;
