@@ -8,6 +8,9 @@
 //! - [`handshake`]: the opening handshake's request head is delimited, parsed and checked without
 //!   I/O, in work linear in its size however a client splits it; every refusal has its status,
 //!   body and cause ([`handshake::RefusalCause`], counted by `core::metrics`).
+//! - [`cluster`]: the message one node sends the others through Redis (a header in front of the
+//!   frame, or of a raw payload that Redis numbers); it is read only when whole and of this
+//!   version, and every refusal says why ([`cluster::Undecodable`]).
 //!
 //! What it may not touch: no tokio, no sockets, no napi, no Redis, no server state. Its inputs
 //! are byte slices and header lists; its outputs are bytes, parsed values and refusals. It names
