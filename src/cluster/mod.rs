@@ -76,6 +76,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::core::config::ClusterConfig;
 use crate::core::policy::Priority;
+use crate::core::random::{hex, random_id};
 use crate::net::events::{Event, EventSink};
 use crate::net::fanout::{Stamp, Target};
 use crate::net::peers::{HistoryTopic, Peers, ResumeRequest};
@@ -166,34 +167,6 @@ fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// 16 random bytes from the kernel (a node id need not be secret, only unique).
-pub(crate) fn random_id() -> [u8; 16] {
-    let mut id = [0u8; 16];
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: getrandom writes at most `id.len()` bytes into the live local array.
-        let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
-        if n == id.len() as isize {
-            return id;
-        }
-    }
-    // Fallback: time and address entropy, unique enough for telling nodes apart.
-    let t = now_us() ^ (std::process::id() as u64) << 32;
-    let a = &id as *const _ as u64;
-    id[..8].copy_from_slice(&t.to_be_bytes());
-    id[8..].copy_from_slice(&a.to_be_bytes());
-    id
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A new epoch name: 12 random hex digits.
-pub(crate) fn random_epoch() -> String {
-    hex(&random_id()[..6])
 }
 
 impl Link {

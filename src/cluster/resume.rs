@@ -4,8 +4,9 @@
 //! The node subscribes the topic's channel first (from then on every new message arrives live),
 //! then reads the epoch, the latest offset and the kept messages after `since` in one pipeline.
 //! The replay covers up to that offset; the live copies of those messages, still waiting behind
-//! this task, are skipped for that connection (the fan-out's floor). Whatever fails on the way
-//! (Redis, the link down) answers "not recovered", subscribed from now on.
+//! this task, are skipped for that connection (the fan-out's floor). Whether the client is
+//! recovered is `core::history::decide`, the rule a local history follows too. Whatever fails on
+//! the way (Redis, the link down) answers "not recovered", subscribed from now on.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use redis::RedisResult;
 use super::receive::{numbered_frame, priority_of};
 use super::transport::RedisConn;
 use super::{lock, now_us, Link};
-use crate::core::history::HistoryLimits;
+use crate::core::history::{decide, HistoryLimits};
 use crate::core::message::OffsetTag;
 use crate::net::events::Event;
 use crate::net::fanout::{Numbered, Target};
@@ -54,41 +55,30 @@ impl Link {
             };
             let epoch = epoch.unwrap_or_default();
             let oldest_allowed = now_us().saturating_sub(limits.ttl.as_micros() as u64);
-            let mut frames = Vec::with_capacity(entries.len());
-            let mut bytes = 0usize;
-            let mut recovered = !epoch.is_empty() && epoch == req.epoch && req.since <= last;
-            let mut expect = req.since + 1;
-            // Messages numbered after the offset was read come live (the channel was subscribed
-            // before the read): the replay stops at `last`.
-            for (offset, message) in entries.iter().take_while(|(o, _)| *o <= last) {
-                if !recovered {
-                    break;
-                }
-                let decoded = Header::decode(message);
-                match decoded {
-                    Ok((h, at)) if *offset == expect && h.published_us >= oldest_allowed => {
+            let tag_epoch: Arc<str> = Arc::from(epoch.as_str());
+            // What the stream can still give: readable, and within the ttl. Messages numbered
+            // after the offset was read come live (the channel was subscribed before the read).
+            let after =
+                entries
+                    .iter()
+                    .take_while(|(o, _)| *o <= last)
+                    .filter_map(|(offset, message)| {
+                        let (h, at) = Header::decode(message).ok()?;
+                        if h.published_us < oldest_allowed {
+                            return None;
+                        }
                         let mut f = numbered_frame(&h, &message[at..], *offset, prefix);
                         f.tag = Some(Arc::new(OffsetTag {
                             topic: req.topic.clone(),
                             offset: *offset,
-                            epoch: Arc::from(epoch.as_str()),
+                            epoch: tag_epoch.clone(),
                         }));
-                        bytes += f.len();
-                        frames.push((f, priority_of(&h)));
-                        expect += 1;
-                    }
-                    _ => recovered = false,
-                }
-            }
-            // Every missed message must have been there, within the byte bound.
-            if expect != last + 1 || bytes > limits.bytes {
-                recovered = false;
-            }
-            if !recovered {
-                frames.clear();
-            }
+                        Some((*offset, f.len(), (f, priority_of(&h))))
+                    });
+            let (recovered, frames) =
+                decide(req.since, &req.epoch, &epoch, last, after, limits.bytes).split();
             let floor = Numbered {
-                epoch: Arc::from(epoch.as_str()),
+                epoch: tag_epoch,
                 offset: last,
             };
             let server = req.conn.server.clone();

@@ -21,11 +21,9 @@ use tokio::sync::mpsc;
 use super::hold::{Hold, Outgoing};
 use super::receive::Seen;
 use super::transport::{lost_error, RedisConn};
-use super::{
-    lock, now_us, random_epoch, random_id, Link, LinkState, BACKOFF_MAX, BACKOFF_MIN,
-    RESUBSCRIBE_GRACE,
-};
+use super::{lock, now_us, Link, LinkState, BACKOFF_MAX, BACKOFF_MIN, RESUBSCRIBE_GRACE};
 use crate::core::history::HistoryLimits;
+use crate::core::random::{random_epoch, random_id};
 use crate::net::events::Event;
 use crate::net::fanout::Target;
 use crate::net::peers::Peers;

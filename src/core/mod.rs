@@ -12,6 +12,7 @@
 //!   decision.
 //! - [`metrics`]: counters and histograms, read without locks.
 //! - [`topics`]: the topic registry, which reports a topic's first and last subscriber.
+//! - [`random`]: unique names (a cluster node's id, a history's epoch).
 //!
 //! What it may not touch: no tokio, no sockets, no napi, no Redis. Time comes in as an `Instant`
 //! argument, so every rule can be tested as a plain struct. It names only `wire` (for frame
@@ -28,4 +29,5 @@ pub(crate) mod message;
 pub(crate) mod metrics;
 pub(crate) mod outbox;
 pub(crate) mod policy;
+pub(crate) mod random;
 pub(crate) mod topics;

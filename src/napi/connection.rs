@@ -269,10 +269,7 @@ impl NativeConnection {
         }
         let th = th.expect("without cluster, a topic with history has one here");
         let mut h = th.history.lock().unwrap_or_else(|e| e.into_inner());
-        let (recovered, frames) = match h.since(since, &epoch, std::time::Instant::now()) {
-            Resume::Recovered(frames) => (true, frames),
-            Resume::NotRecovered => (false, Vec::new()),
-        };
+        let (recovered, frames) = h.since(since, &epoch, std::time::Instant::now()).split();
         // Sent while the history is locked: after the publishes it holds, before later ones.
         c.server
             .fanout()

@@ -32,7 +32,7 @@ pub mod server;
 
 use crate::cluster::Link;
 use crate::core::config::{self, Config};
-use crate::core::history::{HistoryLimits, Resume};
+use crate::core::history::HistoryLimits;
 use crate::core::message::{Fate, Frame, OffsetTag, SendAck};
 use crate::core::metrics::Metrics as CoreMetrics;
 use crate::core::metrics::Termination;

@@ -316,7 +316,7 @@ impl NativeServer {
             );
             return Ok(String::new());
         }
-        let epoch = crate::cluster::random_epoch();
+        let epoch = crate::core::random::random_epoch();
         self.shared
             .configure_history(&topic, limits, prefix_offsets, epoch.clone());
         Ok(epoch)
