@@ -79,7 +79,7 @@ use crate::core::policy::Priority;
 use crate::core::random::{hex, random_id};
 use crate::net::events::{Event, EventSink};
 use crate::net::fanout::{Stamp, Target};
-use crate::net::peers::{HistoryTopic, Peers, ResumeRequest};
+use crate::net::peers::{HistoryTopic, Peers, ResumeRequest, UnfitTopic};
 use crate::net::server::ServerShared;
 use crate::wire::cluster::{ttl_ms, Header};
 use hold::{HistoryOut, Hold, Outgoing};
@@ -332,19 +332,24 @@ impl Peers for Link {
             }),
         });
     }
-    /// Configures a topic with history on this node (cluster mode).
-    fn configure_history(&self, topic: &Arc<str>, h: HistoryTopic) {
+    /// Configures a topic with history on this node (cluster mode). Its keys in Redis use its
+    /// channel's name as hash tag (`transport.rs`): a brace in it would split them over slots.
+    fn configure_history(&self, topic: &Arc<str>, h: HistoryTopic) -> Result<(), UnfitTopic> {
+        if topic.contains(['{', '}']) {
+            return Err(UnfitTopic);
+        }
         lock(&self.histories).insert(topic.clone(), h);
+        Ok(())
     }
-    /// Queues a resume for the link task. False if the link is not connected (the caller then
-    /// answers "not recovered" itself).
-    fn resume(&self, req: ResumeRequest) -> Result<(), ResumeRequest> {
+    /// Queues a resume for the link task. If the link is not connected, nobody can read the
+    /// history: not recovered, subscribed from now on.
+    fn resume(&self, req: ResumeRequest) {
         if self.state() != LinkState::Connected {
-            return Err(req);
+            self.answer_unrecovered(req);
+            return;
         }
         lock(&self.resumes).push_back(req);
         self.resume_wake.notify_one();
-        Ok(())
     }
     /// The node has its first local subscriber to `topic` (`true`) or lost its last (`false`).
     fn want(&self, topic: &Arc<str>, wanted: bool) {
@@ -366,18 +371,5 @@ impl Peers for Link {
         for m in &self.with_hold(Hold::clear) {
             self.not_sent(m);
         }
-    }
-    /// Subscribes the connection without a replay and says so.
-    fn answer_unrecovered(&self, req: ResumeRequest) {
-        let server = req.conn.server.clone();
-        server
-            .fanout()
-            .resume(req.conn, req.topic, Vec::new(), None);
-        self.events.push(Event::Resumed {
-            token: req.token,
-            recovered: false,
-            offset: 0,
-            epoch: String::new(),
-        });
     }
 }

@@ -20,7 +20,7 @@ use crate::core::history::{decide, HistoryLimits};
 use crate::core::message::OffsetTag;
 use crate::net::events::Event;
 use crate::net::fanout::{Numbered, Target};
-use crate::net::peers::Peers;
+use crate::net::peers::{Peers, ResumeRequest};
 use crate::wire::cluster::Header;
 
 impl Link {
@@ -92,5 +92,19 @@ impl Link {
                 epoch,
             });
         }
+    }
+
+    /// Subscribes the connection without a replay and says so (`resumed`, not recovered).
+    pub(super) fn answer_unrecovered(&self, req: ResumeRequest) {
+        let server = req.conn.server.clone();
+        server
+            .fanout()
+            .resume(req.conn, req.topic, Vec::new(), None);
+        self.events.push(Event::Resumed {
+            token: req.token,
+            recovered: false,
+            offset: 0,
+            epoch: String::new(),
+        });
     }
 }

@@ -26,7 +26,6 @@ use crate::core::history::HistoryLimits;
 use crate::core::random::{random_epoch, random_id};
 use crate::net::events::Event;
 use crate::net::fanout::Target;
-use crate::net::peers::Peers;
 use crate::net::server::ServerShared;
 use crate::wire::cluster::Header;
 

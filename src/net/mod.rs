@@ -17,6 +17,10 @@
 //! - [`lagging`]: what the kernel may hold for a connection that does not read.
 //! - [`peers`]: what the server asks of the other nodes of a cluster, as a trait. This layer never
 //!   names the transport; without the `cluster` option there are no peers.
+//! - [`routing`]: where a broadcast, a publish, a topic's history and a resume go (the local
+//!   fan-out and history, the peers, or both), decided here so that napi only maps arguments; a
+//!   publish with history is numbered under the history's lock with its fan-out job, and a resume
+//!   has one entry point whichever store answers it.
 //!
 //! What it may not touch: no napi (events leave through [`events::Wake`]), no Redis (the cluster
 //! is reached through [`peers::Peers`]). No connection may hold more than its share: a worker's
@@ -34,4 +38,5 @@ pub(crate) mod handshake;
 pub(crate) mod inbound;
 pub(crate) mod lagging;
 pub(crate) mod peers;
+pub(crate) mod routing;
 pub(crate) mod server;
