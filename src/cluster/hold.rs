@@ -190,6 +190,15 @@ mod tests {
         }
     }
 
+    /// A connected queue holding message `i` of priority `order[i]` and `10 + i` bytes.
+    fn queued(order: &[Priority]) -> Hold {
+        let mut h = Hold::new(1000, 10);
+        for (i, p) in order.iter().enumerate() {
+            h.push(msg(i as u8, *p, 10 + i), true).unwrap();
+        }
+        h
+    }
+
     fn ids(v: &[Outgoing]) -> Vec<u8> {
         v.iter().map(|m| m.message[0]).collect()
     }
@@ -246,17 +255,8 @@ mod tests {
 
     #[test]
     fn going_down_keeps_the_critical_messages_in_order_and_hands_back_the_rest() {
-        let mut h = Hold::new(1000, 10);
-        let order = [
-            Priority::Normal,
-            Priority::Critical,
-            Priority::Low,
-            Priority::Critical,
-            Priority::Normal,
-        ];
-        for (i, p) in order.iter().enumerate() {
-            h.push(msg(i as u8, *p, 10 + i), true).unwrap();
-        }
+        use Priority::*;
+        let mut h = queued(&[Normal, Critical, Low, Critical, Normal]);
         let lost = h.keep_critical();
         assert_eq!(ids(&lost), [0, 2, 4]);
         assert_eq!((h.len(), h.bytes(), h.held()), (2, 11 + 13, 2));
@@ -305,18 +305,8 @@ mod tests {
 
     #[test]
     fn a_failed_send_puts_critical_back_in_front_in_order_and_hands_back_the_rest() {
-        let mut h = Hold::new(1000, 10);
-        let order = [
-            Priority::Critical,
-            Priority::Normal,
-            Priority::Critical,
-            Priority::Low,
-            Priority::Critical,
-            Priority::Normal,
-        ];
-        for (i, p) in order.iter().enumerate() {
-            h.push(msg(i as u8, *p, 10), true).unwrap();
-        }
+        use Priority::*;
+        let mut h = queued(&[Critical, Normal, Critical, Low, Critical, Normal]);
         let batch = h.next_batch(4, false);
         assert_eq!(ids(&batch), [0, 1, 2, 3]);
         assert_eq!(h.held(), 1);

@@ -339,6 +339,16 @@ mod tests {
         (Conn::new(1, s.clone(), sock, String::new()), client)
     }
 
+    /// Every frame the local history of `topic` keeps (a resume from 0 of its epoch).
+    fn kept(s: &ServerShared, topic: &str) -> Vec<Frame> {
+        let th = s.history(topic).unwrap();
+        let mut h = th.history.lock().unwrap();
+        let epoch = h.epoch().to_string();
+        let (recovered, kept) = h.since(0, &epoch, Instant::now()).split();
+        assert!(recovered);
+        kept.into_iter().map(|(f, _)| f).collect()
+    }
+
     fn publishes(s: &ServerShared) -> u64 {
         s.metrics.publishes.load(Ordering::Relaxed)
     }
@@ -355,33 +365,21 @@ mod tests {
             let epoch = epoch.clone();
             assert_eq!(got, Some(Published::Numbered { offset, epoch }));
         }
-        let th = s.history("t").unwrap();
-        let (recovered, kept) = th
-            .history
-            .lock()
-            .unwrap()
-            .since(0, &epoch, Instant::now())
-            .split();
-        assert!(recovered);
-        let tags: Vec<u64> = kept
+        let frames = kept(&s, "t");
+        let tags: Vec<u64> = frames
             .iter()
-            .map(|(f, _)| f.tag.as_ref().unwrap().offset)
+            .map(|f| f.tag.as_ref().unwrap().offset)
             .collect();
         assert_eq!(tags, [1, 2, 3], "each kept frame carries its offset");
-        assert_eq!(&kept[0].0.bytes[..], &encode(OpCode::Text, b"m")[..]);
+        assert_eq!(&frames[0].bytes[..], &encode(OpCode::Text, b"m")[..]);
         // With `offsets: 'prefix'` the offset starts the message.
         s.configure_topic("p", HistoryLimits::default(), true)
             .unwrap();
         s.publish_history("p", b"x", true, Priority::Normal, Stamp::default(), 0);
-        let th = s.history("p").unwrap();
-        let epoch_p = th.history.lock().unwrap().epoch().to_string();
-        let (_, kept) = th
-            .history
-            .lock()
-            .unwrap()
-            .since(0, &epoch_p, Instant::now())
-            .split();
-        assert_eq!(&kept[0].0.bytes[..], &encode(OpCode::Text, b"1 x")[..]);
+        assert_eq!(
+            &kept(&s, "p")[0].bytes[..],
+            &encode(OpCode::Text, b"1 x")[..]
+        );
         // A topic without history gets no offset, and is not counted.
         let none = s.publish_history("none", b"m", true, Priority::Normal, Stamp::default(), 0);
         assert_eq!(none, None);
