@@ -300,7 +300,8 @@ impl Peers for Link {
     }
     /// A publish on a topic with history (with the key and ttl of `stamp`): Redis numbers it (see
     /// `publish.lua`) and every node subscribed to the topic, this one included, delivers it
-    /// once it comes back with its offset. The promise behind `token` learns the offset, or the reason it was not sent.
+    /// once it comes back with its offset. The promise behind `token` learns the offset, or the
+    /// reason it was not sent.
     fn publish_history(
         &self,
         topic: &Arc<str>,
