@@ -7,3 +7,7 @@ pub(crate) mod inbound;
 pub(crate) mod lagging;
 pub(crate) mod peers;
 pub(crate) mod server;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
