@@ -794,25 +794,34 @@ pub(crate) fn check_numbered(payload: &[u8]) -> u64 {
 /// settles (the writer is stuck). Returns how many it sent.
 pub(crate) async fn fill_kernel(conn: &Conn, len: usize, first: u64) -> u64 {
     let mut n = 0;
-    while conn.buffered_amount() == 0 {
-        assert!(n < 4096, "the kernel took 4,096 messages of {len} bytes");
-        deliver(conn, binary(&numbered(first + n, len)));
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(3)).await;
+    loop {
+        while conn.buffered_amount() == 0 {
+            assert!(n < 4096, "the kernel took 4,096 messages of {len} bytes");
+            deliver(conn, binary(&numbered(first + n, len)));
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        settle(conn).await;
+        // Still queued once settled: the writer is stuck, not just late.
+        if conn.buffered_amount() > 0 {
+            return n;
+        }
     }
-    settle(conn).await;
-    n
 }
 
-/// Waits until `buffered_amount` stays the same for 50 ms.
+/// Waits until `buffered_amount` stays the same over four looks 50 ms apart: a writer that is
+/// only slow to be scheduled (a loaded machine) moves something within 200 ms, a stuck one not.
 pub(crate) async fn settle(conn: &Conn) {
     let deadline = Instant::now() + WAIT;
     let mut before = conn.buffered_amount();
-    loop {
+    let mut same = 0;
+    while same < 4 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = conn.buffered_amount();
         if now == before {
-            return;
+            same += 1;
+        } else {
+            same = 0;
         }
         assert!(Instant::now() < deadline, "bufferedAmount never settled");
         before = now;
