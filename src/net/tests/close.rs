@@ -5,6 +5,7 @@
 //! | path | on the wire | `close` event | counted |
 //! |---|---|---|---|
 //! | `conn.close(code, reason)`, peer answers | our close, then FIN after the peer's | ours | nothing |
+//! | `conn.close()` without a code (1005) | an empty close frame | the peer's (1005 if empty too) | nothing |
 //! | peer's close first | replies to earlier messages, the echo of its close, FIN | the peer's | nothing |
 //! | both close at once | one close frame (ours) | the peer's | nothing |
 //! | server close | queued data, 1001, FIN | the peer's echo (1001) | nothing |
@@ -66,6 +67,25 @@ fn app_close_reaches_the_client_and_ends_after_its_answer() {
         let m = &h.server.metrics;
         assert_eq!(m.connections_closed.load(Ordering::Relaxed), 1);
         assert_eq!(m.open.load(Ordering::Relaxed), 0);
+    });
+}
+
+#[test]
+fn close_without_a_code_sends_an_empty_close_frame() {
+    let h = Harness::start(config());
+    h.run(async {
+        let (mut client, conn) = h.connect().await;
+        // 1005 ("no status") is never sent as a code: the frame has no body, as ws's close().
+        assert!(conn.close_ordered(1005, "ignored"));
+        let f = client.next().await;
+        assert_eq!((f.opcode, f.payload.len(), f.wire_len), (op::CLOSE, 0, 2));
+        client
+            .write(&client_frame(true, op::CLOSE, b"", true))
+            .await;
+        assert_eq!(client.until_end().await.1, End::Fin);
+        drop(client);
+        assert_eq!(h.wait_close(conn.id).await, (1005, String::new()));
+        assert_eq!(h.terminated(), vec![]);
     });
 }
 

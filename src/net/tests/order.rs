@@ -163,3 +163,38 @@ fn sends_racing_the_fan_out_keep_call_order() {
         assert_eq!(close, (1000, "done".to_string()));
     });
 }
+
+#[test]
+fn a_broadcast_behind_a_close_is_not_sent_and_counted_as_dropped() {
+    let h = Harness::start(one_worker());
+    h.run(async {
+        let (mut a, ca) = h.connect().await;
+        let (mut b, _) = h.connect().await;
+        let blocked = h.block_workers();
+        assert_ne!(broadcast(&h, "before"), Admitted::Refused);
+        assert!(ca.close_ordered(4000, "closing"));
+        assert_ne!(broadcast(&h, "behind"), Admitted::Refused);
+        blocked.release();
+        let (got, close) = a.until_close().await;
+        assert_eq!(got.iter().map(|f| f.text()).collect::<Vec<_>>(), ["before"]);
+        assert_eq!(close, (4000, "closing".to_string()));
+        assert_eq!(b.next().await.text(), "before");
+        assert_eq!(b.next().await.text(), "behind");
+        until_idle(&h).await;
+        let m = &h.server.metrics;
+        let dropped: Vec<u64> = m
+            .dropped
+            .iter()
+            .map(|d| d.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        assert_eq!(
+            dropped,
+            [0, 1, 0],
+            "one Normal frame, for the closing connection"
+        );
+        assert_eq!(
+            m.dropped_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            frame_len(6) as u64
+        );
+    });
+}
