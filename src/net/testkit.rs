@@ -176,6 +176,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// [`config`] with these per-connection bounds (`lowPriorityLimit` at `maxBufferedAmount`).
+pub(crate) fn with_limits(max_buffered: usize, high: usize, low: usize) -> Config {
+    let mut cfg = config();
+    cfg.limits.max_buffered_amount = max_buffered;
+    cfg.limits.low_priority_limit = max_buffered;
+    cfg.limits.high_water_mark = high;
+    cfg.limits.low_water_mark = low;
+    cfg
+}
+
+/// Asserts that a timer of `timeout` fired after `elapsed`: not early (timers fire late, never
+/// early; 50 ms of slack for where the test started its clock), and not ten times late (at least
+/// 3 s, for a loaded machine).
+pub(crate) fn assert_fired(elapsed: Duration, timeout: Duration) {
+    assert!(
+        elapsed + Duration::from_millis(50) >= timeout,
+        "fired after {elapsed:?}, before its {timeout:?}"
+    );
+    assert!(
+        elapsed < (10 * timeout).max(Duration::from_secs(3)),
+        "fired after {elapsed:?}, far past its {timeout:?}"
+    );
+}
+
 /// A configuration for tests: 127.0.0.1 on a free port, two worker threads at normal priority,
 /// no pings (so that only what a test sends is on the wire); every other option at its default.
 pub(crate) fn config() -> Config {
@@ -308,6 +332,21 @@ impl Harness {
     /// [`Self::wait_for_within`] with [`WAIT`].
     pub(crate) async fn wait_for<T>(&self, what: &str, f: impl FnMut(&[Seen]) -> Option<T>) -> T {
         self.wait_for_within(what, WAIT, f).await
+    }
+
+    /// Waits until an event that `matches` has been seen.
+    pub(crate) async fn wait_seen(&self, what: &str, matches: impl Fn(&Seen) -> bool) {
+        self.wait_for(what, |log| log.iter().any(&matches).then_some(()))
+            .await
+    }
+
+    /// Waits until connection `id` (any, for `None`) has delivered a message for which `f` holds.
+    pub(crate) async fn wait_message(&self, id: Option<u64>, f: impl Fn(&[u8]) -> bool) {
+        self.wait_seen("a message", |e| match e {
+            Seen::Message { id: i, data, .. } => id.is_none_or(|id| id == *i) && f(data),
+            _ => false,
+        })
+        .await
     }
 
     /// The `close` event of connection `id`: (code, reason).

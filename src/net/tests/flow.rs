@@ -16,8 +16,8 @@ use crate::core::metrics::Termination;
 use crate::core::outbox::Outcome;
 use crate::core::policy::Priority;
 use crate::net::testkit::{
-    binary, check_numbered, config, deliver, fill_kernel, frame_len, numbered, op, settle, text,
-    ClientOptions, Harness, Seen,
+    binary, check_numbered, deliver, fill_kernel, frame_len, numbered, op, settle, text,
+    with_limits, ClientOptions, Harness, Seen,
 };
 
 const KIB: usize = 1024;
@@ -35,12 +35,7 @@ fn backpressure_and_drain_fire_once_per_crossing_with_their_amounts() {
     const HIGH: usize = 64 * KIB;
     const LOW: usize = 16 * KIB;
     let frame = frame_len(SIZE);
-    let mut cfg = config();
-    cfg.limits.max_buffered_amount = 4096 * KIB;
-    cfg.limits.low_priority_limit = 4096 * KIB;
-    cfg.limits.high_water_mark = HIGH;
-    cfg.limits.low_water_mark = LOW;
-    let h = Harness::start(cfg);
+    let h = Harness::start(with_limits(4096 * KIB, HIGH, LOW));
     h.run(async {
         let (mut client, conn) = h.connect_with(ClientOptions::stalling()).await;
         let id = conn.id;
@@ -116,12 +111,7 @@ fn backpressure_and_drain_fire_once_per_crossing_with_their_amounts() {
 
 #[test]
 fn every_byte_queued_is_counted_once_and_is_what_the_client_reads() {
-    let mut cfg = config();
-    cfg.limits.max_buffered_amount = 8192 * KIB;
-    cfg.limits.low_priority_limit = 8192 * KIB;
-    cfg.limits.high_water_mark = 8192 * KIB;
-    cfg.limits.low_water_mark = 0;
-    let h = Harness::start(cfg);
+    let h = Harness::start(with_limits(8192 * KIB, 8192 * KIB, 0));
     h.run(async {
         let (mut client, conn) = h.connect_with(ClientOptions::stalling()).await;
         let m = &h.server.metrics;
@@ -130,14 +120,7 @@ fn every_byte_queued_is_counted_once_and_is_what_the_client_reads() {
         for len in [0usize, 10, 300] {
             client.send(op::BINARY, &vec![1u8; len]).await;
         }
-        h.wait_for("three messages", |log| {
-            (log.iter()
-                .filter(|e| matches!(e, Seen::Message { .. }))
-                .count()
-                == 3)
-                .then_some(())
-        })
-        .await;
+        h.wait_message(Some(conn.id), |d| d.len() == 300).await;
         assert_eq!(m.messages_received.load(Ordering::Relaxed), 3);
         assert_eq!(m.bytes_received.load(Ordering::Relaxed), 310);
 
@@ -228,10 +211,7 @@ fn every_byte_queued_is_counted_once_and_is_what_the_client_reads() {
 #[test]
 fn frames_cut_by_terminate_are_counted_as_dropped() {
     const SIZE: usize = 4000;
-    let mut cfg = config();
-    cfg.limits.max_buffered_amount = 4096 * KIB;
-    cfg.limits.high_water_mark = 4096 * KIB;
-    let h = Harness::start(cfg);
+    let h = Harness::start(with_limits(4096 * KIB, 4096 * KIB, 0));
     h.run(async {
         let (mut client, conn) = h.connect_with(ClientOptions::stalling()).await;
         let m = &h.server.metrics;
@@ -272,11 +252,7 @@ fn frames_cut_by_terminate_are_counted_as_dropped() {
 #[test]
 fn overflow_past_max_buffered_amount_ends_the_connection() {
     const SIZE: usize = 4000;
-    let mut cfg = config();
-    cfg.limits.max_buffered_amount = 128 * KIB;
-    cfg.limits.high_water_mark = 64 * KIB;
-    cfg.limits.low_water_mark = 16 * KIB;
-    let h = Harness::start(cfg);
+    let h = Harness::start(with_limits(128 * KIB, 64 * KIB, 16 * KIB));
     h.run(async {
         let (mut client, conn) = h.connect_with(ClientOptions::stalling()).await;
         let m = &h.server.metrics;
