@@ -107,7 +107,7 @@ impl NativeServer {
     ) -> Result<f64, ErrorCode> {
         let rt = self
             .runtimes()
-            .map_err(|e| coded(ErrorCode::Closed, e.reason))?
+            .map_err(|e| coded(ErrorCode::TakeoverFailed, e.reason))?
             .accept
             .handle();
         let parts = RequestParts {

@@ -626,7 +626,11 @@ impl ServerShared {
         if !mine.insert(name.clone()) {
             return false;
         }
-        if write(&self.topics).subscribe(&name, conn.id, conn.clone()) {
+        // `want` is called under the topics lock, here as in `unsubscribe` and `remove`, so that
+        // the link sees a topic's first-subscriber and last-subscriber transitions in the order
+        // the registry made them.
+        let mut t = write(&self.topics);
+        if t.subscribe(&name, conn.id, conn.clone()) {
             if let Some(link) = self.cluster() {
                 link.want(&name, true);
             }
@@ -639,7 +643,8 @@ impl ServerShared {
         if !mine.remove(topic) {
             return false;
         }
-        if let Some(gone) = write(&self.topics).unsubscribe(topic, conn.id) {
+        let mut t = write(&self.topics);
+        if let Some(gone) = t.unsubscribe(topic, conn.id) {
             if let Some(link) = self.cluster() {
                 link.want(&gone, false);
             }
