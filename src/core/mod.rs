@@ -1,6 +1,8 @@
 //! Pure state.
 pub(crate) mod config;
+pub(crate) mod conn_state;
 pub(crate) mod history;
+pub(crate) mod lifecycle;
 pub(crate) mod message;
 pub(crate) mod metrics;
 pub(crate) mod outbox;
