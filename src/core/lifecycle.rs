@@ -45,9 +45,10 @@
 //! unless it is already set. `sent`: the close frame is recorded as ours unless one already was.
 //! `half-close`: → `HalfClosed`, [`Action::ShutdownWrite`], [`Action::WakeReader`], `Parse`
 //! becomes `Drain`, and with `Nothing` read the deadline is cut to now + `linger` (never pushed
-//! back). `end(c)`: →
-//! `Ended`, [`Action::End`] (reset by the first cause). A row's reading change applies only to
-//! the reading named; other readings are kept.
+//! back). `end(c)`: → `Ended`, [`Action::End`] (reset by the first cause). A row's reading change
+//! applies only to the reading named; other readings are kept. The test
+//! `every_transition_of_the_table_and_nothing_else` checks each row, and that every other pair
+//! of a configuration and an input is ignored.
 //!
 //! | State | Input | Next state (reading) | Actions |
 //! |---|---|---|---|
@@ -677,7 +678,9 @@ mod tests {
         }
     }
 
-    /// The transition table of the module doc, row by row, for each configuration it applies to.
+    /// The transition table of the module doc, row by row, for each configuration it applies to
+    /// (one row a line, as in the doc).
+    #[rustfmt::skip]
     fn table() -> Vec<Row> {
         use Reading::*;
         let cl = |taken| Closing { taken };
@@ -688,349 +691,75 @@ mod tests {
         let sw = [ShutdownWrite, WakeReader];
         let end = |reset| [End { reset }];
         let ended = Ended { wrote_close: false };
+        let wrote = Ended { wrote_close: true };
+        let (answer, parser_done, taken, written, eof, blocked) = (
+            Input::AnswerClose, Input::ParserDone, Input::CloseTaken, Input::CloseWritten,
+            Input::Eof, Input::WriteBlocked,
+        );
         let mut t = vec![
             // Close
-            row(
-                "open",
-                close(),
-                cl(false),
-                Parse,
-                Some(6),
-                &[qc(), WakeReader],
-            ),
-            row(
-                "open_drain",
-                close(),
-                cl(false),
-                Drain,
-                Some(6),
-                &[qc(), WakeReader],
-            ),
-            row(
-                "peer_closed",
-                close(),
-                cl(false),
-                Drain,
-                Some(5),
-                &[qc(), WakeReader],
-            ),
-            row(
-                "peer_closed_eof",
-                close(),
-                cl(false),
-                Eof,
-                Some(5),
-                &[qc(), WakeReader],
-            ),
+            row("open", close(), cl(false), Parse, Some(6), &[qc(), WakeReader]),
+            row("open_drain", close(), cl(false), Drain, Some(6), &[qc(), WakeReader]),
+            row("peer_closed", close(), cl(false), Drain, Some(5), &[qc(), WakeReader]),
+            row("peer_closed_eof", close(), cl(false), Eof, Some(5), &[qc(), WakeReader]),
             // PeerClose, deferred and not
-            row(
-                "open",
-                peer(true),
-                PeerClosed,
-                Drain,
-                Some(6),
-                &[ReportPeerClose],
-            ),
+            row("open", peer(true), PeerClosed, Drain, Some(6), &[ReportPeerClose]),
             row("open", peer(false), cl(false), Drain, Some(6), &[qp()]),
-            row(
-                "closing",
-                peer(true),
-                cl(false),
-                Drain,
-                Some(5),
-                &[ReportPeerClose],
-            ),
+            row("closing", peer(true), cl(false), Drain, Some(5), &[ReportPeerClose]),
             row("closing", peer(false), cl(false), Drain, Some(5), &[]),
-            row(
-                "closing_taken",
-                peer(true),
-                cl(true),
-                Drain,
-                Some(5),
-                &[ReportPeerClose],
-            ),
+            row("closing_taken", peer(true), cl(true), Drain, Some(5), &[ReportPeerClose]),
             row("closing_taken", peer(false), cl(true), Drain, Some(5), &[]),
-            row(
-                "failing_urgent",
-                peer(true),
-                fl(false, true),
-                Drain,
-                Some(5),
-                &[ReportPeerClose],
-            ),
-            row(
-                "failing_urgent",
-                peer(false),
-                fl(false, true),
-                Drain,
-                Some(5),
-                &[],
-            ),
-            row(
-                "failing_taken_urgent",
-                peer(true),
-                fl(true, true),
-                Drain,
-                Some(5),
-                &[ReportPeerClose],
-            ),
-            row(
-                "failing_taken_urgent",
-                peer(false),
-                fl(true, true),
-                Drain,
-                Some(5),
-                &[],
-            ),
-            row(
-                "awaiting",
-                peer(true),
-                HalfClosed,
-                Drain,
-                Some(5),
-                &[ReportPeerClose, ShutdownWrite, WakeReader],
-            ),
+            row("failing_urgent", peer(true), fl(false, true), Drain, Some(5), &[ReportPeerClose]),
+            row("failing_urgent", peer(false), fl(false, true), Drain, Some(5), &[]),
+            row("failing_taken_urgent", peer(true), fl(true, true), Drain, Some(5), &[ReportPeerClose]),
+            row("failing_taken_urgent", peer(false), fl(true, true), Drain, Some(5), &[]),
+            row("awaiting", peer(true), HalfClosed, Drain, Some(5), &[ReportPeerClose, ShutdownWrite, WakeReader]),
             row("awaiting", peer(false), HalfClosed, Drain, Some(5), &sw),
             // AnswerClose
-            row(
-                "peer_closed",
-                Input::AnswerClose,
-                cl(false),
-                Drain,
-                Some(5),
-                &[qp(), WakeReader],
-            ),
-            row(
-                "peer_closed_eof",
-                Input::AnswerClose,
-                cl(false),
-                Eof,
-                Some(5),
-                &[qp(), WakeReader],
-            ),
+            row("peer_closed", answer.clone(), cl(false), Drain, Some(5), &[qp(), WakeReader]),
+            row("peer_closed_eof", answer, cl(false), Eof, Some(5), &[qp(), WakeReader]),
             // ParserDone
-            row("open", Input::ParserDone, Open, Drain, None, &[]),
-            row("closing", Input::ParserDone, cl(false), Drain, Some(5), &[]),
-            row(
-                "closing_taken",
-                Input::ParserDone,
-                cl(true),
-                Drain,
-                Some(5),
-                &[],
-            ),
-            row(
-                "failing_urgent",
-                Input::ParserDone,
-                fl(false, true),
-                Drain,
-                Some(5),
-                &[],
-            ),
-            row(
-                "failing_taken_urgent",
-                Input::ParserDone,
-                fl(true, true),
-                Drain,
-                Some(5),
-                &[],
-            ),
-            row(
-                "awaiting",
-                Input::ParserDone,
-                AwaitingPeer,
-                Drain,
-                Some(5),
-                &[],
-            ),
+            row("open", parser_done.clone(), Open, Drain, None, &[]),
+            row("closing", parser_done.clone(), cl(false), Drain, Some(5), &[]),
+            row("closing_taken", parser_done.clone(), cl(true), Drain, Some(5), &[]),
+            row("failing_urgent", parser_done.clone(), fl(false, true), Drain, Some(5), &[]),
+            row("failing_taken_urgent", parser_done.clone(), fl(true, true), Drain, Some(5), &[]),
+            row("awaiting", parser_done, AwaitingPeer, Drain, Some(5), &[]),
             // CloseTaken
-            row("closing", Input::CloseTaken, cl(true), Parse, Some(5), &[]),
-            row(
-                "closing_drain",
-                Input::CloseTaken,
-                cl(true),
-                Drain,
-                Some(5),
-                &[],
-            ),
-            row(
-                "closing_p",
-                Input::CloseTaken,
-                cl(true),
-                Drain,
-                Some(5),
-                &[],
-            ),
-            row(
-                "closing_p_eof",
-                Input::CloseTaken,
-                cl(true),
-                Eof,
-                Some(5),
-                &[],
-            ),
-            row(
-                "failing",
-                Input::CloseTaken,
-                fl(true, false),
-                Drain,
-                Some(5),
-                &[],
-            ),
-            row(
-                "failing_urgent",
-                Input::CloseTaken,
-                fl(true, true),
-                Parse,
-                Some(5),
-                &[],
-            ),
-            row(
-                "failing_rate",
-                Input::CloseTaken,
-                fl(true, true),
-                Nothing,
-                Some(5),
-                &[],
-            ),
+            row("closing", taken.clone(), cl(true), Parse, Some(5), &[]),
+            row("closing_drain", taken.clone(), cl(true), Drain, Some(5), &[]),
+            row("closing_p", taken.clone(), cl(true), Drain, Some(5), &[]),
+            row("closing_p_eof", taken.clone(), cl(true), Eof, Some(5), &[]),
+            row("failing", taken.clone(), fl(true, false), Drain, Some(5), &[]),
+            row("failing_urgent", taken.clone(), fl(true, true), Parse, Some(5), &[]),
+            row("failing_rate", taken, fl(true, true), Nothing, Some(5), &[]),
             // CloseWritten
-            row(
-                "closing",
-                Input::CloseWritten,
-                AwaitingPeer,
-                Parse,
-                Some(5),
-                &[WakeReader],
-            ),
-            row(
-                "closing_taken",
-                Input::CloseWritten,
-                AwaitingPeer,
-                Parse,
-                Some(5),
-                &[WakeReader],
-            ),
-            row(
-                "closing_drain",
-                Input::CloseWritten,
-                AwaitingPeer,
-                Drain,
-                Some(5),
-                &[WakeReader],
-            ),
-            row(
-                "closing_p",
-                Input::CloseWritten,
-                HalfClosed,
-                Drain,
-                Some(5),
-                &sw,
-            ),
-            row(
-                "closing_p_eof",
-                Input::CloseWritten,
-                Ended { wrote_close: true },
-                Nothing,
-                Some(5),
-                &end(false),
-            ),
-            row(
-                "failing",
-                Input::CloseWritten,
-                HalfClosed,
-                Drain,
-                Some(5),
-                &sw,
-            ),
-            row(
-                "failing_urgent",
-                Input::CloseWritten,
-                HalfClosed,
-                Drain,
-                Some(5),
-                &sw,
-            ),
-            row(
-                "failing_taken_urgent",
-                Input::CloseWritten,
-                HalfClosed,
-                Drain,
-                Some(5),
-                &sw,
-            ),
+            row("closing", written.clone(), AwaitingPeer, Parse, Some(5), &[WakeReader]),
+            row("closing_taken", written.clone(), AwaitingPeer, Parse, Some(5), &[WakeReader]),
+            row("closing_drain", written.clone(), AwaitingPeer, Drain, Some(5), &[WakeReader]),
+            row("closing_p", written.clone(), HalfClosed, Drain, Some(5), &sw),
+            row("closing_p_eof", written.clone(), wrote, Nothing, Some(5), &end(false)),
+            row("failing", written.clone(), HalfClosed, Drain, Some(5), &sw),
+            row("failing_urgent", written.clone(), HalfClosed, Drain, Some(5), &sw),
+            row("failing_taken_urgent", written.clone(), HalfClosed, Drain, Some(5), &sw),
             // The flooder's linger: min(5 s, 1 s + 1 s).
-            row(
-                "failing_rate",
-                Input::CloseWritten,
-                HalfClosed,
-                Nothing,
-                Some(2),
-                &sw,
-            ),
-            row(
-                "ended",
-                Input::CloseWritten,
-                Ended { wrote_close: true },
-                Nothing,
-                None,
-                &[],
-            ),
+            row("failing_rate", written.clone(), HalfClosed, Nothing, Some(2), &sw),
+            row("ended", written, wrote, Nothing, None, &[]),
             // Eof
-            row("open_drain", Input::Eof, ended, Nothing, None, &end(false)),
-            row("peer_closed", Input::Eof, PeerClosed, Eof, Some(5), &[]),
-            row(
-                "closing_drain",
-                Input::Eof,
-                ended,
-                Nothing,
-                Some(5),
-                &end(false),
-            ),
-            row("closing_p", Input::Eof, cl(false), Eof, Some(5), &[]),
-            row("failing", Input::Eof, ended, Nothing, Some(5), &end(false)),
-            row(
-                "awaiting_drain",
-                Input::Eof,
-                Ended { wrote_close: true },
-                Nothing,
-                Some(5),
-                &end(false),
-            ),
-            row(
-                "half_closed",
-                Input::Eof,
-                Ended { wrote_close: true },
-                Nothing,
-                Some(5),
-                &end(false),
-            ),
+            row("open_drain", eof.clone(), ended, Nothing, None, &end(false)),
+            row("peer_closed", eof.clone(), PeerClosed, Eof, Some(5), &[]),
+            row("closing_drain", eof.clone(), ended, Nothing, Some(5), &end(false)),
+            row("closing_p", eof.clone(), cl(false), Eof, Some(5), &[]),
+            row("failing", eof.clone(), ended, Nothing, Some(5), &end(false)),
+            row("awaiting_drain", eof.clone(), wrote, Nothing, Some(5), &end(false)),
+            row("half_closed", eof, wrote, Nothing, Some(5), &end(false)),
             // WriteBlocked
-            row(
-                "failing_urgent",
-                Input::WriteBlocked,
-                ended,
-                Nothing,
-                Some(5),
-                &end(true),
-            ),
-            row(
-                "failing_taken_urgent",
-                Input::WriteBlocked,
-                ended,
-                Nothing,
-                Some(5),
-                &end(true),
-            ),
-            row(
-                "failing_rate",
-                Input::WriteBlocked,
-                ended,
-                Nothing,
-                Some(5),
-                &end(true),
-            ),
+            row("failing_urgent", blocked.clone(), ended, Nothing, Some(5), &end(true)),
+            row("failing_taken_urgent", blocked.clone(), ended, Nothing, Some(5), &end(true)),
+            row("failing_rate", blocked, ended, Nothing, Some(5), &end(true)),
+            // A flooder seen after the write side is shut is read no more either.
+            row("half_closed", fail(RateLimited), HalfClosed, Nothing, Some(2), &[WakeReader]),
         ];
-        // Fail, by kind: (kind, what Parse becomes, urgent, reset at the end).
         // Fail, by kind: (kind, what Parse becomes, what Drain becomes, urgent).
         for (why, parse, drain, urgent) in [
             (Protocol, Drain, Drain, false),
@@ -1044,78 +773,27 @@ mod tests {
                 vec![qf(), WakeReader]
             };
             let u = |was: bool| was || urgent;
-            // The flooder's linger after a half-close: min(5 s, 1 s + 1 s).
+            // After a half-close, the flooder's linger: min(5 s, 1 s + 1 s).
             let lingers = |r: Reading| Some(if r == Nothing { 2 } else { 5 });
             t.extend([
                 row("open", f(), fl(false, u(false)), parse, Some(6), &qfw),
                 row("open_drain", f(), fl(false, u(false)), drain, Some(6), &qfw),
-                row(
-                    "peer_closed",
-                    f(),
-                    fl(false, u(false)),
-                    drain,
-                    Some(5),
-                    &qfw,
-                ),
+                row("peer_closed", f(), fl(false, u(false)), drain, Some(5), &qfw),
                 // The first cause counts: the setups' causes reset, Protocol does not.
-                row(
-                    "peer_closed_eof",
-                    f(),
-                    ended,
-                    Nothing,
-                    Some(5),
-                    &end(urgent),
-                ),
+                row("peer_closed_eof", f(), ended, Nothing, Some(5), &end(urgent)),
                 row("closing", f(), fl(false, u(false)), parse, Some(5), &qfw),
-                row(
-                    "closing_taken",
-                    f(),
-                    fl(true, u(false)),
-                    parse,
-                    Some(5),
-                    &[WakeReader],
-                ),
-                row(
-                    "closing_drain",
-                    f(),
-                    fl(false, u(false)),
-                    drain,
-                    Some(5),
-                    &qfw,
-                ),
+                row("closing_taken", f(), fl(true, u(false)), parse, Some(5), &[WakeReader]),
+                row("closing_drain", f(), fl(false, u(false)), drain, Some(5), &qfw),
                 row("closing_p", f(), fl(false, u(false)), drain, Some(5), &qfw),
                 row("closing_p_eof", f(), ended, Nothing, Some(5), &end(urgent)),
                 row("failing", f(), fl(false, u(false)), drain, Some(5), &qfw),
                 row("failing_urgent", f(), fl(false, true), parse, Some(5), &qfw),
-                row(
-                    "failing_taken_urgent",
-                    f(),
-                    fl(true, true),
-                    parse,
-                    Some(5),
-                    &[WakeReader],
-                ),
+                row("failing_taken_urgent", f(), fl(true, true), parse, Some(5), &[WakeReader]),
                 row("failing_rate", f(), fl(false, true), Nothing, Some(5), &qfw),
                 row("awaiting", f(), HalfClosed, drain, lingers(parse), &sw),
-                row(
-                    "awaiting_drain",
-                    f(),
-                    HalfClosed,
-                    drain,
-                    lingers(drain),
-                    &sw,
-                ),
+                row("awaiting_drain", f(), HalfClosed, drain, lingers(drain), &sw),
             ]);
         }
-        // A flooder seen after the write side is shut is read no more either.
-        t.push(row(
-            "half_closed",
-            fail(RateLimited),
-            HalfClosed,
-            Nothing,
-            Some(2),
-            &[WakeReader],
-        ));
         t
     }
 
