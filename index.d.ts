@@ -55,7 +55,7 @@ export declare class NativeConnection {
   close(code: number, reason: string): boolean
   /**
    * Answers the peer's close frame, once the events before it have been handled (internal:
-   * `lib/sluice.js` calls it when it reaches the close in the event stream).
+   * `lib/dispatch.js` calls it when it reaches the close in the event stream).
    */
   answerClose(): void
   /** Drops the TCP connection now; queued data is discarded (and counted). */
@@ -72,10 +72,14 @@ export declare class NativeConnection {
 
 /** Native half of `Server`. Use `Server` from `require('sluice')` instead. */
 export declare class NativeServer {
-  constructor(options: ServerOptions, onEvents: (events: Array<Array<any>>) => void)
+  /**
+   * Checks `options` (the one place they are checked: `options.rs`) and starts the runtimes.
+   * Throws a `TypeError` or `RangeError` with a stable `code` for options it refuses.
+   */
+  constructor(options: ServerOptions | undefined, onEvents: (events: Array<Array<any>>) => void)
   /**
    * Open connections keep the process alive as open sockets do in Node, also without a
-   * listener of sluice's own (`noServer`). `lib/sluice.js` calls this when its count of open
+   * listener of sluice's own (`noServer`). `lib/server.js` calls this when its count of open
    * connections and handshakes in progress leaves or reaches zero.
    */
   hold(holding: boolean): void
@@ -147,7 +151,7 @@ export declare class NativeServer {
   subscriberCount(topic: string): number
   metrics(): Metrics
   /**
-   * The next batch of events: after the thread-safe call's batch, `lib/sluice.js` takes the
+   * The next batch of events: after the thread-safe call's batch, `lib/dispatch.js` takes the
    * following ones itself, between turns of the event loop, until one is empty; only then does
    * the next event make a thread-safe call again. Empty once destroyed.
    */
@@ -183,23 +187,33 @@ export interface ClusterMetrics {
   latencyUs: LatencyMetrics
 }
 
-/** The `cluster` option as `lib/sluice.js` passes it (it maps `redis: url | url[]`). */
+/**
+ * The `cluster` option: scale-out through Redis, so that broadcasts and publishes reach the
+ * clients of every node.
+ */
 export interface ClusterOptions {
-  /** `redis://` URLs: one for a single Redis, the seed nodes of a Redis Cluster otherwise. */
-  urls: Array<string>
-  /** A Redis Cluster: sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis >= 7). */
-  sharded?: boolean
+  /**
+   * One `redis://host:port` URL (plain pub/sub on one Redis), or the seed nodes of a Redis
+   * Cluster (sharded pub/sub: `SPUBLISH`/`SSUBSCRIBE`, Redis >= 7).
+   */
+  redis: string | Array<string>
   /**
    * Channel prefix: `<prefix>:all` for broadcasts, `<prefix>:t:<topic>` for topics.
    * Default `'sluice'`.
    */
   prefix?: string
   /**
-   * Critical messages held, in order, while Redis is unreachable; beyond it they are counted
-   * as not sent. Default `1024`.
+   * Critical messages held, in order, while Redis is unreachable (0 to 1000000); beyond it
+   * they are counted as not sent. Default `1024`.
    */
   criticalQueue?: number
 }
+
+/** Default of `server.close({ timeout })` in ms: the default `closeTimeout` of a connection. */
+export declare const DEFAULT_CLOSE_TIMEOUT_MS: number
+
+/** Default `handshakeTimeout` in ms (`sluice/ws` gives `verifyClient` as long to answer). */
+export declare const DEFAULT_HANDSHAKE_TIMEOUT_MS: number
 
 /**
  * Messages dropped per priority (never silently): refused by policy, evicted to make room,
@@ -213,6 +227,51 @@ export interface DroppedMetrics {
   bytes: number
   /** Of the frames above, those discarded by resyncs (`onOverflow: 'resync'`). */
   resync: number
+}
+
+/**
+ * The kind of an event as JavaScript's dispatcher (`lib/dispatch.js`) receives it: the first
+ * element of each event array. The elements after it, by kind:
+ */
+export declare enum EventKind {
+  /**
+   * `[kind, id, NativeConnection, request, token]`: a connection is open; `request` is the
+   * object of sluice's own listener, `token` (0 there) the handshake's of a taken-over socket.
+   */
+  Connection = 0,
+  /** `[kind, id, data: Buffer, binary: boolean]`: a message (only while JavaScript listens). */
+  Message = 1,
+  /** `[kind, id, code, reason]`: the connection has ended. */
+  Close = 2,
+  /** `[kind, id, bufferedAmount]`: bufferedAmount rose above `highWaterMark`. */
+  Backpressure = 3,
+  /** `[kind, id, bufferedAmount]`: bufferedAmount fell below `lowWaterMark`. */
+  Drain = 4,
+  /** `[kind, 0]`: the server has closed; every connection is gone. */
+  Closed = 5,
+  /** `[kind, token, request, protocols]`: a valid upgrade waits for `verifyReply(token, ..)`. */
+  Verify = 6,
+  /** `[kind, token, status]`: a handshake JavaScript knows of failed (or was refused). */
+  HandshakeFailed = 7,
+  /** `[kind, id, data: Buffer]`: a ping from the peer (only while JavaScript listens). */
+  Ping = 8,
+  /** `[kind, id, data: Buffer]`: a pong from the peer (only while JavaScript listens). */
+  Pong = 9,
+  /** `[kind, id, token, fate: SendFate]`: what became of a `send` with a callback. */
+  Sent = 10,
+  /**
+   * `[kind, token, offset, epoch, code?]`: Redis numbered a publish on a topic with history,
+   * or (`code`) it could not be sent.
+   */
+  Published = 11,
+  /** `[kind, token, recovered, offset, epoch]`: a resume through Redis is answered. */
+  Resumed = 12,
+  /** `[kind, id, dropped, bytes, [topic, offset, epoch, ...]]`: `onOverflow: 'resync'`. */
+  Resync = 13,
+  /** `[kind, 0, pendingBytes]`: the fan-out backlog fell below `pendingHighWaterMark`. */
+  FanoutDrain = 14,
+  /** `[kind, id]`: the peer's close frame; every message before it has been delivered. */
+  PeerClose = 15,
 }
 
 /**
@@ -280,6 +339,16 @@ export interface InboundMetrics {
 }
 
 /**
+ * Inbound events a connection passes to JavaScript, as bits of
+ * `NativeConnection.setInterest`: without a listener they never wake the JS thread.
+ */
+export declare enum Interest {
+  Message = 1,
+  Ping = 2,
+  Pong = 4,
+}
+
+/**
  * Fan-out latency in microseconds: from the `broadcast`/`publish` call to the last recipient's
  * socket write of that message.
  */
@@ -300,7 +369,25 @@ export interface ListenResult {
   errorMessage?: string
 }
 
-/** Per-message options of `broadcast`, `publish` and `send`, as `lib/sluice.js` passes them. */
+/**
+ * Largest number of bytes a size takes (1 TiB, `2 ** 40`): below 2^53, exact in a JavaScript
+ * number. `sluice/ws` gives it for ws's `maxPayload: 0` (no limit).
+ */
+export declare const MAX_BYTES: number
+
+/** Longest close reason, bytes of UTF-8 (a control frame's payload less the 2-byte code). */
+export declare const MAX_CLOSE_REASON: number
+
+/** Largest payload of a ping or pong, bytes (RFC 6455 §5.5). */
+export declare const MAX_CONTROL_PAYLOAD: number
+
+/**
+ * Largest time in ms an option, a `ttl` or a close timeout takes (`2 ** 31 - 1`, Node's own
+ * timer limit).
+ */
+export declare const MAX_MS: number
+
+/** Per-message options of `broadcast`, `publish` and `send`, as `lib/options.js` passes them. */
 export interface MessageOptions {
   /**
    * Conflation key: a newer message with the same key replaces this one while it still waits
@@ -444,6 +531,18 @@ export interface ResumeResult {
   pending: boolean
 }
 
+/** What became of a frame sent with a callback (the `Sent` event's fate). */
+export declare enum SendFate {
+  /** Every byte reached the kernel. */
+  Written = 0,
+  /** Refused by policy, evicted, or discarded when the connection ended. */
+  Dropped = 1,
+  /** A newer frame with the same conflation key took its place before it was written. */
+  Replaced = 2,
+  /** Its `ttl` ran out before the writer reached it. */
+  Expired = 3,
+}
+
 /** Options for `new Server(options)`. Every option is optional; sizes are bytes, times milliseconds. */
 export interface ServerOptions {
   /**
@@ -539,10 +638,17 @@ export interface ServerOptions {
    */
   allowedOrigins?: Array<string>
   /**
-   * Set by `lib/sluice.js` when `verifyClient` or `handleProtocols` is given: every valid
-   * upgrade waits for their answer (a `verify` event and `verifyReply`) before the 101.
+   * Set when a `verifyClient` or `handleProtocols` function is given (it is no option of its
+   * own): every valid upgrade waits for their answer (a `verify` event and `verifyReply`)
+   * before the 101.
    */
   askJs?: boolean
+  /**
+   * No listener of sluice's own: connections come from an http server through
+   * `handleUpgrade` or `attach`. Excludes `host`, `port` and `path`; `listen()` rejects
+   * `ERR_SLUICE_NO_SERVER`. Default `false`.
+   */
+  noServer?: boolean
   /**
    * `SO_REUSEPORT` (Linux): several processes, e.g. the workers of Node's `cluster` module,
    * each listen on the same port and the kernel spreads the connections. Default `false`.

@@ -292,3 +292,69 @@ describe('listen()', () => {
     await expect(server.listen()).rejects.toMatchObject({ code: 'ERR_SLUICE_ALREADY_LISTENING' })
   })
 })
+
+describe('errors thrown by the native side', () => {
+  // The native side carries each error's code (and, for options, its class) as a field; lib/
+  // makes the error again in the caller's realm, so instanceof works here too (Jest runs tests in
+  // a vm context of its own).
+  const http = require('http')
+  const os = require('os')
+  const path = require('path')
+  const fs = require('fs')
+  const WebSocket = require('ws')
+  const { once, closeHttpServers } = require('./util/protocol-helpers')
+  const httpServers = []
+  afterEach(() => closeHttpServers(httpServers))
+
+  test('a topic with history that Redis cannot number: Error ERR_SLUICE_INVALID_TOPIC; one it can is configured', async () => {
+    // Nothing listens on port 1: the link keeps retrying in the background, and the check comes first.
+    const server = new Server({ noServer: true, cluster: { redis: 'redis://127.0.0.1:1' } })
+    res.servers.push(server)
+    const err = expectThrow(() => server.topic('room{7}', { history: {} }), Error, 'ERR_SLUICE_INVALID_TOPIC')
+    expect(err.message).toContain("'{' or '}'")
+    expect(server.topic('room7', { history: {} })).toEqual({ epoch: null })
+  })
+
+  test('a verifyClient refusal with a header the response cannot carry: 500, and an Error ERR_SLUICE_INVALID_VERDICT', async () => {
+    const { server, url } = await res.server({ verifyClient: () => ({ code: 403, headers: { 'x-why': 'a\r\nSet-Cookie: evil=1' } }) })
+    const errors = []
+    server.on('error', (e) => errors.push(e))
+    const ws = new WebSocket(url)
+    ws.on('error', () => {})
+    const [, response] = await once(ws, 'unexpected-response')
+    expect(response.statusCode).toBe(500)
+    expect(response.headers['set-cookie']).toBeUndefined()
+    expect(errors).toHaveLength(1)
+    expect(errors[0]).toBeInstanceOf(Error)
+    expect(errors[0].code).toBe('ERR_SLUICE_INVALID_VERDICT')
+    expect(errors[0].message).toContain('x-why')
+  })
+
+  test('handleUpgrade with a Unix-domain socket: Error ERR_SLUICE_TAKEOVER_FAILED, nothing taken over', async () => {
+    const file = path.join(os.tmpdir(), `sluice-options-${process.pid}.sock`)
+    fs.rmSync(file, { force: true })
+    const httpServer = http.createServer()
+    httpServers.push(httpServer)
+    await new Promise((resolve) => httpServer.listen(file, resolve))
+    const server = new Server({ noServer: true })
+    res.servers.push(server)
+    const thrown = new Promise((resolve) => {
+      httpServer.on('upgrade', (req, socket, head) => {
+        try {
+          server.handleUpgrade(req, socket, head)
+          resolve(null)
+        } catch (err) {
+          resolve(err)
+          socket.destroy()
+        }
+      })
+    })
+    const ws = new WebSocket(`ws+unix:${file}`)
+    ws.on('error', () => {})
+    const err = await thrown
+    expect(err).toBeInstanceOf(Error)
+    expect(err.code).toBe('ERR_SLUICE_TAKEOVER_FAILED')
+    expect(err.message).toContain('not a TCP socket')
+    expect(server.metrics().connections).toBe(0)
+  })
+})

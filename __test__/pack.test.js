@@ -195,8 +195,14 @@ test('npm pack: the tarball holds what install, build and require need, and noth
   ]) {
     expect(files).toContain(f)
   }
-  // Every Rust source of the crate, so cargo can build it.
-  for (const f of fs.readdirSync(path.join(root, 'src'))) expect(files).toContain(`src/${f}`)
+  // Every Rust source of the crate, so cargo can build it, and every file of lib/ (the layers
+  // are folders under src/, the ws facade's classes under lib/ws/).
+  const tree = (dir) =>
+    fs.readdirSync(path.join(root, dir), { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? tree(`${dir}/${e.name}`) : [`${dir}/${e.name}`]))
+  const sources = [...tree('src'), ...tree('lib')]
+  expect(sources).toContain('src/napi/mod.rs')
+  expect(sources).toContain('lib/ws/websocket.js')
+  for (const f of sources) expect(files).toContain(f)
   // Every file the package's "exports" map points at.
   const targets = []
   const walk = (v) => (typeof v === 'string' ? targets.push(path.posix.normalize(v)) : Object.values(v).forEach(walk))

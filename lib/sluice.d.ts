@@ -4,7 +4,7 @@
 import { EventEmitter } from 'events'
 import type { IncomingMessage, Server as HttpServer } from 'http'
 import type { Duplex } from 'stream'
-import type { ServerOptions as NativeServerOptions, Metrics, NativeConnection, PublishResult, ResumeResult } from '../index'
+import type { ServerOptions as NativeServerOptions, ClusterOptions, Metrics, NativeConnection, PublishResult, ResumeResult } from '../index'
 import { Priority, threadCpuTimeNs } from '../index'
 
 export { Priority, threadCpuTimeNs }
@@ -103,24 +103,13 @@ export interface Refusal {
 }
 
 /** Scale-out through Redis: broadcasts and publishes reach the clients of every node. */
-export interface ClusterOption {
-  /** One `redis://host:port` URL (plain pub/sub), or the seed nodes of a Redis Cluster (sharded pub/sub). */
-  redis: string | string[]
-  /** Channel prefix: `<prefix>:all`, `<prefix>:t:<topic>`. Default `'sluice'`. */
-  prefix?: string
-  /** Critical messages held, in order, while Redis is unreachable. Default `1024`. */
-  criticalQueue?: number
-}
+export type ClusterOption = ClusterOptions
 
-/** `new Server(options)`: the native options (defaults in index.d.ts) and the JavaScript hooks. */
-export interface ServerOptions extends Omit<NativeServerOptions, 'askJs' | 'cluster'> {
-  /** Scale-out through Redis. Without it no Redis connection is ever opened. */
-  cluster?: ClusterOption
-  /**
-   * No listener of sluice's own: connections come from an http server through `handleUpgrade`
-   * or `attach`. Excludes `host`, `port` and `path`; `listen()` rejects `ERR_SLUICE_NO_SERVER`.
-   */
-  noServer?: boolean
+/**
+ * `new Server(options)`: the native options (checked, and their defaults documented, in
+ * index.d.ts) and the JavaScript hooks.
+ */
+export interface ServerOptions extends Omit<NativeServerOptions, 'askJs'> {
   /**
    * Called with the request before the 101 is sent; nothing is registered as a connection
    * before it answers. `true` accepts; `false` refuses with 401; `{ code, message, headers }`

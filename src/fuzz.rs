@@ -1,6 +1,6 @@
 //! Fuzz targets for the two parsers a client's bytes reach, and what their harnesses share.
 //!
-//! * [`handshake`]: the request head, read as [`crate::wire::handshake::read_head`] reads it, parsed
+//! * [`handshake`]: the request head, read as [`crate::net::handshake::read_head`] reads it, parsed
 //!   and checked as `server.rs` does, on both paths (own listener, and Node's parsed request).
 //! * [`frames`]: the inbound frame path, tungstenite's `WebSocketContext` configured by
 //!   [`crate::net::inbound`], driven as the connection's reader drives it.

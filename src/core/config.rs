@@ -1,9 +1,11 @@
 //! Validated server configuration with every default in one place.
 //!
-//! [`ServerOptions`] is the options object exactly as JavaScript passes it (its doc comments become
-//! `index.d.ts`). The JavaScript layer validates types and ranges first and throws `TypeError` /
-//! `RangeError` with a stable `code`; [`Config::from_options`] checks the same relations again so
-//! that the native core never runs with an inconsistent configuration.
+//! `ServerOptions` (`napi/options.rs`) is the options object as JavaScript passes it (its doc
+//! comments become `index.d.ts`); `Config::from_options` there is the one place options are
+//! checked: each option's type and range, then the relations between them. A refusal is a
+//! [`ConfigError`] naming the option, whose [`Fault`] decides the JavaScript error (`TypeError` or
+//! `RangeError`, and its stable `code`). JavaScript only maps names (`sluice/ws`'s options) and
+//! never repeats a check or a default.
 
 use std::time::Duration;
 
@@ -52,8 +54,13 @@ pub(crate) const DEFAULT_MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 /// clients' latency p99 reach 558 ms. The mark only changes what `broadcast` returns: a burst
 /// above it is queued all the same.
 pub(crate) const DEFAULT_PENDING_HIGH_WATER_MARK: usize = 16 * 1024;
-/// Largest `ttl`/`defaultTtl` in ms (Node's own timer limit, 2^31 - 1).
-pub(crate) const MAX_TTL_MS: u32 = i32::MAX as u32;
+/// Largest time in ms an option, a `ttl` or a close timeout takes: Node's own timer limit
+/// (`setTimeout`'s 2^31 - 1 ms, 24.8 days), so that every time sluice accepts is one JavaScript
+/// can wait for too.
+pub(crate) const MAX_MS: u32 = i32::MAX as u32;
+/// Largest number of bytes a size option takes (1 TiB): far above any sane bound, and below 2^53,
+/// so that JavaScript's numbers hold it exactly.
+pub(crate) const MAX_BYTES: u64 = 1 << 40;
 /// Bytes the reader allocates per connection for inbound frames, and the most it reads per
 /// system call. tungstenite's default (128 KiB, zero-filled on first read) would make every idle
 /// connection cost ~140 KiB resident. Inbound traffic in a broadcast server is small (pongs, chat,
@@ -206,11 +213,31 @@ pub(crate) fn ms(v: u32) -> Duration {
     Duration::from_millis(v as u64)
 }
 
-/// A configuration error: the option's name and what is wrong with it.
+/// A configuration error: the option's name, what kind of fault, and what is wrong with it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ConfigError {
     pub(crate) option: &'static str,
+    pub(crate) fault: Fault,
     pub(crate) message: String,
+}
+
+/// What is wrong with the options. Each fault is one JavaScript error class and `code`
+/// (`napi/errors.rs`), as Node's own argument checks class them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// The options are not an object, or two of them exclude each other (`noServer` with
+    /// `port`): `TypeError`, `ERR_SLUICE_INVALID_OPTIONS`.
+    Options,
+    /// A name that is no option: `TypeError`, `ERR_SLUICE_UNKNOWN_OPTION`.
+    Unknown,
+    /// An option of the wrong type: `TypeError`, `ERR_SLUICE_INVALID_OPTION`.
+    Type,
+    /// A value that is none of the option's values (`onOverflow: 'explode'`): `RangeError`,
+    /// `ERR_SLUICE_INVALID_OPTION`.
+    Value,
+    /// A number outside the option's range, or beyond another option's bound: `RangeError`,
+    /// `ERR_SLUICE_OUT_OF_RANGE`.
+    Range,
 }
 
 /// Default `criticalQueue`: Critical messages held while Redis is unreachable.

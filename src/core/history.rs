@@ -54,11 +54,63 @@ struct Kept {
 
 /// The outcome of a resume request.
 #[derive(Debug)]
-pub(crate) enum Resume {
+pub(crate) enum Resume<T> {
     /// Every message after the client's offset, in order (possibly none).
-    Recovered(Vec<(Frame, Priority)>),
+    Recovered(Vec<T>),
     /// Another epoch, or messages after the client's offset are gone.
     NotRecovered,
+}
+
+impl<T> Resume<T> {
+    /// Whether the client is recovered, and what it is replayed (nothing if not).
+    pub(crate) fn split(self) -> (bool, Vec<T>) {
+        match self {
+            Resume::Recovered(replay) => (true, replay),
+            Resume::NotRecovered => (false, Vec::new()),
+        }
+    }
+}
+
+/// The resume decision, the one rule for every store of a topic's history: this process's
+/// [`History`], or the stream in Redis that the nodes of a cluster share.
+///
+/// A client has everything up to offset `since` of `epoch`. The store names its epoch
+/// (`current`; empty: it has none), its latest offset `last`, and `after`: the messages it can
+/// still give after `since`, in offset order, as (offset, bytes, message), leaving out any it may
+/// no longer give (past their ttl, unreadable). The client is recovered when the epoch is the
+/// store's, `since` is not past `last`, and `after` holds every offset from `since + 1` to `last`,
+/// within `max_bytes`: it then gets exactly those. Messages after `last` (numbered after the store
+/// was read) are not part of the replay; they come as live traffic. `after` is consumed only as
+/// far as the decision needs.
+pub(crate) fn decide<T>(
+    since: u64,
+    epoch: &str,
+    current: &str,
+    last: u64,
+    after: impl IntoIterator<Item = (u64, usize, T)>,
+    max_bytes: usize,
+) -> Resume<T> {
+    if current.is_empty() || epoch != current || since > last {
+        return Resume::NotRecovered;
+    }
+    let mut replay = Vec::new();
+    let mut bytes = 0usize;
+    let mut expect = since.saturating_add(1);
+    for (offset, len, message) in after {
+        if offset > last {
+            break;
+        }
+        bytes = bytes.saturating_add(len);
+        if offset != expect || bytes > max_bytes {
+            return Resume::NotRecovered;
+        }
+        replay.push(message);
+        expect += 1;
+    }
+    if expect != last.saturating_add(1) {
+        return Resume::NotRecovered;
+    }
+    Resume::Recovered(replay)
 }
 
 #[derive(Debug)]
@@ -132,26 +184,27 @@ impl History {
         }
     }
 
-    /// What a client that has everything up to `offset` of `epoch` needs.
-    pub(crate) fn since(&mut self, offset: u64, epoch: &str, now: Instant) -> Resume {
+    /// What a client that has everything up to `offset` of `epoch` needs ([`decide`], on what is
+    /// kept once the ttl has trimmed it).
+    pub(crate) fn since(
+        &mut self,
+        offset: u64,
+        epoch: &str,
+        now: Instant,
+    ) -> Resume<(Frame, Priority)> {
         self.trim(now);
-        if epoch != self.epoch || offset > self.last {
-            return Resume::NotRecovered;
-        }
-        if offset == self.last {
-            return Resume::Recovered(Vec::new());
-        }
-        // The first message the client lacks must still be here.
-        match self.kept.front() {
-            Some(first) if first.offset <= offset + 1 => {}
-            _ => return Resume::NotRecovered,
-        }
-        Resume::Recovered(
-            self.kept
-                .iter()
-                .filter(|k| k.offset > offset)
-                .map(|k| (k.frame.clone(), k.priority))
-                .collect(),
+        let after = self
+            .kept
+            .iter()
+            .filter(|k| k.offset > offset)
+            .map(|k| (k.offset, k.frame.len(), (k.frame.clone(), k.priority)));
+        decide(
+            offset,
+            epoch,
+            &self.epoch,
+            self.last,
+            after,
+            self.limits.bytes,
         )
     }
 }
@@ -185,7 +238,7 @@ mod tests {
         u64::from_be_bytes(f.bytes[2..10].try_into().unwrap())
     }
 
-    fn recovered(r: Resume) -> Vec<u64> {
+    fn recovered(r: Resume<(Frame, Priority)>) -> Vec<u64> {
         match r {
             Resume::Recovered(v) => v.iter().map(|(f, _)| number(f)).collect(),
             Resume::NotRecovered => panic!("expected a recovery"),
@@ -270,6 +323,59 @@ mod tests {
             }
             Resume::NotRecovered => panic!(),
         }
+    }
+
+    /// `decide` row by row: (since, epoch, store's epoch, last, offsets it still gives, byte
+    /// bound) and the offsets replayed, `None` for not recovered. Each message costs 10 bytes.
+    #[test]
+    fn the_resume_decision_row_by_row() {
+        type Row = (u64, &'static str, &'static str, u64, &'static [u64], usize);
+        let rows: &[(Row, Option<&[u64]>)] = &[
+            ((7, "e", "e", 10, &[8, 9, 10], 100), Some(&[8, 9, 10])),
+            ((10, "e", "e", 10, &[], 100), Some(&[])),
+            ((0, "e", "e", 0, &[], 100), Some(&[])),
+            // Another epoch, or a store that has none (its keys expired in Redis).
+            ((7, "x", "e", 10, &[8, 9, 10], 100), None),
+            ((7, "", "", 10, &[8, 9, 10], 100), None),
+            // An offset the store has not reached (from another epoch's numbering).
+            ((11, "e", "e", 10, &[], 100), None),
+            // The first missed one is gone (trimmed), one in the middle, the last ones.
+            ((7, "e", "e", 10, &[9, 10], 100), None),
+            ((7, "e", "e", 10, &[8, 10], 100), None),
+            ((7, "e", "e", 10, &[8, 9], 100), None),
+            ((7, "e", "e", 10, &[], 100), None),
+            // Messages numbered after the store was read come live, not in the replay.
+            ((7, "e", "e", 9, &[8, 9, 10, 11], 100), Some(&[8, 9])),
+            // Within the byte bound, and just past it.
+            ((7, "e", "e", 10, &[8, 9, 10], 30), Some(&[8, 9, 10])),
+            ((7, "e", "e", 10, &[8, 9, 10], 29), None),
+        ];
+        for ((since, epoch, current, last, have, max), want) in rows {
+            let after = have.iter().map(|&o| (o, 10, o));
+            let got = match decide(*since, epoch, current, *last, after, *max) {
+                Resume::Recovered(v) => Some(v),
+                Resume::NotRecovered => None,
+            };
+            assert_eq!(
+                got.as_deref(),
+                *want,
+                "since {since} of {epoch:?}, store {current:?} at {last} with {have:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_decision_reads_only_as_far_as_it_needs() {
+        let mut pulled = Vec::new();
+        let after = [5u64, 7, 8, 9].into_iter().inspect(|o| pulled.push(*o));
+        let r = decide(4, "e", "e", 9, after.map(|o| (o, 1, o)), 100);
+        assert!(matches!(r, Resume::NotRecovered));
+        assert_eq!(pulled, [5, 7], "stops at the gap");
+        let mut pulled = Vec::new();
+        let after = [5u64, 6, 7].into_iter().inspect(|o| pulled.push(*o));
+        let r = decide(4, "e", "e", 5, after.map(|o| (o, 1, o)), 100);
+        assert!(matches!(r, Resume::Recovered(v) if v == [5]));
+        assert_eq!(pulled, [5, 6], "stops past the last offset");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use super::*;
 
+use crate::net::routing::{ResumeRefused, Resumed};
+
 /// Native half of `Connection`. It holds the connection weakly: once the connection has ended its
 /// socket is closed at once, whatever JavaScript still holds.
 #[napi]
@@ -132,15 +134,7 @@ impl NativeConnection {
     ) -> bool {
         let ack = ack.map(|token| {
             let (events, id, token) = (self.events.clone(), self.id, token as u64);
-            SendAck::new(move |fate| {
-                let fate = match fate {
-                    Fate::Written => 0,
-                    Fate::Dropped => 1,
-                    Fate::Replaced => 2,
-                    Fate::Expired => 3,
-                };
-                events.push(Event::Sent { id, token, fate })
-            })
+            SendAck::new(move |fate| events.push(Event::Sent { id, token, fate }))
         });
         let Some(c) = self.conn.upgrade() else {
             // The connection is gone: dropping `ack` reports the send as dropped.
@@ -157,10 +151,10 @@ impl NativeConnection {
 
     /// Queues a ping (or, with `pong`, an unsolicited pong) carrying at most 125 bytes.
     #[napi]
-    pub fn ping(&self, data: &[u8], pong: bool) -> Result<bool> {
+    pub fn ping(&self, data: &[u8], pong: bool) -> Result<bool, ErrorCode> {
         if data.len() > MAX_CONTROL_PAYLOAD {
-            return Err(Error::new(
-                Status::InvalidArg,
+            return Err(coded(
+                ErrorCode::InvalidData,
                 "ping/pong data must be at most 125 bytes",
             ));
         }
@@ -180,7 +174,7 @@ impl NativeConnection {
     }
 
     /// Answers the peer's close frame, once the events before it have been handled (internal:
-    /// `lib/sluice.js` calls it when it reaches the close in the event stream).
+    /// `lib/dispatch.js` calls it when it reaches the close in the event stream).
     #[napi]
     pub fn answer_close(&self) {
         if let Some(c) = self.conn.upgrade() {
@@ -217,72 +211,41 @@ impl NativeConnection {
         offset: f64,
         epoch: String,
         token: f64,
-    ) -> Result<ResumeResult> {
+    ) -> Result<ResumeResult, ErrorCode> {
         let Some(c) = self.conn.upgrade() else {
-            return Err(Error::new(
-                Status::GenericFailure,
-                "ERR_SLUICE_CLOSED: the connection is closed",
-            ));
+            return Err(coded(ErrorCode::Closed, "the connection is closed"));
         };
-        let Some(th) = c
-            .server
-            .history(&topic)
-            .map(Some)
-            .or_else(|| c.server.cluster().map(|_| None))
-        else {
-            return Err(Error::new(
-                Status::InvalidArg,
-                format!("ERR_SLUICE_NO_HISTORY: topic '{topic}' has no history (server.topic(name, {{ history }}))"),
-            ));
-        };
-        // Claimed until the resume's job runs: a second subscribe meanwhile would replay twice.
-        if !c.begin_resume(&topic) {
-            return Err(Error::new(
-                Status::InvalidArg,
-                format!("ERR_SLUICE_ALREADY_SUBSCRIBED: already subscribed to '{topic}'"),
-            ));
-        }
         let since = if offset.is_finite() && offset >= 0.0 {
             offset as u64
         } else {
             u64::MAX
         };
-        if let Some(link) = c.server.cluster() {
-            let req = ResumeRequest {
-                conn: c.clone(),
-                topic: Arc::from(topic.as_str()),
-                since,
+        match c.server.resume(&c, &topic, since, epoch, token as u64) {
+            Ok(Resumed::Answered {
+                recovered,
+                offset,
                 epoch,
-                token: token as u64,
-            };
-            // Queued for the link task, which answers with a `resumed` event; with the link down
-            // nobody can read the history: not recovered, subscribed from now on.
-            if let Err(req) = link.resume(req) {
-                link.answer_unrecovered(req);
-            }
-            return Ok(ResumeResult {
+            }) => Ok(ResumeResult {
+                recovered,
+                offset: offset as f64,
+                epoch,
+                pending: false,
+            }),
+            Ok(Resumed::Pending) => Ok(ResumeResult {
                 recovered: false,
                 offset: 0.0,
                 epoch: String::new(),
                 pending: true,
-            });
+            }),
+            Err(ResumeRefused::NoHistory) => Err(coded(
+                ErrorCode::NoHistory,
+                format!("topic '{topic}' has no history (server.topic(name, {{ history }}))"),
+            )),
+            Err(ResumeRefused::AlreadySubscribed) => Err(coded(
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to '{topic}'"),
+            )),
         }
-        let th = th.expect("without cluster, a topic with history has one here");
-        let mut h = th.history.lock().unwrap_or_else(|e| e.into_inner());
-        let (recovered, frames) = match h.since(since, &epoch, std::time::Instant::now()) {
-            Resume::Recovered(frames) => (true, frames),
-            Resume::NotRecovered => (false, Vec::new()),
-        };
-        // Sent while the history is locked: after the publishes it holds, before later ones.
-        c.server
-            .fanout()
-            .resume(c.clone(), Arc::from(topic.as_str()), frames, None);
-        Ok(ResumeResult {
-            recovered,
-            offset: h.last() as f64,
-            epoch: h.epoch().to_string(),
-            pending: false,
-        })
     }
 
     #[napi]

@@ -7,29 +7,93 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{sys, Env};
 
+use napi_derive::napi;
+
+use crate::core::message::Fate;
 use crate::napi::connection::NativeConnection;
+use crate::net::connection::interest;
 use crate::net::events::{Event, EventSink, Wake};
 use crate::wire::handshake::Request;
 
-/// Event kinds as the JS dispatcher sees them (first element of each event array).
-pub mod kind {
-    pub const CONNECTION: u32 = 0;
-    pub const MESSAGE: u32 = 1;
-    pub const CLOSE: u32 = 2;
-    pub const BACKPRESSURE: u32 = 3;
-    pub const DRAIN: u32 = 4;
-    pub const CLOSED: u32 = 6;
-    pub const VERIFY: u32 = 7;
-    pub const HANDSHAKE_FAILED: u32 = 8;
-    pub const PING: u32 = 9;
-    pub const PONG: u32 = 10;
-    pub const SENT: u32 = 11;
-    pub const PUBLISHED: u32 = 12;
-    pub const RESUMED: u32 = 13;
-    pub const RESYNC: u32 = 14;
-    pub const FANOUT_DRAIN: u32 = 15;
-    pub const PEER_CLOSE: u32 = 16;
+/// The kind of an event as JavaScript's dispatcher (`lib/dispatch.js`) receives it: the first
+/// element of each event array. The elements after it, by kind:
+#[napi]
+pub enum EventKind {
+    /// `[kind, id, NativeConnection, request, token]`: a connection is open; `request` is the
+    /// object of sluice's own listener, `token` (0 there) the handshake's of a taken-over socket.
+    Connection,
+    /// `[kind, id, data: Buffer, binary: boolean]`: a message (only while JavaScript listens).
+    Message,
+    /// `[kind, id, code, reason]`: the connection has ended.
+    Close,
+    /// `[kind, id, bufferedAmount]`: bufferedAmount rose above `highWaterMark`.
+    Backpressure,
+    /// `[kind, id, bufferedAmount]`: bufferedAmount fell below `lowWaterMark`.
+    Drain,
+    /// `[kind, 0]`: the server has closed; every connection is gone.
+    Closed,
+    /// `[kind, token, request, protocols]`: a valid upgrade waits for `verifyReply(token, ..)`.
+    Verify,
+    /// `[kind, token, status]`: a handshake JavaScript knows of failed (or was refused).
+    HandshakeFailed,
+    /// `[kind, id, data: Buffer]`: a ping from the peer (only while JavaScript listens).
+    Ping,
+    /// `[kind, id, data: Buffer]`: a pong from the peer (only while JavaScript listens).
+    Pong,
+    /// `[kind, id, token, fate: SendFate]`: what became of a `send` with a callback.
+    Sent,
+    /// `[kind, token, offset, epoch, code?]`: Redis numbered a publish on a topic with history,
+    /// or (`code`) it could not be sent.
+    Published,
+    /// `[kind, token, recovered, offset, epoch]`: a resume through Redis is answered.
+    Resumed,
+    /// `[kind, id, dropped, bytes, [topic, offset, epoch, ...]]`: `onOverflow: 'resync'`.
+    Resync,
+    /// `[kind, 0, pendingBytes]`: the fan-out backlog fell below `pendingHighWaterMark`.
+    FanoutDrain,
+    /// `[kind, id]`: the peer's close frame; every message before it has been delivered.
+    PeerClose,
 }
+
+/// What became of a frame sent with a callback (the `Sent` event's fate).
+#[napi]
+pub enum SendFate {
+    /// Every byte reached the kernel.
+    Written,
+    /// Refused by policy, evicted, or discarded when the connection ended.
+    Dropped,
+    /// A newer frame with the same conflation key took its place before it was written.
+    Replaced,
+    /// Its `ttl` ran out before the writer reached it.
+    Expired,
+}
+
+impl From<Fate> for SendFate {
+    fn from(f: Fate) -> Self {
+        match f {
+            Fate::Written => SendFate::Written,
+            Fate::Dropped => SendFate::Dropped,
+            Fate::Replaced => SendFate::Replaced,
+            Fate::Expired => SendFate::Expired,
+        }
+    }
+}
+
+/// Inbound events a connection passes to JavaScript, as bits of
+/// `NativeConnection.setInterest`: without a listener they never wake the JS thread.
+#[napi]
+pub enum Interest {
+    Message = 1,
+    Ping = 2,
+    Pong = 4,
+}
+
+// The bits are the connection's own (napi takes only literals for an enum's values).
+const _: () = {
+    assert!(Interest::Message as u8 == interest::MESSAGE);
+    assert!(Interest::Ping as u8 == interest::PING);
+    assert!(Interest::Pong as u8 == interest::PONG);
+};
 
 /// `(events) => void`, weak, called with the batch built in the callback.
 pub type EventsTsfn = ThreadsafeFunction<(), (), EventBatch, Status, false, true, 0>;
@@ -117,40 +181,40 @@ impl ToNapiValue for EventBatch {
                     request,
                     token,
                 } => {
-                    e.set(0, kind::CONNECTION)?;
+                    e.set(0, EventKind::Connection)?;
                     e.set(1, conn.id as f64)?;
                     e.set(2, NativeConnection::new(&conn))?;
                     e.set(3, request_object(&env, request)?)?;
                     e.set(4, token as f64)?;
                 }
                 Event::Message { id, data, binary } => {
-                    e.set(0, kind::MESSAGE)?;
+                    e.set(0, EventKind::Message)?;
                     e.set(1, id as f64)?;
                     e.set(2, &BufferSlice::copy_from(&env, &data)?)?;
                     e.set(3, binary)?;
                 }
                 Event::Close { id, code, reason } => {
-                    e.set(0, kind::CLOSE)?;
+                    e.set(0, EventKind::Close)?;
                     e.set(1, id as f64)?;
                     e.set(2, code as u32)?;
                     e.set(3, reason)?;
                 }
                 Event::PeerClose { id } => {
-                    e.set(0, kind::PEER_CLOSE)?;
+                    e.set(0, EventKind::PeerClose)?;
                     e.set(1, id as f64)?;
                 }
                 Event::Backpressure { id, amount } => {
-                    e.set(0, kind::BACKPRESSURE)?;
+                    e.set(0, EventKind::Backpressure)?;
                     e.set(1, id as f64)?;
                     e.set(2, amount as f64)?;
                 }
                 Event::Drain { id, amount } => {
-                    e.set(0, kind::DRAIN)?;
+                    e.set(0, EventKind::Drain)?;
                     e.set(1, id as f64)?;
                     e.set(2, amount as f64)?;
                 }
                 Event::Closed => {
-                    e.set(0, kind::CLOSED)?;
+                    e.set(0, EventKind::Closed)?;
                     e.set(1, 0)?;
                 }
                 Event::Verify {
@@ -158,23 +222,23 @@ impl ToNapiValue for EventBatch {
                     request,
                     protocols,
                 } => {
-                    e.set(0, kind::VERIFY)?;
+                    e.set(0, EventKind::Verify)?;
                     e.set(1, token as f64)?;
                     e.set(2, request_object(&env, request)?)?;
                     e.set(3, protocols)?;
                 }
                 Event::HandshakeFailed { token, status } => {
-                    e.set(0, kind::HANDSHAKE_FAILED)?;
+                    e.set(0, EventKind::HandshakeFailed)?;
                     e.set(1, token as f64)?;
                     e.set(2, status as u32)?;
                 }
                 Event::Ping { id, data } => {
-                    e.set(0, kind::PING)?;
+                    e.set(0, EventKind::Ping)?;
                     e.set(1, id as f64)?;
                     e.set(2, &BufferSlice::copy_from(&env, &data)?)?;
                 }
                 Event::Pong { id, data } => {
-                    e.set(0, kind::PONG)?;
+                    e.set(0, EventKind::Pong)?;
                     e.set(1, id as f64)?;
                     e.set(2, &BufferSlice::copy_from(&env, &data)?)?;
                 }
@@ -184,7 +248,7 @@ impl ToNapiValue for EventBatch {
                     epoch,
                     error,
                 } => {
-                    e.set(0, kind::PUBLISHED)?;
+                    e.set(0, EventKind::Published)?;
                     e.set(1, token as f64)?;
                     e.set(2, offset as f64)?;
                     e.set(3, epoch)?;
@@ -198,7 +262,7 @@ impl ToNapiValue for EventBatch {
                     offset,
                     epoch,
                 } => {
-                    e.set(0, kind::RESUMED)?;
+                    e.set(0, EventKind::Resumed)?;
                     e.set(1, token as f64)?;
                     e.set(2, recovered)?;
                     e.set(3, offset as f64)?;
@@ -210,7 +274,7 @@ impl ToNapiValue for EventBatch {
                     bytes,
                     offsets,
                 } => {
-                    e.set(0, kind::RESYNC)?;
+                    e.set(0, EventKind::Resync)?;
                     e.set(1, id as f64)?;
                     e.set(2, frames as f64)?;
                     e.set(3, bytes as f64)?;
@@ -226,15 +290,15 @@ impl ToNapiValue for EventBatch {
                     e.set(4, flat)?;
                 }
                 Event::FanoutDrain { pending } => {
-                    e.set(0, kind::FANOUT_DRAIN)?;
+                    e.set(0, EventKind::FanoutDrain)?;
                     e.set(1, 0)?;
                     e.set(2, pending as f64)?;
                 }
                 Event::Sent { id, token, fate } => {
-                    e.set(0, kind::SENT)?;
+                    e.set(0, EventKind::Sent)?;
                     e.set(1, id as f64)?;
                     e.set(2, token as f64)?;
-                    e.set(3, fate as u32)?;
+                    e.set(3, SendFate::from(fate))?;
                 }
             }
             out.set(i as u32, e)?;

@@ -1,8 +1,24 @@
-//! The napi surface: the native classes that `lib/sluice.js` wraps in Node-style EventEmitters.
+//! **napi**: the only `#[napi]` code; the native classes that `lib/` wraps in Node-style
+//! EventEmitters.
 //!
-//! Every method here returns at once. `broadcast`/`publish` copy the payload once into a frame and
-//! hand it to the fan-out task; `send` queues into one outbox; getters read atomics. Nothing here
-//! waits on a socket, and nothing loops over connections on the JS thread.
+//! What this layer promises: every method returns at once. `broadcast`/`publish` copy the payload
+//! once into a frame and hand it to the fan-out task; `send` queues into one outbox; getters read
+//! atomics. Nothing here waits on a socket, and nothing loops over connections on the JS thread.
+//!
+//! - [`options`]: the options object as JavaScript passes it: the one place it is checked (each
+//!   option, then the relations between them), mapped to `core::config::Config`.
+//! - [`errors`]: errors with their `code` as a field (and, for options, their class);
+//!   [`limits`]: the defaults and limits JavaScript needs itself, exported as constants.
+//! - [`server`], [`connection`]: thin wrappers of `net::server::ServerShared` and
+//!   `net::connection::Conn`: argument mapping, results, errors with their `code`.
+//! - [`events`]: the JS dispatcher the event queue wakes, and the conversion of events to arrays
+//!   (`EventKind`, `SendFate` and `Interest` exported as enums, so that `lib/` copies no number).
+//! - [`metrics`]: the `metrics()` snapshot. [`runtime`]: the worker and accept runtimes, thread
+//!   priority, tracing.
+//!
+//! What it may not touch: no decision of the engine's own (fan-out order, policy, history
+//! numbering, routing between local fan-out and the peers): those live in `net` and `core`, so
+//! that they are tested without Node. It may name every layer below it.
 
 use std::sync::{Arc, Once, Weak};
 use std::time::Duration;
@@ -12,7 +28,9 @@ use napi::Env;
 use napi_derive::napi;
 
 pub mod connection;
+pub mod errors;
 pub mod events;
+pub mod limits;
 pub mod metrics;
 pub mod options;
 pub mod runtime;
@@ -20,20 +38,19 @@ pub mod server;
 
 use crate::cluster::Link;
 use crate::core::config::{self, Config};
-use crate::core::history::{HistoryLimits, Resume};
-use crate::core::message::{Fate, Frame, OffsetTag, SendAck};
+use crate::core::history::HistoryLimits;
+use crate::core::message::{Frame, SendAck};
 use crate::core::metrics::Metrics as CoreMetrics;
 use crate::core::metrics::Termination;
 use crate::core::policy::Priority as CorePriority;
 use crate::net::connection::Conn;
 use crate::net::events::{Event, EventSink};
 use crate::net::fanout::{Except, Stamp, Target};
-use crate::net::peers::{HistoryTopic, ResumeRequest};
-use crate::net::server::{ServerShared, Verdict};
+use crate::net::server::ServerShared;
 use crate::wire::frame::{encode, OpCode, MAX_CONTROL_PAYLOAD};
-use crate::wire::handshake::{is_header_value, is_token, RefusalCause, RequestParts};
+use crate::wire::handshake::{RefusalCause, RequestParts, Verdict};
+use errors::{coded, ErrorCode};
 use events::{EventBatch, JsWaker};
-use options::ServerOptions;
 
 /// Message priority. Strings `'critical' | 'normal' | 'low'` are accepted wherever a priority is.
 #[napi(string_enum = "lowercase", js_name = "Priority")]
@@ -58,7 +75,7 @@ impl From<Priority> for CorePriority {
     }
 }
 
-/// Per-message options of `broadcast`, `publish` and `send`, as `lib/sluice.js` passes them.
+/// Per-message options of `broadcast`, `publish` and `send`, as `lib/options.js` passes them.
 #[napi(object)]
 #[derive(Default)]
 pub struct MessageOptions {

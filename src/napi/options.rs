@@ -1,6 +1,24 @@
-//! The options object as JavaScript passes it (its doc comments become `index.d.ts`), and its
-//! mapping to the core's [`Config`].
+//! The options object as JavaScript passes it (its doc comments become `index.d.ts`), the one
+//! place where it is checked, and its mapping to the core's [`Config`].
+//!
+//! [`OPTIONS`] is the table of every option: its name, its kind (type and range) and where it goes
+//! in [`ServerOptions`]. `new NativeServer(options)` reads the JavaScript object as [`Given`]
+//! values ([`read`]), checks each in the object's key order against the table, then
+//! [`Config::from_options`] checks the relations between options (`lowWaterMark` against
+//! `highWaterMark`, ...) and fills in the defaults. A Rust caller's [`ServerOptions`] goes through
+//! the same table. A refusal is a [`ConfigError`] whose [`Fault`] decides the JavaScript class and
+//! `code` (`errors.rs`); the messages name the option:
+//!
+//! | fault | thrown as | example |
+//! |---|---|---|
+//! | `Options` | `TypeError` `ERR_SLUICE_INVALID_OPTIONS` | `new Server(5)`, `{ noServer: true, port: 1 }` |
+//! | `Unknown` | `TypeError` `ERR_SLUICE_UNKNOWN_OPTION` | `{ prot: 8080 }` |
+//! | `Type` | `TypeError` `ERR_SLUICE_INVALID_OPTION` | `{ port: '8080' }`, `{ maxPayload: NaN }` |
+//! | `Value` | `RangeError` `ERR_SLUICE_INVALID_OPTION` | `{ onOverflow: 'explode' }` |
+//! | `Range` | `RangeError` `ERR_SLUICE_OUT_OF_RANGE` | `{ port: 65536 }`, `{ threads: 1.5 }` |
 
+use napi::bindgen_prelude::{Either, FromNapiValue, JsObjectValue, JsValue, Object, Unknown};
+use napi::{KeyCollectionMode, KeyConversion, KeyFilter, ValueType};
 use napi_derive::napi;
 
 use crate::core::config::*;
@@ -78,9 +96,14 @@ pub struct ServerOptions {
     /// `['https://lobby.example.com']`; an upgrade with another `Origin` gets 403. Requests
     /// without an `Origin` header (non-browser clients) are not affected. Default: any origin.
     pub allowed_origins: Option<Vec<String>>,
-    /// Set by `lib/sluice.js` when `verifyClient` or `handleProtocols` is given: every valid
-    /// upgrade waits for their answer (a `verify` event and `verifyReply`) before the 101.
+    /// Set when a `verifyClient` or `handleProtocols` function is given (it is no option of its
+    /// own): every valid upgrade waits for their answer (a `verify` event and `verifyReply`)
+    /// before the 101.
     pub ask_js: Option<bool>,
+    /// No listener of sluice's own: connections come from an http server through
+    /// `handleUpgrade` or `attach`. Excludes `host`, `port` and `path`; `listen()` rejects
+    /// `ERR_SLUICE_NO_SERVER`. Default `false`.
+    pub no_server: Option<bool>,
     /// `SO_REUSEPORT` (Linux): several processes, e.g. the workers of Node's `cluster` module,
     /// each listen on the same port and the kernel spreads the connections. Default `false`.
     pub reuse_port: Option<bool>,
@@ -123,164 +146,618 @@ pub struct ServerOptions {
     pub max_partial_message_bytes: Option<f64>,
 }
 
-/// The `cluster` option as `lib/sluice.js` passes it (it maps `redis: url | url[]`).
+/// The `cluster` option: scale-out through Redis, so that broadcasts and publishes reach the
+/// clients of every node.
 #[napi(object)]
-#[derive(Default, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// `redis://` URLs: one for a single Redis, the seed nodes of a Redis Cluster otherwise.
-    pub urls: Vec<String>,
-    /// A Redis Cluster: sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis >= 7).
-    pub sharded: Option<bool>,
+    /// One `redis://host:port` URL (plain pub/sub on one Redis), or the seed nodes of a Redis
+    /// Cluster (sharded pub/sub: `SPUBLISH`/`SSUBSCRIBE`, Redis >= 7).
+    pub redis: Either<String, Vec<String>>,
     /// Channel prefix: `<prefix>:all` for broadcasts, `<prefix>:t:<topic>` for topics.
     /// Default `'sluice'`.
     pub prefix: Option<String>,
-    /// Critical messages held, in order, while Redis is unreachable; beyond it they are counted
-    /// as not sent. Default `1024`.
+    /// Critical messages held, in order, while Redis is unreachable (0 to 1000000); beyond it
+    /// they are counted as not sent. Default `1024`.
     pub critical_queue: Option<u32>,
 }
 
-fn bytes(v: Option<f64>, name: &'static str, default: usize) -> Result<usize, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(x) if x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x <= (1u64 << 40) as f64 => {
-            Ok(x as usize)
+/// A value as JavaScript passed it, before any conversion: what the checks see. Only the levels
+/// a check looks into are read (the elements of `allowedOrigins`, the fields of `cluster`);
+/// below them an array or object is read as an empty one.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Given {
+    Undefined,
+    Null,
+    Bool(bool),
+    Number(f64),
+    String(String),
+    Function,
+    Array(Vec<Given>),
+    /// An object's own enumerable string keys (`Object.keys` order) and their values.
+    Object(Vec<(String, Given)>),
+    /// A symbol or a bigint: its `typeof`.
+    Other(&'static str),
+}
+
+impl Given {
+    /// JavaScript's `typeof` of the value.
+    fn type_of(&self) -> &'static str {
+        match self {
+            Given::Undefined => "undefined",
+            Given::Null | Given::Array(_) | Given::Object(_) => "object",
+            Given::Bool(_) => "boolean",
+            Given::Number(_) => "number",
+            Given::String(_) => "string",
+            Given::Function => "function",
+            Given::Other(t) => t,
         }
-        Some(x) => Err(ConfigError {
-            option: name,
-            message: format!("{name} must be a whole number of bytes between 0 and 2^40, got {x}"),
-        }),
+    }
+
+    fn number(&self) -> Option<f64> {
+        match self {
+            Given::Number(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    fn string(&self) -> Option<String> {
+        match self {
+            Given::String(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    fn bool(&self) -> Option<bool> {
+        match self {
+            Given::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    fn strings(&self) -> Option<Vec<String>> {
+        match self {
+            Given::Array(items) => items.iter().map(Given::string).collect(),
+            _ => None,
+        }
+    }
+
+    /// An object's field, `Undefined` when it has none.
+    fn field(&self, name: &str) -> &Given {
+        match self {
+            Given::Object(entries) => entries
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(&Given::Undefined, |(_, v)| v),
+            _ => &Given::Undefined,
+        }
+    }
+
+    /// The value as JavaScript's template strings show it (`${value}`), for messages.
+    fn show(&self) -> String {
+        match self {
+            Given::Undefined => "undefined".into(),
+            Given::Null => "null".into(),
+            Given::Bool(b) => b.to_string(),
+            Given::Number(n) => js_number(*n),
+            Given::String(s) => s.clone(),
+            Given::Function => "function".into(),
+            Given::Array(items) => items
+                .iter()
+                .map(|i| match i {
+                    Given::Undefined | Given::Null => String::new(),
+                    other => other.show(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            Given::Object(_) => "[object Object]".into(),
+            Given::Other(t) => (*t).into(),
+        }
     }
 }
 
-impl Config {
-    pub fn from_options(o: ServerOptions) -> Result<Self, ConfigError> {
-        let d = Config::default();
-        let limits = Limits {
-            max_buffered_amount: bytes(
-                o.max_buffered_amount,
-                "maxBufferedAmount",
-                d.limits.max_buffered_amount,
-            )?,
-            low_priority_limit: bytes(
-                o.low_priority_limit,
-                "lowPriorityLimit",
-                d.limits.low_priority_limit,
-            )?,
-            high_water_mark: bytes(o.high_water_mark, "highWaterMark", d.limits.high_water_mark)?,
-            low_water_mark: 0,
-            on_overflow: match o.on_overflow.as_deref() {
-                None | Some("terminate") => OverflowAction::Terminate,
-                Some("drop") => OverflowAction::Drop,
-                Some("resync") => OverflowAction::Resync,
-                Some(other) => {
-                    return Err(ConfigError {
-                        option: "onOverflow",
-                        message: format!(
-                            "onOverflow must be 'terminate', 'drop' or 'resync', got '{other}'"
-                        ),
-                    })
-                }
-            },
+/// A number as JavaScript prints it: `Infinity`, `NaN`, `0` for -0, exponents past 1e21.
+fn js_number(x: f64) -> String {
+    if x.is_nan() {
+        "NaN".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else if x == 0.0 {
+        "0".into()
+    } else if x.abs() >= 1e21 || x.abs() < 1e-6 {
+        // Rust writes `1e21` where JavaScript writes `1e+21`.
+        let e = format!("{x:e}");
+        match e.split_once('e') {
+            Some((m, exp)) if !exp.starts_with('-') => format!("{m}e+{exp}"),
+            _ => e,
+        }
+    } else {
+        x.to_string()
+    }
+}
+
+/// What an option takes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Kind {
+    /// A whole number from `min` to `max`; `Infinity` too where `max` is (`maxConnections`).
+    Whole {
+        min: f64,
+        max: f64,
+    },
+    String,
+    Bool,
+    /// A JavaScript hook (`verifyClient`, `handleProtocols`): the upgrades then wait for it.
+    Function,
+    /// One of these strings.
+    OneOf(&'static [&'static str]),
+    /// An array of non-empty strings.
+    Strings,
+    /// The `cluster` object (see [`ClusterOptions`]).
+    Cluster,
+}
+
+/// Largest size in bytes, as a JavaScript number.
+const BYTES: f64 = MAX_BYTES as f64;
+/// Largest time in ms, as a JavaScript number.
+const MS: f64 = MAX_MS as f64;
+/// Largest `kernelUnsentLimit` / `laggingKernelLimit`: what a socket option (a C `int`) holds.
+const KERNEL_BYTES: f64 = i32::MAX as f64;
+/// Largest `criticalQueue`.
+const MAX_CRITICAL_QUEUE: f64 = 1e6;
+
+const fn whole(min: f64, max: f64) -> Kind {
+    Kind::Whole { min, max }
+}
+
+/// One option: its name in JavaScript, what it takes, and how it goes into (`set`, with a value
+/// the kind accepted) and comes out of (`get`) [`ServerOptions`].
+pub(crate) struct Spec {
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
+    set: fn(&mut ServerOptions, &Given),
+    get: fn(&ServerOptions) -> Option<Given>,
+}
+
+fn num<T: Into<f64>>(v: Option<T>) -> Option<Given> {
+    v.map(|n| Given::Number(n.into()))
+}
+
+fn text(v: &Option<String>) -> Option<Given> {
+    v.clone().map(Given::String)
+}
+
+fn flag(v: Option<bool>) -> Option<Given> {
+    v.map(Given::Bool)
+}
+
+/// A checked whole number of ms or count that fits a `u32` (its range says so).
+fn small(v: &Given) -> Option<u32> {
+    v.number().map(|n| n as u32)
+}
+
+/// Every option `new Server(options)` takes. Its position here is only the order in which a Rust
+/// caller's options are checked; JavaScript's are checked in the object's key order.
+#[rustfmt::skip]
+pub(crate) const OPTIONS: &[Spec] = &[
+    Spec { name: "host", kind: Kind::String, set: |o, v| o.host = v.string(), get: |o| text(&o.host) },
+    Spec { name: "port", kind: whole(0.0, 65535.0), set: |o, v| o.port = small(v), get: |o| num(o.port) },
+    Spec { name: "path", kind: Kind::String, set: |o, v| o.path = v.string(), get: |o| text(&o.path) },
+    Spec { name: "maxBufferedAmount", kind: whole(1.0, BYTES), set: |o, v| o.max_buffered_amount = v.number(), get: |o| num(o.max_buffered_amount) },
+    Spec { name: "lowPriorityLimit", kind: whole(0.0, BYTES), set: |o, v| o.low_priority_limit = v.number(), get: |o| num(o.low_priority_limit) },
+    Spec { name: "onOverflow", kind: Kind::OneOf(&["terminate", "drop", "resync"]), set: |o, v| o.on_overflow = v.string(), get: |o| text(&o.on_overflow) },
+    Spec { name: "highWaterMark", kind: whole(0.0, BYTES), set: |o, v| o.high_water_mark = v.number(), get: |o| num(o.high_water_mark) },
+    Spec { name: "lowWaterMark", kind: whole(0.0, BYTES), set: |o, v| o.low_water_mark = v.number(), get: |o| num(o.low_water_mark) },
+    Spec { name: "pingInterval", kind: whole(0.0, MS), set: |o, v| o.ping_interval = small(v), get: |o| num(o.ping_interval) },
+    Spec { name: "pongTimeout", kind: whole(1.0, MS), set: |o, v| o.pong_timeout = small(v), get: |o| num(o.pong_timeout) },
+    Spec { name: "handshakeTimeout", kind: whole(1.0, MS), set: |o, v| o.handshake_timeout = small(v), get: |o| num(o.handshake_timeout) },
+    Spec { name: "closeTimeout", kind: whole(1.0, MS), set: |o, v| o.close_timeout = small(v), get: |o| num(o.close_timeout) },
+    Spec { name: "maxPayload", kind: whole(1.0, BYTES), set: |o, v| o.max_payload = v.number(), get: |o| num(o.max_payload) },
+    Spec { name: "maxConnections", kind: whole(1.0, f64::INFINITY), set: |o, v| o.max_connections = v.number(), get: |o| num(o.max_connections) },
+    Spec { name: "threads", kind: whole(1.0, 64.0), set: |o, v| o.threads = small(v), get: |o| num(o.threads) },
+    Spec { name: "kernelUnsentLimit", kind: whole(0.0, KERNEL_BYTES), set: |o, v| o.kernel_unsent_limit = v.number(), get: |o| num(o.kernel_unsent_limit) },
+    Spec { name: "laggingKernelLimit", kind: whole(0.0, KERNEL_BYTES), set: |o, v| o.lagging_kernel_limit = v.number(), get: |o| num(o.lagging_kernel_limit) },
+    Spec { name: "workerNice", kind: whole(0.0, 19.0), set: |o, v| o.worker_nice = small(v), get: |o| num(o.worker_nice) },
+    Spec { name: "noServer", kind: Kind::Bool, set: |o, v| o.no_server = v.bool(), get: |o| flag(o.no_server) },
+    // The hooks themselves stay in JavaScript; here they only make the upgrades wait for it.
+    Spec { name: "verifyClient", kind: Kind::Function, set: |o, _| o.ask_js = Some(true), get: |_| None },
+    Spec { name: "handleProtocols", kind: Kind::Function, set: |o, _| o.ask_js = Some(true), get: |_| None },
+    Spec { name: "allowedOrigins", kind: Kind::Strings, set: |o, v| o.allowed_origins = v.strings(), get: |o| o.allowed_origins.clone().map(|v| Given::Array(v.into_iter().map(Given::String).collect())) },
+    Spec { name: "reusePort", kind: Kind::Bool, set: |o, v| o.reuse_port = v.bool(), get: |o| flag(o.reuse_port) },
+    Spec { name: "cluster", kind: Kind::Cluster, set: |o, v| o.cluster = Some(cluster_options(v)), get: |o| o.cluster.as_ref().map(cluster_given) },
+    Spec { name: "maxPendingBytes", kind: whole(1.0, BYTES), set: |o, v| o.max_pending_bytes = v.number(), get: |o| num(o.max_pending_bytes) },
+    Spec { name: "pendingHighWaterMark", kind: whole(0.0, BYTES), set: |o, v| o.pending_high_water_mark = v.number(), get: |o| num(o.pending_high_water_mark) },
+    Spec { name: "defaultTtl", kind: whole(0.0, MS), set: |o, v| o.default_ttl = small(v), get: |o| num(o.default_ttl) },
+    Spec { name: "maxInboundBytesPerSecond", kind: whole(0.0, BYTES), set: |o, v| o.max_inbound_bytes_per_second = v.number(), get: |o| num(o.max_inbound_bytes_per_second) },
+    Spec { name: "maxInboundFramesPerSecond", kind: whole(0.0, 1e9), set: |o, v| o.max_inbound_frames_per_second = v.number(), get: |o| num(o.max_inbound_frames_per_second) },
+    Spec { name: "inboundRateWindow", kind: whole(1.0, MS), set: |o, v| o.inbound_rate_window = small(v), get: |o| num(o.inbound_rate_window) },
+    Spec { name: "maxPartialMessageBytes", kind: whole(0.0, BYTES), set: |o, v| o.max_partial_message_bytes = v.number(), get: |o| num(o.max_partial_message_bytes) },
+];
+
+fn fail(option: &'static str, fault: Fault, message: String) -> ConfigError {
+    ConfigError {
+        option,
+        fault,
+        message,
+    }
+}
+
+impl Kind {
+    /// How many levels below the option's value its check looks into.
+    fn depth(self) -> usize {
+        match self {
+            Kind::Strings => 1,
+            Kind::Cluster => 2,
+            _ => 0,
+        }
+    }
+
+    /// Checks `v`, the value of option `name` (never `Undefined`: that is the default).
+    fn check(self, name: &'static str, v: &Given) -> Result<(), ConfigError> {
+        let wrong_type = |what: &str| {
+            fail(
+                name,
+                Fault::Type,
+                format!("{name} must be {what}, got {}", v.type_of()),
+            )
         };
-        // The default lowWaterMark follows a smaller highWaterMark down.
-        let mut limits = limits;
-        limits.low_water_mark = bytes(
+        match self {
+            Kind::Whole { min, max } => {
+                let x = match v {
+                    Given::Number(x) if !x.is_nan() => *x,
+                    _ => return Err(wrong_type("a number")),
+                };
+                let whole = (x.is_finite() && x.fract() == 0.0)
+                    || (x == f64::INFINITY && max == f64::INFINITY);
+                if !whole || x < min || x > max {
+                    return Err(fail(
+                        name,
+                        Fault::Range,
+                        format!(
+                            "{name} must be a whole number from {} to {}, got {}",
+                            js_number(min),
+                            js_number(max),
+                            js_number(x)
+                        ),
+                    ));
+                }
+            }
+            Kind::String if !matches!(v, Given::String(_)) => return Err(wrong_type("a string")),
+            Kind::Bool if !matches!(v, Given::Bool(_)) => return Err(wrong_type("a boolean")),
+            Kind::Function if !matches!(v, Given::Function) => {
+                return Err(wrong_type("a function"))
+            }
+            Kind::OneOf(values) => {
+                let Given::String(s) = v else {
+                    return Err(wrong_type("a string"));
+                };
+                if !values.contains(&s.as_str()) {
+                    let list: Vec<String> = values.iter().map(|x| format!("'{x}'")).collect();
+                    return Err(fail(
+                        name,
+                        Fault::Value,
+                        format!("{name} must be one of {}, got '{s}'", list.join(", ")),
+                    ));
+                }
+            }
+            Kind::Strings => {
+                let ok = matches!(v, Given::Array(items)
+                    if items.iter().all(|i| matches!(i, Given::String(s) if !s.is_empty())));
+                if !ok {
+                    return Err(fail(
+                        name,
+                        Fault::Type,
+                        format!("{name} must be an array of non-empty strings"),
+                    ));
+                }
+            }
+            Kind::Cluster => check_cluster(v)?,
+            Kind::String | Kind::Bool | Kind::Function => {}
+        }
+        Ok(())
+    }
+}
+
+/// A `redis://` or `rediss://` URL with something after the scheme.
+fn is_redis_url(s: &str) -> bool {
+    s.strip_prefix("redis://")
+        .or_else(|| s.strip_prefix("rediss://"))
+        .and_then(|rest| rest.chars().next())
+        .is_some_and(|c| !matches!(c, '\n' | '\r' | '\u{2028}' | '\u{2029}'))
+}
+
+fn check_cluster(v: &Given) -> Result<(), ConfigError> {
+    let refuse = |fault, message: String| Err(fail("cluster", fault, message));
+    let Given::Object(entries) = v else {
+        return refuse(
+            Fault::Type,
+            "cluster must be an object: { redis, prefix?, criticalQueue? }".into(),
+        );
+    };
+    let known = ["redis", "prefix", "criticalQueue"];
+    if let Some((key, _)) = entries.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        return refuse(Fault::Unknown, format!("unknown option 'cluster.{key}'"));
+    }
+    let urls: Vec<&Given> = match v.field("redis") {
+        Given::Array(items) => items.iter().collect(),
+        one => vec![one],
+    };
+    let url = |u: &&Given| matches!(u, Given::String(s) if is_redis_url(s));
+    if urls.is_empty() || !urls.iter().all(url) {
+        return refuse(
+            Fault::Type,
+            "cluster.redis must be a 'redis://host:port' URL, or an array of them (the seed nodes of a Redis Cluster)".into(),
+        );
+    }
+    let prefix_ok = match v.field("prefix") {
+        Given::Undefined => true,
+        Given::String(s) => !s.is_empty(),
+        _ => false,
+    };
+    if !prefix_ok {
+        return refuse(
+            Fault::Type,
+            "cluster.prefix must be a non-empty string".into(),
+        );
+    }
+    match v.field("criticalQueue") {
+        Given::Undefined => Ok(()),
+        Given::Number(n) if n.fract() == 0.0 && (0.0..=MAX_CRITICAL_QUEUE).contains(n) => Ok(()),
+        other => refuse(
+            Fault::Value,
+            format!(
+                "cluster.criticalQueue must be a whole number from 0 to 1000000, got {}",
+                other.show()
+            ),
+        ),
+    }
+}
+
+/// A `cluster` value the checks accepted, as [`ClusterOptions`].
+fn cluster_options(v: &Given) -> ClusterOptions {
+    ClusterOptions {
+        redis: match v.field("redis") {
+            Given::Array(_) => Either::B(v.field("redis").strings().unwrap_or_default()),
+            one => Either::A(one.string().unwrap_or_default()),
+        },
+        prefix: v.field("prefix").string(),
+        critical_queue: small(v.field("criticalQueue")),
+    }
+}
+
+/// [`ClusterOptions`] as the checks see them.
+fn cluster_given(c: &ClusterOptions) -> Given {
+    let mut entries = vec![(
+        "redis".to_string(),
+        match &c.redis {
+            Either::A(url) => Given::String(url.clone()),
+            Either::B(urls) => Given::Array(urls.iter().cloned().map(Given::String).collect()),
+        },
+    )];
+    if let Some(p) = &c.prefix {
+        entries.push(("prefix".into(), Given::String(p.clone())));
+    }
+    if let Some(n) = c.critical_queue {
+        entries.push(("criticalQueue".into(), Given::Number(n.into())));
+    }
+    Given::Object(entries)
+}
+
+/// Reads a JavaScript value as [`Given`], `depth` levels into arrays and objects.
+pub(crate) fn read(value: &Unknown<'_>, depth: usize) -> napi::Result<Given> {
+    Ok(match value.get_type()? {
+        ValueType::Undefined => Given::Undefined,
+        ValueType::Null => Given::Null,
+        ValueType::Boolean => Given::Bool(bool::from_unknown(*value)?),
+        ValueType::Number => Given::Number(f64::from_unknown(*value)?),
+        ValueType::String => Given::String(String::from_unknown(*value)?),
+        ValueType::Function => Given::Function,
+        ValueType::Symbol => Given::Other("symbol"),
+        ValueType::BigInt => Given::Other("bigint"),
+        _ if value.is_array()? => {
+            let array = Object::from_unknown(*value)?;
+            let mut items = Vec::new();
+            if depth > 0 {
+                for i in 0..array.get_array_length()? {
+                    items.push(read(&array.get_element::<Unknown>(i)?, depth - 1)?);
+                }
+            }
+            Given::Array(items)
+        }
+        ValueType::Object => {
+            let object = Object::from_unknown(*value)?;
+            let mut entries = Vec::new();
+            if depth > 0 {
+                for (key, v) in own_entries(&object)? {
+                    entries.push((key, read(&v, depth - 1)?));
+                }
+            }
+            Given::Object(entries)
+        }
+        _ => Given::Other("object"),
+    })
+}
+
+/// `Object.entries(object)`: its own enumerable string-keyed properties, in key order.
+fn own_entries<'env>(object: &Object<'env>) -> napi::Result<Vec<(String, Unknown<'env>)>> {
+    let keys = object.get_all_property_names(
+        KeyCollectionMode::OwnOnly,
+        KeyFilter::Enumerable,
+        KeyConversion::NumbersToStrings,
+    )?;
+    let mut out = Vec::new();
+    for i in 0..keys.get_array_length()? {
+        let key = keys.get_element::<Unknown>(i)?;
+        // Symbol keys are left out, as by Object.keys.
+        if key.get_type()? == ValueType::String {
+            let key = String::from_unknown(key)?;
+            let value = object.get_named_property::<Unknown>(&key)?;
+            out.push((key, value));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads `new Server(options)`'s options object: each option's value as deep as its check looks
+/// (an unknown name's value not at all).
+pub(crate) fn read_options(options: &Unknown<'_>) -> napi::Result<Given> {
+    if options.get_type()? != ValueType::Object || options.is_array()? {
+        return read(options, 0);
+    }
+    let mut entries = Vec::new();
+    for (name, value) in own_entries(&Object::from_unknown(*options)?)? {
+        let depth = OPTIONS
+            .iter()
+            .find(|s| s.name == name)
+            .map_or(0, |s| s.kind.depth());
+        entries.push((name, read(&value, depth)?));
+    }
+    Ok(Given::Object(entries))
+}
+
+/// Checks each option of `given` (in its key order) and gives them as [`ServerOptions`].
+pub(crate) fn server_options(given: &Given) -> Result<ServerOptions, ConfigError> {
+    let entries = match given {
+        Given::Undefined => return Ok(ServerOptions::default()),
+        Given::Object(entries) => entries,
+        _ => {
+            return Err(fail(
+                "options",
+                Fault::Options,
+                "options must be an object".into(),
+            ))
+        }
+    };
+    let mut o = ServerOptions::default();
+    for (name, value) in entries {
+        let Some(spec) = OPTIONS.iter().find(|s| s.name == name) else {
+            return Err(fail(
+                "options",
+                Fault::Unknown,
+                format!("unknown option '{name}'"),
+            ));
+        };
+        if *value == Given::Undefined {
+            continue;
+        }
+        spec.kind.check(spec.name, value)?;
+        (spec.set)(&mut o, value);
+    }
+    Ok(o)
+}
+
+/// The configuration of `new Server(options)`: the options JavaScript passed, checked in their
+/// key order (the first wrong one named is the one reported), then as [`ServerOptions`] by
+/// [`Config::from_options`] (the same table, so nothing new can fail there but the relations).
+pub(crate) fn config(given: &Given) -> Result<Config, ConfigError> {
+    Config::from_options(server_options(given)?)
+}
+
+/// A byte count or size the checks accepted (at most [`MAX_BYTES`]), or its default.
+fn bytes(v: Option<f64>, default: usize) -> usize {
+    v.map_or(default, |x| x as usize)
+}
+
+fn out_of_range(option: &'static str, message: String) -> ConfigError {
+    fail(option, Fault::Range, message)
+}
+
+impl Config {
+    /// Checks `o`, each option against [`OPTIONS`] and then the relations between them, and
+    /// gives the configuration with every default filled in.
+    pub(crate) fn from_options(o: ServerOptions) -> Result<Self, ConfigError> {
+        for spec in OPTIONS {
+            if let Some(v) = (spec.get)(&o) {
+                spec.kind.check(spec.name, &v)?;
+            }
+        }
+        let d = Config::default();
+        let high_water_mark = bytes(o.high_water_mark, d.limits.high_water_mark);
+        // The default lowWaterMark follows a smaller highWaterMark down rather than conflicting
+        // with it.
+        let low_water_mark = bytes(
             o.low_water_mark,
-            "lowWaterMark",
-            d.limits.low_water_mark.min(limits.high_water_mark),
-        )?;
-        if limits.low_water_mark > limits.high_water_mark {
-            return Err(ConfigError {
-                option: "lowWaterMark",
-                message: "lowWaterMark must not exceed highWaterMark".into(),
-            });
+            d.limits.low_water_mark.min(high_water_mark),
+        );
+        if low_water_mark > high_water_mark {
+            return Err(out_of_range(
+                "lowWaterMark",
+                format!("lowWaterMark ({low_water_mark}) must not exceed highWaterMark ({high_water_mark})"),
+            ));
         }
-        if limits.max_buffered_amount == 0 {
-            return Err(ConfigError {
-                option: "maxBufferedAmount",
-                message: "maxBufferedAmount must be at least 1".into(),
-            });
-        }
-        if o.port.is_some_and(|p| p > u16::MAX as u32) {
-            return Err(ConfigError {
-                option: "port",
-                message: "port must be between 0 and 65535".into(),
-            });
-        }
-        let max_pending_bytes = bytes(
-            o.max_pending_bytes,
-            "maxPendingBytes",
-            DEFAULT_MAX_PENDING_BYTES,
-        )?;
+        let max_pending_bytes = bytes(o.max_pending_bytes, DEFAULT_MAX_PENDING_BYTES);
+        // The default mark follows a smaller maxPendingBytes down; a larger explicit one is refused.
         let pending_high_water_mark = bytes(
             o.pending_high_water_mark,
-            "pendingHighWaterMark",
             DEFAULT_PENDING_HIGH_WATER_MARK.min(max_pending_bytes),
-        )?;
+        );
         if pending_high_water_mark > max_pending_bytes {
-            return Err(ConfigError {
-                option: "pendingHighWaterMark",
-                message: "pendingHighWaterMark must not exceed maxPendingBytes".into(),
-            });
+            return Err(out_of_range(
+                "pendingHighWaterMark",
+                format!("pendingHighWaterMark ({pending_high_water_mark}) must not exceed maxPendingBytes ({max_pending_bytes})"),
+            ));
         }
-        let default_ttl = match o.default_ttl {
-            None | Some(0) => None,
-            Some(v) if v <= MAX_TTL_MS => Some(ms(v)),
-            Some(v) => {
-                return Err(ConfigError {
-                    option: "defaultTtl",
-                    message: format!("defaultTtl must be at most {MAX_TTL_MS} ms, got {v}"),
-                })
+        let max_payload = bytes(o.max_payload, d.max_payload);
+        let max_partial_message_bytes = match o.max_partial_message_bytes {
+            // The default budget follows a larger maxPayload up.
+            None => DEFAULT_MAX_PARTIAL_MESSAGE_BYTES.max(max_payload),
+            Some(n) => {
+                let n = n as usize;
+                if n != 0 && n < max_payload {
+                    return Err(out_of_range(
+                        "maxPartialMessageBytes",
+                        format!("maxPartialMessageBytes ({n}) must be 0 or at least maxPayload ({max_payload}): a message of maxPayload must fit"),
+                    ));
+                }
+                n
             }
         };
-        let max_connections = match o.max_connections {
-            Some(x) if x == f64::INFINITY => usize::MAX,
-            v => bytes(v, "maxConnections", d.max_connections)?,
+        if o.no_server == Some(true) {
+            let own: Vec<&str> = [
+                ("host", o.host.is_some()),
+                ("port", o.port.is_some()),
+                ("path", o.path.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, given)| given.then_some(name))
+            .collect();
+            if !own.is_empty() {
+                return Err(fail(
+                    "noServer",
+                    Fault::Options,
+                    format!(
+                        "noServer excludes {}: a noServer server has no listener of its own",
+                        own.join(", ")
+                    ),
+                ));
+            }
+        }
+        let limits = Limits {
+            max_buffered_amount: bytes(o.max_buffered_amount, d.limits.max_buffered_amount),
+            low_priority_limit: bytes(o.low_priority_limit, d.limits.low_priority_limit),
+            high_water_mark,
+            low_water_mark,
+            on_overflow: match o.on_overflow.as_deref() {
+                Some("drop") => OverflowAction::Drop,
+                Some("resync") => OverflowAction::Resync,
+                _ => OverflowAction::Terminate,
+            },
         };
-        let max_payload = bytes(o.max_payload, "maxPayload", d.max_payload)?.max(1);
         let inbound = RateLimits {
             bytes_per_second: match bytes(
                 o.max_inbound_bytes_per_second,
-                "maxInboundBytesPerSecond",
                 DEFAULT_MAX_INBOUND_BYTES_PER_SECOND,
-            )? {
+            ) {
                 0 => None,
                 n => Some(n as u64),
             },
             frames_per_second: match o.max_inbound_frames_per_second {
                 None => Some(DEFAULT_MAX_INBOUND_FRAMES_PER_SECOND as u64),
-                Some(x) if x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x <= 1e9 => {
-                    Some(x as u64).filter(|&n| n > 0)
-                }
-                Some(x) => {
-                    return Err(ConfigError {
-                        option: "maxInboundFramesPerSecond",
-                        message: format!(
-                            "maxInboundFramesPerSecond must be a whole number between 0 and 1e9, got {x}"
-                        ),
-                    })
-                }
+                Some(x) => Some(x as u64).filter(|&n| n > 0),
             },
             window: ms(o
                 .inbound_rate_window
-                .unwrap_or(DEFAULT_INBOUND_RATE_WINDOW_MS)
-                .max(1)),
+                .unwrap_or(DEFAULT_INBOUND_RATE_WINDOW_MS)),
             max_payload,
-        };
-        let max_partial_message_bytes = match o.max_partial_message_bytes {
-            None => DEFAULT_MAX_PARTIAL_MESSAGE_BYTES.max(max_payload),
-            v => {
-                let n = bytes(v, "maxPartialMessageBytes", 0)?;
-                if n != 0 && n < max_payload {
-                    return Err(ConfigError {
-                        option: "maxPartialMessageBytes",
-                        message: format!(
-                            "maxPartialMessageBytes ({n}) must be 0 or at least maxPayload ({max_payload})"
-                        ),
-                    });
-                }
-                n
-            }
         };
         Ok(Config {
             inbound,
@@ -298,70 +775,47 @@ impl Config {
             handshake_timeout: o.handshake_timeout.map(ms).unwrap_or(d.handshake_timeout),
             close_timeout: o.close_timeout.map(ms).unwrap_or(d.close_timeout),
             max_payload,
-            max_connections,
-            threads: o
-                .threads
-                .map(|t| t.clamp(1, 64) as usize)
-                .unwrap_or(d.threads),
-            kernel_unsent_limit: match bytes(
-                o.kernel_unsent_limit,
-                "kernelUnsentLimit",
-                DEFAULT_KERNEL_UNSENT_LIMIT,
-            )? {
-                0 => None,
-                n => Some(n.min(i32::MAX as usize)),
+            // "No limit" is any count no machine reaches (Infinity included).
+            max_connections: match o.max_connections {
+                None => d.max_connections,
+                Some(x) if x >= BYTES => usize::MAX,
+                Some(x) => x as usize,
             },
-            lagging_kernel_limit: bytes(
-                o.lagging_kernel_limit,
-                "laggingKernelLimit",
-                DEFAULT_LAGGING_KERNEL_LIMIT,
-            )?
-            .min(i32::MAX as usize),
-            worker_nice: o
-                .worker_nice
-                .map(|n| n.min(19) as i32)
-                .unwrap_or(d.worker_nice),
+            threads: o.threads.map_or(d.threads, |t| t as usize),
+            kernel_unsent_limit: match bytes(o.kernel_unsent_limit, DEFAULT_KERNEL_UNSENT_LIMIT) {
+                0 => None,
+                n => Some(n),
+            },
+            lagging_kernel_limit: bytes(o.lagging_kernel_limit, DEFAULT_LAGGING_KERNEL_LIMIT),
+            worker_nice: o.worker_nice.map_or(d.worker_nice, |n| n as i32),
             allowed_origins: o.allowed_origins,
             ask_js: o.ask_js.unwrap_or(false),
             reuse_port: o.reuse_port.unwrap_or(false),
-            cluster: match o.cluster {
-                None => None,
-                Some(c) => Some(cluster_config(c)?),
-            },
+            cluster: o.cluster.map(cluster_config),
             max_pending_bytes,
             pending_high_water_mark,
-            default_ttl,
+            default_ttl: match o.default_ttl {
+                None | Some(0) => None,
+                Some(v) => Some(ms(v)),
+            },
         })
     }
 }
 
-fn cluster_config(c: ClusterOptions) -> Result<ClusterConfig, ConfigError> {
-    let err = |message: String| ConfigError {
-        option: "cluster",
-        message,
+/// The checked `cluster` option, with its defaults.
+fn cluster_config(c: ClusterOptions) -> ClusterConfig {
+    let (urls, sharded) = match c.redis {
+        Either::A(url) => (vec![url], false),
+        Either::B(urls) => (urls, true),
     };
-    if c.urls.is_empty() {
-        return Err(err(
-            "cluster.redis must name at least one redis:// URL".into()
-        ));
-    }
-    for u in &c.urls {
-        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-            return Err(err(format!("cluster.redis: '{u}' is not a redis:// URL")));
-        }
-    }
-    let prefix = c.prefix.unwrap_or_else(|| "sluice".into());
-    if prefix.is_empty() {
-        return Err(err("cluster.prefix must not be empty".into()));
-    }
-    Ok(ClusterConfig {
-        urls: c.urls,
-        sharded: c.sharded.unwrap_or(false),
-        prefix,
+    ClusterConfig {
+        urls,
+        sharded,
+        prefix: c.prefix.unwrap_or_else(|| "sluice".into()),
         critical_queue: c
             .critical_queue
             .map_or(DEFAULT_CRITICAL_QUEUE, |n| n as usize),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -460,5 +914,187 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.option, "maxInboundFramesPerSecond");
+    }
+
+    fn object(entries: &[(&str, Given)]) -> Given {
+        Given::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
+    }
+
+    fn refusal(given: Given) -> ConfigError {
+        config(&given).unwrap_err()
+    }
+
+    #[test]
+    fn a_javascript_object_is_checked_in_its_key_order() {
+        let bad_port = ("port", Given::String("8080".into()));
+        let unknown = ("prot", Given::Number(1.0));
+        let e = refusal(object(&[bad_port.clone(), unknown.clone()]));
+        assert_eq!((e.option, e.fault), ("port", Fault::Type));
+        let e = refusal(object(&[unknown, bad_port]));
+        assert_eq!(
+            (e.fault, e.message.as_str()),
+            (Fault::Unknown, "unknown option 'prot'")
+        );
+        // Per-option checks come before the relations between options.
+        let e = refusal(object(&[
+            ("lowWaterMark", Given::Number(1e6)),
+            ("threads", Given::Number(0.0)),
+        ]));
+        assert_eq!(e.option, "threads");
+        // undefined is the default, whatever the option.
+        assert!(config(&object(&[("port", Given::Undefined)])).is_ok());
+        assert!(config(&Given::Undefined).is_ok());
+    }
+
+    /// Each fault with the message JavaScript sees (the messages name the option).
+    #[test]
+    fn faults_and_messages() {
+        use Given::*;
+        let rows: Vec<(Given, Fault, &str)> = vec![
+            (Number(5.0), Fault::Options, "options must be an object"),
+            (Array(vec![]), Fault::Options, "options must be an object"),
+            (Null, Fault::Options, "options must be an object"),
+            (object(&[("host", Number(1.0))]), Fault::Type, "host must be a string, got number"),
+            (object(&[("host", Null)]), Fault::Type, "host must be a string, got object"),
+            (object(&[("port", Bool(true))]), Fault::Type, "port must be a number, got boolean"),
+            (object(&[("port", Number(f64::NAN))]), Fault::Type, "port must be a number, got number"),
+            (object(&[("closeTimeout", Other("bigint"))]), Fault::Type, "closeTimeout must be a number, got bigint"),
+            (object(&[("port", Number(80.5))]), Fault::Range, "port must be a whole number from 0 to 65535, got 80.5"),
+            (object(&[("port", Number(f64::INFINITY))]), Fault::Range, "port must be a whole number from 0 to 65535, got Infinity"),
+            (object(&[("maxBufferedAmount", Number(0.0))]), Fault::Range, "maxBufferedAmount must be a whole number from 1 to 1099511627776, got 0"),
+            (object(&[("maxConnections", Number(f64::NEG_INFINITY))]), Fault::Range, "maxConnections must be a whole number from 1 to Infinity, got -Infinity"),
+            (object(&[("onOverflow", Number(1.0))]), Fault::Type, "onOverflow must be a string, got number"),
+            (object(&[("onOverflow", String("Terminate".into()))]), Fault::Value, "onOverflow must be one of 'terminate', 'drop', 'resync', got 'Terminate'"),
+            (object(&[("noServer", Number(1.0))]), Fault::Type, "noServer must be a boolean, got number"),
+            (object(&[("verifyClient", Null)]), Fault::Type, "verifyClient must be a function, got object"),
+            (object(&[("allowedOrigins", Array(vec![String("a".into()), String("".into())]))]), Fault::Type, "allowedOrigins must be an array of non-empty strings"),
+            (object(&[("askJs", Bool(true))]), Fault::Unknown, "unknown option 'askJs'"),
+            (object(&[("highWaterMark", Number(100.0)), ("lowWaterMark", Number(200.0))]), Fault::Range, "lowWaterMark (200) must not exceed highWaterMark (100)"),
+            (object(&[("lowWaterMark", Number(70000.0))]), Fault::Range, "lowWaterMark (70000) must not exceed highWaterMark (65536)"),
+            (object(&[("maxPendingBytes", Number(1000.0)), ("pendingHighWaterMark", Number(2000.0))]), Fault::Range, "pendingHighWaterMark (2000) must not exceed maxPendingBytes (1000)"),
+            (object(&[("maxPartialMessageBytes", Number(1000.0))]), Fault::Range, "maxPartialMessageBytes (1000) must be 0 or at least maxPayload (1048576): a message of maxPayload must fit"),
+            (object(&[("noServer", Bool(true)), ("path", String("/".into())), ("port", Number(1.0))]), Fault::Options, "noServer excludes port, path: a noServer server has no listener of its own"),
+        ];
+        for (given, fault, message) in rows {
+            let e = refusal(given.clone());
+            assert_eq!((e.fault, e.message.as_str()), (fault, message), "{given:?}");
+        }
+    }
+
+    /// Every option of the table goes into `ServerOptions` and comes back out as it went in, so
+    /// that a Rust caller's options are checked as JavaScript's are.
+    #[test]
+    fn every_option_goes_in_and_comes_out() {
+        for spec in OPTIONS {
+            let value = match spec.kind {
+                Kind::Whole { min, .. } => Given::Number(min),
+                Kind::String => Given::String("x".into()),
+                Kind::Bool => Given::Bool(true),
+                Kind::OneOf(values) => Given::String(values[1].into()),
+                Kind::Strings => Given::Array(vec![Given::String("https://a".into())]),
+                Kind::Cluster => object(&[("redis", Given::String("redis://a:1".into()))]),
+                Kind::Function => Given::Function,
+            };
+            let o = server_options(&object(&[(spec.name, value.clone())])).unwrap();
+            match spec.kind {
+                // A hook is JavaScript's; here it makes every upgrade wait for JavaScript.
+                Kind::Function => {
+                    assert_eq!(o.ask_js, Some(true));
+                    assert_eq!((spec.get)(&o), None);
+                }
+                _ => assert_eq!((spec.get)(&o), Some(value), "{}", spec.name),
+            }
+        }
+        let names: std::collections::HashSet<&str> = OPTIONS.iter().map(|s| s.name).collect();
+        assert_eq!(names.len(), OPTIONS.len(), "an option listed twice");
+    }
+
+    #[test]
+    fn cluster_option() {
+        let url = |u: &str| Given::String(u.into());
+        let cluster = |fields: &[(&str, Given)]| object(&[("cluster", object(fields))]);
+        let c = config(&cluster(&[("redis", url("redis://a:1"))]))
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(
+            (c.urls, c.sharded, c.prefix.as_str(), c.critical_queue),
+            (
+                vec!["redis://a:1".to_string()],
+                false,
+                "sluice",
+                DEFAULT_CRITICAL_QUEUE
+            )
+        );
+        // An array is the seed nodes of a Redis Cluster: sharded pub/sub.
+        let c = config(&cluster(&[
+            (
+                "redis",
+                Given::Array(vec![url("redis://a:1"), url("rediss://b:2")]),
+            ),
+            ("prefix", url("lobby")),
+            ("criticalQueue", Given::Number(0.0)),
+        ]))
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(
+            (c.urls.len(), c.sharded, c.prefix.as_str(), c.critical_queue),
+            (2, true, "lobby", 0)
+        );
+        for (fields, fault, message) in [
+            (vec![("redis", url("http://a"))], Fault::Type, "cluster.redis must be a 'redis://host:port' URL, or an array of them (the seed nodes of a Redis Cluster)"),
+            (vec![("redis", url("redis://"))], Fault::Type, "cluster.redis must be a 'redis://host:port' URL, or an array of them (the seed nodes of a Redis Cluster)"),
+            (vec![("redis", Given::Array(vec![]))], Fault::Type, "cluster.redis must be a 'redis://host:port' URL, or an array of them (the seed nodes of a Redis Cluster)"),
+            (vec![], Fault::Type, "cluster.redis must be a 'redis://host:port' URL, or an array of them (the seed nodes of a Redis Cluster)"),
+            (vec![("redis", url("redis://a")), ("prefix", url(""))], Fault::Type, "cluster.prefix must be a non-empty string"),
+            (vec![("redis", url("redis://a")), ("criticalQueue", url("5"))], Fault::Value, "cluster.criticalQueue must be a whole number from 0 to 1000000, got 5"),
+            (vec![("redis", url("redis://a")), ("criticalQueue", Given::Number(1e7))], Fault::Value, "cluster.criticalQueue must be a whole number from 0 to 1000000, got 10000000"),
+            (vec![("redis", url("redis://a")), ("db", Given::Number(1.0))], Fault::Unknown, "unknown option 'cluster.db'"),
+        ] {
+            let e = refusal(cluster(&fields));
+            assert_eq!((e.option, e.fault, e.message.as_str()), ("cluster", fault, message));
+        }
+        let e = refusal(object(&[("cluster", Given::Array(vec![]))]));
+        assert_eq!(
+            (e.fault, e.message.as_str()),
+            (
+                Fault::Type,
+                "cluster must be an object: { redis, prefix?, criticalQueue? }"
+            )
+        );
+    }
+
+    #[test]
+    fn a_count_no_machine_reaches_is_no_limit() {
+        for n in [f64::INFINITY, (1u64 << 41) as f64, BYTES] {
+            let c = config(&object(&[("maxConnections", Given::Number(n))])).unwrap();
+            assert_eq!(c.max_connections, usize::MAX);
+        }
+        let c = config(&object(&[("maxConnections", Given::Number(10.0))])).unwrap();
+        assert_eq!(c.max_connections, 10);
+    }
+
+    #[test]
+    fn numbers_as_javascript_prints_them() {
+        for (x, s) in [
+            (0.0, "0"),
+            (-0.0, "0"),
+            (80.5, "80.5"),
+            (-1.0, "-1"),
+            (1099511627776.0, "1099511627776"),
+            (1e21, "1e+21"),
+            (1e-7, "1e-7"),
+            (f64::INFINITY, "Infinity"),
+            (f64::NEG_INFINITY, "-Infinity"),
+            (f64::NAN, "NaN"),
+        ] {
+            assert_eq!(js_number(x), s);
+        }
     }
 }

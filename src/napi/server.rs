@@ -2,8 +2,11 @@
 
 use super::*;
 
+use super::errors::throw_config_error;
 use super::metrics::{metrics_object, Metrics};
 use super::runtime::{init_tracing, Runtimes};
+use crate::net::peers::UnfitTopic;
+use crate::net::routing::Published;
 
 /// Native half of `Server`. Use `Server` from `require('sluice')` instead.
 #[napi]
@@ -25,14 +28,20 @@ pub struct NativeServer {
 
 #[napi]
 impl NativeServer {
+    /// Checks `options` (the one place they are checked: `options.rs`) and starts the runtimes.
+    /// Throws a `TypeError` or `RangeError` with a stable `code` for options it refuses.
     #[napi(
         constructor,
-        ts_args_type = "options: ServerOptions, onEvents: (events: Array<Array<any>>) => void"
+        ts_args_type = "options: ServerOptions | undefined, onEvents: (events: Array<Array<any>>) => void"
     )]
-    pub fn new(options: ServerOptions, on_events: Function<'_, EventBatch, ()>) -> Result<Self> {
+    pub fn new(
+        env: Env,
+        options: Unknown<'_>,
+        on_events: Function<'_, EventBatch, ()>,
+    ) -> Result<Self> {
         init_tracing();
-        let config = Config::from_options(options)
-            .map_err(|e| Error::new(Status::InvalidArg, format!("{}: {}", e.option, e.message)))?;
+        let given = options::read_options(&options)?;
+        let config = options::config(&given).map_err(|e| throw_config_error(&env, e))?;
         let runtimes = Runtimes::new(&config)?;
         let events = EventSink::new();
         let waker = JsWaker::attach(&events, on_events)?;
@@ -73,7 +82,7 @@ impl NativeServer {
     }
 
     /// Open connections keep the process alive as open sockets do in Node, also without a
-    /// listener of sluice's own (`noServer`). `lib/sluice.js` calls this when its count of open
+    /// listener of sluice's own (`noServer`). `lib/server.js` calls this when its count of open
     /// connections and handshakes in progress leaves or reaches zero.
     #[napi]
     pub fn hold(&mut self, env: Env, holding: bool) -> Result<()> {
@@ -95,8 +104,12 @@ impl NativeServer {
         url: String,
         raw_headers: Vec<String>,
         head: &[u8],
-    ) -> Result<f64> {
-        let rt = self.runtimes()?.accept.handle();
+    ) -> Result<f64, ErrorCode> {
+        let rt = self
+            .runtimes()
+            .map_err(|e| coded(ErrorCode::Closed, e.reason))?
+            .accept
+            .handle();
         let parts = RequestParts {
             method,
             http_version,
@@ -107,8 +120,8 @@ impl NativeServer {
             .adopt(rt, fd, parts, head.to_vec())
             .map(|token| token as f64)
             .map_err(|e| {
-                Error::new(
-                    Status::InvalidArg,
+                coded(
+                    ErrorCode::TakeoverFailed,
                     format!("cannot take the socket over: {e}"),
                 )
             })
@@ -156,45 +169,9 @@ impl NativeServer {
         protocol: Option<String>,
         headers: Option<Vec<String>>,
         body: Option<String>,
-    ) -> Result<bool> {
-        let verdict = if status == 0 {
-            if protocol.as_deref().is_some_and(|p| !is_token(p)) {
-                return Err(Error::new(
-                    Status::InvalidArg,
-                    "protocol must be an HTTP token",
-                ));
-            }
-            Verdict::Accept { protocol }
-        } else {
-            if !(400..=599).contains(&status) {
-                return Err(Error::new(
-                    Status::InvalidArg,
-                    "status must be 0 or 400-599",
-                ));
-            }
-            let flat = headers.unwrap_or_default();
-            if !flat.len().is_multiple_of(2) {
-                return Err(Error::new(
-                    Status::InvalidArg,
-                    "headers must be name, value pairs",
-                ));
-            }
-            let mut pairs = Vec::with_capacity(flat.len() / 2);
-            for h in flat.chunks(2) {
-                if !is_token(&h[0]) || !is_header_value(&h[1]) {
-                    return Err(Error::new(
-                        Status::InvalidArg,
-                        format!("invalid header {:?}", h[0]),
-                    ));
-                }
-                pairs.push((h[0].clone(), h[1].clone()));
-            }
-            Verdict::Refuse {
-                status: status as u16,
-                headers: pairs,
-                body: body.unwrap_or_default(),
-            }
-        };
+    ) -> Result<bool, ErrorCode> {
+        let verdict = Verdict::checked(status, protocol, headers.unwrap_or_default(), body)
+            .map_err(|why| coded(ErrorCode::InvalidVerdict, why))?;
         Ok(self.shared.verify_reply(token as u64, verdict))
     }
 
@@ -294,28 +271,10 @@ impl NativeServer {
         target: Target,
         options: Option<MessageOptions>,
     ) -> bool {
-        if self.shared.is_closing() {
-            return false;
-        }
         let priority: CorePriority = priority.into();
         let stamp = stamp(&self.shared, priority, options.unwrap_or_default());
-        let (key, ttl) = (stamp.key.clone(), stamp.ttl);
-        let counter = match target {
-            Target::All => &self.shared.metrics.broadcasts,
-            Target::Topic(_) => &self.shared.metrics.publishes,
-        };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let op = if text { OpCode::Text } else { OpCode::Binary };
-        let channel_target = target.clone();
-        let (admitted, frame) =
-            self.shared
-                .fanout()
-                .broadcast(&self.shared, data, op, priority, target, stamp);
-        if let (Some(cluster), Some(frame)) = (self.shared.cluster(), frame) {
-            // Local clients get it at once; the other nodes through Redis.
-            cluster.publish(&channel_target, &frame, priority, key.as_deref(), ttl);
-        }
-        admitted.ok()
+        self.shared.broadcast(data, op, priority, target, stamp)
     }
 
     /// Gives `topic` a history (a new epoch, offsets from 1), or a new one with other bounds.
@@ -328,34 +287,21 @@ impl NativeServer {
         bytes: Option<f64>,
         ttl_ms: Option<u32>,
         prefix_offsets: bool,
-    ) -> Result<String> {
+    ) -> Result<String, ErrorCode> {
         let d = HistoryLimits::default();
         let limits = HistoryLimits {
             size: size.map_or(d.size, |n| n as usize),
             bytes: bytes.map_or(d.bytes, |n| n as usize),
             ttl: ttl_ms.map_or(d.ttl, |ms| Duration::from_millis(ms as u64)),
         };
-        if let Some(link) = self.shared.cluster() {
-            // Offsets and history live in Redis, shared by every node; the epoch is Redis's.
-            if topic.contains(['{', '}']) {
-                return Err(Error::new(
-                    Status::InvalidArg,
-                    "ERR_SLUICE_INVALID_TOPIC: with cluster, a topic with history may not contain '{' or '}'",
-                ));
-            }
-            link.configure_history(
-                &Arc::from(topic.as_str()),
-                HistoryTopic {
-                    limits,
-                    prefix: prefix_offsets,
-                },
-            );
-            return Ok(String::new());
-        }
-        let epoch = crate::cluster::random_epoch();
         self.shared
-            .configure_history(&topic, limits, prefix_offsets, epoch.clone());
-        Ok(epoch)
+            .configure_topic(&topic, limits, prefix_offsets)
+            .map_err(|UnfitTopic| {
+                coded(
+                    ErrorCode::InvalidTopic,
+                    "with cluster, a topic with history may not contain '{' or '}'",
+                )
+            })
     }
 
     /// Publishes on a topic with history: the message gets the next offset (with
@@ -395,74 +341,22 @@ impl NativeServer {
         options: Option<MessageOptions>,
         token: f64,
     ) -> Option<PublishResult> {
-        if self.shared.is_closing() {
-            return None;
-        }
-        let options = options.unwrap_or_default();
-        if let Some(link) = self.shared.cluster() {
-            let priority: CorePriority = priority.into();
-            let stamp = stamp(&self.shared, priority, options);
+        let priority: CorePriority = priority.into();
+        let stamp = stamp(&self.shared, priority, options.unwrap_or_default());
+        let published =
             self.shared
-                .metrics
-                .publishes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            link.publish_history(
-                &Arc::from(topic.as_str()),
-                data,
-                text,
-                priority,
-                &stamp,
-                token as u64,
-            );
-            return Some(PublishResult {
+                .publish_history(&topic, data, text, priority, stamp, token as u64)?;
+        Some(match published {
+            Published::Numbered { offset, epoch } => PublishResult {
+                offset: offset as f64,
+                epoch,
+                pending: false,
+            },
+            Published::Pending => PublishResult {
                 offset: 0.0,
                 epoch: String::new(),
                 pending: true,
-            });
-        }
-        let th = self.shared.history(&topic)?;
-        // Numbering, the fan-out job and the history entry under one lock: a resume sees each
-        // message either in the history it replays or as a later job, never both or neither.
-        let mut h = th.history.lock().unwrap_or_else(|e| e.into_inner());
-        let offset = h.next_offset();
-        let with_offset;
-        let payload: &[u8] = if th.prefix {
-            with_offset = crate::core::history::prefixed(offset, data, text);
-            &with_offset
-        } else {
-            data
-        };
-        self.shared
-            .metrics
-            .publishes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let op = if text { OpCode::Text } else { OpCode::Binary };
-        let priority: CorePriority = priority.into();
-        let topic: Arc<str> = Arc::from(topic);
-        let mut stamp = stamp(&self.shared, priority, options);
-        let tag = Arc::new(OffsetTag {
-            topic: topic.clone(),
-            offset,
-            epoch: Arc::from(h.epoch()),
-        });
-        stamp.tag = Some(tag.clone());
-        let key = stamp.key.clone();
-        let (_, bytes) = self.shared.fanout().broadcast(
-            &self.shared,
-            payload,
-            op,
-            priority,
-            Target::Topic(topic),
-            stamp,
-        );
-        let mut kept = Frame::new(bytes?);
-        kept.key = key;
-        kept.tag = Some(tag);
-        let offset = h.append(&kept, priority, std::time::Instant::now());
-        Some(PublishResult {
-            offset: offset as f64,
-            epoch: h.epoch().to_string(),
-            pending: false,
+            },
         })
     }
 
@@ -506,7 +400,7 @@ impl NativeServer {
         metrics_object(&self.shared, self.link.as_ref())
     }
 
-    /// The next batch of events: after the thread-safe call's batch, `lib/sluice.js` takes the
+    /// The next batch of events: after the thread-safe call's batch, `lib/dispatch.js` takes the
     /// following ones itself, between turns of the event loop, until one is empty; only then does
     /// the next event make a thread-safe call again. Empty once destroyed.
     #[napi(ts_return_type = "Array<Array<any>>")]

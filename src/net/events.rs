@@ -10,7 +10,7 @@
 //! say) they cost one wake-up, and are delivered in the order they were pushed: a connection's
 //! `connection` event always precedes its messages, its messages precede its `close`.
 //!
-//! **The event loop keeps running.** `lib/sluice.js` handles events for at most a few
+//! **The event loop keeps running.** `lib/dispatch.js` handles events for at most a few
 //! milliseconds at a time and takes the next batch from a `setImmediate`, so that timers and I/O
 //! callbacks run in between. One thread-safe call at a time is what makes that work: Node
 //! dispatches up to 1,000 queued calls of one thread-safe function in a row without returning to
@@ -47,6 +47,7 @@ use crate::core::config::{
     EVENT_BATCH_BYTES, EVENT_BATCH_EVENTS, EVENT_OVERHEAD_BYTES, MAX_PENDING_EVENTS,
     MAX_PENDING_EVENT_BYTES,
 };
+use crate::core::message::Fate;
 use crate::net::connection::Conn;
 use crate::wire::handshake::Request;
 
@@ -112,12 +113,12 @@ pub(crate) enum Event {
         id: u64,
         data: Bytes,
     },
-    /// The fate of a `send` with a callback: 0 wholly handed to the kernel, 1 dropped,
-    /// 2 replaced by a newer frame with the same conflation key.
+    /// The fate of a `send` with a callback: wholly handed to the kernel, dropped, replaced by a
+    /// newer frame with the same conflation key, or expired.
     Sent {
         id: u64,
         token: u64,
-        fate: u8,
+        fate: Fate,
     },
     /// Cluster mode: Redis numbered a publish on a topic with history (or it could not be sent:
     /// `error` is the code).

@@ -18,6 +18,11 @@ pub(crate) struct HistoryTopic {
     pub(crate) prefix: bool,
 }
 
+/// A topic name the peers cannot keep a history under (with Redis: one with `{` or `}`, which
+/// would move its keys out of its channel's slot).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct UnfitTopic;
+
 /// `conn.subscribe(topic, { since })` in cluster mode, for the link task.
 pub(crate) struct ResumeRequest {
     pub(crate) conn: Arc<Conn>,
@@ -50,12 +55,12 @@ pub(crate) trait Peers: Send + Sync {
         stamp: &Stamp,
         token: u64,
     );
-    /// Configures a topic with history on this node.
-    fn configure_history(&self, topic: &Arc<str>, h: HistoryTopic);
-    /// Queues a resume. `Err` (the request back) if the peers cannot answer it now.
-    fn resume(&self, req: ResumeRequest) -> Result<(), ResumeRequest>;
-    /// Subscribes the connection without a replay and says so.
-    fn answer_unrecovered(&self, req: ResumeRequest);
+    /// Configures a topic with history on this node; its history is the peers'.
+    fn configure_history(&self, topic: &Arc<str>, h: HistoryTopic) -> Result<(), UnfitTopic>;
+    /// Replays what the client missed from the peers' history, then subscribes it; a `resumed`
+    /// event with the request's token answers. If the peers cannot answer now, the connection is
+    /// subscribed from now on without a replay, and the event says "not recovered".
+    fn resume(&self, req: ResumeRequest);
     /// The node has its first local subscriber to `topic` (`true`) or lost its last (`false`).
     fn want(&self, topic: &Arc<str>, wanted: bool);
     /// Stops the link; what is still queued is counted as not sent.

@@ -29,6 +29,7 @@ use tokio::sync::{oneshot, watch, Notify};
 use crate::core::config::Config;
 use crate::core::history::{History, HistoryLimits};
 use crate::core::metrics::{Metrics, Termination};
+use crate::core::topics::Topics;
 use crate::net::connection::Conn;
 use crate::net::events::{Event, EventSink};
 use crate::net::fanout::Fanout;
@@ -36,7 +37,7 @@ use crate::net::handshake::{self as io_handshake, Refusal};
 use crate::net::inbound::PartialBudget;
 use crate::net::peers::Peers;
 use crate::wire::close::CloseCode;
-use crate::wire::handshake::{self, RefusalCause};
+use crate::wire::handshake::{self, RefusalCause, Verdict};
 
 /// Pause after an accept error (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -64,25 +65,12 @@ enum Pending {
     Parts(handshake::RequestParts, Vec<u8>),
 }
 
-/// JavaScript's answer about an upgrade (`verifyClient`, `handleProtocols`).
-#[derive(Debug)]
-pub(crate) enum Verdict {
-    /// Answer 101, with this subprotocol (a token the client offered) or none.
-    Accept { protocol: Option<String> },
-    /// Answer with this status (400-599), extra headers (checked) and plain-text body.
-    Refuse {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: String,
-    },
-}
-
 pub(crate) struct ServerShared {
     pub(crate) config: Config,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) events: Arc<EventSink>,
     conns: RwLock<Registry>,
-    topics: RwLock<HashMap<Arc<str>, Registry>>,
+    topics: RwLock<Topics<Arc<Conn>>>,
     next_id: AtomicU64,
     /// Tokens of handshakes JavaScript knows about (taken-over sockets, `verify` events).
     next_token: AtomicU64,
@@ -138,7 +126,7 @@ impl ServerShared {
             metrics: Arc::new(Metrics::default()),
             events,
             conns: RwLock::new(HashMap::new()),
-            topics: RwLock::new(HashMap::new()),
+            topics: RwLock::new(Topics::new()),
             next_id: AtomicU64::new(1),
             next_token: AtomicU64::new(1),
             verifying: Mutex::new(HashMap::new()),
@@ -606,13 +594,9 @@ impl ServerShared {
         if !topics.is_empty() {
             let mut t = write(&self.topics);
             for name in topics {
-                if let Some(subs) = t.get_mut(&name) {
-                    subs.remove(&conn.id);
-                    if subs.is_empty() {
-                        t.remove(&name);
-                        if let Some(link) = self.cluster() {
-                            link.want(&name, false);
-                        }
+                if let Some(gone) = t.unsubscribe(&name, conn.id) {
+                    if let Some(link) = self.cluster() {
+                        link.want(&gone, false);
                     }
                 }
             }
@@ -642,10 +626,7 @@ impl ServerShared {
         if !mine.insert(name.clone()) {
             return false;
         }
-        let mut t = write(&self.topics);
-        let subs = t.entry(name.clone()).or_default();
-        subs.insert(conn.id, conn.clone());
-        if subs.len() == 1 {
+        if write(&self.topics).subscribe(&name, conn.id, conn.clone()) {
             if let Some(link) = self.cluster() {
                 link.want(&name, true);
             }
@@ -658,15 +639,9 @@ impl ServerShared {
         if !mine.remove(topic) {
             return false;
         }
-        let mut t = write(&self.topics);
-        if let Some(subs) = t.get_mut(topic) {
-            subs.remove(&conn.id);
-            if subs.is_empty() {
-                if let Some((name, _)) = t.remove_entry(topic) {
-                    if let Some(link) = self.cluster() {
-                        link.want(&name, false);
-                    }
-                }
+        if let Some(gone) = write(&self.topics).unsubscribe(topic, conn.id) {
+            if let Some(link) = self.cluster() {
+                link.want(&gone, false);
             }
         }
         true
@@ -677,13 +652,11 @@ impl ServerShared {
     }
 
     pub(crate) fn snapshot_topic(&self, topic: &str, out: &mut Vec<Arc<Conn>>) {
-        if let Some(subs) = read(&self.topics).get(topic) {
-            out.extend(subs.values().cloned());
-        }
+        read(&self.topics).snapshot(topic, out);
     }
 
     pub(crate) fn subscriber_count(&self, topic: &str) -> usize {
-        read(&self.topics).get(topic).map_or(0, |s| s.len())
+        read(&self.topics).count(topic)
     }
 
     /// Starts the graceful shutdown: stops accepting now, and closes the connections once the

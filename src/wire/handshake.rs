@@ -651,6 +651,57 @@ fn valid_key(k: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
+/// JavaScript's answer about an upgrade (`verifyClient`, `handleProtocols`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Answer 101, with this subprotocol (a token the client offered) or none.
+    Accept { protocol: Option<String> },
+    /// Answer with this status (400-599), extra headers (checked) and plain-text body.
+    Refuse {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+}
+
+impl Verdict {
+    /// JavaScript's verdict on a handshake, checked: `status` 0 accepts (with `protocol`, an
+    /// HTTP token, or none); 400-599 refuses with `headers` (flat name, value pairs: tokens and
+    /// values that cannot break the response) and `body`. `Err` says what is wrong.
+    pub(crate) fn checked(
+        status: u32,
+        protocol: Option<String>,
+        headers: Vec<String>,
+        body: Option<String>,
+    ) -> Result<Verdict, String> {
+        if status == 0 {
+            if protocol.as_deref().is_some_and(|p| !is_token(p)) {
+                return Err("protocol must be an HTTP token".into());
+            }
+            return Ok(Verdict::Accept { protocol });
+        }
+        if !(400..=599).contains(&status) {
+            return Err("status must be 0 or 400-599".into());
+        }
+        if !headers.len().is_multiple_of(2) {
+            return Err("headers must be name, value pairs".into());
+        }
+        let mut pairs = Vec::with_capacity(headers.len() / 2);
+        let mut flat = headers.into_iter();
+        while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+            if !is_token(&name) || !is_header_value(&value) {
+                return Err(format!("invalid header {name:?}"));
+            }
+            pairs.push((name, value));
+        }
+        Ok(Verdict::Refuse {
+            status: status as u16,
+            headers: pairs,
+            body: body.unwrap_or_default(),
+        })
+    }
+}
+
 /// The 101 response, with the chosen subprotocol if any (a token, checked by the caller).
 /// The connection writes it once it is registered (see `ServerShared::run_connection`).
 pub(crate) fn accept_response(accept_key: &str, protocol: Option<&str>) -> String {
@@ -703,6 +754,33 @@ pub(crate) fn reason_phrase(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verdict_is_checked_before_it_is_answered() {
+        let s = |v: &str| v.to_string();
+        assert_eq!(
+            Verdict::checked(0, Some(s("chat")), vec![], None),
+            Ok(Verdict::Accept {
+                protocol: Some(s("chat"))
+            })
+        );
+        assert!(Verdict::checked(0, Some(s("a b")), vec![], None).is_err());
+        assert!(Verdict::checked(302, None, vec![], None).is_err());
+        assert!(Verdict::checked(600, None, vec![], None).is_err());
+        assert!(Verdict::checked(401, None, vec![s("X-A")], None).is_err());
+        assert!(Verdict::checked(401, None, vec![s("X A"), s("1")], None).is_err());
+        assert!(
+            Verdict::checked(401, None, vec![s("X-A"), s("1\r\nSet-Cookie: x")], None).is_err()
+        );
+        assert_eq!(
+            Verdict::checked(401, None, vec![s("X-A"), s("1")], Some(s("no"))),
+            Ok(Verdict::Refuse {
+                status: 401,
+                headers: vec![(s("X-A"), s("1"))],
+                body: s("no"),
+            })
+        );
+    }
 
     fn remote() -> SocketAddr {
         "127.0.0.1:1".parse().unwrap()

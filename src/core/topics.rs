@@ -1,0 +1,82 @@
+//! The topic registry: which connections are subscribed to which topic.
+//!
+//! A plain map of topic → subscribers by id, generic over what a subscriber is (the net layer
+//! keeps `Arc<Conn>`; tests keep numbers), so that it is tested without sockets. It reports the
+//! two transitions the cluster link cares about: a topic's **first** subscriber (the node must
+//! subscribe its channel) and its **last** one leaving (the node may unsubscribe). An empty topic
+//! is removed at once: the registry holds no entry for a topic nobody follows, so its size is
+//! bounded by the subscriptions, not by every topic ever named.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Subscribers by topic, then by connection id.
+#[derive(Debug)]
+pub(crate) struct Topics<T> {
+    by_topic: HashMap<Arc<str>, HashMap<u64, T>>,
+}
+
+impl<T: Clone> Topics<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            by_topic: HashMap::new(),
+        }
+    }
+
+    /// Adds subscriber `id` to `topic`. True if it is the topic's first subscriber.
+    pub(crate) fn subscribe(&mut self, topic: &Arc<str>, id: u64, sub: T) -> bool {
+        let subs = self.by_topic.entry(topic.clone()).or_default();
+        subs.insert(id, sub);
+        subs.len() == 1
+    }
+
+    /// Removes subscriber `id` from `topic`. The topic's name if that was its last subscriber
+    /// (the topic is then gone from the registry).
+    pub(crate) fn unsubscribe(&mut self, topic: &str, id: u64) -> Option<Arc<str>> {
+        let subs = self.by_topic.get_mut(topic)?;
+        subs.remove(&id);
+        if !subs.is_empty() {
+            return None;
+        }
+        self.by_topic.remove_entry(topic).map(|(name, _)| name)
+    }
+
+    /// Appends `topic`'s subscribers to `out`.
+    pub(crate) fn snapshot(&self, topic: &str, out: &mut Vec<T>) {
+        if let Some(subs) = self.by_topic.get(topic) {
+            out.extend(subs.values().cloned());
+        }
+    }
+
+    /// Subscribers of `topic` right now.
+    pub(crate) fn count(&self, topic: &str) -> usize {
+        self.by_topic.get(topic).map_or(0, |s| s.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Topics;
+    use std::sync::Arc;
+
+    #[test]
+    fn first_and_last_subscribers_are_reported_and_empty_topics_go() {
+        let mut t = Topics::new();
+        let a: Arc<str> = Arc::from("a");
+        assert!(t.subscribe(&a, 1, 10));
+        assert!(!t.subscribe(&a, 2, 20));
+        assert!(!t.subscribe(&a, 2, 21), "again: replaced, not a new first");
+        assert_eq!(t.count("a"), 2);
+        let mut out = Vec::new();
+        t.snapshot("a", &mut out);
+        out.sort();
+        assert_eq!(out, [10, 21]);
+        assert_eq!(t.unsubscribe("a", 1), None);
+        assert_eq!(t.unsubscribe("a", 9), None, "not a subscriber");
+        assert_eq!(t.unsubscribe("a", 2).as_deref(), Some("a"));
+        assert_eq!(t.count("a"), 0);
+        assert!(t.by_topic.is_empty());
+        assert_eq!(t.unsubscribe("a", 2), None, "gone already");
+        assert!(t.subscribe(&a, 3, 30), "first again after it emptied");
+    }
+}
