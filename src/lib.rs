@@ -6,26 +6,19 @@
 //! frames into vectored writes. Events (connections, messages, backpressure, drain, close) reach
 //! JavaScript in batches.
 //!
-//! Where things are:
+//! Where things are: five layers, each a folder whose `mod.rs` is its spec, each naming only the
+//! layers above it in this list (`layering.rs` checks it):
 //!
-//! | role | file |
-//! |---|---|
-//! | napi surface (native classes, options, metrics object) | `napi_api.rs` |
-//! | listener, accept loop, registry, topics, shutdown | `server.rs` |
-//! | opening handshake | `handshake.rs` |
-//! | per-connection reader, writer, heartbeat, close | `connection.rs` |
-//! | what one client may make the reader do (read budget, rate limits, partly received messages), and the inbound frames' protocol state and close codes, apart from the socket | `inbound.rs` |
-//! | per-connection outbox (lanes, accounting) | `outbox.rs` |
-//! | what the kernel may hold for a lagging connection | `lagging.rs` |
-//! | per-priority overflow policy | `policy.rs` |
-//! | fan-out of broadcasts and publishes | `fanout.rs` |
-//! | frame encoding | `frame.rs` |
-//! | events to JavaScript | `events.rs` |
-//! | metrics | `metrics.rs` |
-//! | options and their defaults | `config.rs` |
-//! | the cluster link (Redis pub/sub across processes and machines) | `cluster.rs` |
-//! | topic history (offsets, epochs, the resume decision) | `history.rs` |
-//! | fuzz targets of the handshake and frame parsers (for `tests/fuzz.rs`, `fuzz/`) | `fuzz.rs` |
+//! | layer | role | may not touch |
+//! |---|---|---|
+//! | `wire/` | bytes: frame encoding, close codes, the handshake parser, the cluster message format | tokio, napi, Redis, other layers |
+//! | `core/` | plain state: config and defaults, policy, outbox, the connection's close state machine, shared frames, history, topics, metrics | tokio, napi, Redis |
+//! | `net/` | tokio tasks: accept and handshakes, connection reader and writer, fan-out, routing, the event queue, the `Peers` trait | napi, Redis (the cluster only through `Peers`) |
+//! | `cluster/` | the cluster link over Redis, implementing `net::peers::Peers` | napi |
+//! | `napi/` | the only `#[napi]` code: native classes, option mapping, errors with codes, event conversion, runtimes | (top) |
+//!
+//! `fuzz.rs` holds the fuzz targets of the handshake and frame parsers (for `fuzz_tests.rs` and
+//! `fuzz/`).
 
 mod cluster;
 mod core;

@@ -41,3 +41,7 @@ pub(crate) mod lagging;
 pub(crate) mod peers;
 pub(crate) mod routing;
 pub(crate) mod server;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;

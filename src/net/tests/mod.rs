@@ -1,0 +1,14 @@
+//! `net/` over real sockets on 127.0.0.1, with no Node: a [`super::testkit::Harness`] server and
+//! [`super::testkit::Client`]s. What each module covers:
+//!
+//! | module | what |
+//! |---|---|
+//! | `close` | every way a connection ends: the close code on the wire, the `close` event, the FIN or reset, the `terminated` counters |
+//! | `flow` | `backpressure` and `drain` crossings with their amounts, and the exact byte accounting (`bufferedAmount`, bytes and frames written, drops) |
+//! | `heartbeat` | pings, pongs, the pong timeout and the cap on queued pongs |
+//! | `order` | fan-out order: `send`, `close` and `server.close()` behind pending broadcasts |
+
+mod close;
+mod flow;
+mod heartbeat;
+mod order;
