@@ -8,6 +8,10 @@
 //!   bytes; `bufferedAmount` is the exact sum of the queued frames' bytes.
 //! - [`message`]: the frame a broadcast shares by reference count with every recipient, its
 //!   latency probe and the acknowledgement of a `send` with a callback, each reporting once.
+//! - [`lifecycle`]: a connection's life as one state machine (close in either order, failures,
+//!   timeouts, `terminate()`, errors), its transition table in the module doc; [`conn_state`]
+//!   keeps it with the outbox under the connection's one lock so that the two never disagree (a
+//!   model test explores every interleaving of the writer with pushes and closes).
 //! - [`history`]: a topic's numbered history (offsets, epochs, size and age bounds) and the resume
 //!   decision.
 //! - [`metrics`]: counters and histograms, read without locks.
@@ -18,13 +22,18 @@
 //! argument, so every rule can be tested as a plain struct. It names only `wire` (for frame
 //! encoding in tests and the handshake's refusal causes).
 //!
-//! Edge cases it owns: a queue at exactly its bound; one message larger than the whole bound; a
+//! Edge cases it owns: a close crossing the peer's close, or its FIN before our reply; a failure
+//! after our close frame is already in the writer's batch; a queue at exactly its bound; one message larger than the whole bound; a
 //! conflation key meeting a frame the writer has already taken into its batch (only frames still
 //! queued are replaced); a deadline passing while a frame is queued (skipped and counted) or
 //! while it is in the batch (written whole); history offsets across an epoch change.
 
 pub(crate) mod config;
+pub(crate) mod conn_state;
+#[cfg(test)]
+mod conn_state_model;
 pub(crate) mod history;
+pub(crate) mod lifecycle;
 pub(crate) mod message;
 pub(crate) mod metrics;
 pub(crate) mod outbox;

@@ -254,6 +254,12 @@ impl Outbox {
         self.state == State::Open
     }
 
+    /// The close frame has been moved to the writer (or the queue discarded).
+    #[cfg(test)]
+    pub(crate) fn close_taken(&self) -> bool {
+        self.close_taken
+    }
+
     /// Queues a data frame under the policy for `priority`.
     ///
     /// **Conflation.** A frame with a key first looks for a queued frame with the same key (one in

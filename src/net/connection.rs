@@ -18,18 +18,21 @@
 //! after the data, and only once JavaScript has handled the messages that came before that close
 //! (so that, as with `ws`, a client's last request can still be answered).
 //!
-//! **How a connection ends.** Gracefully: a close frame is written, the peer's close frame is
-//! received (either order), the server half-closes (FIN first, as RFC 6455 §7.1.1 asks of servers)
-//! and waits for the peer's FIN. Abnormally ([`Conn::end`] with a [`Termination`]): overflow that
-//! cannot even take a close frame, a missed pong, `closeTimeout` elapsed, `terminate()`, an I/O
-//! error. Then queued frames are discarded (and counted), the socket is shut down (with a reset
-//! where the kernel's send buffer should be freed at once) and both tasks stop. JavaScript then
-//! gets one `close` event: the peer's close code if it sent one, else ours if it went out, else 1006.
+//! **How a connection ends** is decided by its [`Lifecycle`](crate::core::lifecycle) (the state
+//! machine and its transition table are there), kept with the outbox under one lock
+//! ([`ConnState`]); the tasks feed it what happens and do what it answers. Gracefully: a close
+//! frame is written, the peer's close frame is received (either order), the server half-closes
+//! (FIN first, as RFC 6455 §7.1.1 asks of servers) and waits for the peer's FIN. Abnormally
+//! ([`Conn::end`] with a [`Termination`]): overflow that cannot even take a close frame, a missed
+//! pong, `closeTimeout` elapsed, `terminate()`, an I/O error. Then queued frames are discarded (and
+//! counted), the socket is shut down (with a reset where the kernel's send buffer should be freed
+//! at once) and both tasks stop. JavaScript then gets one `close` event: the peer's close code if
+//! it sent one, else ours if it went out, else 1006.
 
 use std::collections::HashSet;
 use std::io::{self, IoSlice, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,9 +44,11 @@ use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::Message;
 
 use crate::core::config::{MAX_BATCH_BYTES, MAX_IOVECS};
+use crate::core::conn_state::{ConnState, Effects};
+use crate::core::lifecycle::{CloseInfo, Failure, Input, Reading};
 use crate::core::message::Frame;
 use crate::core::metrics::Termination;
-use crate::core::outbox::{Batched, ControlKind, Drops, Outbox, Outcome};
+use crate::core::outbox::{Batched, ControlKind, Drops, Outcome};
 use crate::core::policy::Priority;
 use crate::net::events::Event;
 use crate::net::inbound::{
@@ -52,7 +57,7 @@ use crate::net::inbound::{
 use crate::net::lagging::WriterLag;
 use crate::net::server::ServerShared;
 use crate::wire::close::CloseCode;
-use crate::wire::frame::{encode, encode_close, OpCode};
+use crate::wire::frame::{encode, OpCode};
 
 /// Inbound events JavaScript listens for (`Conn::interest`). Without a listener, inbound traffic
 /// is handled here (pongs answered, messages counted and discarded) and never wakes the JS thread.
@@ -62,19 +67,35 @@ pub(crate) mod interest {
     pub(crate) const PONG: u8 = 4;
 }
 
+/// Bytes the reader reads per system call while it drains (the close handshake or a failure is
+/// under way and what the peer still sends is discarded), into a buffer on its stack: a page,
+/// small enough for any task's stack; the wake-up as a whole is still bounded by
+/// [`READ_BUDGET_BYTES`].
+const DRAIN_CHUNK: usize = 4096;
+
+/// How often a reader paused for room (JavaScript's event queue, or the server's budget of partly
+/// received messages) looks again without a wake-up. The room is signalled with
+/// `Notify::notify_waiters`, which reaches only the futures already created: one sent between the
+/// reader's check and its wait is missed, and this bounds the delay it causes.
+const ROOM_RECHECK: Duration = Duration::from_millis(10);
+
 pub(crate) struct Conn {
     pub(crate) id: u64,
     pub(crate) server: Arc<ServerShared>,
     /// The negotiated subprotocol, `""` if none.
     pub(crate) protocol: String,
-    /// Which inbound events to pass to JavaScript ([`interest`] bits). Relaxed: a listener added
-    /// in JavaScript applies from the next inbound frame.
+    /// Which inbound events to pass to JavaScript ([`interest`] bits). Relaxed: the bits publish
+    /// no other memory; a listener added in JavaScript applies from the inbound frames read once
+    /// the store is visible to the reader.
     interest: std::sync::atomic::AtomicU8,
-    /// Queued frames replaced by a newer one with the same conflation key.
+    /// Queued frames replaced by a newer one with the same conflation key. Relaxed, like
+    /// `expired`: counters read as snapshots (`conn.replaced`, `conn.expired`), publishing no other memory.
     pub(crate) replaced: std::sync::atomic::AtomicU64,
     /// Queued frames whose `ttl` ran out before they were written.
     pub(crate) expired: std::sync::atomic::AtomicU64,
-    /// Bytes handed to the kernel over the connection's life.
+    /// Bytes handed to the kernel over the connection's life. Added to by the writer alone; read
+    /// by the reader for its pong-timeout estimate of what the peer acknowledged ([`Conn::acked`]).
+    /// Relaxed: it publishes no other memory.
     written: std::sync::atomic::AtomicU64,
     /// Per topic with history (cluster mode): the last numbered message a resume replayed, so
     /// that the same message arriving live is not delivered twice.
@@ -83,38 +104,21 @@ pub(crate) struct Conn {
     /// the fan-out task): a second subscribe to them is refused meanwhile.
     resuming: Mutex<HashSet<Arc<str>>>,
     sock: TcpStream,
-    outbox: Mutex<Outbox>,
-    /// Mirror of `outbox.buffered()`, stored under the outbox lock after every change, so that
-    /// `conn.bufferedAmount` reads it without locking. Relaxed: a snapshot for observers; every
-    /// decision is taken under the lock.
+    /// The outbox and the connection's [`Lifecycle`](crate::core::lifecycle::Lifecycle), under
+    /// one lock so that they never disagree: every close, failure and end, and every step of the
+    /// writer with our close frame, changes both in one critical section (see `conn_state.rs`).
+    /// The lock is never held across an await, a system call or an event push.
+    state: Mutex<ConnState>,
+    /// Snapshots of `outbox.buffered()` and of [`ConnState::buffered_data`], stored under the
+    /// state lock after every change, so that `conn.bufferedAmount` and the writer's lagging
+    /// check read them without locking. Relaxed: each is a number on its own, publishing no other
+    /// memory, and no decision rests on it (the writer, which reads `buffered` to choose whether
+    /// a lagging wait is worth it, is woken by any push it misses).
     buffered: AtomicUsize,
-    /// Size of the close frame in the outbox (0: none queued). It is always the last frame, so
-    /// `buffered - close_len` is exactly the data not yet handed to the kernel (see
-    /// [`Conn::buffered_data`]). Stored under the outbox lock, with `buffered`.
-    close_len: AtomicUsize,
+    buffered_data: AtomicUsize,
     writer_wake: Notify,
     reader_wake: Notify,
     kill: watch::Sender<bool>,
-    ended: AtomicBool,
-    /// Why the server ended the connection abnormally; the first reason wins.
-    why: OnceLock<Termination>,
-    /// Close frame we queued (code, reason).
-    sent_close: OnceLock<(u16, String)>,
-    /// Close frame the peer sent (code, reason).
-    peer_close: OnceLock<(u16, String)>,
-    /// The reply to the peer's close frame, held until JavaScript has handled the messages that
-    /// came before it (see [`Conn::answer_peer_close`]): until then the connection is open, and
-    /// what JavaScript sends in answer to them goes out ahead of the reply.
-    close_reply: Mutex<Option<Bytes>>,
-    /// Our close frame is in the kernel. Set by the writer, read by the reader (SeqCst: paired
-    /// with `peer_close` so that one of the two tasks always sees both halves).
-    close_written: AtomicBool,
-    /// The connection is being failed (protocol error, overflow): after our close frame, do not
-    /// wait for the peer's.
-    failing: AtomicBool,
-    /// Overflow: if the close frame cannot be written right now, drop the TCP connection.
-    urgent: AtomicBool,
-    close_deadline: Mutex<Option<Instant>>,
     pub(crate) topics: Mutex<HashSet<Arc<str>>>,
 }
 
@@ -130,6 +134,7 @@ impl Conn {
         protocol: String,
     ) -> Arc<Self> {
         let limits = server.config.limits;
+        let close_timeout = server.config.close_timeout;
         Arc::new(Self {
             id,
             server,
@@ -143,21 +148,12 @@ impl Conn {
             replayed: Mutex::new(std::collections::HashMap::new()),
             resuming: Mutex::new(HashSet::new()),
             sock,
-            outbox: Mutex::new(Outbox::new(limits)),
+            state: Mutex::new(ConnState::new(limits, close_timeout, RATE_LIMITED_LINGER)),
             buffered: AtomicUsize::new(0),
-            close_len: AtomicUsize::new(0),
+            buffered_data: AtomicUsize::new(0),
             writer_wake: Notify::new(),
             reader_wake: Notify::new(),
             kill: watch::channel(false).0,
-            ended: AtomicBool::new(false),
-            why: OnceLock::new(),
-            sent_close: OnceLock::new(),
-            peer_close: OnceLock::new(),
-            close_reply: Mutex::new(None),
-            close_written: AtomicBool::new(false),
-            failing: AtomicBool::new(false),
-            urgent: AtomicBool::new(false),
-            close_deadline: Mutex::new(None),
             topics: Mutex::new(HashSet::new()),
         })
     }
@@ -170,16 +166,67 @@ impl Conn {
     /// `conn.bufferedAmount`: bytes of messages (and pings, pongs) queued and not yet handed to
     /// the kernel, without the close frame, as the browser's `bufferedAmount` counts data only.
     pub(crate) fn buffered_data(&self) -> usize {
-        // Acquire pairs with the Release store of `buffered` that follows `close_len`'s: a
-        // `buffered` that counts the close frame comes with its length.
-        let buffered = self.buffered.load(Ordering::Acquire);
-        buffered.saturating_sub(self.close_len.load(Ordering::Relaxed))
+        self.buffered_data.load(Ordering::Relaxed)
+    }
+
+    /// Stores the lock-free snapshots; called with the state lock held, after every change.
+    fn publish(&self, s: &ConnState) {
+        self.buffered.store(s.outbox.buffered(), Ordering::Relaxed);
+        self.buffered_data
+            .store(s.buffered_data(), Ordering::Relaxed);
+    }
+
+    /// Feeds `input` to the lifecycle (under the state lock, with the outbox) and performs what
+    /// it asks for, outside the lock.
+    fn step(&self, input: Input) -> Effects {
+        let e = {
+            let mut s = lock(&self.state);
+            let e = s.on(input, std::time::Instant::now());
+            self.publish(&s);
+            e
+        };
+        self.perform(&e);
+        e
+    }
+
+    /// What must happen outside the state lock after an input, in this order: the discarded
+    /// frames counted, the writer woken, JavaScript told of the peer's close, the write side shut,
+    /// the end (socket shut down, both tasks stopped), the reader woken.
+    fn perform(&self, e: &Effects) {
+        let m = &self.server.metrics;
+        if e.drops != Drops::default() {
+            m.add_drops(&e.drops);
+        }
+        if e.wake_writer {
+            self.writer_wake.notify_one();
+        }
+        if e.report_peer_close {
+            self.server.events.push(Event::PeerClose { id: self.id });
+        }
+        if e.shutdown_write {
+            let _ = SockRef::from(&self.sock).shutdown(std::net::Shutdown::Write);
+        }
+        if let Some(end) = e.end {
+            if end.was_above_high_water {
+                m.backpressured.fetch_sub(1, Ordering::Relaxed);
+            }
+            let sock = SockRef::from(&self.sock);
+            if end.reset {
+                // Reset instead of FIN: the kernel frees the unsent bytes of a stalled peer at once.
+                let _ = sock.set_linger(Some(Duration::ZERO));
+            }
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+            self.kill.send_replace(true);
+        }
+        if e.wake_reader {
+            self.reader_wake.notify_one();
+        }
     }
 
     /// How late the connection is: the age of the oldest frame accepted for it and not yet
     /// written, zero when nothing waits.
     pub(crate) fn lag(&self, now: Instant) -> Duration {
-        let oldest = lock(&self.outbox).oldest();
+        let oldest = lock(&self.state).outbox.oldest();
         oldest.map_or(Duration::ZERO, |b| {
             now.into_std().saturating_duration_since(b)
         })
@@ -191,7 +238,7 @@ impl Conn {
         #[cfg(target_os = "linux")]
         {
             use std::os::fd::AsRawFd;
-            if self.ended.load(Ordering::Acquire) {
+            if lock(&self.state).life().is_ended() {
                 return None;
             }
             let mut v: libc::c_int = 0;
@@ -210,8 +257,9 @@ impl Conn {
         }
     }
 
+    /// No close frame queued either way, and not ended.
     pub(crate) fn is_open(&self) -> bool {
-        !self.ended.load(Ordering::Acquire) && lock(&self.outbox).is_open()
+        lock(&self.state).life().is_open()
     }
 
     /// A JavaScript `conn.send`: queued behind broadcasts still being fanned out (then `true`
@@ -251,10 +299,10 @@ impl Conn {
         priority: Priority,
     ) -> (Outcome, Option<std::time::Instant>) {
         let (pushed, oldest) = {
-            let mut o = lock(&self.outbox);
-            let oldest = o.oldest();
-            let p = o.push(frame, priority);
-            self.buffered.store(o.buffered(), Ordering::Relaxed);
+            let mut s = lock(&self.state);
+            let oldest = s.outbox.oldest();
+            let p = s.outbox.push(frame, priority);
+            self.publish(&s);
             (p, oldest)
         };
         let m = &self.server.metrics;
@@ -298,11 +346,10 @@ impl Conn {
                 CloseCode::PolicyViolation.code(),
                 "send buffer limit exceeded",
                 if pushed.resync_overflow {
-                    Termination::ResyncOverflow
+                    Failure::ResyncOverflow
                 } else {
-                    Termination::Overflow
+                    Failure::Overflow
                 },
-                true,
             );
         }
         (pushed.outcome, oldest)
@@ -347,10 +394,11 @@ impl Conn {
             }
         }
         let drain = {
-            let mut o = lock(&self.outbox);
-            let d = o.expired_in_batch(expired.bytes as usize);
-            o.in_flight_front(front_born(&batch[done.min(batch.len())..]));
-            self.buffered.store(o.buffered(), Ordering::Relaxed);
+            let mut s = lock(&self.state);
+            let d = s.outbox.expired_in_batch(expired.bytes as usize);
+            s.outbox
+                .in_flight_front(front_born(&batch[done.min(batch.len())..]));
+            self.publish(&s);
             d
         };
         self.count_expired(&expired);
@@ -423,20 +471,13 @@ impl Conn {
 
     fn push_control(&self, frame: Bytes, kind: ControlKind) {
         let wake = {
-            let mut o = lock(&self.outbox);
-            let w = o.push_control(Frame::new(frame), kind);
-            self.buffered.store(o.buffered(), Ordering::Relaxed);
+            let mut s = lock(&self.state);
+            let w = s.outbox.push_control(Frame::new(frame), kind);
+            self.publish(&s);
             w
         };
         if wake {
             self.writer_wake.notify_one();
-        }
-    }
-
-    fn arm_close_deadline(&self) {
-        let mut d = lock(&self.close_deadline);
-        if d.is_none() {
-            *d = Some(Instant::now() + self.server.config.close_timeout);
         }
     }
 
@@ -445,34 +486,13 @@ impl Conn {
     /// `code` 1005 ("no status", never valid on the wire) sends a close frame without a body, as
     /// ws's `close()` without a code does.
     pub(crate) fn close(&self, code: u16, reason: &str) -> bool {
-        if code == CloseCode::NoStatus.code() {
-            return self.close_with(encode(OpCode::Close, b""), code, "");
-        }
-        self.close_with(encode_close(code, reason), code, reason)
-    }
-
-    /// [`Self::close`] with the close frame already encoded (`code` and `reason` are what it
-    /// carries, for the `close` event).
-    fn close_with(&self, frame: Bytes, code: u16, reason: &str) -> bool {
-        let len = frame.len();
-        let frame = Frame::new(frame);
-        let queued = {
-            let mut o = lock(&self.outbox);
-            let r = o.close_after_data(frame);
-            if r.is_some() {
-                self.close_len.store(len, Ordering::Relaxed);
-            }
-            self.buffered.store(o.buffered(), Ordering::Release);
-            r
+        let reason = if code == CloseCode::NoStatus.code() {
+            ""
+        } else {
+            reason
         };
-        let Some(wake) = queued else { return false };
-        let _ = self.sent_close.set((code, reason.to_string()));
-        self.arm_close_deadline();
-        if wake {
-            self.writer_wake.notify_one();
-        }
-        self.reader_wake.notify_one();
-        true
+        self.step(Input::Close(CloseInfo::new(code, reason)))
+            .queued_close
     }
 
     /// JavaScript has handled every event the reader pushed before the peer's close frame: the
@@ -482,11 +502,7 @@ impl Conn {
     /// arrived, bounds the whole exchange, so a JS thread that never gets here (or a peer that
     /// stops reading) still ends the connection.
     pub(crate) fn answer_peer_close(&self) {
-        let Some(frame) = lock(&self.close_reply).take() else {
-            return;
-        };
-        let (code, reason) = close_frame_info(&frame);
-        self.close_with(frame, code, &reason);
+        self.step(Input::AnswerClose);
     }
 
     /// [`Self::answer_peer_close`] in call order with pending broadcasts and sends, like
@@ -499,92 +515,34 @@ impl Conn {
     }
 
     /// Fails the connection: discards what is queued (counted), sends a close frame with `code`
-    /// ahead of everything, then drops the connection without waiting for the peer. With `urgent`,
-    /// the TCP connection is dropped at once if the close frame cannot be written right now.
-    pub(crate) fn fail(&self, code: u16, reason: &str, why: Termination, urgent: bool) {
-        let _ = self.why.set(why);
-        self.failing.store(true, Ordering::SeqCst);
-        if urgent {
-            self.urgent.store(true, Ordering::SeqCst);
-        }
-        let frame = Frame::new(encode_close(code, reason));
-        let len = frame.len();
-        let queued = {
-            let mut o = lock(&self.outbox);
-            let r = o.close_now(frame);
-            if r.is_some() {
-                self.close_len.store(len, Ordering::Relaxed);
-            }
-            self.buffered.store(o.buffered(), Ordering::Release);
-            r
-        };
-        if let Some((drops, wake)) = queued {
-            self.server.metrics.add_drops(&drops);
-            let _ = self.sent_close.set((code, reason.to_string()));
-            // An urgent close must reach a writer that waits for writability, not only an idle one.
-            if wake || urgent {
-                self.writer_wake.notify_one();
-            }
-        }
-        self.arm_close_deadline();
-        self.reader_wake.notify_one();
+    /// ahead of everything, then drops the connection without waiting for the peer. An urgent
+    /// failure (overflow, inbound rate) drops the TCP connection at once if the close frame cannot
+    /// be written right now.
+    fn fail(&self, code: u16, reason: &str, why: Failure) {
+        self.step(Input::Fail {
+            close: CloseInfo::new(code, reason),
+            why,
+        });
     }
 
     /// Ends the connection now. Idempotent; the first reason given is kept.
     pub(crate) fn end(&self, why: Option<Termination>) {
-        if let Some(w) = why {
-            let _ = self.why.set(w);
-        }
-        if self.ended.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (drops, was_above) = {
-            let mut o = lock(&self.outbox);
-            let above = o.above_high_water();
-            let d = o.discard();
-            self.buffered.store(0, Ordering::Relaxed);
-            (d, above)
-        };
-        self.server.metrics.add_drops(&drops);
-        if was_above {
-            self.server
-                .metrics
-                .backpressured
-                .fetch_sub(1, Ordering::Relaxed);
-        }
-        let sock = SockRef::from(&self.sock);
-        if matches!(
-            self.why.get(),
-            Some(
-                Termination::Overflow
-                    | Termination::ResyncOverflow
-                    | Termination::PongTimeout
-                    | Termination::Requested
-                    | Termination::RateLimited
-            )
-        ) {
-            // Reset instead of FIN: the kernel frees the unsent bytes of a stalled peer at once.
-            let _ = sock.set_linger(Some(Duration::ZERO));
-        }
-        let _ = sock.shutdown(std::net::Shutdown::Both);
-        self.kill.send_replace(true);
+        self.step(Input::End(why));
     }
 
     /// The close event's code and reason, once the connection has ended.
     pub(crate) fn close_info(&self) -> (u16, String) {
-        if let Some((c, r)) = self.peer_close.get() {
-            return (*c, r.clone());
-        }
-        if self.close_written.load(Ordering::SeqCst) {
-            if let Some((c, r)) = self.sent_close.get() {
-                return (*c, r.clone());
-            }
-        }
-        (CloseCode::Abnormal.code(), String::new())
+        let c = lock(&self.state).life().close_event();
+        (c.code, c.reason)
     }
 
     pub(crate) fn termination(&self) -> Option<Termination> {
-        self.why.get().copied()
+        lock(&self.state).life().termination()
+    }
+
+    /// An urgent failure is under way: the writer must not wait for a lagging socket.
+    fn urgent(&self) -> bool {
+        lock(&self.state).life().urgent()
     }
 
     /// Writes the HTTP response head (the 101) before the writer starts.
@@ -635,7 +593,7 @@ impl Conn {
         let mut lag = WriterLag::new(self.server.config.lagging_kernel_limit, m);
         loop {
             if let Some(wait) = lag.before_write(&self.sock, self.buffered_amount() > 0) {
-                if !self.urgent.load(Ordering::SeqCst) {
+                if !self.urgent() {
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = self.writer_wake.notified() => {}
@@ -651,10 +609,10 @@ impl Conn {
                 offset = 0;
                 let max_bytes = if one_frame { 1 } else { MAX_BATCH_BYTES };
                 let taken = {
-                    let mut o = lock(&self.outbox);
+                    let mut s = lock(&self.state);
                     let now = std::time::Instant::now();
-                    let t = o.take_batch(batch, MAX_IOVECS, max_bytes, now);
-                    self.buffered.store(o.buffered(), Ordering::Relaxed);
+                    let t = s.take_batch(batch, MAX_IOVECS, max_bytes, now);
+                    self.publish(&s);
                     t
                 };
                 if taken.expired.total() > 0 {
@@ -711,19 +669,23 @@ impl Conn {
                             n = 0;
                         }
                     }
-                    let drain = {
-                        let mut o = lock(&self.outbox);
-                        let d = o.written(wrote);
-                        o.in_flight_front(front_born(&batch[*done..]));
-                        self.buffered.store(o.buffered(), Ordering::Relaxed);
-                        d
+                    let close_written = *done == batch.len() && close_in_batch;
+                    let (drain, closed) = {
+                        let mut s = lock(&self.state);
+                        let d = s.outbox.written(wrote);
+                        s.outbox.in_flight_front(front_born(&batch[*done..]));
+                        // In the same critical section: the lifecycle never sees the outbox
+                        // emptied of a close frame it does not know is out.
+                        let closed = close_written
+                            .then(|| s.on(Input::CloseWritten, std::time::Instant::now()));
+                        self.publish(&s);
+                        (d, closed)
                     };
                     if let Some(amount) = drain {
                         self.report_drain(amount);
                     }
-                    if *done == batch.len() && close_in_batch {
-                        self.close_written.store(true, Ordering::SeqCst);
-                        self.reader_wake.notify_one();
+                    if let Some(e) = closed {
+                        self.perform(&e);
                         // Nothing follows a close frame: wait for the reader to finish.
                         let _ = killed(&mut kill).await;
                         return;
@@ -731,9 +693,10 @@ impl Conn {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     lag.refused();
-                    if self.urgent.load(Ordering::SeqCst) {
-                        // Overflow and the kernel takes nothing more: no close frame can go out.
-                        return self.end(Some(Termination::Overflow));
+                    // An urgent failure and the kernel takes nothing more: no close frame can go
+                    // out, the connection ends.
+                    if self.step(Input::WriteBlocked).end.is_some() {
+                        return;
                     }
                     // While the kernel takes nothing, frames of the batch not yet started may
                     // pass their deadline: they are dropped as expired rather than written late.
@@ -770,12 +733,6 @@ impl Conn {
         let mut returned = 0u64;
         let mut kill = self.kill.subscribe();
         let mut captured: Vec<u8> = Vec::new();
-        let mut parsing = true; // false: the protocol is over, inbound bytes are discarded
-        let mut half_closed = false;
-        // Over the rate limit: nothing more is read (not even discarded) until the end.
-        let mut limited = false;
-        // The peer's FIN came after its close frame, before ours went out: nothing more to read.
-        let mut peer_eof = false;
         // Waiting for room under maxPartialMessageBytes since then.
         let mut room_since: Option<Instant> = None;
         let mut next_ping = cfg.ping_interval.map(|d| Instant::now() + d);
@@ -788,12 +745,14 @@ impl Conn {
             if *kill.borrow() {
                 return;
             }
-            // 1. Consume what the socket has, up to this wake-up's budget (see `inbound.rs`).
+            // 1. Consume what the socket has, up to this wake-up's budget (see `inbound.rs`):
+            // frames while the protocol runs, discarded bytes once it is over (the lifecycle
+            // says which, see `Reading`).
             let mut paused = false; // JavaScript has not caught up
             let mut more = false; // budget spent: yield, then read on
             let mut wait_room = false; // no room for the message in progress
             inbound.begin_wake();
-            if parsing && !limited {
+            if self.reading() == Reading::Parse {
                 let mut handled = 0u64;
                 loop {
                     if inbound.rate_limited() {
@@ -820,19 +779,14 @@ impl Conn {
                         Ok(msg) => {
                             handled += 1;
                             returned += 1;
-                            // Any queued pong or close reply goes to `captured`.
+                            // Any queued pong goes to `captured`.
                             let _ = ctx.flush(&mut Io {
                                 sock: &self.sock,
                                 out: &mut captured,
                                 inbound: &mut inbound,
                                 stop: None,
                             });
-                            // While JavaScript listens for inbound events, the messages before
-                            // the peer's close frame may still be in the event queue: the reply
-                            // waits for them (see `answer_peer_close`).
-                            let defer = matches!(msg, Message::Close(_))
-                                && self.interest.load(Ordering::Relaxed) != 0;
-                            self.send_captured(&mut captured, defer);
+                            self.send_captured(&mut captured);
                             match msg {
                                 Message::Text(t) => {
                                     m.messages_received.fetch_add(1, Ordering::Relaxed);
@@ -872,18 +826,19 @@ impl Conn {
                                 }
                                 Message::Frame(_) => {}
                                 Message::Close(frame) => {
-                                    let info = frame
-                                        .map(|f| (u16::from(f.code), f.reason.to_string()))
-                                        .unwrap_or((CloseCode::NoStatus.code(), String::new()));
-                                    let _ = self.peer_close.set(info);
-                                    self.arm_close_deadline();
+                                    let close = frame
+                                        .map(|f| CloseInfo::new(u16::from(f.code), &f.reason))
+                                        .unwrap_or(CloseInfo::new(CloseCode::NoStatus.code(), ""));
+                                    // While JavaScript listens for inbound events, the messages
+                                    // before the peer's close frame may still be in the event
+                                    // queue: the reply waits for them (`answer_peer_close`).
+                                    // The reply carries the peer's code and reason, as
+                                    // tungstenite's own would (which is not forwarded).
+                                    let defer = self.interest.load(Ordering::Relaxed) != 0;
+                                    self.step(Input::PeerClose { close, defer });
                                     // From here closeTimeout governs: a ping that crossed the
                                     // peer's close gets no pong.
                                     pong_deadline = None;
-                                    if defer {
-                                        events.push(Event::PeerClose { id: self.id });
-                                    }
-                                    parsing = false;
                                     break;
                                 }
                             }
@@ -906,7 +861,7 @@ impl Conn {
                         }
                         Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                            parsing = false;
+                            self.step(Input::ParserDone);
                             break;
                         }
                         Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))
@@ -918,8 +873,7 @@ impl Conn {
                             let (code, reason) = crate::net::inbound::close_for(&e);
                             let code = code.code();
                             tracing::debug!(id = self.id, error = %e, code, "failing connection");
-                            self.fail(code, reason, Termination::Protocol, false);
-                            parsing = false;
+                            self.fail(code, reason, Failure::Protocol);
                             break;
                         }
                     }
@@ -937,34 +891,30 @@ impl Conn {
                         self.fail(
                             CloseCode::TryAgainLater.code(),
                             "no room for the message",
-                            Termination::PartialBudget,
-                            false,
+                            Failure::PartialBudget,
                         );
-                        parsing = false;
                         wait_room = false;
                     }
                 } else if !paused {
                     room_since = None;
                 }
-                if inbound.rate_limited() && !limited {
+                if inbound.rate_limited() {
                     tracing::debug!(id = self.id, "inbound rate limit exceeded");
                     // Urgent: a flooder that does not read may never let the close frame out.
+                    // Nothing more is read from it (`Reading::Nothing`).
                     self.fail(
                         CloseCode::PolicyViolation.code(),
                         "inbound rate limit exceeded",
-                        Termination::RateLimited,
-                        true,
+                        Failure::RateLimited,
                     );
-                    limited = true;
-                    parsing = false;
                     more = false;
                     wait_room = false;
                 }
             }
-            if !parsing && !limited {
+            if self.reading() == Reading::Drain {
                 // Drain and discard until EOF: the close handshake (or failure) is under way.
                 // Bounded per wake-up like parsing, and still under the rate limit.
-                let mut scratch = [0u8; 4096];
+                let mut scratch = [0u8; DRAIN_CHUNK];
                 let mut drained = 0usize;
                 loop {
                     if drained >= READ_BUDGET_BYTES {
@@ -972,27 +922,15 @@ impl Conn {
                         break;
                     }
                     match self.sock.try_read(&mut scratch) {
-                        Ok(0)
-                            if self.peer_close.get().is_some()
-                                && !self.close_written.load(Ordering::SeqCst)
-                                && !self.failing.load(Ordering::SeqCst) =>
-                        {
-                            // The peer half-closed after its close frame: what is queued for it
-                            // (the replies to its last messages, then our close) still goes out,
-                            // then the connection ends (at the latest at closeTimeout).
-                            peer_eof = true;
-                            break;
-                        }
                         Ok(0) => {
-                            return self.end(
-                                if self.peer_close.get().is_some()
-                                    || self.failing.load(Ordering::SeqCst)
-                                {
-                                    None
-                                } else {
-                                    Some(Termination::Io)
-                                },
-                            )
+                            // The end of the close handshake, a vanished peer, or a peer that
+                            // half-closed after its close frame: what is queued for it (the
+                            // replies to its last messages, then our close) still goes out,
+                            // then the connection ends (at the latest at closeTimeout).
+                            if self.step(Input::Eof).end.is_some() {
+                                return;
+                            }
+                            break;
                         }
                         Ok(n) => {
                             drained += n;
@@ -1007,30 +945,24 @@ impl Conn {
                     }
                 }
             }
-            // 2. Close handshake progress: once our close frame is out and the peer's is in (or
-            // we are failing the connection), the server closes its side first.
-            if !half_closed
-                && self.close_written.load(Ordering::SeqCst)
-                && (self.peer_close.get().is_some() || self.failing.load(Ordering::SeqCst))
-            {
-                if limited {
-                    // Nothing more is read from a flooder. Its connection ends (with a reset)
-                    // shortly after the close frame, once the client has had time to read why.
-                    let mut d = lock(&self.close_deadline);
-                    let soon = Instant::now() + RATE_LIMITED_LINGER;
-                    *d = Some(d.map_or(soon, |at| at.min(soon)));
-                }
-                half_closed = true;
-                parsing = false;
-                let _ = SockRef::from(&self.sock).shutdown(std::net::Shutdown::Write);
-            }
-            // 3. Wait for input, a timer, a wake-up from the writer or a close request. After a
-            // spent budget, the other tasks of this thread run first (yield), then reading goes on.
+            // 2. Wait for input, a timer, a wake-up (the lifecycle changed: a close, the writer's
+            // progress) or the end. After a spent budget, the other tasks of this thread run
+            // first (yield), then reading goes on.
             if more {
                 tokio::task::yield_now().await;
             }
-            let reading = !paused && !wait_room && !limited && !more && !peer_eof;
-            let close_deadline = *lock(&self.close_deadline);
+            let (reading, close_deadline) = {
+                let s = lock(&self.state);
+                (
+                    s.life().reading(),
+                    s.life().deadline().map(Instant::from_std),
+                )
+            };
+            let parsing = reading == Reading::Parse;
+            let wait_readable = !paused
+                && !wait_room
+                && !more
+                && matches!(reading, Reading::Parse | Reading::Drain);
             let timer = [
                 close_deadline,
                 pong_deadline,
@@ -1046,7 +978,7 @@ impl Conn {
                 // pings sent and its deadlines kept.
                 biased;
                 _ = killed(&mut kill) => return,
-                _ = sleep_until(timer.unwrap_or_else(far_future)), if timer.is_some() => {
+                _ = sleep_until(timer.unwrap_or_else(no_timer)), if timer.is_some() => {
                     let now = Instant::now();
                     if close_deadline.is_some_and(|d| d <= now) {
                         return self.end(Some(Termination::CloseTimeout));
@@ -1081,20 +1013,24 @@ impl Conn {
                 _ = self.reader_wake.notified() => {}
                 _ = room, if paused => {}
                 _ = partial_room, if wait_room => {}
-                // notify_waiters() only reaches registered waiters; re-check now and then too.
-                _ = tokio::time::sleep(Duration::from_millis(10)), if paused || wait_room => {}
+                _ = tokio::time::sleep(ROOM_RECHECK), if paused || wait_room => {}
                 _ = std::future::ready(()), if more => {}
-                r = self.sock.readable(), if reading => if r.is_err() {
+                r = self.sock.readable(), if wait_readable => if r.is_err() {
                     return self.end(Some(Termination::Io));
                 },
             }
         }
     }
 
-    /// Queues what tungstenite wrote: pongs in the control lane, the reply to a close after the
-    /// data already queued, or, with `defer_close`, held in `close_reply` for
-    /// [`Self::answer_peer_close`].
-    fn send_captured(&self, captured: &mut Vec<u8>, defer_close: bool) {
+    /// What the lifecycle has the reader do with the socket.
+    fn reading(&self) -> Reading {
+        lock(&self.state).life().reading()
+    }
+
+    /// Queues the pongs tungstenite wrote, in the control lane. A close frame it wrote (its reply
+    /// to the peer's) is not forwarded: the lifecycle queues the same reply itself, after the
+    /// data, once JavaScript has handled the messages before the peer's close.
+    fn send_captured(&self, captured: &mut Vec<u8>) {
         let mut rest = &captured[..];
         // Server frames of control messages: 2-byte header (unmasked, payload <= 125) + payload.
         while rest.len() >= 2 {
@@ -1102,31 +1038,12 @@ impl Conn {
             if rest.len() < len {
                 break;
             }
-            let frame = Bytes::copy_from_slice(&rest[..len]);
-            match rest[0] & 0x0f {
-                0xA => self.push_control(frame, ControlKind::Pong),
-                0x8 if defer_close => *lock(&self.close_reply) = Some(frame),
-                0x8 => {
-                    // If a close of our own is already queued, that one is the answer.
-                    let (code, reason) = close_frame_info(&frame);
-                    self.close_with(frame, code, &reason);
-                }
-                _ => {}
+            if rest[0] & 0x0f == 0xA {
+                self.push_control(Bytes::copy_from_slice(&rest[..len]), ControlKind::Pong);
             }
             rest = &rest[len..];
         }
         captured.clear();
-    }
-}
-
-/// The code and reason a server close frame (2-byte header, payload <= 125) carries; no body is
-/// 1005 ("no status"), which is only ever reported, never sent.
-fn close_frame_info(frame: &[u8]) -> (u16, String) {
-    if frame.len() >= 4 {
-        let code = u16::from_be_bytes([frame[2], frame[3]]);
-        (code, String::from_utf8_lossy(&frame[4..]).into_owned())
-    } else {
-        (CloseCode::NoStatus.code(), String::new())
     }
 }
 
@@ -1151,8 +1068,13 @@ pub(crate) async fn killed(rx: &mut watch::Receiver<bool>) {
     std::future::pending::<()>().await
 }
 
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400)
+/// The instant given to the reader's timer branch when no timer is set: `tokio::select!` builds
+/// the future of a disabled branch too (it only does not poll it), so it needs one. A day is
+/// beyond anything the branch could wait for were it polled.
+const NO_TIMER: Duration = Duration::from_secs(86_400);
+
+fn no_timer() -> Instant {
+    Instant::now() + NO_TIMER
 }
 
 /// The blocking-style stream tungstenite's protocol state machine reads from: reads are

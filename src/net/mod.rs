@@ -7,7 +7,8 @@
 //! - [`connection`]: each connection's reader and writer on the worker runtime: the writer
 //!   coalesces queued frames into vectored writes and accounts every byte; the reader reads within
 //!   a budget per wake-up ([`inbound`]) and pauses while JavaScript has not taken its events; the
-//!   heartbeat and the close handshake in either order, with their deadlines.
+//!   heartbeat and the close handshake in either order, with their deadlines, as the
+//!   connection's `core::lifecycle` state machine decides them.
 //! - [`fanout`]: one task takes every broadcast, publish, `send` behind a broadcast and `close`
 //!   behind a broadcast in submission order and queues the shared frame to each recipient; its own
 //!   backlog is bounded by bytes (`maxPendingBytes`), Critical never refused.
