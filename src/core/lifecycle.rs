@@ -318,7 +318,8 @@ impl Lifecycle {
         self.deadline
     }
 
-    /// No close frame queued either way, and not ended: data and pings are accepted.
+    /// No close frame of ours queued, and not ended (the peer's close may be in, awaiting the
+    /// answer): data and pings are accepted.
     pub(crate) fn is_open(&self) -> bool {
         matches!(self.state, State::Open | State::PeerClosed)
     }

@@ -257,7 +257,7 @@ impl Conn {
         }
     }
 
-    /// No close frame queued either way, and not ended.
+    /// No close frame of ours queued, and not ended (see `Lifecycle::is_open`).
     pub(crate) fn is_open(&self) -> bool {
         lock(&self.state).life().is_open()
     }

@@ -399,6 +399,8 @@ impl ServerShared {
         taken: Option<Taken>,
     ) -> Result<(handshake::Upgrade, Option<String>), u16> {
         let m = &self.metrics;
+        // Each refusal is counted before it is answered, so that a client that has read the
+        // answer finds it in the metrics.
         let refused = |cause: RefusalCause, status: u16| {
             tracing::debug!(%peer, status, ?cause, "upgrade refused");
             m.add_refusal(cause);
@@ -412,8 +414,9 @@ impl ServerShared {
                 match tokio::time::timeout_at(deadline, io_handshake::read_head(stream)).await {
                     Ok(Ok(raw)) => Pending::Raw(raw),
                     Ok(Err(Refusal::Invalid(why))) => {
+                        let status = refused(why.cause(), why.status());
                         io_handshake::refuse_invalid(stream, &why).await;
-                        return Err(refused(why.cause(), why.status()));
+                        return Err(status);
                     }
                     Ok(Err(Refusal::Io(e))) => {
                         tracing::debug!(error = %e, "socket failed before its request head");
@@ -431,8 +434,9 @@ impl ServerShared {
             if !self.is_closing() {
                 m.refused_max_connections.fetch_add(1, Ordering::Relaxed);
             }
+            let status = refused(RefusalCause::Unavailable, 503);
             io_handshake::refuse(stream, 503, &[]).await;
-            return Err(refused(RefusalCause::Unavailable, 503));
+            return Err(status);
         }
         let checked = match head {
             Pending::Raw(raw) => {
@@ -449,8 +453,9 @@ impl ServerShared {
         let upgrade = match checked {
             Ok(u) => u,
             Err(why) => {
+                let status = refused(why.cause(), why.status());
                 io_handshake::refuse_invalid(stream, &why).await;
-                return Err(refused(why.cause(), why.status()));
+                return Err(status);
             }
         };
         // As ws does: without a handleProtocols hook, the client's first choice.
@@ -463,13 +468,15 @@ impl ServerShared {
                     headers,
                     body,
                 }) => {
+                    let status = refused(RefusalCause::VerifyClient, status);
                     io_handshake::refuse_with(stream, status, &headers, &body).await;
-                    return Err(refused(RefusalCause::VerifyClient, status));
+                    return Err(status);
                 }
                 None => {
                     m.handshakes_timed_out.fetch_add(1, Ordering::Relaxed);
+                    let status = refused(RefusalCause::VerifyClient, 503);
                     io_handshake::refuse(stream, 503, &[]).await;
-                    return Err(refused(RefusalCause::VerifyClient, 503));
+                    return Err(status);
                 }
             }
             // As ws: a client that hung up (FIN, or reset) while the hooks were deciding is
@@ -483,8 +490,9 @@ impl ServerShared {
             if !self.is_closing() {
                 m.refused_max_connections.fetch_add(1, Ordering::Relaxed);
             }
+            let status = refused(RefusalCause::Unavailable, 503);
             io_handshake::refuse(stream, 503, &[]).await;
-            return Err(refused(RefusalCause::Unavailable, 503));
+            return Err(status);
         }
         Ok((upgrade, protocol))
     }
