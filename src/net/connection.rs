@@ -4,7 +4,12 @@
 //!
 //! * the **writer** moves frames from the [`Outbox`] into a batch and hands the batch to the kernel
 //!   with one vectored `write` per readiness, however many frames are queued. It counts every
-//!   byte the kernel took, which is what brings `bufferedAmount` down.
+//!   byte the kernel took, which is what brings `bufferedAmount` down. Its work is a synchronous
+//!   step ([`Conn::flush`]) on state of its own behind a lock (`writing`), so that the fan-out can
+//!   do it too: a broadcast that finds a connection's writer idle writes the frame to the socket
+//!   at once, and the task is woken only when the kernel does not take it all (or the lagging
+//!   rule asks for a wait). For a client that keeps up, a broadcast costs one `write` and no task
+//!   wake-up.
 //! * the **reader** parses inbound frames with tungstenite's protocol state machine (RFC 6455
 //!   masking, fragmentation, UTF-8, close codes, `maxPayload`), passes messages to JavaScript,
 //!   answers pings, sends our own pings every `pingInterval`, and drives the close handshake.
@@ -116,10 +121,42 @@ pub(crate) struct Conn {
     /// a lagging wait is worth it, is woken by any push it misses).
     buffered: AtomicUsize,
     buffered_data: AtomicUsize,
+    /// The writer's state. Held by whoever writes to the socket: the writer task, or the
+    /// fan-out writing inline while the task is idle ([`Conn::kick`]). Taken before `state`,
+    /// never the other way round; held across the write system call, never across an await.
+    writing: Mutex<Writer>,
     writer_wake: Notify,
     reader_wake: Notify,
     kill: watch::Sender<bool>,
     pub(crate) topics: Mutex<HashSet<Arc<str>>>,
+}
+
+/// What the writer has taken from the outbox and not yet written, and its lagging rule.
+struct Writer {
+    /// The writer task runs (the 101 is out): until then frames wait in the outbox.
+    started: bool,
+    batch: Vec<Batched>,
+    /// Frames of `batch` fully written.
+    done: usize,
+    /// Bytes of `batch[done]` already written.
+    offset: usize,
+    /// The batch ends with our close frame.
+    close_in_batch: bool,
+    lag: WriterLag,
+}
+
+/// Where [`Conn::flush`] stopped.
+enum Flush {
+    /// Nothing left to write: the outbox marked the writer idle.
+    Idle,
+    /// The kernel took less than asked: wait for the socket.
+    Blocked,
+    /// The lagging rule asks for a wait before the next write.
+    Wait(Duration),
+    /// The caller's write budget is spent with frames still to write.
+    More,
+    /// Our close frame is out, or the connection ended: nothing more will be written.
+    Over,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -134,6 +171,7 @@ impl Conn {
         protocol: String,
     ) -> Arc<Self> {
         let limits = server.config.limits;
+        let lag = WriterLag::new(server.config.lagging_kernel_limit, server.metrics.clone());
         let close_timeout = server.config.close_timeout;
         Arc::new(Self {
             id,
@@ -151,6 +189,14 @@ impl Conn {
             state: Mutex::new(ConnState::new(limits, close_timeout, RATE_LIMITED_LINGER)),
             buffered: AtomicUsize::new(0),
             buffered_data: AtomicUsize::new(0),
+            writing: Mutex::new(Writer {
+                started: false,
+                batch: Vec::new(),
+                done: 0,
+                offset: 0,
+                close_in_batch: false,
+                lag,
+            }),
             writer_wake: Notify::new(),
             reader_wake: Notify::new(),
             kill: watch::channel(false).0,
@@ -288,15 +334,27 @@ impl Conn {
     /// Queues a data frame under the policy and acts on the verdict (events, overflow, resync).
     /// Frames refused by policy are counted here; `Closed` and `Overflow` are the caller's to count.
     pub(crate) fn deliver(&self, frame: Frame, priority: Priority) -> Outcome {
-        self.deliver_sampled(frame, priority).0
+        self.deliver_with(frame, priority, false).0
     }
 
-    /// [`Self::deliver`], also returning the birth of the oldest frame that was waiting before
-    /// this one (the lag the message joins), read under the same lock.
+    /// The fan-out's [`Self::deliver`]: also returns the birth of the oldest frame that was
+    /// waiting before this one (the lag the message joins), read under the same lock, and does an
+    /// idle writer's work inline ([`Self::kick`]).
     pub(crate) fn deliver_sampled(
         &self,
         frame: Frame,
         priority: Priority,
+    ) -> (Outcome, Option<std::time::Instant>) {
+        self.deliver_with(frame, priority, true)
+    }
+
+    /// [`Self::deliver`]; with `inline` (the fan-out's runtime thread, never the JS thread) an
+    /// idle writer's work is done here ([`Self::kick`]).
+    fn deliver_with(
+        &self,
+        frame: Frame,
+        priority: Priority,
+        inline: bool,
     ) -> (Outcome, Option<std::time::Instant>) {
         let (pushed, oldest) = {
             let mut s = lock(&self.state);
@@ -330,9 +388,6 @@ impl Conn {
             self.replaced.fetch_add(1, Ordering::Relaxed);
             m.replaced.fetch_add(1, Ordering::Relaxed);
         }
-        if pushed.wake {
-            self.writer_wake.notify_one();
-        }
         if let Some(amount) = pushed.backpressure {
             m.backpressure_events.fetch_add(1, Ordering::Relaxed);
             m.backpressured.fetch_add(1, Ordering::Relaxed);
@@ -340,6 +395,10 @@ impl Conn {
                 id: self.id,
                 amount,
             });
+        }
+        // After the backpressure event: a write here may already report the drain.
+        if pushed.wake {
+            self.kick(inline);
         }
         if pushed.outcome == Outcome::Overflow {
             self.fail(
@@ -545,7 +604,23 @@ impl Conn {
         lock(&self.state).life().urgent()
     }
 
-    /// Writes the HTTP response head (the 101) before the writer starts.
+    /// Writes what the socket takes at once of the HTTP response head (the 101), before the
+    /// writer starts; returns how many bytes it took (0 if it would block).
+    pub(crate) fn write_head_now(&self, mut bytes: &[u8]) -> io::Result<usize> {
+        let all = bytes.len();
+        while !bytes.is_empty() {
+            match self.sock.try_write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(all - bytes.len())
+    }
+
+    /// Writes the rest of the HTTP response head (the 101) before the writer starts.
     pub(crate) async fn write_head(&self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             match self.sock.try_write(bytes) {
@@ -568,77 +643,112 @@ impl Conn {
     }
 
     async fn write_loop(self: Arc<Self>) {
-        let mut batch: Vec<Batched> = Vec::new();
-        let mut done = 0usize; // frames of `batch` fully written
-        self.write_batches(&mut batch, &mut done).await;
+        let mut kill = self.kill.subscribe();
+        lock(&self.writing).started = true;
+        loop {
+            let next = {
+                let mut w = lock(&self.writing);
+                self.flush(&mut w, usize::MAX)
+            };
+            match next {
+                Flush::Idle => tokio::select! {
+                    _ = self.writer_wake.notified() => {}
+                    _ = killed(&mut kill) => break,
+                },
+                Flush::Blocked => tokio::select! {
+                    r = self.sock.writable() => if r.is_err() {
+                        self.end(Some(Termination::Io));
+                        break;
+                    },
+                    // `fail(.., urgent)` wakes a writer stuck on a socket that never drains.
+                    _ = self.writer_wake.notified() => {}
+                    _ = killed(&mut kill) => break,
+                },
+                Flush::Wait(wait) => tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.writer_wake.notified() => {}
+                    _ = killed(&mut kill) => break,
+                },
+                Flush::More => tokio::task::yield_now().await,
+                Flush::Over => {
+                    // Nothing follows a close frame (or the end): wait for the reader to finish.
+                    killed(&mut kill).await;
+                    break;
+                }
+            }
+        }
         // The connection ended with frames taken from the outbox but not (completely) written:
-        // they are dropped like the ones still queued, and counted.
+        // they are dropped like the ones still queued, and counted. The lagging rule lets go of
+        // the connection now, not when the last reference to it goes.
+        let mut w = lock(&self.writing);
         let mut drops = Drops::default();
-        for b in &batch[done.min(batch.len())..] {
+        for b in &w.batch[w.done.min(w.batch.len())..] {
             if let Some(p) = b.priority {
                 drops.add(p, b.frame.len());
             }
         }
+        w.batch = Vec::new();
+        w.done = 0;
+        w.offset = 0;
+        w.started = false;
+        w.lag = WriterLag::new(0, self.server.metrics.clone());
         self.server.metrics.add_drops(&drops);
     }
 
-    async fn write_batches(&self, batch: &mut Vec<Batched>, done: &mut usize) {
-        let mut kill = self.kill.subscribe();
-        let mut offset = 0usize; // bytes of batch[done] already written
-        let mut close_in_batch = false;
+    /// Wakes the writer for frames just queued, or, from the fan-out, writes them at once: when
+    /// the writer task is idle and the socket takes the frames, one vectored write here saves
+    /// the task's wake-up, its scheduling and a second pass over the outbox. Anything the
+    /// kernel does not take (or a lagging wait, or more than one write's worth) is left to the
+    /// writer task, woken for it.
+    fn kick(&self, inline: bool) {
+        if inline {
+            if let Ok(mut w) = self.writing.try_lock() {
+                if w.started {
+                    match self.flush(&mut w, 1) {
+                        Flush::Idle | Flush::Over => return,
+                        Flush::Blocked | Flush::Wait(_) | Flush::More => {}
+                    }
+                }
+            }
+        }
+        self.writer_wake.notify_one();
+    }
+
+    /// Moves frames from the outbox to the socket, with up to `max_writes` vectored writes, until
+    /// the outbox is empty, the socket refuses, or the lagging rule asks for a wait. Holding
+    /// `writing` makes the caller the connection's only writer.
+    fn flush(&self, w: &mut Writer, max_writes: usize) -> Flush {
         let m = &self.server.metrics;
-        // A lagging connection (lagging.rs) writes one frame at a time, and only while its kernel
-        // holds less than laggingKernelLimit: the rest stays in the outbox, replaceable and
-        // expirable. An urgent close does not wait.
-        let mut lag = WriterLag::new(self.server.config.lagging_kernel_limit, m);
+        let mut writes = 0usize;
         loop {
-            if let Some(wait) = lag.before_write(&self.sock, self.buffered_amount() > 0) {
+            // A lagging connection (lagging.rs) writes one frame at a time, and only while its
+            // kernel holds less than laggingKernelLimit: the rest stays in the outbox,
+            // replaceable and expirable. An urgent close does not wait.
+            if let Some(wait) = w.lag.before_write(&self.sock, self.buffered_amount() > 0) {
                 if !self.urgent() {
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.writer_wake.notified() => {}
-                        _ = killed(&mut kill) => return,
-                    }
-                    continue;
+                    return Flush::Wait(wait);
                 }
             }
-            let one_frame = lag.is_lagging();
-            if *done == batch.len() {
-                batch.clear();
-                *done = 0;
-                offset = 0;
-                let max_bytes = if one_frame { 1 } else { MAX_BATCH_BYTES };
-                let taken = {
-                    let mut s = lock(&self.state);
-                    let now = std::time::Instant::now();
-                    let t = s.take_batch(batch, MAX_IOVECS, max_bytes, now);
-                    self.publish(&s);
-                    t
-                };
-                if taken.expired.total() > 0 {
-                    self.count_expired(&taken.expired);
-                }
-                if let Some(amount) = taken.drain {
-                    self.report_drain(amount);
-                }
-                close_in_batch = taken.close;
-                if batch.is_empty() {
-                    tokio::select! {
-                        _ = self.writer_wake.notified() => continue,
-                        _ = killed(&mut kill) => return,
-                    }
-                }
+            let one_frame = w.lag.is_lagging();
+            if w.done == w.batch.len() && !self.take(w, one_frame, None) {
+                return Flush::Idle;
             }
-            let (result, asked) = {
-                let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() - *done);
-                iov.push(IoSlice::new(&batch[*done].frame.bytes[offset..]));
-                let rest = if one_frame {
-                    0
-                } else {
-                    batch.len() - *done - 1
-                };
+            if writes == max_writes {
+                return Flush::More;
+            }
+            writes += 1;
+            let (result, asked) = if one_frame || w.done + 1 == w.batch.len() {
+                // One frame (nearly always, for a client that keeps up): a plain `write`, with
+                // no vector to build.
+                let b = &w.batch[w.done].frame.bytes[w.offset..];
+                (self.sock.try_write(b), b.len())
+            } else {
+                let batch = &w.batch;
+                let done = w.done;
+                let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() - done);
+                iov.push(IoSlice::new(&batch[done].frame.bytes[w.offset..]));
                 iov.extend(
-                    batch[*done + 1..][..rest]
+                    batch[done + 1..]
                         .iter()
                         .map(|b| IoSlice::new(&b.frame.bytes)),
                 );
@@ -646,77 +756,122 @@ impl Conn {
                 (self.sock.try_write_vectored(&iov), asked)
             };
             match result {
-                Ok(0) => return self.end(Some(Termination::Io)),
+                Ok(0) => {
+                    self.end(Some(Termination::Io));
+                    return Flush::Over;
+                }
                 Ok(mut n) => {
-                    lag.wrote(n);
+                    w.lag.wrote(n);
                     if n < asked {
-                        lag.refused();
+                        w.lag.refused();
                     }
                     m.writes.fetch_add(1, Ordering::Relaxed);
                     m.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
                     self.written.fetch_add(n as u64, Ordering::Relaxed);
                     let wrote = n;
                     while n > 0 {
-                        let rest = batch[*done].frame.len() - offset;
+                        let rest = w.batch[w.done].frame.len() - w.offset;
                         if n >= rest {
                             n -= rest;
-                            batch[*done].frame.mark_written();
-                            *done += 1;
-                            offset = 0;
+                            w.batch[w.done].frame.mark_written();
+                            w.done += 1;
+                            w.offset = 0;
                             m.frames_sent.fetch_add(1, Ordering::Relaxed);
                         } else {
-                            offset += n;
+                            w.offset += n;
                             n = 0;
                         }
                     }
-                    let close_written = *done == batch.len() && close_in_batch;
-                    let (drain, closed) = {
-                        let mut s = lock(&self.state);
-                        let d = s.outbox.written(wrote);
-                        s.outbox.in_flight_front(front_born(&batch[*done..]));
-                        // In the same critical section: the lifecycle never sees the outbox
-                        // emptied of a close frame it does not know is out.
-                        let closed = close_written
-                            .then(|| s.on(Input::CloseWritten, std::time::Instant::now()));
-                        self.publish(&s);
-                        (d, closed)
-                    };
-                    if let Some(amount) = drain {
-                        self.report_drain(amount);
-                    }
-                    if let Some(e) = closed {
+                    if w.done == w.batch.len() && w.close_in_batch {
+                        // In the same critical section as the bytes' accounting: the lifecycle
+                        // never sees the outbox emptied of a close frame it does not know is out.
+                        let (drain, e) = {
+                            let mut s = lock(&self.state);
+                            let d = s.outbox.written(wrote);
+                            s.outbox.in_flight_front(None);
+                            let e = s.on(Input::CloseWritten, std::time::Instant::now());
+                            self.publish(&s);
+                            (d, e)
+                        };
+                        if let Some(amount) = drain {
+                            self.report_drain(amount);
+                        }
                         self.perform(&e);
-                        // Nothing follows a close frame: wait for the reader to finish.
-                        let _ = killed(&mut kill).await;
-                        return;
+                        return Flush::Over;
+                    }
+                    if w.done == w.batch.len() {
+                        // All out: account for it and take what came meanwhile under one lock.
+                        if !self.take(w, one_frame, Some(wrote)) {
+                            return Flush::Idle;
+                        }
+                    } else {
+                        let drain = {
+                            let mut s = lock(&self.state);
+                            let d = s.outbox.written(wrote);
+                            s.outbox.in_flight_front(front_born(&w.batch[w.done..]));
+                            self.publish(&s);
+                            d
+                        };
+                        if let Some(amount) = drain {
+                            self.report_drain(amount);
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    lag.refused();
+                    w.lag.refused();
                     // An urgent failure and the kernel takes nothing more: no close frame can go
                     // out, the connection ends.
                     if self.step(Input::WriteBlocked).end.is_some() {
-                        return;
+                        return Flush::Over;
                     }
                     // While the kernel takes nothing, frames of the batch not yet started may
                     // pass their deadline: they are dropped as expired rather than written late.
-                    let start = if offset > 0 { *done + 1 } else { *done };
-                    if self.expire_in_batch(batch, start, *done) && *done == batch.len() {
+                    let start = if w.offset > 0 { w.done + 1 } else { w.done };
+                    let done = w.done;
+                    if self.expire_in_batch(&mut w.batch, start, done) && w.done == w.batch.len() {
                         continue;
                     }
-                    tokio::select! {
-                        r = self.sock.writable() => if r.is_err() {
-                            return self.end(Some(Termination::Io));
-                        },
-                        // `fail(.., urgent)` wakes a writer stuck on a socket that never drains.
-                        _ = self.writer_wake.notified() => {}
-                        _ = killed(&mut kill) => return,
-                    }
+                    return Flush::Blocked;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.end(Some(Termination::Io)),
+                Err(_) => {
+                    self.end(Some(Termination::Io));
+                    return Flush::Over;
+                }
             }
         }
+    }
+
+    /// Takes the next batch from the outbox into `w` (whose batch is all written), first
+    /// accounting for `wrote` bytes just written, under one lock. Returns false when there was
+    /// nothing to take (the outbox then marks the writer idle).
+    fn take(&self, w: &mut Writer, one_frame: bool, wrote: Option<usize>) -> bool {
+        w.batch.clear();
+        w.done = 0;
+        w.offset = 0;
+        let max_bytes = if one_frame { 1 } else { MAX_BATCH_BYTES };
+        let (drain, taken) = {
+            let mut s = lock(&self.state);
+            let drain = wrote.and_then(|n| s.outbox.written(n));
+            if wrote.is_some() {
+                s.outbox.in_flight_front(None);
+            }
+            let now = std::time::Instant::now();
+            let t = s.take_batch(&mut w.batch, MAX_IOVECS, max_bytes, now);
+            self.publish(&s);
+            (drain, t)
+        };
+        if let Some(amount) = drain {
+            self.report_drain(amount);
+        }
+        if taken.expired.total() > 0 {
+            self.count_expired(&taken.expired);
+        }
+        if let Some(amount) = taken.drain {
+            self.report_drain(amount);
+        }
+        w.close_in_batch = taken.close;
+        !w.batch.is_empty()
     }
 
     async fn read_loop(&self, leftover: Vec<u8>) {

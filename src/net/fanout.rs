@@ -3,7 +3,9 @@
 //! `broadcast` and `publish` run on the JS thread and do three things only: admit the message
 //! against the fan-out backlog, encode the frame (the single copy of the payload) and send one job
 //! down a channel. The fan-out task then walks the recipients and pushes a reference-counted clone
-//! of the same [`Frame`] into each outbox, waking the writers that were idle. No per-recipient work
+//! of the same [`Frame`] into each outbox. Where the connection's writer was idle (its outbox
+//! empty: a client that keeps up), the task writes the frame to the socket itself, at once
+//! (`Conn::kick`); only what the kernel does not take wakes the writer task. No per-recipient work
 //! happens on the JS thread and no payload is copied or allocated per recipient. The task yields
 //! after each job, so the writers it woke run before it fans out the next broadcast: a burst is
 //! spread to the sockets as it is queued rather than piling up in the outboxes.

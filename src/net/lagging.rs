@@ -51,6 +51,7 @@
 //! `metrics().lagging` (plain statistics: `Relaxed`, like every counter in `metrics.rs`).
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -268,16 +269,16 @@ impl LagWatch {
     }
 }
 
-/// A writer's handle on the rule: its [`LagWatch`] and the server's counters. Owned by the writer
-/// task, so the state needs no synchronisation; dropping it (the writer ends) takes a lagging
-/// connection out of `metrics().lagging`.
-pub(crate) struct WriterLag<'a> {
+/// A writer's handle on the rule: its [`LagWatch`] and the server's counters. Kept in the
+/// connection's writer state, changed only by whoever holds it; dropping it (the writer ends)
+/// takes a lagging connection out of `metrics().lagging`.
+pub(crate) struct WriterLag {
     watch: LagWatch,
-    metrics: &'a Metrics,
+    metrics: Arc<Metrics>,
 }
 
-impl<'a> WriterLag<'a> {
-    pub(crate) fn new(limit: usize, metrics: &'a Metrics) -> Self {
+impl WriterLag {
+    pub(crate) fn new(limit: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             watch: LagWatch::new(limit),
             metrics,
@@ -334,7 +335,7 @@ impl<'a> WriterLag<'a> {
     }
 }
 
-impl Drop for WriterLag<'_> {
+impl Drop for WriterLag {
     fn drop(&mut self) {
         if self.watch.is_lagging() {
             self.metrics.lagging.fetch_sub(1, Relaxed);

@@ -49,6 +49,17 @@ const LISTEN_BACKLOG: i32 = 511;
 
 type Registry = HashMap<u64, Arc<Conn>>;
 
+/// A connection [`ServerShared::open`] registered on the accept thread, for the workers to run.
+struct Opened {
+    conn: Arc<Conn>,
+    /// What of the 101 the socket did not take at once (or the error it gave).
+    head_rest: std::io::Result<Vec<u8>>,
+    /// Bytes the client sent after its request.
+    leftover: Vec<u8>,
+    /// `close()` ran before the connection was registered.
+    missed_close_all: bool,
+}
+
 /// A socket taken over from Node (`handleUpgrade`): its handshake token and its request as
 /// Node parsed it, with the bytes that followed the head.
 struct Taken {
@@ -365,24 +376,28 @@ impl ServerShared {
                 return;
             }
         };
-        // Hand the socket from the accept thread's reactor to the workers'.
-        let handed = stream.into_std();
-        let this = self.clone();
-        self.workers.spawn(async move {
-            let stream = match handed.and_then(TcpStream::from_std) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(error = %e, "hand-over to the workers failed");
-                    this.metrics.open.fetch_sub(1, Ordering::AcqRel);
-                    if token != 0 {
-                        this.events
-                            .push(Event::HandshakeFailed { token, status: 0 });
-                    }
-                    return;
+        // Hand the socket from the accept thread's reactor to the workers' here, on the accept
+        // thread, which then writes the 101 too: a new client's handshake never waits behind
+        // fan-out work on the workers (which run at a lower priority).
+        let stream = {
+            let _workers = self.workers.enter();
+            stream.into_std().and_then(TcpStream::from_std)
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "hand-over to the workers failed");
+                self.metrics.open.fetch_sub(1, Ordering::AcqRel);
+                if token != 0 {
+                    self.events
+                        .push(Event::HandshakeFailed { token, status: 0 });
                 }
-            };
-            this.run_connection(stream, upgrade, protocol, token).await;
-        });
+                return;
+            }
+        };
+        let opened = self.open(stream, upgrade, protocol, token);
+        let this = self.clone();
+        self.workers.spawn(this.run_connection(opened));
     }
 
     /// Everything before the connection exists, cheapest refusals first (see `handshake.rs`):
@@ -526,18 +541,19 @@ impl ServerShared {
         }
     }
 
-    /// Registers an accepted connection, answers 101 and runs it to its end, on the worker
-    /// runtime. The `connection` event is queued *before* the 101 goes out: whatever this client,
-    /// or any client that has seen this 101, sends next reaches JavaScript after it, as with
-    /// `ws`, where the 101 and 'connection' happen in one tick. Frames queued meanwhile (a
-    /// broadcast, a send from the 'connection' handler) wait in the outbox until the writer starts.
-    async fn run_connection(
-        self: Arc<Self>,
+    /// Registers the connection, queues its `connection` event and writes its 101, as far as the
+    /// socket takes it at once (all of it, on a fresh socket), on the accept thread. The
+    /// `connection` event is queued *before* the 101 goes out: whatever this client, or any
+    /// client that has seen this 101, sends next reaches JavaScript after it, as with `ws`, where
+    /// the 101 and 'connection' happen in one tick. Frames queued meanwhile (a broadcast, a send
+    /// from the 'connection' handler) wait in the outbox until the writer starts.
+    fn open(
+        self: &Arc<Self>,
         stream: TcpStream,
         upgrade: handshake::Upgrade,
         protocol: Option<String>,
         token: u64,
-    ) {
+    ) -> Opened {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let response = handshake::accept_response(&upgrade.accept_key, protocol.as_deref());
         let conn = Conn::new(id, self.clone(), stream, protocol.unwrap_or_default());
@@ -554,23 +570,39 @@ impl ServerShared {
             request: upgrade.request,
             token,
         });
-        let sent = tokio::time::timeout(
-            self.config.handshake_timeout,
-            conn.write_head(response.as_bytes()),
-        )
-        .await;
-        if !matches!(sent, Ok(Ok(()))) {
+        let written = conn.write_head_now(response.as_bytes());
+        Opened {
+            conn,
+            head_rest: written.map(|n| response.into_bytes().split_off(n)),
+            leftover: upgrade.leftover,
+            missed_close_all,
+        }
+    }
+
+    /// The connection's life on the workers, from the rest of its 101 (if the socket did not
+    /// take all of it at once) to its removal from the registry.
+    async fn run_connection(self: Arc<Self>, o: Opened) {
+        let conn = o.conn;
+        let sent = match o.head_rest {
+            Ok(rest) if rest.is_empty() => true,
+            Ok(rest) => matches!(
+                tokio::time::timeout(self.config.handshake_timeout, conn.write_head(&rest)).await,
+                Ok(Ok(()))
+            ),
+            Err(_) => false,
+        };
+        if !sent {
             // The client left (or never read) before its 101: it ends like any broken connection.
             conn.end(Some(Termination::Io));
             self.remove(&conn);
             return;
         }
-        if missed_close_all {
+        if o.missed_close_all {
             // close() closed the connections registered before this one. (One registered before
             // that ran is closed by it, in order with the broadcasts that preceded close().)
             conn.close(CloseCode::GoingAway.code(), "server closing");
         }
-        conn.clone().run(upgrade.leftover).await;
+        conn.clone().run(o.leftover).await;
         self.remove(&conn);
     }
 
