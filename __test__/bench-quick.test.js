@@ -10,7 +10,10 @@
  * No performance assertions: --quick numbers mean nothing (tiny counts, 3 s windows, and the
  * machine is shared with the load generator and whatever else CI runs). The cluster run must show
  * delivery through Redis, though: clients on both processes, and every client of the process that
- * does not broadcast receiving the broadcasts, each once, in order, without gaps. And the
+ * does not broadcast receiving the broadcasts, each once, in order, without gaps. The floor adapter
+ * (bench/loadgen's `floor` binary, no Node) runs lobby, slow, base, storm and idle and must write the
+ * same JSON with its JS-only figures null and its own pass-over-the-sockets timings instead; the
+ * report must have the issue 15 section and targets. And the
  * conflation scenario must show the two policies apart under the same load (8 KiB every 10 ms to
  * clients reading 10 KB/s): without keys every slow client is cut off for overflow; with rotating
  * conflation keys every slow client is still connected at the end, its queue bounded by the number
@@ -26,7 +29,7 @@ const path = require('path')
 const { execFile, execFileSync } = require('child_process')
 
 const ROOT = path.resolve(__dirname, '..')
-const { QUICK, ADAPTERS, SCENARIO_ORDER, planRuns } = require('../bench/run.js')
+const { QUICK, ADAPTERS, NATIVE_ADAPTERS, SCENARIO_ORDER, planRuns } = require('../bench/run.js')
 
 // Every row [scenario, adapter, mobile run id or '']: test.each would take a missing third element
 // for its done callback.
@@ -70,6 +73,7 @@ describe('bench/run.js --quick', () => {
     expect(runOutput.code).toBe(0)
     expect(summary).toBeDefined()
     expect(PLAN.map(([s, a]) => `${s}/${a}`)).toContain('cluster/sluice-cluster')
+    expect(PLAN.filter(([, a]) => a === 'floor').map(([s]) => s)).toEqual(['lobby', 'slow', 'base', 'storm', 'idle'])
     expect(summary.runs).toHaveLength(PLAN.length)
     for (const r of summary.runs) {
       const run = `${r.scenario}/${r.adapter}${r.variant ? `/${r.variant}` : ''}`
@@ -113,14 +117,22 @@ describe('bench/run.js --quick', () => {
     const l = JSON.parse(fs.readFileSync(entry.loadgenJson, 'utf8'))
 
     // Adapter result
+    const native = Boolean(NATIVE_ADAPTERS[adapter])
     expect(a.adapter).toBe(adapter)
     expect(a.stopReason).toBe('SIGTERM')
     expect(Array.isArray(a.rss) && a.rss.length > 0).toBe(true)
     expect(a.rss.every(([t, b]) => isNum(t) && isNum(b) && b > 0)).toBe(true)
-    expect(Array.isArray(a.heapUsed) && a.heapUsed.length > 0).toBe(true)
     expect(a.rssMaxBytes).toBeGreaterThan(0)
     expect(isNum(a.cpuUs.user) && isNum(a.cpuUs.system)).toBe(true)
-    expect(isNum(a.eldMs.p99) && isNum(a.eldMs.max)).toBe(true)
+    if (native) {
+      // No JS thread: the JS-only figures are null, never made up.
+      expect(a.native).toBe(true)
+      expect({ heapUsed: a.heapUsed, eldMs: a.eldMs, jsCallUs: a.jsCallUs, jsCallCpuUs: a.jsCallCpuUs, turnUs: a.turnUs, jsThreadSched: a.jsThreadSched }).toEqual({ heapUsed: null, eldMs: null, jsCallUs: null, jsCallCpuUs: null, turnUs: null, jsThreadSched: null })
+      expect(a.extra.native).toBe(true)
+    } else {
+      expect(Array.isArray(a.heapUsed) && a.heapUsed.length > 0).toBe(true)
+      expect(isNum(a.eldMs.p99) && isNum(a.eldMs.max)).toBe(true)
+    }
     expect(isNum(a.terminatedByPolicy)).toBe(true)
     const total = sc.fast + sc.stalled + sc.slow
     expect(a.connectionsPeak).toBeGreaterThanOrEqual(total)
@@ -132,7 +144,21 @@ describe('bench/run.js --quick', () => {
     } else {
       expect(a.broadcasts).toBeGreaterThan(0)
       expect(a.broadcastsInWindow).toBeGreaterThan(0)
-      for (const k of ['jsCallUs', 'jsCallCpuUs', 'turnUs']) {
+      if (native) {
+        // One pass over the sockets per broadcast in the window, timed (wall and thread CPU); every
+        // frame accounted for: written whole, or skipped / partly written to a socket that was full.
+        for (const k of ['loopUs', 'loopCpuUs']) {
+          expect(a[k].count).toBe(a.broadcastsInWindow)
+          expect(a[k].p50).toBeLessThanOrEqual(a[k].p99)
+          expect(a[k].p99).toBeLessThanOrEqual(a[k].max)
+        }
+        const w = a.extra.window
+        expect(w.broadcasts).toBe(a.broadcastsInWindow)
+        expect(w.framesWritten).toBeGreaterThan(0)
+        expect(w.writeCalls).toBeGreaterThanOrEqual(w.framesWritten + w.partialWrites)
+        expect(a.extra.handshakeFailures).toBe(0)
+      }
+      for (const k of native ? [] : ['jsCallUs', 'jsCallCpuUs', 'turnUs']) {
         // One sample per call in the window (sluice's rejected calls included). A turn is recorded
         // in the setImmediate after its call: when SIGTERM ends the window, the last one is lost.
         expect(a[k].count).toBeGreaterThanOrEqual(a.broadcastsInWindow - (k === 'turnUs' ? 1 : 0))
@@ -168,6 +194,7 @@ describe('bench/run.js --quick', () => {
       expect(Array.isArray(l.fast.latencyHistogram) && l.fast.latencyHistogram.length > 0).toBe(true)
     }
     if (sc.probeMs) {
+      expect(l.probes.thread).toMatch(/^own/)
       expect(l.probes.attempts).toBeGreaterThan(0)
       expect(l.probes.ok + l.probes.failed + l.probes.timeouts).toBeLessThanOrEqual(l.probes.attempts)
     }
@@ -252,6 +279,11 @@ describe('bench/run.js --quick', () => {
     expect(report).toMatch(/^# sluice benchmark/)
     expect(report).toContain('## Machine')
     expect(report).toContain('## Targets')
+    expect(report).toContain('## Targets (issue 15)')
+    expect(report).toContain('## Issue 15: sluice against uWS and the raw-write floor')
+    expect(report).toContain('| lobby | sluice / floor |')
+    expect(summary.targets15.map((t) => t.id)).toEqual(['15.1', '15.2', '15.3', '15.4', '15.5', '15.6', '15.7', '15.8', '15.9'])
+    for (const t of summary.targets15) expect(['MET', 'NOT MET']).toContain(t.verdict)
     for (const [scenario, adapter, variant] of PLAN) expect(report).toContain(`| ${scenario} | ${variant ? `${adapter} [${variant}]` : adapter} |`)
     expect(report).toContain('## Scale-out: cluster scenario')
     expect(report).toContain('## Slow clients: conflation scenario')

@@ -25,6 +25,12 @@
  * sluice-conflation (every broadcast carries one of K rotating conflation keys), with the same load;
  * sluice-conflation runs in no other scenario but mobile.
  *
+ * The floor adapter (issue 15's "physical floor") is not a Node script but the second binary of
+ * the load generator's crate, bench/loadgen/target/release/floor: one thread calling write(2) with
+ * one pre-built frame on every socket, no WebSocket library, no policy. It speaks the adapters'
+ * protocol and writes the same JSON (its JS-only figures are null: "n/a" in the report); run.js
+ * starts it directly. It runs in lobby, slow, base, storm and idle.
+ *
  * The mobile scenario (bench/mobile.js) runs sluice and sluice-conflation in the runs listed in
  * MOBILE_RUNS (with and without keys, ttl and the lagging rule, and a run without slow clients),
  * each inside a network namespace of its own whose loopback shapes every slow client's address to
@@ -40,11 +46,14 @@ const mobile = require('./mobile')
 
 const ROOT = path.resolve(__dirname, '..')
 const LOADGEN = path.join(__dirname, 'loadgen', 'target', 'release', 'sluice-loadgen')
-const ADAPTERS = ['sluice', 'ws-naive', 'ws-guarded', 'uws', 'sluice-cluster', 'sluice-conflation']
+const FLOOR = path.join(__dirname, 'loadgen', 'target', 'release', 'floor')
+// Adapters that are native binaries (no Node, no JS thread): their command instead of bench/adapters/<name>.js.
+const NATIVE_ADAPTERS = { floor: FLOOR }
+const ADAPTERS = ['sluice', 'ws-naive', 'ws-guarded', 'uws', 'floor', 'sluice-cluster', 'sluice-conflation']
 const SCENARIO_ORDER = ['lobby', 'slow', 'base', 'storm', 'idle', 'cluster', 'conflation', 'mobile']
 // Restrictions on the adapters × scenarios product (see planRuns).
 const SCENARIO_ADAPTERS = { cluster: ['sluice', 'sluice-cluster'], conflation: ['sluice', 'sluice-conflation'], mobile: ['sluice', 'sluice-conflation'] }
-const ADAPTER_SCENARIOS = { 'sluice-cluster': ['cluster'], 'sluice-conflation': ['conflation', 'mobile'] }
+const ADAPTER_SCENARIOS = { 'sluice-cluster': ['cluster'], 'sluice-conflation': ['conflation', 'mobile'], floor: ['lobby', 'slow', 'base', 'storm', 'idle'] }
 // Conflation scenario: the connections listed in each sluice run's extra.lateWindow.laggards.
 const LAGGARDS = 10
 const MAX_BUFFERED = 524288
@@ -342,8 +351,9 @@ async function runOne(adapter, scenario, sc, flags, rawDir, variant = null) {
   const total = sc.fast + sc.stalled + sc.slow
   const rampS = total / 2000 // the load generator's default ramp rate, 2000 connections/s
 
+  const native = NATIVE_ADAPTERS[adapter] || null
   const adapterArgs = [
-    `bench/adapters/${adapter}.js`,
+    ...(native ? [] : [`bench/adapters/${adapter}.js`]),
     '--port', '0',
     '--host', '127.0.0.1',
     '--payload', String(sc.idle ? 2048 : sc.payload),
@@ -376,7 +386,8 @@ async function runOne(adapter, scenario, sc, flags, rawDir, variant = null) {
       adapterArgs.push('--redis', redis.url, '--redis-pid', String(redis.child.pid))
     }
     const quoted = adapterArgs.map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ')
-    const adapterCmd = `ulimit -n 65536 2>/dev/null || ulimit -n hard; exec node --expose-gc ${quoted}`
+    const exe = native ? `'${native.replace(/'/g, "'\\''")}'` : 'node --expose-gc'
+    const adapterCmd = `ulimit -n 65536 2>/dev/null || ulimit -n hard; exec ${exe} ${quoted}`
     adapterProc = startProcess(...inNs('bash', ['-c', adapterCmd]), files.adapterLog, { pipeStdout: true })
     // sluice-cluster prints PORT once its second process listens and both Redis links are up.
     const port = await withTimeout(waitForPort(adapterProc, files.adapterLog), adapter === 'sluice-cluster' ? 45000 : 20000, `${adapter} PORT line`)
@@ -460,11 +471,16 @@ function derive(run, sc) {
   const endedMs = stalled && Array.isArray(stalled.endedAfterMs) ? stalled.endedAfterMs.slice().sort((x, y) => x - y) : []
   const idle = a.idle || null
   return {
+    // A native adapter (floor): no JS thread, so no JS call, turn, ELD or heap figures.
+    native: a.native === true,
+    loopP99Us: a.loopUs ? num(a.loopUs.p99) : null,
+    loopCpuP99Us: a.loopCpuUs ? num(a.loopCpuUs.p99) : null,
     callP99Us: a.jsCallUs ? num(a.jsCallUs.p99) : null,
     callCpuP99Us: a.jsCallCpuUs ? num(a.jsCallCpuUs.p99) : null,
     turnP99Us: a.turnUs ? num(a.turnUs.p99) : null,
     eldP99Ms: a.eldMs ? num(a.eldMs.p99) : null,
     eldMaxMs: a.eldMs ? num(a.eldMs.max) : null,
+    probeP50Ms: probes && probes.handshakeUs && probes.handshakeUs.count > 0 && num(probes.handshakeUs.p50) !== null ? probes.handshakeUs.p50 / 1000 : null,
     probeP99Ms: probes && probes.handshakeUs && num(probes.handshakeUs.p99) !== null ? probes.handshakeUs.p99 / 1000 : null,
     probeAttempts: probes ? num(probes.attempts) : null,
     probeFailures: probes ? (num(probes.failed) || 0) + (num(probes.timeouts) || 0) : null,
@@ -474,6 +490,9 @@ function derive(run, sc) {
     slowGaps: roles.slow && roles.slow.target > 0 ? num(slow.gaps) : null,
     msgsPerS: sc.idle ? null : deliveredMsgs / windowS,
     deliveredBytes,
+    deliveredMsgs,
+    // Server CPU per message delivered to a client (one frame written to one socket and read).
+    cpuUsPerMsg: !sc.idle && cpuUs !== null && deliveredMsgs > 0 ? cpuUs / deliveredMsgs : null,
     cpuMsPerMB: !sc.idle && cpuUs !== null && deliveredBytes > 0 ? cpuUs / 1000 / (deliveredBytes / 1e6) : null,
     cpuS: cpuUs !== null ? cpuUs / 1e6 : null,
     rssMaxMB: num(a.rssMaxBytes) !== null ? a.rssMaxBytes / 1048576 : null,
@@ -652,8 +671,8 @@ function mdTable(header, rows) {
 }
 
 const COLUMNS = [
-  'scenario', 'adapter', 'JS call p99 µs (wall / CPU)', 'turn p99 µs', 'ELD p99 / max ms', 'probe p99 ms (fail/attempts)',
-  'fast lat p50 / p99 ms', 'gaps', 'msgs/s delivered', 'CPU ms per MB', 'RSS max MB', 'idle KB/conn', 'stalled ended (p50 / max s)', 'fast connected', 'fast ended by server', 'loadgen CPU %',
+  'scenario', 'adapter', 'JS call p99 µs (wall / CPU)', 'turn p99 µs', 'ELD p99 / max ms', 'probe p50 / p99 ms (fail/attempts)',
+  'fast lat p50 / p99 ms', 'gaps', 'msgs/s delivered', 'CPU µs per msg', 'CPU ms per MB', 'RSS max MB', 'idle KB/conn', 'stalled ended (p50 / max s)', 'fast connected', 'fast ended by server', 'loadgen CPU %',
 ]
 
 function tableRows(runs, scenarios) {
@@ -667,16 +686,18 @@ function tableRows(runs, scenarios) {
     const d = run.derived
     const stalled = d.stalledTarget ? `${fmt(d.stalledEnded, 0)}/${d.stalledTarget} (${fmt(d.stalledEndedP50S)} / ${fmt(d.stalledEndedMaxS)})` : '–'
     const gaps = d.slowGaps !== null ? `${fmt(d.fastGaps, 0)} (slow ${fmt(d.slowGaps, 0)})` : fmt(d.fastGaps, 0)
+    const js = (cell) => (d.native ? 'n/a' : cell) // the floor has no JS thread
     rows.push([
       run.scenario + (run.ok ? '' : ' (FAILED)'),
       run.label || run.adapter,
-      sc.idle ? '–' : `${fmt(d.callP99Us)} / ${fmt(d.callCpuP99Us)}`,
-      sc.idle ? '–' : fmt(d.turnP99Us),
-      `${fmt(d.eldP99Ms)} / ${fmt(d.eldMaxMs)}`,
-      d.probeAttempts ? `${fmt(d.probeP99Ms, 2)} (${d.probeFailures}/${d.probeAttempts})` : '–',
+      sc.idle ? '–' : js(`${fmt(d.callP99Us)} / ${fmt(d.callCpuP99Us)}`),
+      sc.idle ? '–' : js(fmt(d.turnP99Us)),
+      js(`${fmt(d.eldP99Ms)} / ${fmt(d.eldMaxMs)}`),
+      d.probeAttempts ? `${fmt(d.probeP50Ms, 2)} / ${fmt(d.probeP99Ms, 2)} (${d.probeFailures}/${d.probeAttempts})` : '–',
       sc.idle ? '–' : `${fmt(d.fastP50Ms, 2)} / ${fmt(d.fastP99Ms, 2)}`,
       sc.idle ? '–' : gaps,
       sc.idle ? '–' : fmt(d.msgsPerS, 0),
+      sc.idle ? '–' : fmt(d.cpuUsPerMsg, 2),
       sc.idle ? '–' : fmt(d.cpuMsPerMB, 2),
       fmt(d.rssMaxMB),
       sc.idle ? fmt(d.idleKBPerConn, 2) : '–',
@@ -701,7 +722,7 @@ function detailsTable(runs) {
       fmt(d.broadcasts, 0),
       fmt(d.rejected, 0),
       fmt(d.cpuS, 2),
-      `${fmt(d.jsOnCpuMs, 0)} / ${fmt(d.jsRunQueueWaitMs, 0)}`,
+      d.native ? `n/a (one thread; pass over the sockets p99 ${fmt(d.loopP99Us / 1000, 2)} ms wall, ${fmt(d.loopCpuP99Us / 1000, 2)} ms CPU)` : `${fmt(d.jsOnCpuMs, 0)} / ${fmt(d.jsRunQueueWaitMs, 0)}`,
       fmt(d.terminatedByPolicy, 0),
       m ? `${m.terminated.overflow} / ${m.terminated.pongTimeout} / ${m.terminated.io}` : '–',
       m ? `${m.backpressureEvents}` : '–',
@@ -825,6 +846,168 @@ function evaluateTargets(byKey) {
   return targets
 }
 
+// ------------------------------------------------------------------------------------------------
+// Issue 15: cost per delivered message, latency, memory and handshakes against uWS and the floor
+
+const ISSUE15_SCENARIOS = ['lobby', 'base', 'slow', 'storm', 'idle']
+const ISSUE15_ADAPTERS = ['sluice', 'uws', 'floor']
+// [name, figure, applies to the idle scenario (else only to the others), JS-only]
+const ISSUE15_FIGURES = [
+  ['CPU µs per msg', (d) => d.cpuUsPerMsg, false, false],
+  ['CPU ms per MB', (d) => d.cpuMsPerMB, false, false],
+  ['fast p50', (d) => d.fastP50Ms, false, false],
+  ['fast p99', (d) => d.fastP99Ms, false, false],
+  ['RSS max', (d) => d.rssMaxMB, null, false],
+  ['JS turn p99', (d) => d.turnP99Us, false, true],
+  ['probe p50', (d) => d.probeP50Ms, null, false],
+  ['probe p99', (d) => d.probeP99Ms, null, false],
+  ['idle KB/conn', (d) => d.idleKBPerConn, true, false],
+]
+
+/** One figure of a run for the issue 15 tables: null when it does not apply, 'n/a' when JS-only on a native adapter. */
+function issue15Figure(run, sc, [, f, idleOnly, jsOnly]) {
+  if (!run || !run.ok) return null
+  if (idleOnly === true && !sc.idle) return null
+  if (idleOnly === false && sc.idle) return null
+  if (jsOnly && run.derived.native) return 'n/a'
+  return f(run.derived)
+}
+
+/**
+ * Per scenario (lobby, base, slow, storm, idle) and adapter (sluice, uws, floor, as run): the
+ * figures issue 15 sets targets on, then the ratios sluice / uws, sluice / floor and uws / floor.
+ * Returns markdown lines, [] when none of those runs happened.
+ */
+function issue15Section(byKey, scenarios, scenarioParams) {
+  const rows = []
+  const ratioRows = []
+  for (const scn of ISSUE15_SCENARIOS) {
+    if (!scenarios.includes(scn)) continue
+    const sc = scenarioParams[scn]
+    for (const a of ISSUE15_ADAPTERS) {
+      const r = byKey.get(`${scn}/${a}`)
+      if (!r) continue
+      if (!r.ok) {
+        rows.push([scn, a, 'FAILED', ...Array(9).fill('')])
+        continue
+      }
+      const d = r.derived
+      const fig = (i, digits = 1) => {
+        const v = issue15Figure(r, sc, ISSUE15_FIGURES[i])
+        return v === 'n/a' ? 'n/a' : fmt(v, digits)
+      }
+      rows.push([
+        scn,
+        a,
+        fmt(d.cpuS, 2),
+        sc.idle ? '–' : fmt(d.deliveredMsgs, 0),
+        fig(0, 2),
+        fig(1, 2),
+        sc.idle ? '–' : `${fig(2, 2)} / ${fig(3, 2)}`,
+        fig(4),
+        sc.idle ? '–' : fig(5),
+        d.probeAttempts ? `${fig(6, 2)} / ${fig(7, 2)} (${d.probeFailures}/${d.probeAttempts} failed)` : '–',
+        fig(8, 2),
+      ])
+    }
+    for (const [x, y] of [['sluice', 'uws'], ['sluice', 'floor'], ['uws', 'floor']]) {
+      const rx = byKey.get(`${scn}/${x}`)
+      const ry = byKey.get(`${scn}/${y}`)
+      if (!rx || !rx.ok || !ry || !ry.ok) continue
+      ratioRows.push([scn, `${x} / ${y}`, ...ISSUE15_FIGURES.map((f) => {
+        const a = issue15Figure(rx, sc, f)
+        const b = issue15Figure(ry, sc, f)
+        if (a === 'n/a' || b === 'n/a') return 'n/a'
+        return a !== null && b !== null && b > 0 ? fmt(a / b, 3) : '–'
+      })])
+    }
+  }
+  if (!rows.length) return []
+  const md = []
+  md.push('## Issue 15: sluice against uWS and the raw-write floor')
+  md.push('')
+  md.push('**floor** is the physical floor of the same fan-out: `bench/loadgen/target/release/floor`, one thread that builds one frame per interval and calls `write(2)` with it on every open socket, with no WebSocket library and no policy (a socket that cannot take a whole frame keeps the rest for the next interval and skips frames meanwhile; nobody is ever disconnected). It has no JS thread: its JS figures are n/a. The probes (new-client handshakes) run in the load generator on a thread of their own with a runtime of their own, so the clients\' reads do not delay them.')
+  md.push('')
+  md.push('- **CPU µs per msg**: the server process\'s user + system CPU over the window / messages delivered to all clients in the window (one frame written to one socket and read by its client). **CPU ms per MB**: the same CPU per 10^6 payload bytes delivered.')
+  md.push('- **fast p50 / p99**: delivery latency to the fast clients (payload timestamp, taken just before the broadcast call or the floor\'s write loop, to receipt). **RSS max**: the largest RSS sample. **JS turn p99**: the broadcast call plus what the library deferred onto the JS thread. **probe**: TCP connect to the 101, p50 / p99. **idle KB/conn**: (RSS with every client connected − RSS before listening) / connections.')
+  md.push('')
+  md.push(mdTable(['scenario', 'adapter', 'server CPU s in window', 'msgs delivered', 'CPU µs per msg', 'CPU ms per MB', 'fast p50 / p99 ms', 'RSS max MB', 'JS turn p99 µs', 'probe p50 / p99 ms', 'idle KB/conn'], rows))
+  md.push('')
+  if (ratioRows.length) {
+    md.push('Ratios (same run; < 1 means the first is lower; – where a figure does not apply):')
+    md.push('')
+    md.push(mdTable(['scenario', 'ratio', ...ISSUE15_FIGURES.map(([n]) => n)], ratioRows))
+    md.push('')
+  }
+  return md
+}
+
+/** Issue 15's Targets table, each MET / NOT MET with its figures (n/a when a run it needs is missing). */
+function evaluateIssue15Targets(byKey) {
+  const get = (scenario, adapter) => {
+    const r = byKey.get(`${scenario}/${adapter}`)
+    return r && r.ok ? r.derived : null
+  }
+  const ratio = (a, b) => (a !== null && b !== null && b > 0 ? a / b : null)
+  const le = (a, b) => a !== null && b !== null && a <= b
+  const verdict = (ok) => (ok === null ? 'n/a' : ok ? 'MET' : 'NOT MET')
+  const ms = (x) => `${fmt(x, 2)} ms`
+  const targets = []
+  const add = (id, name, needs, check) => {
+    const ds = needs.map(([s, a]) => get(s, a))
+    if (ds.some((d) => !d)) {
+      targets.push({ id, name, verdict: 'n/a', detail: `needs ${needs.filter((_, i) => !ds[i]).map(([s, a]) => `${s} × ${a}`).join(', ')}` })
+      return
+    }
+    const { ok, detail } = check(...ds)
+    targets.push({ id, name, verdict: verdict(ok), detail })
+  }
+
+  add('15.1', 'lobby: server CPU per delivered message ≤ uWS and ≤ 1.15× the raw-write floor', [['lobby', 'sluice'], ['lobby', 'uws'], ['lobby', 'floor']], (s, u, f) => ({
+    ok: le(s.cpuUsPerMsg, u.cpuUsPerMsg) && s.cpuUsPerMsg !== null && f.cpuUsPerMsg !== null && s.cpuUsPerMsg <= 1.15 * f.cpuUsPerMsg,
+    detail: `sluice ${fmt(s.cpuUsPerMsg, 2)} µs, uWS ${fmt(u.cpuUsPerMsg, 2)} µs, floor ${fmt(f.cpuUsPerMsg, 2)} µs per message: sluice/uWS ${fmt(ratio(s.cpuUsPerMsg, u.cpuUsPerMsg), 3)}×, sluice/floor ${fmt(ratio(s.cpuUsPerMsg, f.cpuUsPerMsg), 3)}× (uWS/floor ${fmt(ratio(u.cpuUsPerMsg, f.cpuUsPerMsg), 3)}×); CPU s in window ${fmt(s.cpuS, 2)} / ${fmt(u.cpuS, 2)} / ${fmt(f.cpuS, 2)}`,
+  }))
+  add('15.2', 'lobby: fast-client latency p50 and p99 ≤ uWS', [['lobby', 'sluice'], ['lobby', 'uws']], (s, u) => {
+    const f = get('lobby', 'floor')
+    return {
+      ok: le(s.fastP50Ms, u.fastP50Ms) && le(s.fastP99Ms, u.fastP99Ms),
+      detail: `p50 ${ms(s.fastP50Ms)} vs ${ms(u.fastP50Ms)} (${fmt(ratio(s.fastP50Ms, u.fastP50Ms), 3)}×), p99 ${ms(s.fastP99Ms)} vs ${ms(u.fastP99Ms)} (${fmt(ratio(s.fastP99Ms, u.fastP99Ms), 3)}×)${f ? `; floor ${ms(f.fastP50Ms)} / ${ms(f.fastP99Ms)}: sluice/floor ${fmt(ratio(s.fastP50Ms, f.fastP50Ms), 3)}× / ${fmt(ratio(s.fastP99Ms, f.fastP99Ms), 3)}×` : ''}`,
+    }
+  })
+  add('15.3', 'lobby: RSS max ≤ uWS', [['lobby', 'sluice'], ['lobby', 'uws']], (s, u) => ({
+    ok: le(s.rssMaxMB, u.rssMaxMB),
+    detail: `sluice ${fmt(s.rssMaxMB)} MB vs uWS ${fmt(u.rssMaxMB)} MB (${fmt(ratio(s.rssMaxMB, u.rssMaxMB), 3)}×)`,
+  }))
+  add('15.4', 'lobby: JS turn p99 at least 300× below uWS\'s', [['lobby', 'sluice'], ['lobby', 'uws']], (s, u) => {
+    const r = ratio(u.turnP99Us, s.turnP99Us)
+    return { ok: r !== null && r >= 300, detail: `sluice ${fmt(s.turnP99Us)} µs vs uWS ${fmt(u.turnP99Us)} µs: uWS/sluice ${fmt(r, 1)}×` }
+  })
+  add('15.5', 'lobby: new-client handshake from a separate thread/runtime: p50 ≤ 2 ms, p99 ≤ uWS', [['lobby', 'sluice'], ['lobby', 'uws']], (s, u) => ({
+    ok: s.probeP50Ms !== null && s.probeP50Ms <= 2 && le(s.probeP99Ms, u.probeP99Ms),
+    detail: `sluice p50 ${ms(s.probeP50Ms)}, p99 ${ms(s.probeP99Ms)} (${s.probeFailures}/${s.probeAttempts} failed); uWS p50 ${ms(u.probeP50Ms)}, p99 ${ms(u.probeP99Ms)} (${u.probeFailures}/${u.probeAttempts} failed)`,
+  }))
+  add('15.6', 'idle: memory per connection ≤ uWS', [['idle', 'sluice'], ['idle', 'uws']], (s, u) => {
+    const f = get('idle', 'floor')
+    return {
+      ok: le(s.idleKBPerConn, u.idleKBPerConn),
+      detail: `sluice ${fmt(s.idleKBPerConn, 2)} KB vs uWS ${fmt(u.idleKBPerConn, 2)} KB per connection (${fmt(ratio(s.idleKBPerConn, u.idleKBPerConn), 2)}×; ${fmt(s.idleConnections, 0)} / ${fmt(u.idleConnections, 0)} connections)${f ? `; floor ${fmt(f.idleKBPerConn, 2)} KB (user space only: the kernel's socket memory is in nobody's RSS)` : ''}`,
+    }
+  })
+  add('15.7', 'storm: still ≥ 5× uWS messages/s', [['storm', 'sluice'], ['storm', 'uws']], (s, u) => {
+    const r = ratio(s.msgsPerS, u.msgsPerS)
+    return { ok: r !== null && r >= 5, detail: `sluice ${fmt(s.msgsPerS, 0)} vs uWS ${fmt(u.msgsPerS, 0)} msgs/s = ${fmt(r, 2)}× (fast clients ended by the server ${fmt(s.fastEnded, 0)} / ${fmt(u.fastEnded, 0)})` }
+  })
+  add('15.8', 'base and slow: fast-client latency p50 and p99 ≤ uWS', [['base', 'sluice'], ['base', 'uws'], ['slow', 'sluice'], ['slow', 'uws']], (bs, bu, ss, su) => ({
+    ok: le(bs.fastP50Ms, bu.fastP50Ms) && le(bs.fastP99Ms, bu.fastP99Ms) && le(ss.fastP50Ms, su.fastP50Ms) && le(ss.fastP99Ms, su.fastP99Ms),
+    detail: `base: sluice ${ms(bs.fastP50Ms)} / ${ms(bs.fastP99Ms)} vs uWS ${ms(bu.fastP50Ms)} / ${ms(bu.fastP99Ms)}; slow: sluice ${ms(ss.fastP50Ms)} / ${ms(ss.fastP99Ms)} vs uWS ${ms(su.fastP50Ms)} / ${ms(su.fastP99Ms)} (p50 / p99)`,
+  }))
+  add('15.9', 'slow: sluice fast-client latency p50 and p99 with stalled clients ≤ 1.2× base', [['base', 'sluice'], ['slow', 'sluice']], (b, s) => ({
+    ok: s.fastP50Ms !== null && b.fastP50Ms !== null && s.fastP50Ms <= 1.2 * b.fastP50Ms && s.fastP99Ms !== null && b.fastP99Ms !== null && s.fastP99Ms <= 1.2 * b.fastP99Ms,
+    detail: `slow ${ms(s.fastP50Ms)} / ${ms(s.fastP99Ms)} vs base ${ms(b.fastP50Ms)} / ${ms(b.fastP99Ms)}: ${fmt(ratio(s.fastP50Ms, b.fastP50Ms), 3)}× / ${fmt(ratio(s.fastP99Ms, b.fastP99Ms), 3)}× (p50 / p99)`,
+  }))
+  return targets
+}
+
 function ratioTable(byKey, scenarios, adapters) {
   // sluice / peer for the headline figures, per scenario (lower is better except msgs/s).
   // sluice-cluster: clusterSection(); sluice-conflation: conflationSection()
@@ -835,6 +1018,7 @@ function ratioTable(byKey, scenarios, adapters) {
     ['probe p99', (d) => d.probeP99Ms],
     ['fast p99', (d) => d.fastP99Ms],
     ['msgs/s', (d) => d.msgsPerS],
+    ['CPU/msg', (d) => d.cpuUsPerMsg],
     ['CPU/MB', (d) => d.cpuMsPerMB],
     ['RSS max', (d) => d.rssMaxMB],
     ['idle KB/conn', (d) => d.idleKBPerConn],
@@ -860,7 +1044,7 @@ function ratioTable(byKey, scenarios, adapters) {
 // ------------------------------------------------------------------------------------------------
 // SVG charts, written by hand
 
-const COLORS = { sluice: '#d62728', 'ws-naive': '#1f77b4', 'ws-guarded': '#2ca02c', uws: '#9467bd', 'sluice-conflation': '#ff7f0e' }
+const COLORS = { sluice: '#d62728', 'ws-naive': '#1f77b4', 'ws-guarded': '#2ca02c', uws: '#9467bd', floor: '#7f7f7f', 'sluice-conflation': '#ff7f0e' }
 const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
 
 function niceTicks(min, max, count = 6) {
@@ -1227,6 +1411,9 @@ async function main() {
   if (!fs.existsSync(LOADGEN)) {
     throw new Error(`${path.relative(ROOT, LOADGEN)} not found: build it with cargo build --release --manifest-path bench/loadgen/Cargo.toml`)
   }
+  for (const [a, exe] of Object.entries(NATIVE_ADAPTERS)) {
+    if (flags.adapters.includes(a) && !fs.existsSync(exe)) throw new Error(`${path.relative(ROOT, exe)} (adapter ${a}) not found: build it with cargo build --release --manifest-path bench/loadgen/Cargo.toml`)
+  }
   const d = new Date()
   const date = `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`
   const reportName = flags.tag ? `${flags.tag}-${date}` : date
@@ -1267,6 +1454,9 @@ async function main() {
   const ratios = ratioTable(byKey, flags.scenarios, flags.adapters)
   const targets = evaluateTargets(byKey)
   const targetsMd = mdTable(['target', 'verdict', 'measured'], targets.map((t) => [`(${t.id}) ${t.name}`, `**${t.verdict}**`, t.detail]))
+  const targets15 = evaluateIssue15Targets(byKey)
+  const targets15Md = mdTable(['target', 'verdict', 'measured'], targets15.map((t) => [`(${t.id}) ${t.name}`, `**${t.verdict}**`, t.detail]))
+  const issue15Md = issue15Section(byKey, flags.scenarios, scenarios)
 
   // Charts
   const charts = []
@@ -1315,16 +1505,16 @@ async function main() {
   md.push('')
   md.push(mdTable(['scenario', 'clients', 'probes', 'payload / interval', 'warmup', 'window', 'what'], paramRows))
   md.push('')
-  md.push(`Every adapter runs with maxBufferedAmount / maxBackpressure / guard limit ${MAX_BUFFERED} B where it has one; other options are each library's defaults. Adapters: sluice (\`server.broadcast(buf)\`, Normal priority), ws-naive (\`wss.clients.forEach(c => c.send(buf))\`), ws-guarded (same, terminating a client whose bufferedAmount exceeds ${MAX_BUFFERED} B), uws (uWebSockets.js: \`app.publish('lobby', buf, true)\` with maxBackpressure ${MAX_BUFFERED} and closeOnBackpressureLimit). Each adapter is started with \`ulimit -n 65536\` (or the hard limit if lower) and \`node --expose-gc\` (gc() is called only before the idle scenario's two memory readings).`)
+  md.push(`Every adapter runs with maxBufferedAmount / maxBackpressure / guard limit ${MAX_BUFFERED} B where it has one; other options are each library's defaults. Adapters: sluice (\`server.broadcast(buf)\`, Normal priority), ws-naive (\`wss.clients.forEach(c => c.send(buf))\`), ws-guarded (same, terminating a client whose bufferedAmount exceeds ${MAX_BUFFERED} B), uws (uWebSockets.js: \`app.publish('lobby', buf, true)\` with maxBackpressure ${MAX_BUFFERED} and closeOnBackpressureLimit), floor (not Node: bench/loadgen's \`floor\` binary, one thread calling \`write(2)\` with one pre-built frame on every socket, no WebSocket library, no policy; its JS figures are n/a). Each adapter is started with \`ulimit -n 65536\` (or the hard limit if lower) and, the Node ones, \`node --expose-gc\` (gc() is called only before the idle scenario's two memory readings).`)
   md.push('')
   md.push('How each figure is measured:')
   md.push('')
   md.push('- **JS call**: wall time (process.hrtime) and JS-thread CPU time (sluice `threadCpuTimeNs()`, CLOCK_THREAD_CPUTIME_ID) of the broadcast call itself, p99 over the window.')
   md.push('- **turn**: from just before the call until the next setImmediate callback runs, i.e. the call plus whatever work the library deferred onto the JS thread.')
   md.push('- **ELD**: `monitorEventLoopDelay({ resolution: 1 })` over the window.')
-  md.push('- **probe**: a new connection every 100 ms, timed from TCP connect to the 101 response; failures include timeouts (2 s).')
+  md.push('- **probe**: a new connection every 100 ms, timed from TCP connect to the 101 response, p50 / p99; failures include timeouts (2 s). The probes run in the load generator on a thread of their own with a tokio runtime of their own, so its clients\' reads do not delay them.')
   md.push('- **fast latency**: server send timestamp (in the payload, taken just before the broadcast call) to receipt at a fast client; **gaps**: missing sequence numbers within the window, fast clients (and slow clients in brackets).')
-  md.push('- **msgs/s delivered**: messages received by all clients in the window / window length. **CPU ms per MB**: the server process\'s user+system CPU over the window (process.cpuUsage, all threads) per 10^6 payload bytes delivered (ms per MB = s per GB).')
+  md.push('- **msgs/s delivered**: messages received by all clients in the window / window length. **CPU µs per msg**: the server process\'s user+system CPU over the window / messages received by all clients in the window. **CPU ms per MB**: the server process\'s user+system CPU over the window (process.cpuUsage, all threads) per 10^6 payload bytes delivered (ms per MB = s per GB).')
   md.push('- **RSS max**: largest RSS sample (every 250 ms) over the adapter\'s life. **idle KB/conn**: (RSS with every client connected − RSS before listening) / open connections, each after a full GC.')
   md.push('- **loadgen CPU %**: the load generator\'s own CPU over the window, as a share of one core (it reports it).')
   md.push('- **fast ended by server**: fast clients whose connection the server ended during the run (a fast client never closes by itself before the window ends).')
@@ -1346,6 +1536,7 @@ async function main() {
     md.push(ratios)
     md.push('')
   }
+  for (const line of issue15Md) md.push(line)
   const clusterMd = clusterSection(byKey, scenarios.cluster, mach)
   for (const line of clusterMd) md.push(line)
   const conflationMd = conflationSection(byKey, scenarios.conflation, MAX_BUFFERED)
@@ -1355,6 +1546,12 @@ async function main() {
   md.push('## Targets')
   md.push('')
   md.push(targetsMd)
+  md.push('')
+  md.push('## Targets (issue 15)')
+  md.push('')
+  md.push('Issue 15\'s Targets table, sluice against uWS (and the floor) in this one run, default options.')
+  md.push('')
+  md.push(targets15Md)
   md.push('')
   if (charts.length) {
     md.push('## Charts')
@@ -1386,7 +1583,7 @@ async function main() {
   md.push('')
   const reportPath = path.join(flags.outDir, `${reportName}.md`)
   fs.writeFileSync(reportPath, md.join('\n'))
-  const summary = { reportPath, assetsDir, charts: charts.map((c) => c.file), runs: runs.map((r) => ({ scenario: r.scenario, adapter: r.adapter, variant: r.variant, ok: r.ok, skipped: r.skipped || undefined, error: r.error, adapterJson: r.files.adapterJson, loadgenJson: r.files.loadgenJson })), targets }
+  const summary = { reportPath, assetsDir, charts: charts.map((c) => c.file), runs: runs.map((r) => ({ scenario: r.scenario, adapter: r.adapter, variant: r.variant, ok: r.ok, skipped: r.skipped || undefined, error: r.error, adapterJson: r.files.adapterJson, loadgenJson: r.files.loadgenJson })), targets, targets15 }
   fs.writeFileSync(path.join(assetsDir, 'summary.json'), JSON.stringify(summary, null, 2))
 
   if (conflationMd.length) {
@@ -1401,7 +1598,11 @@ async function main() {
     const lines = clusterMd.filter((l) => l.startsWith('|') || l.startsWith('Ratios') || l === '').join('\n').replace(/\n{3,}/g, '\n\n').trim()
     process.stdout.write(`\nScale-out, cluster scenario:\n\n${lines}\n`)
   }
-  process.stdout.write(`\n${table}\n\nRatios, sluice / peer:\n\n${ratios}\n\nTargets${flags.quick ? ' (--quick: not meaningful)' : ''}:\n\n${targetsMd}\n\n`)
+  if (issue15Md.length) {
+    const lines = issue15Md.filter((l) => l.startsWith('|') || l === '').join('\n').replace(/\n{3,}/g, '\n\n').trim()
+    process.stdout.write(`\nIssue 15, sluice / uWS / floor:\n\n${lines}\n`)
+  }
+  process.stdout.write(`\n${table}\n\nRatios, sluice / peer:\n\n${ratios}\n\nTargets${flags.quick ? ' (--quick: not meaningful)' : ''}:\n\n${targetsMd}\n\nTargets (issue 15)${flags.quick ? ' (--quick: not meaningful)' : ''}:\n\n${targets15Md}\n\n`)
   process.stdout.write(`report: ${reportPath}\ncharts: ${charts.map((c) => c.file).join(', ')}\nraw: ${rawDir}\nsummary: ${path.join(assetsDir, 'summary.json')}\n`)
   process.stdout.write(`total ${fmt(totalS / 60, 1)} min\n`)
   if (skipped.length) process.stdout.write(`${skipped.length} run(s) skipped: ${[...new Set(skipped.map((r) => r.error))].join('; ')}\n`)
@@ -1419,4 +1620,4 @@ if (require.main === module) {
   })
 }
 
-module.exports = { FULL, QUICK, ADAPTERS, SCENARIO_ORDER, MAX_BUFFERED, planRuns }
+module.exports = { FULL, QUICK, ADAPTERS, NATIVE_ADAPTERS, SCENARIO_ORDER, MAX_BUFFERED, planRuns }

@@ -7,7 +7,8 @@
 //!   TCP_INFO every 100 ms to notice the server ending the connection;
 //! - slow: read at most --slow-rate bytes/s (token bucket on the socket read itself, so the
 //!   TCP receive window really closes);
-//! - probes: during the window, a new connection every P ms timing connect + upgrade.
+//! - probes: during the window, a new connection every P ms timing connect + upgrade, on a
+//!   thread of their own with a tokio runtime of their own (not delayed by the clients' reads).
 //!
 //! Every data message starts with u64 LE send time (µs since epoch) and u64 LE sequence number.
 //!
@@ -24,6 +25,7 @@
 //! messages carry conflation key `seq mod K`) how many newer versions of each key it lacked at the
 //! end of the window, against the newest sequence number any fast client had received by then.
 
+mod accept;
 mod args;
 mod ws;
 
@@ -707,6 +709,22 @@ async fn probe_loop(sh: &'static Shared) {
     }
 }
 
+/// The probe thread: a current_thread runtime of its own runs probe_loop (every probe task is
+/// spawned on it), then waits for the probes still in flight, bounded by their timeout.
+fn probe_thread(sh: &'static Shared) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("probe runtime");
+    rt.block_on(async {
+        probe_loop(sh).await;
+        let deadline = Instant::now() + Duration::from_millis(sh.cfg.probe_timeout_ms + 500);
+        while sh.probes.inflight.load(Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+}
+
 /// Interleaves the roles evenly so stalled/slow clients are spread over the ramp.
 fn connect_order(cfg: &Config) -> Vec<Role> {
     let mut v: Vec<(f64, usize, Role)> = Vec::new();
@@ -952,7 +970,7 @@ fn slow_clients_json(sh: &Shared, at: u64) -> Value {
         } else {
             None
         };
-        let open = (ended == 0 || ended > at) && tcp.map_or(true, |st| st == Some(1));
+        let open = (ended == 0 || ended > at) && tcp.is_none_or(|st| st == Some(1));
         let mut o = json!({
             "localAddr": pc.local_addr,
             "openAtWindowEnd": open,
@@ -1021,6 +1039,7 @@ fn result_json(sh: &Shared, ri: &RunInfo) -> Value {
         "fastMaxSeqAtWindowEnd": ri.fast_max_seq_at_window_end,
         "slowClients": ri.slow_clients,
         "probes": {
+            "thread": "own (a current_thread runtime of its own, apart from the clients')",
             "attempts": p.attempts.load(Relaxed),
             "ok": p.ok.load(Relaxed),
             "failed": p.failed.load(Relaxed),
@@ -1197,9 +1216,19 @@ async fn run(sh: &'static Shared, rlimit: (u64, u64)) -> i32 {
     sh.window_end_us.store(w1, Relaxed);
     sh.window_start_us.store(w0, Relaxed);
     set_phase(sh, "warmup");
-    if sh.cfg.probe_interval_ms > 0 {
-        tokio::spawn(probe_loop(sh));
-    }
+    // Probes run on a thread of their own with a runtime of their own: the main runtime's thread
+    // may be busy reading 10,000 sockets when a probe's 101 arrives, and that delay is ours, not
+    // the server's (issue 15). The thread ends once its last probe is answered or timed out.
+    let probe_thread = if sh.cfg.probe_interval_ms > 0 {
+        Some(
+            std::thread::Builder::new()
+                .name("probes".into())
+                .spawn(move || probe_thread(sh))
+                .expect("probe thread"),
+        )
+    } else {
+        None
+    };
     tokio::time::sleep(Duration::from_micros(w0 - now)).await;
     set_phase(sh, "window");
     let usage_window_start = rusage();
@@ -1215,10 +1244,17 @@ async fn run(sh: &'static Shared, rlimit: (u64, u64)) -> i32 {
         None
     };
     set_phase(sh, "done");
-    // Let probes still in flight finish (bounded by their timeout).
-    let deadline = Instant::now() + Duration::from_millis(sh.cfg.probe_timeout_ms + 500);
-    while sh.probes.inflight.load(Relaxed) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // Let probes still in flight finish (the probe thread bounds them by their timeout).
+    if let Some(t) = probe_thread {
+        let deadline = Instant::now() + Duration::from_millis(sh.cfg.probe_timeout_ms + 1000);
+        while !t.is_finished() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            eprintln!("[loadgen] warning: the probe thread did not finish in time");
+        }
     }
 
     let ri = RunInfo {
