@@ -1,10 +1,14 @@
 'use strict'
 // sluice as an npm package: `npm pack` in this repository, then `npm install <tarball>` into
 // separate plain projects (fresh temporary directories with nothing else from the repository).
-// The install builds the native part from source with cargo (scripts/install.js), or, when npm
-// skips install scripts, require('sluice') fails with ERR_SLUICE_NATIVE_MISSING and says how to
-// fix it. Real npm, real cargo, real sockets. One cold cargo build (~1-2 min on 2 cores), shared
-// through SLUICE_CARGO_TARGET_DIR with the later rebuild; the default (temporary, removed) target
+// The tarball carries the release binary of this platform (scripts/prepack.js checks it is the
+// release build): installed here with no cargo anywhere on PATH or in HOME, it works at once.
+// For a platform with no binary in the tarball (the same tarball with the .node taken out: what
+// a user elsewhere gets), the install builds the native part from source with cargo
+// (scripts/install.js), or, without cargo, stops with a clear message; when npm skips install
+// scripts, require('sluice') fails with ERR_SLUICE_NATIVE_MISSING and says how to fix it. Real
+// npm, real cargo, real sockets. One cold cargo build (~1-2 min on 2 cores), shared through
+// SLUICE_CARGO_TARGET_DIR with the later rebuild; the default (temporary, removed) target
 // directory is covered with a stand-in cargo that hands over the binary the real build produced.
 const { spawnSync } = require('child_process')
 const fs = require('fs')
@@ -15,7 +19,8 @@ const root = path.join(__dirname, '..')
 const rootPkg = require('../package.json')
 
 let work // everything this file creates lives here; removed in afterAll
-let tarball
+let tarball // as npm pack made it: with this platform's binary
+let sourceTarball // the same without the binary: a platform no prebuilt binary is packed for
 let packed // npm pack --json result for the tarball
 let cargoTarget // SLUICE_CARGO_TARGET_DIR for the real builds (a cache between them)
 let builtBinary // the .node the real install-time build produced (project A)
@@ -149,10 +154,10 @@ console.log(JSON.stringify({
 }))
 `
 
-function checkConsumer(dir) {
+function checkConsumer(dir, env = cleanEnv()) {
   fs.writeFileSync(path.join(dir, 'consumer.cjs'), CONSUMER_CJS)
   fs.writeFileSync(path.join(dir, 'consumer.mjs'), CONSUMER_MJS)
-  const cjs = run(process.execPath, ['consumer.cjs'], { cwd: dir, timeout: 30000 })
+  const cjs = run(process.execPath, ['consumer.cjs'], { cwd: dir, env, timeout: 30000 })
   expectOk(cjs, 'consumer.cjs')
   const got = JSON.parse(cjs.stdout.trim().split('\n').pop())
   expect(got.resolved).toBe(path.join(dir, 'node_modules', 'sluice', 'lib', 'sluice.js'))
@@ -160,7 +165,7 @@ function checkConsumer(dir) {
   expect(got.seen).toEqual(['/feed'])
   expect(got.facade).toEqual({ type: 'function', WebSocketServer: 'function', OPEN: 1 })
 
-  const esm = run(process.execPath, ['consumer.mjs'], { cwd: dir, timeout: 30000 })
+  const esm = run(process.execPath, ['consumer.mjs'], { cwd: dir, env, timeout: 30000 })
   expectOk(esm, 'consumer.mjs')
   expect(JSON.parse(esm.stdout.trim())).toEqual({
     WebSocket: 'function',
@@ -170,13 +175,68 @@ function checkConsumer(dir) {
   })
 }
 
+// Types resolve through the package's "exports" (node16 resolution, as a TS user compiles).
+function checkTypes(dir) {
+  fs.writeFileSync(path.join(dir, 'check.mts'), [
+    "import { Server, Priority } from 'sluice'",
+    "import WebSocket, { WebSocketServer } from 'sluice/ws'",
+    "import { collectMetrics } from 'sluice/prometheus'",
+    "const s: Server = new Server({ port: 0 })",
+    's.broadcast("x", Priority.Low)',
+    'const n: number = WebSocket.OPEN',
+    'const names: string[] = collectMetrics(s, { register: { registerMetric() {}, removeSingleMetric() {}, getSingleMetric() {} } }).names',
+    'export { n, names, WebSocketServer }',
+    '',
+  ].join('\n'))
+  const tsc = run(process.execPath, [
+    path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '--noEmit', '--strict',
+    '--module', 'node16', '--moduleResolution', 'node16', '--target', 'es2020',
+    '--typeRoots', path.join(root, 'node_modules', '@types'), '--types', 'node', 'check.mts',
+  ], { cwd: dir, timeout: 60000 })
+  expect(tsc.out).toBe('')
+  expect(tsc.status).toBe(0)
+}
+
+// A PATH with node, sh and coreutils only, and a HOME without ~/.cargo: no Rust toolchain anywhere.
+function noRustEnv() {
+  const bin = path.join(work, 'bin-no-rust')
+  if (!fs.existsSync(bin)) {
+    fs.mkdirSync(bin)
+    fs.symlinkSync(process.execPath, path.join(bin, 'node'))
+    fs.symlinkSync('/bin/sh', path.join(bin, 'sh'))
+    for (const tool of ['cat', 'cp', 'chmod', 'env', 'ls', 'mkdir', 'mv', 'rm', 'ln', 'uname', 'id', 'tr', 'head', 'dirname', 'basename']) {
+      const file = ['/usr/bin', '/bin'].map((d) => path.join(d, tool)).find((f) => fs.existsSync(f))
+      if (file) fs.symlinkSync(file, path.join(bin, tool))
+    }
+  }
+  const home = path.join(work, 'home-no-rust')
+  fs.mkdirSync(home, { recursive: true })
+  const env = cleanEnv({ PATH: bin, HOME: home })
+  delete env.CARGO
+  delete env.CARGO_HOME
+  delete env.RUSTUP_HOME
+  delete env.RUSTC
+  const which = run('/bin/sh', ['-c', 'command -v cargo rustc rustup cc || true'], { env })
+  expect(which.stdout.trim()).toBe('')
+  return env
+}
+
 beforeAll(() => {
   work = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-pack-'))
   cargoTarget = path.join(work, 'cargo-target')
-  const r = npm(['pack', '--json', '--pack-destination', work], { cwd: root })
+  // SLUICE_PACK_PREBUILT=1 (the release workflow, testing a binary its build job made) passes through.
+  const prebuilt = process.env.SLUICE_PACK_PREBUILT === '1' ? { SLUICE_PACK_PREBUILT: '1' } : {}
+  const r = npm(['pack', '--json', '--pack-destination', work], { cwd: root, env: cleanEnv(prebuilt) })
   expectOk(r, 'npm pack')
   packed = JSON.parse(r.stdout)[0]
   tarball = path.join(work, packed.filename)
+  // The same package without the binary, as for a platform none is packed for.
+  const unpacked = path.join(work, 'unpacked')
+  fs.mkdirSync(unpacked)
+  expectOk(run('tar', ['-xzf', tarball, '-C', unpacked]), 'tar -x')
+  for (const f of fs.readdirSync(path.join(unpacked, 'package'))) if (f.endsWith('.node')) fs.rmSync(path.join(unpacked, 'package', f))
+  sourceTarball = path.join(work, `sluice-${rootPkg.version}-source.tgz`)
+  expectOk(run('tar', ['-czf', sourceTarball, '-C', unpacked, 'package']), 'tar -c')
 }, 120000)
 
 afterAll(() => {
@@ -214,9 +274,17 @@ test('npm pack: the tarball holds what install, build and require need, and noth
   // per-platform package dirs, and no .node binary (a binary from the packer's machine must not
   // ship by accident; prebuilt binaries go in the per-platform packages under npm/).
   const stray = files.filter((f) =>
-    /^(target|bench|__test__|node_modules|demo|reports|npm|\.ci|\.git)\//.test(f) ||
-    /\.node$/.test(f) || f === 'scripts/ensure-tools.sh' || /\.tgz$/.test(f))
+    /^(target|bench|__test__|node_modules|demo|reports|npm|examples|docs|\.ci|\.git|\.github)\//.test(f) ||
+    f === 'scripts/ensure-tools.sh' || f === 'scripts/prepack.js' || /\.tgz$/.test(f))
   expect(stray).toEqual([])
+  // One native binary: this platform's release build (what `npm run build` put next to index.js,
+  // and cargo's own output), in the layout the napi-rs loader tries first.
+  const binaries = files.filter((f) => f.endsWith('.node'))
+  expect(binaries).toHaveLength(1)
+  if (nativeName) expect(binaries).toEqual([nativeName])
+  const packedBinary = packed.files.find((f) => f.path === binaries[0])
+  expect(packedBinary.size).toBe(fs.statSync(path.join(root, binaries[0])).size)
+  expect(packed.size).toBeLessThan(8 << 20) // gzipped: ~2 MB with the binary
 
   // A plain `npm install <tarball>` needs nothing from a registry.
   expect(packed.name).toBe('sluice')
@@ -224,7 +292,40 @@ test('npm pack: the tarball holds what install, build and require need, and noth
   expect(rootPkg.scripts.install).toBe('node scripts/install.js')
 })
 
-test('installed with its install script allowed, it builds from source; sluice and sluice/ws work', () => {
+test('without a Rust toolchain, the packed binary installs in seconds: sluice, sluice/ws, sluice/prometheus, ESM, types', () => {
+  const env = noRustEnv()
+  const dir = newProject('consumer-prebuilt')
+  editPackageJson(dir, (pkg) => { pkg.allowScripts = { [`file:${tarball}`]: true } })
+  const t0 = Date.now()
+  const r = npm(['install', '--strict-allow-scripts', '--foreground-scripts', tarball], { cwd: dir, env, timeout: 120000 })
+  const seconds = (Date.now() - t0) / 1000
+  expectOk(r, 'npm install <tarball> without cargo')
+  console.log(`npm install <tarball> with the packed binary, no cargo on PATH: ${seconds.toFixed(1)} s`)
+  expect(seconds).toBeLessThan(60)
+  expect(r.out).not.toContain('building the native part')
+  expect(r.out).toContain('already in place') // the install script found the binary and built nothing
+  const pkgDir = path.join(dir, 'node_modules', 'sluice')
+  const binaries = fs.readdirSync(pkgDir).filter((f) => f.endsWith('.node'))
+  expect(binaries).toHaveLength(1)
+  expect(fs.readFileSync(path.join(pkgDir, binaries[0])).equals(fs.readFileSync(path.join(root, binaries[0])))).toBe(true)
+  checkConsumer(dir, env)
+  checkTypes(dir)
+
+  // sluice/prometheus resolves the project's prom-client (an optional peer dependency).
+  const probe = run(process.execPath, ['-e', `
+    const p = require('sluice/prometheus')
+    try { p.collectMetrics({ metrics() { return { cluster: null } } }) } catch (e) { console.log(e.code) }`], { cwd: dir, env })
+  expectOk(probe, 'sluice/prometheus without prom-client')
+  expect(probe.stdout.trim()).toBe('ERR_SLUICE_PROM_CLIENT_MISSING')
+
+  // With install scripts skipped the binary is there all the same.
+  const dir2 = newProject('consumer-prebuilt-ignore-scripts')
+  expectOk(npm(['install', '--ignore-scripts', tarball], { cwd: dir2, env }), 'npm install --ignore-scripts <tarball>')
+  checkConsumer(dir2, env)
+}, 240000)
+
+test('for a platform without a packed binary, with its install script allowed, it builds from source; sluice and sluice/ws work', () => {
+  const tarball = sourceTarball
   const dir = newProject('consumer-built')
   // npm 11 runs a dependency's install script only if "allowScripts" allows it (today an
   // unreviewed script still runs, with a warning; --strict-allow-scripts makes that an error, so
@@ -256,24 +357,7 @@ test('installed with its install script allowed, it builds from source; sluice a
   expect(fs.existsSync(path.join(cargoTarget, 'release'))).toBe(true) // SLUICE_CARGO_TARGET_DIR is kept
 
   checkConsumer(dir)
-
-  // Types resolve through the package's "exports" (node16 resolution, as a TS user compiles).
-  fs.writeFileSync(path.join(dir, 'check.mts'), [
-    "import { Server, Priority } from 'sluice'",
-    "import WebSocket, { WebSocketServer } from 'sluice/ws'",
-    "const s: Server = new Server({ port: 0 })",
-    's.broadcast("x", Priority.Low)',
-    'const n: number = WebSocket.OPEN',
-    'export { n, WebSocketServer }',
-    '',
-  ].join('\n'))
-  const tsc = run(process.execPath, [
-    path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '--noEmit', '--strict',
-    '--module', 'node16', '--moduleResolution', 'node16', '--target', 'es2020',
-    '--typeRoots', path.join(root, 'node_modules', '@types'), '--types', 'node', 'check.mts',
-  ], { cwd: dir, timeout: 60000 })
-  expect(tsc.out).toBe('')
-  expect(tsc.status).toBe(0)
+  checkTypes(dir)
 
   // Run again, the install script sees a loadable binary and does not build.
   const again = run(process.execPath, [path.join(pkgDir, 'scripts', 'install.js')], {
@@ -284,7 +368,8 @@ test('installed with its install script allowed, it builds from source; sluice a
   expect(again.stderr).toContain('already in place')
 }, 480000)
 
-test('installed with install scripts skipped: require throws ERR_SLUICE_NATIVE_MISSING; the fix it names works', () => {
+test('without a packed binary, installed with install scripts skipped: require throws ERR_SLUICE_NATIVE_MISSING; the fix it names works', () => {
+  const tarball = sourceTarball
   const dir = newProject('consumer-skipped')
   const r = npm(['install', '--ignore-scripts', tarball], { cwd: dir })
   expectOk(r, 'npm install --ignore-scripts <tarball>')
@@ -323,24 +408,12 @@ test('installed with install scripts skipped: require throws ERR_SLUICE_NATIVE_M
   checkConsumer(dir)
 }, 480000)
 
-test('without a Rust toolchain the build stops with a clear message (install.js and npm install)', () => {
+test('without a packed binary and without a Rust toolchain the build stops with a clear message (install.js and npm install)', () => {
+  const tarball = sourceTarball
   const dir = newProject('consumer-no-rust')
   expectOk(npm(['install', '--ignore-scripts', tarball], { cwd: dir }), 'npm install --ignore-scripts <tarball>')
   const pkgDir = path.join(dir, 'node_modules', 'sluice')
-
-  // A PATH with node and sh only, and a HOME without ~/.cargo: no cargo anywhere.
-  const bin = path.join(work, 'bin-no-rust')
-  fs.mkdirSync(bin)
-  fs.symlinkSync(process.execPath, path.join(bin, 'node'))
-  fs.symlinkSync('/bin/sh', path.join(bin, 'sh'))
-  const home = path.join(work, 'home-no-rust')
-  fs.mkdirSync(home)
-  const env = cleanEnv({ PATH: bin, HOME: home })
-  delete env.CARGO
-  delete env.CARGO_HOME
-  delete env.RUSTUP_HOME
-  const which = run('/bin/sh', ['-c', 'command -v cargo rustc || true'], { env })
-  expect(which.stdout.trim()).toBe('')
+  const env = noRustEnv()
 
   const direct = run(process.execPath, [path.join(pkgDir, 'scripts', 'install.js')], { cwd: dir, env })
   expect(direct.status).toBe(1)
@@ -369,7 +442,7 @@ test('without a Rust toolchain the build stops with a clear message (install.js 
 test('install.js: the default temporary target dir is removed after a build, and after a failed one', () => {
   if (!builtBinary) throw new Error('needs the binary built by the install test above')
   const dir = newProject('consumer-fake-cargo')
-  expectOk(npm(['install', '--ignore-scripts', tarball], { cwd: dir }), 'npm install --ignore-scripts <tarball>')
+  expectOk(npm(['install', '--ignore-scripts', sourceTarball], { cwd: dir }), 'npm install --ignore-scripts <tarball>')
   const pkgDir = path.join(dir, 'node_modules', 'sluice')
   const tmp = path.join(work, 'tmp-fake-cargo')
   fs.mkdirSync(tmp)

@@ -14,6 +14,8 @@
  * and measure end-to-end latency (broadcast() call -> client 'message' handler).
  *
  *   node demo/lobby.js [--clients 3000] [--stalled 5] [--duration 30] [--workers 1] ...
+ *
+ * It also serves a live dashboard (demo/dashboard.js): open the URL it prints at start.
  *   node demo/lobby.js --help
  */
 
@@ -46,6 +48,8 @@ const FLAGS = {
   'pong-timeout': [10000, 'sluice pongTimeout (ms)'],
   threads: [0, 'sluice runtime threads; 0 = sluice default'],
   'shutdown-timeout': [3000, 'ms server.close() waits for close handshakes before terminating the rest'],
+  dashboard: [1, 'serve the live dashboard page (demo/dashboard.html) on 127.0.0.1: 1 = yes, 0 = no'],
+  'dashboard-port': [0, 'port of the dashboard page; 0 = a free port (its URL is printed at start)'],
 }
 
 function usage() {
@@ -148,6 +152,13 @@ async function main() {
   if (opts.threads > 0) serverOptions.threads = opts.threads
   const server = new Server(serverOptions)
   const { port } = await server.listen()
+  const dashboard = opts.dashboard
+    ? await require('./dashboard').startDashboard({
+        server,
+        port: opts['dashboard-port'],
+        label: (conn, req) => (/[?&]role=stalled\b/.test(req.url) ? 'stalled' : 'player'),
+      })
+    : null
   const t0 = process.hrtime.bigint()
   const elapsed = () => Number(process.hrtime.bigint() - t0) / 1e9
 
@@ -195,6 +206,7 @@ async function main() {
            cli lag = worst event-loop delay of the client process(es) in the last second (their e2e numbers include it)`)
   console.log(`  fd limit: ${lim ? `${lim.soft} (hard ${lim.hard})` : 'unknown'}, need ~${fdNeed}; cores: ${require('os').cpus().length}; duration: ${opts.duration ? `${opts.duration} s` : 'until Ctrl-C'}`)
   for (const w of warnings) console.log(`  WARNING: ${w}`)
+  if (dashboard) console.log(`  dashboard: ${dashboard.url} (live, once a second; Prometheus metrics at ${dashboard.url}metrics)`)
   console.log('')
 
   // ---- server-side bookkeeping
@@ -526,6 +538,7 @@ async function main() {
     }
     loopAll.disable()
     loopSec.disable()
+    if (dashboard) await dashboard.close()
     summary(snapshotBeforeClose)
     process.exitCode = 0
   }

@@ -4,7 +4,10 @@
 # - chromium (Debian package), the headless browser __test__/browser.test.js drives through
 #   playwright-core;
 # - redis-server (Debian package, Redis >= 7 for sharded pub/sub), which __test__/cluster.test.js
-#   starts on free ports (standalone servers and a 3-node Redis Cluster, with redis-cli).
+#   starts on free ports (standalone servers and a 3-node Redis Cluster, with redis-cli);
+# - prometheus (Debian package), for its promtool: __test__/prometheus.test.js checks the
+#   collector's exposition (`promtool check metrics`) and examples/prometheus/alerts.yml
+#   (`promtool check rules`, `promtool test rules`). The Prometheus server itself is not started.
 # Debian packages are installed with apt-get as root (or through sudo), after one shared
 # `apt-get update`. Idempotent; called by `npm test`.
 set -euo pipefail
@@ -19,9 +22,10 @@ command -v chromium >/dev/null 2>&1 || missing+=("chromium")
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
   missing+=("redis-server")
 fi
+command -v promtool >/dev/null 2>&1 || missing+=("prometheus")
 
 if [ "${#missing[@]}" -gt 0 ]; then
-  need="the Debian package(s) ${missing[*]} (chromium: __test__/browser.test.js; redis-server: __test__/cluster.test.js)"
+  need="the Debian package(s) ${missing[*]} (chromium: __test__/browser.test.js and dashboard.test.js; redis-server: __test__/cluster.test.js; prometheus: promtool for __test__/prometheus.test.js)"
   if [ "$(id -u)" -eq 0 ]; then
     as_root=""
   elif command -v sudo >/dev/null 2>&1; then
