@@ -134,11 +134,15 @@ function parseFlags(argv) {
     else if (a === '--adapters') f.adapters = list(argv[++i], ADAPTERS, 'adapters')
     else if (a === '--out-dir') f.outDir = argv[++i]
     else if (a === '--warmup-s') f.warmupS = Number(argv[++i])
+    else if (a === '--sluice-options') {
+      f.sluiceOptions = argv[++i]
+      JSON.parse(f.sluiceOptions) // fail early on bad JSON
+    }
     else if (a === '--tag') {
       f.tag = argv[++i]
       if (!f.tag || !/^[A-Za-z0-9_.-]+$/.test(f.tag)) throw new Error('--tag needs a name of letters, digits, . _ -')
     } else if (a === '--help' || a === '-h') {
-      process.stdout.write('usage: node bench/run.js [--quick] [--scenarios a,b] [--adapters a,b] [--out-dir DIR] [--warmup-s W] [--tag T]\n')
+      process.stdout.write('usage: node bench/run.js [--quick] [--scenarios a,b] [--adapters a,b] [--out-dir DIR] [--warmup-s W] [--tag T] [--sluice-options JSON]\n')
       process.exit(0)
     } else throw new Error(`unknown argument ${a}`)
   }
@@ -367,6 +371,10 @@ async function runOne(adapter, scenario, sc, flags, rawDir, variant = null) {
   if (adapter === 'sluice-conflation' && !variant) adapterArgs.push('--keys', String(sc.keys))
   if (scenario === 'conflation') adapterArgs.push('--laggards', String(LAGGARDS))
   if (setup) adapterArgs.push(...setup.adapterArgs)
+  // --sluice-options JSON: more new Server() options for the sluice adapters (a threads/nice sweep).
+  if (flags.sluiceOptions && adapter.startsWith('sluice') && !adapterArgs.includes('--server-options')) {
+    adapterArgs.push('--server-options', flags.sluiceOptions)
+  }
   // The hard limit may be below 65536 (it is 20000 on the reference machine): then take the hard
   // limit (adapterCmd, below).
 
@@ -1505,6 +1513,7 @@ async function main() {
   md.push('')
   md.push(mdTable(['scenario', 'clients', 'probes', 'payload / interval', 'warmup', 'window', 'what'], paramRows))
   md.push('')
+  if (flags.sluiceOptions) md.push(`**Non-default sluice options in this run** (\`--sluice-options\`): \`${flags.sluiceOptions}\`.`, '')
   md.push(`Every adapter runs with maxBufferedAmount / maxBackpressure / guard limit ${MAX_BUFFERED} B where it has one; other options are each library's defaults. Adapters: sluice (\`server.broadcast(buf)\`, Normal priority), ws-naive (\`wss.clients.forEach(c => c.send(buf))\`), ws-guarded (same, terminating a client whose bufferedAmount exceeds ${MAX_BUFFERED} B), uws (uWebSockets.js: \`app.publish('lobby', buf, true)\` with maxBackpressure ${MAX_BUFFERED} and closeOnBackpressureLimit), floor (not Node: bench/loadgen's \`floor\` binary, one thread calling \`write(2)\` with one pre-built frame on every socket, no WebSocket library, no policy; its JS figures are n/a). Each adapter is started with \`ulimit -n 65536\` (or the hard limit if lower) and, the Node ones, \`node --expose-gc\` (gc() is called only before the idle scenario's two memory readings).`)
   md.push('')
   md.push('How each figure is measured:')

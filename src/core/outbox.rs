@@ -67,7 +67,6 @@ impl Drops {
     pub(crate) fn total(&self) -> u64 {
         self.frames.iter().sum()
     }
-    #[cfg(test)]
     pub(crate) fn merge(&mut self, other: Drops) {
         for i in 0..3 {
             self.frames[i] += other.frames[i];

@@ -10,6 +10,11 @@
 //! after each job, so the writers it woke run before it fans out the next broadcast: a burst is
 //! spread to the sockets as it is queued rather than piling up in the outboxes.
 //!
+//! **Shards.** A broadcast to many connections (at least [`SHARD_MIN`] per shard) is split among
+//! the worker threads: one shard runs on the fan-out task, the others as tasks of their own that
+//! the idle workers pick up, and the job is done when all are. Each connection is in one shard,
+//! and the next job starts only after the last shard, so the order below holds as with one.
+//!
 //! **Order.** Everything JavaScript does to connections takes effect in the order it was called.
 //! While broadcast jobs are waiting in the channel, `conn.send`, `conn.close` and `server.close`
 //! are sent down the same channel behind them, so `broadcast(a); conn.send(b)` delivers `a` then
@@ -464,13 +469,90 @@ fn count_lost(outcome: Outcome, frame: &Frame, priority: Priority, lost: &mut Dr
     }
 }
 
+/// Fewest recipients per shard: below it, waking another worker costs more than it saves. (Tests
+/// use a handful, so that a few connections are enough to shard a broadcast.)
+pub(crate) const SHARD_MIN: usize = if cfg!(test) { 4 } else { 1024 };
+
+/// How many shards a fan-out to `recipients` connections is split into with `threads` workers.
+pub(crate) fn shard_count(threads: usize, recipients: usize) -> usize {
+    (recipients / SHARD_MIN).clamp(1, threads.max(1))
+}
+
+/// One broadcast's deliveries, as each shard needs them.
+#[derive(Clone)]
+struct Deliveries {
+    frame: Frame,
+    priority: Priority,
+    except: Except,
+    /// A numbered message and its topic: a connection whose resume replayed it skips it.
+    numbered: Option<(Arc<str>, Numbered)>,
+    now: Instant,
+}
+
+impl Deliveries {
+    /// Queues the frame to each of `conns` (written at once where the writer is idle), recording
+    /// what each recipient's backlog was into `stats`.
+    fn run(&self, conns: &[Arc<Conn>], stats: &mut ShardStats) {
+        stats.reset();
+        for conn in conns {
+            if self.except.skips(conn.id) {
+                continue;
+            }
+            if let Some((t, n)) = &self.numbered {
+                if conn.replayed(t, n) {
+                    continue;
+                }
+            }
+            // The backlog this message joins: 0 for a client that keeps up.
+            stats
+                .buffered
+                .saturating_record(conn.buffered_amount() as u64);
+            let (outcome, oldest) = conn.deliver_sampled(self.frame.clone(), self.priority);
+            let lag = oldest.map_or(0, |b| self.now.saturating_duration_since(b).as_millis());
+            stats.lag_ms.saturating_record(lag as u64);
+            count_lost(outcome, &self.frame, self.priority, &mut stats.lost);
+        }
+    }
+}
+
+/// What one shard of a broadcast recorded.
+struct ShardStats {
+    buffered: Histogram<u64>,
+    lag_ms: Histogram<u64>,
+    lost: Drops,
+}
+
+impl ShardStats {
+    fn new() -> Self {
+        Self {
+            buffered: new_histogram(),
+            lag_ms: new_histogram(),
+            lost: Drops::default(),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.buffered.reset();
+        self.lag_ms.reset();
+        self.lost = Drops::default();
+    }
+
+    fn merge(&mut self, other: &ShardStats) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.buffered.add(&other.buffered);
+        let _ = self.lag_ms.add(&other.lag_ms);
+        self.lost.merge(other.lost);
+    }
+}
+
 async fn run(
     server: Arc<ServerShared>,
     mut rx: mpsc::UnboundedReceiver<(Job, usize)>,
     backlog: Arc<Backlog>,
 ) {
-    let mut buffered: Histogram<u64> = new_histogram();
-    let mut lag_ms: Histogram<u64> = new_histogram();
+    let mut mine = ShardStats::new();
+    // The other shards' stats, reused from one broadcast to the next.
+    let mut spare: Vec<ShardStats> = Vec::new();
     let mut recipients: Vec<Arc<Conn>> = Vec::new();
     while let Some((job, cost)) = rx.recv().await {
         let fanned_out = matches!(job, Job::Broadcast { .. });
@@ -488,28 +570,46 @@ async fn run(
                     Target::All => server.snapshot_all(&mut recipients),
                     Target::Topic(t) => server.snapshot_topic(t, &mut recipients),
                 }
-                buffered.reset();
-                lag_ms.reset();
-                let now = Instant::now();
-                let mut lost = Drops::default();
-                for conn in recipients.drain(..) {
-                    if except.skips(conn.id) {
-                        continue;
-                    }
-                    if let (Some(n), Target::Topic(t)) = (&numbered, &target) {
-                        if conn.replayed(t, n) {
-                            continue;
-                        }
-                    }
-                    // The backlog this message joins: 0 for a client that keeps up.
-                    buffered.saturating_record(conn.buffered_amount() as u64);
-                    let (outcome, oldest) = conn.deliver_sampled(frame.clone(), priority);
-                    let lag = oldest.map_or(0, |b| now.saturating_duration_since(b).as_millis());
-                    lag_ms.saturating_record(lag as u64);
-                    count_lost(outcome, &frame, priority, &mut lost);
+                let topic = match &target {
+                    Target::Topic(t) => Some(t.clone()),
+                    Target::All => None,
+                };
+                let b = Deliveries {
+                    frame,
+                    priority,
+                    except,
+                    numbered: topic.zip(numbered),
+                    now: Instant::now(),
+                };
+                // A large fan-out is shared among the workers (one shard each, the first on this
+                // task); every shard is done before the next job, so each connection still
+                // gets everything in call order.
+                let n = shard_count(server.config.threads, recipients.len());
+                let chunk = recipients.len().div_ceil(n);
+                let mut others = Vec::with_capacity(n - 1);
+                for _ in 1..n {
+                    let conns = recipients.split_off(recipients.len().saturating_sub(chunk));
+                    let mut stats = spare.pop().unwrap_or_else(ShardStats::new);
+                    let b = b.clone();
+                    others.push(tokio::spawn(async move {
+                        b.run(&conns, &mut stats);
+                        stats
+                    }));
                 }
-                server.metrics.add_drops(&lost);
-                server.metrics.set_samples(&buffered, &lag_ms);
+                b.run(&recipients, &mut mine);
+                recipients.clear();
+                for h in others {
+                    match h.await {
+                        Ok(stats) => {
+                            mine.merge(&stats);
+                            spare.push(stats);
+                        }
+                        // A shard panicked: a bug, already reported by the runtime.
+                        Err(e) => tracing::error!(error = %e, "fan-out shard failed"),
+                    }
+                }
+                server.metrics.add_drops(&mine.lost);
+                server.metrics.set_samples(&mine.buffered, &mine.lag_ms);
             }
             Job::Send {
                 conn,

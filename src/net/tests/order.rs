@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::config::Config;
 use crate::core::policy::Priority;
-use crate::net::fanout::{Admitted, Stamp, Target, JOB_OVERHEAD};
+use crate::net::fanout::{shard_count, Admitted, Except, Stamp, Target, JOB_OVERHEAD, SHARD_MIN};
 use crate::net::testkit::{config, frame_len, text, Harness, Seen, WAIT};
 use crate::wire::frame::OpCode;
 
@@ -196,5 +196,65 @@ fn a_broadcast_behind_a_close_is_not_sent_and_counted_as_dropped() {
             m.dropped_bytes.load(std::sync::atomic::Ordering::Relaxed),
             frame_len(6) as u64
         );
+    });
+}
+
+#[test]
+fn a_broadcast_shared_among_the_workers_keeps_each_connections_order() {
+    // Enough connections for one shard per worker (two): each connection gets every broadcast,
+    // in call order, with the direct sends and closes made between them in their places; a
+    // connection excluded by `except` gets nothing of that broadcast, whichever shard it is in.
+    const ROUNDS: usize = 40;
+    let h = Harness::start(config());
+    h.run(async {
+        let mut clients = Vec::new();
+        for _ in 0..3 * SHARD_MIN {
+            clients.push(h.connect().await);
+        }
+        assert_eq!(shard_count(h.server.config.threads, clients.len()), 2);
+        let skipped = clients[clients.len() - 1].1.id;
+        for r in 0..ROUNDS {
+            let stamp = Stamp {
+                except: Except::from_ids(vec![skipped]),
+                ..Stamp::default()
+            };
+            let (admitted, _) = h.server.fanout().broadcast(
+                &h.server,
+                format!("{r}").as_bytes(),
+                OpCode::Text,
+                Priority::Normal,
+                Target::All,
+                if r % 2 == 0 { stamp } else { Stamp::default() },
+            );
+            assert_ne!(admitted, Admitted::Refused);
+            assert!(clients[r % clients.len()]
+                .1
+                .send_ordered(text(&format!("{r}.direct")), Priority::Normal));
+        }
+        assert!(clients[0].1.close_ordered(1000, "done"));
+        for (i, (client, conn)) in clients.iter_mut().enumerate() {
+            let mut want = Vec::new();
+            for r in 0..ROUNDS {
+                if !(conn.id == skipped && r % 2 == 0) {
+                    want.push(format!("{r}"));
+                }
+                if r % (3 * SHARD_MIN) == i {
+                    want.push(format!("{r}.direct"));
+                }
+            }
+            let mut got = Vec::new();
+            if i == 0 {
+                let (frames, close) = client.until_close().await;
+                got.extend(frames.iter().map(|f| f.text()));
+                assert_eq!(close, (1000, "done".to_string()));
+            } else {
+                while got.len() < want.len() {
+                    got.push(client.next().await.text());
+                }
+            }
+            assert_eq!(got, want, "connection {i}");
+        }
+        until_idle(&h).await;
+        assert_eq!(h.terminated(), vec![]);
     });
 }
