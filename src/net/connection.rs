@@ -98,7 +98,8 @@ pub(crate) struct Conn {
     pub(crate) replaced: std::sync::atomic::AtomicU64,
     /// Queued frames whose `ttl` ran out before they were written.
     pub(crate) expired: std::sync::atomic::AtomicU64,
-    /// Bytes handed to the kernel over the connection's life. Added to by the writer alone; read
+    /// Bytes handed to the kernel over the connection's life. Added to by whoever holds
+    /// `writing` (the writer task, or the fan-out writing inline); read
     /// by the reader for its pong-timeout estimate of what the peer acknowledged ([`Conn::acked`]).
     /// Relaxed: it publishes no other memory.
     written: std::sync::atomic::AtomicU64,
@@ -605,11 +606,20 @@ impl Conn {
     }
 
     /// Writes what the socket takes at once of the HTTP response head (the 101), before the
-    /// writer starts; returns how many bytes it took (0 if it would block).
+    /// writer starts; returns how many bytes it took (0 if it would block). Called on the accept
+    /// thread right after the socket was registered with the workers' reactor, which has not
+    /// polled it yet: tokio's `try_write` would see no write readiness and not even try, so this
+    /// is a plain `send(2)` (`MSG_NOSIGNAL` on Linux: a peer gone already is an error, never a
+    /// signal).
     pub(crate) fn write_head_now(&self, mut bytes: &[u8]) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        const FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+        #[cfg(not(target_os = "linux"))]
+        const FLAGS: libc::c_int = 0;
         let all = bytes.len();
+        let sock = SockRef::from(&self.sock);
         while !bytes.is_empty() {
-            match self.sock.try_write(bytes) {
+            match sock.send_with_flags(bytes, FLAGS) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => bytes = &bytes[n..],
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -696,7 +706,7 @@ impl Conn {
     }
 
     /// Wakes the writer for frames just queued, or, from the fan-out, writes them at once: when
-    /// the writer task is idle and the socket takes the frames, one vectored write here saves
+    /// the writer task is idle and the socket takes the frames, one write here saves
     /// the task's wake-up, its scheduling and a second pass over the outbox. Anything the
     /// kernel does not take (or a lagging wait, or more than one write's worth) is left to the
     /// writer task, woken for it.

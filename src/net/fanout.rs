@@ -11,8 +11,8 @@
 //! spread to the sockets as it is queued rather than piling up in the outboxes.
 //!
 //! **Shards.** A broadcast to many connections (at least [`SHARD_MIN`] per shard) is split among
-//! the worker threads: one shard runs on the fan-out task, the others as tasks of their own that
-//! the idle workers pick up, and the job is done when all are. Each connection is in one shard,
+//! the worker threads, each shard a task of its own that an idle worker picks up, and the job is
+//! done when all are. Each connection is in one shard,
 //! and the next job starts only after the last shard, so the order below holds as with one.
 //!
 //! **Order.** Everything JavaScript does to connections takes effect in the order it was called.
@@ -478,6 +478,9 @@ pub(crate) fn shard_count(threads: usize, recipients: usize) -> usize {
     (recipients / SHARD_MIN).clamp(1, threads.max(1))
 }
 
+/// Recipients a shard writes to between two yields: at a few µs per `write`, about a millisecond.
+const YIELD_EVERY: usize = 256;
+
 /// One broadcast's deliveries, as each shard needs them.
 #[derive(Clone)]
 struct Deliveries {
@@ -491,10 +494,15 @@ struct Deliveries {
 
 impl Deliveries {
     /// Queues the frame to each of `conns` (written at once where the writer is idle), recording
-    /// what each recipient's backlog was into `stats`.
-    fn run(&self, conns: &[Arc<Conn>], stats: &mut ShardStats) {
+    /// what each recipient's backlog was into `stats`. Yields every [`YIELD_EVERY`] recipients:
+    /// the readers, timers and writers of this thread's other tasks do not wait for a whole
+    /// fan-out's writes (the next job waits for this one, so order holds).
+    async fn run(&self, conns: &[Arc<Conn>], stats: &mut ShardStats) {
         stats.reset();
-        for conn in conns {
+        for (i, conn) in conns.iter().enumerate() {
+            if i > 0 && i % YIELD_EVERY == 0 {
+                tokio::task::yield_now().await;
+            }
             if self.except.skips(conn.id) {
                 continue;
             }
@@ -550,7 +558,8 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<(Job, usize)>,
     backlog: Arc<Backlog>,
 ) {
-    let mut mine = ShardStats::new();
+    // One broadcast's stats: its only shard's, or the sum of its shards'.
+    let mut total = ShardStats::new();
     // The other shards' stats, reused from one broadcast to the next.
     let mut spare: Vec<ShardStats> = Vec::new();
     let mut recipients: Vec<Arc<Conn>> = Vec::new();
@@ -581,35 +590,45 @@ async fn run(
                     numbered: topic.zip(numbered),
                     now: Instant::now(),
                 };
-                // A large fan-out is shared among the workers (one shard each, the first on this
-                // task); every shard is done before the next job, so each connection still
-                // gets everything in call order.
+                // A large fan-out is shared among the workers, one shard each; every shard is
+                // done before the next job, so each connection still gets everything in call
+                // order.
                 let n = shard_count(server.config.threads, recipients.len());
-                let chunk = recipients.len().div_ceil(n);
-                let mut others = Vec::with_capacity(n - 1);
-                for _ in 1..n {
-                    let conns = recipients.split_off(recipients.len().saturating_sub(chunk));
-                    let mut stats = spare.pop().unwrap_or_else(ShardStats::new);
-                    let b = b.clone();
-                    others.push(tokio::spawn(async move {
-                        b.run(&conns, &mut stats);
-                        stats
-                    }));
-                }
-                b.run(&recipients, &mut mine);
-                recipients.clear();
-                for h in others {
-                    match h.await {
-                        Ok(stats) => {
-                            mine.merge(&stats);
-                            spare.push(stats);
+                total.reset();
+                if n == 1 {
+                    b.run(&recipients, &mut total).await;
+                    recipients.clear();
+                } else {
+                    let chunk = recipients.len().div_ceil(n);
+                    let mut shards = Vec::with_capacity(n);
+                    while !recipients.is_empty() {
+                        let conns = recipients.split_off(recipients.len().saturating_sub(chunk));
+                        let mut stats = spare.pop().unwrap_or_else(ShardStats::new);
+                        let b = b.clone();
+                        // Every shard is a task of its own and the fan-out only waits: a task
+                        // spawned from a worker goes to that worker's LIFO slot, which no other
+                        // worker steals from, until the next spawn pushes it out to the shared
+                        // queue (waking a parked worker). A shard run here would hold the last
+                        // one spawned behind it.
+                        shards.push(tokio::spawn(async move {
+                            b.run(&conns, &mut stats).await;
+                            stats
+                        }));
+                    }
+                    for h in shards {
+                        match h.await {
+                            Ok(stats) => {
+                                total.merge(&stats);
+                                spare.push(stats);
+                            }
+                            // A shard panicked: a bug, already reported by the runtime; its
+                            // remaining recipients got nothing and are not counted.
+                            Err(e) => tracing::error!(error = %e, "fan-out shard failed"),
                         }
-                        // A shard panicked: a bug, already reported by the runtime.
-                        Err(e) => tracing::error!(error = %e, "fan-out shard failed"),
                     }
                 }
-                server.metrics.add_drops(&mine.lost);
-                server.metrics.set_samples(&mine.buffered, &mine.lag_ms);
+                server.metrics.add_drops(&total.lost);
+                server.metrics.set_samples(&total.buffered, &total.lag_ms);
             }
             Job::Send {
                 conn,

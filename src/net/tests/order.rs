@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::core::config::Config;
 use crate::core::policy::Priority;
 use crate::net::fanout::{shard_count, Admitted, Except, Stamp, Target, JOB_OVERHEAD, SHARD_MIN};
-use crate::net::testkit::{config, frame_len, text, Harness, Seen, WAIT};
+use crate::net::testkit::{config, frame_len, text, Client, ClientOptions, Harness, Seen, WAIT};
 use crate::wire::frame::OpCode;
 
 fn one_worker() -> Config {
@@ -256,5 +256,26 @@ fn a_broadcast_shared_among_the_workers_keeps_each_connections_order() {
         }
         until_idle(&h).await;
         assert_eq!(h.terminated(), vec![]);
+    });
+}
+
+#[test]
+fn a_new_client_gets_its_101_while_every_worker_is_busy() {
+    // The accept thread registers the connection and writes its 101 itself: a fan-out (or
+    // anything else) keeping the workers busy does not delay a new client's handshake. The
+    // connection's tasks start once a worker is free, and then it works like any other.
+    let h = Harness::start(one_worker());
+    h.run(async {
+        let blocked = h.block_workers();
+        let t = Instant::now();
+        let mut c = Client::connect(h.addr, ClientOptions::default()).await;
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "the 101 took {took:?} with the workers blocked"
+        );
+        blocked.release();
+        assert_ne!(broadcast(&h, "after"), Admitted::Refused);
+        assert_eq!(c.next().await.text(), "after");
     });
 }
