@@ -1109,3 +1109,65 @@ impl Write for Io<'_> {
         Ok(())
     }
 }
+
+/// Sizes of a connection's parts, for the memory test (`tests/memory.rs`): the futures are made
+/// and dropped unpolled.
+#[cfg(test)]
+pub(crate) fn part_sizes(conn: &Arc<Conn>) -> Vec<(&'static str, usize)> {
+    use std::mem::{size_of, size_of_val};
+    let run = conn.clone().run(Vec::new());
+    let read = conn.read_loop(Vec::new());
+    let write = conn.clone().write_loop();
+    let cfg = &conn.server.config;
+    let mut kill = conn.kill.subscribe();
+    let killed_fut = killed(&mut kill);
+    let notified = conn.reader_wake.notified();
+    let readable = conn.sock.readable();
+    let sizes = vec![
+        ("select branch: killed future", size_of_val(&killed_fut)),
+        ("select branch: Sleep", size_of::<tokio::time::Sleep>()),
+        ("select branch: Notified", size_of_val(&notified)),
+        ("select branch: readable future", size_of_val(&readable)),
+    ];
+    drop((killed_fut, notified, readable));
+    let mut v = vec![
+        ("Conn", size_of::<Conn>()),
+        ("ConnState (in Conn)", size_of::<ConnState>()),
+        (
+            "Outbox (in ConnState)",
+            size_of::<crate::core::outbox::Outbox>(),
+        ),
+        (
+            "Lifecycle (in ConnState)",
+            size_of::<crate::core::lifecycle::Lifecycle>(),
+        ),
+        (
+            "replayed: Mutex<HashMap> (in Conn)",
+            size_of_val(&conn.replayed),
+        ),
+        (
+            "resuming: Mutex<HashSet> (in Conn)",
+            size_of_val(&conn.resuming),
+        ),
+        (
+            "topics: Mutex<HashSet> (in Conn)",
+            size_of_val(&conn.topics),
+        ),
+        ("sock: TcpStream (in Conn)", size_of_val(&conn.sock)),
+        ("Notify (in Conn, x2)", size_of::<Notify>()),
+        ("watch::Sender (in Conn)", size_of_val(&conn.kill)),
+        ("run future", size_of_val(&run)),
+        ("read_loop future", size_of_val(&read)),
+        ("write_loop future", size_of_val(&write)),
+        (
+            "WebSocketContext (in read_loop)",
+            size_of_val(&crate::net::inbound::context(cfg, Vec::new())),
+        ),
+        (
+            "Inbound (in read_loop)",
+            size_of::<crate::net::inbound::Inbound>(),
+        ),
+    ];
+    v.extend(sizes);
+    v
+}
