@@ -28,7 +28,7 @@ const CONNS: usize = 1000;
 const WARM: usize = 100;
 /// What an idle connection may keep on the Rust heap, in bytes, malloc's own overhead included
 /// (16-byte chunks with an 8-byte header on glibc).
-const HEAP_BOUND: f64 = 6200.0;
+const HEAP_BOUND: f64 = 4500.0;
 
 /// What glibc's malloc takes for an allocation of `n` bytes: the size and an 8-byte header,
 /// rounded up to 16, at least 32.
