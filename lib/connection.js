@@ -9,7 +9,8 @@ const { toPriority, toBytes, toTopic, controlPayload, validCloseCode } = require
 const { toMessageOptions } = require('./options')
 
 /** Inbound events the native side passes on only while JavaScript listens (interest bits). */
-const INTEREST = { message: Interest.Message, ping: Interest.Ping, pong: Interest.Pong }
+const INTEREST = { __proto__: null, message: Interest.Message, ping: Interest.Ping, pong: Interest.Pong }
+const INTEREST_EVENTS = Object.keys(INTEREST)
 
 /**
  * One open WebSocket connection of a `Server` (its `'connection'` event). Inbound messages,
@@ -43,22 +44,65 @@ class Connection extends EventEmitter {
     this._peerClosed = false
     // The native side starts with messages on, so that none is lost before the 'connection'
     // handlers have added their listeners; `_syncInterest` then tells it what is listened to.
+    // Listeners are seen by the overrides of EventEmitter's methods below (on the prototype: no
+    // per-connection 'newListener' / 'removeListener' listeners and their closures).
     this._interest = 0
     this._nativeInterest = INTEREST.message
-    this.on('newListener', (event) => {
-      const bit = INTEREST[event]
-      if (bit && !(this._interest & bit)) {
-        this._interest |= bit
-        this._syncInterest()
-      }
-    })
-    this.on('removeListener', (event) => {
-      const bit = INTEREST[event]
-      if (bit && this.listenerCount(event) === 0) {
+  }
+
+  /** A listener for `event` was added. */
+  _listened(event) {
+    const bit = INTEREST[event]
+    if (bit && !(this._interest & bit)) {
+      this._interest |= bit
+      this._syncInterest()
+    }
+  }
+
+  /** Listeners for `event` (every event, for `undefined`) may have been removed. */
+  _unlistened(event) {
+    for (const name of event === undefined ? INTEREST_EVENTS : [event]) {
+      const bit = INTEREST[name]
+      if (bit && this._interest & bit && this.listenerCount(name) === 0) {
         this._interest &= ~bit
         this._syncInterest()
       }
-    })
+    }
+  }
+
+  // `once` and `prependOnceListener` add through `on` / `prependListener`, and a once-listener
+  // that fires removes itself through `removeListener`: these cover every way in and out.
+  on(event, listener) {
+    super.on(event, listener)
+    this._listened(event)
+    return this
+  }
+
+  addListener(event, listener) {
+    return this.on(event, listener)
+  }
+
+  prependListener(event, listener) {
+    super.prependListener(event, listener)
+    this._listened(event)
+    return this
+  }
+
+  removeListener(event, listener) {
+    super.removeListener(event, listener)
+    this._unlistened(event)
+    return this
+  }
+
+  off(event, listener) {
+    return this.removeListener(event, listener)
+  }
+
+  removeAllListeners(event) {
+    if (arguments.length === 0) super.removeAllListeners()
+    else super.removeAllListeners(event)
+    this._unlistened(event)
+    return this
   }
 
   /** Tells the native side which inbound events to pass on (none: they never wake this thread). */

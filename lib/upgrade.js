@@ -25,13 +25,39 @@ function flatHeaders(headers) {
   return out
 }
 
-/** Completes the request object of sluice's own listener with the `IncomingMessage` fields
- * applications read most: `method`, `rawHeaders`, `socket.remoteAddress` / `remotePort`. */
+/** An own data property, as an assignment to a plain object would make it. */
+function setOwn(obj, name, value) {
+  Object.defineProperty(obj, name, { value, writable: true, enumerable: true, configurable: true })
+  return value
+}
+
+/**
+ * The prototype of the request objects of sluice's own listener: the `IncomingMessage` fields
+ * applications read most, `method`, `rawHeaders` and `socket.remoteAddress` / `remotePort`, made
+ * on first access (then own properties, as before), so that a connection whose request is never
+ * read does not keep them (about 250 bytes of JS heap each).
+ */
+const ownRequestPrototype = {
+  __proto__: Object.prototype,
+  [kOwnRequest]: true,
+  method: 'GET',
+  get rawHeaders() {
+    return setOwn(this, 'rawHeaders', flatHeaders(this.headers))
+  },
+  set rawHeaders(value) {
+    setOwn(this, 'rawHeaders', value)
+  },
+  get socket() {
+    return setOwn(this, 'socket', { remoteAddress: this.remoteAddress, remotePort: this.remotePort })
+  },
+  set socket(value) {
+    setOwn(this, 'socket', value)
+  },
+}
+
+/** Completes the request object of sluice's own listener (see `ownRequestPrototype`). */
 function ownRequest(request) {
-  request[kOwnRequest] = true
-  request.method = 'GET'
-  request.rawHeaders = flatHeaders(request.headers)
-  request.socket = { remoteAddress: request.remoteAddress, remotePort: request.remotePort }
+  Object.setPrototypeOf(request, ownRequestPrototype)
   return request
 }
 

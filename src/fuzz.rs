@@ -652,6 +652,8 @@ unsafe impl GlobalAlloc for CountingAlloc {
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             track(layout.size() as isize);
+            #[cfg(test)]
+            by_size::record(layout.size(), 1);
         }
         p
     }
@@ -660,6 +662,8 @@ unsafe impl GlobalAlloc for CountingAlloc {
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
             track(layout.size() as isize);
+            #[cfg(test)]
+            by_size::record(layout.size(), 1);
         }
         p
     }
@@ -668,12 +672,19 @@ unsafe impl GlobalAlloc for CountingAlloc {
         // this wrapper to `System`).
         unsafe { System.dealloc(ptr, layout) };
         track(-(layout.size() as isize));
+        #[cfg(test)]
+        by_size::record(layout.size(), -1);
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: as in `dealloc`; `new_size` is the caller's, valid for `layout.align()`.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             track(new_size as isize - layout.size() as isize);
+            #[cfg(test)]
+            {
+                by_size::record(layout.size(), -1);
+                by_size::record(new_size, 1);
+            }
         }
         p
     }
@@ -874,5 +885,30 @@ pub fn mutate(rng: &mut Rng, input: &mut Vec<u8>, other: &[u8], dict: &[&[u8]], 
             }
         }
         input.truncate(max_len);
+    }
+}
+
+/// Allocations by exact size, counted across threads while [`by_size::ON`] is set, in test
+/// builds only: what the idle-connection memory test (`net/tests/memory.rs`) reads. Off, it
+/// costs one relaxed load per call.
+#[cfg(test)]
+pub(crate) mod by_size {
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+    /// Sizes counted one by one; larger allocations share the last slot (and [`LARGE_BYTES`]).
+    pub(crate) const EXACT: usize = 4096;
+    pub(crate) static ON: AtomicBool = AtomicBool::new(false);
+    /// Allocations made minus allocations freed, by size, while [`ON`].
+    pub(crate) static COUNT: [AtomicI64; EXACT + 1] = [const { AtomicI64::new(0) }; EXACT + 1];
+    pub(crate) static LARGE_BYTES: AtomicI64 = AtomicI64::new(0);
+
+    pub(super) fn record(size: usize, sign: i64) {
+        if !ON.load(Ordering::Relaxed) {
+            return;
+        }
+        COUNT[size.min(EXACT)].fetch_add(sign, Ordering::Relaxed);
+        if size >= EXACT {
+            LARGE_BYTES.fetch_add(sign * size as i64, Ordering::Relaxed);
+        }
     }
 }

@@ -458,6 +458,13 @@ impl Inbound {
         self.limited
     }
 
+    /// True if every byte read so far belongs to complete messages and tungstenite has returned
+    /// all `returned` of them: its context then holds nothing a fresh one would not (an empty
+    /// read buffer, no partial frame or message) and may be dropped until more bytes come.
+    pub(crate) fn at_rest(&self, returned: u64) -> bool {
+        self.tracker.at_rest() && self.tracker.messages() == returned
+    }
+
     /// True if a large frame was announced since the last call, every byte read so far belongs
     /// to complete messages, and tungstenite has returned all `returned` of them: its read buffer
     /// then holds nothing, only the capacity that large frame left it, and may be replaced.
