@@ -6,10 +6,11 @@
 //!   with one vectored `write` per readiness, however many frames are queued. It counts every
 //!   byte the kernel took, which is what brings `bufferedAmount` down. Its work is a synchronous
 //!   step ([`Conn::flush`]) on state of its own behind a lock (`writing`), so that the fan-out can
-//!   do it too: a broadcast that finds a connection's writer idle writes the frame to the socket
-//!   at once, and the task is woken only when the kernel does not take it all (or the lagging
-//!   rule asks for a wait). For a client that keeps up, a broadcast costs one `write` and no task
-//!   wake-up.
+//!   do it too: a broadcast that finds a connection's writer idle (and no broadcast waiting
+//!   behind it) writes the frame to the socket at once, and the task is woken only when the
+//!   kernel does not take it all (or the lagging rule asks for a wait). For a client that keeps
+//!   up, a broadcast then costs one `write` and no task wake-up; under a burst the writer task
+//!   writes what piled up for it in one vectored write.
 //! * the **reader** parses inbound frames with tungstenite's protocol state machine (RFC 6455
 //!   masking, fragmentation, UTF-8, close codes, `maxPayload`), passes messages to JavaScript,
 //!   answers pings, sends our own pings every `pingInterval`, and drives the close handshake.
@@ -346,14 +347,15 @@ impl Conn {
     }
 
     /// The fan-out's [`Self::deliver`]: also returns the birth of the oldest frame that was
-    /// waiting before this one (the lag the message joins), read under the same lock, and does an
-    /// idle writer's work inline ([`Self::kick`]).
+    /// waiting before this one (the lag the message joins), read under the same lock, and with
+    /// `inline` does an idle writer's work itself ([`Self::kick`]).
     pub(crate) fn deliver_sampled(
         &self,
         frame: Frame,
         priority: Priority,
+        inline: bool,
     ) -> (Outcome, Option<std::time::Instant>) {
-        self.deliver_with(frame, priority, true)
+        self.deliver_with(frame, priority, inline)
     }
 
     /// [`Self::deliver`]; with `inline` (the fan-out's runtime thread, never the JS thread) an

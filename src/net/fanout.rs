@@ -4,8 +4,11 @@
 //! against the fan-out backlog, encode the frame (the single copy of the payload) and send one job
 //! down a channel. The fan-out task then walks the recipients and pushes a reference-counted clone
 //! of the same [`Frame`] into each outbox. Where the connection's writer was idle (its outbox
-//! empty: a client that keeps up), the task writes the frame to the socket itself, at once
-//! (`Conn::kick`); only what the kernel does not take wakes the writer task. No per-recipient work
+//! empty: a client that keeps up) and no other job waits behind this one, the task writes the
+//! frame to the socket itself, at once (`Conn::kick`); only what the kernel does not take wakes
+//! the writer task. Under a burst (jobs waiting), the writers are woken instead: by the time each
+//! runs, several broadcasts wait for it and go out in one vectored write, where writing each
+//! frame inline would cost a system call per frame. No per-recipient work
 //! happens on the JS thread and no payload is copied or allocated per recipient. The task yields
 //! after each job, so the writers it woke run before it fans out the next broadcast: a burst is
 //! spread to the sockets as it is queued rather than piling up in the outboxes.
@@ -490,17 +493,21 @@ struct Deliveries {
     /// A numbered message and its topic: a connection whose resume replayed it skips it.
     numbered: Option<(Arc<str>, Numbered)>,
     now: Instant,
+    /// Write at once to connections whose writer is idle (no job waits behind this one).
+    inline: bool,
 }
 
 impl Deliveries {
     /// Queues the frame to each of `conns` (written at once where the writer is idle), recording
-    /// what each recipient's backlog was into `stats`. Yields every [`YIELD_EVERY`] recipients:
-    /// the readers, timers and writers of this thread's other tasks do not wait for a whole
-    /// fan-out's writes (the next job waits for this one, so order holds).
+    /// what each recipient's backlog was into `stats`. Writing inline, it yields every
+    /// [`YIELD_EVERY`] recipients: the readers, timers and writers of this thread's other tasks
+    /// do not wait for a whole fan-out's writes (the next job waits for this one, so order
+    /// holds). Pushes alone are cheap, and yielding between them would let each woken writer
+    /// run with one frame instead of the several a burst leaves it.
     async fn run(&self, conns: &[Arc<Conn>], stats: &mut ShardStats) {
         stats.reset();
         for (i, conn) in conns.iter().enumerate() {
-            if i > 0 && i % YIELD_EVERY == 0 {
+            if self.inline && i > 0 && i % YIELD_EVERY == 0 {
                 tokio::task::yield_now().await;
             }
             if self.except.skips(conn.id) {
@@ -515,7 +522,8 @@ impl Deliveries {
             stats
                 .buffered
                 .saturating_record(conn.buffered_amount() as u64);
-            let (outcome, oldest) = conn.deliver_sampled(self.frame.clone(), self.priority);
+            let (outcome, oldest) =
+                conn.deliver_sampled(self.frame.clone(), self.priority, self.inline);
             let lag = oldest.map_or(0, |b| self.now.saturating_duration_since(b).as_millis());
             stats.lag_ms.saturating_record(lag as u64);
             count_lost(outcome, &self.frame, self.priority, &mut stats.lost);
@@ -589,6 +597,8 @@ async fn run(
                     except,
                     numbered: topic.zip(numbered),
                     now: Instant::now(),
+                    // This job is counted until it is done: 1 means nothing waits behind it.
+                    inline: backlog.jobs.load(Ordering::Acquire) <= 1,
                 };
                 // A large fan-out is shared among the workers, one shard each; every shard is
                 // done before the next job, so each connection still gets everything in call
