@@ -603,7 +603,7 @@ export interface ServerOptions {
   maxConnections?: number
   /**
    * Runtime worker threads. Default: one less than the number of cores (the JS thread keeps
-   * a core to itself), at least 1, at most 4.
+   * a core to itself), at least 1. A broadcast to many connections is shared among them.
    */
   threads?: number
   /**

@@ -200,13 +200,16 @@ impl Default for Config {
 
 /// Runtime worker threads: one core less than the machine has (the JS thread needs one to
 /// itself: with as many workers as cores, a fan-out preempts the JS thread and a cheap
-/// `broadcast()` call then takes milliseconds of wall time), at least 1, at most 4.
+/// `broadcast()` call then takes milliseconds of wall time), at least 1. There used to be a cap
+/// of 4, from before a fan-out could use more than one worker; now a large fan-out is split into
+/// one shard per worker (`fanout.rs`, at least 1,024 connections each), so more cores write to
+/// more sockets at once (a model, not a measurement beyond 2 cores: README, Performance).
 pub(crate) fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
         .saturating_sub(1)
-        .clamp(1, 4)
+        .max(1)
 }
 
 pub(crate) fn ms(v: u32) -> Duration {

@@ -71,7 +71,7 @@ pub struct ServerOptions {
     /// Upgrades beyond this many open connections are refused with 503. Default: no limit.
     pub max_connections: Option<f64>,
     /// Runtime worker threads. Default: one less than the number of cores (the JS thread keeps
-    /// a core to itself), at least 1, at most 4.
+    /// a core to itself), at least 1. A broadcast to many connections is shared among them.
     pub threads: Option<u32>,
     /// Unsent bytes the kernel may hold per connection (`TCP_NOTSENT_LOWAT`, Linux) before data
     /// waits in sluice's queue, where `bufferedAmount` counts it and the policy applies. Without
