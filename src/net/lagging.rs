@@ -41,6 +41,10 @@
 //! frame and one timer per wait. While lagging, its throughput is at most `laggingKernelLimit`
 //! plus one frame per round trip; that is below the link's rate only on a path whose round trip
 //! carries more, and there the queue drains, the delay falls and the connection leaves the state.
+//! These calls are made by whoever writes to the connection: its writer task, or the fan-out
+//! writing inline to a connection whose writer was idle (`Conn::kick`), so a keeping-up
+//! connection's `SIOCOUTQ` is sometimes paid on the fan-out's thread (0.25 µs per message in the
+//! lobby's profile); a lagging one asks for a wait there, and the fan-out leaves it to its task.
 //!
 //! **What it does not cover.** A client that reads slowly over a fast link: the bytes it has not
 //! read wait in its own receive buffer and the server's unsent queue (`kernelUnsentLimit`), not in
@@ -152,7 +156,7 @@ pub(crate) enum Change {
     Left,
 }
 
-/// One connection's lagging state, owned by its writer task.
+/// One connection's lagging state, in its writer state (changed only by whoever holds that).
 #[derive(Debug)]
 pub(crate) struct LagWatch {
     /// `laggingKernelLimit`; 0: the rule is off.

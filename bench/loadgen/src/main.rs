@@ -27,8 +27,10 @@
 
 mod accept;
 mod args;
+mod procstat;
 mod ws;
 
+use procstat::rss_bytes;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -816,18 +818,6 @@ fn rusage() -> Usage {
             max_rss: ru.ru_maxrss as u64 * 1024,
         }
     }
-}
-
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map(|pages| pages * 4096)
-        .unwrap_or(0)
 }
 
 fn iso8601(us: u64) -> String {

@@ -30,7 +30,10 @@
 
 #[path = "../accept.rs"]
 mod accept;
+#[path = "../procstat.rs"]
+mod procstat;
 
+use procstat::rss_bytes;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -149,18 +152,6 @@ fn cpu_us() -> (u64, u64) {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
     (us(ru.ru_utime), us(ru.ru_stime))
-}
-
-fn rss_bytes() -> u64 {
-    let page = 4096u64;
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map_or(0, |p| p * page)
 }
 
 fn max_open_files() -> Value {
