@@ -94,9 +94,14 @@ test('the page shows the lobby server\'s metrics() within a second: connections,
       ['termOverflow', (m) => m.terminated.overflow],
       ['termIo', (m) => m.terminated.io],
     ]
-    const check = (p) => {
+    const check = async (p) => {
       // The page's snapshot is at most a second old (plus the time to deliver and render it).
       expect(p.readAt - p.at).toBeLessThan(1300)
+      // The sampler's next tick after the snapshot may not have run yet (a busy machine delays
+      // timers): wait for it, up to 2 s, so that the snapshot is bracketed by two samples.
+      for (const until = Date.now() + 2000; !history.some(([t]) => t > p.at) && Date.now() < until;) {
+        await new Promise((resolve) => setTimeout(resolve, 10))
+      }
       const before = history.filter(([t]) => t <= p.at).pop()
       const after = history.find(([t]) => t >= p.at)
       expect(before && after).toBeTruthy()
@@ -117,7 +122,7 @@ test('the page shows the lobby server\'s metrics() within a second: connections,
       const seq = (await readPage(page)).seq
       await page.waitForFunction((s) => document.getElementById('seq').textContent !== s, seq, { timeout: 3000 })
       const p = await readPage(page)
-      check(p)
+      await check(p)
       // messages per second: the page's figure against metrics() over the same second.
       if (last && num(p.seq) === num(last.seq) + 1) {
         const dt = (p.at - last.at) / 1000

@@ -43,10 +43,12 @@ const REFUSAL_CAUSES = [
 const CLUSTER_STATES = ['connecting', 'connected', 'disconnected']
 
 const perPriority = (obj) => PRIORITIES.map((p) => [{ priority: p }, obj[p]])
-const quantiles = (pct, scale = 1) => [
-  [{ quantile: '0.5' }, pct.p50 * scale],
-  [{ quantile: '0.99' }, pct.p99 * scale],
-  [{ quantile: '1' }, pct.max * scale],
+// `per`: how many of metrics()'s units make the base unit (1e6 µs in a second). Dividing gives the
+// double nearest the decimal value (8247 µs -> 0.008247 s); multiplying by 1e-6 may not.
+const quantiles = (pct, per = 1) => [
+  [{ quantile: '0.5' }, pct.p50 / per],
+  [{ quantile: '0.99' }, pct.p99 / per],
+  [{ quantile: '1' }, pct.max / per],
 ]
 
 // [name (after the prefix), type, help, (snapshot) => [[labels, value], ...] | value]
@@ -95,8 +97,8 @@ const FAMILIES = [
 
   // Summaries: sluice's own p50 / p99 / max
   ['buffered_amount_bytes', 'summary', 'bufferedAmount across the recipients of the latest broadcast or publish, as that message found them.', (s) => quantiles(s.m.bufferedAmount)],
-  ['lag_seconds', 'summary', 'Connection lag (age of the oldest message waiting) across the recipients of the latest broadcast or publish.', (s) => quantiles(s.m.lagMs, 1e-3)],
-  ['fanout_latency_seconds', 'summary', 'From the broadcast/publish call to the last recipient socket write of that message, since the server started.', (s) => quantiles(s.m.fanoutLatencyUs, 1e-6), (s) => s.m.fanoutLatencyUs.count],
+  ['lag_seconds', 'summary', 'Connection lag (age of the oldest message waiting) across the recipients of the latest broadcast or publish.', (s) => quantiles(s.m.lagMs, 1e3)],
+  ['fanout_latency_seconds', 'summary', 'From the broadcast/publish call to the last recipient socket write of that message, since the server started.', (s) => quantiles(s.m.fanoutLatencyUs, 1e6), (s) => s.m.fanoutLatencyUs.count],
 ]
 
 // Only for a server with the `cluster` option.
@@ -108,7 +110,7 @@ const CLUSTER_FAMILIES = [
   ['cluster_received_total', 'counter', 'Messages received from other nodes (second copies not counted).', (s) => s.c.received],
   ['cluster_reconnects_total', 'counter', 'Links to Redis re-established after a loss.', (s) => s.c.reconnects],
   ['cluster_messages_not_sent_total', 'counter', 'Messages that could not go to Redis, by priority (local clients got them).', (s) => perPriority(s.c.notSent)],
-  ['cluster_latency_seconds', 'summary', 'From a publish on another node to the last socket write of that message here.', (s) => quantiles(s.c.latencyUs, 1e-6), (s) => s.c.latencyUs.count],
+  ['cluster_latency_seconds', 'summary', 'From a publish on another node to the last socket write of that message here.', (s) => quantiles(s.c.latencyUs, 1e6), (s) => s.c.latencyUs.count],
 ]
 
 const NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/
