@@ -78,6 +78,13 @@ export declare class NativeServer {
    */
   constructor(options: ServerOptions | undefined, onEvents: (events: Array<Array<any>>) => void)
   /**
+   * Replaces the certificate (and key, chain, passphrase) new TLS connections are served
+   * with, as Node's `tls.Server#setSecureContext`: connections open already keep theirs.
+   * Checked as the `tls` option is, with the same codes; `ERR_SLUICE_NO_TLS` on a server
+   * created without `tls`.
+   */
+  setSecureContext(options: TlsOptions): void
+  /**
    * Open connections keep the process alive as open sockets do in Node, also without a
    * listener of sluice's own (`noServer`). `lib/server.js` calls this when its count of open
    * connections and handshakes in progress leaves or reaches zero.
@@ -421,6 +428,15 @@ export interface Metrics {
    * dropped without an answer, as ws drops them.
    */
   handshakesAbandoned: number
+  /** TLS handshakes completed (`tls` option), whatever the upgrade over them then did. */
+  tlsHandshakes: number
+  /**
+   * TLS failures, each of which closed its connection alone: a handshake that failed (a
+   * client that does not trust the certificate, one that speaks plain HTTP or no TLS
+   * version in common), or a bad record or alert on an open connection. A TLS handshake cut
+   * at `handshakeTimeout` is counted in `handshakesTimedOut` instead.
+   */
+  tlsErrors: number
   /** `handshakesRefused` by cause. */
   handshakesRefusedBy: HandshakeRefusals
   broadcasts: number
@@ -707,6 +723,12 @@ export interface ServerOptions {
    * (64 MiB), or `maxPayload` if larger.
    */
   maxPartialMessageBytes?: number
+  /**
+   * Serve `wss://` on sluice's own listener (see `TlsOptions`). Excludes `noServer`: a
+   * server without a listener of its own takes sockets from Node's http server, whose TLS (if
+   * any) is Node's. Default: none, plain `ws://`.
+   */
+  tls?: TlsOptions
 }
 
 /** Connections the server ended without a completed close handshake, by cause. */
@@ -737,3 +759,25 @@ export interface TerminatedMetrics {
  * unlike wall time, which includes being preempted by sluice's own threads.
  */
 export declare function threadCpuTimeNs(): number
+
+/**
+ * The `tls` option (and `server.setSecureContext`'s argument): PEM texts, as strings or Buffers
+ * holding them, as Node's `tls.createSecureContext` takes them. Served with rustls (TLS 1.2 and
+ * 1.3, ALPN `http/1.1`); client certificates are not requested. A key or certificate that cannot
+ * serve throws when the server is created: `ERR_SLUICE_TLS_INVALID_KEY`,
+ * `ERR_SLUICE_TLS_INVALID_CERT`, `ERR_SLUICE_TLS_KEY_MISMATCH` or `ERR_SLUICE_TLS_PASSPHRASE`.
+ */
+export interface TlsOptions {
+  /**
+   * The private key: PKCS#8 (`BEGIN PRIVATE KEY`), PKCS#1 (`BEGIN RSA PRIVATE KEY`), SEC1
+   * (`BEGIN EC PRIVATE KEY`), or encrypted PKCS#8 (`BEGIN ENCRYPTED PRIVATE KEY`) with
+   * `passphrase`.
+   */
+  key: string | Buffer
+  /** The certificate, optionally followed by its chain (intermediates), leaf first. */
+  cert: string | Buffer
+  /** Further certificates sent after `cert`'s (intermediates kept apart from it). */
+  ca?: string | Buffer | Array<string | Buffer>
+  /** Opens an encrypted PKCS#8 key. */
+  passphrase?: string
+}

@@ -70,6 +70,8 @@ const FAMILIES = [
   ['handshakes_refused_total', 'counter', 'Upgrades refused, by cause (the first check each failed).', (s) => REFUSAL_CAUSES.map(([k, cause]) => [{ cause }, s.m.handshakesRefusedBy[k]])],
   ['handshakes_timed_out_total', 'counter', 'Sockets that did not complete the upgrade within handshakeTimeout.', (s) => s.m.handshakesTimedOut],
   ['handshakes_abandoned_total', 'counter', 'Clients that hung up while verifyClient or handleProtocols decided.', (s) => s.m.handshakesAbandoned],
+  ['tls_handshakes_total', 'counter', 'TLS handshakes completed (tls option).', (s) => s.m.tlsHandshakes],
+  ['tls_errors_total', 'counter', 'TLS handshakes that failed, and bad records or alerts on open connections; each closed its connection alone.', (s) => s.m.tlsErrors],
   ['broadcasts_total', 'counter', 'broadcast() calls accepted (and messages from other nodes fanned out).', (s) => s.m.broadcasts],
   ['publishes_total', 'counter', 'publish() calls accepted.', (s) => s.m.publishes],
   ['broadcasts_refused_total', 'counter', 'Normal and Low broadcasts/publishes refused past maxPendingBytes (metrics().fanoutRejected).', (s) => s.m.fanoutRejected],

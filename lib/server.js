@@ -339,6 +339,26 @@ class Server extends EventEmitter {
   }
 
   /**
+   * Replaces the key and certificate (and `ca`, `passphrase`) that new `wss://` connections are
+   * served with, without a restart, as Node's `tls.Server#setSecureContext`: the handshakes
+   * after this call get the new certificate, and open connections keep theirs. Checked as the
+   * `tls` option is; on an error the current certificate stays.
+   *
+   * @param {import('./sluice').TlsOptions} options `{ key, cert, ca?, passphrase? }`
+   * @throws {Error} `ERR_SLUICE_TLS_INVALID_KEY`, `ERR_SLUICE_TLS_INVALID_CERT`,
+   *   `ERR_SLUICE_TLS_KEY_MISMATCH`, `ERR_SLUICE_TLS_PASSPHRASE`, `ERR_SLUICE_NO_TLS` (a server
+   *   created without `tls`)
+   * @throws {TypeError} `ERR_SLUICE_INVALID_OPTION`, `ERR_SLUICE_UNKNOWN_OPTION`
+   */
+  setSecureContext(options) {
+    try {
+      this._native.setSecureContext(options)
+    } catch (err) {
+      throw nativeError(err)
+    }
+  }
+
+  /**
    * Counters and distributions; see `Metrics` in index.d.ts.
    *
    * @returns {import('../index').Metrics} `cluster` is null without the `cluster` option

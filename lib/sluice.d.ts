@@ -4,11 +4,12 @@
 import { EventEmitter } from 'events'
 import type { IncomingMessage, Server as HttpServer } from 'http'
 import type { Duplex } from 'stream'
-import type { ServerOptions as NativeServerOptions, ClusterOptions, Metrics, NativeConnection, PublishResult, ResumeResult } from '../index'
+import type { ServerOptions as NativeServerOptions, ClusterOptions, TlsOptions, Metrics, NativeConnection, PublishResult, ResumeResult } from '../index'
 import { Priority, threadCpuTimeNs } from '../index'
 
 export { Priority, threadCpuTimeNs }
 export type {
+  TlsOptions,
   PublishResult,
   ResumeResult,
   Metrics,
@@ -314,6 +315,12 @@ export declare class Server extends EventEmitter {
   readonly pendingBroadcasts: number
   subscriberCount(topic: string): number
   metrics(): Metrics
+  /**
+   * Replaces the certificate new `wss://` connections are served with (open ones keep theirs),
+   * as Node's `tls.Server#setSecureContext`. Throws as the `tls` option does, and
+   * `ERR_SLUICE_NO_TLS` on a server created without `tls`.
+   */
+  setSecureContext(options: TlsOptions): void
   /**
    * Stops accepting (new upgrades get 503), closes every connection with 1001 after its queued
    * data, waits up to `timeout` ms, terminates the rest and stops sluice's threads. Calling it

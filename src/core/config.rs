@@ -161,6 +161,9 @@ pub(crate) struct Config {
     pub(crate) inbound: RateLimits,
     /// Server-wide bound on bytes of partly received messages; 0: none.
     pub(crate) max_partial_message_bytes: usize,
+    /// `tls`: the listener serves `wss://` with this certificate (checked by `net::tls` when the
+    /// server is created); `None`: plain `ws://`.
+    pub(crate) tls: Option<TlsPem>,
 }
 
 impl Default for Config {
@@ -194,6 +197,7 @@ impl Default for Config {
                 max_payload: DEFAULT_MAX_PAYLOAD,
             },
             max_partial_message_bytes: DEFAULT_MAX_PARTIAL_MESSAGE_BYTES,
+            tls: None,
         }
     }
 }
@@ -241,6 +245,35 @@ pub(crate) enum Fault {
     /// A number outside the option's range, or beyond another option's bound: `RangeError`,
     /// `ERR_SLUICE_OUT_OF_RANGE`.
     Range,
+    /// A `tls` key or certificate that cannot serve: `Error`, with the code of its
+    /// [`TlsFault`].
+    Tls(TlsFault),
+}
+
+/// Why a `tls` key or certificate was refused (`net::tls`), each with its `code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TlsFault {
+    /// `key` holds no private key that can be used: `ERR_SLUICE_TLS_INVALID_KEY`.
+    Key,
+    /// `cert` (or `ca`) holds no certificate, or one that does not parse:
+    /// `ERR_SLUICE_TLS_INVALID_CERT`.
+    Cert,
+    /// The key is not the certificate's: `ERR_SLUICE_TLS_KEY_MISMATCH`.
+    Mismatch,
+    /// An encrypted key without `passphrase`, a wrong one, or a passphrase for a plain key:
+    /// `ERR_SLUICE_TLS_PASSPHRASE`.
+    Passphrase,
+}
+
+/// The `tls` option as given: PEM texts (strings, or Buffers holding them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TlsPem {
+    pub(crate) key: Vec<u8>,
+    /// The certificate, or the chain from it.
+    pub(crate) cert: Vec<u8>,
+    /// Further certificates sent after `cert`'s.
+    pub(crate) ca: Vec<Vec<u8>>,
+    pub(crate) passphrase: Option<String>,
 }
 
 /// Default `criticalQueue`: Critical messages held while Redis is unreachable.

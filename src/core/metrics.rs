@@ -49,6 +49,11 @@ pub(crate) struct Metrics {
     pub(crate) handshakes_timed_out: AtomicU64,
     /// Clients that hung up while the JavaScript hooks decided on their upgrade.
     pub(crate) handshakes_abandoned: AtomicU64,
+    /// TLS handshakes completed (the `tls` option), before the upgrade request over them.
+    pub(crate) tls_handshakes: AtomicU64,
+    /// TLS failures: handshakes that failed (not those cut at `handshakeTimeout`, counted in
+    /// `handshakes_timed_out`), and bad records or alerts on upgraded connections.
+    pub(crate) tls_errors: AtomicU64,
     pub(crate) refused_max_connections: AtomicU64,
     /// `handshakes_refused` by cause, indexed by [`RefusalCause::index`].
     pub(crate) handshakes_refused_by: [AtomicU64; RefusalCause::COUNT],

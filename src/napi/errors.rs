@@ -9,7 +9,7 @@
 
 use napi::{Env, Error, Status};
 
-use crate::core::config::{ConfigError, Fault};
+use crate::core::config::{ConfigError, Fault, TlsFault};
 
 /// The `code` of an error the native side throws.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +37,16 @@ pub enum ErrorCode {
     Closed,
     /// Data the operation does not take (a ping or pong over 125 bytes).
     InvalidData,
+    /// `tls.key` holds no usable private key.
+    TlsInvalidKey,
+    /// `tls.cert` or `tls.ca` holds no certificate, or one that does not parse.
+    TlsInvalidCert,
+    /// `tls.key` is not the certificate's key.
+    TlsKeyMismatch,
+    /// An encrypted key without `passphrase`, a wrong one, or one for a plain key.
+    TlsPassphrase,
+    /// `setSecureContext` on a server created without `tls`.
+    NoTls,
 }
 
 impl AsRef<str> for ErrorCode {
@@ -53,6 +63,11 @@ impl AsRef<str> for ErrorCode {
             ErrorCode::AlreadySubscribed => "ERR_SLUICE_ALREADY_SUBSCRIBED",
             ErrorCode::Closed => "ERR_SLUICE_CLOSED",
             ErrorCode::InvalidData => "ERR_SLUICE_INVALID_DATA",
+            ErrorCode::TlsInvalidKey => "ERR_SLUICE_TLS_INVALID_KEY",
+            ErrorCode::TlsInvalidCert => "ERR_SLUICE_TLS_INVALID_CERT",
+            ErrorCode::TlsKeyMismatch => "ERR_SLUICE_TLS_KEY_MISMATCH",
+            ErrorCode::TlsPassphrase => "ERR_SLUICE_TLS_PASSPHRASE",
+            ErrorCode::NoTls => "ERR_SLUICE_NO_TLS",
         }
     }
 }
@@ -67,6 +82,8 @@ pub(crate) fn coded(code: ErrorCode, message: impl Into<String>) -> Error<ErrorC
 pub(crate) enum Class {
     TypeError,
     RangeError,
+    /// A plain `Error`: a key or certificate that cannot serve, as Node's own TLS throws them.
+    Error,
 }
 
 /// The class and code of an error about the options, from its fault.
@@ -77,6 +94,19 @@ pub(crate) fn class_and_code(fault: Fault) -> (Class, ErrorCode) {
         Fault::Type => (Class::TypeError, ErrorCode::InvalidOption),
         Fault::Value => (Class::RangeError, ErrorCode::InvalidOption),
         Fault::Range => (Class::RangeError, ErrorCode::OutOfRange),
+        Fault::Tls(TlsFault::Key) => (Class::Error, ErrorCode::TlsInvalidKey),
+        Fault::Tls(TlsFault::Cert) => (Class::Error, ErrorCode::TlsInvalidCert),
+        Fault::Tls(TlsFault::Mismatch) => (Class::Error, ErrorCode::TlsKeyMismatch),
+        Fault::Tls(TlsFault::Passphrase) => (Class::Error, ErrorCode::TlsPassphrase),
+    }
+}
+
+/// Throws a plain `Error` with `code` in JavaScript, for a function that also throws
+/// [`throw_config_error`]s, and returns the pending exception to hand back.
+pub(crate) fn throw_coded(env: &Env, code: ErrorCode, message: &str) -> Error {
+    match env.throw_error(message, Some(code.as_ref())) {
+        Ok(()) => Error::new(Status::PendingException, message.to_string()),
+        Err(err) => err,
     }
 }
 
@@ -90,6 +120,7 @@ pub(crate) fn throw_config_error(env: &Env, e: ConfigError) -> Error {
     let thrown = match class {
         Class::TypeError => env.throw_type_error(&message, Some(code.as_ref())),
         Class::RangeError => env.throw_range_error(&message, Some(code.as_ref())),
+        Class::Error => env.throw_error(&message, Some(code.as_ref())),
     };
     match thrown {
         Ok(()) => Error::new(Status::PendingException, message),
@@ -119,6 +150,10 @@ mod tests {
             (Fault::Type, Class::TypeError, "ERR_SLUICE_INVALID_OPTION"),
             (Fault::Value, Class::RangeError, "ERR_SLUICE_INVALID_OPTION"),
             (Fault::Range, Class::RangeError, "ERR_SLUICE_OUT_OF_RANGE"),
+            (Fault::Tls(TlsFault::Key), Class::Error, "ERR_SLUICE_TLS_INVALID_KEY"),
+            (Fault::Tls(TlsFault::Cert), Class::Error, "ERR_SLUICE_TLS_INVALID_CERT"),
+            (Fault::Tls(TlsFault::Mismatch), Class::Error, "ERR_SLUICE_TLS_KEY_MISMATCH"),
+            (Fault::Tls(TlsFault::Passphrase), Class::Error, "ERR_SLUICE_TLS_PASSPHRASE"),
         ];
         for (fault, class, code) in table {
             let (c, k) = class_and_code(fault);

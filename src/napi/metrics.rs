@@ -174,6 +174,13 @@ pub struct Metrics {
     /// Clients that hung up (FIN or reset) while `verifyClient` / `handleProtocols` decided:
     /// dropped without an answer, as ws drops them.
     pub handshakes_abandoned: f64,
+    /// TLS handshakes completed (`tls` option), whatever the upgrade over them then did.
+    pub tls_handshakes: f64,
+    /// TLS failures, each of which closed its connection alone: a handshake that failed (a
+    /// client that does not trust the certificate, one that speaks plain HTTP or no TLS
+    /// version in common), or a bad record or alert on an open connection. A TLS handshake cut
+    /// at `handshakeTimeout` is counted in `handshakesTimedOut` instead.
+    pub tls_errors: f64,
     /// `handshakesRefused` by cause.
     pub handshakes_refused_by: HandshakeRefusals,
     pub broadcasts: f64,
@@ -267,6 +274,8 @@ pub(crate) fn metrics_object(shared: &ServerShared, link: Option<&Arc<Link>>) ->
         refused_max_connections: g(&m.refused_max_connections),
         handshakes_timed_out: g(&m.handshakes_timed_out),
         handshakes_abandoned: g(&m.handshakes_abandoned),
+        tls_handshakes: g(&m.tls_handshakes),
+        tls_errors: g(&m.tls_errors),
         handshakes_refused_by: refusal_metrics(m),
         broadcasts: g(&m.broadcasts),
         publishes: g(&m.publishes),

@@ -144,6 +144,33 @@ pub struct ServerOptions {
     /// are not counted. At least `maxPayload`; `0` disables the bound. Default `67108864`
     /// (64 MiB), or `maxPayload` if larger.
     pub max_partial_message_bytes: Option<f64>,
+    /// Serve `wss://` on sluice's own listener (see `TlsOptions`). Excludes `noServer`: a
+    /// server without a listener of its own takes sockets from Node's http server, whose TLS (if
+    /// any) is Node's. Default: none, plain `ws://`.
+    pub tls: Option<TlsOptions>,
+}
+
+/// The `tls` option (and `server.setSecureContext`'s argument): PEM texts, as strings or Buffers
+/// holding them, as Node's `tls.createSecureContext` takes them. Served with rustls (TLS 1.2 and
+/// 1.3, ALPN `http/1.1`); client certificates are not requested. A key or certificate that cannot
+/// serve throws when the server is created: `ERR_SLUICE_TLS_INVALID_KEY`,
+/// `ERR_SLUICE_TLS_INVALID_CERT`, `ERR_SLUICE_TLS_KEY_MISMATCH` or `ERR_SLUICE_TLS_PASSPHRASE`.
+#[napi(object)]
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TlsOptions {
+    /// The private key: PKCS#8 (`BEGIN PRIVATE KEY`), PKCS#1 (`BEGIN RSA PRIVATE KEY`), SEC1
+    /// (`BEGIN EC PRIVATE KEY`), or encrypted PKCS#8 (`BEGIN ENCRYPTED PRIVATE KEY`) with
+    /// `passphrase`.
+    #[napi(ts_type = "string | Buffer")]
+    pub key: String,
+    /// The certificate, optionally followed by its chain (intermediates), leaf first.
+    #[napi(ts_type = "string | Buffer")]
+    pub cert: String,
+    /// Further certificates sent after `cert`'s (intermediates kept apart from it).
+    #[napi(ts_type = "string | Buffer | Array<string | Buffer>")]
+    pub ca: Option<Vec<String>>,
+    /// Opens an encrypted PKCS#8 key.
+    pub passphrase: Option<String>,
 }
 
 /// The `cluster` option: scale-out through Redis, so that broadcasts and publishes reach the
@@ -176,6 +203,8 @@ pub(crate) enum Given {
     Array(Vec<Given>),
     /// An object's own enumerable string keys (`Object.keys` order) and their values.
     Object(Vec<(String, Given)>),
+    /// A Buffer (or another Uint8Array): its bytes.
+    Bytes(Vec<u8>),
     /// A symbol or a bigint: its `typeof`.
     Other(&'static str),
 }
@@ -185,7 +214,7 @@ impl Given {
     fn type_of(&self) -> &'static str {
         match self {
             Given::Undefined => "undefined",
-            Given::Null | Given::Array(_) | Given::Object(_) => "object",
+            Given::Null | Given::Array(_) | Given::Object(_) | Given::Bytes(_) => "object",
             Given::Bool(_) => "boolean",
             Given::Number(_) => "number",
             Given::String(_) => "string",
@@ -251,6 +280,7 @@ impl Given {
                 .collect::<Vec<_>>()
                 .join(","),
             Given::Object(_) => "[object Object]".into(),
+            Given::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
             Given::Other(t) => (*t).into(),
         }
     }
@@ -294,6 +324,8 @@ pub(crate) enum Kind {
     Strings,
     /// The `cluster` object (see [`ClusterOptions`]).
     Cluster,
+    /// The `tls` object (see [`TlsOptions`]).
+    Tls,
 }
 
 /// Largest size in bytes, as a JavaScript number.
@@ -370,6 +402,7 @@ pub(crate) const OPTIONS: &[Spec] = &[
     Spec { name: "maxInboundBytesPerSecond", kind: whole(0.0, BYTES), set: |o, v| o.max_inbound_bytes_per_second = v.number(), get: |o| num(o.max_inbound_bytes_per_second) },
     Spec { name: "maxInboundFramesPerSecond", kind: whole(0.0, 1e9), set: |o, v| o.max_inbound_frames_per_second = v.number(), get: |o| num(o.max_inbound_frames_per_second) },
     Spec { name: "inboundRateWindow", kind: whole(1.0, MS), set: |o, v| o.inbound_rate_window = small(v), get: |o| num(o.inbound_rate_window) },
+    Spec { name: "tls", kind: Kind::Tls, set: |o, v| o.tls = Some(tls_options(v)), get: |o| o.tls.as_ref().map(tls_given) },
     Spec { name: "maxPartialMessageBytes", kind: whole(0.0, BYTES), set: |o, v| o.max_partial_message_bytes = v.number(), get: |o| num(o.max_partial_message_bytes) },
 ];
 
@@ -386,7 +419,7 @@ impl Kind {
     fn depth(self) -> usize {
         match self {
             Kind::Strings => 1,
-            Kind::Cluster => 2,
+            Kind::Cluster | Kind::Tls => 2,
             _ => 0,
         }
     }
@@ -451,6 +484,7 @@ impl Kind {
                 }
             }
             Kind::Cluster => check_cluster(v)?,
+            Kind::Tls => check_tls(v)?,
             Kind::String | Kind::Bool | Kind::Function => {}
         }
         Ok(())
@@ -512,6 +546,114 @@ fn check_cluster(v: &Given) -> Result<(), ConfigError> {
     }
 }
 
+/// A PEM text as given: a string, or a Buffer holding one.
+fn pem_text(v: &Given) -> Option<String> {
+    match v {
+        Given::String(s) if !s.is_empty() => Some(s.clone()),
+        Given::Bytes(b) if !b.is_empty() => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    }
+}
+
+fn check_tls(v: &Given) -> Result<(), ConfigError> {
+    let refuse = |fault, message: String| Err(fail("tls", fault, message));
+    let Given::Object(entries) = v else {
+        return refuse(
+            Fault::Type,
+            "tls must be an object: { key, cert, ca?, passphrase? }".into(),
+        );
+    };
+    let known = ["key", "cert", "ca", "passphrase"];
+    if let Some((key, _)) = entries.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        return refuse(
+            Fault::Unknown,
+            format!("unknown option 'tls.{key}' (sluice takes key, cert, ca and passphrase)"),
+        );
+    }
+    for name in ["key", "cert"] {
+        if pem_text(v.field(name)).is_none() {
+            return refuse(
+                Fault::Type,
+                format!(
+                    "tls.{name} must be a PEM string or a Buffer holding one, got {}",
+                    v.field(name).type_of()
+                ),
+            );
+        }
+    }
+    let ca_ok = match v.field("ca") {
+        Given::Undefined => true,
+        Given::Array(items) => items.iter().all(|i| pem_text(i).is_some()),
+        one => pem_text(one).is_some(),
+    };
+    if !ca_ok {
+        return refuse(
+            Fault::Type,
+            "tls.ca must be a PEM string or Buffer, or an array of them".into(),
+        );
+    }
+    match v.field("passphrase") {
+        Given::Undefined | Given::String(_) => Ok(()),
+        other => refuse(
+            Fault::Type,
+            format!("tls.passphrase must be a string, got {}", other.type_of()),
+        ),
+    }
+}
+
+/// A `tls` value the checks accepted, as [`TlsOptions`].
+fn tls_options(v: &Given) -> TlsOptions {
+    TlsOptions {
+        key: pem_text(v.field("key")).unwrap_or_default(),
+        cert: pem_text(v.field("cert")).unwrap_or_default(),
+        ca: match v.field("ca") {
+            Given::Undefined => None,
+            Given::Array(items) => Some(items.iter().filter_map(pem_text).collect()),
+            one => Some(pem_text(one).into_iter().collect()),
+        },
+        passphrase: v.field("passphrase").string(),
+    }
+}
+
+/// [`TlsOptions`] as the checks see them.
+fn tls_given(t: &TlsOptions) -> Given {
+    let mut entries = vec![
+        ("key".to_string(), Given::String(t.key.clone())),
+        ("cert".to_string(), Given::String(t.cert.clone())),
+    ];
+    if let Some(ca) = &t.ca {
+        entries.push((
+            "ca".into(),
+            Given::Array(ca.iter().cloned().map(Given::String).collect()),
+        ));
+    }
+    if let Some(p) = &t.passphrase {
+        entries.push(("passphrase".into(), Given::String(p.clone())));
+    }
+    Given::Object(entries)
+}
+
+/// The PEM of checked [`TlsOptions`], for `net::tls`.
+pub(crate) fn tls_pem(t: &TlsOptions) -> TlsPem {
+    TlsPem {
+        key: t.key.clone().into_bytes(),
+        cert: t.cert.clone().into_bytes(),
+        ca: t
+            .ca
+            .iter()
+            .flatten()
+            .map(|c| c.clone().into_bytes())
+            .collect(),
+        passphrase: t.passphrase.clone(),
+    }
+}
+
+/// `setSecureContext(options)`'s argument, checked as the `tls` option is.
+pub(crate) fn secure_context(v: &Given) -> Result<TlsPem, ConfigError> {
+    check_tls(v)?;
+    Ok(tls_pem(&tls_options(v)))
+}
+
 /// A `cluster` value the checks accepted, as [`ClusterOptions`].
 fn cluster_options(v: &Given) -> ClusterOptions {
     ClusterOptions {
@@ -553,6 +695,10 @@ pub(crate) fn read(value: &Unknown<'_>, depth: usize) -> napi::Result<Given> {
         ValueType::Function => Given::Function,
         ValueType::Symbol => Given::Other("symbol"),
         ValueType::BigInt => Given::Other("bigint"),
+        _ if value.is_buffer()? || value.is_typedarray()? => {
+            let bytes = napi::bindgen_prelude::Uint8Array::from_unknown(*value)?;
+            Given::Bytes(bytes.to_vec())
+        }
         _ if value.is_array()? => {
             let array = Object::from_unknown(*value)?;
             let mut items = Vec::new();
@@ -716,6 +862,7 @@ impl Config {
                 ("host", o.host.is_some()),
                 ("port", o.port.is_some()),
                 ("path", o.path.is_some()),
+                ("tls", o.tls.is_some()),
             ]
             .into_iter()
             .filter_map(|(name, given)| given.then_some(name))
@@ -792,6 +939,7 @@ impl Config {
             ask_js: o.ask_js.unwrap_or(false),
             reuse_port: o.reuse_port.unwrap_or(false),
             cluster: o.cluster.map(cluster_config),
+            tls: o.tls.as_ref().map(tls_pem),
             max_pending_bytes,
             pending_high_water_mark,
             default_ttl: match o.default_ttl {

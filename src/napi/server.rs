@@ -2,7 +2,8 @@
 
 use super::*;
 
-use super::errors::throw_config_error;
+use super::errors::{throw_coded, throw_config_error, ErrorCode};
+use crate::net::tls;
 use super::metrics::{metrics_object, Metrics};
 use super::runtime::{init_tracing, Runtimes};
 use crate::net::peers::UnfitTopic;
@@ -42,10 +43,18 @@ impl NativeServer {
         init_tracing();
         let given = options::read_options(&options)?;
         let config = options::config(&given).map_err(|e| throw_config_error(&env, e))?;
+        // A key or certificate that cannot serve is refused now, not at the first connection.
+        let tls = match &config.tls {
+            Some(pem) => Some(tls::server_config(pem).map_err(|e| throw_config_error(&env, e))?),
+            None => None,
+        };
         let runtimes = Runtimes::new(&config)?;
         let events = EventSink::new();
         let waker = JsWaker::attach(&events, on_events)?;
         let shared = ServerShared::new(config, events, runtimes.workers.handle().clone());
+        if let Some(tls) = tls {
+            shared.set_tls(tls);
+        }
         shared.start_fanout();
         let link = shared.config.cluster.clone().map(|c| {
             let link = Link::start(
@@ -67,6 +76,26 @@ impl NativeServer {
             holding: false,
             keep_alive: true,
         })
+    }
+
+    /// Replaces the certificate (and key, chain, passphrase) new TLS connections are served
+    /// with, as Node's `tls.Server#setSecureContext`: connections open already keep theirs.
+    /// Checked as the `tls` option is, with the same codes; `ERR_SLUICE_NO_TLS` on a server
+    /// created without `tls`.
+    #[napi(ts_args_type = "options: TlsOptions")]
+    pub fn set_secure_context(&self, env: Env, options: Unknown<'_>) -> Result<()> {
+        if !self.shared.has_tls() {
+            return Err(throw_coded(
+                &env,
+                ErrorCode::NoTls,
+                "setSecureContext needs a server created with the tls option",
+            ));
+        }
+        let given = options::read(&options, 2)?;
+        let pem = options::secure_context(&given).map_err(|e| throw_config_error(&env, e))?;
+        let config = tls::server_config(&pem).map_err(|e| throw_config_error(&env, e))?;
+        self.shared.set_tls(config);
+        Ok(())
     }
 
     fn runtimes(&self) -> Result<&Runtimes> {

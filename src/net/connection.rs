@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use socket2::SockRef;
-use tokio::net::TcpStream;
+use crate::net::tls::Sock;
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
@@ -118,7 +118,7 @@ pub(crate) struct Conn {
     /// What resumes (`conn.subscribe(topic, { since })`) left: none until the first one, as most
     /// connections never resume (16 bytes here instead of 112 for the two maps).
     resumes: Mutex<Option<Box<Resumes>>>,
-    sock: TcpStream,
+    sock: Sock,
     /// The outbox and the connection's [`Lifecycle`](crate::core::lifecycle::Lifecycle), under
     /// one lock so that they never disagree: every close, failure and end, and every step of the
     /// writer with our close frame, changes both in one critical section (see `conn_state.rs`).
@@ -152,6 +152,9 @@ struct Writer {
     offset: usize,
     /// The batch ends with our close frame.
     close_in_batch: bool,
+    /// Over TLS: the batch with our close frame is encrypted, its last record still in rustls;
+    /// these bytes count as written once it is out.
+    close_unsent: Option<usize>,
     lag: WriterLag,
 }
 
@@ -177,7 +180,7 @@ impl Conn {
     pub(crate) fn new(
         id: u64,
         server: Arc<ServerShared>,
-        sock: TcpStream,
+        sock: Sock,
         protocol: String,
     ) -> Arc<Self> {
         let limits = server.config.limits;
@@ -204,6 +207,7 @@ impl Conn {
                 done: 0,
                 offset: 0,
                 close_in_batch: false,
+                close_unsent: None,
                 lag,
             }),
             writer_wake: Notify::new(),
@@ -259,13 +263,13 @@ impl Conn {
             self.server.events.push(Event::PeerClose { id: self.id });
         }
         if e.shutdown_write {
-            let _ = SockRef::from(&self.sock).shutdown(std::net::Shutdown::Write);
+            self.sock.shutdown_write();
         }
         if let Some(end) = e.end {
             if end.was_above_high_water {
                 m.backpressured.fetch_sub(1, Ordering::Relaxed);
             }
-            let sock = SockRef::from(&self.sock);
+            let sock = SockRef::from(self.sock.tcp());
             if end.reset {
                 // Reset instead of FIN: the kernel frees the unsent bytes of a stalled peer at once.
                 let _ = sock.set_linger(Some(Duration::ZERO));
@@ -299,7 +303,7 @@ impl Conn {
             let mut v: libc::c_int = 0;
             // SAFETY: the fd belongs to `self.sock`, open for as long as `self` lives; TIOCOUTQ
             // (== SIOCOUTQ on Linux) writes one c_int through the pointer, which outlives the call.
-            let r = unsafe { libc::ioctl(self.sock.as_raw_fd(), libc::TIOCOUTQ, &mut v) };
+            let r = unsafe { libc::ioctl(self.sock.tcp().as_raw_fd(), libc::TIOCOUTQ, &mut v) };
             if r == 0 {
                 Some(v.max(0) as usize)
             } else {
@@ -631,23 +635,8 @@ impl Conn {
     /// polled it yet: tokio's `try_write` would see no write readiness and not even try, so this
     /// is a plain `send(2)` (`MSG_NOSIGNAL` on Linux: a peer gone already is an error, never a
     /// signal).
-    pub(crate) fn write_head_now(&self, mut bytes: &[u8]) -> io::Result<usize> {
-        #[cfg(target_os = "linux")]
-        const FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
-        #[cfg(not(target_os = "linux"))]
-        const FLAGS: libc::c_int = 0;
-        let all = bytes.len();
-        let sock = SockRef::from(&self.sock);
-        while !bytes.is_empty() {
-            match sock.send_with_flags(bytes, FLAGS) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => bytes = &bytes[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(all - bytes.len())
+    pub(crate) fn write_head_now(&self, bytes: &[u8]) -> io::Result<usize> {
+        self.sock.write_now(bytes)
     }
 
     /// Writes the rest of the HTTP response head (the 101) before the writer starts.
@@ -720,6 +709,7 @@ impl Conn {
         w.batch = Vec::new();
         w.done = 0;
         w.offset = 0;
+        w.close_unsent = None;
         w.started = false;
         w.lag = WriterLag::new(0, self.server.metrics.clone());
         self.server.metrics.add_drops(&drops);
@@ -749,19 +739,31 @@ impl Conn {
     /// `writing` makes the caller the connection's only writer.
     fn flush(&self, w: &mut Writer, max_writes: usize) -> Flush {
         let m = &self.server.metrics;
+        // Over TLS, the records rustls still holds go out before anything else.
+        match self.sock.push_pending() {
+            Ok(true) => {}
+            Ok(false) => return Flush::Blocked,
+            Err(_) => {
+                self.end(Some(Termination::Io));
+                return Flush::Over;
+            }
+        }
+        if let Some(wrote) = w.close_unsent.take() {
+            return self.close_written(wrote);
+        }
         let mut writes = 0usize;
         loop {
             // A lagging connection (lagging.rs) writes one frame at a time, and only while its
             // kernel holds less than laggingKernelLimit: the rest stays in the outbox,
             // replaceable and expirable. An urgent close does not wait.
-            if let Some(wait) = w.lag.before_write(&self.sock, self.buffered_amount() > 0) {
+            if let Some(wait) = w.lag.before_write(self.sock.tcp(), self.buffered_amount() > 0) {
                 if !self.urgent() {
                     return Flush::Wait(wait);
                 }
             }
             let one_frame = w.lag.is_lagging();
             if w.done == w.batch.len() && !self.take(w, one_frame, None) {
-                return Flush::Idle;
+                return self.idle();
             }
             if writes == max_writes {
                 return Flush::More;
@@ -813,26 +815,17 @@ impl Conn {
                         }
                     }
                     if w.done == w.batch.len() && w.close_in_batch {
-                        // In the same critical section as the bytes' accounting: the lifecycle
-                        // never sees the outbox emptied of a close frame it does not know is out.
-                        let (drain, e) = {
-                            let mut s = lock(&self.state);
-                            let d = s.outbox.written(wrote);
-                            s.outbox.in_flight_front(None);
-                            let e = s.on(Input::CloseWritten, std::time::Instant::now());
-                            self.publish(&s);
-                            (d, e)
-                        };
-                        if let Some(amount) = drain {
-                            self.report_drain(amount);
+                        if self.sock.pending_out() {
+                            // Its record is not out yet: the kernel takes it first.
+                            w.close_unsent = Some(wrote);
+                            return Flush::Blocked;
                         }
-                        self.perform(&e);
-                        return Flush::Over;
+                        return self.close_written(wrote);
                     }
                     if w.done == w.batch.len() {
                         // All out: account for it and take what came meanwhile under one lock.
                         if !self.take(w, one_frame, Some(wrote)) {
-                            return Flush::Idle;
+                            return self.idle();
                         }
                     } else {
                         let drain = {
@@ -870,6 +863,35 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// The outbox is empty and the writer idle, unless TLS records still wait for the kernel:
+    /// then the writer waits for the socket to push them.
+    fn idle(&self) -> Flush {
+        if self.sock.pending_out() {
+            Flush::Blocked
+        } else {
+            Flush::Idle
+        }
+    }
+
+    /// Our close frame is out with the `wrote` bytes of its write. In the same critical section
+    /// as their accounting: the lifecycle never sees the outbox emptied of a close frame it does
+    /// not know is out.
+    fn close_written(&self, wrote: usize) -> Flush {
+        let (drain, e) = {
+            let mut s = lock(&self.state);
+            let d = s.outbox.written(wrote);
+            s.outbox.in_flight_front(None);
+            let e = s.on(Input::CloseWritten, std::time::Instant::now());
+            self.publish(&s);
+            (d, e)
+        };
+        if let Some(amount) = drain {
+            self.report_drain(amount);
+        }
+        self.perform(&e);
+        Flush::Over
     }
 
     /// Takes the next batch from the outbox into `w` (whose batch is all written), first
@@ -1146,6 +1168,11 @@ impl Conn {
                     }
                 }
             }
+            // TLS records a read produced (a key update's answer) that the kernel did not take
+            // at once: the writer pushes them.
+            if self.sock.is_tls() && self.sock.pending_out() {
+                self.writer_wake.notify_one();
+            }
             // 2. Wait for input, a timer, a wake-up (the lifecycle changed: a close, the writer's
             // progress) or the end. After a spent budget, the other tasks of this thread run
             // first (yield), then reading goes on.
@@ -1368,7 +1395,7 @@ fn no_timer() -> Instant {
 /// through [`Inbound`] first: when it refuses (budget spent, no room, rate exceeded) the read is
 /// a WouldBlock too, with the reason in `stop`.
 struct Io<'a> {
-    sock: &'a TcpStream,
+    sock: &'a Sock,
     out: &'a mut Vec<u8>,
     inbound: &'a mut Inbound,
     stop: Option<Stop>,
@@ -1435,7 +1462,7 @@ pub(crate) fn part_sizes(conn: &Arc<Conn>) -> Vec<(&'static str, usize)> {
             "topics: Mutex<HashSet> (in Conn)",
             size_of_val(&conn.topics),
         ),
-        ("sock: TcpStream (in Conn)", size_of_val(&conn.sock)),
+        ("sock: Sock (in Conn)", size_of_val(&conn.sock)),
         ("Notify (in Conn, x2)", size_of::<Notify>()),
         ("kill: Kill (in Conn)", size_of_val(&conn.kill)),
         ("run future", size_of_val(&run)),

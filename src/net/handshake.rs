@@ -4,7 +4,7 @@
 
 use std::io::{self, Read};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::wire::handshake::{
@@ -43,6 +43,43 @@ impl From<io::Error> for Refusal {
     }
 }
 
+/// A socket an upgrade request is read from and refusals are written to: TCP, or a TLS stream
+/// over it (`tls.rs`).
+pub(crate) trait HeadStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The TCP socket underneath.
+    fn tcp(&self) -> &TcpStream;
+    /// One non-blocking read of whatever the kernel holds (decrypted, over TLS), appended to
+    /// `buf`. Straight to the socket: tokio's `try_read` only reads after the reactor has seen the
+    /// socket readable, and with `SO_RCVLOWAT` raised it may never see that.
+    fn read_now(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
+    /// The TCP socket and the TLS session (if any), once the upgrade succeeded.
+    fn into_parts(self) -> (TcpStream, Option<rustls::ServerConnection>);
+}
+
+impl HeadStream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+    fn read_now(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        read_into(buf, |b| (&*socket2::SockRef::from(&*self)).read(b))
+    }
+    fn into_parts(self) -> (TcpStream, Option<rustls::ServerConnection>) {
+        (self, None)
+    }
+}
+
+/// Runs `read` on the spare room of `buf` (at least one byte) and keeps what it read.
+pub(crate) fn read_into(
+    buf: &mut Vec<u8>,
+    read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let len = buf.len();
+    buf.resize(buf.capacity().max(len + 1), 0);
+    let r = read(&mut buf[len..]);
+    buf.truncate(len + *r.as_ref().unwrap_or(&0));
+    r
+}
+
 /// Reads from `stream` until the request head is complete. Nothing is answered here: an
 /// [`Invalid`] is for the caller to answer and count.
 ///
@@ -51,7 +88,7 @@ impl From<io::Error> for Refusal {
 /// packets no longer wake the accept thread one by one, and what piled up is read after a
 /// growing wait ([`HEAD_READ_PACE`]). `SO_RCVLOWAT` is back to 1 before the socket is handed
 /// on.
-pub(crate) async fn read_head(stream: &mut TcpStream) -> Result<RawHead, Refusal> {
+pub(crate) async fn read_head<S: HeadStream>(stream: &mut S) -> Result<RawHead, Refusal> {
     // On the heap, not in the future: a stack array here would stay in every connection task's
     // state for the connection's whole life (the task's size is that of its largest state).
     let mut reader = HeadReader::new();
@@ -70,11 +107,11 @@ pub(crate) async fn read_head(stream: &mut TcpStream) -> Result<RawHead, Refusal
         } else {
             if !paced {
                 paced = true;
-                set_rcvlowat(stream, MAX_REQUEST_HEAD + 1)?;
+                set_rcvlowat(stream.tcp(), MAX_REQUEST_HEAD + 1)?;
             }
             let doublings = (reads - HEAD_READS_AT_ONCE).min(16) as u32;
             tokio::time::sleep((HEAD_READ_PACE * (1 << doublings)).min(HEAD_READ_PACE_MAX)).await;
-            match read_now(stream, reader.buf_mut()) {
+            match stream.read_now(reader.buf_mut()) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -87,7 +124,7 @@ pub(crate) async fn read_head(stream: &mut TcpStream) -> Result<RawHead, Refusal
         match reader.check() {
             Ok(Some(len)) => {
                 if paced {
-                    set_rcvlowat(stream, 1)?;
+                    set_rcvlowat(stream.tcp(), 1)?;
                 }
                 return Ok(reader.finish(len));
             }
@@ -96,17 +133,6 @@ pub(crate) async fn read_head(stream: &mut TcpStream) -> Result<RawHead, Refusal
         }
     }
     unreachable!("the loop returns")
-}
-
-/// One non-blocking read of whatever the kernel holds, appended to `buf`. Straight to the
-/// socket: tokio's `try_read` only reads after the reactor has seen the socket readable, and
-/// with `SO_RCVLOWAT` raised it may never see that.
-fn read_now(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let len = buf.len();
-    buf.resize(buf.capacity().max(len + 1), 0);
-    let r = (&*socket2::SockRef::from(stream)).read(&mut buf[len..]);
-    buf.truncate(len + *r.as_ref().unwrap_or(&0));
-    r
 }
 
 /// Sets `SO_RCVLOWAT`: the socket is reported readable (and its arrivals wake the reactor) only
@@ -137,13 +163,13 @@ fn set_rcvlowat(stream: &TcpStream, bytes: usize) -> io::Result<()> {
 }
 
 /// Answers an invalid request: its status, extra headers and [`Invalid::message`] as the body.
-pub(crate) async fn refuse_invalid(stream: &mut TcpStream, why: &Invalid) {
+pub(crate) async fn refuse_invalid<S: HeadStream>(stream: &mut S, why: &Invalid) {
     refuse_with(stream, why.status(), &why.extra_headers(), &why.message()).await;
 }
 
 /// Answers with an HTTP error (its reason phrase as the body) and closes the write side.
 /// Returns the refusal to propagate.
-pub(crate) async fn refuse(stream: &mut TcpStream, status: u16, extra: &[(&str, &str)]) -> u16 {
+pub(crate) async fn refuse<S: HeadStream>(stream: &mut S, status: u16, extra: &[(&str, &str)]) -> u16 {
     let extra: Vec<(String, String)> = extra
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -154,8 +180,8 @@ pub(crate) async fn refuse(stream: &mut TcpStream, status: u16, extra: &[(&str, 
 /// Answers with `status`, extra headers and a plain-text body, then closes the write side.
 /// Header names and values must already be checked ([`is_token`], [`is_header_value`]).
 /// Returns `status`.
-pub(crate) async fn refuse_with(
-    stream: &mut TcpStream,
+pub(crate) async fn refuse_with<S: HeadStream>(
+    stream: &mut S,
     status: u16,
     extra: &[(String, String)],
     body: &str,
@@ -163,6 +189,7 @@ pub(crate) async fn refuse_with(
     let resp = response_head(status, extra, body);
     // Best effort: the peer may already be gone.
     let _ = stream.write_all(resp.as_bytes()).await;
+    // Over TLS, close_notify goes first.
     let _ = stream.shutdown().await;
     status
 }

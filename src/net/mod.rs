@@ -41,6 +41,7 @@ pub(crate) mod lagging;
 pub(crate) mod peers;
 pub(crate) mod routing;
 pub(crate) mod server;
+pub(crate) mod tls;
 #[cfg(test)]
 mod testkit;
 #[cfg(test)]

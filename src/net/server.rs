@@ -33,9 +33,10 @@ use crate::core::topics::Topics;
 use crate::net::connection::Conn;
 use crate::net::events::{Event, EventSink};
 use crate::net::fanout::Fanout;
-use crate::net::handshake::{self as io_handshake, Refusal};
+use crate::net::handshake::{self as io_handshake, HeadStream, Refusal};
 use crate::net::inbound::PartialBudget;
 use crate::net::peers::Peers;
+use crate::net::tls::Sock;
 use crate::wire::close::CloseCode;
 use crate::wire::handshake::{self, RefusalCause, Verdict};
 
@@ -106,6 +107,9 @@ pub(crate) struct ServerShared {
     histories: RwLock<HashMap<Arc<str>, Arc<TopicHistory>>>,
     /// Bytes held by partly received messages, server-wide (`maxPartialMessageBytes`).
     pub(crate) partial: Arc<PartialBudget>,
+    /// The certificate new connections are served with (`tls`; replaced by `setSecureContext`):
+    /// `None`, plain `ws://`.
+    tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
 }
 
 /// A topic's history and how its messages carry their offsets.
@@ -149,7 +153,19 @@ impl ServerShared {
             workers,
             peers: OnceLock::new(),
             histories: RwLock::new(HashMap::new()),
+            tls: RwLock::new(None),
         })
+    }
+
+    /// Serves new connections of the listener with this TLS configuration, from the next
+    /// handshake on (connections open already keep theirs).
+    pub(crate) fn set_tls(&self, config: Arc<rustls::ServerConfig>) {
+        *write(&self.tls) = Some(config);
+    }
+
+    /// The listener serves TLS.
+    pub(crate) fn has_tls(&self) -> bool {
+        read(&self.tls).is_some()
     }
 
     /// Gives `topic` a history with these bounds (a new epoch), or changes its bounds.
@@ -349,12 +365,7 @@ impl ServerShared {
     /// Runs on the accept thread: the handshake never waits behind fan-out work, so new clients
     /// get their 101 promptly however busy the workers are. `taken` is set for a socket taken
     /// over from Node: its token and its request, as Node parsed it.
-    async fn handshake(
-        self: Arc<Self>,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        taken: Option<Taken>,
-    ) {
+    async fn handshake(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, taken: Option<Taken>) {
         let _ = stream.set_nodelay(true);
         if let Some(limit) = self.config.kernel_unsent_limit {
             set_notsent_lowat(&stream, limit);
@@ -366,36 +377,82 @@ impl ServerShared {
             None if self.config.ask_js => self.next_token.fetch_add(1, Ordering::Relaxed),
             None => 0,
         };
-        let (upgrade, protocol) = match self.negotiate(&mut stream, peer, token, taken).await {
-            Ok(ok) => ok,
-            Err(status) => {
-                // JavaScript forgets the token (a verify event may have been its only trace).
-                if token != 0 {
-                    self.events.push(Event::HandshakeFailed { token, status });
-                }
-                return;
+        // The TLS handshake and the upgrade request share one deadline from the TCP accept.
+        let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
+        // A socket taken over from Node is plain: its TLS (if any) was Node's.
+        let tls = match taken {
+            None => read(&self.tls).clone(),
+            Some(_) => None,
+        };
+        let Some(tls) = tls else {
+            return self.upgrade(stream, peer, token, taken, deadline).await;
+        };
+        let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+        match tokio::time::timeout_at(deadline, accept).await {
+            Ok(Ok(stream)) => {
+                self.metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                self.upgrade(stream, peer, token, None, deadline).await
             }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                self.metrics.tls_errors.fetch_add(1, Ordering::Relaxed);
+                self.handshake_failed(token, 0);
+            }
+            Err(_) => {
+                self.metrics
+                    .handshakes_timed_out
+                    .fetch_add(1, Ordering::Relaxed);
+                self.handshake_failed(token, 0);
+            }
+        }
+    }
+
+    /// JavaScript forgets the token of a handshake that failed (a verify event may have been its
+    /// only trace).
+    fn handshake_failed(&self, token: u64, status: u16) {
+        if token != 0 {
+            self.events.push(Event::HandshakeFailed { token, status });
+        }
+    }
+
+    /// The upgrade over `stream` (TCP, or TLS over it), until `deadline`; once it succeeds the
+    /// connection is registered and runs on the workers.
+    async fn upgrade<S: HeadStream>(
+        self: Arc<Self>,
+        mut stream: S,
+        peer: SocketAddr,
+        token: u64,
+        taken: Option<Taken>,
+        deadline: tokio::time::Instant,
+    ) {
+        let (upgrade, protocol) = match self
+            .negotiate(&mut stream, peer, token, taken, deadline)
+            .await
+        {
+            Ok(ok) => ok,
+            Err(status) => return self.handshake_failed(token, status),
         };
         // Hand the socket from the accept thread's reactor to the workers' here, on the accept
         // thread, which then writes the 101 too: a new client's handshake never waits behind
         // fan-out work on the workers (which run at a lower priority).
-        let stream = {
+        let (tcp, session) = stream.into_parts();
+        let tcp = {
             let _workers = self.workers.enter();
-            stream.into_std().and_then(TcpStream::from_std)
+            tcp.into_std().and_then(TcpStream::from_std)
         };
-        let stream = match stream {
+        let tcp = match tcp {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "hand-over to the workers failed");
                 self.metrics.open.fetch_sub(1, Ordering::AcqRel);
-                if token != 0 {
-                    self.events
-                        .push(Event::HandshakeFailed { token, status: 0 });
-                }
-                return;
+                return self.handshake_failed(token, 0);
             }
         };
-        let opened = self.open(stream, upgrade, protocol, token);
+        let sock = match session {
+            None => Sock::plain(tcp),
+            Some(session) => Sock::tls(tcp, session, self.metrics.clone()),
+        };
+        let opened = self.open(sock, upgrade, protocol, token);
         let this = self.clone();
         self.workers.spawn(this.run_connection(opened));
     }
@@ -406,12 +463,13 @@ impl ServerShared {
     /// slot under `maxConnections` is reserved and the 101 is still to be sent (by
     /// `run_connection`). `Err` carries the status answered (0: none, the socket failed or the
     /// request never completed).
-    async fn negotiate(
+    async fn negotiate<S: HeadStream>(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         peer: SocketAddr,
         token: u64,
         taken: Option<Taken>,
+        deadline: tokio::time::Instant,
     ) -> Result<(handshake::Upgrade, Option<String>), u16> {
         let m = &self.metrics;
         // Each refusal is counted before it is answered, so that a client that has read the
@@ -421,8 +479,6 @@ impl ServerShared {
             m.add_refusal(cause);
             status
         };
-        let timeout = self.config.handshake_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
         let head = match taken {
             Some(t) => Pending::Parts(t.parts, t.head),
             None => {
@@ -496,7 +552,7 @@ impl ServerShared {
             }
             // As ws: a client that hung up (FIN, or reset) while the hooks were deciding is
             // dropped without an answer, and never becomes a connection.
-            if peer_hung_up(stream) {
+            if peer_hung_up(stream.tcp()) {
                 m.handshakes_abandoned.fetch_add(1, Ordering::Relaxed);
                 return Err(0);
             }
@@ -549,7 +605,7 @@ impl ServerShared {
     /// from the 'connection' handler) wait in the outbox until the writer starts.
     fn open(
         self: &Arc<Self>,
-        stream: TcpStream,
+        stream: Sock,
         upgrade: handshake::Upgrade,
         protocol: Option<String>,
         token: u64,

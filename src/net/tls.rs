@@ -1,0 +1,443 @@
+//! TLS on sluice's own listener (the `tls` option): `wss://` served by rustls.
+//!
+//! * **Certificates.** [`server_config`] turns the PEM of `tls: { key, cert, ca, passphrase }`
+//!   into a rustls `ServerConfig` when the server is created (or at `setSecureContext`), so that
+//!   a wrong, encrypted or mismatched key, or a certificate that is no certificate, is refused
+//!   there with a stable code ([`TlsFault`]), never at the first connection. `cert` may hold the
+//!   whole chain; `ca` adds certificates sent after it (intermediates, as OpenSSL's chain
+//!   building does for Node when they are only in `ca`). Client certificates are not asked for.
+//!   ALPN offers `http/1.1`, the only protocol a WebSocket upgrade runs over.
+//! * **The handshake.** It runs on the accept thread, like the upgrade it carries, under the
+//!   same `handshakeTimeout`, counted from the TCP accept: a client that dribbles its hello is
+//!   cut at the deadline. tokio-rustls drives it and the upgrade request over it
+//!   (`net::handshake` reads the head of any [`HeadStream`]); a failure is counted in
+//!   `metrics().tlsErrors` and ends that socket alone.
+//! * **Once upgraded** the connection drives rustls itself, from socket readiness, like a plain
+//!   one ([`Sock`]): a read decrypts what the socket holds, a write encrypts the frames it is
+//!   given and hands the records to the kernel. rustls keeps at most [`TLS_BUFFER`] of records
+//!   the kernel did not take; the writer empties it before anything else, and our close frame
+//!   counts as written only once its record is out. `bufferedAmount` counts bytes not yet
+//!   encrypted, so it is below the exact figure by at most that much.
+//!
+//! Edge cases owned here: a key in a format rustls cannot read (a legacy encrypted PEM), a
+//! passphrase given for a plain key or missing for an encrypted one, a peer that closes without
+//! `close_notify` (an end of stream like any other), an alert or a bad record mid-connection (the
+//! connection ends, counted as a TLS error).
+
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::ServerConnection;
+use socket2::SockRef;
+use tokio::net::TcpStream;
+
+use crate::core::config::{ConfigError, Fault, TlsFault, TlsPem};
+use crate::core::metrics::Metrics;
+
+/// The most of TLS records rustls holds that the kernel has not taken yet (and so the most of
+/// plaintext it accepts in one write): one full record. `bufferedAmount` does not count it.
+pub(crate) const TLS_BUFFER: usize = 16 * 1024;
+
+fn refuse(fault: TlsFault, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        option: "tls",
+        fault: Fault::Tls(fault),
+        message: message.into(),
+    }
+}
+
+/// The crypto provider: ring, the only one compiled in.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The rustls configuration for `pem`, or why it is refused.
+pub(crate) fn server_config(pem: &TlsPem) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    let key = private_key(&pem.key, pem.passphrase.as_deref())?;
+    let mut chain = certificates(&pem.cert, "cert")?;
+    if chain.is_empty() {
+        return Err(refuse(
+            TlsFault::Cert,
+            "tls.cert holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    for ca in &pem.ca {
+        chain.extend(certificates(ca, "ca")?);
+    }
+    let provider = provider();
+    let signer = provider.key_provider.load_private_key(key).map_err(|e| {
+        refuse(
+            TlsFault::Key,
+            format!("tls.key is not a private key rustls can sign with: {e}"),
+        )
+    })?;
+    let certified = rustls::sign::CertifiedKey::new(chain, signer);
+    match certified.keys_match() {
+        Ok(()) => {}
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            return Err(refuse(
+                TlsFault::Mismatch,
+                "tls.key does not match tls.cert (the first certificate's public key)",
+            ))
+        }
+        Err(e) => {
+            return Err(refuse(
+                TlsFault::Cert,
+                format!("tls.cert's first certificate cannot be checked against tls.key: {e}"),
+            ))
+        }
+    }
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| refuse(TlsFault::Cert, format!("no TLS version available: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The certificates of a PEM text, in order; an error for a section that does not parse.
+fn certificates(pem: &[u8], option: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            refuse(
+                TlsFault::Cert,
+                format!("tls.{option} is not valid PEM: {e}"),
+            )
+        })
+}
+
+/// The private key of `pem`: a plain PKCS#8, PKCS#1 or SEC1 key, or an encrypted PKCS#8 one
+/// (`-----BEGIN ENCRYPTED PRIVATE KEY-----`) opened with `passphrase`.
+fn private_key(pem: &[u8], passphrase: Option<&str>) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    let text = String::from_utf8_lossy(pem);
+    if text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(refuse(
+            TlsFault::Key,
+            "tls.key is a legacy encrypted PEM key (Proc-Type: 4,ENCRYPTED), which sluice cannot \
+             read: convert it to encrypted PKCS#8 with `openssl pkcs8 -topk8 -v2 aes-256-cbc` \
+             (or to a plain key)",
+        ));
+    }
+    if let Some(start) = text.find("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        let Some(passphrase) = passphrase else {
+            return Err(refuse(
+                TlsFault::Passphrase,
+                "tls.key is encrypted: tls.passphrase is needed to open it",
+            ));
+        };
+        let (label, der) = pkcs8::der::pem::decode_vec(&pem[start..])
+            .map_err(|e| refuse(TlsFault::Key, format!("tls.key is not valid PEM: {e}")))?;
+        if label != "ENCRYPTED PRIVATE KEY" {
+            return Err(refuse(TlsFault::Key, "tls.key is not valid PEM"));
+        }
+        let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der.as_slice()).map_err(|e| {
+            refuse(
+                TlsFault::Key,
+                format!("tls.key is not an encrypted PKCS#8 key: {e}"),
+            )
+        })?;
+        let plain = info.decrypt(passphrase).map_err(|_| {
+            refuse(
+                TlsFault::Passphrase,
+                "tls.passphrase does not open tls.key (a wrong passphrase, or a cipher sluice \
+                 cannot use)",
+            )
+        })?;
+        return Ok(PrivatePkcs8KeyDer::from(plain.as_bytes().to_vec()).into());
+    }
+    match PrivateKeyDer::from_pem_slice(pem) {
+        Ok(key) if passphrase.is_some() => {
+            drop(key);
+            Err(refuse(
+                TlsFault::Passphrase,
+                "tls.passphrase was given but tls.key is not encrypted",
+            ))
+        }
+        Ok(key) => Ok(key),
+        Err(rustls::pki_types::pem::Error::NoItemsFound) => Err(refuse(
+            TlsFault::Key,
+            "tls.key holds no PEM private key (-----BEGIN PRIVATE KEY-----, RSA PRIVATE KEY or EC \
+             PRIVATE KEY)",
+        )),
+        Err(e) => Err(refuse(
+            TlsFault::Key,
+            format!("tls.key is not valid PEM: {e}"),
+        )),
+    }
+}
+
+/// A new connection's rustls state for `config`, with [`TLS_BUFFER`] as its bound.
+pub(crate) fn limit_buffers(conn: &mut ServerConnection) {
+    conn.set_buffer_limit(Some(TLS_BUFFER));
+}
+
+/// Reads into `buf` what the peer sent, decrypted: first what rustls holds already, then from
+/// `rd` (the socket). `Ok(0)` is the end of the stream, with or without `close_notify`.
+/// `WouldBlock` only when rustls holds no plaintext and the socket nothing more (so a reader
+/// that then waits for readiness misses nothing). A record that fails is an `InvalidData` error,
+/// after rustls's alert was offered to `wr`.
+pub(crate) fn read_plain(
+    c: &mut ServerConnection,
+    rd: &mut dyn Read,
+    wr: &mut dyn Write,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        match c.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // The peer closed the TCP stream without close_notify: an end like any other.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        if c.read_tls(rd)? == 0 {
+            return Ok(0);
+        }
+        if let Err(e) = c.process_new_packets() {
+            let _ = push(c, wr);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+    }
+}
+
+/// Hands rustls's pending records to `wr` until it would block. `Ok(true)`: none left.
+pub(crate) fn push(c: &mut ServerConnection, wr: &mut dyn Write) -> io::Result<bool> {
+    while c.wants_write() {
+        match c.write_tls(wr) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Reads and writes through tokio's readiness (`try_read`/`try_write`): a `WouldBlock` clears
+/// it, so that waiting for readiness then waits for the kernel.
+struct Ready<'a>(&'a TcpStream);
+
+impl Read for Ready<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for Ready<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Plain `send(2)`s, for a socket the reactor has not polled yet (see `Sock::write_now`).
+pub(crate) struct Raw<'a>(pub(crate) SockRef<'a>);
+
+impl Write for Raw<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        const FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+        #[cfg(not(target_os = "linux"))]
+        const FLAGS: libc::c_int = 0;
+        self.0.send_with_flags(buf, FLAGS)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for Raw<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+/// A connection's TLS session, once upgraded.
+struct Session {
+    conn: Mutex<ServerConnection>,
+    metrics: Arc<Metrics>,
+}
+
+/// A connection's socket: TCP, and its TLS session if it has one. The connection reads, writes
+/// and waits through this alone, so that it does not know which it is.
+pub(crate) struct Sock {
+    tcp: TcpStream,
+    tls: Option<Box<Session>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Sock {
+    pub(crate) fn plain(tcp: TcpStream) -> Self {
+        Self { tcp, tls: None }
+    }
+
+    pub(crate) fn tls(tcp: TcpStream, mut conn: ServerConnection, metrics: Arc<Metrics>) -> Self {
+        limit_buffers(&mut conn);
+        Self {
+            tcp,
+            tls: Some(Box::new(Session {
+                conn: Mutex::new(conn),
+                metrics,
+            })),
+        }
+    }
+
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Counts a failed record (an `InvalidData` from [`read_plain`]) as a TLS error.
+    fn counted<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        if let (Err(e), Some(s)) = (&r, &self.tls) {
+            if e.kind() == io::ErrorKind::InvalidData {
+                s.metrics
+                    .tls_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    /// A non-blocking read of what the peer sent (decrypted). `WouldBlock` when nothing is there.
+    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match &self.tls {
+            None => self.tcp.try_read(buf),
+            Some(s) => {
+                let mut c = lock(&s.conn);
+                let r = read_plain(&mut c, &mut Ready(&self.tcp), &mut Ready(&self.tcp), buf);
+                // Records rustls answers with (a key update): out now, as far as they go; the
+                // writer pushes the rest ([`Sock::pending_out`]).
+                if c.wants_write() {
+                    let _ = push(&mut c, &mut Ready(&self.tcp));
+                }
+                drop(c);
+                self.counted(r)
+            }
+        }
+    }
+
+    /// A non-blocking write; returns the bytes taken. Over TLS: the records rustls still holds
+    /// go first (`WouldBlock` while they do not), then up to [`TLS_BUFFER`] of `b` is encrypted
+    /// and handed on as far as the kernel takes it; the rest of those records waits in rustls.
+    pub(crate) fn try_write(&self, b: &[u8]) -> io::Result<usize> {
+        match &self.tls {
+            None => self.tcp.try_write(b),
+            Some(_) => self.try_write_vectored(&[IoSlice::new(b)]),
+        }
+    }
+
+    /// As [`Sock::try_write`], from several buffers.
+    pub(crate) fn try_write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        match &self.tls {
+            None => self.tcp.try_write_vectored(iov),
+            Some(s) => {
+                let mut c = lock(&s.conn);
+                if !push(&mut c, &mut Ready(&self.tcp))? {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let n = c.writer().write_vectored(iov)?;
+                push(&mut c, &mut Ready(&self.tcp))?;
+                Ok(n)
+            }
+        }
+    }
+
+    /// TLS records wait in rustls for the kernel (never for a plain socket).
+    pub(crate) fn pending_out(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|s| lock(&s.conn).wants_write())
+    }
+
+    /// Hands pending TLS records to the kernel. `Ok(true)`: none left (always, plain).
+    pub(crate) fn push_pending(&self) -> io::Result<bool> {
+        match &self.tls {
+            None => Ok(true),
+            Some(s) => push(&mut lock(&s.conn), &mut Ready(&self.tcp)),
+        }
+    }
+
+    /// Writes what the socket takes at once of `bytes` with plain `send(2)`s, for a socket just
+    /// registered with a reactor that has not polled it (tokio's `try_write` would not even try).
+    /// Returns the bytes taken. Over TLS all of `bytes` is encrypted; records the kernel did not
+    /// take wait in rustls for the writer.
+    pub(crate) fn write_now(&self, mut bytes: &[u8]) -> io::Result<usize> {
+        let mut raw = Raw(SockRef::from(&self.tcp));
+        match &self.tls {
+            None => {
+                let all = bytes.len();
+                while !bytes.is_empty() {
+                    match raw.write(bytes) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => bytes = &bytes[n..],
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(all - bytes.len())
+            }
+            Some(s) => {
+                let mut c = lock(&s.conn);
+                // Above the buffer limit for once: the 101 is small and goes out whole.
+                c.set_buffer_limit(None);
+                c.writer().write_all(bytes)?;
+                limit_buffers(&mut c);
+                push(&mut c, &mut raw)?;
+                Ok(bytes.len())
+            }
+        }
+    }
+
+    /// Shuts the write side: over TLS after `close_notify`, offered to the kernel first.
+    pub(crate) fn shutdown_write(&self) {
+        if let Some(s) = &self.tls {
+            let mut c = lock(&s.conn);
+            c.send_close_notify();
+            let _ = push(&mut c, &mut Raw(SockRef::from(&self.tcp)));
+        }
+        let _ = SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Write);
+    }
+
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        self.tcp.readable().await
+    }
+
+    pub(crate) async fn writable(&self) -> io::Result<()> {
+        self.tcp.writable().await
+    }
+}
+
+impl crate::net::handshake::HeadStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+    fn read_now(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        let (tcp, c) = self.get_mut();
+        crate::net::handshake::read_into(buf, |b| {
+            let sock = SockRef::from(&*tcp);
+            read_plain(c, &mut Raw(SockRef::from(&*tcp)), &mut Raw(sock), b)
+        })
+    }
+    fn into_parts(self) -> (TcpStream, Option<ServerConnection>) {
+        let (tcp, session) = self.into_inner();
+        (tcp, Some(session))
+    }
+}
