@@ -83,12 +83,15 @@ function percentile(sorted, q) {
  * @param {number} [s.flooders=1] flooder processes, each with `flood.connections` connections
  * @param {number} [s.observers=20]
  * @param {number} [s.probeAtMs=0] if set, this long after the flood started (the flooders still
- *   connected), collect the server's garbage and sample its RSS and metrics (probe)
+ *   connected), collect the server's garbage (a full GC), wait 300 ms and sample its RSS and
+ *   metrics (probe): what the server still holds, not what V8 has yet to collect
  * @param {object} [s.env] environment variables added for the server process
  * @returns {Promise<object>} maxGapMs (worst receipt gap of any observer during the flood),
  *   maxTimerGapMs, handshake { p50, p99, max, count }, rssBaseline, rssMax, rssGrowth,
- *   probe { rssGrowth, metrics } (or null), metrics (at the end of the flood), flooders (their
- *   reports), killed
+ *   probe { rssGrowth, memory (process.memoryUsage() after the GC), metrics } (or null), metrics
+ *   (at the end of the flood), peakPending { events, bytes } (the largest inbound event queue the
+ *   server sampled during the flood), flooders (their reports), killed. maxTimerGapMs and
+ *   peakPending cover the whole flood, the probe's window and the one after it.
  */
 async function runScenario(s) {
   const { options = {}, listeners = ['message'], handlerUs = 0, flood, flooders = 1, observers = 20, probeAtMs = 0, env } = s
@@ -160,16 +163,18 @@ async function runScenario(s) {
     }, 200)
 
     let probe = null
+    let probeReport = null
     const probing = probeAtMs > 0
       ? delay(probeAtMs).then(async () => {
           if (killed) return
           server.stdin.write('gc\n')
-          await next(10000, 'gc')
+          const { memory } = await next(10000, 'gc')
           await delay(300)
           const rss = rssOf(server.pid)
           server.stdin.write('report\n')
           const r = await next(10000, 'probe report')
-          probe = { rssGrowth: rss - rssBaseline, metrics: r.metrics }
+          probeReport = r
+          probe = { rssGrowth: rss - rssBaseline, memory, metrics: r.metrics }
         })
       : Promise.resolve()
     const flooderReports = await Promise.all(reports)
@@ -180,10 +185,19 @@ async function runScenario(s) {
     let metrics = null
     let maxTimerGapMs = null
     let handled = null
+    let peakPending = null
     if (!killed) {
       server.stdin.write('report\n')
       const r = await next(30000, 'final report').catch(() => null)
-      if (r) ({ metrics, maxTimerGapMs, handled } = r)
+      if (r) ({ metrics, maxTimerGapMs, handled, peakPending } = r)
+      // The probe's report closed a window of its own.
+      if (r && probeReport) {
+        maxTimerGapMs = Math.max(maxTimerGapMs, probeReport.maxTimerGapMs)
+        peakPending = {
+          events: Math.max(peakPending.events, probeReport.peakPending.events),
+          bytes: Math.max(peakPending.bytes, probeReport.peakPending.bytes),
+        }
+      }
     }
     const end = performance.now()
     // Receipt gaps within the flood window [t0, t1]: the wait for the first broadcast after t0
@@ -212,6 +226,7 @@ async function runScenario(s) {
       rssGrowth: rssMax - rssBaseline,
       probe,
       metrics,
+      peakPending,
       flooders: flooderReports,
       killed,
     }
