@@ -339,7 +339,7 @@ export interface InboundMetrics {
   partialPauses: number
   /** Inbound events (messages, pings, pongs) waiting for JavaScript right now. */
   pendingEvents: number
-  /** What they cost: payload plus 512 bytes each (the bound is 64 MiB, or 65,536 events). */
+  /** What they cost: payload plus 512 bytes each (the bound is 64 MiB, or 50,000 events). */
   pendingEventBytes: number
   /** Bytes reserved right now by messages still arriving (bounded by `maxPartialMessageBytes`). */
   partialMessageBytes: number

@@ -70,7 +70,7 @@ pub struct InboundMetrics {
     pub partial_pauses: f64,
     /// Inbound events (messages, pings, pongs) waiting for JavaScript right now.
     pub pending_events: f64,
-    /// What they cost: payload plus 512 bytes each (the bound is 64 MiB, or 65,536 events).
+    /// What they cost: payload plus 512 bytes each (the bound is 64 MiB, or 50,000 events).
     pub pending_event_bytes: f64,
     /// Bytes reserved right now by messages still arriving (bounded by `maxPartialMessageBytes`).
     pub partial_message_bytes: f64,
