@@ -75,7 +75,7 @@ function handleEvent(server, ev) {
     const token = ev[4]
     const entry = token ? server._handshakes.get(token) : undefined
     if (entry) server._handshakes.delete(token)
-    const req = entry ? entry.req : ownRequest(ev[3])
+    const req = entry ? entry.req : ownRequest(ev[3], server._options.tls)
     const conn = new Connection(ev[2], req, server)
     server._connections.set(ev[1], conn)
     server._updateHold()

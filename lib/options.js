@@ -18,9 +18,9 @@ const { MAX_KEY_BYTES } = require('./constants')
  * @returns {{ noServer: boolean, verifyClient?: Function, handleProtocols?: Function, cluster: boolean }}
  */
 function jsOptions(options) {
-  if (options === undefined) return { noServer: false, cluster: false }
-  const { noServer, verifyClient, handleProtocols, cluster } = options
-  return { noServer: noServer === true, verifyClient, handleProtocols, cluster: cluster !== undefined }
+  if (options === undefined) return { noServer: false, cluster: false, tls: false }
+  const { noServer, verifyClient, handleProtocols, cluster, tls } = options
+  return { noServer: noServer === true, verifyClient, handleProtocols, cluster: cluster !== undefined, tls: tls !== undefined }
 }
 
 /**

@@ -55,9 +55,25 @@ const ownRequestPrototype = {
   },
 }
 
-/** Completes the request object of sluice's own listener (see `ownRequestPrototype`). */
-function ownRequest(request) {
-  Object.setPrototypeOf(request, ownRequestPrototype)
+/** The same for a listener with the `tls` option: `req.socket.encrypted` is true, as on a TLSSocket. */
+const ownTlsRequestPrototype = {
+  __proto__: ownRequestPrototype,
+  get socket() {
+    return setOwn(this, 'socket', { remoteAddress: this.remoteAddress, remotePort: this.remotePort, encrypted: true })
+  },
+  set socket(value) {
+    setOwn(this, 'socket', value)
+  },
+}
+
+/**
+ * Completes the request object of sluice's own listener (see `ownRequestPrototype`).
+ *
+ * @param {object} request From the native side
+ * @param {boolean} secure The listener serves TLS
+ */
+function ownRequest(request, secure) {
+  Object.setPrototypeOf(request, secure ? ownTlsRequestPrototype : ownRequestPrototype)
   return request
 }
 
@@ -210,7 +226,7 @@ async function verify(server, token, request, protocols) {
   let entry = server._handshakes.get(token)
   if (!entry) {
     // From sluice's own listener: a request object of our own, kept for 'connection'.
-    entry = { req: ownRequest(request), callback: undefined }
+    entry = { req: ownRequest(request, server._options.tls), callback: undefined }
     server._handshakes.set(token, entry)
     server._updateHold()
   }

@@ -32,7 +32,7 @@ import { EventEmitter } from 'events'
 import * as http from 'http'
 import type { Duplex } from 'stream'
 import { Priority as SluicePriority } from '../index'
-import type { Connection, Server as SluiceServer, PriorityLike, SluiceError } from './sluice'
+import type { Connection, Server as SluiceServer, PriorityLike, SluiceError, TlsOptions } from './sluice'
 
 // Shaped like @types/ws: `export = WebSocket`, the rest in the WebSocket namespace, so that both
 // `const { WebSocketServer } = require('sluice/ws')` and
@@ -204,6 +204,9 @@ declare namespace WebSocket {
     workerNice?: number
     /** Browser Origins allowed to connect (exact); others get 403. */
     allowedOrigins?: string[]
+    /** Serve `wss://` on sluice's own listener (rustls), in place of ws's `{ server: https.Server }`,
+     * which sluice refuses: its sockets carry ciphertext that only Node's TLS can read. */
+    tls?: TlsOptions
   }
 
   interface AddressInfo {

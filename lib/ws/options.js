@@ -38,6 +38,8 @@ const SLUICE_OPTIONS = new Set([
   'maxInboundFramesPerSecond',
   'inboundRateWindow',
   'maxPartialMessageBytes',
+  // wss:// on sluice's own listener (rustls), in place of ws's { server: https.Server }.
+  'tls',
 ])
 
 // ws options that sluice implements (the values are checked below).
@@ -107,7 +109,7 @@ function checkOptions(options) {
   }
   if (options.server) {
     if (options.server instanceof tls.Server) {
-      throw unsupported('an https/tls server', 'terminate TLS in front of sluice (a proxy or load balancer)')
+      throw unsupported('an https/tls server', "its sockets carry ciphertext that only Node's TLS can read: serve wss:// from sluice's own listener with new WebSocketServer({ port, tls: { key, cert } }), or terminate TLS in front of sluice")
     }
     if (typeof options.server.on !== 'function') {
       throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTION', "'server' must be an http.Server")

@@ -331,7 +331,7 @@ class WebSocketServer extends HookedEmitter {
       return
     }
     if (socket && (socket.encrypted || socket instanceof tls.TLSSocket)) {
-      throw unsupported('TLS sockets (wss:// through an https.Server)', 'terminate TLS in front of sluice (a proxy or load balancer)')
+      throw unsupported('TLS sockets (wss:// through an https.Server)', "their bytes are ciphertext that only Node's TLS can read: serve wss:// from sluice's own listener with the tls option, or terminate TLS in front of sluice")
     }
     if (socket && !isTcp(socket)) throw notTcp()
     const handOver = (preset) => {
