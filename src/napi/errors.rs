@@ -150,10 +150,26 @@ mod tests {
             (Fault::Type, Class::TypeError, "ERR_SLUICE_INVALID_OPTION"),
             (Fault::Value, Class::RangeError, "ERR_SLUICE_INVALID_OPTION"),
             (Fault::Range, Class::RangeError, "ERR_SLUICE_OUT_OF_RANGE"),
-            (Fault::Tls(TlsFault::Key), Class::Error, "ERR_SLUICE_TLS_INVALID_KEY"),
-            (Fault::Tls(TlsFault::Cert), Class::Error, "ERR_SLUICE_TLS_INVALID_CERT"),
-            (Fault::Tls(TlsFault::Mismatch), Class::Error, "ERR_SLUICE_TLS_KEY_MISMATCH"),
-            (Fault::Tls(TlsFault::Passphrase), Class::Error, "ERR_SLUICE_TLS_PASSPHRASE"),
+            (
+                Fault::Tls(TlsFault::Key),
+                Class::Error,
+                "ERR_SLUICE_TLS_INVALID_KEY",
+            ),
+            (
+                Fault::Tls(TlsFault::Cert),
+                Class::Error,
+                "ERR_SLUICE_TLS_INVALID_CERT",
+            ),
+            (
+                Fault::Tls(TlsFault::Mismatch),
+                Class::Error,
+                "ERR_SLUICE_TLS_KEY_MISMATCH",
+            ),
+            (
+                Fault::Tls(TlsFault::Passphrase),
+                Class::Error,
+                "ERR_SLUICE_TLS_PASSPHRASE",
+            ),
         ];
         for (fault, class, code) in table {
             let (c, k) = class_and_code(fault);

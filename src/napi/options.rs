@@ -1146,6 +1146,12 @@ mod tests {
                 Kind::OneOf(values) => Given::String(values[1].into()),
                 Kind::Strings => Given::Array(vec![Given::String("https://a".into())]),
                 Kind::Cluster => object(&[("redis", Given::String("redis://a:1".into()))]),
+                Kind::Tls => object(&[
+                    ("key", Given::String("k".into())),
+                    ("cert", Given::String("c".into())),
+                    ("ca", Given::Array(vec![Given::String("a".into())])),
+                    ("passphrase", Given::String("p".into())),
+                ]),
                 Kind::Function => Given::Function,
             };
             let o = server_options(&object(&[(spec.name, value.clone())])).unwrap();
@@ -1160,6 +1166,86 @@ mod tests {
         }
         let names: std::collections::HashSet<&str> = OPTIONS.iter().map(|s| s.name).collect();
         assert_eq!(names.len(), OPTIONS.len(), "an option listed twice");
+    }
+
+    /// The `tls` object's shape is checked here (its PEM by `net::tls`): each refusal names the
+    /// field; Buffers and strings both give the PEM's text; `noServer` excludes it.
+    #[test]
+    fn tls_option() {
+        let pem = |s: &str| Given::String(s.into());
+        let tls = |fields: &[(&str, Given)]| object(&[("tls", object(fields))]);
+        let ok = tls(&[
+            ("key", Given::Bytes(b"KEY".to_vec())),
+            ("cert", pem("CERT")),
+            ("ca", Given::Bytes(b"CA".to_vec())),
+        ]);
+        let t = config(&ok).unwrap().tls.unwrap();
+        assert_eq!(
+            (t.key, t.cert, t.ca, t.passphrase),
+            (
+                b"KEY".to_vec(),
+                b"CERT".to_vec(),
+                vec![b"CA".to_vec()],
+                None
+            )
+        );
+        let rows = [
+            (
+                object(&[("tls", pem("x"))]),
+                Fault::Type,
+                "tls must be an object: { key, cert, ca?, passphrase? }",
+            ),
+            (
+                tls(&[("cert", pem("c"))]),
+                Fault::Type,
+                "tls.key must be a PEM string or a Buffer holding one, got undefined",
+            ),
+            (
+                tls(&[("key", pem("k")), ("cert", Given::Number(1.0))]),
+                Fault::Type,
+                "tls.cert must be a PEM string or a Buffer holding one, got number",
+            ),
+            (
+                tls(&[("key", Given::Bytes(Vec::new())), ("cert", pem("c"))]),
+                Fault::Type,
+                "tls.key must be a PEM string or a Buffer holding one, got object",
+            ),
+            (
+                tls(&[
+                    ("key", pem("k")),
+                    ("cert", pem("c")),
+                    ("ca", Given::Array(vec![Given::Null])),
+                ]),
+                Fault::Type,
+                "tls.ca must be a PEM string or Buffer, or an array of them",
+            ),
+            (
+                tls(&[
+                    ("key", pem("k")),
+                    ("cert", pem("c")),
+                    ("passphrase", Given::Number(1.0)),
+                ]),
+                Fault::Type,
+                "tls.passphrase must be a string, got number",
+            ),
+            (
+                tls(&[("key", pem("k")), ("cert", pem("c")), ("pfx", pem("p"))]),
+                Fault::Unknown,
+                "unknown option 'tls.pfx' (sluice takes key, cert, ca and passphrase)",
+            ),
+            (
+                object(&[
+                    ("noServer", Given::Bool(true)),
+                    ("tls", object(&[("key", pem("k")), ("cert", pem("c"))])),
+                ]),
+                Fault::Options,
+                "noServer excludes tls: a noServer server has no listener of its own",
+            ),
+        ];
+        for (given, fault, message) in rows {
+            let e = refusal(given.clone());
+            assert_eq!((e.fault, e.message.as_str()), (fault, message), "{given:?}");
+        }
     }
 
     #[test]

@@ -3,11 +3,11 @@
 use super::*;
 
 use super::errors::{throw_coded, throw_config_error, ErrorCode};
-use crate::net::tls;
 use super::metrics::{metrics_object, Metrics};
 use super::runtime::{init_tracing, Runtimes};
 use crate::net::peers::UnfitTopic;
 use crate::net::routing::Published;
+use crate::net::tls;
 
 /// Native half of `Server`. Use `Server` from `require('sluice')` instead.
 #[napi]

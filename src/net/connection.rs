@@ -41,9 +41,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::net::tls::Sock;
 use bytes::Bytes;
 use socket2::SockRef;
-use crate::net::tls::Sock;
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
@@ -756,7 +756,10 @@ impl Conn {
             // A lagging connection (lagging.rs) writes one frame at a time, and only while its
             // kernel holds less than laggingKernelLimit: the rest stays in the outbox,
             // replaceable and expirable. An urgent close does not wait.
-            if let Some(wait) = w.lag.before_write(self.sock.tcp(), self.buffered_amount() > 0) {
+            if let Some(wait) = w
+                .lag
+                .before_write(self.sock.tcp(), self.buffered_amount() > 0)
+            {
                 if !self.urgent() {
                     return Flush::Wait(wait);
                 }

@@ -169,7 +169,11 @@ pub(crate) async fn refuse_invalid<S: HeadStream>(stream: &mut S, why: &Invalid)
 
 /// Answers with an HTTP error (its reason phrase as the body) and closes the write side.
 /// Returns the refusal to propagate.
-pub(crate) async fn refuse<S: HeadStream>(stream: &mut S, status: u16, extra: &[(&str, &str)]) -> u16 {
+pub(crate) async fn refuse<S: HeadStream>(
+    stream: &mut S,
+    status: u16,
+    extra: &[(&str, &str)],
+) -> u16 {
     let extra: Vec<(String, String)> = extra
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -41,8 +41,8 @@ pub(crate) mod lagging;
 pub(crate) mod peers;
 pub(crate) mod routing;
 pub(crate) mod server;
-pub(crate) mod tls;
 #[cfg(test)]
 mod testkit;
 #[cfg(test)]
 mod tests;
+pub(crate) mod tls;

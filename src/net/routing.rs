@@ -336,6 +336,7 @@ mod tests {
         sock.set_nonblocking(true).unwrap();
         let _in_rt = rt.enter();
         let sock = tokio::net::TcpStream::from_std(sock).unwrap();
+        let sock = crate::net::tls::Sock::plain(sock);
         (Conn::new(1, s.clone(), sock, String::new()), client)
     }
 

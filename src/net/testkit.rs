@@ -248,6 +248,9 @@ impl Harness {
             ..Js::default()
         });
         let server = ServerShared::new(config, events.clone(), workers.handle().clone());
+        if let Some(pem) = &server.config.tls {
+            server.set_tls(crate::net::tls::server_config(pem).expect("the test certificate"));
+        }
         server.start_fanout();
         let addr = server.listen(accept.handle()).expect("listen on 127.0.0.1");
         let js_thread = {
@@ -490,6 +493,8 @@ pub(crate) struct ClientOptions {
     /// `SO_RCVBUF` set before connecting: a small one makes a client that stops reading stall the
     /// server's writer after a few KiB instead of megabytes (loopback autotuning).
     pub(crate) recv_buffer: Option<u32>,
+    /// Over TLS (the server must serve [`tls_config`]'s certificate), trusting [`test_certs`]'s CA.
+    pub(crate) tls: bool,
 }
 
 impl ClientOptions {
@@ -497,6 +502,114 @@ impl ClientOptions {
     pub(crate) fn stalling() -> Self {
         Self {
             recv_buffer: Some(4096),
+            tls: false,
+        }
+    }
+}
+
+/// A throwaway CA and a certificate it signed for 127.0.0.1 (rcgen, made once per test binary):
+/// the server's PEM, and a client configuration that trusts the CA alone.
+pub(crate) struct TestCerts {
+    pub(crate) pem: crate::core::config::TlsPem,
+    pub(crate) client: Arc<rustls::ClientConfig>,
+}
+
+pub(crate) fn test_certs() -> &'static TestCerts {
+    static CERTS: std::sync::OnceLock<TestCerts> = std::sync::OnceLock::new();
+    CERTS.get_or_init(|| {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("CA params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("server params");
+        let cert = params.signed_by(&key, &issuer).expect("server certificate");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).expect("trust the CA");
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        TestCerts {
+            pem: crate::core::config::TlsPem {
+                key: key.serialize_pem().into_bytes(),
+                cert: cert.pem().into_bytes(),
+                ca: Vec::new(),
+                passphrase: None,
+            },
+            client: Arc::new(client),
+        }
+    })
+}
+
+/// [`config`] serving `wss://` with [`test_certs`]'s certificate.
+pub(crate) fn tls_config() -> Config {
+    Config {
+        tls: Some(test_certs().pem.clone()),
+        ..config()
+    }
+}
+
+/// The client's stream: TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -584,7 +697,7 @@ pub(crate) fn client_close(code: u16, reason: &str) -> Vec<u8> {
 
 /// A minimal WebSocket client over one TCP connection to 127.0.0.1.
 pub(crate) struct Client {
-    sock: TcpStream,
+    sock: Stream,
     /// Bytes read and not yet parsed.
     buf: Vec<u8>,
     /// Bytes of complete frames parsed so far (after the 101).
@@ -601,10 +714,21 @@ impl Client {
         if let Some(n) = opts.recv_buffer {
             socket.set_recv_buffer_size(n).expect("SO_RCVBUF");
         }
-        let mut sock = tokio::time::timeout(WAIT, socket.connect(addr))
+        let tcp = tokio::time::timeout(WAIT, socket.connect(addr))
             .await
             .expect("connect in time")
             .expect("connect");
+        let mut sock = if opts.tls {
+            let connector = tokio_rustls::TlsConnector::from(test_certs().client.clone());
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let tls = tokio::time::timeout(WAIT, connector.connect(name, tcp))
+                .await
+                .expect("TLS handshake in time")
+                .expect("TLS handshake");
+            Stream::Tls(Box::new(tls))
+        } else {
+            Stream::Plain(tcp)
+        };
         let req = format!(
             "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -673,7 +797,7 @@ impl Client {
 
     /// Resets the connection (SO_LINGER 0, then close).
     pub(crate) fn reset(self) {
-        let _ = socket2::SockRef::from(&self.sock).set_linger(Some(Duration::ZERO));
+        let _ = socket2::SockRef::from(self.sock.tcp()).set_linger(Some(Duration::ZERO));
         drop(self.sock);
     }
 

@@ -112,7 +112,10 @@ fn certificates(pem: &[u8], option: &str) -> Result<Vec<CertificateDer<'static>>
 
 /// The private key of `pem`: a plain PKCS#8, PKCS#1 or SEC1 key, or an encrypted PKCS#8 one
 /// (`-----BEGIN ENCRYPTED PRIVATE KEY-----`) opened with `passphrase`.
-fn private_key(pem: &[u8], passphrase: Option<&str>) -> Result<PrivateKeyDer<'static>, ConfigError> {
+fn private_key(
+    pem: &[u8],
+    passphrase: Option<&str>,
+) -> Result<PrivateKeyDer<'static>, ConfigError> {
     let text = String::from_utf8_lossy(pem);
     if text.contains("Proc-Type: 4,ENCRYPTED") {
         return Err(refuse(
@@ -439,5 +442,59 @@ impl crate::net::handshake::HeadStream for tokio_rustls::server::TlsStream<TcpSt
     fn into_parts(self) -> (TcpStream, Option<ServerConnection>) {
         let (tcp, session) = self.into_inner();
         (tcp, Some(session))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::testkit::test_certs;
+
+    fn fault(pem: &TlsPem) -> (TlsFault, String) {
+        match server_config(pem) {
+            Ok(_) => panic!("accepted: {pem:?}"),
+            Err(e) => match e.fault {
+                Fault::Tls(f) => (f, e.message),
+                other => panic!("not a TLS fault: {other:?}"),
+            },
+        }
+    }
+
+    /// Each way a `tls` option cannot serve is refused with its own fault, naming the field.
+    #[test]
+    fn keys_and_certificates_that_cannot_serve_are_refused_each_with_its_code() {
+        let good = test_certs().pem.clone();
+        server_config(&good).expect("the test certificate serves");
+        let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let cases = [
+            (TlsPem { key: other_key.into_bytes(), ..good.clone() }, TlsFault::Mismatch, "does not match"),
+            (TlsPem { key: b"not a key".to_vec(), ..good.clone() }, TlsFault::Key, "holds no PEM private key"),
+            (TlsPem { cert: b"not a certificate".to_vec(), ..good.clone() }, TlsFault::Cert, "holds no PEM certificate"),
+            (
+                TlsPem { cert: b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".to_vec(), ..good.clone() },
+                TlsFault::Cert,
+                "not valid PEM",
+            ),
+            (TlsPem { passphrase: Some("x".into()), ..good.clone() }, TlsFault::Passphrase, "not encrypted"),
+            (
+                TlsPem { key: b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n".to_vec(), ..good.clone() },
+                TlsFault::Passphrase,
+                "passphrase is needed",
+            ),
+            (
+                TlsPem {
+                    key: b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----\n".to_vec(),
+                    ..good.clone()
+                },
+                TlsFault::Key,
+                "legacy encrypted PEM",
+            ),
+        ];
+        for (pem, want, says) in cases {
+            let (got, message) = fault(&pem);
+            assert_eq!(got, want, "{message}");
+            assert!(message.contains(says), "{message:?} should say {says:?}");
+            assert!(message.starts_with("tls."), "{message:?} names the field");
+        }
     }
 }

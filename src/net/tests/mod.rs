@@ -8,9 +8,11 @@
 //! | `heartbeat` | pings, pongs, the pong timeout and the cap on queued pongs |
 //! | `memory` | what an idle connection keeps on the Rust heap, allocation by allocation (a counting global allocator) |
 //! | `order` | fan-out order: `send`, `close` and `server.close()` behind pending broadcasts |
+//! | `tls` | the same over rustls: records the kernel did not take, a stalled client, our close after them, plain text on the TLS port |
 
 mod close;
 mod flow;
 mod heartbeat;
 mod memory;
 mod order;
+mod tls;
