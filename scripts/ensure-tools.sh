@@ -8,6 +8,8 @@
 # - prometheus (Debian package), for its promtool: __test__/prometheus.test.js checks the
 #   collector's exposition (`promtool check metrics`) and examples/prometheus/alerts.yml
 #   (`promtool check rules`, `promtool test rules`). The Prometheus server itself is not started.
+# - openssl (Debian package), whose CLI makes the throwaway CA and certificates of
+#   __test__/tls.test.js at test time.
 # Debian packages are installed with apt-get as root (or through sudo), after one shared
 # `apt-get update`. Idempotent; called by `npm test`.
 set -euo pipefail
@@ -23,9 +25,10 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
   missing+=("redis-server")
 fi
 command -v promtool >/dev/null 2>&1 || missing+=("prometheus")
+command -v openssl >/dev/null 2>&1 || missing+=("openssl")
 
 if [ "${#missing[@]}" -gt 0 ]; then
-  need="the Debian package(s) ${missing[*]} (chromium: __test__/browser.test.js and dashboard.test.js; redis-server: __test__/cluster.test.js; prometheus: promtool for __test__/prometheus.test.js)"
+  need="the Debian package(s) ${missing[*]} (chromium: __test__/browser.test.js and dashboard.test.js; redis-server: __test__/cluster.test.js; prometheus: promtool for __test__/prometheus.test.js; openssl: __test__/tls.test.js)"
   if [ "$(id -u)" -eq 0 ]; then
     as_root=""
   elif command -v sudo >/dev/null 2>&1; then
