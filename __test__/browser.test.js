@@ -6,14 +6,12 @@
 // page talks through the browser's own WebSocket: it receives broadcasts (text and binary),
 // sends text and an ArrayBuffer, and closes with a code and reason both ways.
 
-const fs = require('fs')
 const http = require('http')
-const { chromium } = require('playwright-core')
+const { launchChromium, pageEvents } = require('./util/browser')
 const { WebSocketServer, WebSocket } = require('sluice/ws')
 const helpers = require('./util/protocol-helpers')
 
 const HOST = '127.0.0.1'
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
 
 const PAGE = `<!doctype html>
 <html>
@@ -52,26 +50,8 @@ function once(emitter, event, ms = 10000) {
   return helpers.once(emitter, event, ms)
 }
 
-/** Resolves with the page's events once `pred(events)` holds (polled inside the page). */
-async function pageEvents(page, pred, what, ms = 10000) {
-  try {
-    await page.waitForFunction(pred, undefined, { timeout: ms, polling: 20 })
-  } catch (err) {
-    const events = await page.evaluate(() => window.events).catch(() => 'unavailable')
-    throw new Error(`page never showed ${what} within ${ms} ms; its events: ${JSON.stringify(events)} (${err.message})`)
-  }
-  return page.evaluate(() => window.events)
-}
-
 beforeAll(async () => {
-  if (!fs.existsSync(CHROMIUM)) {
-    throw new Error(`${CHROMIUM} not found: install the Debian package chromium (bash scripts/ensure-tools.sh does)`)
-  }
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-    timeout: 60000,
-  })
+  browser = await launchChromium()
   httpServer = http.createServer((req, res) => {
     if (req.method === 'GET' && new URL(req.url, 'http://x').pathname === '/') {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' })

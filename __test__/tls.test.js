@@ -24,7 +24,6 @@
  *   broadcasts nor fresh handshakes.
  */
 
-const fs = require('fs')
 const http = require('http')
 const net = require('net')
 const path = require('path')
@@ -32,11 +31,11 @@ const tls = require('tls')
 const crypto = require('crypto')
 const { spawn } = require('child_process')
 const { once, delay, waitUntil, withTimeout, Resources, WebSocket } = require('./util/protocol-helpers')
-const { makeCerts } = require('./util/tls-certs')
+const { makeCerts, captureClientHello } = require('./util/tls-certs')
+const { launchChromium, pageEvents: pageEventsOf } = require('./util/browser')
 const { Server } = require('..')
 
 const HOST = '127.0.0.1'
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
 const FLOOD_FIXTURE = path.join(__dirname, 'fixtures/tls-hello-flood.js')
 const MiB = 1024 * 1024
 
@@ -129,23 +128,6 @@ function rawSocket(port) {
   })
   state.connected = once(socket, 'connect')
   return state
-}
-
-/** The ClientHello `tls.connect` writes (SNI localhost, ALPN http/1.1), captured on loopback. */
-function captureClientHello() {
-  return new Promise((resolve) => {
-    const sink = net.createServer((s) => {
-      s.once('data', (d) => {
-        resolve(d)
-        s.destroy()
-        sink.close()
-      })
-    })
-    sink.listen(0, HOST, () => {
-      const t = tls.connect({ port: sink.address().port, host: HOST, servername: 'localhost', ALPNProtocols: ['http/1.1'] })
-      t.on('error', () => {})
-    })
-  })
 }
 
 /**
@@ -397,29 +379,13 @@ describe('Chromium over wss://', () => {
   };
 </script></body></html>`
 
-  async function pageEvents(pred, what, ms = 10000) {
-    try {
-      await page.waitForFunction(pred, undefined, { timeout: ms, polling: 20 })
-    } catch (err) {
-      const events = await page.evaluate(() => window.events).catch(() => 'unavailable')
-      throw new Error(`page never showed ${what} within ${ms} ms; its events: ${JSON.stringify(events)} (${err.message})`)
-    }
-    return page.evaluate(() => window.events)
-  }
+  const pageEvents = (pred, what, ms) => pageEventsOf(page, pred, what, ms)
 
   beforeAll(async () => {
-    if (!fs.existsSync(CHROMIUM)) {
-      throw new Error(`${CHROMIUM} not found: install the Debian package chromium (bash scripts/ensure-tools.sh does)`)
-    }
-    const { chromium } = require('playwright-core')
     // The flags of browser.test.js, and one more: Chromium accepts a certificate whose chain
     // holds this exact SubjectPublicKeyInfo (our EC leaf's), and nothing else it does not trust.
     // (It only honours the flag with a --user-data-dir, which playwright always passes.)
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', `--ignore-certificate-errors-spki-list=${certs.ec.spki}`],
-      timeout: 60000,
-    })
+    browser = await launchChromium([`--ignore-certificate-errors-spki-list=${certs.ec.spki}`])
     httpServer = http.createServer((req, r) => {
       r.writeHead(200, { 'content-type': 'text/html; charset=utf-8' })
       r.end(PAGE)

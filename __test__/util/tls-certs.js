@@ -94,4 +94,30 @@ function makeCerts() {
   }
 }
 
-module.exports = { makeCerts, PASSPHRASE }
+/**
+ * The bytes `tls.connect` writes first, its ClientHello (SNI `localhost`, ALPN `http/1.1`),
+ * captured by a listener of its own on `host`: a real hello to replay or dribble.
+ *
+ * @param {string} [host] Default 127.0.0.1
+ * @returns {Promise<Buffer>}
+ */
+function captureClientHello(host = '127.0.0.1') {
+  const net = require('net')
+  const tls = require('tls')
+  return new Promise((resolve, reject) => {
+    const sink = net.createServer((s) => {
+      s.once('data', (d) => {
+        resolve(d)
+        s.destroy()
+        sink.close()
+      })
+    })
+    sink.listen(0, host, () => {
+      const t = tls.connect({ port: sink.address().port, host, servername: 'localhost', ALPNProtocols: ['http/1.1'] })
+      t.on('error', () => {})
+    })
+    sink.on('error', reject)
+  })
+}
+
+module.exports = { makeCerts, captureClientHello, PASSPHRASE }
