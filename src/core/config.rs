@@ -260,8 +260,7 @@ pub(crate) enum TlsFault {
     Cert,
     /// The key is not the certificate's: `ERR_SLUICE_TLS_KEY_MISMATCH`.
     Mismatch,
-    /// An encrypted key without `passphrase`, a wrong one, or a passphrase for a plain key:
-    /// `ERR_SLUICE_TLS_PASSPHRASE`.
+    /// An encrypted key without `passphrase`, or a wrong one: `ERR_SLUICE_TLS_PASSPHRASE`.
     Passphrase,
 }
 

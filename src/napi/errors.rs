@@ -43,7 +43,7 @@ pub enum ErrorCode {
     TlsInvalidCert,
     /// `tls.key` is not the certificate's key.
     TlsKeyMismatch,
-    /// An encrypted key without `passphrase`, a wrong one, or one for a plain key.
+    /// An encrypted key without `passphrase`, or a wrong one.
     TlsPassphrase,
     /// `setSecureContext` on a server created without `tls`.
     NoTls,

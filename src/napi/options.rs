@@ -546,6 +546,10 @@ fn check_cluster(v: &Given) -> Result<(), ConfigError> {
     }
 }
 
+/// The largest PEM text a `tls` field takes (each of `ca`'s too): 1 MiB, far above any key or
+/// chain, so that a mistaken file does not get parsed at length.
+const MAX_PEM: usize = 1 << 20;
+
 /// A PEM text as given: a string, or a Buffer holding one.
 fn pem_text(v: &Given) -> Option<String> {
     match v {
@@ -568,6 +572,25 @@ fn check_tls(v: &Given) -> Result<(), ConfigError> {
         return refuse(
             Fault::Unknown,
             format!("unknown option 'tls.{key}' (sluice takes key, cert, ca and passphrase)"),
+        );
+    }
+    let too_large = |g: &Given| match g {
+        Given::String(s) => s.len() > MAX_PEM,
+        Given::Bytes(b) => b.len() > MAX_PEM,
+        Given::Array(items) => items.iter().any(|i| match i {
+            Given::String(s) => s.len() > MAX_PEM,
+            Given::Bytes(b) => b.len() > MAX_PEM,
+            _ => false,
+        }),
+        _ => false,
+    };
+    if let Some(name) = ["key", "cert", "ca"]
+        .into_iter()
+        .find(|n| too_large(v.field(n)))
+    {
+        return refuse(
+            Fault::Range,
+            format!("tls.{name} is larger than {MAX_PEM} bytes: no key or certificate chain is"),
         );
     }
     for name in ["key", "cert"] {
@@ -695,9 +718,12 @@ pub(crate) fn read(value: &Unknown<'_>, depth: usize) -> napi::Result<Given> {
         ValueType::Function => Given::Function,
         ValueType::Symbol => Given::Other("symbol"),
         ValueType::BigInt => Given::Other("bigint"),
+        // A Buffer or another Uint8Array; other typed arrays are objects the checks refuse.
         _ if value.is_buffer()? || value.is_typedarray()? => {
-            let bytes = napi::bindgen_prelude::Uint8Array::from_unknown(*value)?;
-            Given::Bytes(bytes.to_vec())
+            match napi::bindgen_prelude::Uint8Array::from_unknown(*value) {
+                Ok(bytes) => Given::Bytes(bytes.to_vec()),
+                Err(_) => Given::Other("object"),
+            }
         }
         _ if value.is_array()? => {
             let array = Object::from_unknown(*value)?;

@@ -721,7 +721,8 @@ impl Conn {
     /// kernel does not take (or a lagging wait, or more than one write's worth) is left to the
     /// writer task, woken for it.
     fn kick(&self, inline: bool) {
-        if inline {
+        // Over TLS, not while a reader decrypts: the writer task does it then.
+        if inline && self.sock.is_free() {
             if let Ok(mut w) = self.writing.try_lock() {
                 if w.started {
                     match self.flush(&mut w, 1) {
@@ -739,10 +740,17 @@ impl Conn {
     /// `writing` makes the caller the connection's only writer.
     fn flush(&self, w: &mut Writer, max_writes: usize) -> Flush {
         let m = &self.server.metrics;
-        // Over TLS, the records rustls still holds go out before anything else.
+        // Over TLS, the records rustls still holds go out before anything else. The kernel
+        // taking none of them is a refused write like any other: an urgent failure ends here.
         match self.sock.push_pending() {
             Ok(true) => {}
-            Ok(false) => return Flush::Blocked,
+            Ok(false) => {
+                w.lag.refused();
+                if self.step(Input::WriteBlocked).end.is_some() {
+                    return Flush::Over;
+                }
+                return Flush::Blocked;
+            }
             Err(_) => {
                 self.end(Some(Termination::Io));
                 return Flush::Over;
@@ -797,7 +805,9 @@ impl Conn {
                 }
                 Ok(mut n) => {
                     w.lag.wrote(n);
-                    if n < asked {
+                    // Over TLS a write takes at most one record's worth (TLS_BUFFER) of a larger
+                    // batch: the kernel refused only if records are left in rustls.
+                    if n < asked && (!self.sock.is_tls() || self.sock.pending_out()) {
                         w.lag.refused();
                     }
                     m.writes.fetch_add(1, Ordering::Relaxed);
@@ -1147,7 +1157,11 @@ impl Conn {
                         more = true;
                         break;
                     }
-                    match self.sock.try_read(&mut scratch) {
+                    let (r, wire) = self.sock.try_read_wire(&mut scratch);
+                    if let Some(extra) = wire.checked_sub(*r.as_ref().unwrap_or(&0)) {
+                        inbound.discarded(extra, std::time::Instant::now());
+                    }
+                    match r {
                         Ok(0) => {
                             // The end of the close handshake, a vanished peer, or a peer that
                             // half-closed after its close frame: what is queued for it (the
@@ -1410,8 +1424,17 @@ impl Read for Io<'_> {
             self.stop = Some(stop);
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = self.sock.try_read(buf)?;
-        self.inbound.consumed(&buf[..n], std::time::Instant::now());
+        // What the socket carried beyond the plaintext (TLS records' headers and tags, records
+        // without data) counts toward the wake-up's budget and the byte rate as data does.
+        let (r, wire) = self.sock.try_read_wire(buf);
+        let now = std::time::Instant::now();
+        if let Some(extra) = wire.checked_sub(*r.as_ref().unwrap_or(&0)) {
+            if extra > 0 {
+                self.inbound.overhead(extra, now);
+            }
+        }
+        let n = r?;
+        self.inbound.consumed(&buf[..n], now);
         Ok(n)
     }
 }

@@ -54,6 +54,9 @@ pub(crate) trait HeadStream: AsyncRead + AsyncWrite + Unpin + Send {
     fn read_now(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
     /// The TCP socket and the TLS session (if any), once the upgrade succeeded.
     fn into_parts(self) -> (TcpStream, Option<rustls::ServerConnection>);
+    /// True if the peer has closed its side (or the connection failed); what it sent before
+    /// is kept for the connection to read.
+    fn hung_up(&mut self) -> bool;
 }
 
 impl HeadStream for TcpStream {
@@ -65,6 +68,18 @@ impl HeadStream for TcpStream {
     }
     fn into_parts(self) -> (TcpStream, Option<rustls::ServerConnection>) {
         (self, None)
+    }
+    /// EOF waits at the front of the receive queue (or the socket failed); bytes it sent after
+    /// the request (its first frames) are left in place.
+    fn hung_up(&mut self) -> bool {
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(&*self).peek(&mut probe) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => {
+                e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted
+            }
+        }
     }
 }
 
@@ -137,7 +152,7 @@ pub(crate) async fn read_head<S: HeadStream>(stream: &mut S) -> Result<RawHead, 
 
 /// Sets `SO_RCVLOWAT`: the socket is reported readable (and its arrivals wake the reactor) only
 /// once this many bytes are queued. Linux; elsewhere a no-op (the pacing then saves reads only).
-fn set_rcvlowat(stream: &TcpStream, bytes: usize) -> io::Result<()> {
+pub(crate) fn set_rcvlowat(stream: &TcpStream, bytes: usize) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;

@@ -440,6 +440,19 @@ impl Inbound {
         self.wanted = None;
     }
 
+    /// Bytes the socket carried beyond those [`Inbound::consumed`] (TLS records' headers and
+    /// tags, and records without data): they count toward the wake-up's budget and the byte rate
+    /// as data does, so that a client cannot make the server decrypt without limit for little
+    /// plaintext.
+    pub(crate) fn overhead(&mut self, n: usize, now: Instant) {
+        self.wake_bytes += n;
+        if let Some(b) = &mut self.bytes {
+            if !b.spend(n as f64, now) {
+                self.limited = true;
+            }
+        }
+    }
+
     /// Sets this connection's reservation to `total`; false if the growth does not fit.
     fn set_reservation(&mut self, total: usize) -> bool {
         if total > self.reserved {

@@ -36,7 +36,7 @@ use crate::net::fanout::Fanout;
 use crate::net::handshake::{self as io_handshake, HeadStream, Refusal};
 use crate::net::inbound::PartialBudget;
 use crate::net::peers::Peers;
-use crate::net::tls::Sock;
+use crate::net::tls::{Hello, Sock, MAX_CLIENT_HELLO};
 use crate::wire::close::CloseCode;
 use crate::wire::handshake::{self, RefusalCause, Verdict};
 
@@ -387,7 +387,16 @@ impl ServerShared {
         let Some(tls) = tls else {
             return self.upgrade(stream, peer, token, taken, deadline).await;
         };
-        let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+        let accept = async {
+            match crate::net::tls::await_hello(&stream).await? {
+                Hello::Arrived => tokio_rustls::TlsAcceptor::from(tls).accept(stream).await,
+                Hello::TooLarge(n) => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a ClientHello of {n} bytes (at most {MAX_CLIENT_HELLO})"),
+                )),
+                Hello::Gone => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            }
+        };
         match tokio::time::timeout_at(deadline, accept).await {
             Ok(Ok(stream)) => {
                 self.metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
@@ -552,7 +561,7 @@ impl ServerShared {
             }
             // As ws: a client that hung up (FIN, or reset) while the hooks were deciding is
             // dropped without an answer, and never becomes a connection.
-            if peer_hung_up(stream.tcp()) {
+            if stream.hung_up() {
                 m.handshakes_abandoned.fetch_add(1, Ordering::Relaxed);
                 return Err(0);
             }
@@ -811,20 +820,6 @@ impl ServerShared {
             if tokio::time::timeout_at(deadline, removed).await.is_err() {
                 return;
             }
-        }
-    }
-}
-
-/// True if the peer has closed its side (EOF waits at the front of the receive queue) or the
-/// connection failed; bytes it sent after the request (its first frames) are left in place.
-fn peer_hung_up(stream: &TcpStream) -> bool {
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    match socket2::SockRef::from(stream).peek(&mut probe) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => {
-            e.kind() != std::io::ErrorKind::WouldBlock
-                && e.kind() != std::io::ErrorKind::Interrupted
         }
     }
 }

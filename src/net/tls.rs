@@ -20,7 +20,7 @@
 //!   encrypted, so it is below the exact figure by at most that much.
 //!
 //! Edge cases owned here: a key in a format rustls cannot read (a legacy encrypted PEM), a
-//! passphrase given for a plain key or missing for an encrypted one, a peer that closes without
+//! passphrase given for a plain key (ignored, as Node does) or missing for an encrypted one, a peer that closes without
 //! `close_notify` (an end of stream like any other), an alert or a bad record mid-connection (the
 //! connection ends, counted as a TLS error).
 
@@ -36,6 +36,12 @@ use tokio::net::TcpStream;
 use crate::core::config::{ConfigError, Fault, TlsFault, TlsPem};
 use crate::core::metrics::Metrics;
 
+/// The most of TLS records one read decrypts before it returns (with `WouldBlock` if they held no
+/// data): a client sending records with little or no data (one-byte records, key updates) costs
+/// a worker at most this much decryption per read, and its connection's read budget and byte
+/// rate count every byte of it.
+pub(crate) const READ_WIRE_CAP: usize = 16 * 1024;
+
 /// The most of TLS records rustls holds that the kernel has not taken yet (and so the most of
 /// plaintext it accepts in one write): one full record. `bufferedAmount` does not count it.
 pub(crate) const TLS_BUFFER: usize = 16 * 1024;
@@ -46,6 +52,100 @@ fn refuse(fault: TlsFault, message: impl Into<String>) -> ConfigError {
         fault: Fault::Tls(fault),
         message: message.into(),
     }
+}
+
+/// The largest ClientHello read: 16 KiB, as for a request head. Real ones take 0.3 to 2 KiB
+/// (post-quantum key shares included); rustls alone would hold up to 64 KiB of one for every
+/// socket that announces it and sends it slowly.
+pub(crate) const MAX_CLIENT_HELLO: usize = 16 * 1024;
+
+/// The first TLS record of a connection, looked at before rustls reads it ([`await_hello`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Hello {
+    /// It has arrived whole (or it is no TLS handshake record: rustls refuses it).
+    Arrived,
+    /// It announces a ClientHello above [`MAX_CLIENT_HELLO`], or a record above TLS's 16 KiB:
+    /// refused.
+    TooLarge(usize),
+    /// The client closed first.
+    Gone,
+}
+
+/// Bytes queued in the socket's receive buffer (`FIONREAD`).
+fn queued(tcp: &TcpStream) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: the fd is a live socket owned by `tcp`; FIONREAD writes one c_int into `n`.
+    if unsafe { libc::ioctl(tcp.as_raw_fd(), libc::FIONREAD, &mut n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as usize)
+}
+
+/// Waits, with `SO_RCVLOWAT` raised to what is still missing, until the first TLS record (the
+/// ClientHello, or its first part) has arrived whole: a client that dribbles its hello a byte at
+/// a time wakes the accept thread about four times, not once per packet, and one that
+/// announces more than [`MAX_CLIENT_HELLO`] (or a record longer than TLS allows) is refused
+/// before anything is buffered.
+/// `SO_RCVLOWAT` is back to 1 when it returns. The caller bounds it by `handshakeTimeout`.
+pub(crate) async fn await_hello(tcp: &TcpStream) -> io::Result<Hello> {
+    use crate::net::handshake::set_rcvlowat;
+    // The record header (5 bytes), then the handshake header (4), which says the hello's length.
+    const RECORD: usize = 5;
+    const HEADERS: usize = 9;
+    /// The largest record TLS allows: 2^14 bytes of plaintext (RFC 8446 §5.1).
+    const MAX_RECORD: usize = 1 << 14;
+    let mut want = RECORD;
+    let mut whole = None;
+    let result = loop {
+        set_rcvlowat(tcp, want)?;
+        let ready = tcp.ready(tokio::io::Interest::READABLE).await?;
+        let enough = tcp.try_io(tokio::io::Interest::READABLE, || {
+            if queued(tcp)? >= want {
+                Ok(true)
+            } else if ready.is_read_closed() {
+                Ok(false)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        });
+        match enough {
+            Ok(true) => {}
+            Ok(false) => break Hello::Gone,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+        if whole.is_some() {
+            break Hello::Arrived;
+        }
+        let mut head = [std::mem::MaybeUninit::<u8>::uninit(); HEADERS];
+        let n = SockRef::from(tcp).peek(&mut head[..want])?;
+        // SAFETY: `peek` initialised the first `n` bytes.
+        let head: Vec<u8> = head[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+        // Anything but a handshake record is for rustls to refuse.
+        if n < want || head[0] != 0x16 {
+            break Hello::Arrived;
+        }
+        let record = (head[3] as usize) << 8 | head[4] as usize;
+        if record > MAX_RECORD {
+            break Hello::TooLarge(record);
+        }
+        if want == RECORD {
+            want = HEADERS;
+            continue;
+        }
+        if head[5] != 0x01 {
+            break Hello::Arrived;
+        }
+        let hello = (head[6] as usize) << 16 | (head[7] as usize) << 8 | head[8] as usize;
+        if hello > MAX_CLIENT_HELLO {
+            break Hello::TooLarge(hello);
+        }
+        want = RECORD + record.max(HEADERS - RECORD);
+        whole = Some(want);
+    };
+    set_rcvlowat(tcp, 1)?;
+    Ok(result)
 }
 
 /// The crypto provider: ring, the only one compiled in.
@@ -63,9 +163,11 @@ pub(crate) fn server_config(pem: &TlsPem) -> Result<Arc<rustls::ServerConfig>, C
             "tls.cert holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
         ));
     }
+    let mut pool = Vec::new();
     for ca in &pem.ca {
-        chain.extend(certificates(ca, "ca")?);
+        pool.extend(certificates(ca, "ca")?);
     }
+    complete_chain(&mut chain, &pool);
     let provider = provider();
     let signer = provider.key_provider.load_private_key(key).map_err(|e| {
         refuse(
@@ -96,6 +198,66 @@ pub(crate) fn server_config(pem: &TlsPem) -> Result<Arc<rustls::ServerConfig>, C
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The longest chain a handshake sends: the leaf and this many more.
+const MAX_CHAIN: usize = 10;
+
+/// Appends to `chain` (the leaf first) the certificates of `pool` that certify its last one, one
+/// after the other, as OpenSSL's chain building does for Node's `ca`: the issuer of each is the
+/// subject of the next. A self-signed certificate (a root, which the client must already trust)
+/// ends the chain and is not sent; certificates of `pool` that do not chain are not sent either,
+/// so a CA bundle given as `ca` does not ride along with every handshake.
+fn complete_chain(chain: &mut Vec<CertificateDer<'static>>, pool: &[CertificateDer<'static>]) {
+    while chain.len() <= MAX_CHAIN {
+        let Some((issuer, subject)) = chain.last().and_then(|c| names(c)) else {
+            return;
+        };
+        if issuer == subject {
+            return;
+        }
+        let next = pool
+            .iter()
+            .find(|c| names(c).is_some_and(|(i, s)| s == issuer && i != s) && !chain.contains(c));
+        match next {
+            Some(c) => chain.push(c.clone()),
+            None => return,
+        }
+    }
+}
+
+/// A certificate's issuer and subject, as their DER encodings (compared byte for byte, as
+/// certificates issued by one CA encode its name the same way); `None` if it does not parse.
+fn names(cert: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (_, certificate, _) = der_item(cert)?;
+    let (_, tbs, _) = der_item(certificate)?;
+    let (tag, _, after_version) = der_item(tbs)?;
+    // version [0] EXPLICIT, absent in v1 certificates
+    let rest = if tag == 0xa0 { after_version } else { tbs };
+    let (_, _, rest) = der_item(rest)?; // serialNumber
+    let (_, _, rest) = der_item(rest)?; // signature algorithm
+    let issuer_len = rest.len() - der_item(rest)?.2.len();
+    let (issuer, rest) = rest.split_at(issuer_len);
+    let (_, _, rest) = der_item(rest)?; // validity
+    let subject_len = rest.len() - der_item(rest)?.2.len();
+    Some((issuer, &rest[..subject_len]))
+}
+
+/// One DER item of `input`: its tag, its content and what follows it.
+fn der_item(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |l, &b| (l << 8) | b as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
 /// The certificates of a PEM text, in order; an error for a section that does not parse.
@@ -152,14 +314,8 @@ fn private_key(
         })?;
         return Ok(PrivatePkcs8KeyDer::from(plain.as_bytes().to_vec()).into());
     }
+    // A passphrase with a plain key is ignored, as Node's TLS ignores it.
     match PrivateKeyDer::from_pem_slice(pem) {
-        Ok(key) if passphrase.is_some() => {
-            drop(key);
-            Err(refuse(
-                TlsFault::Passphrase,
-                "tls.passphrase was given but tls.key is not encrypted",
-            ))
-        }
         Ok(key) => Ok(key),
         Err(rustls::pki_types::pem::Error::NoItemsFound) => Err(refuse(
             TlsFault::Key,
@@ -179,16 +335,19 @@ pub(crate) fn limit_buffers(conn: &mut ServerConnection) {
 }
 
 /// Reads into `buf` what the peer sent, decrypted: first what rustls holds already, then from
-/// `rd` (the socket). `Ok(0)` is the end of the stream, with or without `close_notify`.
-/// `WouldBlock` only when rustls holds no plaintext and the socket nothing more (so a reader
-/// that then waits for readiness misses nothing). A record that fails is an `InvalidData` error,
-/// after rustls's alert was offered to `wr`.
+/// `rd` (the socket), adding to `wire` the bytes read from it. `Ok(0)` is the end of the stream,
+/// with or without `close_notify`. `WouldBlock` when rustls holds no plaintext and either the
+/// socket has nothing more (so a reader that then waits for readiness misses nothing) or
+/// [`READ_WIRE_CAP`] was read without data (the socket is still readable: readiness stays set).
+/// A record that fails is an `InvalidData` error, after rustls's alert was offered to `wr`.
 pub(crate) fn read_plain(
     c: &mut ServerConnection,
     rd: &mut dyn Read,
     wr: &mut dyn Write,
     buf: &mut [u8],
+    wire: &mut usize,
 ) -> io::Result<usize> {
+    let start = *wire;
     loop {
         match c.reader().read(buf) {
             Ok(n) => return Ok(n),
@@ -197,7 +356,12 @@ pub(crate) fn read_plain(
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
             Err(e) => return Err(e),
         }
-        if c.read_tls(rd)? == 0 {
+        if *wire - start >= READ_WIRE_CAP {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = c.read_tls(rd)?;
+        *wire += n;
+        if n == 0 {
             return Ok(0);
         }
         if let Err(e) = c.process_new_packets() {
@@ -318,22 +482,40 @@ impl Sock {
         r
     }
 
-    /// A non-blocking read of what the peer sent (decrypted). `WouldBlock` when nothing is there.
-    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    /// A non-blocking read of what the peer sent (decrypted), and the bytes it took from the
+    /// socket (the same, plain; the records, over TLS). `WouldBlock` when nothing is there.
+    pub(crate) fn try_read_wire(&self, buf: &mut [u8]) -> (io::Result<usize>, usize) {
         match &self.tls {
-            None => self.tcp.try_read(buf),
+            None => {
+                let r = self.tcp.try_read(buf);
+                let n = *r.as_ref().unwrap_or(&0);
+                (r, n)
+            }
             Some(s) => {
                 let mut c = lock(&s.conn);
-                let r = read_plain(&mut c, &mut Ready(&self.tcp), &mut Ready(&self.tcp), buf);
+                let mut wire = 0;
+                let r = read_plain(
+                    &mut c,
+                    &mut Ready(&self.tcp),
+                    &mut Ready(&self.tcp),
+                    buf,
+                    &mut wire,
+                );
                 // Records rustls answers with (a key update): out now, as far as they go; the
                 // writer pushes the rest ([`Sock::pending_out`]).
                 if c.wants_write() {
                     let _ = push(&mut c, &mut Ready(&self.tcp));
                 }
                 drop(c);
-                self.counted(r)
+                (self.counted(r), wire)
             }
         }
+    }
+
+    /// Over TLS: no read or write holds the session right now (a look, not a promise), so that
+    /// the fan-out does not wait behind a reader's decryption to write inline.
+    pub(crate) fn is_free(&self) -> bool {
+        self.tls.as_ref().is_none_or(|s| s.conn.try_lock().is_ok())
     }
 
     /// A non-blocking write; returns the bytes taken. Over TLS: the records rustls still holds
@@ -436,12 +618,31 @@ impl crate::net::handshake::HeadStream for tokio_rustls::server::TlsStream<TcpSt
         let (tcp, c) = self.get_mut();
         crate::net::handshake::read_into(buf, |b| {
             let sock = SockRef::from(&*tcp);
-            read_plain(c, &mut Raw(SockRef::from(&*tcp)), &mut Raw(sock), b)
+            read_plain(c, &mut Raw(SockRef::from(&*tcp)), &mut Raw(sock), b, &mut 0)
         })
     }
     fn into_parts(self) -> (TcpStream, Option<ServerConnection>) {
         let (tcp, session) = self.into_inner();
         (tcp, Some(session))
+    }
+    /// A clean TLS close is `close_notify` before the FIN, which a peek at the TCP socket would
+    /// take for data: one read of what arrived goes into rustls (its data stays there for the
+    /// connection to read first) and tells whether the peer closed.
+    fn hung_up(&mut self) -> bool {
+        let (tcp, c) = self.get_mut();
+        match c.read_tls(&mut Raw(SockRef::from(&*tcp))) {
+            Ok(0) => true,
+            Ok(_) => c
+                .process_new_packets()
+                .map_or(true, |s| s.peer_has_closed()),
+            // rustls refusing to buffer more (a client that sent much meanwhile) is no hang-up.
+            Err(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            ),
+        }
     }
 }
 
@@ -460,11 +661,69 @@ mod tests {
         }
     }
 
+    fn ca(
+        name: &str,
+        issuer: Option<&rcgen::Issuer<'_, rcgen::KeyPair>>,
+    ) -> (
+        rcgen::CertificateParams,
+        rcgen::KeyPair,
+        CertificateDer<'static>,
+    ) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = match issuer {
+            None => params.self_signed(&key).unwrap(),
+            Some(i) => params.signed_by(&key, i).unwrap(),
+        };
+        (params, key, cert.der().clone())
+    }
+
+    /// `ca` completes the chain from the leaf up, as OpenSSL does for Node: intermediates that
+    /// certify it are sent in order; the root and certificates that do not chain are not.
+    #[test]
+    fn ca_completes_the_chain_and_sends_nothing_else() {
+        let (root_p, root_k, root) = ca("root", None);
+        let root_i = rcgen::Issuer::new(root_p, root_k);
+        let (mid_p, mid_k, mid) = ca("intermediate", Some(&root_i));
+        let mid_i = rcgen::Issuer::new(mid_p, mid_k);
+        let (_, _, other) = ca("unrelated root", None);
+        let (_, _, other_mid) = ca("unrelated intermediate", Some(&root_i));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &mid_i)
+            .unwrap()
+            .der()
+            .clone();
+        let pool = vec![other.clone(), root.clone(), other_mid, mid.clone()];
+        let mut chain = vec![leaf.clone()];
+        complete_chain(&mut chain, &pool);
+        assert!(
+            chain == vec![leaf.clone(), mid.clone()],
+            "leaf, intermediate: {} certificates",
+            chain.len()
+        );
+        // Already complete in `cert`: nothing added twice.
+        let mut chain = vec![leaf.clone(), mid.clone()];
+        complete_chain(&mut chain, &pool);
+        assert_eq!(chain.len(), 2);
+        assert!(names(b"not DER").is_none());
+    }
+
     /// Each way a `tls` option cannot serve is refused with its own fault, naming the field.
     #[test]
     fn keys_and_certificates_that_cannot_serve_are_refused_each_with_its_code() {
         let good = test_certs().pem.clone();
         server_config(&good).expect("the test certificate serves");
+        let with_passphrase = TlsPem {
+            passphrase: Some("ignored".into()),
+            ..good.clone()
+        };
+        server_config(&with_passphrase).expect("a passphrase with a plain key is ignored");
         let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
         let cases = [
             (TlsPem { key: other_key.into_bytes(), ..good.clone() }, TlsFault::Mismatch, "does not match"),
@@ -475,7 +734,6 @@ mod tests {
                 TlsFault::Cert,
                 "not valid PEM",
             ),
-            (TlsPem { passphrase: Some("x".into()), ..good.clone() }, TlsFault::Passphrase, "not encrypted"),
             (
                 TlsPem { key: b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n".to_vec(), ..good.clone() },
                 TlsFault::Passphrase,

@@ -146,3 +146,106 @@ fn plain_text_on_the_tls_port_is_a_counted_tls_error() {
         assert_eq!(client.next().await.payload, b"still serving");
     });
 }
+
+/// An overflow (an urgent failure) of a stalled TLS client, with records left in rustls that the
+/// kernel does not take: the connection ends at once, as a plain one does, not at closeTimeout.
+#[test]
+fn an_overflowing_stalled_tls_client_ends_at_once() {
+    use crate::net::testkit::{fill_kernel, numbered};
+    const SIZE: usize = 4000;
+    let h = Harness::start(crate::core::config::Config {
+        limits: with_limits(128 * KIB, 64 * KIB, 16 * KIB).limits,
+        ..tls_config()
+    });
+    h.run(async {
+        let (client, conn) = h
+            .connect_with(ClientOptions {
+                tls: true,
+                ..ClientOptions::stalling()
+            })
+            .await;
+        let mut seq = fill_kernel(&conn, SIZE, 0).await;
+        let outcome = loop {
+            assert!(seq < 10_000, "never overflowed");
+            let o = conn.deliver(binary(&numbered(seq, SIZE)), Priority::Normal);
+            seq += 1;
+            if o != Outcome::Queued {
+                break o;
+            }
+        };
+        assert_eq!(outcome, Outcome::Overflow);
+        let t = std::time::Instant::now();
+        let id = conn.id;
+        drop(conn);
+        h.wait_close(id).await;
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "ended after {:?} (closeTimeout {:?})",
+            t.elapsed(),
+            h.server.config.close_timeout
+        );
+        assert_eq!(h.terminated(), vec![("overflow", 1)]);
+        drop(client);
+    });
+}
+
+/// A ClientHello that comes in pieces, slowly, still completes (the accept thread waits for the
+/// whole first record with `SO_RCVLOWAT` raised); one that announces more than 16 KiB is refused
+/// at once, before rustls buffers any of it, and counted.
+#[test]
+fn a_hello_in_slow_pieces_completes_and_an_oversized_one_is_refused_at_once() {
+    use std::io::{Read as _, Write as _};
+    let h = Harness::start(tls_config());
+    let addr = h.addr;
+    h.run(async {
+        let m = &h.server.metrics;
+        // Announces a 60,000-byte ClientHello, then waits.
+        let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+        raw.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0xea, 0x60])
+            .await
+            .unwrap();
+        let t = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(WAIT, raw.read_to_end(&mut rest)).await;
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "refused after {:?}",
+            t.elapsed()
+        );
+        assert_eq!(m.tls_errors.load(Ordering::Relaxed), 1);
+
+        let upgraded = tokio::task::spawn_blocking(move || {
+            let mut c = rustls::ClientConnection::new(
+                crate::net::testkit::test_certs().client.clone(),
+                rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+            )
+            .unwrap();
+            let mut hello = Vec::new();
+            c.write_tls(&mut hello).unwrap();
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            for piece in [&hello[..3], &hello[3..12], &hello[12..hello.len() / 2]] {
+                s.write_all(piece).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            s.write_all(&hello[hello.len() / 2..]).unwrap();
+            while c.is_handshaking() {
+                c.complete_io(&mut s).unwrap();
+            }
+            let mut tls = rustls::Stream::new(&mut c, &mut s);
+            tls.write_all(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            )
+            .unwrap();
+            let mut head = [0u8; 12];
+            tls.read_exact(&mut head).unwrap();
+            head
+        })
+        .await
+        .unwrap();
+        assert_eq!(&upgraded, b"HTTP/1.1 101");
+        assert_eq!(m.tls_handshakes.load(Ordering::Relaxed), 1);
+        assert_eq!(m.tls_errors.load(Ordering::Relaxed), 1);
+    });
+}
