@@ -8,6 +8,13 @@
  *
  *   node bench/tls.js [--clients N] [--handshakes H] [--concurrency C] [--bcast-clients B]
  *                     [--no-broadcast] [--quick] [--out-dir DIR]
+ *                     [--parts memory,handshakes,broadcast] [--impls sluice,ws,uws] [--certs ec,rsa,none]
+ *                     [--threads] [--perf PREFIX]
+ *
+ * --parts / --impls / --certs run a subset (--certs applies to the handshake part). --threads
+ * prints, for each measured handshake run, every server thread's CPU and context switches over
+ * the measured interval (from /proc/<pid>/task/*). --perf PREFIX records the server over that
+ * interval with `perf record -F 999 -g` into PREFIX-<impl>-<cert>.data.
  *
  * Every server runs in a child process of its own (`node --expose-gc bench/tls.js --role server
  * ...`), the clients in another (`--role client`); this process starts them, drives them over
@@ -52,7 +59,7 @@ const TRANSPORT_LABEL = {
 }
 
 function args(argv) {
-  const o = { role: 'main', clients: 2000, handshakes: 1500, warmupHandshakes: 100, concurrency: 4, bcastClients: 1000, bcastBytes: 2048, bcastIntervalMs: 100, bcastS: 5, broadcast: true, quick: false, outDir: null }
+  const o = { role: 'main', clients: 2000, handshakes: 1500, warmupHandshakes: 100, concurrency: 4, bcastClients: 1000, bcastBytes: 2048, bcastIntervalMs: 100, bcastS: 5, broadcast: true, quick: false, outDir: null, parts: ['memory', 'handshakes', 'broadcast'], impls: null, certs: ['ec', 'rsa', 'none'], threads: false, perf: null }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     const v = () => {
@@ -76,6 +83,11 @@ function args(argv) {
       case '--no-broadcast': o.broadcast = false; break
       case '--quick': o.quick = true; break
       case '--out-dir': o.outDir = v(); break
+      case '--parts': o.parts = v().split(','); break
+      case '--impls': o.impls = v().split(','); break
+      case '--certs': o.certs = v().split(','); break
+      case '--threads': o.threads = true; break
+      case '--perf': o.perf = v(); break
       case '-h': case '--help':
         process.stdout.write('node bench/tls.js [--clients N] [--handshakes H] [--concurrency C] [--bcast-clients B] [--no-broadcast] [--quick] [--out-dir DIR]\n')
         process.exit(0)
@@ -390,6 +402,54 @@ function makeCerts(dir) {
   leaf('rsa', ['rsa:2048'])
 }
 
+/** Each thread of `pid`: name, CPU µs (ticks), voluntary and involuntary context switches. */
+function threadStats(pid) {
+  const out = new Map()
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const st = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8')
+      const f = st.slice(st.lastIndexOf(')') + 2).split(' ')
+      const status = fs.readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8')
+      const num = (k) => Number(new RegExp(`^${k}:\\s*(\\d+)`, 'm').exec(status)[1])
+      out.set(tid, {
+        name: st.slice(st.indexOf('(') + 1, st.lastIndexOf(')')),
+        us: ((Number(f[11]) + Number(f[12])) * 1e6) / CLK_TCK,
+        vol: num('voluntary_ctxt_switches'),
+        invol: num('nonvoluntary_ctxt_switches'),
+      })
+    } catch {
+      // The thread ended meanwhile.
+    }
+  }
+  return out
+}
+
+function printThreads(what, a, b, n) {
+  const rows = []
+  for (const [tid, t] of b) {
+    const s = a.get(tid) || { us: 0, vol: 0, invol: 0 }
+    const d = { tid, name: t.name, us: t.us - s.us, vol: t.vol - s.vol, invol: t.invol - s.invol }
+    if (d.us || d.vol || d.invol) rows.push(d)
+  }
+  rows.sort((x, y) => y.us - x.us)
+  process.stderr.write(`\n  threads, ${what}, per connection (${n}):\n`)
+  for (const d of rows) process.stderr.write(`    ${d.name.padEnd(16)} ${String(d.tid).padStart(7)}  ${fmt(d.us / n, 0).padStart(5)} µs  vol ${fmt(d.vol / n, 2).padStart(6)}  invol ${fmt(d.invol / n, 2).padStart(6)}\n`)
+}
+
+async function startPerf(file, pid) {
+  const { spawn } = require('child_process')
+  const p = spawn('perf', ['record', '-F', '999', ...(process.env.PERF_CG ? ['--call-graph', process.env.PERF_CG] : ['-g']), '-p', String(pid), '-o', file], { stdio: ['ignore', 'ignore', 'inherit'] })
+  await sleep(500)
+  return p
+}
+
+function stopPerf(p) {
+  return new Promise((resolve) => {
+    p.once('exit', resolve)
+    p.kill('SIGINT')
+  })
+}
+
 async function withServer(o, impl, cert, fn) {
   const srv = spawnChild(['--role', 'server', '--impl', impl, '--cert', cert, '--dir', o.dir], ['--expose-gc'])
   const cli = spawnChild(['--role', 'client'], [])
@@ -445,12 +505,16 @@ async function measureHandshakes(o, impl, cert) {
     const i0 = procCpuUs(pid)
     await sleep(1000)
     const idleUsPerS = procCpuUs(pid) - i0
+    const perf = o.perf ? await startPerf(`${o.perf}-${impl}-${cert}.data`, pid) : null
+    const t0 = o.threads ? threadStats(pid) : null
     const r0 = (await srv.call({ cmd: 'cpu' }, 5000)).us
     const c0 = procCpuUs(pid)
     const r = await cli.call({ cmd: 'churn', n: o.handshakes, port, tls, concurrency: o.concurrency }, 120000)
     const left = await waitCount(srv, 0, 5000)
     const c1 = procCpuUs(pid)
     const r1 = (await srv.call({ cmd: 'cpu' }, 5000)).us
+    if (t0) printThreads(`${impl} ${cert}`, t0, threadStats(pid), r.ok)
+    if (perf) await stopPerf(perf)
     return {
       impl, cert, handshakes: r.ok, failed: r.failed, firstError: r.firstError, leftOpen: left,
       wallMs: r.ms, serverCpuUs: c1 - c0, idleUsPerS,
@@ -699,7 +763,7 @@ async function main(o) {
       return false
     }
   })()
-  const impls = IMPLS.filter((i) => i !== 'uws' || hasUws)
+  const impls = IMPLS.filter((i) => (i !== 'uws' || hasUws) && (!o.impls || o.impls.includes(i)))
   if (!hasUws) res.errors.push('uWebSockets.js (@trufflesuite/uws-js-unofficial) is not installed: its rows are missing')
   const step = async (what, list, fn) => {
     process.stderr.write(`${what} ...`)
@@ -715,13 +779,13 @@ async function main(o) {
   }
   try {
     makeCerts(o.dir)
-    for (const impl of impls) {
+    if (o.parts.includes('memory')) for (const impl of impls) {
       for (const cert of ['ec', 'none']) await step(`memory ${impl} ${cert}`, res.memory, () => measureMemory(o, impl, cert))
     }
-    for (const impl of impls) {
-      for (const cert of ['ec', 'rsa', 'none']) await step(`handshakes ${impl} ${cert}`, res.handshakes, () => measureHandshakes(o, impl, cert))
+    if (o.parts.includes('handshakes')) for (const impl of impls) {
+      for (const cert of o.certs) await step(`handshakes ${impl} ${cert}`, res.handshakes, () => measureHandshakes(o, impl, cert))
     }
-    if (o.broadcast) {
+    if (o.broadcast && o.parts.includes('broadcast')) {
       for (const impl of impls) {
         for (const cert of ['ec', 'none']) await step(`broadcast ${impl} ${cert}`, res.broadcast, () => measureBroadcast(o, impl, cert))
       }
