@@ -22,6 +22,9 @@
  * - A TLS slowloris (a ClientHello a byte every 200 ms) is cut at handshakeTimeout, and a flood
  *   of TLS hellos from a child process (__test__/fixtures/tls-hello-flood.js) does not starve
  *   broadcasts nor fresh handshakes.
+ * - The ws facade: `new WebSocketServer({ port, tls })` serves wss:// (verifyClient's `secure`,
+ *   `req.socket.encrypted`), `wss.sluice.setSecureContext` reloads, `{ server: https.Server }`
+ *   stays refused with the reason.
  */
 
 const http = require('http')
@@ -828,5 +831,60 @@ describe('hostile TLS clients', () => {
     expect(hs.max).toBeLessThan(MAX_HANDSHAKE_MS)
     expect(maxGapMs).toBeLessThan(MAX_GAP_MS)
     for (const ws of established) expect(ws.readyState).toBe(WebSocket.OPEN)
+  })
+})
+
+describe('the ws facade', () => {
+  const { WebSocketServer } = require('sluice/ws')
+  const https = require('https')
+  const facades = []
+  afterEach(async () => {
+    // The clients first: the facade's close() waits for its connections, as ws's does.
+    await res.cleanup()
+    await Promise.all(facades.splice(0).map((w) => new Promise((resolve) => w.close(() => resolve()))))
+  })
+
+  test('new WebSocketServer({ port, tls }) serves wss://; verifyClient sees secure, req.socket.encrypted; wss.sluice.setSecureContext reloads', async () => {
+    const secure = []
+    const wss = new WebSocketServer({
+      port: 0,
+      host: HOST,
+      tls: { key: certs.ec.key, cert: certs.ec.cert },
+      verifyClient: (info) => {
+        secure.push(info.secure)
+        return true
+      },
+    })
+    facades.push(wss)
+    await once(wss, 'listening')
+    const url = `wss://localhost:${wss.address().port}`
+    const encrypted = []
+    wss.on('connection', (ws, req) => {
+      encrypted.push(req.socket.encrypted)
+      ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }))
+    })
+    const a = await wssClient(url)
+    a.send('through the facade')
+    expect(await nextMessage(a)).toBe('through the facade')
+    expect(secure).toEqual([true])
+    expect(encrypted).toEqual([true])
+
+    wss.sluice.setSecureContext({ key: certs.reload.key, cert: certs.reload.cert })
+    const b = await wssClient(url, certs.ca2.cert)
+    b.send('after the reload')
+    expect(await nextMessage(b)).toBe('after the reload')
+    expect(wss.sluice.metrics().tlsHandshakes).toBe(2)
+  })
+
+  test('{ server: https.Server } stays refused, saying why and what to do instead', () => {
+    let err
+    try {
+      new WebSocketServer({ server: https.createServer({ key: certs.ec.key, cert: certs.ec.cert }) })
+    } catch (e) {
+      err = e
+    }
+    expect(err && err.code).toBe('ERR_SLUICE_WS_UNSUPPORTED')
+    expect(err.message).toMatch(/ciphertext/)
+    expect(err.message).toMatch(/tls: \{ key, cert \}/)
   })
 })
