@@ -387,6 +387,21 @@ impl ServerShared {
         let Some(tls) = tls else {
             return self.upgrade(stream, peer, token, taken, deadline).await;
         };
+        // On the heap: the TLS handshake's state (rustls's connection in tokio-rustls's stream,
+        // over a kilobyte) would otherwise be in every handshake task, plain ones too.
+        Box::pin(self.tls_upgrade(stream, peer, token, deadline, tls)).await
+    }
+
+    /// The TLS handshake (its first record awaited, see `tls::await_hello`), then the upgrade
+    /// over it, all until `deadline`.
+    async fn tls_upgrade(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        token: u64,
+        deadline: tokio::time::Instant,
+        tls: Arc<rustls::ServerConfig>,
+    ) {
         let accept = async {
             match crate::net::tls::await_hello(&stream).await? {
                 Hello::Arrived => tokio_rustls::TlsAcceptor::from(tls).accept(stream).await,

@@ -121,7 +121,10 @@ pub(crate) async fn await_hello(tcp: &TcpStream) -> io::Result<Hello> {
         let mut head = [std::mem::MaybeUninit::<u8>::uninit(); HEADERS];
         let n = SockRef::from(tcp).peek(&mut head[..want])?;
         // SAFETY: `peek` initialised the first `n` bytes.
-        let head: Vec<u8> = head[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+        let head: Vec<u8> = head[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
         // Anything but a handshake record is for rustls to refuse.
         if n < want || head[0] != 0x16 {
             break Hello::Arrived;
