@@ -16,6 +16,9 @@
 //!   (the napi layer's thread-safe function, or a test); inbound events are bounded by cost and
 //!   count, and readers pause above the bound.
 //! - [`lagging`]: what the kernel may hold for a connection that does not read.
+//! - [`tls`]: `wss://` (the `tls` option): the certificate checked when the server is created,
+//!   the TLS handshake under `handshakeTimeout` with its first record paced, and [`tls::Sock`],
+//!   through which every connection reads, writes and waits, plain or over rustls.
 //! - [`peers`]: what the server asks of the other nodes of a cluster, as a trait. This layer never
 //!   names the transport; without the `cluster` option there are no peers.
 //! - [`routing`]: where a broadcast, a publish, a topic's history and a resume go (the local
