@@ -1157,9 +1157,9 @@ impl Conn {
                         more = true;
                         break;
                     }
-                    let (r, wire) = self.sock.try_read_wire(&mut scratch);
-                    if let Some(extra) = wire.checked_sub(*r.as_ref().unwrap_or(&0)) {
-                        inbound.discarded(extra, std::time::Instant::now());
+                    let (r, overhead) = self.sock.try_read(&mut scratch);
+                    if overhead > 0 {
+                        inbound.overhead(overhead, std::time::Instant::now());
                     }
                     match r {
                         Ok(0) => {
@@ -1187,7 +1187,7 @@ impl Conn {
             }
             // TLS records a read produced (a key update's answer) that the kernel did not take
             // at once: the writer pushes them.
-            if self.sock.is_tls() && self.sock.pending_out() {
+            if self.sock.pending_out() {
                 self.writer_wake.notify_one();
             }
             // 2. Wait for input, a timer, a wake-up (the lifecycle changed: a close, the writer's
@@ -1426,12 +1426,10 @@ impl Read for Io<'_> {
         }
         // What the socket carried beyond the plaintext (TLS records' headers and tags, records
         // without data) counts toward the wake-up's budget and the byte rate as data does.
-        let (r, wire) = self.sock.try_read_wire(buf);
+        let (r, overhead) = self.sock.try_read(buf);
         let now = std::time::Instant::now();
-        if let Some(extra) = wire.checked_sub(*r.as_ref().unwrap_or(&0)) {
-            if extra > 0 {
-                self.inbound.overhead(extra, now);
-            }
+        if overhead > 0 {
+            self.inbound.overhead(overhead, now);
         }
         let n = r?;
         self.inbound.consumed(&buf[..n], now);

@@ -96,7 +96,8 @@ pub(crate) async fn await_hello(tcp: &TcpStream) -> io::Result<Hello> {
     /// The largest record TLS allows: 2^14 bytes of plaintext (RFC 8446 §5.1).
     const MAX_RECORD: usize = 1 << 14;
     let mut want = RECORD;
-    let mut whole = None;
+    // The first record's length is known and awaited.
+    let mut awaiting_record = false;
     let result = loop {
         set_rcvlowat(tcp, want)?;
         let ready = tcp.ready(tokio::io::Interest::READABLE).await?;
@@ -115,7 +116,7 @@ pub(crate) async fn await_hello(tcp: &TcpStream) -> io::Result<Hello> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
-        if whole.is_some() {
+        if awaiting_record {
             break Hello::Arrived;
         }
         let mut head = [std::mem::MaybeUninit::<u8>::uninit(); HEADERS];
@@ -145,7 +146,7 @@ pub(crate) async fn await_hello(tcp: &TcpStream) -> io::Result<Hello> {
             break Hello::TooLarge(hello);
         }
         want = RECORD + record.max(HEADERS - RECORD);
-        whole = Some(want);
+        awaiting_record = true;
     };
     set_rcvlowat(tcp, 1)?;
     Ok(result)
@@ -332,46 +333,66 @@ fn private_key(
     }
 }
 
-/// A new connection's rustls state for `config`, with [`TLS_BUFFER`] as its bound.
+/// Bounds what rustls buffers for a connection at [`TLS_BUFFER`].
 pub(crate) fn limit_buffers(conn: &mut ServerConnection) {
     conn.set_buffer_limit(Some(TLS_BUFFER));
 }
 
 /// Reads into `buf` what the peer sent, decrypted: first what rustls holds already, then from
-/// `rd` (the socket), adding to `wire` the bytes read from it. `Ok(0)` is the end of the stream,
-/// with or without `close_notify`. `WouldBlock` when rustls holds no plaintext and either the
-/// socket has nothing more (so a reader that then waits for readiness misses nothing) or
-/// [`READ_WIRE_CAP`] was read without data (the socket is still readable: readiness stays set).
-/// A record that fails is an `InvalidData` error, after rustls's alert was offered to `wr`.
+/// `rd` (the socket). `held` is the plaintext rustls holds, decrypted by earlier reads and not
+/// yet returned; it is kept up to date. Returns the result and the bytes read from `rd` that
+/// are not plaintext (records' headers and tags, records without data): what the socket carried
+/// is then counted once, as this overhead now and as plaintext when it is returned.
+///
+/// `Ok(0)` is the end of the stream, with or without `close_notify`. `WouldBlock` when rustls
+/// holds no plaintext and either the socket has nothing more (so a reader that then waits for
+/// readiness misses nothing) or [`READ_WIRE_CAP`] was read without data (the socket is still
+/// readable: readiness stays set). A record that fails is an `InvalidData` error, after
+/// rustls's alert was offered to `wr`.
 pub(crate) fn read_plain(
     c: &mut ServerConnection,
     rd: &mut dyn Read,
     wr: &mut dyn Write,
     buf: &mut [u8],
-    wire: &mut usize,
-) -> io::Result<usize> {
-    let start = *wire;
-    loop {
+    held: &mut usize,
+) -> (io::Result<usize>, usize) {
+    let mut wire = 0usize;
+    let mut decrypted = 0usize;
+    let r = loop {
         match c.reader().read(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Ok(n) => {
+                *held = held.saturating_sub(n);
+                break Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => *held = 0,
             // The peer closed the TCP stream without close_notify: an end like any other.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break Ok(0),
+            Err(e) => break Err(e),
         }
-        if *wire - start >= READ_WIRE_CAP {
-            return Err(io::ErrorKind::WouldBlock.into());
+        if wire >= READ_WIRE_CAP {
+            break Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = c.read_tls(rd)?;
-        *wire += n;
+        let n = match c.read_tls(rd) {
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        wire += n;
         if n == 0 {
-            return Ok(0);
+            break Ok(0);
         }
-        if let Err(e) = c.process_new_packets() {
-            let _ = push(c, wr);
-            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        match c.process_new_packets() {
+            Ok(state) => {
+                let now = state.plaintext_bytes_to_read();
+                decrypted += now.saturating_sub(*held);
+                *held = now;
+            }
+            Err(e) => {
+                let _ = push(c, wr);
+                break Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
         }
-    }
+    };
+    (r, wire.saturating_sub(decrypted))
 }
 
 /// Hands rustls's pending records to `wr` until it would block. `Ok(true)`: none left.
@@ -435,6 +456,8 @@ impl Read for Raw<'_> {
 /// A connection's TLS session, once upgraded.
 struct Session {
     conn: Mutex<ServerConnection>,
+    /// The plaintext rustls holds (see [`read_plain`]); read and written under `conn`'s lock.
+    held: std::sync::atomic::AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -456,10 +479,15 @@ impl Sock {
 
     pub(crate) fn tls(tcp: TcpStream, mut conn: ServerConnection, metrics: Arc<Metrics>) -> Self {
         limit_buffers(&mut conn);
+        // What the client sent with its request (its first frames), decrypted already.
+        let held = conn
+            .process_new_packets()
+            .map_or(0, |s| s.plaintext_bytes_to_read());
         Self {
             tcp,
             tls: Some(Box::new(Session {
                 conn: Mutex::new(conn),
+                held: std::sync::atomic::AtomicUsize::new(held),
                 metrics,
             })),
         }
@@ -486,31 +514,29 @@ impl Sock {
     }
 
     /// A non-blocking read of what the peer sent (decrypted), and the bytes it took from the
-    /// socket (the same, plain; the records, over TLS). `WouldBlock` when nothing is there.
-    pub(crate) fn try_read_wire(&self, buf: &mut [u8]) -> (io::Result<usize>, usize) {
+    /// socket beyond those it returns: records' headers and tags, and records without data (0
+    /// for a plain socket). `WouldBlock` when nothing is there.
+    pub(crate) fn try_read(&self, buf: &mut [u8]) -> (io::Result<usize>, usize) {
         match &self.tls {
-            None => {
-                let r = self.tcp.try_read(buf);
-                let n = *r.as_ref().unwrap_or(&0);
-                (r, n)
-            }
+            None => (self.tcp.try_read(buf), 0),
             Some(s) => {
                 let mut c = lock(&s.conn);
-                let mut wire = 0;
-                let r = read_plain(
+                let mut held = s.held.load(std::sync::atomic::Ordering::Relaxed);
+                let (r, overhead) = read_plain(
                     &mut c,
                     &mut Ready(&self.tcp),
                     &mut Ready(&self.tcp),
                     buf,
-                    &mut wire,
+                    &mut held,
                 );
+                s.held.store(held, std::sync::atomic::Ordering::Relaxed);
                 // Records rustls answers with (a key update): out now, as far as they go; the
                 // writer pushes the rest ([`Sock::pending_out`]).
                 if c.wants_write() {
                     let _ = push(&mut c, &mut Ready(&self.tcp));
                 }
                 drop(c);
-                (self.counted(r), wire)
+                (self.counted(r), overhead)
             }
         }
     }
@@ -621,7 +647,7 @@ impl crate::net::handshake::HeadStream for tokio_rustls::server::TlsStream<TcpSt
         let (tcp, c) = self.get_mut();
         crate::net::handshake::read_into(buf, |b| {
             let sock = SockRef::from(&*tcp);
-            read_plain(c, &mut Raw(SockRef::from(&*tcp)), &mut Raw(sock), b, &mut 0)
+            read_plain(c, &mut Raw(SockRef::from(&*tcp)), &mut Raw(sock), b, &mut 0).0
         })
     }
     fn into_parts(self) -> (TcpStream, Option<ServerConnection>) {

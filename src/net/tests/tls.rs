@@ -249,3 +249,28 @@ fn a_hello_in_slow_pieces_completes_and_an_oversized_one_is_refused_at_once() {
         assert_eq!(m.tls_errors.load(Ordering::Relaxed), 1);
     });
 }
+
+/// The byte rate counts what a TLS client puts on the wire once: a 200 KiB message in 13
+/// records fits a burst of one 256 KiB `maxPayload`, however the reads split the records'
+/// plaintext (data decrypted in one read and handed over in the next is not counted twice).
+#[test]
+fn a_tls_message_is_charged_to_the_byte_rate_once() {
+    let mut config = tls_config();
+    config.max_payload = 256 * KIB;
+    config.inbound = crate::core::config::RateLimits {
+        bytes_per_second: Some(1024),
+        frames_per_second: None,
+        window: Duration::from_millis(1),
+        max_payload: 256 * KIB,
+    };
+    let h = Harness::start(config);
+    h.run(async {
+        let (mut client, conn) = h.connect_with(tls_client()).await;
+        let payload = vec![7u8; 200 * KIB];
+        client.send(op::BINARY, &payload).await;
+        h.wait_message(Some(conn.id), |d| d.len() == payload.len())
+            .await;
+        assert_eq!(h.terminated(), vec![], "not rate limited");
+        assert!(conn.is_open());
+    });
+}
