@@ -39,6 +39,8 @@ class Connection extends EventEmitter {
     this.remoteAddress = request.remoteAddress ?? (request.socket && request.socket.remoteAddress)
     /** The negotiated subprotocol, `''` if none. */
     this.protocol = native.protocol
+    /** The negotiated extensions (the 101's `Sec-WebSocket-Extensions`: permessage-deflate and its parameters), `''` if none. */
+    this.extensions = native.extensions
     this._closed = false
     /** The peer's close frame was reached in the event stream (the connection is closing). */
     this._peerClosed = false

@@ -10,6 +10,8 @@ import { Priority, threadCpuTimeNs } from '../index'
 export { Priority, threadCpuTimeNs }
 export type {
   TlsOptions,
+  PerMessageDeflateOptions,
+  DeflateMetrics,
   PublishResult,
   ResumeResult,
   Metrics,
@@ -150,6 +152,8 @@ export declare class Connection extends EventEmitter {
   readonly remoteAddress: string
   /** The negotiated subprotocol, `''` if none. */
   readonly protocol: string
+  /** The negotiated extensions (the 101's `Sec-WebSocket-Extensions`), `''` if none. */
+  readonly extensions: string
   /** Bytes queued in sluice for this connection and not yet handed to the kernel (read from Rust, synchronous). */
   readonly bufferedAmount: number
   /** Bytes in the kernel's send queue not yet acknowledged by the peer (Linux `SIOCOUTQ`), else `null`. */

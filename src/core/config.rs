@@ -164,6 +164,8 @@ pub(crate) struct Config {
     /// `tls`: the listener serves `wss://` with this certificate (checked by `net::tls` when the
     /// server is created); `None`: plain `ws://`.
     pub(crate) tls: Option<TlsPem>,
+    /// `perMessageDeflate`: offers of it are accepted (RFC 7692); `None`: declined.
+    pub(crate) deflate: Option<crate::wire::deflate::DeflateConfig>,
 }
 
 impl Default for Config {
@@ -198,6 +200,7 @@ impl Default for Config {
             },
             max_partial_message_bytes: DEFAULT_MAX_PARTIAL_MESSAGE_BYTES,
             tls: None,
+            deflate: None,
         }
     }
 }

@@ -117,6 +117,35 @@ pub(crate) struct Metrics {
     buffered_sample: Mutex<(u64, u64, u64)>,
     /// (p50, p99, max) of `lag` in ms over the recipients of the latest broadcast.
     lag_sample: Mutex<(u64, u64, u64)>,
+    /// permessage-deflate.
+    pub(crate) deflate: DeflateMetrics,
+}
+
+/// What permessage-deflate did: compressions (each broadcast once, each `conn.send` once) and
+/// inflations of what clients sent.
+#[derive(Default)]
+pub(crate) struct DeflateMetrics {
+    /// Open connections that negotiated it.
+    pub(crate) connections: AtomicUsize,
+    /// Broadcasts and publishes compressed (once each, however many recipients).
+    pub(crate) compressed_broadcasts: AtomicU64,
+    /// `conn.send` messages compressed.
+    pub(crate) compressed_sends: AtomicU64,
+    /// Messages at or above the threshold that did not get smaller, sent uncompressed.
+    pub(crate) incompressible: AtomicU64,
+    /// Payload bytes compressed, and the compressed bytes they gave.
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    /// Time of each compression, µs.
+    pub(crate) compress_us: Latency,
+    /// Compressed messages from clients inflated, their bytes on the wire and inflated.
+    pub(crate) inflated_messages: AtomicU64,
+    pub(crate) inflated_bytes_in: AtomicU64,
+    pub(crate) inflated_bytes_out: AtomicU64,
+    /// Compressed messages from clients that could not be inflated (1007) or inflated past
+    /// `maxPayload` (1009): their connection is closed.
+    pub(crate) inflate_errors: AtomicU64,
+    pub(crate) inflate_too_big: AtomicU64,
 }
 
 /// A latency distribution in microseconds, created on first use.

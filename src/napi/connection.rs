@@ -81,6 +81,15 @@ impl NativeConnection {
         self.conn.upgrade().is_some_and(|c| c.is_open())
     }
 
+    /// The negotiated extensions (the 101's `Sec-WebSocket-Extensions`), `''` if none.
+    #[napi(getter)]
+    pub fn extensions(&self) -> String {
+        self.conn
+            .upgrade()
+            .and_then(|c| c.deflate.map(|n| n.response()))
+            .unwrap_or_default()
+    }
+
     /// The negotiated subprotocol, `''` if none.
     #[napi(getter)]
     pub fn protocol(&self) -> String {

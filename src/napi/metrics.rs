@@ -225,6 +225,65 @@ pub struct Metrics {
     pub fanout_latency_us: LatencyMetrics,
     /// `null` without the `cluster` option.
     pub cluster: Option<ClusterMetrics>,
+    /// permessage-deflate (zeros without the `perMessageDeflate` option).
+    pub deflate: DeflateMetrics,
+}
+
+/// permessage-deflate: what was compressed (a broadcast once, however many recipients) and
+/// inflated.
+#[napi(object)]
+pub struct DeflateMetrics {
+    /// Open connections that negotiated it.
+    pub connections: f64,
+    /// Broadcasts and publishes compressed: once each, however many recipients got the frame.
+    pub compressed_broadcasts: f64,
+    /// `conn.send` messages compressed.
+    pub compressed_sends: f64,
+    /// Messages at or above the threshold sent uncompressed because compressing did not make
+    /// them smaller.
+    pub incompressible: f64,
+    /// Payload bytes compressed.
+    pub bytes_in: f64,
+    /// What they compressed to (payloads, without frame headers).
+    pub bytes_out: f64,
+    /// `bytesIn / bytesOut`; 0 before the first compression.
+    pub compression_ratio: f64,
+    /// Time of one compression, µs (`count`: compressions timed, incompressible ones included).
+    pub compress_us: LatencyMetrics,
+    /// Compressed messages from clients inflated, their bytes on the wire and inflated.
+    pub inflated_messages: f64,
+    pub inflated_bytes_in: f64,
+    pub inflated_bytes_out: f64,
+    /// Compressed messages from clients that did not inflate, or inflated to a text that is not
+    /// UTF-8: closed with 1007.
+    pub inflate_errors: f64,
+    /// Compressed messages from clients that inflated past `maxPayload`: closed with 1009 (the
+    /// inflation stops at the limit).
+    pub inflate_too_big: f64,
+}
+
+fn deflate_metrics(d: &crate::core::metrics::DeflateMetrics) -> DeflateMetrics {
+    let g = CoreMetrics::get;
+    let (bytes_in, bytes_out) = (g(&d.bytes_in), g(&d.bytes_out));
+    DeflateMetrics {
+        connections: d.connections.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        compressed_broadcasts: g(&d.compressed_broadcasts),
+        compressed_sends: g(&d.compressed_sends),
+        incompressible: g(&d.incompressible),
+        bytes_in,
+        bytes_out,
+        compression_ratio: if bytes_out > 0.0 {
+            bytes_in / bytes_out
+        } else {
+            0.0
+        },
+        compress_us: latency_metrics(&d.compress_us),
+        inflated_messages: g(&d.inflated_messages),
+        inflated_bytes_in: g(&d.inflated_bytes_in),
+        inflated_bytes_out: g(&d.inflated_bytes_out),
+        inflate_errors: g(&d.inflate_errors),
+        inflate_too_big: g(&d.inflate_too_big),
+    }
 }
 
 fn latency_metrics(l: &crate::core::metrics::Latency) -> LatencyMetrics {
@@ -336,5 +395,6 @@ pub(crate) fn metrics_object(shared: &ServerShared, link: Option<&Arc<Link>>) ->
         },
         fanout_latency_us: latency_metrics(&m.fanout_latency_us),
         cluster: link.map(|l| cluster_metrics(l, m)),
+        deflate: deflate_metrics(&m.deflate),
     }
 }

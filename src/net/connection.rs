@@ -49,6 +49,9 @@ use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::{Message, WebSocketContext};
 
+use crate::net::inbound::Kind;
+use crate::wire::deflate::{InflateError, Inflater, Negotiated};
+
 use crate::core::config::{MAX_BATCH_BYTES, MAX_IOVECS};
 use crate::core::conn_state::{ConnState, Effects};
 use crate::core::lifecycle::{CloseInfo, Failure, Input, Reading};
@@ -101,6 +104,8 @@ pub(crate) struct Conn {
     pub(crate) server: Arc<ServerShared>,
     /// The negotiated subprotocol, `""` if none.
     pub(crate) protocol: String,
+    /// What permessage-deflate negotiated, if it did (fixed at the 101).
+    pub(crate) deflate: Option<Negotiated>,
     /// Which inbound events to pass to JavaScript ([`interest`] bits). Relaxed: the bits publish
     /// no other memory; a listener added in JavaScript applies from the inbound frames read once
     /// the store is visible to the reader.
@@ -172,6 +177,9 @@ enum Flush {
     Over,
 }
 
+/// Largest `conn.send` payload compressed on the calling thread (see [`Conn::deflate_send`]).
+pub(crate) const SEND_COMPRESS_INLINE_MAX: usize = 64 * 1024;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -182,6 +190,7 @@ impl Conn {
         server: Arc<ServerShared>,
         sock: Sock,
         protocol: String,
+        deflate: Option<Negotiated>,
     ) -> Arc<Self> {
         let limits = server.config.limits;
         let lag = WriterLag::new(server.config.lagging_kernel_limit, server.metrics.clone());
@@ -190,6 +199,7 @@ impl Conn {
             id,
             server,
             protocol,
+            deflate,
             // Messages until JavaScript says otherwise: its `connection` handler may add a
             // listener after the first messages have arrived.
             interest: std::sync::atomic::AtomicU8::new(interest::MESSAGE),
@@ -326,13 +336,90 @@ impl Conn {
     /// the policy's verdict. Returns whether it was queued (or accepted).
     pub(crate) fn send_ordered(self: &Arc<Self>, frame: Frame, priority: Priority) -> bool {
         let fanout = self.server.fanout();
-        if fanout.busy() {
-            return self.is_open() && fanout.send_after_pending(self.clone(), frame, priority);
+        let (frame, compress_later) = self.deflate_send(frame);
+        if fanout.busy() || compress_later {
+            return self.is_open()
+                && fanout.send_after_pending(self.clone(), frame, priority, compress_later);
         }
         matches!(
             self.deliver(frame, priority),
             Outcome::Queued | Outcome::Resynced
         )
+    }
+
+    /// Inflates a compressed message (`data`, as tungstenite joined its frames) up to
+    /// `maxPayload`. The bytes it inflates to beyond those on the wire count toward the byte
+    /// rate and the wake-up's budget: what a client costs the server is what it inflates to.
+    /// `None`: the connection is failed, 1009 past `maxPayload`, 1007 for data that does not
+    /// inflate or a text that is not UTF-8.
+    fn inflate(
+        &self,
+        inf: &mut Inflater,
+        data: &[u8],
+        text: bool,
+        inbound: &mut Inbound,
+    ) -> Option<Bytes> {
+        let m = &self.server.metrics.deflate;
+        let refuse = |code: CloseCode, reason: &str, counter: &std::sync::atomic::AtomicU64| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(id = self.id, reason, "failing connection");
+            self.fail(code.code(), reason, Failure::Protocol);
+            None
+        };
+        match inf.inflate(data, self.server.config.max_payload) {
+            Ok(out) => {
+                if text && std::str::from_utf8(&out).is_err() {
+                    return refuse(
+                        CloseCode::InvalidPayload,
+                        "invalid UTF-8",
+                        &m.inflate_errors,
+                    );
+                }
+                m.inflated_messages.fetch_add(1, Ordering::Relaxed);
+                m.inflated_bytes_in
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                m.inflated_bytes_out
+                    .fetch_add(out.len() as u64, Ordering::Relaxed);
+                inbound.overhead(
+                    out.len().saturating_sub(data.len()),
+                    std::time::Instant::now(),
+                );
+                Some(Bytes::from(out))
+            }
+            Err(InflateError::TooBig) => refuse(
+                CloseCode::MessageTooBig,
+                "message too big",
+                &m.inflate_too_big,
+            ),
+            Err(InflateError::Corrupt) => refuse(
+                CloseCode::InvalidPayload,
+                "invalid compressed data",
+                &m.inflate_errors,
+            ),
+        }
+    }
+
+    /// permessage-deflate for a `conn.send`: a payload from the threshold up to
+    /// [`SEND_COMPRESS_INLINE_MAX`] is compressed here, on the calling thread (tens of µs for a
+    /// few KiB, less than handing it over would cost); a larger one is handed to the fan-out task
+    /// to compress (`true`), in order with everything else.
+    fn deflate_send(&self, frame: Frame) -> (Frame, bool) {
+        let (Some(n), Some(cfg)) = (self.deflate, self.server.config.deflate.as_ref()) else {
+            return (frame, false);
+        };
+        let plain = crate::wire::frame::split(&frame.bytes).map_or(0, |(_, p)| p.len());
+        if plain < cfg.threshold || !n.accepts(plain, crate::wire::deflate::compressor_bits(cfg)) {
+            return (frame, false);
+        }
+        if plain > SEND_COMPRESS_INLINE_MAX {
+            return (frame, true);
+        }
+        let compressed = crate::net::fanout::compress_frame(
+            &self.server,
+            &frame,
+            crate::net::fanout::Compressed::Send,
+        );
+        (compressed.unwrap_or(frame), false)
     }
 
     /// A JavaScript `conn.close`: in call order with pending broadcasts, like [`Self::send_ordered`].
@@ -939,15 +1026,21 @@ impl Conn {
         !w.batch.is_empty()
     }
 
-    async fn read_loop(&self, leftover: Vec<u8>) {
+    async fn read_loop(&self, mut leftover: Vec<u8>) {
         let cfg = &self.server.config;
         let mut inbound = Inbound::new(
             cfg.inbound,
             self.server.partial.clone(),
             std::time::Instant::now(),
         );
+        // permessage-deflate: compressed messages are marked as they are read and inflated once
+        // tungstenite has returned them whole.
+        let mut inflater = self.deflate.as_ref().map(Inflater::new);
+        if inflater.is_some() {
+            inbound.enable_deflate();
+        }
         // Bytes that came with the upgrade request count like any others.
-        inbound.consumed(&leftover, std::time::Instant::now());
+        inbound.consumed(&mut leftover, std::time::Instant::now());
         // tungstenite's state machine and its read buffer (1 KiB, more after a large frame),
         // only while a message is under way: between messages it holds nothing that a fresh one
         // would not (see `Inbound::at_rest`), and an idle connection keeps none. Boxed, so that
@@ -1018,27 +1111,33 @@ impl Conn {
                             });
                             self.send_captured(&mut captured);
                             match msg {
-                                Message::Text(t) => {
+                                Message::Text(_) | Message::Binary(_) => {
+                                    let (data, binary) = match msg {
+                                        Message::Text(t) => (t.into(), false),
+                                        Message::Binary(b) => (b, true),
+                                        _ => unreachable!("matched above"),
+                                    };
+                                    let (data, binary) = match inflater.as_mut() {
+                                        Some(inf) => match inbound.next_kind() {
+                                            Kind::Compressed { text } => {
+                                                match self.inflate(inf, &data, text, &mut inbound) {
+                                                    Some(d) => (d, !text),
+                                                    // Failed (1007 or 1009).
+                                                    None => break,
+                                                }
+                                            }
+                                            Kind::Plain => (data, binary),
+                                        },
+                                        None => (data, binary),
+                                    };
                                     m.messages_received.fetch_add(1, Ordering::Relaxed);
                                     m.bytes_received
-                                        .fetch_add(t.len() as u64, Ordering::Relaxed);
+                                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                                     if self.wants(interest::MESSAGE) {
                                         events.push(Event::Message {
                                             id: self.id,
-                                            data: t.into(),
-                                            binary: false,
-                                        });
-                                    }
-                                }
-                                Message::Binary(b) => {
-                                    m.messages_received.fetch_add(1, Ordering::Relaxed);
-                                    m.bytes_received
-                                        .fetch_add(b.len() as u64, Ordering::Relaxed);
-                                    if self.wants(interest::MESSAGE) {
-                                        events.push(Event::Message {
-                                            id: self.id,
-                                            data: b,
-                                            binary: true,
+                                            data,
+                                            binary,
                                         });
                                     }
                                 }
@@ -1432,7 +1531,7 @@ impl Read for Io<'_> {
             self.inbound.overhead(overhead, now);
         }
         let n = r?;
-        self.inbound.consumed(&buf[..n], now);
+        self.inbound.consumed(&mut buf[..n], now);
         Ok(n)
     }
 }

@@ -60,7 +60,8 @@ use crate::core::policy::Priority;
 use crate::net::connection::Conn;
 use crate::net::events::Event;
 use crate::net::server::ServerShared;
-use crate::wire::frame::{encode, OpCode};
+use crate::wire::deflate;
+use crate::wire::frame::{encode, encode_compressed, split, OpCode};
 
 /// Bytes counted per waiting job on top of its frame: the job and its channel slot (184 bytes by
 /// `size_of`), the latency probe (40 bytes and its `Arc` header) and the frame's `Bytes`
@@ -143,11 +144,13 @@ enum Job {
         /// Set for a numbered message: a connection whose resume replayed it already skips it.
         numbered: Option<Numbered>,
     },
-    /// A `conn.send` issued while broadcasts were pending.
+    /// A `conn.send` issued while broadcasts were pending, or one to compress off the JS thread
+    /// (`compress`: [`Conn::send_ordered`]).
     Send {
         conn: Arc<Conn>,
         frame: Frame,
         priority: Priority,
+        compress: bool,
     },
     /// A `conn.close` issued while broadcasts were pending.
     Close {
@@ -407,6 +410,7 @@ impl Fanout {
         conn: Arc<Conn>,
         frame: Frame,
         priority: Priority,
+        compress: bool,
     ) -> bool {
         let server = conn.server.clone();
         let cost = frame.len() + JOB_OVERHEAD;
@@ -414,6 +418,7 @@ impl Fanout {
             conn,
             frame,
             priority,
+            compress,
         };
         self.send(&server, job, cost, priority == Priority::Critical) != Admitted::Refused
     }
@@ -484,10 +489,96 @@ pub(crate) fn shard_count(threads: usize, recipients: usize) -> usize {
 /// Recipients a shard writes to between two yields: at a few µs per `write`, about a millisecond.
 const YIELD_EVERY: usize = 256;
 
+/// A broadcast's compressed frame, and what decides who may have it.
+#[derive(Clone)]
+struct Deflated {
+    frame: Frame,
+    /// The uncompressed payload's length and the compressor's window ([`deflate::Negotiated::accepts`]).
+    plain_len: usize,
+    bits: u8,
+}
+
+/// Payloads from this size are compressed with `block_in_place`: the worker's other tasks move
+/// to another thread meanwhile rather than wait the milliseconds a large payload takes.
+const COMPRESS_IN_PLACE_MIN: usize = 256 * 1024;
+
+/// Which counter a compression goes to.
+#[derive(Clone, Copy)]
+pub(crate) enum Compressed {
+    Broadcast,
+    Send,
+}
+
+/// `frame` (a data frame [`encode`] made) compressed as one permessage-deflate message, if it is
+/// at least the threshold and compression makes it smaller; timed and counted. The compressed
+/// frame shares `frame`'s probe, acknowledgement, key, birth, deadline and tag: it is the same
+/// message on the wire in fewer bytes.
+pub(crate) fn compress_frame(
+    server: &ServerShared,
+    frame: &Frame,
+    why: Compressed,
+) -> Option<Frame> {
+    let cfg = server.config.deflate.as_ref()?;
+    let (op, payload) = split(&frame.bytes)?;
+    if !matches!(op, OpCode::Text | OpCode::Binary) || payload.len() < cfg.threshold {
+        return None;
+    }
+    let m = &server.metrics.deflate;
+    let started = Instant::now();
+    let run = || deflate::compress(payload, cfg, |z| encode_compressed(op, z));
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let bytes = if payload.len() >= COMPRESS_IN_PLACE_MIN && multi {
+        tokio::task::block_in_place(run)
+    } else {
+        run()
+    };
+    m.compress_us.record(started.elapsed().as_micros() as u64);
+    let Some(bytes) = bytes else {
+        m.incompressible.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    let counter = match why {
+        Compressed::Broadcast => &m.compressed_broadcasts,
+        Compressed::Send => &m.compressed_sends,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    m.bytes_in
+        .fetch_add(payload.len() as u64, Ordering::Relaxed);
+    let header = crate::wire::frame::header_len(bytes.len());
+    m.bytes_out
+        .fetch_add((bytes.len() - header) as u64, Ordering::Relaxed);
+    let mut out = frame.clone();
+    out.bytes = bytes;
+    Some(out)
+}
+
+/// The compressed form of a broadcast, made once on the fan-out task, if any recipient would get
+/// it.
+fn deflated(server: &ServerShared, frame: &Frame, recipients: &[Arc<Conn>]) -> Option<Deflated> {
+    let cfg = server.config.deflate.as_ref()?;
+    let plain_len = split(&frame.bytes)?.1.len();
+    let bits = deflate::compressor_bits(cfg);
+    if !recipients
+        .iter()
+        .any(|c| c.deflate.is_some_and(|n| n.accepts(plain_len, bits)))
+    {
+        return None;
+    }
+    Some(Deflated {
+        frame: compress_frame(server, frame, Compressed::Broadcast)?,
+        plain_len,
+        bits,
+    })
+}
+
 /// One broadcast's deliveries, as each shard needs them.
 #[derive(Clone)]
 struct Deliveries {
     frame: Frame,
+    /// The same message compressed (permessage-deflate), for the recipients that negotiated it
+    /// and whose window admits it ([`deflated`]); the others get `frame`.
+    deflated: Option<Deflated>,
     priority: Priority,
     except: Except,
     /// A numbered message and its topic: a connection whose resume replayed it skips it.
@@ -522,11 +613,14 @@ impl Deliveries {
             stats
                 .buffered
                 .saturating_record(conn.buffered_amount() as u64);
-            let (outcome, oldest) =
-                conn.deliver_sampled(self.frame.clone(), self.priority, self.inline);
+            let frame = match &self.deflated {
+                Some(d) if conn.deflate.is_some_and(|n| n.accepts(d.plain_len, d.bits)) => &d.frame,
+                _ => &self.frame,
+            };
+            let (outcome, oldest) = conn.deliver_sampled(frame.clone(), self.priority, self.inline);
             let lag = oldest.map_or(0, |b| self.now.saturating_duration_since(b).as_millis());
             stats.lag_ms.saturating_record(lag as u64);
-            count_lost(outcome, &self.frame, self.priority, &mut stats.lost);
+            count_lost(outcome, frame, self.priority, &mut stats.lost);
         }
     }
 }
@@ -592,6 +686,7 @@ async fn run(
                     Target::All => None,
                 };
                 let b = Deliveries {
+                    deflated: deflated(&server, &frame, &recipients),
                     frame,
                     priority,
                     except,
@@ -644,7 +739,12 @@ async fn run(
                 conn,
                 frame,
                 priority,
+                compress,
             } => {
+                let frame = match compress {
+                    true => compress_frame(&server, &frame, Compressed::Send).unwrap_or(frame),
+                    false => frame,
+                };
                 let mut lost = Drops::default();
                 let outcome = conn.deliver(frame.clone(), priority);
                 count_lost(outcome, &frame, priority, &mut lost);

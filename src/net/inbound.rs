@@ -56,6 +56,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig, WebSocketC
 
 use crate::core::config::{Config, RateLimits, READ_BUFFER_SIZE};
 use crate::wire::close::CloseCode;
+use crate::wire::frame::RSV1;
 
 /// Bytes a reader reads from one connection before it lets the other tasks of its worker thread
 /// run (`tokio::task::yield_now`). 64 KiB is 64 reads of `READ_BUFFER_SIZE`, about 0.1 ms of
@@ -137,15 +138,40 @@ pub(crate) struct FrameTracker {
     /// Messages complete so far (data messages and control frames), i.e. what tungstenite has
     /// to return one by one.
     messages: u64,
+    /// permessage-deflate was negotiated: data messages are marked in `kinds`, and a compressed
+    /// one's first header is rewritten for tungstenite ([`FrameTracker::feed`]).
+    deflate: bool,
+    /// Whether each data message begun and not yet returned by tungstenite is compressed (and
+    /// if so, text): one entry per message, in order; [`Self::next_kind`] takes them.
+    kinds: std::collections::VecDeque<Kind>,
+}
+
+/// What a data message was on the wire (permessage-deflate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Plain,
+    /// RSV1 set: compressed; `text` if its opcode was text (tungstenite sees it as binary).
+    Compressed {
+        text: bool,
+    },
 }
 
 impl FrameTracker {
     /// Feeds bytes in the order they were read; returns how many frame headers they completed.
-    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> u64 {
+    ///
+    /// With permessage-deflate, the first byte of a compressed message's first frame (RSV1 set,
+    /// text or binary) is rewritten in place before tungstenite reads it, which would refuse
+    /// RSV1: RSV1 cleared and the opcode made binary (a compressed text is not UTF-8 until
+    /// inflated); what it was goes to [`Self::next_kind`]. RSV1 on a continuation or control
+    /// frame is left for tungstenite to refuse (1002), as RFC 7692 §6.1 wants.
+    pub(crate) fn feed(&mut self, mut bytes: &mut [u8]) -> u64 {
         let mut headers = 0;
         while !bytes.is_empty() {
             match self.left {
                 None => {
+                    if self.have == 0 && self.deflate {
+                        self.mark(&mut bytes[0]);
+                    }
                     let need = if self.have < 2 {
                         2
                     } else {
@@ -154,7 +180,7 @@ impl FrameTracker {
                     let take = (need - self.have).min(bytes.len());
                     self.head[self.have..self.have + take].copy_from_slice(&bytes[..take]);
                     self.have += take;
-                    bytes = &bytes[take..];
+                    bytes = &mut std::mem::take(&mut bytes)[take..];
                     if self.have >= 2 && self.have == header_len(self.head[1]) {
                         headers += 1;
                         self.start_frame();
@@ -162,7 +188,7 @@ impl FrameTracker {
                 }
                 Some(left) => {
                     let take = left.min(bytes.len() as u64);
-                    bytes = &bytes[take as usize..];
+                    bytes = &mut std::mem::take(&mut bytes)[take as usize..];
                     self.left = Some(left - take);
                     if left == take {
                         self.end_frame();
@@ -171,6 +197,25 @@ impl FrameTracker {
             }
         }
         headers
+    }
+
+    /// The first byte of a frame header, with permessage-deflate (see [`Self::feed`]).
+    fn mark(&mut self, b0: &mut u8) {
+        let opcode = *b0 & 0x0f;
+        if opcode != 1 && opcode != 2 {
+            return;
+        }
+        if *b0 & RSV1 != 0 {
+            self.kinds.push_back(Kind::Compressed { text: opcode == 1 });
+            *b0 = (*b0 & !(RSV1 | 0x0f)) | 2;
+        } else {
+            self.kinds.push_back(Kind::Plain);
+        }
+    }
+
+    /// What the next data message tungstenite returns was on the wire.
+    pub(crate) fn next_kind(&mut self) -> Kind {
+        self.kinds.pop_front().unwrap_or(Kind::Plain)
     }
 
     fn start_frame(&mut self) {
@@ -366,6 +411,16 @@ impl Inbound {
         }
     }
 
+    /// permessage-deflate was negotiated: compressed messages are marked (see [`FrameTracker::feed`]).
+    pub(crate) fn enable_deflate(&mut self) {
+        self.tracker.deflate = true;
+    }
+
+    /// What the next data message tungstenite returns was on the wire.
+    pub(crate) fn next_kind(&mut self) -> Kind {
+        self.tracker.next_kind()
+    }
+
     /// A new wake-up of the reader: the per-wake-up budget starts again.
     pub(crate) fn begin_wake(&mut self) {
         self.wake_bytes = 0;
@@ -390,12 +445,13 @@ impl Inbound {
     }
 
     /// Accounts bytes just read from the socket (or left over from the handshake).
-    pub(crate) fn consumed(&mut self, bytes: &[u8], now: Instant) {
+    pub(crate) fn consumed(&mut self, bytes: &mut [u8], now: Instant) {
+        let len = bytes.len();
         let frames = self.tracker.feed(bytes);
-        self.wake_bytes += bytes.len();
+        self.wake_bytes += len;
         self.wake_frames += frames;
         if let Some(b) = &mut self.bytes {
-            if !b.spend(bytes.len() as f64, now) {
+            if !b.spend(len as f64, now) {
                 self.limited = true;
             }
         }
@@ -559,7 +615,7 @@ mod tests {
             let mut headers = 0;
             let mut max_msg = 0;
             for c in stream.chunks(chunk) {
-                headers += t.feed(c);
+                headers += t.feed(&mut (c).to_vec());
                 max_msg = max_msg.max(t.message_in_progress());
             }
             assert_eq!(headers, 5, "chunk {chunk}");
@@ -578,21 +634,66 @@ mod tests {
     fn tracker_holds_an_unfinished_message() {
         let mut t = FrameTracker::default();
         let first = frame(false, 2, 1000);
-        t.feed(&first[..10]);
+        t.feed(&mut (first[..10]).to_vec());
         // From its header on: the read buffer the frame grows, and the fragment's copy.
         assert_eq!(t.message_in_progress(), 2000);
         assert_eq!(t.message_payload(), 1000);
-        t.feed(&first[10..]);
+        t.feed(&mut (first[10..]).to_vec());
         assert_eq!(t.message_in_progress(), 2000);
         assert!(!t.at_rest());
         let f = frame(true, 0, 500);
-        t.feed(&f[..6 + 100]); // header and part of the payload
+        t.feed(&mut (f[..6 + 100]).to_vec()); // header and part of the payload
         assert_eq!(t.message_in_progress(), 2500);
         assert_eq!(t.message_payload(), 1500);
-        t.feed(&f[6 + 100..]);
+        t.feed(&mut (f[6 + 100..]).to_vec());
         assert_eq!(t.message_in_progress(), 0);
         assert!(t.at_rest());
         assert_eq!(t.messages(), 1);
+    }
+
+    #[test]
+    fn deflate_marks_compressed_messages_and_rewrites_their_first_header() {
+        let mut stream = Vec::new();
+        let mut first = frame(true, 1, 10);
+        first[0] |= RSV1; // compressed text
+        stream.extend(&first);
+        stream.extend(frame(true, 2, 300)); // plain binary
+        let mut frag = frame(false, 2, 5);
+        frag[0] |= RSV1; // compressed binary, fragmented
+        stream.extend(&frag);
+        let mut ping = frame(true, 9, 1);
+        ping[0] |= RSV1; // RSV1 on a control frame: left for tungstenite to refuse
+        stream.extend(&ping);
+        stream.extend(frame(true, 0, 5)); // the continuation
+        for chunk in [1, 3, stream.len()] {
+            let mut t = FrameTracker {
+                deflate: true,
+                ..FrameTracker::default()
+            };
+            let mut bytes = stream.clone();
+            for c in bytes.chunks_mut(chunk) {
+                t.feed(c);
+            }
+            assert_eq!(bytes[0], 0x82, "text made binary, RSV1 cleared");
+            assert_eq!(bytes[first.len()], 0x82, "plain: untouched");
+            let at = first.len() + frame(true, 2, 300).len();
+            assert_eq!(bytes[at], 0x02, "fragment: RSV1 cleared, FIN kept unset");
+            assert_eq!(bytes[at + frag.len()], 0x80 | RSV1 | 9, "control: untouched");
+            let kinds: Vec<Kind> = (0..3).map(|_| t.next_kind()).collect();
+            assert_eq!(
+                kinds,
+                [
+                    Kind::Compressed { text: true },
+                    Kind::Plain,
+                    Kind::Compressed { text: false }
+                ]
+            );
+        }
+        // Without deflate nothing is rewritten.
+        let mut t = FrameTracker::default();
+        let mut bytes = first.clone();
+        t.feed(&mut bytes);
+        assert_eq!(bytes, first);
     }
 
     #[test]
@@ -602,10 +703,10 @@ mod tests {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         for c in junk.chunks(13) {
-            t.feed(c);
+            t.feed(&mut (c).to_vec());
         }
-        t.feed(&[0xff; 14]); // a 2^63-byte frame
-        t.feed(&[0; 4096]);
+        t.feed(&mut ([0xff; 14]).to_vec()); // a 2^63-byte frame
+        t.feed(&mut ([0; 4096]).to_vec());
     }
 
     #[test]
@@ -645,12 +746,12 @@ mod tests {
         let f = frame(true, 2, 0);
         for _ in 0..READ_BUDGET_FRAMES {
             assert_eq!(i.may_read(), Ok(()));
-            i.consumed(&f, now);
+            i.consumed(&mut (f).to_vec(), now);
         }
         assert_eq!(i.may_read(), Err(Stop::Yield));
         i.begin_wake();
         assert_eq!(i.may_read(), Ok(()));
-        i.consumed(&vec![0u8; READ_BUDGET_BYTES], now); // inside no frame: a 0-length-header stream
+        i.consumed(&mut (vec![0u8; READ_BUDGET_BYTES]).to_vec(), now); // inside no frame: a 0-length-header stream
         assert_eq!(i.may_read(), Err(Stop::Yield));
     }
 
@@ -661,16 +762,16 @@ mod tests {
         let mut i = Inbound::new(limits(None, Some(10)), budget.clone(), now);
         let f = frame(true, 9, 0); // pings count
         for _ in 0..10 {
-            i.consumed(&f, now);
+            i.consumed(&mut (f).to_vec(), now);
         }
         assert!(!i.rate_limited());
-        i.consumed(&f, now);
+        i.consumed(&mut (f).to_vec(), now);
         assert!(i.rate_limited());
         assert_eq!(i.may_read(), Err(Stop::RateLimited));
         // Discarded bytes count against the byte rate and release what a message held.
         let budget = Arc::new(PartialBudget::new(0));
         let mut i = Inbound::new(limits(Some(1 << 20), None), budget.clone(), now);
-        i.consumed(&frame(false, 2, 100_000)[..20], now);
+        i.consumed(&mut (frame(false, 2, 100_000)[..20]).to_vec(), now);
         assert_eq!(budget.reserved(), 200_000);
         i.discarded((1 << 20) - 100, now);
         assert_eq!(budget.reserved(), 0);
@@ -679,9 +780,9 @@ mod tests {
         assert!(i.rate_limited());
         // Bytes: the burst holds at least one maxPayload message.
         let mut i = Inbound::new(limits(Some(1000), None), budget, now);
-        i.consumed(&frame(true, 2, 1 << 20), now);
+        i.consumed(&mut (frame(true, 2, 1 << 20)).to_vec(), now);
         assert!(!i.rate_limited());
-        i.consumed(&frame(true, 2, 100), now);
+        i.consumed(&mut (frame(true, 2, 100)).to_vec(), now);
         assert!(i.rate_limited());
     }
 
@@ -692,18 +793,18 @@ mod tests {
         let mut a = Inbound::new(limits(None, None), budget.clone(), now);
         let mut b = Inbound::new(limits(None, None), budget.clone(), now);
         // Small messages reserve nothing.
-        a.consumed(&frame(true, 2, 500), now);
+        a.consumed(&mut (frame(true, 2, 500)).to_vec(), now);
         assert_eq!(budget.reserved(), 0);
         // A 2000-byte frame: reserved from its header on.
         let big = frame(true, 2, 2000);
-        a.consumed(&big[..8], now);
+        a.consumed(&mut (big[..8]).to_vec(), now);
         assert_eq!(budget.reserved(), 2000);
         // b's 2000 bytes do not fit: b stops before reading further.
-        b.consumed(&big[..8], now);
+        b.consumed(&mut (big[..8]).to_vec(), now);
         assert_eq!(budget.reserved(), 2000);
         assert_eq!(b.may_read(), Err(Stop::Room));
         // a completes: its reservation goes, and b's fits.
-        a.consumed(&big[8..], now);
+        a.consumed(&mut (big[8..]).to_vec(), now);
         assert_eq!(budget.reserved(), 0);
         assert_eq!(b.may_read(), Ok(()));
         assert_eq!(budget.reserved(), 2000);
@@ -711,22 +812,22 @@ mod tests {
         drop(b);
         assert_eq!(budget.reserved(), 0);
         let mut c = Inbound::new(limits(None, None), budget.clone(), now);
-        c.consumed(&frame(false, 2, 1000), now);
+        c.consumed(&mut (frame(false, 2, 1000)).to_vec(), now);
         assert_eq!(budget.reserved(), 2000); // the fragment and the read buffer it grew
-        c.consumed(&frame(false, 0, 1000), now);
+        c.consumed(&mut (frame(false, 0, 1000)).to_vec(), now);
         assert_eq!(budget.reserved(), 3000);
-        c.consumed(&frame(true, 9, 4), now); // a ping between fragments changes nothing
+        c.consumed(&mut (frame(true, 9, 4)).to_vec(), now); // a ping between fragments changes nothing
         assert_eq!(budget.reserved(), 3000);
         // The last fragment is larger: 5000 does not fit, but the message completes in this very
         // read, and then holds nothing.
-        c.consumed(&frame(true, 0, 1500), now);
+        c.consumed(&mut (frame(true, 0, 1500)).to_vec(), now);
         assert_eq!(budget.reserved(), 0);
         assert_eq!(c.may_read(), Ok(()));
         // A fragmented message of maxPayload reserves twice that (fragments + read buffer); a
         // message alone proceeds even past the bound.
         let budget2 = Arc::new(PartialBudget::new(1 << 20));
         let mut e = Inbound::new(limits(None, None), budget2.clone(), now);
-        e.consumed(&frame(false, 2, (1 << 20) - 1), now);
+        e.consumed(&mut (frame(false, 2, (1 << 20) - 1)).to_vec(), now);
         assert_eq!(budget2.reserved(), (2 << 20) - 2);
         e.begin_wake();
         assert_eq!(e.may_read(), Ok(()));
@@ -737,7 +838,7 @@ mod tests {
         over.extend_from_slice(&((1u64 << 20) + 1).to_be_bytes());
         over.extend_from_slice(&[0; 4]);
         let mut d = Inbound::new(limits(None, None), budget.clone(), now);
-        d.consumed(&over, now);
+        d.consumed(&mut (over).to_vec(), now);
         assert_eq!(budget.reserved(), 0);
     }
 
@@ -747,10 +848,10 @@ mod tests {
         let now = Instant::now();
         let mut i = Inbound::new(limits(None, None), budget, now);
         let f = frame(true, 2, LARGE_FRAME as usize);
-        i.consumed(&frame(true, 9, 0), now);
-        i.consumed(&f[..100], now);
+        i.consumed(&mut (frame(true, 9, 0)).to_vec(), now);
+        i.consumed(&mut (f[..100]).to_vec(), now);
         assert!(!i.take_large_seen(1));
-        i.consumed(&f[100..], now);
+        i.consumed(&mut (f[100..]).to_vec(), now);
         // Not before tungstenite has returned both messages.
         assert!(!i.take_large_seen(1));
         assert!(i.take_large_seen(2));

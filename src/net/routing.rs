@@ -337,7 +337,7 @@ mod tests {
         let _in_rt = rt.enter();
         let sock = tokio::net::TcpStream::from_std(sock).unwrap();
         let sock = crate::net::tls::Sock::plain(sock);
-        (Conn::new(1, s.clone(), sock, String::new()), client)
+        (Conn::new(1, s.clone(), sock, String::new(), None), client)
     }
 
     /// Every frame the local history of `topic` keeps (a resume from 0 of its epoch).

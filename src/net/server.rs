@@ -38,6 +38,7 @@ use crate::net::inbound::PartialBudget;
 use crate::net::peers::Peers;
 use crate::net::tls::{Hello, Sock, MAX_CLIENT_HELLO};
 use crate::wire::close::CloseCode;
+use crate::wire::deflate;
 use crate::wire::handshake::{self, RefusalCause, Verdict};
 
 /// Pause after an accept error (e.g. out of file descriptors) before trying again.
@@ -635,8 +636,29 @@ impl ServerShared {
         token: u64,
     ) -> Opened {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let response = handshake::accept_response(&upgrade.accept_key, protocol.as_deref());
-        let conn = Conn::new(id, self.clone(), stream, protocol.unwrap_or_default());
+        let deflate = self
+            .config
+            .deflate
+            .as_ref()
+            .and_then(|c| deflate::negotiate(&upgrade.request.headers, c));
+        let response = handshake::accept_response(
+            &upgrade.accept_key,
+            protocol.as_deref(),
+            deflate.map(|n| n.response()).as_deref(),
+        );
+        if deflate.is_some() {
+            self.metrics
+                .deflate
+                .connections
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let conn = Conn::new(
+            id,
+            self.clone(),
+            stream,
+            protocol.unwrap_or_default(),
+            deflate,
+        );
         let missed_close_all = {
             let mut conns = write(&self.conns);
             conns.insert(id, conn.clone());
@@ -705,6 +727,12 @@ impl ServerShared {
 
     fn remove(&self, conn: &Arc<Conn>) {
         write(&self.conns).remove(&conn.id);
+        if conn.deflate.is_some() {
+            self.metrics
+                .deflate
+                .connections
+                .fetch_sub(1, Ordering::Relaxed);
+        }
         let topics: Vec<Arc<str>> = conn
             .topics
             .lock()

@@ -35,8 +35,38 @@ pub(crate) fn header_len(len: usize) -> usize {
 
 /// Encodes one final (FIN) unmasked frame: header and payload in a single allocation.
 pub(crate) fn encode(op: OpCode, payload: &[u8]) -> Bytes {
+    encode_first(0x80 | op as u8, payload)
+}
+
+/// RSV1: the message is compressed (permessage-deflate, RFC 7692 §6).
+pub(crate) const RSV1: u8 = 0x40;
+
+/// Encodes one final unmasked data frame whose payload is compressed: RSV1 set.
+pub(crate) fn encode_compressed(op: OpCode, payload: &[u8]) -> Bytes {
+    encode_first(0x80 | RSV1 | op as u8, payload)
+}
+
+/// The opcode and payload of a frame [`encode`] made (a whole server frame).
+pub(crate) fn split(frame: &[u8]) -> Option<(OpCode, &[u8])> {
+    let op = match frame.first()? & 0x0f {
+        0x1 => OpCode::Text,
+        0x2 => OpCode::Binary,
+        0x8 => OpCode::Close,
+        0x9 => OpCode::Ping,
+        0xA => OpCode::Pong,
+        _ => return None,
+    };
+    let h = match frame.get(1)? & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    Some((op, frame.get(h..)?))
+}
+
+fn encode_first(first: u8, payload: &[u8]) -> Bytes {
     let mut buf = BytesMut::with_capacity(header_len(payload.len()) + payload.len());
-    buf.put_u8(0x80 | op as u8);
+    buf.put_u8(first);
     let len = payload.len();
     if len < 126 {
         buf.put_u8(len as u8);
@@ -95,6 +125,18 @@ mod tests {
             assert_eq!(off, hdr);
             assert_eq!(header_len(len), hdr);
             assert_eq!(&f[off..], &payload[..]);
+        }
+    }
+
+    #[test]
+    fn a_frame_splits_back_into_its_opcode_and_payload() {
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let p = vec![7u8; len];
+            let f = encode(OpCode::Binary, &p);
+            assert_eq!(split(&f), Some((OpCode::Binary, &p[..])));
+            let c = encode_compressed(OpCode::Text, &p);
+            assert_eq!(c[0], 0xC1);
+            assert_eq!(split(&c), Some((OpCode::Text, &p[..])));
         }
     }
 

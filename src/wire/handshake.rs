@@ -68,8 +68,8 @@ pub(crate) const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// the JS thread build a Set of ~8,000 strings. 64 leaves room for generous clients.
 pub(crate) const MAX_OFFERED_PROTOCOLS: usize = 64;
 /// Most extensions an upgrade request may offer (`Sec-WebSocket-Extensions`, all its headers
-/// together); more get 400. sluice negotiates none, so offers are only counted, never parsed;
-/// a browser offers one (`permessage-deflate` with its parameters), a client trying variants a
+/// together); more get 400. Offers are counted before any is parsed (only `permessage-deflate`
+/// ones are, when the option is on: `deflate::negotiate`); a browser offers one (`permessage-deflate` with its parameters), a client trying variants a
 /// few.
 pub(crate) const MAX_OFFERED_EXTENSIONS: usize = 16;
 /// Most header fields a request may have; more get 431. httparse fills a fixed array of them.
@@ -702,14 +702,22 @@ impl Verdict {
     }
 }
 
-/// The 101 response, with the chosen subprotocol if any (a token, checked by the caller).
+/// The 101 response, with the chosen subprotocol if any (a token, checked by the caller) and the
+/// accepted extensions if any (`deflate::Negotiated::response`).
 /// The connection writes it once it is registered (see `ServerShared::run_connection`).
-pub(crate) fn accept_response(accept_key: &str, protocol: Option<&str>) -> String {
+pub(crate) fn accept_response(
+    accept_key: &str,
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+) -> String {
     let mut resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n"
     );
     if let Some(p) = protocol {
         resp.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
+    }
+    if let Some(e) = extensions {
+        resp.push_str(&format!("Sec-WebSocket-Extensions: {e}\r\n"));
     }
     resp.push_str("\r\n");
     resp

@@ -22,5 +22,6 @@
 
 pub(crate) mod close;
 pub(crate) mod cluster;
+pub(crate) mod deflate;
 pub(crate) mod frame;
 pub(crate) mod handshake;
