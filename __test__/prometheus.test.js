@@ -209,6 +209,11 @@ test('a scrape of a live server: promtool accepts it and every sample is what me
     [key('sluice_fanout_latency_seconds', { quantile: '0.99' })]: m.fanoutLatencyUs.p99 / 1e6,
     [key('sluice_fanout_latency_seconds', { quantile: '1' })]: m.fanoutLatencyUs.max / 1e6,
     sluice_fanout_latency_seconds_count: m.fanoutLatencyUs.count,
+    // No perMessageDeflate option: the series are there, at zero.
+    sluice_deflate_connections: 0,
+    [key('sluice_deflate_compressed_total', { kind: 'broadcast' })]: 0,
+    [key('sluice_deflate_inflate_failures_total', { cause: 'too_big' })]: 0,
+    sluice_deflate_compress_seconds_count: 0,
   }
   for (const [k, v] of Object.entries(want)) expect([k, samples.get(k)]).toEqual([k, v])
   expect(m.fanoutLatencyUs.count).toBeGreaterThan(0)

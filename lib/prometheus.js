@@ -97,10 +97,28 @@ const FAMILIES = [
     [{ cause: 'partial_budget' }, s.m.inbound.partialPauses],
   ]],
 
+  // permessage-deflate (zeros without the perMessageDeflate option)
+  ['deflate_connections', 'gauge', 'Open connections that negotiated permessage-deflate.', (s) => s.m.deflate.connections],
+  ['deflate_compressed_total', 'counter', 'Messages compressed, by kind: broadcast (a broadcast or publish, once however many recipients), send (conn.send).', (s) => [
+    [{ kind: 'broadcast' }, s.m.deflate.compressedBroadcasts],
+    [{ kind: 'send' }, s.m.deflate.compressedSends],
+  ]],
+  ['deflate_incompressible_total', 'counter', 'Messages at or above the threshold sent uncompressed because compressing did not make them smaller.', (s) => s.m.deflate.incompressible],
+  ['deflate_compress_in_bytes_total', 'counter', 'Payload bytes compressed.', (s) => s.m.deflate.bytesIn],
+  ['deflate_compress_out_bytes_total', 'counter', 'Bytes the compressed payloads came to.', (s) => s.m.deflate.bytesOut],
+  ['deflate_inflated_total', 'counter', 'Compressed messages from clients inflated.', (s) => s.m.deflate.inflatedMessages],
+  ['deflate_inflate_in_bytes_total', 'counter', 'Compressed bytes from clients inflated.', (s) => s.m.deflate.inflatedBytesIn],
+  ['deflate_inflate_out_bytes_total', 'counter', 'Bytes the compressed messages from clients inflated to.', (s) => s.m.deflate.inflatedBytesOut],
+  ['deflate_inflate_failures_total', 'counter', 'Compressed messages from clients refused, by cause: corrupt (did not inflate, or not UTF-8: 1007), too_big (past maxPayload: 1009); each closed its connection.', (s) => [
+    [{ cause: 'corrupt' }, s.m.deflate.inflateErrors],
+    [{ cause: 'too_big' }, s.m.deflate.inflateTooBig],
+  ]],
+
   // Summaries: sluice's own p50 / p99 / max
   ['buffered_amount_bytes', 'summary', 'bufferedAmount across the recipients of the latest broadcast or publish, as that message found them.', (s) => quantiles(s.m.bufferedAmount)],
   ['lag_seconds', 'summary', 'Connection lag (age of the oldest message waiting) across the recipients of the latest broadcast or publish.', (s) => quantiles(s.m.lagMs, 1e3)],
   ['fanout_latency_seconds', 'summary', 'From the broadcast/publish call to the last recipient socket write of that message, since the server started.', (s) => quantiles(s.m.fanoutLatencyUs, 1e6), (s) => s.m.fanoutLatencyUs.count],
+  ['deflate_compress_seconds', 'summary', 'Time of one permessage-deflate compression, since the server started.', (s) => quantiles(s.m.deflate.compressUs, 1e6), (s) => s.m.deflate.compressUs.count],
 ]
 
 // Only for a server with the `cluster` option.
