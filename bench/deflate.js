@@ -69,6 +69,7 @@ function deriveDeflate(a, l, sc, cpuUs) {
   const sum = (k) => (num(fast[k]) || 0) + (num(slow[k]) || 0)
   const wire = sum('wireBytes')
   const bytes = sum('bytes')
+  const messages = sum('messages')
   const compressedPayload = sum('compressedPayloadBytes')
   const inflated = sum('inflatedBytes')
   const broadcasts = num(a.broadcastsInWindow)
@@ -83,6 +84,10 @@ function deriveDeflate(a, l, sc, cpuUs) {
     wireBytesPerClientPerS: clients > 0 && windowS > 0 ? wire / clients / windowS : null,
     // The same for the messages' payload after inflating (what the application got).
     payloadBytesPerClientPerS: clients > 0 && windowS > 0 ? bytes / clients / windowS : null,
+    // Wire bytes per message received: the comparison that holds when a server falls behind and
+    // delivers fewer messages in the window (per client per second would credit it for that).
+    wireBytesPerMsg: messages > 0 ? wire / messages : null,
+    msgsPerClientPerS: clients > 0 && windowS > 0 ? messages / clients / windowS : null,
     compressedMessages: sum('compressedMessages'),
     // The payload's compression ratio as this server compressed it: inflated / compressed payload.
     compressionRatio: compressedPayload > 0 ? inflated / compressedPayload : null,
@@ -108,7 +113,7 @@ function deflateSection(byKey, scenarios, { fmt, mdTable }) {
   md.push(`The lobby's load with realistic lobby JSON (bench/adapters/lobby-payload.js: about ${sc.payload} B of tables with seats, players and jackpot amounts, a new state every broadcast, seeded alike for every adapter) as a text message every ${sc.interval} ms to ${sc.fast} fast clients, every client and probe offering \`permessage-deflate; client_max_window_bits\` (sluice-loadgen \`--deflate\`, which inflates what comes compressed before reading the message's timestamp). **sluice**: \`server.broadcast(string)\`, no compression (it declines the offer); **sluice-deflate**: the same with \`perMessageDeflate: true\`; **uws**: \`app.publish('lobby', string, false)\`, no compression; **uws-shared** / **uws-dedicated**: the same with \`compression: uWS.SHARED_COMPRESSOR\` / \`uWS.DEDICATED_COMPRESSOR\` and publish's \`compress\` true. Other options are each library's defaults.`)
   md.push('')
   md.push('- **negotiated**: connections whose 101 accepted permessage-deflate / connected clients; **answer**: what the server said (Sec-WebSocket-Extensions).')
-  md.push('- **wire B per client per s**: bytes the clients read from their sockets in the window (WebSocket frames, headers included, as sent) / clients / window s; **payload B per client per s**: the messages\' bytes after inflating; **compression ratio**: inflated / compressed payload bytes of the compressed messages.')
+  md.push('- **wire B per client per s**: bytes the clients read from their sockets in the window (WebSocket frames, headers included, as sent) / clients / window s; **msgs per client per s**: messages received (2 when the server keeps up with one broadcast every 500 ms); **wire B per msg**: the same bytes / messages received, the figure the ratios and target 16.4 use (a server that falls behind sends fewer bytes per second without compressing better); **payload B per client per s**: the messages\' bytes after inflating; **compression ratio**: inflated / compressed payload bytes of the compressed messages.')
   md.push('- **CPU ms per broadcast**: the server process\'s user + system CPU over the window (all threads) / broadcasts in the window. The load generator inflates on the same machine (its CPU % is in the main table): the compressed runs pay that on the shared cores, alike for every compressing adapter.')
   md.push('- **idle KB/conn, deflate**: the idle-deflate scenario (connections held open with deflate negotiated, nothing sent), as the idle scenario measures it; **without**: the idle scenario\'s figure for the same library, when it ran.')
   md.push('')
@@ -119,7 +124,7 @@ function deflateSection(byKey, scenarios, { fmt, mdTable }) {
     const plainIdle = get('idle', a.startsWith('uws') ? 'uws' : 'sluice')
     if (!r && !idle) continue
     if (r && !r.ok) {
-      rows.push([a, r.skipped ? r.error : `FAILED: ${String(r.error).split('\n')[0]}`, ...Array(9).fill('')])
+      rows.push([a, r.skipped ? r.error : `FAILED: ${String(r.error).split('\n')[0]}`, ...Array(11).fill('')])
       continue
     }
     const d = r ? r.derived : null
@@ -130,6 +135,8 @@ function deflateSection(byKey, scenarios, { fmt, mdTable }) {
       z ? `${fmt(z.negotiated, 0)}/${fmt(z.clients, 0)}` : '–',
       answer,
       z ? fmt(z.wireBytesPerClientPerS, 0) : '–',
+      z ? fmt(z.msgsPerClientPerS, 2) : '–',
+      z ? fmt(z.wireBytesPerMsg, 0) : '–',
       z ? fmt(z.payloadBytesPerClientPerS, 0) : '–',
       z ? fmt(z.compressionRatio, 3) : '–',
       z ? fmt(z.cpuUsPerBroadcast === null ? null : z.cpuUsPerBroadcast / 1000, 3) : '–',
@@ -139,7 +146,7 @@ function deflateSection(byKey, scenarios, { fmt, mdTable }) {
       plainIdle ? fmt(plainIdle.idleKBPerConn, 2) : '–',
     ])
   }
-  md.push(mdTable(['adapter', 'negotiated', 'answer', 'wire B per client per s', 'payload B per client per s', 'compression ratio', 'CPU ms per broadcast', 'fast lat p50 / p99 ms', 'RSS max MB', 'idle KB/conn, deflate', 'idle KB/conn, without'], rows))
+  md.push(mdTable(['adapter', 'negotiated', 'answer', 'wire B per client per s', 'msgs per client per s', 'wire B per msg', 'payload B per client per s', 'compression ratio', 'CPU ms per broadcast', 'fast lat p50 / p99 ms', 'RSS max MB', 'idle KB/conn, deflate', 'idle KB/conn, without'], rows))
   md.push('')
 
   const { s, sd, ush, ude, u, cpu, wire, ratio } = pick(byKey)
@@ -156,7 +163,7 @@ function deflateSection(byKey, scenarios, { fmt, mdTable }) {
   if (ratioRows.length) {
     md.push('Ratios (same run; < 1 means the first is lower):')
     md.push('')
-    md.push(mdTable(['ratio', 'CPU per broadcast', 'wire B per client per s', 'fast p99', 'RSS max'], ratioRows))
+    md.push(mdTable(['ratio', 'CPU per broadcast', 'wire B per msg', 'fast p99', 'RSS max'], ratioRows))
     md.push('')
   }
   md.push('Targets (issue 16):')
@@ -179,7 +186,7 @@ function pick(byKey) {
     ude: get('uws-dedicated'),
     u: get('uws'),
     cpu: (d) => (d ? d.deflate.cpuUsPerBroadcast : null),
-    wire: (d) => (d ? d.deflate.wireBytesPerClientPerS : null),
+    wire: (d) => (d ? d.deflate.wireBytesPerMsg : null),
     ratio: (x, y) => (x !== null && y !== null && y > 0 ? x / y : null),
   }
 }
@@ -201,7 +208,7 @@ function deflateTargets(byKey, fmt) {
     const reduction = ratio(wire(s), wire(sd))
     const cr = sd ? sd.deflate.compressionRatio : null
     const ok = reduction === null || cr === null ? null : reduction >= WIRE_SHARE * cr
-    targets.push({ id: '16.4', name: `lobby-deflate: bytes on the wire reduced by the payload's compression ratio (wire reduction ≥ ${WIRE_SHARE} × the ratio)`, verdict: verdict(ok), detail: reduction === null || cr === null ? 'needs lobby-deflate × sluice and × sluice-deflate (with compressed messages)' : `wire ${fmt(wire(s), 0)} → ${fmt(wire(sd), 0)} B per client per s: ${fmt(reduction, 3)}× less; payload compression ratio ${fmt(cr, 3)}; negotiated ${sd.deflate.negotiated}/${sd.deflate.clients}` })
+    targets.push({ id: '16.4', name: `lobby-deflate: bytes on the wire reduced by the payload's compression ratio (wire reduction ≥ ${WIRE_SHARE} × the ratio)`, verdict: verdict(ok), detail: reduction === null || cr === null ? 'needs lobby-deflate × sluice and × sluice-deflate (with compressed messages)' : `wire ${fmt(wire(s), 0)} → ${fmt(wire(sd), 0)} B per message: ${fmt(reduction, 3)}× less; payload compression ratio ${fmt(cr, 3)}; negotiated ${sd.deflate.negotiated}/${sd.deflate.clients}` })
   }
   return targets
 }
