@@ -20,7 +20,11 @@
  * of keys, and messages were replaced. The mobile scenario needs root (network namespaces): where
  * run.js may not create them, its runs must say so (skipped, with the reason); where it may, they
  * must have run inside namespaces that are gone afterwards, with every slow client on its own
- * address.
+ * address. The lobby-deflate and idle-deflate scenarios (issue 16): every client offers
+ * permessage-deflate; the adapters that compress (sluice-deflate, uws-shared, uws-dedicated) must
+ * have it negotiated by every client and every message come compressed, inflated to the same
+ * bytes, with fewer bytes on the wire; the others must decline it. sluice-deflate may be skipped
+ * only on a sluice build that refuses the perMessageDeflate option, and must say so.
  */
 
 const fs = require('fs')
@@ -77,6 +81,11 @@ describe('bench/run.js --quick', () => {
     expect(summary.runs).toHaveLength(PLAN.length)
     for (const r of summary.runs) {
       const run = `${r.scenario}/${r.adapter}${r.variant ? `/${r.variant}` : ''}`
+      if (r.skipped && r.adapter === 'sluice-deflate') {
+        // A build without issue 16's core: skipped, saying so.
+        expect({ run, error: /^skipped: this build of sluice has no perMessageDeflate option/.test(r.error) }).toEqual({ run, error: true })
+        continue
+      }
       if (r.skipped) {
         // Only the mobile scenario may be skipped, and only for a stated reason.
         expect({ run, scenario: r.scenario, error: /^skipped: ./.test(r.error) }).toEqual({ run, scenario: 'mobile', error: true })
@@ -223,6 +232,37 @@ describe('bench/run.js --quick', () => {
       expect(l.byNode).toEqual({})
     }
 
+    if (sc.deflate) {
+      // Every client offered permessage-deflate; the compressing adapters accepted every offer and
+      // compressed every message (inflated back to the same bytes as the plain runs' messages,
+      // fewer bytes on the wire); the others declined, and what came was plain.
+      const compressing = ['sluice-deflate', 'uws-shared', 'uws-dedicated'].includes(adapter)
+      expect(l.deflate.offered).toBe(true)
+      expect(l.roles.fast.protocolErrors).toBe(0)
+      expect({ adapter, negotiated: l.deflate.negotiated }).toEqual({ adapter, negotiated: compressing ? sc.fast : 0 })
+      expect(l.roles.fast.deflateNegotiated).toBe(l.deflate.negotiated)
+      if (!sc.idle) {
+        expect(a.params.payloadKind).toBe('lobby-json')
+        expect(l.fast.shortMessages).toBe(0)
+        if (compressing) {
+          expect(l.fast.compressedMessages).toBe(l.fast.messages)
+          expect(l.fast.inflatedBytes).toBe(l.fast.bytes)
+          expect(l.fast.compressedPayloadBytes).toBeLessThan(l.fast.bytes)
+          expect(l.fast.wireBytes).toBeLessThan(l.fast.bytes)
+        } else {
+          expect(l.fast.compressedMessages).toBe(0)
+          expect(l.fast.wireBytes).toBeGreaterThanOrEqual(l.fast.bytes)
+        }
+        // About --payload bytes of lobby JSON per message.
+        const mean = l.fast.bytes / l.fast.messages
+        expect(mean).toBeGreaterThan(sc.payload * 0.7)
+        expect(mean).toBeLessThan(sc.payload * 1.3)
+      }
+    } else {
+      expect(l.deflate.offered).toBe(false)
+      expect(l.deflate.negotiated).toBe(0)
+    }
+
     if (scenario === 'mobile') {
       // Every slow client bound an address of its own (the one its link's filter matches) and
       // reported the age of each message it got.
@@ -287,6 +327,10 @@ describe('bench/run.js --quick', () => {
     for (const [scenario, adapter, variant] of PLAN) expect(report).toContain(`| ${scenario} | ${variant ? `${adapter} [${variant}]` : adapter} |`)
     expect(report).toContain('## Scale-out: cluster scenario')
     expect(report).toContain('## Slow clients: conflation scenario')
+    expect(report).toContain('## Compression: lobby-deflate and idle-deflate scenarios (issue 16)')
+    expect(summary.targets16.map((t) => t.id)).toEqual(['16.1', '16.2', '16.3', '16.4'])
+    for (const t of summary.targets16) expect(['MET', 'NOT MET', 'n/a']).toContain(t.verdict)
+    expect(summary.charts.map((f) => path.basename(f))).toEqual(expect.arrayContaining(['lobby-deflate-latency-cdf.svg', 'lobby-deflate-rss.svg']))
     expect(report).toContain('| terminate (sluice, no keys) | 0/')
     expect(summary.charts.map((f) => path.basename(f))).toEqual(expect.arrayContaining(['conflation-rss.svg', 'conflation-slow-age-cdf.svg']))
     expect(summary.charts.length).toBeGreaterThanOrEqual(2)

@@ -31,6 +31,14 @@
  * protocol and writes the same JSON (its JS-only figures are null: "n/a" in the report); run.js
  * starts it directly. It runs in lobby, slow, base, storm and idle.
  *
+ * The lobby-deflate and idle-deflate scenarios (bench/deflate.js, issue 16) run the lobby's load
+ * with realistic lobby JSON as text messages, and the idle scenario, with every client offering
+ * permessage-deflate: sluice without and with perMessageDeflate (sluice-deflate), uWS without
+ * compression and with its shared and dedicated compressors (uws-shared, uws-dedicated; the idle
+ * one only the three that compress). sluice-deflate, uws-shared and uws-dedicated run in no other
+ * scenario. On a sluice build without perMessageDeflate the sluice-deflate runs are skipped, with
+ * the reason.
+ *
  * The mobile scenario (bench/mobile.js) runs sluice and sluice-conflation in the runs listed in
  * MOBILE_RUNS (with and without keys, ttl and the lagging rule, and a run without slow clients),
  * each inside a network namespace of its own whose loopback shapes every slow client's address to
@@ -43,17 +51,32 @@ const os = require('os')
 const path = require('path')
 const { spawn, execFileSync } = require('child_process')
 const mobile = require('./mobile')
+const deflate = require('./deflate')
 
 const ROOT = path.resolve(__dirname, '..')
 const LOADGEN = path.join(__dirname, 'loadgen', 'target', 'release', 'sluice-loadgen')
 const FLOOR = path.join(__dirname, 'loadgen', 'target', 'release', 'floor')
 // Adapters that are native binaries (no Node, no JS thread): their command instead of bench/adapters/<name>.js.
 const NATIVE_ADAPTERS = { floor: FLOOR }
-const ADAPTERS = ['sluice', 'ws-naive', 'ws-guarded', 'uws', 'floor', 'sluice-cluster', 'sluice-conflation']
-const SCENARIO_ORDER = ['lobby', 'slow', 'base', 'storm', 'idle', 'cluster', 'conflation', 'mobile']
+const ADAPTERS = ['sluice', 'ws-naive', 'ws-guarded', 'uws', 'floor', 'sluice-cluster', 'sluice-conflation', 'sluice-deflate', 'uws-shared', 'uws-dedicated']
+const SCENARIO_ORDER = ['lobby', 'slow', 'base', 'storm', 'idle', 'lobby-deflate', 'idle-deflate', 'cluster', 'conflation', 'mobile']
 // Restrictions on the adapters × scenarios product (see planRuns).
-const SCENARIO_ADAPTERS = { cluster: ['sluice', 'sluice-cluster'], conflation: ['sluice', 'sluice-conflation'], mobile: ['sluice', 'sluice-conflation'] }
-const ADAPTER_SCENARIOS = { 'sluice-cluster': ['cluster'], 'sluice-conflation': ['conflation', 'mobile'], floor: ['lobby', 'slow', 'base', 'storm', 'idle'] }
+const SCENARIO_ADAPTERS = {
+  cluster: ['sluice', 'sluice-cluster'],
+  conflation: ['sluice', 'sluice-conflation'],
+  mobile: ['sluice', 'sluice-conflation'],
+  'lobby-deflate': deflate.LOBBY_DEFLATE_ADAPTERS,
+  'idle-deflate': deflate.IDLE_DEFLATE_ADAPTERS,
+}
+const DEFLATE_SCENARIOS = ['lobby-deflate', 'idle-deflate']
+const ADAPTER_SCENARIOS = {
+  'sluice-cluster': ['cluster'],
+  'sluice-conflation': ['conflation', 'mobile'],
+  floor: ['lobby', 'slow', 'base', 'storm', 'idle'],
+  'sluice-deflate': DEFLATE_SCENARIOS,
+  'uws-shared': DEFLATE_SCENARIOS,
+  'uws-dedicated': DEFLATE_SCENARIOS,
+}
 // Conflation scenario: the connections listed in each sluice run's extra.lateWindow.laggards.
 const LAGGARDS = 10
 const MAX_BUFFERED = 524288
@@ -65,6 +88,10 @@ const FULL = {
   base: { fast: 5000, stalled: 0, slow: 0, probeMs: 0, payload: 2048, interval: 100, windowS: 30 },
   storm: { fast: 2000, stalled: 20, slow: 0, probeMs: 100, payload: 2048, interval: 0, windowS: 20 },
   idle: { fast: 10000, stalled: 0, slow: 0, probeMs: 0, payload: 0, interval: 0, windowS: 10, idle: true },
+  // The lobby's load with the lobby JSON (text) and every client offering permessage-deflate; no
+  // probes, so that the server's CPU in the window is the broadcasts' (compression included).
+  'lobby-deflate': { fast: 10000, stalled: 0, slow: 0, probeMs: 0, payload: 2048, interval: 500, windowS: 30, payloadKind: 'lobby-json', deflate: true },
+  'idle-deflate': { fast: 10000, stalled: 0, slow: 0, probeMs: 0, payload: 0, interval: 0, windowS: 10, idle: true, deflate: true },
   cluster: { fast: 5000, stalled: 0, slow: 0, probeMs: 0, payload: 2048, interval: 100, windowS: 20 },
   // 2 KiB every 20 ms = 102 KB/s to every client, 10x what a slow client reads; K = 16 keys.
   conflation: { fast: 2000, stalled: 0, slow: 5, slowRate: 10000, probeMs: 0, payload: 2048, interval: 20, windowS: 60, keys: 16 },
@@ -79,6 +106,8 @@ const QUICK = {
   base: { ...FULL.base, fast: 200, windowS: 3 },
   storm: { ...FULL.storm, fast: 200, stalled: 10, windowS: 3 },
   idle: { ...FULL.idle, fast: 200, windowS: 3 },
+  'lobby-deflate': { ...FULL['lobby-deflate'], fast: 200, windowS: 3 },
+  'idle-deflate': { ...FULL['idle-deflate'], fast: 200, windowS: 3 },
   cluster: { ...FULL.cluster, fast: 200, windowS: 3 },
   // 8 KiB every 10 ms (819 KB/s): the unkeyed run's slow clients overflow within the few seconds.
   conflation: { ...FULL.conflation, fast: 200, slow: 2, payload: 8192, interval: 10, windowS: 3 },
@@ -90,6 +119,8 @@ const DESCRIPTIONS = {
   base: 'the slow scenario without stalled/slow clients: its latency and RSS baseline',
   storm: 'fast + stalled clients + probes; 2 KiB broadcasts as fast as the server keeps up',
   idle: 'connections held open, nothing sent; memory per open connection',
+  'lobby-deflate': 'the lobby (without probes) with realistic lobby JSON (text, a new state every broadcast) and every client offering permessage-deflate; sluice with and without it, uWS without compression, with SHARED_COMPRESSOR and with DEDICATED_COMPRESSOR',
+  'idle-deflate': 'the idle scenario with permessage-deflate negotiated: memory per idle connection with compression (the adapters that compress)',
   cluster: 'sluice-cluster: 2 processes on one port (reusePort) linked by Redis, one of them broadcasts; sluice: the same clients and rate on 1 process, no Redis',
   conflation: 'fast + slow (10 KB/s) clients; sluice: unkeyed broadcasts (onOverflow terminate); sluice-conflation: the same broadcasts, each with one of K rotating conflation keys',
   mobile: 'fast clients + slow clients each behind an 80 kbit/s link (a network namespace, htb on its loopback); runs with and without conflation keys, ttl and the lagging rule, and one without slow clients',
@@ -342,6 +373,10 @@ async function runOne(adapter, scenario, sc, flags, rawDir, variant = null) {
     const why = mobile.netnsUnavailable() || (variant.ttl ? ttlSupport() : null)
     if (why) return { adapter, scenario, variant: variant.id, label, ok: false, skipped: true, error: `skipped: ${why}`, files: {}, elapsedS: 0 }
   }
+  if (adapter === 'sluice-deflate') {
+    const why = deflate.deflateUnsupported(ROOT)
+    if (why) return { adapter, scenario, label, ok: false, skipped: true, error: `skipped: ${why}`, files: {}, elapsedS: 0 }
+  }
   const files = {
     adapterJson: path.join(rawDir, `${base}.adapter.json`),
     loadgenJson: path.join(rawDir, `${base}.loadgen.json`),
@@ -368,6 +403,7 @@ async function runOne(adapter, scenario, sc, flags, rawDir, variant = null) {
     '--out', files.adapterJson,
   ]
   if (sc.idle) adapterArgs.push('--idle')
+  if (sc.payloadKind) adapterArgs.push('--payload-kind', sc.payloadKind)
   if (adapter === 'sluice-conflation' && !variant) adapterArgs.push('--keys', String(sc.keys))
   if (scenario === 'conflation') adapterArgs.push('--laggards', String(LAGGARDS))
   if (setup) adapterArgs.push(...setup.adapterArgs)
@@ -414,6 +450,7 @@ async function runOne(adapter, scenario, sc, flags, rawDir, variant = null) {
     if (setup) lgArgs.push(...setup.lgArgs)
     if (sc.probeMs) lgArgs.push('--probe-interval-ms', String(sc.probeMs))
     if (sc.idle) lgArgs.push('--idle')
+    if (sc.deflate) lgArgs.push('--deflate')
     // Both conflation runs: the per-key version lag of each slow client (key = seq mod K), so the
     // unkeyed run is measured against the same K "table states".
     if (sc.keys) lgArgs.push('--keys', String(sc.keys))
@@ -527,6 +564,7 @@ function derive(run, sc) {
     fastOutOfOrder: num(fast.outOfOrder),
     cluster,
     conflation: sc.keys ? deriveConflation(a, l, sc) : null,
+    deflate: sc.deflate ? deflate.deriveDeflate(a, l, sc, cpuUs) : null,
   }
 }
 
@@ -1019,7 +1057,8 @@ function evaluateIssue15Targets(byKey) {
 function ratioTable(byKey, scenarios, adapters) {
   // sluice / peer for the headline figures, per scenario (lower is better except msgs/s).
   // sluice-cluster: clusterSection(); sluice-conflation: conflationSection()
-  const peers = adapters.filter((a) => a !== 'sluice' && a !== 'sluice-cluster' && a !== 'sluice-conflation')
+  // sluice-deflate: deflateSection()
+  const peers = adapters.filter((a) => a !== 'sluice' && a !== 'sluice-cluster' && a !== 'sluice-conflation' && a !== 'sluice-deflate')
   const metrics = [
     ['turn p99', (d) => d.turnP99Us],
     ['ELD p99', (d) => d.eldP99Ms],
@@ -1052,7 +1091,7 @@ function ratioTable(byKey, scenarios, adapters) {
 // ------------------------------------------------------------------------------------------------
 // SVG charts, written by hand
 
-const COLORS = { sluice: '#d62728', 'ws-naive': '#1f77b4', 'ws-guarded': '#2ca02c', uws: '#9467bd', floor: '#7f7f7f', 'sluice-conflation': '#ff7f0e' }
+const COLORS = { sluice: '#d62728', 'ws-naive': '#1f77b4', 'ws-guarded': '#2ca02c', uws: '#9467bd', floor: '#7f7f7f', 'sluice-conflation': '#ff7f0e', 'sluice-deflate': '#8c564b', 'uws-shared': '#e377c2', 'uws-dedicated': '#17becf' }
 const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
 
 function niceTicks(min, max, count = 6) {
@@ -1474,6 +1513,10 @@ async function main() {
   }
   if (flags.scenarios.includes('slow')) writeChart('slow-rss.svg', rssChart(byKey, flags.adapters, 'slow'), 'RSS over time per adapter, slow scenario')
   if (flags.scenarios.includes('lobby')) writeChart('lobby-latency-cdf.svg', latencyCdfChart(byKey, flags.adapters, 'lobby'), 'Fast-client latency distribution (CDF) per adapter, lobby scenario')
+  if (runs.some((r) => r.scenario === 'lobby-deflate' && r.ok)) {
+    writeChart('lobby-deflate-latency-cdf.svg', latencyCdfChart(byKey, deflate.LOBBY_DEFLATE_ADAPTERS, 'lobby-deflate'), 'Fast-client latency distribution (CDF) per adapter, lobby-deflate scenario')
+    writeChart('lobby-deflate-rss.svg', rssChart(byKey, deflate.LOBBY_DEFLATE_ADAPTERS, 'lobby-deflate'), 'RSS over time per adapter, lobby-deflate scenario')
+  }
   if (flags.scenarios.includes('storm')) writeChart('storm-rss.svg', rssChart(byKey, flags.adapters, 'storm'), 'RSS over time per adapter, storm scenario')
   if (byKey.has('conflation/sluice') || byKey.has('conflation/sluice-conflation')) {
     writeChart('conflation-rss.svg', rssChart(byKey, ['sluice', 'sluice-conflation'], 'conflation'), 'RSS over time, conflation scenario: unkeyed (terminate) vs keyed (conflation)')
@@ -1490,7 +1533,9 @@ async function main() {
     const sc = scenarios[scn]
     const slowKind = sc.linkKbit ? `behind ${sc.linkKbit} kbit/s links, reading freely` : `@ ${sc.slowRate} B/s`
     const clients = [`${sc.fast} ${sc.idle ? 'idle' : 'fast'}${scn === 'cluster' ? ' (sluice-cluster: over 2 processes)' : ''}`, sc.stalled && `${sc.stalled} stalled`, sc.slow && `${sc.slow} slow ${slowKind}`].filter(Boolean).join(' + ')
-    return [scn, clients, sc.probeMs ? `every ${sc.probeMs} ms` : '–', sc.idle ? 'none' : `${sc.payload} B / ${sc.interval === 0 ? 'as fast as possible' : `${sc.interval} ms`}${sc.keys ? ` (sluice-conflation: ${sc.keys} keys)` : ''}`, `${flags.warmupS} s`, `${sc.windowS} s`, DESCRIPTIONS[scn]]
+    const kind = sc.payloadKind === 'lobby-json' ? ' lobby JSON (text)' : ''
+    const offer = sc.deflate ? '; clients offer permessage-deflate' : ''
+    return [scn, clients + offer, sc.probeMs ? `every ${sc.probeMs} ms` : '–', sc.idle ? 'none' : `${sc.payload} B${kind} / ${sc.interval === 0 ? 'as fast as possible' : `${sc.interval} ms`}${sc.keys ? ` (sluice-conflation: ${sc.keys} keys)` : ''}`, `${flags.warmupS} s`, `${sc.windowS} s`, DESCRIPTIONS[scn]]
   })
   const failed = runs.filter((r) => !r.ok && !r.skipped)
   const skipped = runs.filter((r) => r.skipped)
@@ -1514,7 +1559,7 @@ async function main() {
   md.push(mdTable(['scenario', 'clients', 'probes', 'payload / interval', 'warmup', 'window', 'what'], paramRows))
   md.push('')
   if (flags.sluiceOptions) md.push(`**Non-default sluice options in this run** (\`--sluice-options\`): \`${flags.sluiceOptions}\`.`, '')
-  md.push(`Every adapter runs with maxBufferedAmount / maxBackpressure / guard limit ${MAX_BUFFERED} B where it has one; other options are each library's defaults. Adapters: sluice (\`server.broadcast(buf)\`, Normal priority), ws-naive (\`wss.clients.forEach(c => c.send(buf))\`), ws-guarded (same, terminating a client whose bufferedAmount exceeds ${MAX_BUFFERED} B), uws (uWebSockets.js: \`app.publish('lobby', buf, true)\` with maxBackpressure ${MAX_BUFFERED} and closeOnBackpressureLimit), floor (not Node: bench/loadgen's \`floor\` binary, one thread calling \`write(2)\` with one pre-built frame on every socket, no WebSocket library, no policy; its JS figures are n/a). Each adapter is started with \`ulimit -n 65536\` (or the hard limit if lower) and, the Node ones, \`node --expose-gc\` (gc() is called only before the idle scenario's two memory readings).`)
+  md.push(`Every adapter runs with maxBufferedAmount / maxBackpressure / guard limit ${MAX_BUFFERED} B where it has one; other options are each library's defaults. Adapters: sluice (\`server.broadcast(buf)\`, Normal priority), ws-naive (\`wss.clients.forEach(c => c.send(buf))\`), ws-guarded (same, terminating a client whose bufferedAmount exceeds ${MAX_BUFFERED} B), uws (uWebSockets.js: \`app.publish('lobby', buf, true)\` with maxBackpressure ${MAX_BUFFERED} and closeOnBackpressureLimit), floor (not Node: bench/loadgen's \`floor\` binary, one thread calling \`write(2)\` with one pre-built frame on every socket, no WebSocket library, no policy; its JS figures are n/a), and in the lobby-deflate and idle-deflate scenarios only sluice-deflate (sluice with \`perMessageDeflate: true\`), uws-shared and uws-dedicated (uws with \`compression: uWS.SHARED_COMPRESSOR\` / \`uWS.DEDICATED_COMPRESSOR\` and publish's \`compress\` true). Each adapter is started with \`ulimit -n 65536\` (or the hard limit if lower) and, the Node ones, \`node --expose-gc\` (gc() is called only before the idle scenario's two memory readings).`)
   md.push('')
   md.push('How each figure is measured:')
   md.push('')
@@ -1552,6 +1597,9 @@ async function main() {
   for (const line of conflationMd) md.push(line)
   const mobileMd = mobile.mobileSection(byKey, scenarios.mobile, { fmt, mdTable })
   for (const line of mobileMd) md.push(line)
+  const deflateMd = deflate.deflateSection(byKey, scenarios, { fmt, mdTable })
+  for (const line of deflateMd) md.push(line)
+  const targets16 = deflateMd.length ? deflate.deflateTargets(byKey, fmt) : []
   md.push('## Targets')
   md.push('')
   md.push(targetsMd)
@@ -1592,7 +1640,7 @@ async function main() {
   md.push('')
   const reportPath = path.join(flags.outDir, `${reportName}.md`)
   fs.writeFileSync(reportPath, md.join('\n'))
-  const summary = { reportPath, assetsDir, charts: charts.map((c) => c.file), runs: runs.map((r) => ({ scenario: r.scenario, adapter: r.adapter, variant: r.variant, ok: r.ok, skipped: r.skipped || undefined, error: r.error, adapterJson: r.files.adapterJson, loadgenJson: r.files.loadgenJson })), targets, targets15 }
+  const summary = { reportPath, assetsDir, charts: charts.map((c) => c.file), runs: runs.map((r) => ({ scenario: r.scenario, adapter: r.adapter, variant: r.variant, ok: r.ok, skipped: r.skipped || undefined, error: r.error, adapterJson: r.files.adapterJson, loadgenJson: r.files.loadgenJson })), targets, targets15, targets16 }
   fs.writeFileSync(path.join(assetsDir, 'summary.json'), JSON.stringify(summary, null, 2))
 
   if (conflationMd.length) {
@@ -1602,6 +1650,10 @@ async function main() {
   if (mobileMd.length) {
     const lines = mobileMd.filter((l) => l.startsWith('|') || l === '').join('\n').replace(/\n{3,}/g, '\n\n').trim()
     process.stdout.write(`\nSlow clients on a real slow link, mobile scenario:\n\n${lines}\n`)
+  }
+  if (deflateMd.length) {
+    const lines = deflateMd.filter((l) => l.startsWith('|') || l.startsWith('Ratios') || l.startsWith('Targets') || l === '').join('\n').replace(/\n{3,}/g, '\n\n').trim()
+    process.stdout.write(`\nCompression, lobby-deflate / idle-deflate scenarios${flags.quick ? ' (--quick: not meaningful)' : ''}:\n\n${lines}\n`)
   }
   if (clusterMd.length) {
     const lines = clusterMd.filter((l) => l.startsWith('|') || l.startsWith('Ratios') || l === '').join('\n').replace(/\n{3,}/g, '\n\n').trim()

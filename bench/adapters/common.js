@@ -15,6 +15,9 @@
  *      [--ttl MS]  (sluice adapters: every broadcast carries { ttl: MS }, with its key if it has one)
  *      [--watch-hosts A,B]  (sluice adapters with --laggards: extra.watched follows the connections from these addresses)
  *      [--server-options JSON]  (sluice adapters: more `new Server()` options, e.g. '{"kernelUnsentLimit":4096}')
+ *      [--payload-kind binary|lobby-json]  (default binary, below; lobby-json: the lobby JSON of
+ *                    ./lobby-payload.js, about --payload bytes, a new state every broadcast, handed
+ *                    to the adapter as a string: a text message)
  *
  * Protocol: prints `PORT <n>` as its first stdout line once listening. Starts broadcasting on
  * SIGUSR2 or a line "start" on stdin. The measurement window is [W, W + D] seconds after the start
@@ -29,11 +32,14 @@
  *
  * Payload: bytes 0..8 = u64 LE send time in µs since the Unix epoch, taken right before the
  * broadcast call; bytes 8..16 = u64 LE sequence number from 0; the rest filler.
+ * --payload-kind lobby-json: a string `{"t":<send time>,"s":<sequence number>,"lobby":{...}}`
+ * (lobby-payload.js), built before the time is taken; the adapter sends it as a text message.
  */
 
 const fs = require('fs')
 const { performance, monitorEventLoopDelay } = require('perf_hooks')
 const { threadCpuTimeNs } = require('../..')
+const { LobbyPayload } = require('./lobby-payload')
 
 const STOP_GRACE_S = 30
 // Diagnostics: BENCH_TRACE_SLOW_CALL_MS=N logs every broadcast call slower than N ms (wall) to
@@ -42,6 +48,7 @@ const STOP_GRACE_S = 30
 // and the time since the start signal.
 const TRACE_SLOW_CALL_MS = Number(process.env.BENCH_TRACE_SLOW_CALL_MS) || 0
 const SAMPLE_MS = 250
+const PAYLOAD_KINDS = ['binary', 'lobby-json']
 
 function parseArgs(argv) {
   const o = {
@@ -61,6 +68,7 @@ function parseArgs(argv) {
     ttl: 0,
     serverOptions: {},
     watchHosts: [],
+    payloadKind: 'binary',
   }
   const num = (name, v) => {
     const n = Number(v)
@@ -84,6 +92,7 @@ function parseArgs(argv) {
       case '--keys': o.keys = num('keys', argv[++i]); break
       case '--laggards': o.laggards = num('laggards', argv[++i]); break
       case '--ttl': o.ttl = num('ttl', argv[++i]); break
+      case '--payload-kind': o.payloadKind = argv[++i]; break
       case '--watch-hosts': o.watchHosts = String(argv[++i] || '').split(',').filter(Boolean); break
       case '--server-options': {
         const v = argv[++i]
@@ -100,6 +109,7 @@ function parseArgs(argv) {
   }
   if (!/^127\./.test(o.host)) throw new Error(`--host must be a loopback address (127.x.y.z), got ${o.host}`)
   if (o.payload < 16 && !o.idle) throw new Error('--payload must be at least 16 bytes (timestamp + sequence)')
+  if (!PAYLOAD_KINDS.includes(o.payloadKind)) throw new Error(`--payload-kind must be one of ${PAYLOAD_KINDS.join(', ')}, got ${o.payloadKind}`)
   return o
 }
 
@@ -195,8 +205,10 @@ function epochUs() {
  * impl: {
  *   name,
  *   listen(opts) -> Promise<port>,
- *   broadcast(buf, seq) -> boolean|undefined  (false = nothing queued; only sluice returns that;
- *                                          seq: the sequence number written into buf),
+ *   broadcast(data, seq) -> boolean|undefined  (false = nothing queued; only sluice returns that;
+ *                                          seq: the sequence number written into data; data is
+ *                                          a Buffer (binary message), or with --payload-kind
+ *                                          lobby-json a string (text message)),
  *   backoffOnFalse: boolean,              (storm: wait 1 ms and retry the same sequence number)
  *   ready() -> boolean                    (optional, storm: false = the clients are behind; wait
  *                                          1 ms before the next broadcast instead of sending it)
@@ -239,6 +251,10 @@ async function run(impl) {
   // ws peers keep a reference to the buffer until it is written, so it must never be reused).
   const template = Buffer.alloc(Math.max(16, opts.payload))
   for (let i = 16; i < template.length; i++) template[i] = i & 0xff
+  // lobby-json: the same seeded lobby for every adapter; its state moves on at every broadcast
+  // call (a refused call, which only sluice's storm makes, is retried with the same sequence
+  // number and the next state).
+  const lobby = opts.payloadKind === 'lobby-json' ? new LobbyPayload(opts.payload) : null
 
   const storm = opts.interval === 0
   // Idle: the memory figure is taken at the end of the window, which ends a little before the load
@@ -288,9 +304,15 @@ async function run(impl) {
       setTimeout(tick, 1)
       return
     }
-    const buf = Buffer.from(template)
-    buf.writeBigUInt64LE(BigInt(seq), 8)
-    buf.writeBigUInt64LE(BigInt(epochUs()), 0)
+    let buf
+    if (lobby) {
+      lobby.seq = seq
+      buf = lobby.next(epochUs)
+    } else {
+      buf = Buffer.from(template)
+      buf.writeBigUInt64LE(BigInt(seq), 8)
+      buf.writeBigUInt64LE(BigInt(epochUs()), 0)
+    }
     const s0 = TRACE_SLOW_CALL_MS ? jsThreadSchedstat() : null
     const w0 = process.hrtime.bigint()
     const c0 = threadCpuTimeNs()
@@ -310,7 +332,7 @@ async function run(impl) {
       broadcasts++
       if (measuring) {
         broadcastsInWindow++
-        bytesOfferedInWindow += buf.length
+        bytesOfferedInWindow += lobby ? Buffer.byteLength(buf) : buf.length
       }
     }
     if (measuring) {
@@ -400,6 +422,7 @@ async function run(impl) {
       adapter: impl.name,
       params: {
         payload: opts.payload,
+        payloadKind: opts.payloadKind,
         intervalMs: opts.interval,
         storm,
         idle: opts.idle,

@@ -31,12 +31,19 @@
 // connections from those addresses instead. extra.timeline's last column is metrics().lagging.
 // --ttl MS: every broadcast carries { ttl: MS } (with its key, if keyed); --server-options JSON:
 // more options for new Server() (e.g. laggingKernelLimit).
+//
+// `sluice-deflate` (bench/adapters/sluice-deflate.js; scenarios lobby-deflate and idle-deflate,
+// issue 16) is this adapter with `perMessageDeflate: true` among the server options, passed
+// through as given (--server-options may still override it, e.g. with an object). A build of
+// sluice without that option refuses it (ERR_SLUICE_UNKNOWN_OPTION): the adapter then exits at
+// once with that error, before printing PORT, and run.js reports the run as failed with it.
+// With --payload-kind lobby-json a broadcast is server.broadcast(string): a text message.
 
 
 const { Server } = require('../..')
 const { main } = require('./common')
 
-function runSluice(name, { keyed = false } = {}) {
+function runSluice(name, { keyed = false, serverOptions = {} } = {}) {
   let server
   let open = 0
   let peak = 0
@@ -102,7 +109,15 @@ function runSluice(name, { keyed = false } = {}) {
         }, 500)
         watcher.unref()
       }
-      server = new Server({ port: opts.port, host: opts.host, maxBufferedAmount: opts.maxBuffered, ...opts.serverOptions })
+      const options = { port: opts.port, host: opts.host, maxBufferedAmount: opts.maxBuffered, ...serverOptions, ...opts.serverOptions }
+      try {
+        server = new Server(options)
+      } catch (err) {
+        if (err && err.code === 'ERR_SLUICE_UNKNOWN_OPTION' && 'perMessageDeflate' in options) {
+          throw new Error(`${name}: this build of sluice has no perMessageDeflate option (issue 16 not built in): ${err.message}`)
+        }
+        throw err
+      }
       server.on('error', (err) => process.stderr.write(`sluice server error: ${err && err.stack ? err.stack : err}\n`))
       server.on('connection', (conn) => {
         open++

@@ -13,6 +13,8 @@ pub struct Config {
     pub slow_rate: u64,
     pub keys: u64,
     pub idle: bool,
+    /// Offer permessage-deflate (every client and probe) and inflate what the server compresses.
+    pub deflate: bool,
     pub probe_interval_ms: u64,
     pub probe_timeout_ms: u64,
     pub ramp_per_s: f64,
@@ -47,6 +49,9 @@ USAGE: sluice-loadgen --url ws://127.0.0.1:PORT/ [options]
                             number mod K): report, per slow client, how many newer versions of each
                             key it lacked at the end of the window (default 0 = not reported)
   --idle                    fast clients don't expect messages (idle scenario)
+  --deflate                 offer `permessage-deflate; client_max_window_bits` in every upgrade
+                            (clients and probes), check the server's answer and inflate its
+                            compressed (RSV1) messages; report wire bytes and inflated bytes apart
   --probe-interval-ms P     during the window, a new probe connection every P ms (default 0 = none)
   --probe-timeout-ms T      probe timeout, connect + upgrade (default 2000)
   --ramp-per-s R            connection attempts per second while ramping up (default 2000)
@@ -117,6 +122,7 @@ pub fn parse() -> Result<Config, String> {
         slow_rate: 10_000,
         keys: 0,
         idle: false,
+        deflate: false,
         probe_interval_ms: 0,
         probe_timeout_ms: 2000,
         ramp_per_s: 2000.0,
@@ -160,6 +166,7 @@ pub fn parse() -> Result<Config, String> {
             "--slow-rate" => c.slow_rate = num(&name, val(&name)?)?,
             "--keys" => c.keys = num(&name, val(&name)?)?,
             "--idle" => c.idle = true,
+            "--deflate" => c.deflate = true,
             "--probe-interval-ms" => c.probe_interval_ms = num(&name, val(&name)?)?,
             "--probe-timeout-ms" => c.probe_timeout_ms = num(&name, val(&name)?)?,
             "--ramp-per-s" => c.ramp_per_s = num(&name, val(&name)?)?,

@@ -10,7 +10,17 @@
 //! - probes: during the window, a new connection every P ms timing connect + upgrade, on a
 //!   thread of their own with a tokio runtime of their own (not delayed by the clients' reads).
 //!
-//! Every data message starts with u64 LE send time (µs since epoch) and u64 LE sequence number.
+//! Every binary data message starts with u64 LE send time (µs since epoch) and u64 LE sequence
+//! number; every text message with `{"t":<send time>,"s":<sequence number>,` (the lobby JSON of
+//! bench/adapters/lobby-payload.js).
+//!
+//! permessage-deflate (`--deflate`, bench scenarios `lobby-deflate` and `idle-deflate`): every
+//! upgrade offers it; `deflate.negotiated` counts the connections whose server accepted, and
+//! `deflate.answers` what the servers answered. Compressed messages are inflated (ws.rs) before
+//! their header is read. Per stream, `wireBytes` is every byte read from the sockets in the
+//! window (frame headers included, compressed or not: what went over the wire), `bytes` the
+//! messages' payload after inflating, and `compressedMessages` / `compressedPayloadBytes` /
+//! `inflatedBytes` the compressed messages, their payload as received and as inflated.
 //!
 //! Node tag (multi-process servers, bench scenario `cluster`): a message whose first 8 bytes are
 //! all 0xFF is not data but a tag, sent once by the server right after the upgrade: bytes 8..16
@@ -95,6 +105,10 @@ struct RoleStats {
     failed: AtomicU64,
     ended: AtomicU64,
     protocol_errors: AtomicU64,
+    /// Connections whose upgrade answer accepted permessage-deflate.
+    deflate_negotiated: AtomicU64,
+    /// Protocol errors by kind (the frame reader's reason).
+    protocol_error_kinds: Mutex<BTreeMap<String, u64>>,
     fail_reasons: Mutex<BTreeMap<String, u64>>,
     /// How the server ended them: close code (from its close frame, else 1006), or for stalled
     /// clients the TCP state seen (CLOSE = reset, CLOSE_WAIT = FIN received, ...).
@@ -105,6 +119,11 @@ struct RoleStats {
 struct StreamStats {
     messages: AtomicU64,
     bytes: AtomicU64,
+    /// Bytes read from the sockets in the window (frames as on the wire).
+    wire_bytes: AtomicU64,
+    compressed_messages: AtomicU64,
+    compressed_bytes: AtomicU64,
+    inflated_bytes: AtomicU64,
     gaps: AtomicU64,
     duplicates: AtomicU64,
     out_of_order: AtomicU64,
@@ -118,6 +137,10 @@ impl StreamStats {
         StreamStats {
             messages: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            wire_bytes: AtomicU64::new(0),
+            compressed_messages: AtomicU64::new(0),
+            compressed_bytes: AtomicU64::new(0),
+            inflated_bytes: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             out_of_order: AtomicU64::new(0),
@@ -239,6 +262,9 @@ struct Shared {
     nodes: [StreamStats; MAX_NODES],
     node_clients: [AtomicU64; MAX_NODES],
     probes: ProbeStats,
+    /// --deflate: the servers' Sec-WebSocket-Extensions answers (clients and probes), as sent
+    /// ("(none)" when there was none).
+    extension_answers: Mutex<BTreeMap<String, u64>>,
     /// Every slow client (see SlowClient).
     slow_clients: Mutex<Vec<Arc<SlowClient>>>,
     /// With --keys: 1 + the highest sequence number any fast client received (0 = none yet).
@@ -303,9 +329,14 @@ fn on_message(
     node: &mut Option<usize>,
     prefix: &[u8],
     len: u64,
+    text: bool,
+    compressed: Option<u64>,
     now: u64,
 ) {
-    if prefix.len() >= 16 && u64::from_le_bytes(prefix[0..8].try_into().unwrap()) == NODE_TAG {
+    if !text
+        && prefix.len() >= 16
+        && u64::from_le_bytes(prefix[0..8].try_into().unwrap()) == NODE_TAG
+    {
         if node.is_none() {
             let id = u64::from_le_bytes(prefix[8..16].try_into().unwrap());
             let id = (id as usize).min(MAX_NODES - 1);
@@ -318,7 +349,24 @@ fn on_message(
     sh.all_bytes.fetch_add(len, Relaxed);
     let in_win = sh.in_window(now);
     let by_node = node.map(|n| &sh.nodes[n]);
-    if prefix.len() < 16 {
+    if in_win {
+        if let Some(c) = compressed {
+            ss.compressed_messages.fetch_add(1, Relaxed);
+            ss.compressed_bytes.fetch_add(c, Relaxed);
+            ss.inflated_bytes.fetch_add(len, Relaxed);
+        }
+    }
+    let header = if text {
+        json_header(prefix)
+    } else if prefix.len() >= 16 {
+        Some((
+            u64::from_le_bytes(prefix[0..8].try_into().unwrap()),
+            u64::from_le_bytes(prefix[8..16].try_into().unwrap()),
+        ))
+    } else {
+        None
+    };
+    let Some((ts, seq)) = header else {
         if in_win {
             ss.short_messages.fetch_add(1, Relaxed);
             if let Some(ns) = by_node {
@@ -326,9 +374,7 @@ fn on_message(
             }
         }
         return;
-    }
-    let ts = u64::from_le_bytes(prefix[0..8].try_into().unwrap());
-    let seq = u64::from_le_bytes(prefix[8..16].try_into().unwrap());
+    };
     let lat = if now >= ts { Some(now - ts) } else { None };
     if in_win {
         count_message(ss, lat, len, seq, *last_seq);
@@ -347,6 +393,23 @@ fn on_message(
         Some(last) => last.max(seq),
         None => seq,
     });
+}
+
+/// The send time and sequence number at the start of a text message: `{"t":<digits>,"s":<digits>`
+/// followed by something else than a digit (so that a number cut off by the prefix's end is not
+/// taken for a whole one). None if the message does not start so.
+fn json_header(p: &[u8]) -> Option<(u64, u64)> {
+    fn number(p: &[u8]) -> Option<(u64, &[u8])> {
+        let n = p.iter().take_while(|b| b.is_ascii_digit()).count();
+        if n == 0 || n > 19 || n == p.len() {
+            return None;
+        }
+        let v = std::str::from_utf8(&p[..n]).ok()?.parse().ok()?;
+        Some((v, &p[n..]))
+    }
+    let (ts, rest) = number(p.strip_prefix(b"{\"t\":")?)?;
+    let (seq, _) = number(rest.strip_prefix(b",\"s\":")?)?;
+    Some((ts, seq))
 }
 
 /// One message received inside the window: `lat` None = negative latency (recorded as 0).
@@ -377,7 +440,7 @@ enum ReadOutcome {
     Again,
     Eof,
     Err,
-    Protocol,
+    Protocol(&'static str),
 }
 
 /// Reader state of one fast/slow client.
@@ -411,7 +474,12 @@ impl Reader {
             close_sent,
         } = self;
         frames.feed(data, &mut |ev| match ev {
-            Event::Message { prefix, len } => on_message(
+            Event::Message {
+                prefix,
+                len,
+                text,
+                compressed,
+            } => on_message(
                 sh,
                 ss,
                 *role,
@@ -420,6 +488,8 @@ impl Reader {
                 node,
                 prefix,
                 len,
+                text,
+                compressed,
                 now,
             ),
             Event::Ping(p) => ws::push_masked_frame(out, 0xA, p),
@@ -439,6 +509,7 @@ async fn reader_loop(
     role: Role,
     mut stream: TcpStream,
     leftover: Vec<u8>,
+    deflate: Option<ws::Deflate>,
     connected_at: Instant,
 ) {
     let ss = sh.stream_stats(role);
@@ -455,16 +526,22 @@ async fn reader_loop(
     let mut r = Reader {
         role,
         per,
-        frames: FrameReader::new(),
+        frames: FrameReader::with_deflate(deflate),
         last_seq: None,
         node: None,
         out: Vec::new(),
         close_code: None,
         close_sent: false,
     };
-    let mut protocol_error = false;
-    if !leftover.is_empty() && r.process(sh, ss, &leftover, now_us()).is_err() {
-        protocol_error = true;
+    let mut protocol_error: Option<&'static str> = None;
+    if !leftover.is_empty() {
+        let now = now_us();
+        if sh.in_window(now) {
+            ss.wire_bytes.fetch_add(leftover.len() as u64, Relaxed);
+        }
+        if let Err(e) = r.process(sh, ss, &leftover, now) {
+            protocol_error = Some(e);
+        }
     }
     drop(leftover);
 
@@ -476,7 +553,7 @@ async fn reader_loop(
     let mut tokens = cap;
     let mut refill_at = Instant::now();
 
-    while !protocol_error {
+    while protocol_error.is_none() {
         if !r.out.is_empty() {
             if stream.write_all(&r.out).await.is_err() {
                 break;
@@ -513,9 +590,13 @@ async fn reader_loop(
                         pc.rcvq_last.store(q, Relaxed);
                         pc.rcvq_max.fetch_max(q, Relaxed);
                     }
-                    match r.process(sh, ss, &b[..n], now_us()) {
+                    let now = now_us();
+                    if sh.in_window(now) {
+                        ss.wire_bytes.fetch_add(n as u64, Relaxed);
+                    }
+                    match r.process(sh, ss, &b[..n], now) {
                         Ok(()) => ReadOutcome::Data,
-                        Err(_) => ReadOutcome::Protocol,
+                        Err(e) => ReadOutcome::Protocol(e),
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ReadOutcome::Again,
@@ -525,15 +606,16 @@ async fn reader_loop(
         match outcome {
             ReadOutcome::Data | ReadOutcome::Again => {}
             ReadOutcome::Eof | ReadOutcome::Err => break,
-            ReadOutcome::Protocol => protocol_error = true,
+            ReadOutcome::Protocol(e) => protocol_error = Some(e),
         }
     }
     if let Some(pc) = &r.per {
         pc.fd.store(-1, Relaxed);
         pc.ended_at_us.store(now_us(), Relaxed);
     }
-    if protocol_error {
+    if let Some(e) = protocol_error {
         rs.protocol_errors.fetch_add(1, Relaxed);
+        bump(&rs.protocol_error_kinds, e.to_string());
         let mut out = Vec::new();
         ws::push_close_frame(&mut out, 1002);
         let _ = stream.try_write(&out);
@@ -632,13 +714,17 @@ async fn client_task(sh: &'static Shared, role: Role, permit: tokio::sync::Owned
     let t0 = Instant::now();
     let res = tokio::time::timeout(
         Duration::from_millis(sh.cfg.connect_timeout_ms),
-        ws::open(src, &sh.cfg.target, rcvbuf),
+        ws::open(src, &sh.cfg.target, rcvbuf, sh.cfg.deflate),
     )
     .await;
     drop(permit);
     let opened = match res {
         Ok(Ok(o)) => {
             rs.connected.fetch_add(1, Relaxed);
+            note_extensions(sh, &o);
+            if o.deflate.is_some() {
+                rs.deflate_negotiated.fetch_add(1, Relaxed);
+            }
             Some(o)
         }
         Ok(Err(e)) => {
@@ -658,7 +744,15 @@ async fn client_task(sh: &'static Shared, role: Role, permit: tokio::sync::Owned
     let Some(o) = opened else { return };
     match role {
         Role::Stalled => stalled_loop(sh, o.stream, t0).await,
-        _ => reader_loop(sh, role, o.stream, o.leftover, t0).await,
+        _ => reader_loop(sh, role, o.stream, o.leftover, o.deflate, t0).await,
+    }
+}
+
+/// --deflate: counts the server's extension answer (clients and probes alike).
+fn note_extensions(sh: &Shared, o: &ws::Opened) {
+    if sh.cfg.deflate {
+        let a = o.extensions.clone().unwrap_or_else(|| "(none)".into());
+        bump(&sh.extension_answers, a);
     }
 }
 
@@ -668,11 +762,12 @@ async fn probe_once(sh: &'static Shared) {
     let t0 = Instant::now();
     let res = tokio::time::timeout(
         Duration::from_millis(sh.cfg.probe_timeout_ms),
-        ws::open(src, &sh.cfg.target, None),
+        ws::open(src, &sh.cfg.target, None, sh.cfg.deflate),
     )
     .await;
     match res {
         Ok(Ok(o)) => {
+            note_extensions(sh, &o);
             let us = t0.elapsed().as_micros() as u64;
             p.ok.fetch_add(1, Relaxed);
             p.hist.lock().unwrap().saturating_record(us);
@@ -889,6 +984,10 @@ fn stream_json(ss: &StreamStats) -> Value {
     json!({
         "messages": ss.messages.load(Relaxed),
         "bytes": ss.bytes.load(Relaxed),
+        "wireBytes": ss.wire_bytes.load(Relaxed),
+        "compressedMessages": ss.compressed_messages.load(Relaxed),
+        "compressedPayloadBytes": ss.compressed_bytes.load(Relaxed),
+        "inflatedBytes": ss.inflated_bytes.load(Relaxed),
         "gaps": ss.gaps.load(Relaxed),
         "duplicates": ss.duplicates.load(Relaxed),
         "outOfOrder": ss.out_of_order.load(Relaxed),
@@ -930,6 +1029,8 @@ fn role_json(rs: &RoleStats, role: Role) -> Value {
         "failed": rs.failed.load(Relaxed),
         "endedByServer": rs.ended.load(Relaxed),
         "protocolErrors": rs.protocol_errors.load(Relaxed),
+        "protocolErrorKinds": map_json(&rs.protocol_error_kinds.lock().unwrap()),
+        "deflateNegotiated": rs.deflate_negotiated.load(Relaxed),
         "failReasons": map_json(&rs.fail_reasons.lock().unwrap()),
         "endKinds": map_json(&rs.end_kinds.lock().unwrap()),
     });
@@ -1025,6 +1126,13 @@ fn result_json(sh: &Shared, ri: &RunInfo) -> Value {
         "fast": stream_json(&sh.streams[0]),
         "slow": stream_json(&sh.streams[1]),
         "byNode": nodes_json(sh),
+        "deflate": {
+            "offered": c.deflate,
+            "offer": if c.deflate { json!(ws::DEFLATE_OFFER) } else { Value::Null },
+            // Fast, stalled and slow clients (probes are in `answers` only).
+            "negotiated": sh.roles.iter().map(|r| r.deflate_negotiated.load(Relaxed)).sum::<u64>(),
+            "answers": map_json(&sh.extension_answers.lock().unwrap()),
+        },
         "keys": c.keys,
         "fastMaxSeqAtWindowEnd": ri.fast_max_seq_at_window_end,
         "slowClients": ri.slow_clients,
@@ -1050,7 +1158,7 @@ fn result_json(sh: &Shared, ri: &RunInfo) -> Value {
         "idle": c.idle,
         "config": {
             "url": format!("ws://{}{}", c.target.host_header, c.target.path),
-            "fast": c.fast, "stalled": c.stalled, "slow": c.slow, "slowRate": c.slow_rate, "keys": c.keys,
+            "fast": c.fast, "stalled": c.stalled, "slow": c.slow, "slowRate": c.slow_rate, "keys": c.keys, "deflate": c.deflate,
             "probeIntervalMs": c.probe_interval_ms, "probeTimeoutMs": c.probe_timeout_ms,
             "rampPerS": c.ramp_per_s, "maxInflight": c.max_inflight, "threads": c.threads,
             "stalledRcvbuf": c.stalled_rcvbuf, "srcCount": c.src_count, "slowSrcBase": c.slow_src_base,
@@ -1341,6 +1449,7 @@ fn main() {
             fail_reasons: Mutex::new(BTreeMap::new()),
             hist: Mutex::new(new_hist()),
         },
+        extension_answers: Mutex::new(BTreeMap::new()),
         slow_clients: Mutex::new(Vec::new()),
         fast_max_seq_plus1: AtomicU64::new(0),
         all_messages: AtomicU64::new(0),
@@ -1375,6 +1484,20 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_header_reads_t_and_s() {
+        assert_eq!(
+            json_header(br#"{"t":1765000000500000,"s":42,"lobby":{}}"#),
+            Some((1_765_000_000_500_000, 42))
+        );
+        assert_eq!(json_header(br#"{"t":1,"s":0}"#), Some((1, 0)));
+        // Cut off inside a number, other layouts, no digits.
+        assert_eq!(json_header(br#"{"t":1765000000500000,"s":42"#), None);
+        assert_eq!(json_header(br#"{"s":1,"t":2,"#), None);
+        assert_eq!(json_header(br#"{"t":,"s":1,"#), None);
+        assert_eq!(json_header(b"\x00\x01"), None);
+    }
 
     #[test]
     fn iso_dates() {

@@ -1,16 +1,28 @@
 //! Minimal WebSocket client pieces: the HTTP upgrade, a streaming frame reader that keeps
-//! no payload (only the first 16 bytes of each data message), and masked control frames.
+//! no payload (only the first PREFIX bytes of each data message), and masked control frames.
 //!
-//! The servers under test only send unmasked binary frames plus ping/pong/close, so the reader
-//! is deliberately small: per connection it holds a 14-byte header buffer, a 16-byte message
+//! The servers under test only send unmasked data frames plus ping/pong/close, so the reader
+//! is deliberately small: per connection it holds a 14-byte header buffer, a PREFIX-byte message
 //! prefix and (only while a control frame is being read) up to 125 bytes of control payload.
 //! Socket reads go into one buffer shared by every connection on a thread.
+//!
+//! permessage-deflate (RFC 7692, `--deflate`): the upgrade offers
+//! `permessage-deflate; client_max_window_bits` and checks the server's answer (`Deflate`); a
+//! reader made `with_deflate` accepts RSV1 on the first frame of a data message and inflates the
+//! message as it streams in (raw deflate, `00 00 ff ff` appended at its end), keeping only the
+//! prefix of the inflated bytes and their count. The inflater (flate2 with zlib-rs, window 15:
+//! enough for any server_max_window_bits) belongs to the connection for its life when the server
+//! keeps its context (no `server_no_context_takeover`); when it does not, the inflater is reset
+//! after every message and goes back to a per-thread pool between messages, since no state
+//! carries over (it would be the same per-connection object, reset, only 47 KB of memory per
+//! connection more).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 
+use flate2::{Decompress, FlushDecompress, Status};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -99,6 +111,83 @@ pub struct Opened {
     pub stream: TcpStream,
     /// Bytes read past the end of the 101 response (the first frames, if the server was quick).
     pub leftover: Vec<u8>,
+    /// permessage-deflate as negotiated (None: not offered, or the server did not accept it).
+    pub deflate: Option<Deflate>,
+    /// The server's Sec-WebSocket-Extensions answer as sent (several headers joined by ", "),
+    /// None when it sent none.
+    pub extensions: Option<String>,
+}
+
+/// The offer of `--deflate`: permessage-deflate, and we accept any client_max_window_bits (the
+/// client never sends a data message, so the parameters about its own compression do not
+/// matter; offering it is what browsers do).
+pub const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
+
+/// permessage-deflate parameters the server answered (RFC 7692 section 7.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deflate {
+    pub server_no_context_takeover: bool,
+    pub client_no_context_takeover: bool,
+    pub server_max_window_bits: Option<u8>,
+    pub client_max_window_bits: Option<u8>,
+}
+
+/// The server's answer to DEFLATE_OFFER, checked as RFC 7692 requires of a client: at most one
+/// extension, permessage-deflate (the only one offered), each parameter known, at most once, with
+/// a valid value (window bits 8..=15; client_max_window_bits only because it was offered).
+/// Ok(None): the server accepted no extension.
+pub fn parse_deflate_answer(value: &str) -> Result<Option<Deflate>, &'static str> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.contains(',') {
+        return Err("extension-answer-not-offered");
+    }
+    let mut parts = value.split(';').map(str::trim);
+    if !parts
+        .next()
+        .unwrap_or("")
+        .eq_ignore_ascii_case("permessage-deflate")
+    {
+        return Err("extension-answer-not-offered");
+    }
+    let mut d = Deflate::default();
+    let mut seen = [false; 4];
+    for p in parts {
+        let (name, val) = match p.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            None => (p, None),
+        };
+        let idx = match name.to_ascii_lowercase().as_str() {
+            "server_no_context_takeover" => 0,
+            "client_no_context_takeover" => 1,
+            "server_max_window_bits" => 2,
+            "client_max_window_bits" => 3,
+            _ => return Err("extension-answer-bad-param"),
+        };
+        if std::mem::replace(&mut seen[idx], true) {
+            return Err("extension-answer-bad-param");
+        }
+        let bits = |v: Option<&str>| -> Result<u8, &'static str> {
+            let v = v.ok_or("extension-answer-bad-param")?;
+            if v.is_empty() || v.len() > 2 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("extension-answer-bad-param");
+            }
+            match v.parse::<u8>() {
+                Ok(n @ 8..=15) => Ok(n),
+                _ => Err("extension-answer-bad-param"),
+            }
+        };
+        match idx {
+            0 | 1 if val.is_some() => return Err("extension-answer-bad-param"),
+            0 => d.server_no_context_takeover = true,
+            1 => d.client_no_context_takeover = true,
+            2 => d.server_max_window_bits = Some(bits(val)?),
+            _ => d.client_max_window_bits = Some(bits(val)?),
+        }
+    }
+    Ok(Some(d))
 }
 
 pub struct Target {
@@ -125,10 +214,12 @@ fn set_bind_address_no_port(sock: &Socket) {
 
 /// TCP connect from `src` (port 0) to the target, then the WebSocket upgrade until the 101.
 /// `rcvbuf`, if set, is applied with SO_RCVBUF before connect (so the window scale matches).
+/// `deflate`: offer permessage-deflate (DEFLATE_OFFER) and check the answer.
 pub async fn open(
     src: Ipv4Addr,
     target: &Target,
     rcvbuf: Option<usize>,
+    deflate: bool,
 ) -> Result<Opened, OpenError> {
     let sock =
         Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).map_err(OpenError::Connect)?;
@@ -156,10 +247,15 @@ pub async fn open(
         k
     };
     let key = base64(&key_bytes);
+    let offer = if deflate {
+        format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n")
+    } else {
+        String::new()
+    };
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        target.path, target.host_header, key
+         Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+        target.path, target.host_header, key, offer
     );
     stream
         .write_all(req.as_bytes())
@@ -200,28 +296,74 @@ pub async fn open(
     }
     let expected = accept_key(&key);
     let mut accept_ok = false;
+    let mut extensions: Option<String> = None;
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("sec-websocket-accept") {
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("sec-websocket-accept") {
                 accept_ok = value.trim() == expected;
+            } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+                let e = extensions.get_or_insert_with(String::new);
+                if !e.is_empty() {
+                    e.push_str(", ");
+                }
+                e.push_str(value.trim());
             }
         }
     }
     if !accept_ok {
         return Err(OpenError::Bad("bad-accept-key"));
     }
+    let deflate = match &extensions {
+        // An extension answered to an upgrade that offered none is a protocol error too.
+        Some(e) if !deflate && !e.trim().is_empty() => {
+            return Err(OpenError::Bad("extension-answer-not-offered"))
+        }
+        Some(e) if deflate => parse_deflate_answer(e).map_err(OpenError::Bad)?,
+        _ => None,
+    };
     let leftover = buf[head_end..].to_vec();
-    Ok(Opened { stream, leftover })
+    Ok(Opened {
+        stream,
+        leftover,
+        deflate,
+        extensions,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
 // Streaming frame reader.
 
+/// Bytes of each data message kept (after inflating): enough for the binary payload's 16-byte
+/// header and for the lobby JSON's `{"t":<16 digits>,"s":<up to 20 digits>,`.
+pub const PREFIX: usize = 48;
+
+/// The tail that RFC 7692 section 7.2.2 appends to a message's payload before inflating it.
+const DEFLATE_TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
+/// Inflate output goes through this buffer (per thread), of which only the prefix is kept.
+const INFLATE_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    static INFLATE_OUT: RefCell<Vec<u8>> = RefCell::new(vec![0u8; INFLATE_CHUNK]);
+    /// Inflaters of connections whose server sends without context takeover, between messages.
+    static INFLATE_POOL: RefCell<Vec<Decompress>> = const { RefCell::new(Vec::new()) };
+}
+
+fn new_inflater() -> Decompress {
+    INFLATE_POOL
+        .with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| Decompress::new_with_window_bits(false, 15))
+}
+
 pub enum Event<'a> {
-    /// A complete data message: its first (up to) 16 bytes and its total length.
+    /// A complete data message: its first (up to) PREFIX bytes and its total length, after
+    /// inflating; `text`: opcode 1; `compressed`: Some(payload bytes as received) for a
+    /// permessage-deflate (RSV1) message.
     Message {
         prefix: &'a [u8],
         len: u64,
+        text: bool,
+        compressed: Option<u64>,
     },
     Ping(&'a [u8]),
     Close(Option<u16>),
@@ -236,10 +378,32 @@ pub struct FrameReader {
     opcode: u8,
     fin: bool,
     msg_active: bool,
-    prefix: [u8; 16],
+    text: bool,
+    prefix: [u8; PREFIX],
     prefix_len: u8,
     msg_len: u64,
     ctrl: Vec<u8>,
+    /// permessage-deflate as negotiated for this connection (None: RSV1 is a protocol error).
+    deflate: Option<Deflate>,
+    /// The current message is compressed (RSV1 on its first frame).
+    compressed: bool,
+    /// Its payload bytes as received.
+    wire_len: u64,
+    /// The inflater reached the end of a DEFLATE stream (a block with BFINAL set, RFC 7692
+    /// section 7.2.3.4): the rest of the message's payload is not inflated.
+    stream_end: bool,
+    inflater: Option<Decompress>,
+}
+
+/// Appends `data` (message payload, inflated if it was compressed) to the kept prefix and count.
+fn take_plain(prefix: &mut [u8; PREFIX], prefix_len: &mut u8, msg_len: &mut u64, data: &[u8]) {
+    *msg_len += data.len() as u64;
+    let pl = *prefix_len as usize;
+    if pl < PREFIX {
+        let n = (PREFIX - pl).min(data.len());
+        prefix[pl..pl + n].copy_from_slice(&data[..n]);
+        *prefix_len += n as u8;
+    }
 }
 
 impl Default for FrameReader {
@@ -259,11 +423,79 @@ impl FrameReader {
             opcode: 0,
             fin: false,
             msg_active: false,
-            prefix: [0; 16],
+            text: false,
+            prefix: [0; PREFIX],
             prefix_len: 0,
             msg_len: 0,
             ctrl: Vec::new(),
+            deflate: None,
+            compressed: false,
+            wire_len: 0,
+            stream_end: false,
+            inflater: None,
         }
+    }
+
+    /// A reader for a connection that negotiated permessage-deflate (`d`), or a plain one.
+    pub fn with_deflate(d: Option<Deflate>) -> Self {
+        FrameReader {
+            deflate: d,
+            ..Self::new()
+        }
+    }
+
+    /// Inflates `input` (part of the current compressed message's payload) into the prefix and
+    /// the count.
+    fn inflate(&mut self, mut input: &[u8]) -> Result<(), &'static str> {
+        if self.stream_end {
+            return Ok(());
+        }
+        let d = self.inflater.get_or_insert_with(new_inflater);
+        INFLATE_OUT.with(|out| {
+            let mut out = out.borrow_mut();
+            loop {
+                let (in0, out0) = (d.total_in(), d.total_out());
+                let st = d
+                    .decompress(input, &mut out, FlushDecompress::Sync)
+                    .map_err(|_| "inflate-error")?;
+                let used = (d.total_in() - in0) as usize;
+                let made = (d.total_out() - out0) as usize;
+                take_plain(
+                    &mut self.prefix,
+                    &mut self.prefix_len,
+                    &mut self.msg_len,
+                    &out[..made],
+                );
+                input = &input[used..];
+                if st == Status::StreamEnd {
+                    self.stream_end = true;
+                    return Ok(());
+                }
+                // Done once all input is in and the output buffer was not filled (nothing
+                // pending); no progress at all means it needs more input.
+                if (input.is_empty() && made < out.len()) || (used == 0 && made == 0) {
+                    return Ok(());
+                }
+            }
+        })
+    }
+
+    /// The end of a compressed message: the tail, then reset the inflater (and give it back to
+    /// the pool) unless the server keeps its compression context from message to message.
+    fn finish_compressed(&mut self) -> Result<(), &'static str> {
+        self.inflate(&DEFLATE_TAIL)?;
+        let no_context = self.deflate.is_some_and(|d| d.server_no_context_takeover);
+        if no_context || self.stream_end {
+            if let Some(d) = self.inflater.as_mut() {
+                d.reset(false);
+            }
+        }
+        if no_context {
+            if let Some(d) = self.inflater.take() {
+                INFLATE_POOL.with(|p| p.borrow_mut().push(d));
+            }
+        }
+        Ok(())
     }
 
     /// Feeds bytes from the socket; calls `sink` for each complete message / control frame.
@@ -303,19 +535,21 @@ impl FrameReader {
                 let chunk = &data[..take];
                 if self.opcode >= 8 {
                     self.ctrl.extend_from_slice(chunk);
+                } else if self.compressed {
+                    self.wire_len += take as u64;
+                    self.inflate(chunk)?;
                 } else {
-                    self.msg_len += take as u64;
-                    let pl = self.prefix_len as usize;
-                    if pl < 16 {
-                        let n = (16 - pl).min(take);
-                        self.prefix[pl..pl + n].copy_from_slice(&chunk[..n]);
-                        self.prefix_len += n as u8;
-                    }
+                    take_plain(
+                        &mut self.prefix,
+                        &mut self.prefix_len,
+                        &mut self.msg_len,
+                        chunk,
+                    );
                 }
                 data = &data[take..];
                 self.remaining -= take as u64;
                 if self.remaining == 0 {
-                    self.finish_frame(sink);
+                    self.finish_frame(sink)?;
                 }
             }
         }
@@ -325,7 +559,9 @@ impl FrameReader {
     fn start_frame(&mut self, sink: &mut dyn FnMut(Event<'_>)) -> Result<(), &'static str> {
         let b0 = self.hdr[0];
         let b1 = self.hdr[1];
-        if b0 & 0x70 != 0 {
+        // RSV1 = permessage-deflate, only where it was negotiated; RSV2/RSV3 never.
+        let rsv1 = b0 & 0x40 != 0;
+        if b0 & 0x30 != 0 || (rsv1 && self.deflate.is_none()) {
             return Err("rsv-bits-set");
         }
         if b1 & 0x80 != 0 {
@@ -346,7 +582,7 @@ impl FrameReader {
         self.opcode = b0 & 0x0f;
         match self.opcode {
             0x8..=0xA => {
-                if len > 125 || !self.fin {
+                if len > 125 || !self.fin || rsv1 {
                     return Err("bad-control-frame");
                 }
                 self.ctrl.clear();
@@ -355,26 +591,33 @@ impl FrameReader {
                 if !self.msg_active {
                     return Err("unexpected-continuation");
                 }
+                if rsv1 {
+                    return Err("rsv1-on-continuation");
+                }
             }
             0x1 | 0x2 => {
                 if self.msg_active {
                     return Err("expected-continuation");
                 }
                 self.msg_active = true;
+                self.text = self.opcode == 0x1;
                 self.prefix_len = 0;
                 self.msg_len = 0;
+                self.compressed = rsv1;
+                self.wire_len = 0;
+                self.stream_end = false;
             }
             _ => return Err("reserved-opcode"),
         }
         self.remaining = len;
         self.in_payload = true;
         if len == 0 {
-            self.finish_frame(sink);
+            self.finish_frame(sink)?;
         }
         Ok(())
     }
 
-    fn finish_frame(&mut self, sink: &mut dyn FnMut(Event<'_>)) {
+    fn finish_frame(&mut self, sink: &mut dyn FnMut(Event<'_>)) -> Result<(), &'static str> {
         self.in_payload = false;
         match self.opcode {
             0x9 => sink(Event::Ping(&self.ctrl)),
@@ -390,9 +633,14 @@ impl FrameReader {
             _ => {
                 if self.fin {
                     self.msg_active = false;
+                    if self.compressed {
+                        self.finish_compressed()?;
+                    }
                     sink(Event::Message {
                         prefix: &self.prefix[..self.prefix_len as usize],
                         len: self.msg_len,
+                        text: self.text,
+                        compressed: self.compressed.then_some(self.wire_len),
                     });
                 }
             }
@@ -401,6 +649,7 @@ impl FrameReader {
             // Control frames are rare: don't keep 125 bytes per connection around.
             self.ctrl = Vec::new();
         }
+        Ok(())
     }
 }
 
@@ -440,7 +689,7 @@ mod tests {
             let mut got = Vec::new();
             for chunk in stream.chunks(step) {
                 r.feed(chunk, &mut |ev| match ev {
-                    Event::Message { prefix, len } => got.push(format!(
+                    Event::Message { prefix, len, .. } => got.push(format!(
                         "m{}:{}:{}",
                         u64::from_le_bytes(prefix[..8].try_into().unwrap()),
                         u64::from_le_bytes(prefix[8..16].try_into().unwrap()),
@@ -472,5 +721,210 @@ mod tests {
             .map(|(i, b)| b ^ mask[i & 3])
             .collect();
         assert_eq!(un, b"abc");
+    }
+
+    /// A permessage-deflate payload of `msg`: sync flush, tail stripped; `c` keeps its context
+    /// unless the caller resets it.
+    fn deflate_payload(c: &mut flate2::Compress, msg: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(msg.len() + 64);
+        let t0 = c.total_in();
+        while ((c.total_in() - t0) as usize) < msg.len() || !out.ends_with(&DEFLATE_TAIL) {
+            let done = (c.total_in() - t0) as usize;
+            out.reserve(256);
+            c.compress_vec(&msg[done..], &mut out, flate2::FlushCompress::Sync)
+                .unwrap();
+        }
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    fn lobby_msg(seq: u64) -> Vec<u8> {
+        let mut m =
+            format!("{{\"t\":1765000000{seq:06},\"s\":{seq},\"lobby\":{{\"tables\":[").into_bytes();
+        for i in 0..40 {
+            m.extend_from_slice(
+                format!("{{\"id\":\"bj-{i}\",\"chips\":{}}},", i * 37 + seq).as_bytes(),
+            );
+        }
+        m.extend_from_slice(b"{}]}}");
+        m
+    }
+
+    fn run_reader(
+        r: &mut FrameReader,
+        stream: &[u8],
+        step: usize,
+    ) -> Vec<(Vec<u8>, u64, bool, Option<u64>)> {
+        let mut got = Vec::new();
+        for chunk in stream.chunks(step) {
+            r.feed(chunk, &mut |ev| {
+                if let Event::Message {
+                    prefix,
+                    len,
+                    text,
+                    compressed,
+                } = ev
+                {
+                    got.push((prefix.to_vec(), len, text, compressed));
+                }
+            })
+            .unwrap();
+        }
+        got
+    }
+
+    fn rsv1(mut f: Vec<u8>) -> Vec<u8> {
+        f[0] |= 0x40;
+        f
+    }
+
+    #[test]
+    fn deflate_answer_parsing() {
+        let ok = |v: &str| parse_deflate_answer(v).unwrap();
+        assert_eq!(ok(""), None);
+        assert_eq!(ok("permessage-deflate"), Some(Deflate::default()));
+        let d = ok("permessage-deflate; server_no_context_takeover; client_max_window_bits=15")
+            .unwrap();
+        assert!(d.server_no_context_takeover && !d.client_no_context_takeover);
+        assert_eq!(d.client_max_window_bits, Some(15));
+        let d = ok("Permessage-Deflate;client_no_context_takeover; server_max_window_bits=\"10\"")
+            .unwrap();
+        assert!(d.client_no_context_takeover);
+        assert_eq!(d.server_max_window_bits, Some(10));
+        for bad in [
+            "x-webkit-deflate-frame",
+            "permessage-deflate, permessage-deflate",
+            "permessage-deflate; server_max_window_bits",
+            "permessage-deflate; server_max_window_bits=16",
+            "permessage-deflate; server_max_window_bits=7",
+            "permessage-deflate; server_max_window_bits=010",
+            "permessage-deflate; client_max_window_bits=a",
+            "permessage-deflate; server_no_context_takeover=1",
+            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+            "permessage-deflate; foo",
+        ] {
+            assert!(parse_deflate_answer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reader_inflates_compressed_messages() {
+        let msgs: Vec<Vec<u8>> = (0..4).map(lobby_msg).collect();
+        // No context takeover: every message compressed from a fresh context (the reader resets
+        // and pools its inflater); a plain text message and a plain binary one in between.
+        let no_ctx = Deflate {
+            server_no_context_takeover: true,
+            ..Default::default()
+        };
+        // Context takeover: one compressor for all, the reader keeps its inflater.
+        let ctx = Deflate::default();
+        for (d, reset) in [(no_ctx, true), (ctx, false)] {
+            let mut c =
+                flate2::Compress::new_with_window_bits(flate2::Compression::new(6), false, 15);
+            let mut stream = Vec::new();
+            let mut wire = Vec::new();
+            for m in &msgs {
+                if reset {
+                    c.reset();
+                }
+                let p = deflate_payload(&mut c, m);
+                wire.push(p.len() as u64);
+                stream.extend(rsv1(frame(0x1, true, &p)));
+            }
+            stream.extend(frame(0x1, true, b"plain text"));
+            stream.extend(frame(0x2, true, &[7u8; 20]));
+            // A fragmented compressed message: RSV1 on the first frame only.
+            if reset {
+                c.reset();
+            }
+            let p = deflate_payload(&mut c, &msgs[0]);
+            let (a, b) = p.split_at(p.len() / 2);
+            stream.extend(rsv1(frame(0x1, false, a)));
+            stream.extend(frame(0x9, true, b"hi"));
+            stream.extend(frame(0x0, true, b));
+            for step in [1usize, 2, 5, 64, 1000, stream.len()] {
+                let mut r = FrameReader::with_deflate(Some(d));
+                let got = run_reader(&mut r, &stream, step);
+                assert_eq!(got.len(), msgs.len() + 3, "step {step}");
+                for (i, m) in msgs.iter().enumerate() {
+                    assert_eq!(got[i].0, m[..PREFIX].to_vec(), "step {step} msg {i}");
+                    assert_eq!(
+                        (got[i].1, got[i].2, got[i].3),
+                        (m.len() as u64, true, Some(wire[i]))
+                    );
+                }
+                assert_eq!(got[4], (b"plain text".to_vec(), 10, true, None));
+                assert_eq!(got[5], (vec![7u8; 20], 20, false, None));
+                assert_eq!(
+                    (got[6].0.as_slice(), got[6].1, got[6].3),
+                    (
+                        &msgs[0][..PREFIX],
+                        msgs[0].len() as u64,
+                        Some(p.len() as u64)
+                    )
+                );
+                assert_eq!(
+                    r.inflater.is_none(),
+                    reset,
+                    "the inflater is pooled only without context"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reader_accepts_a_bfinal_block() {
+        // RFC 7692 7.2.3.4: a DEFLATE block with BFINAL set, then 0x00.
+        let m = lobby_msg(9);
+        let mut stream = Vec::new();
+        for _ in 0..2 {
+            let mut c =
+                flate2::Compress::new_with_window_bits(flate2::Compression::new(6), false, 15);
+            let mut p = Vec::with_capacity(m.len() + 64);
+            c.compress_vec(&m, &mut p, flate2::FlushCompress::Finish)
+                .unwrap();
+            p.push(0);
+            stream.extend(rsv1(frame(0x1, true, &p)));
+        }
+        let d = Deflate {
+            server_no_context_takeover: true,
+            ..Default::default()
+        };
+        let mut r = FrameReader::with_deflate(Some(d));
+        let got = run_reader(&mut r, &stream, 7);
+        assert_eq!(got.len(), 2);
+        for g in got {
+            assert_eq!((g.0, g.1), (m[..PREFIX].to_vec(), m.len() as u64));
+        }
+    }
+
+    #[test]
+    fn reader_rejects_rsv1_where_not_allowed() {
+        let feed = |d: Option<Deflate>, bytes: Vec<u8>| {
+            FrameReader::with_deflate(d).feed(&bytes, &mut |_| {})
+        };
+        // Not negotiated.
+        assert_eq!(
+            feed(None, rsv1(frame(0x1, true, b"x"))),
+            Err("rsv-bits-set")
+        );
+        let d = Some(Deflate::default());
+        // RSV2 / RSV3.
+        let mut f = frame(0x1, true, b"x");
+        f[0] |= 0x20;
+        assert_eq!(feed(d, f), Err("rsv-bits-set"));
+        // On a control frame, on a continuation.
+        assert_eq!(
+            feed(d, rsv1(frame(0x9, true, b""))),
+            Err("bad-control-frame")
+        );
+        let mut s = frame(0x1, false, b"ab");
+        s.extend(rsv1(frame(0x0, true, b"cd")));
+        assert_eq!(feed(d, s), Err("rsv1-on-continuation"));
+        // Garbage.
+        assert_eq!(
+            feed(d, rsv1(frame(0x1, true, &[0xff; 8]))),
+            Err("inflate-error")
+        );
     }
 }
