@@ -678,7 +678,11 @@ mod tests {
             assert_eq!(bytes[first.len()], 0x82, "plain: untouched");
             let at = first.len() + frame(true, 2, 300).len();
             assert_eq!(bytes[at], 0x02, "fragment: RSV1 cleared, FIN kept unset");
-            assert_eq!(bytes[at + frag.len()], 0x80 | RSV1 | 9, "control: untouched");
+            assert_eq!(
+                bytes[at + frag.len()],
+                0x80 | RSV1 | 9,
+                "control: untouched"
+            );
             let kinds: Vec<Kind> = (0..3).map(|_| t.next_kind()).collect();
             assert_eq!(
                 kinds,
