@@ -226,8 +226,9 @@ declare namespace WebSocket {
     clientNoContextTakeover?: boolean
     /** Largest window sluice compresses with, 9-15. `true`: the default, 15. */
     serverMaxWindowBits?: number | true
-    /** Largest window the client may use, 8-15 (asked only of clients that offer the parameter).
-     * `true` / `false`: the default, 15. */
+    /** Largest window the client may use, 8-15; below 15, as in ws, an offer without
+     * client_max_window_bits is declined (that client goes uncompressed). `true` / `false`: the
+     * default, 15. */
     clientMaxWindowBits?: number | boolean
     /** Only `level` (0-9; -1: sluice's default). */
     zlibDeflateOptions?: { level?: number }

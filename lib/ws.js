@@ -41,8 +41,7 @@
  *   and the connection opens uncompressed, as RFC 7692 says; ws answers 400. sluice compresses
  *   each message once on its own threads, without context (its 101 always has
  *   server_no_context_takeover); `send`'s `compress: false` does not keep a message uncompressed
- *   (the threshold decides). With a numeric `clientMaxWindowBits`, ws declines clients that do not
- *   offer client_max_window_bits; sluice accepts them at their full window.
+ *   (the threshold decides).
  *
  * The same as ws, though sluice's own Server differs: no pings unless `pingInterval` is given
  * (heartbeat code written for ws behaves as it did), `maxPayload` 100 MiB, `closeTimeout` 30 s,

@@ -109,7 +109,7 @@ class WebSocket extends HookedEmitter {
    * parameters, is `ws.sluice.extensions`.
    */
   get extensions() {
-    return this._conn === null ? '' : extensionNames(connExtensions(this._conn))
+    return this._conn === null ? '' : extensionNames(this._conn.extensions || '')
   }
 
   /** Always false: `pause()` is not supported. */
@@ -342,12 +342,6 @@ for (const property of ['binaryType', 'bufferedAmount', 'extensions', 'isPaused'
 }
 
 eventTarget.defineEventAttributes(WebSocket.prototype, ['open', 'error', 'close', 'message'])
-
-/** The Sec-WebSocket-Extensions value of a sluice Connection's 101 ('' when none). */
-function connExtensions(conn) {
-  const value = conn.extensions !== undefined ? conn.extensions : conn._native.extensions
-  return typeof value === 'string' ? value : ''
-}
 
 /** `'permessage-deflate; client_max_window_bits=15, x'` -> `'permessage-deflate,x'` (ws's form). */
 function extensionNames(header) {
