@@ -192,13 +192,36 @@ async function entryPoint(kind, options) {
   return { server, port, url: `ws://${HOST}:${port}` }
 }
 
-/** A raw client that negotiated deflate (or did not: `offer` null), with its server Connection. */
+/** The client port of a server-side Connection (from either entry point). */
+function remotePort(conn) {
+  const r = conn.request
+  return r.remotePort !== undefined ? r.remotePort : r.socket && r.socket.remotePort
+}
+
+/** A raw client that negotiated deflate (or did not: `offer` null), with its server Connection
+ * (found by the client's port: other clients' 'connection' events may come in between). */
 async function rawPair(server, port, offer = 'permessage-deflate') {
-  const conn = once(server, 'connection')
-  const up = await rawUpgrade(port, offer)
-  expect(up.status).toBe(101)
-  const [c] = await conn
-  return { raw: up.client, conn: c, extensions: up.extensions }
+  const seen = []
+  const onConn = (c) => seen.push(c)
+  server.on('connection', onConn)
+  try {
+    const up = await rawUpgrade(port, offer)
+    expect(up.status).toBe(101)
+    const local = up.client.socket.localPort
+    const c = await waitUntil(() => seen.find((x) => remotePort(x) === local), 3000, 'the raw client\'s connection')
+    return { raw: up.client, conn: c, extensions: up.extensions }
+  } finally {
+    server.removeListener('connection', onConn)
+  }
+}
+
+/** A ws client (tracked) and the 101 it got, once open. */
+async function wsWithResponse(url, options) {
+  const ws = res.wsNow(url, options)
+  const opened = once(ws, 'open')
+  const [response] = await once(ws, 'upgrade')
+  await opened
+  return { ws, response }
 }
 
 function deflateMetrics(server) {
@@ -209,7 +232,7 @@ function deflateMetrics(server) {
 
 describe('the perMessageDeflate option', () => {
   test('false, true, an object; bad values and unknown keys throw with their codes', () => {
-    for (const pmd of [false, true, {}, { threshold: 0 }, { threshold: 1 << 20, level: 0 }, { level: 9 }, { serverMaxWindowBits: 9, clientMaxWindowBits: 8 }, { serverMaxWindowBits: 15, clientMaxWindowBits: 15 }, { clientNoContextTakeover: true, serverNoContextTakeover: false }]) {
+    for (const pmd of [false, true, {}, { threshold: 0 }, { threshold: 1 << 20, level: 0 }, { level: 9 }, { serverMaxWindowBits: 8, clientMaxWindowBits: 8 }, { serverMaxWindowBits: 15, clientMaxWindowBits: 15 }, { clientNoContextTakeover: true, serverNoContextTakeover: false }]) {
       const s = new Server({ noServer: true, perMessageDeflate: pmd })
       res.servers.push(s)
     }
@@ -230,7 +253,7 @@ describe('the perMessageDeflate option', () => {
       [{ level: 10 }, range],
       [{ level: -2 }, range],
       [{ level: 1.5 }, range],
-      [{ serverMaxWindowBits: 8 }, range],
+      [{ serverMaxWindowBits: 7 }, range],
       [{ serverMaxWindowBits: 16 }, range],
       [{ clientMaxWindowBits: 7 }, range],
       [{ clientMaxWindowBits: 16 }, range],
@@ -438,7 +461,8 @@ describe('conn.send', () => {
 
 describe('inbound: compressed messages from clients', () => {
   test('a ws client compressing with context takeover: every message inflates; echoed back', async () => {
-    const { server, url } = await res.server({ perMessageDeflate: true })
+    // clientNoContextTakeover false: the client keeps its context (sluice asks it not to by default).
+    const { server, url } = await res.server({ perMessageDeflate: { clientNoContextTakeover: false } })
     server.on('connection', (conn) => conn.on('message', (data, isBinary) => conn.send(isBinary ? data : data.toString())))
     const ws = await res.ws(url)
     const got = collect(ws)
@@ -457,9 +481,23 @@ describe('inbound: compressed messages from clients', () => {
       expect(m.isBinary).toBe(sent[i].isBinary)
       expect(m.data.equals(sent[i].data)).toBe(true)
     })
-    // ws compresses what is at least its threshold (1024): all but 'short'.
-    expect(deflateMetrics(server).inflatedMessages - before.inflatedMessages).toBe(sent.length - 1)
+    // With its context kept, ws compresses every message, however small ('short' too): its
+    // threshold applies only without context takeover.
+    expect(deflateMetrics(server).inflatedMessages - before.inflatedMessages).toBe(sent.length)
     expect(deflateMetrics(server).inflateErrors).toBe(before.inflateErrors)
+  })
+
+  test('a ws client asked for client_no_context_takeover (the default): every message inflates', async () => {
+    const { server, url } = await res.server({ perMessageDeflate: true })
+    server.on('connection', (conn) => conn.on('message', (data, isBinary) => conn.send(isBinary ? data : data.toString())))
+    const { ws, response } = await wsWithResponse(url)
+    expect(response.headers['sec-websocket-extensions']).toContain('client_no_context_takeover')
+    const got = collect(ws)
+    const sent = [lobby(3000), lobby(3000, 1), lobby(100000, 2), 'ü✓'.repeat(2000)]
+    for (const m of sent) ws.send(m)
+    await waitUntil(() => got.length === sent.length, 5000, 'every echo')
+    expect(got.map((g) => g.data.toString())).toEqual(sent)
+    expect(deflateMetrics(server).inflatedMessages).toBe(sent.length)
   })
 
   test('raw compressed frames: one frame, a fragmented message (RSV1 on the first frame only), interleaved with a ping', async () => {
@@ -595,10 +633,15 @@ describe.each(['own listener', 'handleUpgrade'])('negotiation (RFC 7692), %s', (
     servers = new Map()
   })
 
-  /** The answer to `offer` from a server with `options`: the accepted parameters, or null. */
-  async function answer(offer, options = true) {
-    const key = JSON.stringify(options)
-    if (!servers.has(key)) servers.set(key, await entryPoint(kind, { perMessageDeflate: options }))
+  /**
+   * The answer to `offer` from a server with `perMessageDeflate: { clientNoContextTakeover: false,
+   * ...options }` (so that the answer holds only what the offer asked for), or with `true` (the
+   * defaults): the accepted parameters, or null.
+   */
+  async function answer(offer, options = {}) {
+    const pmd = options === true ? true : { clientNoContextTakeover: false, ...options }
+    const key = JSON.stringify(pmd)
+    if (!servers.has(key)) servers.set(key, await entryPoint(kind, { perMessageDeflate: pmd }))
     const { port } = servers.get(key)
     const up = await rawUpgrade(port, offer)
     expect(up.status).toBe(101)
@@ -705,18 +748,20 @@ describe.each(['own listener', 'handleUpgrade'])('negotiation (RFC 7692), %s', (
     expect(await answer('permessage-deflate; client_max_window_bits=10, permessage-deflate')).toEqual(expect.objectContaining({ server_no_context_takeover: true }))
   })
 
-  test('client_no_context_takeover: echoed when offered; asked of every client with clientNoContextTakeover', async () => {
+  test('client_no_context_takeover: echoed when offered; asked of every client by default and with clientNoContextTakeover', async () => {
     expect(await answer('permessage-deflate; client_no_context_takeover')).toEqual({ server_no_context_takeover: true, client_no_context_takeover: true })
-    // §7.1.1.2: the server may include it whether or not the client offered it.
+    expect(await answer('permessage-deflate')).toEqual({ server_no_context_takeover: true })
+    // §7.1.1.2: the server may include it whether or not the client offered it. sluice does by
+    // default (a client keeping its context costs the server an inflate state per connection).
     expect(await answer('permessage-deflate', { clientNoContextTakeover: true })).toEqual({ server_no_context_takeover: true, client_no_context_takeover: true })
+    expect(await answer('permessage-deflate', true)).toEqual({ server_no_context_takeover: true, client_no_context_takeover: true })
+    expect(await answer('permessage-deflate; client_max_window_bits', true)).toEqual({ server_no_context_takeover: true, client_no_context_takeover: true, client_max_window_bits: '15' })
   })
 
   test('the negotiated connection works both ways with a ws client, and its Connection shows the answer', async () => {
     const { server, url } = await entryPoint(kind, { perMessageDeflate: { threshold: 100, clientNoContextTakeover: true } })
     const connP = once(server, 'connection')
-    const ws = res.wsNow(url)
-    const [response] = await once(ws, 'upgrade')
-    await once(ws, 'open')
+    const { ws, response } = await wsWithResponse(url)
     const [conn] = await connP
     expect(ws.extensions).toBe('permessage-deflate')
     expect(extOf(conn)).toBe(response.headers['sec-websocket-extensions'])
@@ -743,9 +788,7 @@ describe('ws facade', () => {
       sockets.push(ws)
       ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }))
     })
-    const c1 = res.wsNow(url)
-    const [response] = await once(c1, 'upgrade')
-    await once(c1, 'open')
+    const { ws: c1, response } = await wsWithResponse(url)
     const c2 = await res.ws(url, { perMessageDeflate: false })
     await waitUntil(() => sockets.length === 2, 3000, 'two connections')
     const byExt = sockets.map((s) => s.extensions).sort()

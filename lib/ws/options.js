@@ -85,7 +85,9 @@ const DEFLATE_ZLIB_HINT = 'only zlibDeflateOptions.level maps to sluice (its def
 
 /**
  * ws's `perMessageDeflate` as sluice's: `false` (or left out) stays off; `true` and an object
- * turn it on, with ws's default threshold (1024) unless one is given. The keys that mean the same
+ * turn it on, with ws's default threshold (1024) unless one is given, and sluice's other defaults
+ * (`clientNoContextTakeover` true, where ws's is false: sluice then keeps no inflate state per
+ * connection). The keys that mean the same
  * in both pass through (sluice checks their values): `threshold`, `serverNoContextTakeover`,
  * `clientNoContextTakeover`, `serverMaxWindowBits`, `clientMaxWindowBits` (a number; `true`, or
  * `false` for `clientMaxWindowBits`, is sluice's default: 15, the client's own choice) and
