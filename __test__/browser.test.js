@@ -4,7 +4,9 @@
 // scripts/ensure-tools.sh installs) driven by playwright-core. An http server on 127.0.0.1 serves
 // a page; sluice/ws, attached to that server with `{ server, path }`, takes over the upgrades. The
 // page talks through the browser's own WebSocket: it receives broadcasts (text and binary),
-// sends text and an ArrayBuffer, and closes with a code and reason both ways.
+// sends text and an ArrayBuffer, and closes with a code and reason both ways. A second server,
+// with perMessageDeflate, shows Chromium negotiating permessage-deflate with sluice and getting
+// compressed broadcasts (compressed once for all its pages) byte for byte.
 
 const http = require('http')
 const { launchChromium, pageEvents } = require('./util/browser')
@@ -25,7 +27,7 @@ const PAGE = `<!doctype html>
   ws.binaryType = 'arraybuffer';
   window.ws = ws;
   ws.onopen = () => {
-    window.events.push({ type: 'open', protocol: ws.protocol });
+    window.events.push({ type: 'open', protocol: ws.protocol, extensions: ws.extensions });
     ws.send('hello from page ' + params.get('id'));
   };
   ws.onmessage = (e) => {
@@ -119,7 +121,7 @@ test('pages connect with the browser WebSocket, get broadcasts and send text and
         'two broadcast messages',
       )
       expect(events).toEqual([
-        { type: 'open', protocol: '' },
+        { type: 'open', protocol: '', extensions: '' },
         { type: 'text', data: 'news for everyone ✓' },
         { type: 'binary', bytes: [0, 1, 2, 127, 128, 255] },
       ])
@@ -151,5 +153,77 @@ test('pages connect with the browser WebSocket, get broadcasts and send text and
     expect(page2Events.some((e) => e.type === 'error')).toBe(false)
   } finally {
     await context.close()
+  }
+}, 60000)
+
+test('Chromium negotiates permessage-deflate with sluice and gets compressed broadcasts byte for byte', async () => {
+  const server2 = http.createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' })
+    res.end(PAGE)
+  })
+  const wss2 = new WebSocketServer({ server: server2, path: '/live', perMessageDeflate: true })
+  await new Promise((resolve) => server2.listen(0, HOST, resolve))
+  const origin2 = `http://${HOST}:${server2.address().port}`
+  const context = await browser.newContext()
+  try {
+    const seen = []
+    wss2.on('connection', (ws) => {
+      const entry = { ws, messages: [] }
+      seen.push(entry)
+      ws.on('message', (data, isBinary) => entry.messages.push({ data, isBinary }))
+    })
+    const pages = [await context.newPage(), await context.newPage()]
+    await Promise.all(pages.map((p, i) => p.goto(`${origin2}/?id=${i + 1}`)))
+    const until = Date.now() + 10000
+    while (!(seen.length === 2 && seen.every((e) => e.messages.length >= 1)) && Date.now() < until) await new Promise((r) => setTimeout(r, 20))
+    expect(seen).toHaveLength(2)
+    // Negotiated on both sides: the facade names the extension (as ws does), the page sees the
+    // server's whole answer.
+    for (const { ws } of seen) {
+      expect(ws.extensions).toBe('permessage-deflate')
+      expect(ws.sluice.extensions).toMatch(/^permessage-deflate/)
+    }
+    expect(wss2.sluice.metrics().deflate.connections).toBe(2)
+
+    // Lobby-like JSON (compresses well), as text and as binary, and one message under the
+    // threshold (1024), which goes uncompressed.
+    let json = ''
+    for (let i = 0; json.length < 20000; i++) json += `{"table":${i % 50},"seat":${i % 9},"player":"p${(i * 7919) % 100000}","chips":${(i * 31) % 50000}},`
+    const bytes = Buffer.from(json.slice(0, 16384))
+    const before = wss2.sluice.metrics().deflate
+    wss2.broadcast(json)
+    wss2.broadcast(bytes)
+    wss2.broadcast('small ✓')
+    for (const page of pages) {
+      const events = await pageEvents(page, () => window.events.filter((e) => e.type === 'text' || e.type === 'binary').length >= 3, 'three broadcast messages')
+      expect(events[0].type).toBe('open')
+      expect(events[0].extensions).toMatch(/^permessage-deflate/)
+      expect(events[0].extensions).toContain('server_no_context_takeover')
+      expect(events.slice(1)).toEqual([
+        { type: 'text', data: json },
+        { type: 'binary', bytes: [...bytes] },
+        { type: 'text', data: 'small ✓' },
+      ])
+    }
+    const after = wss2.sluice.metrics().deflate
+    // Two broadcasts over the threshold, each compressed once for the two pages.
+    expect(after.compressedBroadcasts - before.compressedBroadcasts).toBe(2)
+    expect(after.bytesIn - before.bytesIn).toBe(Buffer.byteLength(json) + bytes.length)
+    expect(after.bytesOut - before.bytesOut).toBeLessThan((after.bytesIn - before.bytesIn) / 2)
+
+    // Chromium compresses what it sends: the server inflates it.
+    const got = once(seen[0].ws, 'message')
+    const pageOf = seen[0].messages[0].data.toString().endsWith('1') ? pages[0] : pages[1]
+    await pageOf.evaluate((text) => window.ws.send(text), json)
+    const [data, isBinary] = await got
+    expect(isBinary).toBe(false)
+    expect(data.toString()).toBe(json)
+    expect(wss2.sluice.metrics().deflate.inflatedMessages).toBeGreaterThan(before.inflatedMessages)
+    expect(wss2.sluice.metrics().deflate.inflateErrors).toBe(0)
+  } finally {
+    await context.close()
+    await wss2.sluice.close({ timeout: 1000 }).catch(() => {})
+    server2.closeAllConnections()
+    await new Promise((resolve) => server2.close(() => resolve()))
   }
 }, 60000)

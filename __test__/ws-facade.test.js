@@ -167,7 +167,9 @@ describe('module shape', () => {
 import * as http from 'http'
 import WebSocket, { WebSocketServer, Priority, RawData } from '${lib}'
 const server = http.createServer()
-const wss = new WebSocketServer({ noServer: true, maxPayload: 1024, clientTracking: true, pingInterval: 0 })
+const wss = new WebSocketServer({ noServer: true, maxPayload: 1024, clientTracking: true, pingInterval: 0, perMessageDeflate: { threshold: 512, clientMaxWindowBits: true, zlibDeflateOptions: { level: 3 } } })
+const wssPlain = new WebSocketServer({ noServer: true, perMessageDeflate: false })
+const wssDeflate = new WebSocketServer({ noServer: true, perMessageDeflate: true })
 const wss2 = new WebSocketServer({ port: 0, host: '127.0.0.1', path: '/x', verifyClient: (info, cb) => cb(info.origin === undefined, 403, 'no', { 'X-A': '1' }) }, () => {})
 const wss3 = new WebSocketServer({ server, verifyClient: (info) => !info.secure && info.req.url !== undefined, handleProtocols: (p: Set<string>) => p.values().next().value ?? false })
 server.on('upgrade', (req, socket, head) => {
@@ -194,7 +196,7 @@ wss2.on('connection', (ws, req) => {
 wss2.on('listening', () => console.log(wss2.address()))
 const clients: Set<WebSocket> | undefined = wss2.clients
 const queued: boolean = wss2.broadcast('hello', 'critical')
-console.log(clients, queued, wss2.sluice.metrics().connections, wss3.shouldHandle({} as http.IncomingMessage))
+console.log(clients, queued, wss2.sluice.metrics().connections, wss3.shouldHandle({} as http.IncomingMessage), wssPlain, wssDeflate)
 wss.close((err?: Error) => console.log(err))
 `,
     )
@@ -226,8 +228,11 @@ describe('options', () => {
 
   test('ws features sluice does not have throw ERR_SLUICE_WS_UNSUPPORTED naming them', () => {
     const base = { noServer: true }
-    expectUnsupported(() => new WebSocketServer({ ...base, perMessageDeflate: true }), 'perMessageDeflate')
-    expectUnsupported(() => new WebSocketServer({ ...base, perMessageDeflate: {} }), 'perMessageDeflate')
+    // perMessageDeflate is supported; its keys that have no sluice equivalent are not.
+    expectUnsupported(() => new WebSocketServer({ ...base, perMessageDeflate: { zlibInflateOptions: { chunkSize: 10240 } } }), "'perMessageDeflate.zlibInflateOptions'")
+    expectUnsupported(() => new WebSocketServer({ ...base, perMessageDeflate: { concurrencyLimit: 10 } }), "'perMessageDeflate.concurrencyLimit'")
+    expectUnsupported(() => new WebSocketServer({ ...base, perMessageDeflate: { zlibDeflateOptions: { level: 3, memLevel: 7 } } }), "'perMessageDeflate.zlibDeflateOptions.memLevel'")
+    expectUnsupported(() => new WebSocketServer({ ...base, perMessageDeflate: { serverMaxWindowBits: false } }), 'serverMaxWindowBits: false')
     expectUnsupported(() => new WebSocketServer({ ...base, skipUTF8Validation: true }), 'skipUTF8Validation')
     expectUnsupported(() => new WebSocketServer({ ...base, allowSynchronousEvents: false }), 'allowSynchronousEvents')
     expectUnsupported(() => new WebSocketServer({ ...base, autoPong: false }), 'autoPong')
@@ -264,6 +269,68 @@ describe('options', () => {
     )
     expect(wss.clients).toBeInstanceOf(Set)
     expect(() => wss.address()).toThrow('The server is operating in "noServer" mode')
+  })
+
+  test('perMessageDeflate: the ws keys that map become sluice options, ws defaults kept', () => {
+    const { deflateOptions } = require('../lib/ws/options')
+    expect(deflateOptions(false)).toBeUndefined()
+    expect(deflateOptions(undefined)).toBeUndefined()
+    // ws's default threshold (1024), whatever sluice's own default is.
+    expect(deflateOptions(true)).toEqual({ threshold: 1024 })
+    expect(deflateOptions({})).toEqual({ threshold: 1024 })
+    expect(
+      deflateOptions({
+        threshold: 0,
+        serverNoContextTakeover: true,
+        clientNoContextTakeover: true,
+        serverMaxWindowBits: 10,
+        clientMaxWindowBits: 9,
+        zlibDeflateOptions: { level: 3 },
+      }),
+    ).toEqual({ threshold: 0, serverNoContextTakeover: true, clientNoContextTakeover: true, serverMaxWindowBits: 10, clientMaxWindowBits: 9, level: 3 })
+    // ws's `true` for the window bits (and `false` for the client's) is no limit: sluice's default.
+    expect(deflateOptions({ serverMaxWindowBits: true, clientMaxWindowBits: true })).toEqual({ threshold: 1024 })
+    expect(deflateOptions({ clientMaxWindowBits: false, zlibDeflateOptions: { level: -1 } })).toEqual({ threshold: 1024 })
+    expect(deflateOptions({ threshold: undefined, zlibDeflateOptions: {} })).toEqual({ threshold: 1024 })
+
+    // ws's README example: every key sluice has not is named in one error.
+    let err
+    try {
+      deflateOptions({
+        zlibDeflateOptions: { chunkSize: 1024, memLevel: 7, level: 3 },
+        zlibInflateOptions: { chunkSize: 10 * 1024 },
+        clientNoContextTakeover: true,
+        serverNoContextTakeover: true,
+        serverMaxWindowBits: 10,
+        concurrencyLimit: 10,
+        threshold: 1024,
+      })
+    } catch (e) {
+      err = e
+    }
+    expect(err.code).toBe('ERR_SLUICE_WS_UNSUPPORTED')
+    for (const name of ['zlibDeflateOptions.chunkSize', 'zlibDeflateOptions.memLevel', 'zlibInflateOptions', 'concurrencyLimit']) {
+      expect(err.message).toContain(`'perMessageDeflate.${name}'`)
+    }
+    expect(err.message).not.toContain('threshold')
+
+    // A key ws has not either, and values of the wrong shape.
+    expect(() => deflateOptions({ treshold: 10 })).toThrow(expect.objectContaining({ code: 'ERR_SLUICE_UNKNOWN_OPTION', message: expect.stringContaining("'perMessageDeflate.treshold'") }))
+    expect(() => deflateOptions({ level: 3 })).toThrow(expect.objectContaining({ code: 'ERR_SLUICE_UNKNOWN_OPTION', message: expect.stringContaining('zlibDeflateOptions.level') }))
+    expect(() => deflateOptions('yes')).toThrow(expect.objectContaining({ code: 'ERR_SLUICE_INVALID_OPTION' }))
+    expect(() => deflateOptions({ zlibDeflateOptions: 3 })).toThrow(expect.objectContaining({ code: 'ERR_SLUICE_INVALID_OPTION' }))
+  })
+
+  test('perMessageDeflate: the values are checked by sluice, with its codes', () => {
+    const base = { noServer: true }
+    track(new WebSocketServer({ ...base, perMessageDeflate: true }))
+    track(new WebSocketServer({ ...base, perMessageDeflate: { threshold: 0, serverMaxWindowBits: 9, clientMaxWindowBits: 8, zlibDeflateOptions: { level: 9 } } }))
+    const range = { code: 'ERR_SLUICE_OUT_OF_RANGE' }
+    expect(() => new WebSocketServer({ ...base, perMessageDeflate: { threshold: -1 } })).toThrow(expect.objectContaining(range))
+    expect(() => new WebSocketServer({ ...base, perMessageDeflate: { zlibDeflateOptions: { level: 10 } } })).toThrow(expect.objectContaining(range))
+    expect(() => new WebSocketServer({ ...base, perMessageDeflate: { serverMaxWindowBits: 16 } })).toThrow(expect.objectContaining(range))
+    expect(() => new WebSocketServer({ ...base, perMessageDeflate: { clientMaxWindowBits: 7 } })).toThrow(expect.objectContaining(range))
+    expect(() => new WebSocketServer({ ...base, perMessageDeflate: { clientNoContextTakeover: 'yes' } })).toThrow(expect.objectContaining({ code: 'ERR_SLUICE_INVALID_OPTION' }))
   })
 
   test('sluice option errors keep their codes', () => {

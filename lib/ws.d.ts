@@ -6,7 +6,8 @@
 //
 // Everything ws does on the server side that sluice supports behaves as in ws 8. A ws feature
 // sluice does not have throws an Error with `code: 'ERR_SLUICE_WS_UNSUPPORTED'` naming it when
-// used: the options `perMessageDeflate` (other than false), `skipUTF8Validation: true`,
+// used: the `perMessageDeflate` keys that do not map (`zlibInflateOptions`, `concurrencyLimit`,
+// `serverMaxWindowBits: false`, `zlibDeflateOptions` other than `level`), `skipUTF8Validation: true`,
 // `allowSynchronousEvents: false`, `autoPong: false`, `maxBufferedChunks`, `maxFragments`,
 // `maxPendingAutoPongs`, `backlog`, a `WebSocket` class not extending this one, an https `server`;
 // `new WebSocket(url)` (clients: use `ws`); `send` with `fin: false` or `mask: true` or a Blob;
@@ -54,7 +55,7 @@ declare class WebSocket extends EventEmitter {
   binaryType: 'nodebuffer' | 'arraybuffer' | 'fragments' | 'blob'
   /** Bytes queued in sluice for this connection and not yet handed to the kernel. */
   readonly bufferedAmount: number
-  /** Always `''`. */
+  /** As ws: the negotiated extensions' names (`'permessage-deflate'`), `''` for none. */
   readonly extensions: string
   /** Always false. */
   readonly isPaused: boolean
@@ -174,8 +175,8 @@ declare namespace WebSocket {
     handleProtocols?: (protocols: Set<string>, request: http.IncomingMessage) => string | false | null | undefined
     /** ms from `close()` to the peer's close frame before the connection is dropped. Default 30000. */
     closeTimeout?: number
-    /** Only `false` (or left out). */
-    perMessageDeflate?: false
+    /** permessage-deflate (RFC 7692), compressed in Rust. Default false. */
+    perMessageDeflate?: boolean | PerMessageDeflateOptions
     /** Only `false`. */
     skipUTF8Validation?: false
     /** Only `true`. */
@@ -209,6 +210,31 @@ declare namespace WebSocket {
     tls?: TlsOptions
   }
 
+  /**
+   * ws's perMessageDeflate options that sluice has. Given as an object (or `true`), compression
+   * is offered to clients; messages smaller than `threshold` go uncompressed. sluice always
+   * compresses each message on its own (it answers server_no_context_takeover). Not supported
+   * (ERR_SLUICE_WS_UNSUPPORTED): `zlibInflateOptions`, `concurrencyLimit`,
+   * `serverMaxWindowBits: false`, `zlibDeflateOptions` keys other than `level`.
+   */
+  interface PerMessageDeflateOptions {
+    /** Bytes: smaller messages are sent uncompressed. Default 1024 (ws's). */
+    threshold?: number
+    /** Accepted either way: sluice compresses every message without context. */
+    serverNoContextTakeover?: boolean
+    /** Ask the client to compress each message on its own: the server then keeps no inflate state
+     * per connection (about 47 KB each otherwise). Default true, sluice's (ws's is false). */
+    clientNoContextTakeover?: boolean
+    /** Largest window sluice compresses with, 9-15. `true`: the default, 15. */
+    serverMaxWindowBits?: number | true
+    /** Largest window the client may use, 8-15; below 15, as in ws, an offer without
+     * client_max_window_bits is declined (that client goes uncompressed). `true` / `false`: the
+     * default, 15. */
+    clientMaxWindowBits?: number | boolean
+    /** Only `level` (0-9; -1: sluice's default). */
+    zlibDeflateOptions?: { level?: number }
+  }
+
   interface AddressInfo {
     port: number
     address: string
@@ -218,7 +244,8 @@ declare namespace WebSocket {
   interface SendOptions {
     /** Default: `typeof data !== 'string'`. */
     binary?: boolean
-    /** Accepted; no effect (no permessage-deflate), as in ws without it. */
+    /** Accepted; no effect: with permessage-deflate negotiated, every message of at least the
+     * `threshold` is compressed (ws: `compress: false` sends this one uncompressed). */
     compress?: boolean
     /** Only `true`. */
     fin?: true

@@ -37,6 +37,12 @@
  *   written). `send()` returns whether sluice queued the message (ws returns undefined).
  *   `send(buffer, { binary: false })` requires valid UTF-8 (ERR_SLUICE_INVALID_DATA otherwise);
  *   ws sends the bytes and the peer fails the connection with 1007.
+ * - permessage-deflate: an offer sluice cannot accept (a bad or unknown parameter) is declined
+ *   and the connection opens uncompressed, as RFC 7692 says; ws answers 400. sluice compresses
+ *   each message once on its own threads, without context (its 101 always has
+ *   server_no_context_takeover) and, unless `clientNoContextTakeover: false`, asks clients for
+ *   client_no_context_takeover (ws does not): no inflate state is kept per connection. `send`'s
+ *   `compress: false` does not keep a message uncompressed (the threshold decides).
  *
  * The same as ws, though sluice's own Server differs: no pings unless `pingInterval` is given
  * (heartbeat code written for ws behaves as it did), `maxPayload` 100 MiB, `closeTimeout` 30 s,

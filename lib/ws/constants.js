@@ -22,6 +22,8 @@ const WS_DEFAULT_MAX_PAYLOAD = 100 * 1024 * 1024
 const WS_DEFAULT_PING_INTERVAL = 0
 /** ws's default closeTimeout (30 s). */
 const WS_DEFAULT_CLOSE_TIMEOUT = 30000
+/** ws's default perMessageDeflate threshold: messages smaller than 1024 bytes go uncompressed. */
+const WS_DEFAULT_DEFLATE_THRESHOLD = 1024
 
 const EMPTY_BUFFER = Buffer.alloc(0)
 /** Close code 1005: reported when a close frame has no body; sluice then sends an empty one. */
@@ -44,6 +46,7 @@ module.exports = {
   WS_DEFAULT_MAX_PAYLOAD,
   WS_DEFAULT_PING_INTERVAL,
   WS_DEFAULT_CLOSE_TIMEOUT,
+  WS_DEFAULT_DEFLATE_THRESHOLD,
   EMPTY_BUFFER,
   NO_STATUS,
   UTF8,

@@ -10,7 +10,7 @@ const { sluiceError } = require('../errors')
 const { MAX_BYTES } = require('../native')
 const { unsupported } = require('./errors')
 const { WebSocket } = require('./websocket')
-const { WS_DEFAULT_PING_INTERVAL } = require('./constants')
+const { WS_DEFAULT_PING_INTERVAL, WS_DEFAULT_DEFLATE_THRESHOLD } = require('./constants')
 
 /** `maxPayload: 0` means no limit in ws: sluice's largest value. */
 const SLUICE_MAX_PAYLOAD = MAX_BYTES
@@ -65,10 +65,88 @@ const WS_OPTIONS = new Set([
   'WebSocket',
 ])
 
+/** ws's perMessageDeflate keys that mean the same in sluice, with sluice's name for each. */
+const DEFLATE_KEYS = {
+  threshold: 'threshold',
+  serverNoContextTakeover: 'serverNoContextTakeover',
+  clientNoContextTakeover: 'clientNoContextTakeover',
+  serverMaxWindowBits: 'serverMaxWindowBits',
+  clientMaxWindowBits: 'clientMaxWindowBits',
+}
+
+/** ws's perMessageDeflate keys that sluice has no equivalent for, with why. */
+const DEFLATE_UNSUPPORTED = {
+  zlibInflateOptions: 'sluice inflates in Rust (maxPayload bounds the inflated size)',
+  concurrencyLimit: "sluice compresses on its own threads, not in Node's zlib thread pool",
+}
+
+/** zlib options of ws's `zlibDeflateOptions`: only `level` maps (to sluice's `level`). */
+const DEFLATE_ZLIB_HINT = 'only zlibDeflateOptions.level maps to sluice (its deflate runs in Rust)'
+
+/**
+ * ws's `perMessageDeflate` as sluice's: `false` (or left out) stays off; `true` and an object
+ * turn it on, with ws's default threshold (1024) unless one is given, and sluice's other defaults
+ * (`clientNoContextTakeover` true, where ws's is false: sluice then keeps no inflate state per
+ * connection). The keys that mean the same
+ * in both pass through (sluice checks their values): `threshold`, `serverNoContextTakeover`,
+ * `clientNoContextTakeover`, `serverMaxWindowBits`, `clientMaxWindowBits` (a number; `true`, or
+ * `false` for `clientMaxWindowBits`, is sluice's default: 15, the client's own choice) and
+ * `zlibDeflateOptions.level` (`-1`, zlib's default, is sluice's default). Every other ws key
+ * throws ERR_SLUICE_WS_UNSUPPORTED, naming all of them; a key ws does not have either throws
+ * ERR_SLUICE_UNKNOWN_OPTION.
+ *
+ * @param {boolean | object | null | undefined} pmd
+ * @returns {undefined | { threshold: number, level?: number, serverMaxWindowBits?: number,
+ *   clientMaxWindowBits?: number, serverNoContextTakeover?: boolean, clientNoContextTakeover?: boolean }}
+ */
+function deflateOptions(pmd) {
+  if (pmd === undefined || pmd === null || pmd === false) return undefined
+  if (pmd === true) return { threshold: WS_DEFAULT_DEFLATE_THRESHOLD }
+  if (typeof pmd !== 'object' || Array.isArray(pmd)) {
+    throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTION', `perMessageDeflate must be a boolean or an object, got ${Array.isArray(pmd) ? 'an array' : typeof pmd}`)
+  }
+  const out = { threshold: WS_DEFAULT_DEFLATE_THRESHOLD }
+  const refused = []
+  for (const key of Object.keys(pmd)) {
+    const value = pmd[key]
+    if (value === undefined) continue
+    if (key === 'zlibDeflateOptions') {
+      if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+        throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTION', 'perMessageDeflate.zlibDeflateOptions must be an object')
+      }
+      for (const zkey of Object.keys(value)) {
+        if (value[zkey] === undefined) continue
+        if (zkey !== 'level') refused.push(`zlibDeflateOptions.${zkey}`)
+        else if (value.level !== -1) out.level = value.level
+      }
+    } else if (Object.prototype.hasOwnProperty.call(DEFLATE_UNSUPPORTED, key)) {
+      refused.push(key)
+    } else if (!Object.prototype.hasOwnProperty.call(DEFLATE_KEYS, key)) {
+      const hint = key === 'level' ? " (ws's name for it is zlibDeflateOptions.level)" : ''
+      throw sluiceError(TypeError, 'ERR_SLUICE_UNKNOWN_OPTION', `unknown option 'perMessageDeflate.${key}' (not a ws perMessageDeflate option)${hint}`)
+    } else if (key === 'serverMaxWindowBits' && value === false) {
+      // ws: refuse the offers that ask for a smaller server window. sluice accepts them (it
+      // compresses with the window the client asks for).
+      refused.push('serverMaxWindowBits: false')
+    } else if ((key === 'serverMaxWindowBits' || key === 'clientMaxWindowBits') && typeof value === 'boolean') {
+      // true (and false for the client's window): no limit of the server's own, as sluice's
+      // default (15) is.
+    } else {
+      out[DEFLATE_KEYS[key]] = value
+    }
+  }
+  if (refused.length > 0) {
+    const names = refused.map((k) => `'perMessageDeflate.${k}'`).join(', ')
+    const why = refused.map((k) => (k.startsWith('zlibDeflateOptions.') ? DEFLATE_ZLIB_HINT : DEFLATE_UNSUPPORTED[k] || 'sluice accepts every server_max_window_bits a client offers'))
+    throw unsupported(refused.length === 1 ? `the option ${names}` : `the options ${names}`, [...new Set(why)].join('; '))
+  }
+  return out
+}
+
 /**
  * Checks the ws options and returns the sluice Server options they map to: `maxPayload` (`0`: no
- * limit), `closeTimeout`, `handleProtocols`, `pingInterval` 0 (ws has no heartbeat of its own)
- * and the sluice options given.
+ * limit), `closeTimeout`, `handleProtocols`, `perMessageDeflate` (see `deflateOptions`),
+ * `pingInterval` 0 (ws has no heartbeat of its own) and the sluice options given.
  *
  * @param {object} options ws's options, with ws's defaults filled in
  * @returns {object} The sluice Server options, before `port` / `host` / `noServer` / `verifyClient`
@@ -82,10 +160,8 @@ function checkOptions(options) {
       throw sluiceError(TypeError, 'ERR_SLUICE_UNKNOWN_OPTION', `unknown option '${name}' (neither a ws nor a sluice option)`)
     }
   }
-  const pmd = options.perMessageDeflate
-  if (pmd !== false && pmd !== undefined && pmd !== null) {
-    throw unsupported("the 'perMessageDeflate' option", 'sluice does not compress messages; pass perMessageDeflate: false or leave it out')
-  }
+  const deflate = deflateOptions(options.perMessageDeflate)
+  if (deflate !== undefined) core.perMessageDeflate = deflate
   if (options.skipUTF8Validation) {
     throw unsupported("the 'skipUTF8Validation' option", 'sluice always validates text messages')
   }
@@ -137,4 +213,4 @@ function checkOptions(options) {
   return core
 }
 
-module.exports = { checkOptions }
+module.exports = { checkOptions, deflateOptions }

@@ -103,9 +103,13 @@ class WebSocket extends HookedEmitter {
     if (cb) process.nextTick(cb, this._notOpenError())
   }
 
-  /** Negotiated extensions: always '' (sluice does not implement permessage-deflate). */
+  /**
+   * As ws: the names of the negotiated extensions, comma-separated (`'permessage-deflate'` when
+   * compression was negotiated), '' for none. The whole Sec-WebSocket-Extensions answer, with its
+   * parameters, is `ws.sluice.extensions`.
+   */
   get extensions() {
-    return ''
+    return this._conn === null ? '' : extensionNames(this._conn.extensions || '')
   }
 
   /** Always false: `pause()` is not supported. */
@@ -140,7 +144,8 @@ class WebSocket extends HookedEmitter {
 
   /**
    * Sends a data message. options: `binary` (default: data is not a string), `compress`
-   * (accepted, no effect: no permessage-deflate), `fin` (only true), `mask` (only false), and
+   * (accepted, no effect: with permessage-deflate negotiated, sluice compresses every message of
+   * at least `threshold` bytes), `fin` (only true), `mask` (only false), and
    * `priority` (sluice: Priority.Critical | Normal | Low, default Normal), `key` (sluice's
    * conflation key) and `ttl` (sluice: ms after which the message, if still queued, is skipped).
    * `cb(err?)` runs once the frame is wholly handed to the kernel, or with an Error if it was
@@ -149,7 +154,7 @@ class WebSocket extends HookedEmitter {
    * @param {string | Buffer | ArrayBuffer | ArrayBufferView | number} data
    * @param {Object} [options]
    * @param {boolean} [options.binary] Default: `typeof data !== 'string'`
-   * @param {boolean} [options.compress] Accepted, no effect
+   * @param {boolean} [options.compress] Accepted, no effect (the threshold decides)
    * @param {boolean} [options.fin=true] Only true
    * @param {boolean} [options.mask=false] Only false
    * @param {import('../sluice').PriorityLike} [options.priority='normal'] sluice's priority
@@ -337,6 +342,16 @@ for (const property of ['binaryType', 'bufferedAmount', 'extensions', 'isPaused'
 }
 
 eventTarget.defineEventAttributes(WebSocket.prototype, ['open', 'error', 'close', 'message'])
+
+/** `'permessage-deflate; client_max_window_bits=15, x'` -> `'permessage-deflate,x'` (ws's form). */
+function extensionNames(header) {
+  if (header === '') return ''
+  return header
+    .split(',')
+    .map((ext) => ext.split(';')[0].trim())
+    .filter((name) => name !== '')
+    .join()
+}
 
 /**
  * A text frame whose payload is given as bytes (ws: `send(buffer, { binary: false })`).
