@@ -236,8 +236,8 @@ export interface DeflateMetrics {
   /** `conn.send` messages compressed. */
   compressedSends: number
   /**
-   * Messages at or above the threshold sent uncompressed because compressing did not make
-   * them smaller.
+   * Of the messages compressed, those that did not get smaller (random or already compressed
+   * data): sent compressed all the same, a few bytes longer.
    */
   incompressible: number
   /** Payload bytes compressed. */

@@ -103,7 +103,7 @@ const FAMILIES = [
     [{ kind: 'broadcast' }, s.m.deflate.compressedBroadcasts],
     [{ kind: 'send' }, s.m.deflate.compressedSends],
   ]],
-  ['deflate_incompressible_total', 'counter', 'Messages at or above the threshold sent uncompressed because compressing did not make them smaller.', (s) => s.m.deflate.incompressible],
+  ['deflate_incompressible_total', 'counter', 'Of the messages compressed, those that did not get smaller (sent compressed all the same, a few bytes longer).', (s) => s.m.deflate.incompressible],
   ['deflate_compress_in_bytes_total', 'counter', 'Payload bytes compressed.', (s) => s.m.deflate.bytesIn],
   ['deflate_compress_out_bytes_total', 'counter', 'Bytes the compressed payloads came to.', (s) => s.m.deflate.bytesOut],
   ['deflate_inflated_total', 'counter', 'Compressed messages from clients inflated.', (s) => s.m.deflate.inflatedMessages],

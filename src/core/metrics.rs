@@ -131,7 +131,7 @@ pub(crate) struct DeflateMetrics {
     pub(crate) compressed_broadcasts: AtomicU64,
     /// `conn.send` messages compressed.
     pub(crate) compressed_sends: AtomicU64,
-    /// Messages at or above the threshold that did not get smaller, sent uncompressed.
+    /// Of the compressed messages, those that did not get smaller (sent compressed all the same).
     pub(crate) incompressible: AtomicU64,
     /// Payload bytes compressed, and the compressed bytes they gave.
     pub(crate) bytes_in: AtomicU64,

@@ -239,8 +239,8 @@ pub struct DeflateMetrics {
     pub compressed_broadcasts: f64,
     /// `conn.send` messages compressed.
     pub compressed_sends: f64,
-    /// Messages at or above the threshold sent uncompressed because compressing did not make
-    /// them smaller.
+    /// Of the messages compressed, those that did not get smaller (random or already compressed
+    /// data): sent compressed all the same, a few bytes longer.
     pub incompressible: f64,
     /// Payload bytes compressed.
     pub bytes_in: f64,

@@ -510,7 +510,8 @@ pub(crate) enum Compressed {
 }
 
 /// `frame` (a data frame [`encode`] made) compressed as one permessage-deflate message, if it is
-/// at least the threshold and compression makes it smaller; timed and counted. The compressed
+/// at least the threshold; timed and counted (as `incompressible` too when it did not get
+/// smaller: it is sent compressed all the same, see `deflate::compress`). The compressed
 /// frame shares `frame`'s probe, acknowledgement, key, birth, deadline and tag: it is the same
 /// message on the wire in fewer bytes.
 pub(crate) fn compress_frame(
@@ -525,7 +526,7 @@ pub(crate) fn compress_frame(
     }
     let m = &server.metrics.deflate;
     let started = Instant::now();
-    let run = || deflate::compress(payload, cfg, |z| encode_compressed(op, z));
+    let run = || deflate::compress(payload, cfg, |z| (encode_compressed(op, z), z.len()));
     let multi = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     let bytes = if payload.len() >= COMPRESS_IN_PLACE_MIN && multi {
@@ -534,10 +535,11 @@ pub(crate) fn compress_frame(
         run()
     };
     m.compress_us.record(started.elapsed().as_micros() as u64);
-    let Some(bytes) = bytes else {
+    // zlib failing is a bug of ours; the message then goes uncompressed.
+    let (bytes, zlen) = bytes?;
+    if zlen >= payload.len() {
         m.incompressible.fetch_add(1, Ordering::Relaxed);
-        return None;
-    };
+    }
     let counter = match why {
         Compressed::Broadcast => &m.compressed_broadcasts,
         Compressed::Send => &m.compressed_sends,
@@ -545,9 +547,7 @@ pub(crate) fn compress_frame(
     counter.fetch_add(1, Ordering::Relaxed);
     m.bytes_in
         .fetch_add(payload.len() as u64, Ordering::Relaxed);
-    let header = crate::wire::frame::header_len(bytes.len());
-    m.bytes_out
-        .fetch_add((bytes.len() - header) as u64, Ordering::Relaxed);
+    m.bytes_out.fetch_add(zlen as u64, Ordering::Relaxed);
     let mut out = frame.clone();
     out.bytes = bytes;
     Some(out)
