@@ -421,7 +421,9 @@ describe('broadcast to clients with and without deflate', () => {
 
 describe('conn.send', () => {
   test('to a client that negotiated deflate: compressed from the threshold up, counted as compressedSends', async () => {
-    const { server, port, url } = await res.server({ perMessageDeflate: true })
+    // Room for the two 1 MiB sends at once (the default bound, 512 KiB, would terminate a client
+    // that has not read the first when the second is queued).
+    const { server, port, url } = await res.server({ perMessageDeflate: true, maxBufferedAmount: 16 << 20 })
     const { raw, conn } = await rawPair(server, port)
     const plain = await rawPair(server, port, null)
     const before = deflateMetrics(server)
@@ -463,7 +465,7 @@ describe('conn.send', () => {
 describe('inbound: compressed messages from clients', () => {
   test('a ws client compressing with context takeover: every message inflates; echoed back', async () => {
     // clientNoContextTakeover false: the client keeps its context (sluice asks it not to by default).
-    const { server, url } = await res.server({ perMessageDeflate: { clientNoContextTakeover: false } })
+    const { server, url } = await res.server({ perMessageDeflate: { clientNoContextTakeover: false }, maxBufferedAmount: 16 << 20 })
     server.on('connection', (conn) => conn.on('message', (data, isBinary) => conn.send(isBinary ? data : data.toString())))
     const ws = await res.ws(url)
     const got = collect(ws)
