@@ -225,7 +225,7 @@ declare namespace WebSocket {
     /** Ask the client to compress each message on its own: the server then keeps no inflate state
      * per connection (about 47 KB each otherwise). Default true, sluice's (ws's is false). */
     clientNoContextTakeover?: boolean
-    /** Largest window sluice compresses with, 9-15. `true`: the default, 15. */
+    /** Largest window sluice compresses with, 8-15 (8 runs as 9: only messages up to 256 bytes are then compressed). `true`: the default, 15. */
     serverMaxWindowBits?: number | true
     /** Largest window the client may use, 8-15; below 15, as in ws, an offer without
      * client_max_window_bits is declined (that client goes uncompressed). `true` / `false`: the

@@ -34,6 +34,7 @@
 
 use std::cell::RefCell;
 
+use crate::wire::handshake::split_outside_quotes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 /// The extension's name in `Sec-WebSocket-Extensions`.
@@ -122,30 +123,6 @@ impl Negotiated {
     }
 }
 
-/// The elements of comma-separated lists in header values, split outside quoted strings.
-fn split_outside_quotes(value: &str, sep: u8) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut quoted, mut escaped, mut start) = (false, false, 0);
-    for (i, b) in value.bytes().enumerate() {
-        if quoted {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                quoted = false;
-            }
-        } else if b == b'"' {
-            quoted = true;
-        } else if b == sep {
-            parts.push(&value[start..i]);
-            start = i + 1;
-        }
-    }
-    parts.push(&value[start..]);
-    parts
-}
-
 /// A parameter's value: a token, or a quoted string holding one (RFC 6455 §9.1).
 fn param_value(raw: &str) -> Option<String> {
     let raw = raw.trim();
@@ -222,7 +199,7 @@ pub(crate) fn negotiate(headers: &[(String, String)], cfg: &DeflateConfig) -> Op
         .filter(|(n, _)| n == "sec-websocket-extensions")
         .flat_map(|(_, v)| split_outside_quotes(v, b','));
     for offer in offers {
-        let mut parts = split_outside_quotes(offer, b';').into_iter();
+        let mut parts = split_outside_quotes(offer, b';');
         let name = parts.next().unwrap_or("").trim();
         if !name.eq_ignore_ascii_case(NAME) {
             continue;

@@ -571,15 +571,25 @@ fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
 
 /// Extension offers in the `Sec-WebSocket-Extensions` headers (RFC 6455 §9.1): the non-empty
 /// elements of the comma-separated lists; a comma inside a quoted parameter value does not
-/// separate offers. One pass over the bytes.
+/// separate offers. One pass over the bytes, nothing allocated.
 fn count_extensions(headers: &[(String, String)]) -> usize {
-    let mut offers = 0;
-    for (_, v) in headers
+    headers
         .iter()
         .filter(|(n, _)| n == "sec-websocket-extensions")
-    {
-        let (mut quoted, mut escaped, mut element) = (false, false, false);
-        for b in v.bytes() {
+        .flat_map(|(_, v)| split_outside_quotes(v, b','))
+        .filter(|e| !e.trim_matches([' ', '\t']).is_empty())
+        .count()
+}
+
+/// The elements of a header value separated by `sep` (`,` between list elements, `;` between
+/// an extension's parameters), split only outside quoted strings (RFC 7230 §3.2.6, a backslash
+/// escaping the next character inside them). Elements are not trimmed; nothing is allocated.
+pub(crate) fn split_outside_quotes(value: &str, sep: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        let v = rest?;
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, b) in v.bytes().enumerate() {
             if quoted {
                 if escaped {
                     escaped = false;
@@ -588,24 +598,16 @@ fn count_extensions(headers: &[(String, String)]) -> usize {
                 } else if b == b'"' {
                     quoted = false;
                 }
-                continue;
-            }
-            match b {
-                b',' => {
-                    offers += usize::from(element);
-                    element = false;
-                }
-                b' ' | b'\t' => {}
-                b'"' => {
-                    quoted = true;
-                    element = true;
-                }
-                _ => element = true,
+            } else if b == b'"' {
+                quoted = true;
+            } else if b == sep {
+                rest = Some(&v[i + 1..]);
+                return Some(&v[..i]);
             }
         }
-        offers += usize::from(element);
-    }
-    offers
+        rest = None;
+        Some(v)
+    })
 }
 
 /// The offered subprotocols, in order. They are counted (a scan for commas) before anything is
