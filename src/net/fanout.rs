@@ -557,6 +557,10 @@ pub(crate) fn compress_frame(
 /// it.
 fn deflated(server: &ServerShared, frame: &Frame, recipients: &[Arc<Conn>]) -> Option<Deflated> {
     let cfg = server.config.deflate.as_ref()?;
+    if server.metrics.deflate.connections.load(Ordering::Relaxed) == 0 {
+        // No connection negotiated it: no need to look through the recipients.
+        return None;
+    }
     let plain_len = split(&frame.bytes)?.1.len();
     let bits = deflate::compressor_bits(cfg);
     if !recipients
