@@ -462,6 +462,35 @@ describe('conn.send', () => {
   })
 })
 
+describe('byte accounting and message options with deflate', () => {
+  /** Header bytes of an unmasked server frame with `len` payload bytes. */
+  const headerLen = (len) => (len < 126 ? 2 : len <= 0xffff ? 4 : 10)
+
+  test('bytesSent and bufferedAmount count the compressed frames as they go on the wire; key, ttl and except still apply', async () => {
+    const { server, port } = await res.server({ perMessageDeflate: true, pingInterval: 0 })
+    const { raw, conn } = await rawPair(server, port)
+    const other = await rawPair(server, port)
+    const before = server.metrics().bytesSent
+    const msgs = [lobby(4096, 1), lobby(8192, 2), lobby(3000, 3)]
+    server.broadcast(msgs[0], 'normal', { key: 'k', ttl: 10_000 })
+    conn.send(msgs[1], 'critical', { key: 'k2', ttl: 10_000 })
+    // Skips `other`: it gets the first broadcast only.
+    server.broadcast(msgs[2], 'low', { except: [other.conn] })
+    await waitUntil(() => rawMessages(raw).length === 3 && rawMessages(other.raw).length === 1, 3000, 'four messages')
+    const m = rawMessages(raw)
+    expect(m.map((x) => x.rsv1)).toEqual([true, true, true])
+    expect(m.map((x) => inflate(x.payload).toString())).toEqual(msgs)
+    expect(inflate(rawMessages(other.raw)[0].payload).toString()).toBe(msgs[0])
+    // What went on the wire, headers included, is what sluice counts as sent, to the byte.
+    const wire = [...m, ...rawMessages(other.raw)].reduce((n, x) => n + headerLen(x.payload.length) + x.payload.length, 0)
+    const plain = [...msgs, msgs[0]].reduce((n, x) => n + headerLen(x.length) + x.length, 0)
+    expect(wire * 2).toBeLessThan(plain)
+    await waitUntil(() => server.metrics().bytesSent - before === wire, 3000, `bytesSent + ${wire}`)
+    expect(conn.bufferedAmount).toBe(0)
+    expect(deflateMetrics(server)).toMatchObject({ compressedBroadcasts: 2, compressedSends: 1 })
+  })
+})
+
 describe('inbound: compressed messages from clients', () => {
   test('a ws client compressing with context takeover: every message inflates; echoed back', async () => {
     // clientNoContextTakeover false: the client keeps its context (sluice asks it not to by default).
