@@ -26,6 +26,7 @@ const zlib = require('zlib')
 const { Server } = require('..')
 const WS = require('sluice/ws')
 const { HOST, once, delay, waitUntil, Resources, frame, RawClient, closeHttpServers } = require('./util/protocol-helpers')
+const { spawnStalledClient } = require('./util/backpressure-helpers')
 
 const TEXT = 0x1
 const BINARY = 0x2
@@ -38,8 +39,10 @@ const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
 const res = new Resources()
 const httpServers = []
 const facades = []
+const stalled = []
 
 afterEach(async () => {
+  await Promise.all(stalled.splice(0).map((py) => py.stop()))
   await res.cleanup()
   await Promise.all(facades.splice(0).map((wss) => wss.sluice.close({ timeout: 500 }).catch(() => {})))
   await closeHttpServers(httpServers)
@@ -488,6 +491,59 @@ describe('byte accounting and message options with deflate', () => {
     await waitUntil(() => server.metrics().bytesSent - before === wire, 3000, `bytesSent + ${wire}`)
     expect(conn.bufferedAmount).toBe(0)
     expect(deflateMetrics(server)).toMatchObject({ compressedBroadcasts: 2, compressedSends: 1 })
+  })
+})
+
+describe('a stalled client that negotiated deflate', () => {
+  test('conflation keys replace its queued compressed frames: bounded, nothing lost but the replaced, the latest of every key arrives', async () => {
+    const KiB = 1024
+    const { server, port } = await res.server({
+      perMessageDeflate: true,
+      pingInterval: 0,
+      // Tiny kernel share (and the client's 4 KiB receive buffer): the stall stays in sluice's queue.
+      kernelUnsentLimit: 1,
+      maxBufferedAmount: 64 * KiB,
+      highWaterMark: 32 * KiB,
+      lowWaterMark: 8 * KiB,
+    })
+    const conns = []
+    server.on('connection', (c) => conns.push(c))
+    const py = spawnStalledClient(port, { rcvbuf: 4096, urlPath: '/', deflate: true })
+    stalled.push(py)
+    await py.opened
+    const conn = await waitUntil(() => conns[0], 3000, 'the stalled client\'s connection')
+    expect(conn.extensions).toMatch(/^permessage-deflate; server_no_context_takeover/)
+    const K = 8
+    const ROUNDS = 300
+    const body = (k, r) => `{"k":${k},"r":${r},"lobby":${lobby(2048, r * K + k)}}`
+    for (let r = 0; r < ROUNDS; r++) {
+      for (let k = 0; k < K; k++) {
+        server.broadcast(body(k, r), 'normal', { key: `k${k}` })
+      }
+      if (r % 50 === 49) await delay(5)
+    }
+    // Uncompressed, 2,400 frames of ~2 KiB would have overflowed 64 KiB (terminate) many times
+    // over; keyed, the queue holds about one compressed frame per key, plus a batch being written.
+    await waitUntil(() => server.metrics().replaced > 0 && server.pendingBroadcasts === 0, 5000, 'the broadcasts fanned out')
+    const held = conn.bufferedAmount
+    const largest = Math.max(...Array.from({ length: K }, (_, k) => Buffer.byteLength(body(k, ROUNDS - 1))))
+    expect(held).toBeGreaterThan(0)
+    // Below K frames in the queue and K in the writer's batch, compressed (each under half of
+    // its ~2 KiB uncompressed).
+    expect(held).toBeLessThan(K * largest)
+    expect(server.metrics().terminated.overflow).toBe(0)
+    py.read()
+    const latest = (k) => {
+      const mine = py.messages.map((m) => /"k":(\d+),"r":(\d+)/.exec(m.head)).filter((x) => x && Number(x[1]) === k)
+      return mine.length ? Number(mine[mine.length - 1][2]) : -1
+    }
+    await waitUntil(() => Array.from({ length: K }, (_, k) => latest(k)).every((r) => r === ROUNDS - 1), 10_000, 'the latest value of every key')
+    await waitUntil(() => conn.bufferedAmount === 0, 3000, 'the queue drained')
+    // Every message arrived compressed and inflated; delivered + replaced = sent.
+    expect(py.messages.every((m) => m.wire > 0 && m.wire < m.len)).toBe(true)
+    const m = server.metrics()
+    expect(py.messages.length + m.replaced).toBe(K * ROUNDS)
+    expect(m.deflate.compressedBroadcasts).toBe(K * ROUNDS)
   })
 })
 

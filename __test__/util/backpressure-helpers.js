@@ -60,8 +60,8 @@ function frameSize(payloadLength) {
  * Lines it prints are collected in `lines`; MSG lines are parsed into `messages`
  * (`{ op, len, sha1, tag, seq }`).
  */
-function spawnStalledClient(port, { rcvbuf = 4096, urlPath = '/stalled' } = {}) {
-  const child = spawn('python3', [STALLED_CLIENT, String(port), String(rcvbuf), urlPath], {
+function spawnStalledClient(port, { rcvbuf = 4096, urlPath = '/stalled', deflate = false } = {}) {
+  const child = spawn('python3', [STALLED_CLIENT, String(port), String(rcvbuf), urlPath, ...(deflate ? ['deflate'] : [])], {
     stdio: ['pipe', 'pipe', 'pipe'],
   })
   const client = {
@@ -103,9 +103,11 @@ function spawnStalledClient(port, { rcvbuf = 4096, urlPath = '/stalled' } = {}) 
       pending = pending.slice(i + 1)
       client.lines.push(line)
       if (line.startsWith('MSG ')) {
-        const [, op, len, hash, head = ''] = line.split(' ')
+        const [, op, len, hash, head = '', wire] = line.split(' ')
         const parsed = parsePayload(Buffer.from(head, 'latin1')) || {}
-        client.messages.push({ op: Number(op), len: Number(len), sha1: hash, tag: parsed.tag, seq: parsed.seq })
+        // `wire`: z<frame bytes> for a message that came compressed (the client's deflate mode).
+        const compressed = wire !== undefined ? { wire: Number(wire.slice(1)) } : {}
+        client.messages.push({ op: Number(op), len: Number(len), sha1: hash, head, tag: parsed.tag, seq: parsed.seq, ...compressed })
       } else if (line.startsWith('CLOSE ')) {
         client.closeCodes.push(Number(line.slice(6)))
       }
