@@ -8,6 +8,9 @@
 //! - [`handshake`]: the opening handshake's request head is delimited, parsed and checked without
 //!   I/O, in work linear in its size however a client splits it; every refusal has its status,
 //!   body and cause ([`handshake::RefusalCause`], counted by `core::metrics`).
+//! - [`deflate`]: permessage-deflate (RFC 7692): an offer is accepted or declined as the RFC
+//!   says, never refused; a message is compressed alone (so one compressed frame fits every
+//!   client), and inflated into at most the limit plus one byte, whatever its compressed size.
 //! - [`cluster`]: the message one node sends the others through Redis (a header in front of the
 //!   frame, or of a raw payload that Redis numbers); it is read only when whole and of this
 //!   version, and every refusal says why ([`cluster::Undecodable`]).
