@@ -587,75 +587,70 @@ fn check_cluster(v: &Given) -> Result<(), ConfigError> {
     }
 }
 
-/// The `perMessageDeflate` keys, each with its range (whole numbers) or `None` for a boolean.
-const DEFLATE_KEYS: [(&str, Option<(f64, f64)>); 6] = [
-    ("threshold", Some((0.0, BYTES))),
-    ("level", Some((0.0, 9.0))),
-    ("serverMaxWindowBits", Some((8.0, 15.0))),
-    ("clientMaxWindowBits", Some((8.0, 15.0))),
-    ("clientNoContextTakeover", None),
-    ("serverNoContextTakeover", None),
+/// The `perMessageDeflate` keys, with the name their errors give and what each takes.
+const DEFLATE_KEYS: [(&str, &str, Kind); 6] = [
+    (
+        "threshold",
+        "perMessageDeflate.threshold",
+        whole(0.0, BYTES),
+    ),
+    ("level", "perMessageDeflate.level", whole(0.0, 9.0)),
+    (
+        "serverMaxWindowBits",
+        "perMessageDeflate.serverMaxWindowBits",
+        whole(8.0, 15.0),
+    ),
+    (
+        "clientMaxWindowBits",
+        "perMessageDeflate.clientMaxWindowBits",
+        whole(8.0, 15.0),
+    ),
+    (
+        "clientNoContextTakeover",
+        "perMessageDeflate.clientNoContextTakeover",
+        Kind::Bool,
+    ),
+    (
+        "serverNoContextTakeover",
+        "perMessageDeflate.serverNoContextTakeover",
+        Kind::Bool,
+    ),
 ];
 
+/// A boolean, or an object of [`DEFLATE_KEYS`], each checked as a top-level option of its kind
+/// is (the error names the key and belongs to `perMessageDeflate`).
 fn check_deflate(v: &Given) -> Result<(), ConfigError> {
-    let refuse = |fault, message: String| Err(fail("perMessageDeflate", fault, message));
     let entries = match v {
         Given::Bool(_) => return Ok(()),
         Given::Object(entries) => entries,
         other => {
-            return refuse(
+            return Err(fail(
+                "perMessageDeflate",
                 Fault::Type,
                 format!(
                     "perMessageDeflate must be a boolean or an object, got {}",
                     other.type_of()
                 ),
-            )
+            ))
         }
     };
     for (key, value) in entries {
-        let Some((_, range)) = DEFLATE_KEYS.iter().find(|(k, _)| k == key) else {
-            let known: Vec<&str> = DEFLATE_KEYS.iter().map(|(k, _)| *k).collect();
-            return refuse(
+        let Some((_, name, kind)) = DEFLATE_KEYS.iter().find(|(k, _, _)| k == key) else {
+            let known: Vec<&str> = DEFLATE_KEYS.iter().map(|(k, _, _)| *k).collect();
+            return Err(fail(
+                "perMessageDeflate",
                 Fault::Unknown,
                 format!(
                     "unknown option 'perMessageDeflate.{key}' (sluice takes {})",
                     known.join(", ")
                 ),
-            );
+            ));
         };
-        match (range, value) {
-            (_, Given::Undefined) | (None, Given::Bool(_)) => {}
-            (None, other) => {
-                return refuse(
-                    Fault::Type,
-                    format!(
-                        "perMessageDeflate.{key} must be a boolean, got {}",
-                        other.type_of()
-                    ),
-                )
-            }
-            (Some((min, max)), Given::Number(x))
-                if x.fract() == 0.0 && (*min..=*max).contains(x) => {}
-            (Some(_), other) if !matches!(other, Given::Number(_)) => {
-                return refuse(
-                    Fault::Type,
-                    format!(
-                        "perMessageDeflate.{key} must be a number, got {}",
-                        other.type_of()
-                    ),
-                )
-            }
-            (Some((min, max)), other) => {
-                return refuse(
-                    Fault::Range,
-                    format!(
-                        "perMessageDeflate.{key} must be a whole number from {} to {}, got {}",
-                        js_number(*min),
-                        js_number(*max),
-                        other.show()
-                    ),
-                )
-            }
+        if *value != Given::Undefined {
+            kind.check(name, value).map_err(|e| ConfigError {
+                option: "perMessageDeflate",
+                ..e
+            })?;
         }
     }
     Ok(())
