@@ -615,7 +615,7 @@ mod tests {
             let mut headers = 0;
             let mut max_msg = 0;
             for c in stream.chunks(chunk) {
-                headers += t.feed(&mut (c).to_vec());
+                headers += t.feed(&mut c.to_vec());
                 max_msg = max_msg.max(t.message_in_progress());
             }
             assert_eq!(headers, 5, "chunk {chunk}");
@@ -634,18 +634,18 @@ mod tests {
     fn tracker_holds_an_unfinished_message() {
         let mut t = FrameTracker::default();
         let first = frame(false, 2, 1000);
-        t.feed(&mut (first[..10]).to_vec());
+        t.feed(&mut first[..10].to_vec());
         // From its header on: the read buffer the frame grows, and the fragment's copy.
         assert_eq!(t.message_in_progress(), 2000);
         assert_eq!(t.message_payload(), 1000);
-        t.feed(&mut (first[10..]).to_vec());
+        t.feed(&mut first[10..].to_vec());
         assert_eq!(t.message_in_progress(), 2000);
         assert!(!t.at_rest());
         let f = frame(true, 0, 500);
-        t.feed(&mut (f[..6 + 100]).to_vec()); // header and part of the payload
+        t.feed(&mut f[..6 + 100].to_vec()); // header and part of the payload
         assert_eq!(t.message_in_progress(), 2500);
         assert_eq!(t.message_payload(), 1500);
-        t.feed(&mut (f[6 + 100..]).to_vec());
+        t.feed(&mut f[6 + 100..].to_vec());
         assert_eq!(t.message_in_progress(), 0);
         assert!(t.at_rest());
         assert_eq!(t.messages(), 1);
@@ -707,10 +707,10 @@ mod tests {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         for c in junk.chunks(13) {
-            t.feed(&mut (c).to_vec());
+            t.feed(&mut c.to_vec());
         }
-        t.feed(&mut ([0xff; 14]).to_vec()); // a 2^63-byte frame
-        t.feed(&mut ([0; 4096]).to_vec());
+        t.feed(&mut [0xff; 14].to_vec()); // a 2^63-byte frame
+        t.feed(&mut [0; 4096].to_vec());
     }
 
     #[test]
@@ -750,12 +750,12 @@ mod tests {
         let f = frame(true, 2, 0);
         for _ in 0..READ_BUDGET_FRAMES {
             assert_eq!(i.may_read(), Ok(()));
-            i.consumed(&mut (f).to_vec(), now);
+            i.consumed(&mut f.to_vec(), now);
         }
         assert_eq!(i.may_read(), Err(Stop::Yield));
         i.begin_wake();
         assert_eq!(i.may_read(), Ok(()));
-        i.consumed(&mut (vec![0u8; READ_BUDGET_BYTES]).to_vec(), now); // inside no frame: a 0-length-header stream
+        i.consumed(&mut vec![0u8; READ_BUDGET_BYTES], now); // inside no frame: a 0-length-header stream
         assert_eq!(i.may_read(), Err(Stop::Yield));
     }
 
@@ -766,16 +766,16 @@ mod tests {
         let mut i = Inbound::new(limits(None, Some(10)), budget.clone(), now);
         let f = frame(true, 9, 0); // pings count
         for _ in 0..10 {
-            i.consumed(&mut (f).to_vec(), now);
+            i.consumed(&mut f.to_vec(), now);
         }
         assert!(!i.rate_limited());
-        i.consumed(&mut (f).to_vec(), now);
+        i.consumed(&mut f.to_vec(), now);
         assert!(i.rate_limited());
         assert_eq!(i.may_read(), Err(Stop::RateLimited));
         // Discarded bytes count against the byte rate and release what a message held.
         let budget = Arc::new(PartialBudget::new(0));
         let mut i = Inbound::new(limits(Some(1 << 20), None), budget.clone(), now);
-        i.consumed(&mut (frame(false, 2, 100_000)[..20]).to_vec(), now);
+        i.consumed(&mut frame(false, 2, 100_000)[..20], now);
         assert_eq!(budget.reserved(), 200_000);
         i.discarded((1 << 20) - 100, now);
         assert_eq!(budget.reserved(), 0);
@@ -784,9 +784,9 @@ mod tests {
         assert!(i.rate_limited());
         // Bytes: the burst holds at least one maxPayload message.
         let mut i = Inbound::new(limits(Some(1000), None), budget, now);
-        i.consumed(&mut (frame(true, 2, 1 << 20)).to_vec(), now);
+        i.consumed(&mut frame(true, 2, 1 << 20), now);
         assert!(!i.rate_limited());
-        i.consumed(&mut (frame(true, 2, 100)).to_vec(), now);
+        i.consumed(&mut frame(true, 2, 100), now);
         assert!(i.rate_limited());
     }
 
@@ -797,18 +797,18 @@ mod tests {
         let mut a = Inbound::new(limits(None, None), budget.clone(), now);
         let mut b = Inbound::new(limits(None, None), budget.clone(), now);
         // Small messages reserve nothing.
-        a.consumed(&mut (frame(true, 2, 500)).to_vec(), now);
+        a.consumed(&mut frame(true, 2, 500), now);
         assert_eq!(budget.reserved(), 0);
         // A 2000-byte frame: reserved from its header on.
         let big = frame(true, 2, 2000);
-        a.consumed(&mut (big[..8]).to_vec(), now);
+        a.consumed(&mut big[..8].to_vec(), now);
         assert_eq!(budget.reserved(), 2000);
         // b's 2000 bytes do not fit: b stops before reading further.
-        b.consumed(&mut (big[..8]).to_vec(), now);
+        b.consumed(&mut big[..8].to_vec(), now);
         assert_eq!(budget.reserved(), 2000);
         assert_eq!(b.may_read(), Err(Stop::Room));
         // a completes: its reservation goes, and b's fits.
-        a.consumed(&mut (big[8..]).to_vec(), now);
+        a.consumed(&mut big[8..].to_vec(), now);
         assert_eq!(budget.reserved(), 0);
         assert_eq!(b.may_read(), Ok(()));
         assert_eq!(budget.reserved(), 2000);
@@ -816,22 +816,22 @@ mod tests {
         drop(b);
         assert_eq!(budget.reserved(), 0);
         let mut c = Inbound::new(limits(None, None), budget.clone(), now);
-        c.consumed(&mut (frame(false, 2, 1000)).to_vec(), now);
+        c.consumed(&mut frame(false, 2, 1000), now);
         assert_eq!(budget.reserved(), 2000); // the fragment and the read buffer it grew
-        c.consumed(&mut (frame(false, 0, 1000)).to_vec(), now);
+        c.consumed(&mut frame(false, 0, 1000), now);
         assert_eq!(budget.reserved(), 3000);
-        c.consumed(&mut (frame(true, 9, 4)).to_vec(), now); // a ping between fragments changes nothing
+        c.consumed(&mut frame(true, 9, 4), now); // a ping between fragments changes nothing
         assert_eq!(budget.reserved(), 3000);
         // The last fragment is larger: 5000 does not fit, but the message completes in this very
         // read, and then holds nothing.
-        c.consumed(&mut (frame(true, 0, 1500)).to_vec(), now);
+        c.consumed(&mut frame(true, 0, 1500), now);
         assert_eq!(budget.reserved(), 0);
         assert_eq!(c.may_read(), Ok(()));
         // A fragmented message of maxPayload reserves twice that (fragments + read buffer); a
         // message alone proceeds even past the bound.
         let budget2 = Arc::new(PartialBudget::new(1 << 20));
         let mut e = Inbound::new(limits(None, None), budget2.clone(), now);
-        e.consumed(&mut (frame(false, 2, (1 << 20) - 1)).to_vec(), now);
+        e.consumed(&mut frame(false, 2, (1 << 20) - 1), now);
         assert_eq!(budget2.reserved(), (2 << 20) - 2);
         e.begin_wake();
         assert_eq!(e.may_read(), Ok(()));
@@ -842,7 +842,7 @@ mod tests {
         over.extend_from_slice(&((1u64 << 20) + 1).to_be_bytes());
         over.extend_from_slice(&[0; 4]);
         let mut d = Inbound::new(limits(None, None), budget.clone(), now);
-        d.consumed(&mut (over).to_vec(), now);
+        d.consumed(&mut over.to_vec(), now);
         assert_eq!(budget.reserved(), 0);
     }
 
@@ -852,10 +852,10 @@ mod tests {
         let now = Instant::now();
         let mut i = Inbound::new(limits(None, None), budget, now);
         let f = frame(true, 2, LARGE_FRAME as usize);
-        i.consumed(&mut (frame(true, 9, 0)).to_vec(), now);
-        i.consumed(&mut (f[..100]).to_vec(), now);
+        i.consumed(&mut frame(true, 9, 0), now);
+        i.consumed(&mut f[..100].to_vec(), now);
         assert!(!i.take_large_seen(1));
-        i.consumed(&mut (f[100..]).to_vec(), now);
+        i.consumed(&mut f[100..].to_vec(), now);
         // Not before tungstenite has returned both messages.
         assert!(!i.take_large_seen(1));
         assert!(i.take_large_seen(2));
