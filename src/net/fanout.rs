@@ -838,6 +838,7 @@ mod tests {
     /// `drain` is sent without an arming before it.
     #[test]
     fn no_drain_is_lost_between_the_js_thread_and_the_task() {
+        let mut armed_rounds = 0;
         for round in 0..200 {
             let b = Arc::new(Backlog::new(300, usize::MAX));
             let (tx, rx) = std::sync::mpsc::channel::<usize>();
@@ -871,10 +872,14 @@ mod tests {
                 !b.need_drain.load(Ordering::SeqCst),
                 "round {round}: an arming was left without its drain"
             );
+            // A round where the task kept pace with every job never crossed the mark: no arming,
+            // and then no drain is right (seen under a loaded `cargo test`).
             assert!(
-                drains >= 1 && drains <= arms,
+                drains <= arms && (arms == 0 || drains >= 1),
                 "round {round}: {drains} drains, {arms} arms"
             );
+            armed_rounds += (arms > 0) as usize;
         }
+        assert!(armed_rounds > 0, "no round ever crossed the mark");
     }
 }
