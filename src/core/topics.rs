@@ -10,9 +10,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-/// Subscribers by topic, then by connection id. Ordered by id, which is accept order: a fan-out
-/// walks a topic's connections in the order their sockets were allocated, which costs less kernel
-/// time per write than a hash map's order (see `Registry` in `net/server.rs`).
+/// Subscribers by topic, then by connection id. Ordered by id, which is the order handshakes
+/// completed: a fan-out walks a topic's connections in the order their sockets and `Conn`s were
+/// allocated, which costs less per write than a hash map's order (see `Registry` in
+/// `net/server.rs`).
 #[derive(Debug)]
 pub(crate) struct Topics<T> {
     by_topic: HashMap<Arc<str>, BTreeMap<u64, T>>,
