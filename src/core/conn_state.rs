@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::lifecycle::{Action, CloseInfo, Input, Lifecycle};
 use crate::core::message::Frame;
-use crate::core::outbox::{Batched, Drops, Outbox, Taken};
+use crate::core::outbox::{Batched, Drops, LazyNow, Outbox, Taken};
 use crate::core::policy::Limits;
 use crate::wire::close::CloseCode;
 use crate::wire::frame::{encode, encode_close, OpCode};
@@ -146,11 +146,11 @@ impl ConnState {
         batch: &mut Vec<Batched>,
         max_frames: usize,
         max_bytes: usize,
-        now: Instant,
+        now: &mut LazyNow,
     ) -> Taken {
         let t = self.outbox.take_batch(batch, max_frames, max_bytes, now);
         if t.close {
-            let e = self.on(Input::CloseTaken, now);
+            let e = self.on(Input::CloseTaken, now.get());
             debug_assert_eq!(e, Effects::default());
         }
         t
@@ -255,7 +255,7 @@ mod tests {
         assert_eq!(s.outbox.buffered(), 104);
         assert_eq!(s.buffered_data(), 100);
         let mut batch = Vec::new();
-        let t = s.take_batch(&mut batch, 64, usize::MAX, now);
+        let t = s.take_batch(&mut batch, 64, usize::MAX, &mut now.into());
         assert!(t.close);
         assert_eq!(
             s.life().state(),

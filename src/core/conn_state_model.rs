@@ -304,9 +304,12 @@ impl World {
                 self.w.batch.clear();
                 self.w.done = 0;
                 self.w.offset = 0;
-                let t = self
-                    .s
-                    .take_batch(&mut self.w.batch, MAX_IOVECS, usize::MAX, self.now);
+                let t = self.s.take_batch(
+                    &mut self.w.batch,
+                    MAX_IOVECS,
+                    usize::MAX,
+                    &mut self.now.into(),
+                );
                 self.w.close_in_batch = t.close;
                 if self.w.batch.is_empty() {
                     Pc::Wait

@@ -144,6 +144,30 @@ pub(crate) struct Resync {
     pub(crate) offsets: Vec<(Arc<str>, u64, Arc<str>)>,
 }
 
+/// The time of a take, read from the clock only if something needs it (a frame with a deadline,
+/// or our close frame for the lifecycle): a writer that keeps up takes frames without a `ttl`,
+/// one per write, and reading the clock for each was a measurable share of its time.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LazyNow(Option<Instant>);
+
+impl LazyNow {
+    /// Not read yet.
+    pub(crate) fn new() -> Self {
+        Self(None)
+    }
+
+    /// The instant, from the clock on first use.
+    pub(crate) fn get(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
+}
+
+impl From<Instant> for LazyNow {
+    fn from(now: Instant) -> Self {
+        Self(Some(now))
+    }
+}
+
 /// What [`Outbox::take_batch`] moved into the writer's batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Taken {
@@ -638,13 +662,14 @@ impl Outbox {
 
     /// Moves queued frames, in wire order, into the writer's `batch` until it holds `max_frames`
     /// frames or at least `max_bytes` bytes. Data frames whose deadline has passed at `now` are
-    /// skipped ([`Taken::expired`]). Marks the writer idle when there is nothing to take.
+    /// skipped ([`Taken::expired`]); the clock is read only for a frame that has one. Marks the
+    /// writer idle when there is nothing to take.
     pub(crate) fn take_batch(
         &mut self,
         batch: &mut Vec<Batched>,
         max_frames: usize,
         max_bytes: usize,
-        now: Instant,
+        now: &mut LazyNow,
     ) -> Taken {
         let mut t = Taken::default();
         let mut expired_bytes = 0;
@@ -672,7 +697,7 @@ impl Outbox {
                 break;
             };
             if let Some(p) = priority {
-                if frame.expired(now) {
+                if frame.deadline.is_some() && frame.expired(now.get()) {
                     frame.mark_expired();
                     t.expired.add(p, frame.len());
                     expired_bytes += frame.len();
@@ -783,7 +808,7 @@ mod tests {
         let mut out = Vec::new();
         loop {
             let mut batch = Vec::new();
-            let t = o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
+            let t = o.take_batch(&mut batch, 64, usize::MAX, &mut Instant::now().into());
             if t.frames == 0 {
                 return out;
             }
@@ -806,7 +831,7 @@ mod tests {
             );
         }
         let mut batch = Vec::new();
-        o.take_batch(&mut batch, 1, usize::MAX, Instant::now()); // the writer holds frame 0
+        o.take_batch(&mut batch, 1, usize::MAX, &mut Instant::now().into()); // the writer holds frame 0
         o.push(frame(9, 1000), Priority::Critical);
         let mut order = tags(&batch);
         order.extend(drain_all(&mut o).iter().map(tag));
@@ -953,7 +978,7 @@ mod tests {
         }
         assert_eq!(bp, 1);
         let mut batch = Vec::new();
-        o.take_batch(&mut batch, 100, usize::MAX, Instant::now());
+        o.take_batch(&mut batch, 100, usize::MAX, &mut Instant::now().into());
         let drains: Vec<usize> = (0..10).filter_map(|_| o.written(KIB)).collect();
         assert_eq!(drains, vec![KIB]);
         assert!(o
@@ -974,7 +999,7 @@ mod tests {
         );
         assert!(!o.push_control(frame(4, 3), ControlKind::Ping));
         let mut batch = Vec::new();
-        let t = o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
+        let t = o.take_batch(&mut batch, 64, usize::MAX, &mut Instant::now().into());
         assert!(t.close);
         assert_eq!(tags(&batch), vec![1, 2, 9]);
         assert_eq!(
@@ -1001,11 +1026,11 @@ mod tests {
         assert!(o.push(frame(1, 100), Priority::Normal).wake);
         assert!(!o.push(frame(2, 100), Priority::Normal).wake);
         let mut batch = Vec::new();
-        o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
+        o.take_batch(&mut batch, 64, usize::MAX, &mut Instant::now().into());
         o.written(200);
         batch.clear();
         assert_eq!(
-            o.take_batch(&mut batch, 64, usize::MAX, Instant::now())
+            o.take_batch(&mut batch, 64, usize::MAX, &mut Instant::now().into())
                 .frames,
             0
         );
@@ -1120,7 +1145,7 @@ mod tests {
                     if pending == 0 {
                         written_frames += batch.len() as u64;
                         batch.clear();
-                        let t = g.take_batch(&mut batch, 16, 32 * KIB, Instant::now());
+                        let t = g.take_batch(&mut batch, 16, 32 * KIB, &mut Instant::now().into());
                         expired_bytes += t.expired.bytes as usize;
                         pending = t.bytes;
                     }
@@ -1129,7 +1154,8 @@ mod tests {
                         if done.load(std::sync::atomic::Ordering::Acquire) {
                             // Producers are finished: one more look, then stop.
                             let mut g = o.lock().unwrap();
-                            let t = g.take_batch(&mut batch, 16, 32 * KIB, Instant::now());
+                            let t =
+                                g.take_batch(&mut batch, 16, 32 * KIB, &mut Instant::now().into());
                             expired_bytes += t.expired.bytes as usize;
                             if t.frames == 0 {
                                 break;
@@ -1214,7 +1240,7 @@ mod tests {
         let mut o = Outbox::new(Limits::default());
         o.push(keyed(1, 100, "a"), Priority::Normal);
         let mut batch = Vec::new();
-        o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
+        o.take_batch(&mut batch, 64, usize::MAX, &mut Instant::now().into());
         assert!(!o.push(keyed(2, 100, "a"), Priority::Normal).replaced);
         o.written(100);
         let tags: Vec<u8> = drain_all(&mut o).iter().map(tag).collect();
@@ -1322,10 +1348,10 @@ mod tests {
         let mut finished = false;
         loop {
             let mut batch = Vec::new();
-            let t = o
-                .lock()
-                .unwrap()
-                .take_batch(&mut batch, 4, usize::MAX, Instant::now());
+            let t =
+                o.lock()
+                    .unwrap()
+                    .take_batch(&mut batch, 4, usize::MAX, &mut Instant::now().into());
             for b in &batch {
                 let v = u32::from_be_bytes(b.frame.bytes[2..6].try_into().unwrap());
                 let k = b.frame.bytes[6] as usize;
@@ -1367,7 +1393,7 @@ mod tests {
         o.push(frame(3, 100), Priority::Low);
         o.push(aged(4, 100, 1_000, 10), Priority::Critical); // expired already
         let mut batch = Vec::new();
-        let t = o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
+        let t = o.take_batch(&mut batch, 64, usize::MAX, &mut Instant::now().into());
         assert_eq!(tags(&batch), vec![1, 3]);
         assert_eq!(t.expired.frames, [1, 1, 0]);
         assert_eq!(t.expired.bytes, 200);
@@ -1376,7 +1402,7 @@ mod tests {
         let mut o = Outbox::new(Limits::default());
         o.push(aged(5, 100, 0, 1), Priority::Normal);
         let mut batch = Vec::new();
-        let t = o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
+        let t = o.take_batch(&mut batch, 64, usize::MAX, &mut Instant::now().into());
         assert_eq!(t.frames, 1);
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(o.written(50), None);
@@ -1400,7 +1426,7 @@ mod tests {
         }
         assert_eq!(bp, 1);
         let mut batch = Vec::new();
-        let t = o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
+        let t = o.take_batch(&mut batch, 64, usize::MAX, &mut Instant::now().into());
         assert_eq!((t.frames, t.expired.total()), (0, 4));
         assert_eq!(
             t.drain,
@@ -1411,7 +1437,7 @@ mod tests {
         // The batch-side twin: bytes the writer drops from its batch count like written ones.
         o.push(frame(9, 3 * KIB), Priority::Normal);
         let mut batch = Vec::new();
-        o.take_batch(&mut batch, 64, usize::MAX, Instant::now());
+        o.take_batch(&mut batch, 64, usize::MAX, &mut Instant::now().into());
         assert_eq!(o.expired_in_batch(3 * KIB), Some(0));
     }
 
@@ -1447,7 +1473,7 @@ mod tests {
         o.push(b, Priority::Critical);
         assert_eq!(o.oldest(), Some(born_a));
         let mut batch = Vec::new();
-        o.take_batch(&mut batch, 1, usize::MAX, Instant::now()); // the writer holds the Critical one
+        o.take_batch(&mut batch, 1, usize::MAX, &mut Instant::now().into()); // the writer holds the Critical one
         assert_eq!(tags(&batch), vec![2]);
         assert_eq!(
             o.oldest(),
@@ -1457,7 +1483,7 @@ mod tests {
         o.written(100);
         assert_eq!(o.oldest(), Some(born_a));
         batch.clear();
-        o.take_batch(&mut batch, 1, usize::MAX, Instant::now());
+        o.take_batch(&mut batch, 1, usize::MAX, &mut Instant::now().into());
         o.written(60);
         assert_eq!(o.oldest(), Some(born_a), "partly written: still waiting");
         o.written(40);
@@ -1487,7 +1513,7 @@ mod tests {
         let mut o = Outbox::new(limits);
         o.push(tagged(1, KIB, "t", 7), Priority::Normal);
         let mut batch = Vec::new();
-        o.take_batch(&mut batch, 1, usize::MAX, Instant::now()); // offset 7 is with the writer
+        o.take_batch(&mut batch, 1, usize::MAX, &mut Instant::now().into()); // offset 7 is with the writer
         o.push(tagged(2, KIB, "t", 8), Priority::Normal);
         o.push(frame(3, KIB), Priority::Low);
         o.push(tagged(4, KIB, "u", 3), Priority::Critical);

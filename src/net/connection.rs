@@ -57,7 +57,7 @@ use crate::core::conn_state::{ConnState, Effects};
 use crate::core::lifecycle::{CloseInfo, Failure, Input, Reading};
 use crate::core::message::Frame;
 use crate::core::metrics::Termination;
-use crate::core::outbox::{Batched, ControlKind, Drops, Outcome};
+use crate::core::outbox::{Batched, ControlKind, Drops, LazyNow, Outcome};
 use crate::core::policy::Priority;
 use crate::net::events::Event;
 use crate::net::inbound::{
@@ -161,6 +161,8 @@ struct Writer {
     /// these bytes count as written once it is out.
     close_unsent: Option<usize>,
     lag: WriterLag,
+    /// Set by [`Conn::flush`] with `defer_probe`; read and cleared by [`Conn::kick`].
+    probe_owed: bool,
 }
 
 /// Where [`Conn::flush`] stopped.
@@ -219,6 +221,7 @@ impl Conn {
                 close_in_batch: false,
                 close_unsent: None,
                 lag,
+                probe_owed: false,
             }),
             writer_wake: Notify::new(),
             reader_wake: Notify::new(),
@@ -442,13 +445,15 @@ impl Conn {
 
     /// The fan-out's [`Self::deliver`]: also returns the birth of the oldest frame that was
     /// waiting before this one (the lag the message joins), read under the same lock, and with
-    /// `inline` does an idle writer's work itself ([`Self::kick`]).
+    /// `inline` does an idle writer's work itself ([`Self::kick`]). Then the third value says
+    /// whether the frame was written whole here, its latency probe left for the caller to mark
+    /// ([`Frame::mark_written_unprobed`]).
     pub(crate) fn deliver_sampled(
         &self,
         frame: Frame,
         priority: Priority,
         inline: bool,
-    ) -> (Outcome, Option<std::time::Instant>) {
+    ) -> (Outcome, Option<std::time::Instant>, bool) {
         self.deliver_with(frame, priority, inline)
     }
 
@@ -459,7 +464,7 @@ impl Conn {
         frame: Frame,
         priority: Priority,
         inline: bool,
-    ) -> (Outcome, Option<std::time::Instant>) {
+    ) -> (Outcome, Option<std::time::Instant>, bool) {
         let (pushed, oldest) = {
             let mut s = lock(&self.state);
             let oldest = s.outbox.oldest();
@@ -501,9 +506,7 @@ impl Conn {
             });
         }
         // After the backpressure event: a write here may already report the drain.
-        if pushed.wake {
-            self.kick(inline);
-        }
+        let probe_owed = pushed.wake && self.kick(inline);
         if pushed.outcome == Outcome::Overflow {
             self.fail(
                 CloseCode::PolicyViolation.code(),
@@ -515,7 +518,7 @@ impl Conn {
                 },
             );
         }
-        (pushed.outcome, oldest)
+        (pushed.outcome, oldest, probe_owed)
     }
 
     fn count_expired(&self, d: &Drops) {
@@ -757,7 +760,7 @@ impl Conn {
         loop {
             let next = {
                 let mut w = lock(&self.writing);
-                self.flush(&mut w, usize::MAX)
+                self.flush(&mut w, usize::MAX, false)
             };
             match next {
                 Flush::Idle => tokio::select! {
@@ -809,26 +812,37 @@ impl Conn {
     /// the writer task is idle and the socket takes the frames, one write here saves
     /// the task's wake-up, its scheduling and a second pass over the outbox. Anything the
     /// kernel does not take (or a lagging wait, or more than one write's worth) is left to the
-    /// writer task, woken for it.
-    fn kick(&self, inline: bool) {
+    /// writer task, woken for it. Returns true if a frame with a latency probe was written whole
+    /// here, its probe not marked: the fan-out marks it once for all the frames it wrote inline
+    /// ([`Frame::mark_written_unprobed`]).
+    fn kick(&self, inline: bool) -> bool {
         // Over TLS, not while a reader decrypts: the writer task does it then.
         if inline && self.sock.is_free() {
             if let Ok(mut w) = self.writing.try_lock() {
                 if w.started {
-                    match self.flush(&mut w, 1) {
-                        Flush::Idle | Flush::Over => return,
-                        Flush::Blocked | Flush::Wait(_) | Flush::More => {}
+                    let next = self.flush(&mut w, 1, true);
+                    let owed = std::mem::take(&mut w.probe_owed);
+                    match next {
+                        Flush::Idle | Flush::Over => return owed,
+                        Flush::Blocked | Flush::Wait(_) | Flush::More => {
+                            drop(w);
+                            self.writer_wake.notify_one();
+                            return owed;
+                        }
                     }
                 }
             }
         }
         self.writer_wake.notify_one();
+        false
     }
 
     /// Moves frames from the outbox to the socket, with up to `max_writes` vectored writes, until
     /// the outbox is empty, the socket refuses, or the lagging rule asks for a wait. Holding
-    /// `writing` makes the caller the connection's only writer.
-    fn flush(&self, w: &mut Writer, max_writes: usize) -> Flush {
+    /// `writing` makes the caller the connection's only writer. With `defer_probe` (the fan-out,
+    /// writing inline) a latency probe of a frame written whole is not marked here but noted in
+    /// `w.probe_owed` for the caller.
+    fn flush(&self, w: &mut Writer, max_writes: usize, defer_probe: bool) -> Flush {
         let m = &self.server.metrics;
         // Over TLS, the records rustls still holds go out before anything else. The kernel
         // taking none of them is a refused write like any other: an urgent failure ends here.
@@ -908,7 +922,12 @@ impl Conn {
                         let rest = w.batch[w.done].frame.len() - w.offset;
                         if n >= rest {
                             n -= rest;
-                            w.batch[w.done].frame.mark_written();
+                            let f = &w.batch[w.done].frame;
+                            if defer_probe {
+                                w.probe_owed |= f.mark_written_unprobed();
+                            } else {
+                                f.mark_written();
+                            }
                             w.done += 1;
                             w.offset = 0;
                             m.frames_sent.fetch_add(1, Ordering::Relaxed);
@@ -1011,8 +1030,7 @@ impl Conn {
             if wrote.is_some() {
                 s.outbox.in_flight_front(None);
             }
-            let now = std::time::Instant::now();
-            let t = s.take_batch(&mut w.batch, MAX_IOVECS, max_bytes, now);
+            let t = s.take_batch(&mut w.batch, MAX_IOVECS, max_bytes, &mut LazyNow::new());
             self.publish(&s);
             (drain, t)
         };

@@ -601,8 +601,14 @@ impl Deliveries {
     /// run with one frame instead of the several a burst leaves it.
     async fn run(&self, conns: &[Arc<Conn>], stats: &mut ShardStats) {
         stats.reset();
+        // Frames written whole here whose latency probe is not marked yet (see
+        // `Frame::mark_written_unprobed`): marked before each yield and at the end.
+        let mut probe_owed = false;
         for (i, conn) in conns.iter().enumerate() {
             if self.inline && i > 0 && i % YIELD_EVERY == 0 {
+                if std::mem::take(&mut probe_owed) {
+                    self.frame.mark_probe();
+                }
                 tokio::task::yield_now().await;
             }
             if self.except.skips(conn.id) {
@@ -621,10 +627,15 @@ impl Deliveries {
                 Some(d) if conn.deflate.is_some_and(|n| n.accepts(d.plain_len, d.bits)) => &d.frame,
                 _ => &self.frame,
             };
-            let (outcome, oldest) = conn.deliver_sampled(frame.clone(), self.priority, self.inline);
+            let (outcome, oldest, owed) =
+                conn.deliver_sampled(frame.clone(), self.priority, self.inline);
+            probe_owed |= owed;
             let lag = oldest.map_or(0, |b| self.now.saturating_duration_since(b).as_millis());
             stats.lag_ms.saturating_record(lag as u64);
             count_lost(outcome, frame, self.priority, &mut stats.lost);
+        }
+        if probe_owed {
+            self.frame.mark_probe();
         }
     }
 }
