@@ -489,6 +489,11 @@ pub(crate) fn shard_count(threads: usize, recipients: usize) -> usize {
 /// Recipients a shard writes to between two yields: at a few µs per `write`, about a millisecond.
 const YIELD_EVERY: usize = 256;
 
+/// How many recipients ahead the walk has the CPU load a connection's memory
+/// ([`Conn::prefetch`]): each delivery is a system call of several microseconds, far longer than
+/// a load from memory, so two ahead is enough for it to arrive in time.
+const PREFETCH_AHEAD: usize = 2;
+
 /// A broadcast's compressed frame, and what decides who may have it.
 #[derive(Clone)]
 struct Deflated {
@@ -605,6 +610,9 @@ impl Deliveries {
         // `Frame::mark_written_unprobed`): marked before each yield and at the end.
         let mut probe_owed = false;
         for (i, conn) in conns.iter().enumerate() {
+            if let Some(next) = conns.get(i + PREFETCH_AHEAD) {
+                Conn::prefetch(next);
+            }
             if self.inline && i > 0 && i % YIELD_EVERY == 0 {
                 if std::mem::take(&mut probe_owed) {
                     self.frame.mark_probe();
