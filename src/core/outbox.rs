@@ -1147,6 +1147,11 @@ mod tests {
                         batch.clear();
                         let t = g.take_batch(&mut batch, 16, 32 * KIB, &mut Instant::now().into());
                         expired_bytes += t.expired.bytes as usize;
+                        // Frames that expired as they were taken leave the queue like written
+                        // ones: the low-water mark may be crossed here too (`Taken::drain`).
+                        if t.drain.is_some() {
+                            events.lock().unwrap().push('d');
+                        }
                         pending = t.bytes;
                     }
                     if pending == 0 {
@@ -1157,6 +1162,9 @@ mod tests {
                             let t =
                                 g.take_batch(&mut batch, 16, 32 * KIB, &mut Instant::now().into());
                             expired_bytes += t.expired.bytes as usize;
+                            if t.drain.is_some() {
+                                events.lock().unwrap().push('d');
+                            }
                             if t.frames == 0 {
                                 break;
                             }
