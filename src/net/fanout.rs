@@ -609,6 +609,9 @@ impl Deliveries {
         // Frames written whole here whose latency probe is not marked yet (see
         // `Frame::mark_written_unprobed`): marked before each yield and at the end.
         let mut probe_owed = false;
+        // Recipients with nothing queued and no lag (every one that keeps up): recorded in one
+        // go at the end rather than one histogram update each.
+        let (mut unqueued, mut unlagged) = (0u64, 0u64);
         for (i, conn) in conns.iter().enumerate() {
             if let Some(next) = conns.get(i + PREFETCH_AHEAD) {
                 Conn::prefetch(next);
@@ -628,9 +631,10 @@ impl Deliveries {
                 }
             }
             // The backlog this message joins: 0 for a client that keeps up.
-            stats
-                .buffered
-                .saturating_record(conn.buffered_amount() as u64);
+            match conn.buffered_amount() {
+                0 => unqueued += 1,
+                n => stats.buffered.saturating_record(n as u64),
+            }
             let frame = match &self.deflated {
                 Some(d) if conn.deflate.is_some_and(|n| n.accepts(d.plain_len, d.bits)) => &d.frame,
                 _ => &self.frame,
@@ -639,9 +643,14 @@ impl Deliveries {
                 conn.deliver_sampled(frame.clone(), self.priority, self.inline);
             probe_owed |= owed;
             let lag = oldest.map_or(0, |b| self.now.saturating_duration_since(b).as_millis());
-            stats.lag_ms.saturating_record(lag as u64);
+            match lag {
+                0 => unlagged += 1,
+                n => stats.lag_ms.saturating_record(n as u64),
+            }
             count_lost(outcome, frame, self.priority, &mut stats.lost);
         }
+        stats.buffered.saturating_record_n(0, unqueued);
+        stats.lag_ms.saturating_record_n(0, unlagged);
         if probe_owed {
             self.frame.mark_probe();
         }
