@@ -239,15 +239,17 @@ impl Conn {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // The `Arc`'s counts are the 16 bytes before the struct.
+            // The `Arc`'s counts are the 16 bytes before the struct. The allocation is 16-byte
+            // aligned, not line-aligned: start at the line that holds its first byte, so that the
+            // last line is reached too.
             let start = (Arc::as_ptr(this) as *const i8).wrapping_sub(16);
-            let len = std::mem::size_of::<Self>() + 16;
-            let mut off = 0;
-            while off < len {
+            let end = start.wrapping_add(std::mem::size_of::<Self>() + 16);
+            let mut line = start.wrapping_sub(start as usize & 63);
+            while line < end {
                 // SAFETY: a prefetch is a hint that never faults and reads nothing into the
-                // program; every address is within the live `Arc` allocation anyway.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(off)) };
-                off += 64;
+                // program.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(line) };
+                line = line.wrapping_add(64);
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
