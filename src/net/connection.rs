@@ -848,14 +848,11 @@ impl Conn {
                 if w.started {
                     let next = self.flush(&mut w, 1, true);
                     let owed = std::mem::take(&mut w.probe_owed);
-                    match next {
-                        Flush::Idle | Flush::Over => return owed,
-                        Flush::Blocked | Flush::Wait(_) | Flush::More => {
-                            drop(w);
-                            self.writer_wake.notify_one();
-                            return owed;
-                        }
+                    drop(w);
+                    if !matches!(next, Flush::Idle | Flush::Over) {
+                        self.writer_wake.notify_one();
                     }
+                    return owed;
                 }
             }
         }
