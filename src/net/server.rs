@@ -408,26 +408,47 @@ impl ServerShared {
         deadline: tokio::time::Instant,
         tls: Arc<rustls::ServerConfig>,
     ) {
+        // A failure is counted while the socket is still open, before the client can see it
+        // closed: whoever reads the close then finds it in the metrics.
+        let metrics = &self.metrics;
+        let failed = |e: std::io::Error| {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            metrics.tls_errors.fetch_add(1, Ordering::Relaxed);
+        };
         let accept = async {
-            match crate::net::tls::await_hello(&stream).await? {
-                Hello::Arrived => tokio_rustls::TlsAcceptor::from(tls).accept(stream).await,
-                Hello::TooLarge(n) => Err(std::io::Error::new(
+            let refused = match crate::net::tls::await_hello(&stream).await {
+                Ok(Hello::Arrived) => {
+                    // The fallible form hands the socket back with the error, so that it
+                    // closes only after the count.
+                    return match tokio_rustls::TlsAcceptor::from(tls)
+                        .accept(stream)
+                        .into_fallible()
+                        .await
+                    {
+                        Ok(s) => Some(s),
+                        Err((e, _socket)) => {
+                            failed(e);
+                            None
+                        }
+                    };
+                }
+                Ok(Hello::TooLarge(n)) => std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("a ClientHello of {n} bytes (at most {MAX_CLIENT_HELLO})"),
-                )),
-                Hello::Gone => Err(std::io::ErrorKind::UnexpectedEof.into()),
-            }
+                ),
+                Ok(Hello::Gone) => std::io::ErrorKind::UnexpectedEof.into(),
+                Err(e) => e,
+            };
+            failed(refused);
+            drop(stream);
+            None
         };
         match tokio::time::timeout_at(deadline, accept).await {
-            Ok(Ok(stream)) => {
+            Ok(Some(stream)) => {
                 self.metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
                 self.upgrade(stream, peer, token, None, deadline).await
             }
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                self.metrics.tls_errors.fetch_add(1, Ordering::Relaxed);
-                self.handshake_failed(token, 0);
-            }
+            Ok(None) => self.handshake_failed(token, 0),
             Err(_) => {
                 self.metrics
                     .handshakes_timed_out
