@@ -635,4 +635,53 @@ describe('connection additions used by the ws facade', () => {
     expect(conn.ping(42)).toBe(true) // a number goes out as its decimal text, as in ws
     expect(String((await numbered)[0])).toBe('42')
   })
+
+  test("a connection's listeners behave as any EventEmitter's, with Object.prototype's names as event names", async () => {
+    const { server, url } = await res.server()
+    const { conn } = await res.pair(server, url)
+    // The listener table inherits nothing: these names are events like any other.
+    for (const name of ['constructor', 'toString', 'hasOwnProperty', '__proto__', 'valueOf']) {
+      expect(conn.listenerCount(name)).toBe(0)
+      expect(conn.emit(name)).toBe(false)
+    }
+    const calls = []
+    conn.on('toString', (x) => calls.push(['toString', x]))
+    conn.once('constructor', (x) => calls.push(['constructor', x]))
+    expect(conn.emit('toString', 1)).toBe(true)
+    expect(conn.emit('constructor', 2)).toBe(true)
+    expect(conn.emit('constructor', 3)).toBe(false)
+    expect(calls).toEqual([['toString', 1], ['constructor', 2]])
+    expect(conn.eventNames()).toEqual(expect.arrayContaining(['toString']))
+    expect(conn.eventNames()).not.toContain('constructor')
+    conn.removeAllListeners('toString')
+    expect(conn.listenerCount('toString')).toBe(0)
+    conn.removeAllListeners()
+    expect(conn.eventNames()).toEqual([])
+    const closed = once(conn, 'close')
+    conn.terminate()
+    await closed
+  })
+
+  test('requests that share header values each see their own headers, whatever the others sent', async () => {
+    const { server, url } = await res.server()
+    const port = new URL(url).port
+    const seen = []
+    server.on('connection', (conn, req) => seen.push([conn, req]))
+    const clients = []
+    for (const agent of ['agent-a', 'agent-b', 'agent-a']) {
+      clients.push(await res.ws(`ws://${HOST}:${port}/`, { headers: { 'User-Agent': agent, 'X-Token': `secret-${agent}` } }))
+    }
+    await waitUntil(() => seen.length === 3, 2000, 'three connections')
+    const agents = seen.map(([, req]) => req.headers['user-agent']).sort()
+    expect(agents).toEqual(['agent-a', 'agent-a', 'agent-b'])
+    for (const [conn, req] of seen) {
+      expect(conn.request).toBe(req)
+      expect(req.headers['x-token']).toBe(`secret-${req.headers['user-agent']}`)
+      expect(req.headers.host).toBe(`${HOST}:${port}`)
+      expect(req.headers.upgrade.toLowerCase()).toBe('websocket')
+      expect(req.headers['sec-websocket-version']).toBe('13')
+      expect(req.headers['sec-websocket-key']).toMatch(/^[A-Za-z0-9+/]{22}==$/)
+    }
+    expect(new Set(seen.map(([, req]) => req.headers['sec-websocket-key'])).size).toBe(3)
+  })
 })
