@@ -36,15 +36,17 @@
 //! it sent one, else ours if it went out, else 1006.
 
 use std::collections::HashSet;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::net::tls::Sock;
 use bytes::Bytes;
 use socket2::SockRef;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::{Message, WebSocketContext};
@@ -140,9 +142,11 @@ pub(crate) struct Conn {
     /// fan-out writing inline while the task is idle ([`Conn::kick`]). Taken before `state`,
     /// never the other way round; held across the write system call, never across an await.
     writing: Mutex<Writer>,
-    writer_wake: Notify,
-    reader_wake: Notify,
-    kill: Kill,
+    writer_wake: Wake,
+    reader_wake: Wake,
+    /// The connection has ended: both tasks stop. Set once, then both are woken (Release: a task
+    /// that sees it sees what happened before the end).
+    killed: AtomicBool,
     pub(crate) topics: Mutex<HashSet<Arc<str>>>,
 }
 
@@ -223,9 +227,9 @@ impl Conn {
                 lag,
                 probe_owed: false,
             }),
-            writer_wake: Notify::new(),
-            reader_wake: Notify::new(),
-            kill: Kill::new(),
+            writer_wake: Wake::new(),
+            reader_wake: Wake::new(),
+            killed: AtomicBool::new(false),
             topics: Mutex::new(HashSet::new()),
         })
     }
@@ -296,7 +300,7 @@ impl Conn {
             m.add_drops(&e.drops);
         }
         if e.wake_writer {
-            self.writer_wake.notify_one();
+            self.writer_wake.notify();
         }
         if e.report_peer_close {
             self.server.events.push(Event::PeerClose { id: self.id });
@@ -314,10 +318,12 @@ impl Conn {
                 let _ = sock.set_linger(Some(Duration::ZERO));
             }
             let _ = sock.shutdown(std::net::Shutdown::Both);
-            self.kill.send_replace(true);
+            self.killed.store(true, Ordering::Release);
+            self.writer_wake.notify();
+            self.reader_wake.notify();
         }
         if e.wake_reader {
-            self.reader_wake.notify_one();
+            self.reader_wake.notify();
         }
     }
 
@@ -680,7 +686,7 @@ impl Conn {
             w
         };
         if wake {
-            self.writer_wake.notify_one();
+            self.writer_wake.notify();
         }
     }
 
@@ -781,36 +787,45 @@ impl Conn {
     }
 
     async fn write_loop(self: Arc<Self>) {
-        let mut kill = self.kill.subscribe();
         lock(&self.writing).started = true;
         loop {
             let next = {
                 let mut w = lock(&self.writing);
                 self.flush(&mut w, usize::MAX, false)
             };
-            match next {
-                Flush::Idle => tokio::select! {
-                    _ = self.writer_wake.notified() => {}
-                    _ = killed(&mut kill) => break,
-                },
-                Flush::Blocked => tokio::select! {
-                    r = self.sock.writable() => if r.is_err() {
-                        self.end(Some(Termination::Io));
-                        break;
-                    },
-                    // `fail(.., urgent)` wakes a writer stuck on a socket that never drains.
-                    _ = self.writer_wake.notified() => {}
-                    _ = killed(&mut kill) => break,
-                },
-                Flush::Wait(wait) => tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = self.writer_wake.notified() => {}
-                    _ = killed(&mut kill) => break,
-                },
-                Flush::More => tokio::task::yield_now().await,
+            let woke = match next {
+                Flush::Idle => poll_fn(|cx| self.poll_writer(cx, false, None)).await,
+                // `fail(.., urgent)` wakes a writer stuck on a socket that never drains.
+                Flush::Blocked => poll_fn(|cx| self.poll_writer(cx, true, None)).await,
+                Flush::Wait(wait) => {
+                    // A lagging wait is rare: its timer (112 bytes) is boxed, made only then,
+                    // rather than kept in every writer's future.
+                    let mut timer = Box::pin(tokio::time::sleep(wait));
+                    poll_fn(|cx| self.poll_writer(cx, false, Some(timer.as_mut()))).await
+                }
+                Flush::More => {
+                    tokio::task::yield_now().await;
+                    Woke::Go
+                }
                 Flush::Over => {
                     // Nothing follows a close frame (or the end): wait for the reader to finish.
-                    killed(&mut kill).await;
+                    poll_fn(|cx| loop {
+                        if self.killed.load(Ordering::Acquire) {
+                            return Poll::Ready(());
+                        }
+                        if self.writer_wake.poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                    })
+                    .await;
+                    Woke::Ended
+                }
+            };
+            match woke {
+                Woke::Go | Woke::Timer => {}
+                Woke::Ended => break,
+                Woke::Failed => {
+                    self.end(Some(Termination::Io));
                     break;
                 }
             }
@@ -834,6 +849,34 @@ impl Conn {
         self.server.metrics.add_drops(&drops);
     }
 
+    /// What the writer task waits for, as one poll of the task: the end, the socket taking writes
+    /// again (with `writable`), a wake-up, or a timer. It keeps no waiter of its own: the socket's
+    /// readiness and [`Wake`] hold the task's waker, so the writer's future is small.
+    fn poll_writer(
+        &self,
+        cx: &mut Context<'_>,
+        writable: bool,
+        timer: Option<std::pin::Pin<&mut tokio::time::Sleep>>,
+    ) -> Poll<Woke> {
+        if self.killed.load(Ordering::Acquire) {
+            return Poll::Ready(Woke::Ended);
+        }
+        if writable {
+            if let Poll::Ready(r) = self.sock.poll_write_ready(cx) {
+                return Poll::Ready(if r.is_err() { Woke::Failed } else { Woke::Go });
+            }
+        }
+        if self.writer_wake.poll(cx).is_ready() {
+            return Poll::Ready(Woke::Go);
+        }
+        if let Some(t) = timer {
+            if t.poll(cx).is_ready() {
+                return Poll::Ready(Woke::Go);
+            }
+        }
+        Poll::Pending
+    }
+
     /// Wakes the writer for frames just queued, or, from the fan-out, writes them at once: when
     /// the writer task is idle and the socket takes the frames, one write here saves
     /// the task's wake-up, its scheduling and a second pass over the outbox. Anything the
@@ -850,13 +893,13 @@ impl Conn {
                     let owed = std::mem::take(&mut w.probe_owed);
                     drop(w);
                     if !matches!(next, Flush::Idle | Flush::Over) {
-                        self.writer_wake.notify_one();
+                        self.writer_wake.notify();
                     }
                     return owed;
                 }
             }
         }
-        self.writer_wake.notify_one();
+        self.writer_wake.notify();
         false
     }
 
@@ -1095,7 +1138,6 @@ impl Conn {
         let mut peer_closed = false;
         // Messages tungstenite has returned (see `Inbound::take_large_seen`).
         let mut returned = 0u64;
-        let mut kill = self.kill.subscribe();
         let mut captured: Vec<u8> = Vec::new();
         // Waiting for room under maxPartialMessageBytes since then.
         let mut room_since: Option<Instant> = None;
@@ -1106,7 +1148,7 @@ impl Conn {
         let events = &self.server.events;
         let m = &self.server.metrics;
         loop {
-            if *kill.borrow() {
+            if self.killed.load(Ordering::Acquire) {
                 return;
             }
             // 1. Consume what the socket has, up to this wake-up's budget (see `inbound.rs`):
@@ -1331,7 +1373,7 @@ impl Conn {
             // TLS records a read produced (a key update's answer) that the kernel did not take
             // at once: the writer pushes them.
             if self.sock.pending_out() {
-                self.writer_wake.notify_one();
+                self.writer_wake.notify();
             }
             // 2. Wait for input, a timer, a wake-up (the lifecycle changed: a close, the writer's
             // progress) or the end. After a spent budget, the other tasks of this thread run
@@ -1372,12 +1414,45 @@ impl Conn {
                     }
                 })
             });
-            tokio::select! {
-                // Timers and requests first: a connection that always has input still gets its
-                // pings sent and its deadlines kept.
-                biased;
-                _ = killed(&mut kill) => return,
-                _ = sleep_until(timer.unwrap_or_else(no_timer)), if timer.is_some() => {
+            // One poll of all the reader waits for. Timers and requests first: a connection that
+            // always has input still gets its pings sent and its deadlines kept. It keeps no
+            // waiter of its own: the timer, the socket's readiness and [`Wake`] hold the task's
+            // waker, so the reader's future is small.
+            let sleep = timer.map(sleep_until);
+            tokio::pin!(sleep);
+            let woke = poll_fn(|cx| {
+                if self.killed.load(Ordering::Acquire) {
+                    return Poll::Ready(Woke::Ended);
+                }
+                if let Some(t) = sleep.as_mut().as_pin_mut() {
+                    if t.poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Timer);
+                    }
+                }
+                if self.reader_wake.poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Go);
+                }
+                if let Some(r) = room.as_mut() {
+                    if r.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Go);
+                    }
+                }
+                if more {
+                    return Poll::Ready(Woke::Go);
+                }
+                if wait_readable {
+                    if let Poll::Ready(r) = self.sock.poll_read_ready(cx) {
+                        return Poll::Ready(if r.is_err() { Woke::Failed } else { Woke::Go });
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match woke {
+                Woke::Go => {}
+                Woke::Ended => return,
+                Woke::Failed => return self.end(Some(Termination::Io)),
+                Woke::Timer => {
                     let now = Instant::now();
                     if close_deadline.is_some_and(|d| d <= now) {
                         return self.end(Some(Termination::CloseTimeout));
@@ -1409,17 +1484,6 @@ impl Conn {
                         }
                     }
                 }
-                _ = self.reader_wake.notified() => {}
-                _ = async {
-                    match room.as_mut() {
-                        Some(r) => r.await,
-                        None => std::future::pending().await,
-                    }
-                }, if room.is_some() => {}
-                _ = std::future::ready(()), if more => {}
-                r = self.sock.readable(), if wait_readable => if r.is_err() {
-                    return self.end(Some(Termination::Io));
-                },
             }
         }
     }
@@ -1482,72 +1546,66 @@ pub(crate) async fn killed<F: EndFlag>(rx: &mut F) {
     rx.wait_set().await
 }
 
-/// The end of a connection, as both of its tasks wait for it: what a `watch::channel(false)` did,
-/// without the channel's shared allocation (344 bytes per connection) and with a smaller future
-/// to wait on (104 bytes instead of 144, in each `select!` of the reader and the writer).
-struct Kill {
+/// A wake-up for one task, the connection's reader or its writer: what `Notify::notify_one`
+/// did for its single waiter, without a waiter node in the waiting future (64 bytes in each of
+/// the task's waits) and without a lock when a wake-up is already pending.
+struct Wake {
+    /// Notified since the task last saw it: kept until then, as a `Notify` permit is.
     set: AtomicBool,
-    notify: Notify,
+    /// The waker of the task's last poll that found nothing set.
+    waker: Mutex<Option<Waker>>,
 }
 
-impl Kill {
+impl Wake {
     fn new() -> Self {
         Self {
             set: AtomicBool::new(false),
-            notify: Notify::new(),
+            waker: Mutex::new(None),
         }
     }
 
-    /// Sets the flag and wakes every waiter (the name is the `watch::Sender` method it replaces).
-    fn send_replace(&self, value: bool) {
-        debug_assert!(value, "the flag is only ever set");
-        // Release: a waiter that sees the flag sees what happened before the end.
-        self.set.store(true, Ordering::Release);
-        self.notify.notify_waiters();
+    /// Wakes the task, or has its next poll see the wake-up. When one is already pending, the
+    /// notifier that set it wakes the task (or the task has yet to look): nothing more to do.
+    fn notify(&self) {
+        if !self.set.swap(true, Ordering::AcqRel) {
+            let waker = lock(&self.waker).take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
     }
 
-    fn is_set(&self) -> bool {
-        self.set.load(Ordering::Acquire)
-    }
-
-    /// A waiter, as `watch::Sender::subscribe` gave one.
-    fn subscribe(&self) -> KillRx<'_> {
-        KillRx(self)
-    }
-}
-
-struct KillRx<'a>(&'a Kill);
-
-impl KillRx<'_> {
-    fn borrow(&self) -> &bool {
-        if self.0.is_set() {
-            &true
+    /// Ready once per wake-up made since the last ready poll; else the task's waker is kept for
+    /// the next one. The flag is looked at again after the waker is stored: a `notify` between
+    /// the two either finds the waker or leaves the flag set for the second look.
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.set.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        {
+            let mut slot = lock(&self.waker);
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+        }
+        if self.set.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
         } else {
-            &false
+            Poll::Pending
         }
     }
 }
 
-impl EndFlag for KillRx<'_> {
-    async fn wait_set(&mut self) {
-        // A `Notified` sees every `notify_waiters` made after it was created, polled or not: made
-        // before the flag is read, it cannot miss a `send_replace` that the read did not see.
-        let woken = self.0.notify.notified();
-        if self.0.is_set() {
-            return;
-        }
-        woken.await;
-        debug_assert!(self.0.is_set());
-    }
-}
-
-/// The instant given to the reader's timer branch when no timer is set: `tokio::select!` builds
-/// the future of a disabled branch too (it only does not poll it), so it needs one. A day is
-/// beyond anything the branch could wait for were it polled.
-const NO_TIMER: Duration = Duration::from_secs(86_400);
-
-fn no_timer() -> Instant {
-    Instant::now() + NO_TIMER
+/// What ended one of a task's waits.
+enum Woke {
+    /// Something to do: look again.
+    Go,
+    /// The reader's timer: a ping is due, or a deadline has passed.
+    Timer,
+    /// The connection has ended.
+    Ended,
+    /// The socket failed while waited on: the connection ends with an I/O error.
+    Failed,
 }
 
 /// The blocking-style stream tungstenite's protocol state machine reads from: reads are
@@ -1599,17 +1657,7 @@ pub(crate) fn part_sizes(conn: &Arc<Conn>) -> Vec<(&'static str, usize)> {
     let read = conn.read_loop(Vec::new());
     let write = conn.clone().write_loop();
     let cfg = &conn.server.config;
-    let mut kill = conn.kill.subscribe();
-    let killed_fut = killed(&mut kill);
-    let notified = conn.reader_wake.notified();
-    let readable = conn.sock.readable();
-    let sizes = vec![
-        ("select branch: killed future", size_of_val(&killed_fut)),
-        ("select branch: Sleep", size_of::<tokio::time::Sleep>()),
-        ("select branch: Notified", size_of_val(&notified)),
-        ("select branch: readable future", size_of_val(&readable)),
-    ];
-    drop((killed_fut, notified, readable));
+    let sizes = vec![("reader's timer: Sleep", size_of::<tokio::time::Sleep>())];
     let mut v = vec![
         ("Conn", size_of::<Conn>()),
         ("ConnState (in Conn)", size_of::<ConnState>()),
@@ -1630,8 +1678,7 @@ pub(crate) fn part_sizes(conn: &Arc<Conn>) -> Vec<(&'static str, usize)> {
             size_of_val(&conn.topics),
         ),
         ("sock: Sock (in Conn)", size_of_val(&conn.sock)),
-        ("Notify (in Conn, x2)", size_of::<Notify>()),
-        ("kill: Kill (in Conn)", size_of_val(&conn.kill)),
+        ("Wake (in Conn, x2)", size_of::<Wake>()),
         ("run future", size_of_val(&run)),
         ("read_loop future", size_of_val(&read)),
         ("write_loop future", size_of_val(&write)),
@@ -1646,4 +1693,57 @@ pub(crate) fn part_sizes(conn: &Arc<Conn>) -> Vec<(&'static str, usize)> {
     ];
     v.extend(sizes);
     v
+}
+
+#[cfg(test)]
+mod wake_tests {
+    use super::Wake;
+    use std::future::poll_fn;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Every wake-up made while the task waits, or before it looks, reaches it; wake-ups made
+    /// while one is pending merge into that one, as `Notify` permits do.
+    #[test]
+    fn no_wake_up_is_lost_across_threads() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        let wake = Arc::new(Wake::new());
+        let seen = Arc::new(AtomicUsize::new(0));
+        const ROUNDS: usize = 20_000;
+        let waiter = {
+            let (wake, seen) = (wake.clone(), seen.clone());
+            rt.spawn(async move {
+                for _ in 0..ROUNDS {
+                    tokio::time::timeout(Duration::from_secs(5), poll_fn(|cx| wake.poll(cx)))
+                        .await
+                        .expect("a wake-up was lost");
+                    seen.fetch_add(1, Ordering::Release);
+                }
+            })
+        };
+        // One wake-up per round, each made once the waiter has seen the last: sometimes before
+        // its next poll (kept), sometimes while it is parked (woken).
+        for round in 0..ROUNDS {
+            while seen.load(Ordering::Acquire) < round {
+                std::hint::spin_loop();
+            }
+            if round % 3 == 0 {
+                std::thread::yield_now();
+            }
+            wake.notify();
+        }
+        rt.block_on(waiter).unwrap();
+        assert_eq!(seen.load(Ordering::Acquire), ROUNDS);
+        // Wake-ups made with one pending are one.
+        wake.notify();
+        wake.notify();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(wake.poll(&mut cx).is_ready());
+        assert!(wake.poll(&mut cx).is_pending());
+    }
 }

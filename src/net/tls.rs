@@ -639,8 +639,21 @@ impl Sock {
         let _ = SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Write);
     }
 
-    pub(crate) async fn readable(&self) -> io::Result<()> {
-        self.tcp.readable().await
+    /// The socket's read readiness, as `readable()` waits for it, polled by the reader alone
+    /// (tokio keeps one waker per direction: the last poll's).
+    pub(crate) fn poll_read_ready(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.tcp.poll_read_ready(cx)
+    }
+
+    /// The same for writes, polled by the writer alone.
+    pub(crate) fn poll_write_ready(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.tcp.poll_write_ready(cx)
     }
 
     pub(crate) async fn writable(&self) -> io::Result<()> {
