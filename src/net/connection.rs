@@ -778,8 +778,10 @@ impl Conn {
         Ok(())
     }
 
-    /// Runs the connection until it ends. `leftover` holds bytes read past the handshake.
-    pub(crate) async fn run(self: Arc<Self>, leftover: Vec<u8>) {
+    /// Runs the connection until it ends. `leftover` holds bytes read past the handshake; the
+    /// reader takes them. Borrowed, not moved: an async fn keeps its arguments for its whole life,
+    /// so a moved `Vec` would be kept by every level of the connection's future (24 bytes each).
+    pub(crate) async fn run(self: &Arc<Self>, leftover: &mut Vec<u8>) {
         let writer = tokio::spawn(self.clone().write_loop());
         self.read_loop(leftover).await;
         self.end(None);
@@ -1113,7 +1115,8 @@ impl Conn {
         !w.batch.is_empty()
     }
 
-    async fn read_loop(&self, mut leftover: Vec<u8>) {
+    async fn read_loop(&self, leftover: &mut Vec<u8>) {
+        let mut leftover = std::mem::take(leftover);
         let cfg = &self.server.config;
         let mut inbound = Inbound::new(
             cfg.inbound,
@@ -1653,8 +1656,9 @@ impl Write for Io<'_> {
 #[cfg(test)]
 pub(crate) fn part_sizes(conn: &Arc<Conn>) -> Vec<(&'static str, usize)> {
     use std::mem::{size_of, size_of_val};
-    let run = conn.clone().run(Vec::new());
-    let read = conn.read_loop(Vec::new());
+    let (mut none, mut none_too) = (Vec::new(), Vec::new());
+    let run = conn.run(&mut none);
+    let read = conn.read_loop(&mut none_too);
     let write = conn.clone().write_loop();
     let cfg = &conn.server.config;
     let sizes = vec![("reader's timer: Sleep", size_of::<tokio::time::Sleep>())];

@@ -67,6 +67,47 @@ struct Opened {
     missed_close_all: bool,
 }
 
+/// A connection's life on the workers, from the rest of its 101 (if the socket did not take all
+/// of it at once) to its removal from the registry: the future of its task, which an idle
+/// connection keeps. Its argument is boxed and unpacked into locals, because an async fn keeps
+/// its arguments for its whole life and locals only while they are in use: the rest of the 101
+/// is gone once written (its 24 bytes shared with the reader's state), and `Opened` is not kept
+/// beside the connection's own future.
+async fn run_connection(o: Box<Opened>) {
+    let Opened {
+        conn,
+        head_rest,
+        mut leftover,
+        missed_close_all,
+    } = {
+        // Its own scope, so that the box is freed here, not when the task ends.
+        let o = o;
+        *o
+    };
+    let server = &conn.server;
+    let sent = match head_rest {
+        Ok(rest) if rest.is_empty() => true,
+        Ok(rest) => matches!(
+            tokio::time::timeout(server.config.handshake_timeout, conn.write_head(&rest)).await,
+            Ok(Ok(()))
+        ),
+        Err(_) => false,
+    };
+    if !sent {
+        // The client left (or never read) before its 101: it ends like any broken connection.
+        conn.end(Some(Termination::Io));
+        server.remove(&conn);
+        return;
+    }
+    if missed_close_all {
+        // close() closed the connections registered before this one. (One registered before
+        // that ran is closed by it, in order with the broadcasts that preceded close().)
+        conn.close(CloseCode::GoingAway.code(), "server closing");
+    }
+    conn.run(&mut leftover).await;
+    server.remove(&conn);
+}
+
 /// A socket taken over from Node (`handleUpgrade`): its handshake token and its request as
 /// Node parsed it, with the bytes that followed the head.
 struct Taken {
@@ -504,8 +545,7 @@ impl ServerShared {
             Some(session) => Sock::tls(tcp, session, self.metrics.clone()),
         };
         let opened = self.open(sock, upgrade, protocol, token);
-        let this = self.clone();
-        self.workers.spawn(this.run_connection(opened));
+        self.workers.spawn(run_connection(Box::new(opened)));
     }
 
     /// Everything before the connection exists, cheapest refusals first (see `handshake.rs`):
@@ -707,31 +747,17 @@ impl ServerShared {
         }
     }
 
-    /// The connection's life on the workers, from the rest of its 101 (if the socket did not
-    /// take all of it at once) to its removal from the registry.
-    async fn run_connection(self: Arc<Self>, o: Opened) {
-        let conn = o.conn;
-        let sent = match o.head_rest {
-            Ok(rest) if rest.is_empty() => true,
-            Ok(rest) => matches!(
-                tokio::time::timeout(self.config.handshake_timeout, conn.write_head(&rest)).await,
-                Ok(Ok(()))
-            ),
-            Err(_) => false,
-        };
-        if !sent {
-            // The client left (or never read) before its 101: it ends like any broken connection.
-            conn.end(Some(Termination::Io));
-            self.remove(&conn);
-            return;
-        }
-        if o.missed_close_all {
-            // close() closed the connections registered before this one. (One registered before
-            // that ran is closed by it, in order with the broadcasts that preceded close().)
-            conn.close(CloseCode::GoingAway.code(), "server closing");
-        }
-        conn.clone().run(o.leftover).await;
-        self.remove(&conn);
+    /// The size of a connection's whole future on the workers (made and dropped unpolled), for
+    /// the memory test.
+    #[cfg(test)]
+    pub(crate) fn connection_future_size(&self, conn: Arc<Conn>) -> usize {
+        let fut = run_connection(Box::new(Opened {
+            conn,
+            head_rest: Ok(Vec::new()),
+            leftover: Vec::new(),
+            missed_close_all: false,
+        }));
+        std::mem::size_of_val(&fut)
     }
 
     /// True when `maxConnections` are open: a quick look before a request is parsed; the slot
