@@ -653,6 +653,11 @@ describe('connection additions used by the ws facade', () => {
     expect(calls).toEqual([['toString', 1], ['constructor', 2]])
     expect(conn.eventNames()).toEqual(expect.arrayContaining(['toString']))
     expect(conn.eventNames()).not.toContain('constructor')
+    conn.on('__proto__', (x) => calls.push(['__proto__', x]))
+    expect(conn.listenerCount('__proto__')).toBe(1)
+    expect(conn.emit('__proto__', 4)).toBe(true)
+    expect(calls[calls.length - 1]).toEqual(['__proto__', 4])
+    expect(conn.eventNames()).toEqual(expect.arrayContaining(['toString', '__proto__']))
     conn.removeAllListeners('toString')
     expect(conn.listenerCount('toString')).toBe(0)
     conn.removeAllListeners()
@@ -669,13 +674,14 @@ describe('connection additions used by the ws facade', () => {
     server.on('connection', (conn, req) => seen.push([conn, req]))
     const clients = []
     for (const agent of ['agent-a', 'agent-b', 'agent-a']) {
-      clients.push(await res.ws(`ws://${HOST}:${port}/`, { headers: { 'User-Agent': agent, 'X-Token': `secret-${agent}` } }))
+      clients.push(await res.ws(`ws://${HOST}:${port}/`, { headers: { 'User-Agent': agent, 'X-Token': `secret-${agent}` } }, [`token-${agent}`]))
     }
     await waitUntil(() => seen.length === 3, 2000, 'three connections')
     const agents = seen.map(([, req]) => req.headers['user-agent']).sort()
     expect(agents).toEqual(['agent-a', 'agent-a', 'agent-b'])
     for (const [conn, req] of seen) {
       expect(conn.request).toBe(req)
+      expect(req.headers['sec-websocket-protocol']).toBe(`token-${req.headers['user-agent']}`)
       expect(req.headers['x-token']).toBe(`secret-${req.headers['user-agent']}`)
       expect(req.headers.host).toBe(`${HOST}:${port}`)
       expect(req.headers.upgrade.toLowerCase()).toBe('websocket')

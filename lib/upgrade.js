@@ -83,9 +83,11 @@ function ownRequest(request, secure) {
  * strings, for as long as it is open. One string per distinct value is kept here and shared by
  * every request that carries it, instead of one copy per connection (about 110 bytes of JS heap
  * per connection for a bare client, more for a browser's `User-Agent`). Only the headers listed,
- * which carry no secret and no per-connection value (never `Sec-WebSocket-Key`, `Cookie` or a
- * token): a value is kept after its connection has gone. Bounded by count and by length; once
- * full, new values are not shared.
+ * which carry no secret and no per-connection value: a value is kept after its connection has
+ * gone. Never `Sec-WebSocket-Key`, `Cookie` or `Authorization`, and never
+ * `Sec-WebSocket-Protocol`, where browsers' clients often pass a bearer token (a browser cannot
+ * set `Authorization` on a WebSocket). Bounded by count and by length; once full, new values are
+ * not shared.
  */
 const SHARED_VALUES_MAX = 512
 const SHARED_VALUE_MAX_LENGTH = 256
@@ -96,7 +98,6 @@ const SHARED_HEADERS = new Set([
   'connection',
   'sec-websocket-version',
   'sec-websocket-extensions',
-  'sec-websocket-protocol',
   'origin',
   'user-agent',
   'accept-encoding',
