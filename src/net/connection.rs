@@ -784,6 +784,7 @@ impl Conn {
     pub(crate) async fn run(self: &Arc<Self>, leftover: &mut Vec<u8>) {
         let writer = tokio::spawn(self.clone().write_loop());
         self.read_loop(leftover).await;
+        self.reader_wake.forget();
         self.end(None);
         let _ = writer.await;
     }
@@ -832,6 +833,7 @@ impl Conn {
                 }
             }
         }
+        self.writer_wake.forget();
         // The connection ended with frames taken from the outbox but not (completely) written:
         // they are dropped like the ones still queued, and counted. The lagging rule lets go of
         // the connection now, not when the last reference to it goes.
@@ -1576,6 +1578,14 @@ impl Wake {
                 w.wake();
             }
         }
+    }
+
+    /// The task has ended: its waker, if a last poll left one here, goes now. A waker holds its
+    /// task's memory, which would otherwise stay until the connection itself is dropped (when
+    /// JavaScript lets go of it).
+    fn forget(&self) {
+        let waker = lock(&self.waker).take();
+        drop(waker);
     }
 
     /// Ready once per wake-up made since the last ready poll; else the task's waker is kept for
