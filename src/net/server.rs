@@ -71,8 +71,8 @@ struct Opened {
 /// of it at once) to its removal from the registry: the future of its task, which an idle
 /// connection keeps. Its argument is boxed and unpacked into locals, because an async fn keeps
 /// its arguments for its whole life and locals only while they are in use: the rest of the 101
-/// is gone once written (its 24 bytes shared with the reader's state), and `Opened` is not kept
-/// beside the connection's own future.
+/// then takes no room once written (its storage is reused by the connection's own future), and
+/// no copy of `Opened` is kept beside that future.
 async fn run_connection(o: Box<Opened>) {
     let Opened {
         conn,
