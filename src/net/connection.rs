@@ -810,19 +810,12 @@ impl Conn {
                     tokio::task::yield_now().await;
                     Woke::Go
                 }
-                Flush::Over => {
-                    // Nothing follows a close frame (or the end): wait for the reader to finish.
-                    poll_fn(|cx| loop {
-                        if self.killed.load(Ordering::Acquire) {
-                            return Poll::Ready(());
-                        }
-                        if self.writer_wake.poll(cx).is_pending() {
-                            return Poll::Pending;
-                        }
-                    })
-                    .await;
-                    Woke::Ended
-                }
+                // Nothing follows a close frame (or the end): wait for the reader to finish.
+                Flush::Over => loop {
+                    if let Woke::Ended = poll_fn(|cx| self.poll_writer(cx, false, None)).await {
+                        break Woke::Ended;
+                    }
+                },
             };
             match woke {
                 Woke::Go | Woke::Timer => {}
@@ -1525,30 +1518,18 @@ fn front_born(rest: &[Batched]) -> Option<std::time::Instant> {
         .map(|b| b.frame.born)
 }
 
-/// A flag that is set once, and what waits for it ([`killed`]).
-pub(crate) trait EndFlag {
-    /// Resolves once the flag is set (at once if it already is).
-    fn wait_set(&mut self) -> impl std::future::Future<Output = ()> + Send + '_;
-}
-
-impl EndFlag for watch::Receiver<bool> {
-    /// `watch::Receiver::wait_for` would hold a non-`Send` guard across the await.
-    async fn wait_set(&mut self) {
-        if *self.borrow_and_update() {
+/// Resolves once a stop flag (`watch::channel(false)`, set to true once) is set, at once if it
+/// already is. `watch::Receiver::wait_for` would hold a non-`Send` guard across the await.
+pub(crate) async fn killed(rx: &mut watch::Receiver<bool>) {
+    if *rx.borrow_and_update() {
+        return;
+    }
+    while rx.changed().await.is_ok() {
+        if *rx.borrow_and_update() {
             return;
         }
-        while self.changed().await.is_ok() {
-            if *self.borrow_and_update() {
-                return;
-            }
-        }
-        std::future::pending::<()>().await
     }
-}
-
-/// Resolves once the flag is set (at once if it already is).
-pub(crate) async fn killed<F: EndFlag>(rx: &mut F) {
-    rx.wait_set().await
+    std::future::pending::<()>().await
 }
 
 /// A wake-up for one task, the connection's reader or its writer: what `Notify::notify_one`
