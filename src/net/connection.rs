@@ -781,15 +781,22 @@ impl Conn {
     /// Runs the connection until it ends. `leftover` holds bytes read past the handshake; the
     /// reader takes them. Borrowed, not moved: an async fn keeps its arguments for its whole life,
     /// so a moved `Vec` would be kept by every level of the connection's future (24 bytes each).
+    ///
+    /// The reader and the writer are two futures of the connection's one task, polled together:
+    /// a second task would cost its own cell (272 bytes) and a spawn per connection. Each keeps
+    /// its own wake-up ([`Wake`]) and readiness direction: a wake-up for one also polls the
+    /// other, which finds its wait still pending (a few atomic loads, and a lock where it keeps
+    /// the task's waker).
     pub(crate) async fn run(self: &Arc<Self>, leftover: &mut Vec<u8>) {
-        let writer = tokio::spawn(self.clone().write_loop());
-        self.read_loop(leftover).await;
-        self.reader_wake.forget();
-        self.end(None);
-        let _ = writer.await;
+        let reader = async {
+            self.read_loop(leftover).await;
+            self.reader_wake.forget();
+            self.end(None);
+        };
+        tokio::join!(reader, self.write_loop());
     }
 
-    async fn write_loop(self: Arc<Self>) {
+    async fn write_loop(&self) {
         lock(&self.writing).started = true;
         loop {
             let next = {
@@ -1650,7 +1657,7 @@ pub(crate) fn part_sizes(conn: &Arc<Conn>) -> Vec<(&'static str, usize)> {
     let (mut none, mut none_too) = (Vec::new(), Vec::new());
     let run = conn.run(&mut none);
     let read = conn.read_loop(&mut none_too);
-    let write = conn.clone().write_loop();
+    let write = conn.write_loop();
     let cfg = &conn.server.config;
     let sizes = vec![("reader's timer: Sleep", size_of::<tokio::time::Sleep>())];
     let mut v = vec![
