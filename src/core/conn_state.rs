@@ -76,7 +76,11 @@ pub(crate) fn close_frame(c: &CloseInfo) -> Frame {
 }
 
 impl ConnState {
-    pub(crate) fn new(limits: Limits, close_timeout: Duration, linger: Duration) -> Self {
+    pub(crate) fn new(
+        limits: impl Into<std::sync::Arc<Limits>>,
+        close_timeout: Duration,
+        linger: Duration,
+    ) -> Self {
         Self {
             outbox: Outbox::new(limits),
             life: Lifecycle::new(close_timeout, linger),

@@ -106,7 +106,7 @@ pub(crate) struct Metrics {
     /// Times a connection became lagging (`lagging.rs`).
     pub(crate) lagging_events: AtomicU64,
     /// Connections lagging right now: +1 when one enters the state, -1 when it leaves it or its
-    /// writer ends (the writer task owns the state, so each +1 has exactly one -1).
+    /// writer ends (the writer owns the state, so each +1 has exactly one -1).
     pub(crate) lagging: AtomicUsize,
 
     /// `broadcast`/`publish` call to the last local socket write, in µs.

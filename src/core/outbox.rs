@@ -237,7 +237,8 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> LazyMap<K, V> {
 
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    limits: Limits,
+    /// The server's limits, shared by all its connections (8 bytes here instead of 40).
+    limits: Arc<Limits>,
     control: VecDeque<(Frame, ControlKind)>,
     critical: VecDeque<Entry>,
     data: VecDeque<Entry>,
@@ -271,9 +272,9 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    pub(crate) fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: impl Into<Arc<Limits>>) -> Self {
         Self {
-            limits,
+            limits: limits.into(),
             control: VecDeque::new(),
             critical: VecDeque::new(),
             data: VecDeque::new(),

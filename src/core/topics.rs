@@ -7,7 +7,7 @@
 //! is removed at once: the registry holds no entry for a topic nobody follows, so its size is
 //! bounded by the subscriptions, not by every topic ever named.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// Subscribers by topic, then by connection id. Ordered by id, which is the order handshakes
@@ -57,10 +57,121 @@ impl<T: Clone> Topics<T> {
     }
 }
 
+/// The topics one connection is subscribed to. Most connections follow none or a few: up to
+/// [`TopicSet::FEW`] are kept in a `Vec` (24 bytes, where an empty `HashSet` takes 48, and one
+/// small allocation for the first topics), more in a boxed set, so that a connection following
+/// thousands still adds and looks up in constant time.
+#[derive(Debug)]
+pub(crate) enum TopicSet {
+    Few(Vec<Arc<str>>),
+    // The box is the point: the enum stays a `Vec`'s size.
+    #[allow(clippy::box_collection)]
+    Many(Box<HashSet<Arc<str>>>),
+}
+
+impl Default for TopicSet {
+    fn default() -> Self {
+        TopicSet::Few(Vec::new())
+    }
+}
+
+impl TopicSet {
+    /// The most topics kept in the `Vec`.
+    pub(crate) const FEW: usize = 8;
+
+    pub(crate) fn contains(&self, topic: &str) -> bool {
+        match self {
+            TopicSet::Few(v) => v.iter().any(|t| &**t == topic),
+            TopicSet::Many(s) => s.contains(topic),
+        }
+    }
+
+    /// Adds `topic`; false if it was there already.
+    pub(crate) fn insert(&mut self, topic: Arc<str>) -> bool {
+        if self.contains(&topic) {
+            return false;
+        }
+        match self {
+            TopicSet::Few(v) if v.len() < Self::FEW => v.push(topic),
+            TopicSet::Few(v) => {
+                let mut s: HashSet<Arc<str>> = v.drain(..).collect();
+                s.insert(topic);
+                *self = TopicSet::Many(Box::new(s));
+            }
+            TopicSet::Many(s) => {
+                s.insert(topic);
+            }
+        }
+        true
+    }
+
+    /// Removes `topic`; false if it was not there.
+    pub(crate) fn remove(&mut self, topic: &str) -> bool {
+        match self {
+            TopicSet::Few(v) => match v.iter().position(|t| &**t == topic) {
+                Some(i) => {
+                    v.swap_remove(i);
+                    true
+                }
+                None => false,
+            },
+            TopicSet::Many(s) => s.remove(topic),
+        }
+    }
+
+    /// Every topic, leaving the set empty (and its memory freed).
+    pub(crate) fn take_all(&mut self) -> Vec<Arc<str>> {
+        match std::mem::take(self) {
+            TopicSet::Few(v) => v,
+            TopicSet::Many(s) => s.into_iter().collect(),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        match self {
+            TopicSet::Few(v) => v.len(),
+            TopicSet::Many(s) => s.len(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Topics;
+    use super::{TopicSet, Topics};
     use std::sync::Arc;
+
+    #[test]
+    fn a_topic_set_keeps_each_topic_once_past_its_few() {
+        let mut s = TopicSet::default();
+        let names: Vec<Arc<str>> = (0..TopicSet::FEW * 3)
+            .map(|i| Arc::from(format!("t{i}")))
+            .collect();
+        for (i, n) in names.iter().enumerate() {
+            assert!(s.insert(n.clone()), "{n} is new");
+            assert!(!s.insert(n.clone()), "{n} is there already");
+            assert_eq!(s.len(), i + 1);
+            assert_eq!(matches!(s, TopicSet::Many(_)), i >= TopicSet::FEW);
+        }
+        assert!(names.iter().all(|n| s.contains(n)));
+        assert!(!s.contains("t-none"));
+        assert!(s.remove("t3"));
+        assert!(!s.remove("t3"));
+        assert!(!s.contains("t3"));
+        let mut all: Vec<String> = s.take_all().iter().map(|t| t.to_string()).collect();
+        all.sort();
+        let mut want: Vec<String> = names
+            .iter()
+            .map(|t| t.to_string())
+            .filter(|t| t != "t3")
+            .collect();
+        want.sort();
+        assert_eq!(all, want);
+        assert_eq!(s.len(), 0);
+        // Below the few, removal works in the `Vec` too.
+        assert!(s.insert(Arc::from("a")) && s.insert(Arc::from("b")));
+        assert!(s.remove("a") && !s.contains("a") && s.contains("b"));
+    }
 
     #[test]
     fn first_and_last_subscribers_are_reported_and_empty_topics_go() {

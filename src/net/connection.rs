@@ -1,15 +1,15 @@
 //! One WebSocket connection after the handshake: its reader, its writer, its heartbeat and its end.
 //!
-//! Each connection runs two tasks on the server's runtime:
+//! Each connection runs as one task on the server's runtime, which polls two futures together:
 //!
 //! * the **writer** moves frames from the [`Outbox`] into a batch and hands the batch to the kernel
 //!   with one vectored `write` per readiness, however many frames are queued. It counts every
 //!   byte the kernel took, which is what brings `bufferedAmount` down. Its work is a synchronous
 //!   step ([`Conn::flush`]) on state of its own behind a lock (`writing`), so that the fan-out can
 //!   do it too: a broadcast that finds a connection's writer idle (and no broadcast waiting
-//!   behind it) writes the frame to the socket at once, and the task is woken only when the
+//!   behind it) writes the frame to the socket at once, and the writer is woken only when the
 //!   kernel does not take it all (or the lagging rule asks for a wait). For a client that keeps
-//!   up, a broadcast then costs one `write` and no task wake-up; under a burst the writer task
+//!   up, a broadcast then costs one `write` and no wake-up; under a burst the writer
 //!   writes what piled up for it in one vectored write.
 //! * the **reader** parses inbound frames with tungstenite's protocol state machine (RFC 6455
 //!   masking, fragmentation, UTF-8, close codes, `maxPayload`), passes messages to JavaScript,
@@ -26,13 +26,13 @@
 //!
 //! **How a connection ends** is decided by its [`Lifecycle`](crate::core::lifecycle) (the state
 //! machine and its transition table are there), kept with the outbox under one lock
-//! ([`ConnState`]); the tasks feed it what happens and do what it answers. Gracefully: a close
+//! ([`ConnState`]); the two feed it what happens and do what it answers. Gracefully: a close
 //! frame is written, the peer's close frame is received (either order), the server half-closes
 //! (FIN first, as RFC 6455 §7.1.1 asks of servers) and waits for the peer's FIN. Abnormally
 //! ([`Conn::end`] with a [`Termination`]): overflow that cannot even take a close frame, a missed
 //! pong, `closeTimeout` elapsed, `terminate()`, an I/O error. Then queued frames are discarded (and
 //! counted), the socket is shut down (with a reset where the kernel's send buffer should be freed
-//! at once) and both tasks stop. JavaScript then gets one `close` event: the peer's close code if
+//! at once) and both stop. JavaScript then gets one `close` event: the peer's close code if
 //! it sent one, else ours if it went out, else 1006.
 
 use std::collections::HashSet;
@@ -118,7 +118,7 @@ pub(crate) struct Conn {
     /// Queued frames whose `ttl` ran out before they were written.
     pub(crate) expired: std::sync::atomic::AtomicU64,
     /// Bytes handed to the kernel over the connection's life. Added to by whoever holds
-    /// `writing` (the writer task, or the fan-out writing inline); read
+    /// `writing` (the writer, or the fan-out writing inline); read
     /// by the reader for its pong-timeout estimate of what the peer acknowledged ([`Conn::acked`]).
     /// Relaxed: it publishes no other memory.
     written: std::sync::atomic::AtomicU64,
@@ -138,21 +138,21 @@ pub(crate) struct Conn {
     /// a lagging wait is worth it, is woken by any push it misses).
     buffered: AtomicUsize,
     buffered_data: AtomicUsize,
-    /// The writer's state. Held by whoever writes to the socket: the writer task, or the
-    /// fan-out writing inline while the task is idle ([`Conn::kick`]). Taken before `state`,
+    /// The writer's state. Held by whoever writes to the socket: the writer, or the
+    /// fan-out writing inline while the writer is idle ([`Conn::kick`]). Taken before `state`,
     /// never the other way round; held across the write system call, never across an await.
     writing: Mutex<Writer>,
     writer_wake: Wake,
     reader_wake: Wake,
-    /// The connection has ended: both tasks stop. Set once, then both are woken (Release: a task
+    /// The connection has ended: reader and writer stop. Set once, then both are woken (Release: one
     /// that sees it sees what happened before the end).
     killed: AtomicBool,
-    pub(crate) topics: Mutex<HashSet<Arc<str>>>,
+    pub(crate) topics: Mutex<crate::core::topics::TopicSet>,
 }
 
 /// What the writer has taken from the outbox and not yet written, and its lagging rule.
 struct Writer {
-    /// The writer task runs (the 101 is out): until then frames wait in the outbox.
+    /// The writer runs (the 101 is out): until then frames wait in the outbox.
     started: bool,
     batch: Vec<Batched>,
     /// Frames of `batch` fully written.
@@ -198,7 +198,7 @@ impl Conn {
         protocol: String,
         deflate: Option<Negotiated>,
     ) -> Arc<Self> {
-        let limits = server.config.limits;
+        let limits = server.limits.clone();
         let lag = WriterLag::new(server.config.lagging_kernel_limit, server.metrics.clone());
         let close_timeout = server.config.close_timeout;
         Arc::new(Self {
@@ -230,7 +230,7 @@ impl Conn {
             writer_wake: Wake::new(),
             reader_wake: Wake::new(),
             killed: AtomicBool::new(false),
-            topics: Mutex::new(HashSet::new()),
+            topics: Mutex::new(crate::core::topics::TopicSet::default()),
         })
     }
 
@@ -293,7 +293,7 @@ impl Conn {
 
     /// What must happen outside the state lock after an input, in this order: the discarded
     /// frames counted, the writer woken, JavaScript told of the peer's close, the write side shut,
-    /// the end (socket shut down, both tasks stopped), the reader woken.
+    /// the end (socket shut down, reader and writer stopped), the reader woken.
     fn perform(&self, e: &Effects) {
         let m = &self.server.metrics;
         if e.drops != Drops::default() {
@@ -853,7 +853,7 @@ impl Conn {
         self.server.metrics.add_drops(&drops);
     }
 
-    /// What the writer task waits for, as one poll of the task: the end, the socket taking writes
+    /// What the writer waits for, as one poll of the task: the end, the socket taking writes
     /// again (with `writable`), a wake-up, or a timer. It keeps no waiter of its own: the socket's
     /// readiness and [`Wake`] hold the task's waker, so the writer's future is small.
     fn poll_writer(
@@ -882,14 +882,14 @@ impl Conn {
     }
 
     /// Wakes the writer for frames just queued, or, from the fan-out, writes them at once: when
-    /// the writer task is idle and the socket takes the frames, one write here saves
+    /// the writer is idle and the socket takes the frames, one write here saves
     /// the task's wake-up, its scheduling and a second pass over the outbox. Anything the
     /// kernel does not take (or a lagging wait, or more than one write's worth) is left to the
-    /// writer task, woken for it. Returns true if a frame with a latency probe was written whole
+    /// writer, woken for it. Returns true if a frame with a latency probe was written whole
     /// here, its probe not marked: the fan-out marks it once for all the frames it wrote inline
     /// ([`Frame::mark_written_unprobed`]).
     fn kick(&self, inline: bool) -> bool {
-        // Over TLS, not while a reader decrypts: the writer task does it then.
+        // Over TLS, not while a reader decrypts: the writer does it then.
         if inline && self.sock.is_free() {
             if let Ok(mut w) = self.writing.try_lock() {
                 if w.started {
@@ -1676,7 +1676,7 @@ pub(crate) fn part_sizes(conn: &Arc<Conn>) -> Vec<(&'static str, usize)> {
             size_of_val(&conn.resumes),
         ),
         (
-            "topics: Mutex<HashSet> (in Conn)",
+            "topics: Mutex<TopicSet> (in Conn)",
             size_of_val(&conn.topics),
         ),
         ("sock: Sock (in Conn)", size_of_val(&conn.sock)),

@@ -6,7 +6,7 @@
 //! of the same [`Frame`] into each outbox. Where the connection's writer was idle (its outbox
 //! empty: a client that keeps up) and no other job waits behind this one, the task writes the
 //! frame to the socket itself, at once (`Conn::kick`); only what the kernel does not take wakes
-//! the writer task. Under a burst (jobs waiting), the writers are woken instead: by the time each
+//! the writer. Under a burst (jobs waiting), the writers are woken instead: by the time each
 //! runs, several broadcasts wait for it and go out in one vectored write, where writing each
 //! frame inline would cost a system call per frame. No per-recipient work
 //! happens on the JS thread and no payload is copied or allocated per recipient. The task yields

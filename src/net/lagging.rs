@@ -41,7 +41,7 @@
 //! frame and one timer per wait. While lagging, its throughput is at most `laggingKernelLimit`
 //! plus one frame per round trip; that is below the link's rate only on a path whose round trip
 //! carries more, and there the queue drains, the delay falls and the connection leaves the state.
-//! These calls are made by whoever writes to the connection: its writer task, or the fan-out
+//! These calls are made by whoever writes to the connection: its writer, or the fan-out
 //! writing inline to a connection whose writer was idle (`Conn::kick`), so a keeping-up
 //! connection's `SIOCOUTQ` is sometimes paid on the fan-out's thread (0.25 µs per message in the
 //! lobby's profile); a lagging one asks for a wait there, and the fan-out leaves it to its task.

@@ -126,6 +126,8 @@ enum Pending {
 
 pub(crate) struct ServerShared {
     pub(crate) config: Config,
+    /// `config.limits`, shared by every connection's outbox.
+    pub(crate) limits: Arc<crate::core::policy::Limits>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) events: Arc<EventSink>,
     conns: RwLock<Registry>,
@@ -184,6 +186,7 @@ impl ServerShared {
     ) -> Arc<Self> {
         Arc::new(Self {
             partial: Arc::new(PartialBudget::new(config.max_partial_message_bytes)),
+            limits: Arc::new(config.limits),
             config,
             metrics: Arc::new(Metrics::default()),
             events,
@@ -789,8 +792,7 @@ impl ServerShared {
             .topics
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
+            .take_all();
         if !topics.is_empty() {
             let mut t = write(&self.topics);
             for name in topics {
