@@ -1118,7 +1118,10 @@ impl Conn {
     }
 
     async fn read_loop(&self, leftover: &mut Vec<u8>) {
-        let mut leftover = std::mem::take(leftover);
+        // What lives across this function's awaits is kept in the connection's task for its
+        // whole life (see `part_sizes`): a local used only before the loop, or only within one
+        // wake-up, is scoped so, and references into `self` are taken again after an await
+        // rather than kept.
         let cfg = &self.server.config;
         let mut inbound = Inbound::new(
             cfg.inbound,
@@ -1131,31 +1134,38 @@ impl Conn {
         if inflater.is_some() {
             inbound.enable_deflate();
         }
-        // Bytes that came with the upgrade request count like any others.
-        inbound.consumed(&mut leftover, std::time::Instant::now());
         // tungstenite's state machine and its read buffer (1 KiB, more after a large frame),
         // only while a message is under way: between messages it holds nothing that a fresh one
         // would not (see `Inbound::at_rest`), and an idle connection keeps none. Boxed, so that
         // its 256 bytes are not in the reader's future either.
-        let mut ctx: Option<Box<WebSocketContext>> =
-            (!leftover.is_empty()).then(|| Box::new(crate::net::inbound::context(cfg, leftover)));
+        let mut ctx: Option<Box<WebSocketContext>> = {
+            // Bytes that came with the upgrade request count like any others. They are the
+            // context's now, or dropped here.
+            let mut leftover = std::mem::take(leftover);
+            inbound.consumed(&mut leftover, std::time::Instant::now());
+            (!leftover.is_empty()).then(|| Box::new(crate::net::inbound::context(cfg, leftover)))
+        };
         // tungstenite has returned the peer's close frame: its context is no longer a fresh one.
         let mut peer_closed = false;
         // Messages tungstenite has returned (see `Inbound::take_large_seen`).
         let mut returned = 0u64;
-        let mut captured: Vec<u8> = Vec::new();
         // Waiting for room under maxPartialMessageBytes since then.
         let mut room_since: Option<Instant> = None;
         let mut next_ping = cfg.ping_interval.map(|d| Instant::now() + d);
         let mut pong_deadline: Option<Instant> = None;
         // What the peer had acknowledged when the ping went out.
         let mut acked_at_ping: Option<u64> = None;
-        let events = &self.server.events;
-        let m = &self.server.metrics;
         loop {
             if self.killed.load(Ordering::Acquire) {
                 return;
             }
+            let (cfg, events, m) = (
+                &self.server.config,
+                &self.server.events,
+                &self.server.metrics,
+            );
+            // What tungstenite writes (pongs, its close reply), for this wake-up.
+            let mut captured: Vec<u8> = Vec::new();
             // 1. Consume what the socket has, up to this wake-up's budget (see `inbound.rs`):
             // frames while the protocol runs, discarded bytes once it is over (the lifecycle
             // says which, see `Reading`).
@@ -1459,7 +1469,9 @@ impl Conn {
                 Woke::Failed => return self.end(Some(Termination::Io)),
                 Woke::Timer => {
                     let now = Instant::now();
-                    if close_deadline.is_some_and(|d| d <= now) {
+                    let cfg = &self.server.config;
+                    let close_deadline = lock(&self.state).life().deadline();
+                    if close_deadline.is_some_and(|d| Instant::from_std(d) <= now) {
                         return self.end(Some(Termination::CloseTimeout));
                     }
                     if pong_deadline.is_some_and(|d| d <= now) {

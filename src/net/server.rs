@@ -74,29 +74,33 @@ struct Opened {
 /// then takes no room once written (its storage is reused by the connection's own future), and
 /// no copy of `Opened` is kept beside that future.
 async fn run_connection(o: Box<Opened>) {
-    let Opened {
-        conn,
-        head_rest,
-        mut leftover,
-        missed_close_all,
-    } = {
-        // Its own scope, so that the box is freed here, not when the task ends.
-        let o = o;
-        *o
-    };
-    let server = &conn.server;
-    let sent = match head_rest {
-        Ok(rest) if rest.is_empty() => true,
-        Ok(rest) => matches!(
-            tokio::time::timeout(server.config.handshake_timeout, conn.write_head(&rest)).await,
-            Ok(Ok(()))
-        ),
-        Err(_) => false,
+    // What lives across the last await (`run`) is kept for the connection's whole life: the box
+    // is freed and the rest of the 101 written in scopes of their own, before it.
+    let (conn, mut leftover, sent, missed_close_all) = {
+        let Opened {
+            conn,
+            head_rest,
+            leftover,
+            missed_close_all,
+        } = {
+            let o = o;
+            *o
+        };
+        let sent = match head_rest {
+            Ok(rest) if rest.is_empty() => true,
+            Ok(rest) => matches!(
+                tokio::time::timeout(conn.server.config.handshake_timeout, conn.write_head(&rest))
+                    .await,
+                Ok(Ok(()))
+            ),
+            Err(_) => false,
+        };
+        (conn, leftover, sent, missed_close_all)
     };
     if !sent {
         // The client left (or never read) before its 101: it ends like any broken connection.
         conn.end(Some(Termination::Io));
-        server.remove(&conn);
+        conn.server.remove(&conn);
         return;
     }
     if missed_close_all {
@@ -105,7 +109,7 @@ async fn run_connection(o: Box<Opened>) {
         conn.close(CloseCode::GoingAway.code(), "server closing");
     }
     conn.run(&mut leftover).await;
-    server.remove(&conn);
+    conn.server.remove(&conn);
 }
 
 /// A socket taken over from Node (`handleUpgrade`): its handshake token and its request as
