@@ -22,6 +22,15 @@ function Listeners() {}
 Listeners.prototype = Object.create(null)
 
 /**
+ * A connection's state in one small integer (`_bits`), one field where four took 32 bytes: the
+ * inbound events listened to (low byte), those the native side was last told of (second byte),
+ * and whether the close event and the peer's close frame have been reached.
+ */
+const NATIVE_SHIFT = 8
+const CLOSED = 1 << 16
+const PEER_CLOSED = 1 << 17
+
+/**
  * One open WebSocket connection of a `Server` (its `'connection'` event). Inbound messages,
  * pings and pongs are events; `send`, `ping`, `close` and `terminate` queue in Rust and return at
  * once.
@@ -46,27 +55,44 @@ class Connection extends EventEmitter {
      * sluice's own listener, or the `http.IncomingMessage` given to `handleUpgrade`.
      */
     this.request = request
-    this.remoteAddress = request.remoteAddress ?? (request.socket && request.socket.remoteAddress)
-    /** The negotiated subprotocol, `''` if none. */
-    this.protocol = native.protocol
-    /** The negotiated extensions (the 101's `Sec-WebSocket-Extensions`: permessage-deflate and its parameters), `''` if none. */
-    this.extensions = native.extensions
-    this._closed = false
-    /** The peer's close frame was reached in the event stream (the connection is closing). */
-    this._peerClosed = false
     // The native side starts with messages on, so that none is lost before the 'connection'
     // handlers have added their listeners; `_syncInterest` then tells it what is listened to.
     // Listeners are seen by the overrides of EventEmitter's methods below (on the prototype: no
     // per-connection 'newListener' / 'removeListener' listeners and their closures).
-    this._interest = 0
-    this._nativeInterest = INTEREST.message
+    this._bits = INTEREST.message << NATIVE_SHIFT
+  }
+
+  /** The client's address (the request's, or its socket's). */
+  get remoteAddress() {
+    const r = this.request
+    return r.remoteAddress ?? (r.socket && r.socket.remoteAddress)
+  }
+
+  /** The negotiated subprotocol, `''` if none. */
+  get protocol() {
+    return this._native.protocol
+  }
+
+  /** The negotiated extensions (the 101's `Sec-WebSocket-Extensions`: permessage-deflate and its parameters), `''` if none. */
+  get extensions() {
+    return this._native.extensions
+  }
+
+  /** The close event has been reached in the event stream (the connection is closed). */
+  _markClosed() {
+    this._bits |= CLOSED
+  }
+
+  /** The peer's close frame was reached in the event stream (the connection is closing). */
+  _markPeerClosed() {
+    this._bits |= PEER_CLOSED
   }
 
   /** A listener for `event` was added. */
   _listened(event) {
     const bit = INTEREST[event]
-    if (bit && !(this._interest & bit)) {
-      this._interest |= bit
+    if (bit && !(this._bits & bit)) {
+      this._bits |= bit
       this._syncInterest()
     }
   }
@@ -75,8 +101,8 @@ class Connection extends EventEmitter {
   _unlistened(event) {
     for (const name of event === undefined ? INTEREST_EVENTS : [event]) {
       const bit = INTEREST[name]
-      if (bit && this._interest & bit && this.listenerCount(name) === 0) {
-        this._interest &= ~bit
+      if (bit && this._bits & bit && this.listenerCount(name) === 0) {
+        this._bits &= ~bit
         this._syncInterest()
       }
     }
@@ -119,9 +145,10 @@ class Connection extends EventEmitter {
 
   /** Tells the native side which inbound events to pass on (none: they never wake this thread). */
   _syncInterest() {
-    if (this._interest !== this._nativeInterest) {
-      this._nativeInterest = this._interest
-      this._native.setInterest(this._interest)
+    const interest = this._bits & 0xff
+    if (interest !== (this._bits >> NATIVE_SHIFT) & 0xff) {
+      this._bits = (this._bits & ~(0xff << NATIVE_SHIFT)) | (interest << NATIVE_SHIFT)
+      this._native.setInterest(interest)
     }
   }
 
@@ -137,7 +164,7 @@ class Connection extends EventEmitter {
 
   /** True until the connection starts closing. */
   get isOpen() {
-    return !this._closed && !this._peerClosed && this._native.isOpen
+    return !(this._bits & (CLOSED | PEER_CLOSED)) && this._native.isOpen
   }
 
   /**

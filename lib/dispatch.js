@@ -128,14 +128,14 @@ function handleEvent(server, ev) {
     case EventKind.Close:
       server._connections.delete(ev[1])
       server._updateHold()
-      conn._closed = true
+      conn._markClosed()
       safeEmit(conn, 'close', ev[2], ev[3])
       break
     case EventKind.PeerClose:
       // Every message before the peer's close frame has been handled (and could be answered):
       // only now does the connection start closing (at once for isOpen, even if the answer
       // waits behind broadcasts still being fanned out).
-      conn._peerClosed = true
+      conn._markPeerClosed()
       conn._native.answerClose()
       break
     case EventKind.Ping:
