@@ -9,71 +9,59 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
-/**
- * Native half of `Connection`. It holds the connection weakly: once the connection has ended its
- * socket is closed at once, whatever JavaScript still holds.
- */
-export declare class NativeConnection {
-  get id(): number
+/** Native half of `Server`. Use `Server` from `require('sluice')` instead. */
+export declare class NativeServer {
   /**
    * Bytes of messages queued and not yet handed to the kernel (the close frame is not
    * counted); 0 once closed.
    */
-  get bufferedAmount(): number
+  connBufferedAmount(id: number): number
   /**
    * Bytes in the kernel's send queue not yet acknowledged by the peer (Linux `SIOCOUTQ`);
    * `null` elsewhere or once closed.
    */
-  get kernelBufferedAmount(): number | null
+  connKernelBufferedAmount(id: number): number | null
   /**
    * Age in ms of the oldest message queued for this connection and not yet written; 0 when
    * nothing waits, or once closed.
    */
-  get lag(): number
+  connLag(id: number): number
   /** Queued messages of this connection whose `ttl` ran out before they were written. */
-  get expired(): number
+  connExpired(id: number): number
   /** Queued messages of this connection replaced by a newer one with the same key. */
-  get replaced(): number
+  connReplaced(id: number): number
   /** True until a close starts. */
-  get isOpen(): boolean
-  /** The negotiated extensions (the 101's `Sec-WebSocket-Extensions`), `''` if none. */
-  get extensions(): string
-  /** The negotiated subprotocol, `''` if none. */
-  get protocol(): string
+  connIsOpen(id: number): boolean
   /** Which inbound events reach JavaScript: bits 1 message, 2 ping, 4 pong. */
-  setInterest(bits: number): void
+  connSetInterest(id: number, bits: number): void
   /**
    * Queues `data` as one frame. With `ack`, a `sent` event with that token reports whether it
    * was wholly handed to the kernel or dropped.
    */
-  send(data: Uint8Array, priority: Priority, text: boolean, ack?: number | undefined | null, options?: MessageOptions | undefined | null): boolean
-  sendText(data: string, priority: Priority, ack?: number | undefined | null, options?: MessageOptions | undefined | null): boolean
+  connSend(id: number, data: Uint8Array, priority: Priority, text: boolean, ack?: number | undefined | null, options?: MessageOptions | undefined | null): boolean
+  connSendText(id: number, data: string, priority: Priority, ack?: number | undefined | null, options?: MessageOptions | undefined | null): boolean
   /** Queues a ping (or, with `pong`, an unsolicited pong) carrying at most 125 bytes. */
-  ping(data: Uint8Array, pong: boolean): boolean
+  connPing(id: number, data: Uint8Array, pong: boolean): boolean
   /**
    * Graceful close after queued data (and after broadcasts made before it). False if already
    * closing or closed.
    */
-  close(code: number, reason: string): boolean
+  connClose(id: number, code: number, reason: string): boolean
   /**
    * Answers the peer's close frame, once the events before it have been handled (internal:
    * `lib/dispatch.js` calls it when it reaches the close in the event stream).
    */
-  answerClose(): void
+  connAnswerClose(id: number): void
   /** Drops the TCP connection now; queued data is discarded (and counted). */
-  terminate(): boolean
+  connTerminate(id: number): boolean
   /** False if already subscribed (or a resume of the topic is under way) or closed. */
-  subscribe(topic: string): boolean
+  connSubscribe(id: number, topic: string): boolean
   /**
    * Subscribes to a topic with history, first replaying what the client missed after
    * `offset` of `epoch` (in order with the publishes around it: no gap, no duplicate).
    */
-  resume(topic: string, offset: number, epoch: string, token: number): ResumeResult
-  unsubscribe(topic: string): boolean
-}
-
-/** Native half of `Server`. Use `Server` from `require('sluice')` instead. */
-export declare class NativeServer {
+  connResume(id: number, topic: string, offset: number, epoch: string, token: number): ResumeResult
+  connUnsubscribe(id: number, topic: string): boolean
   /**
    * Checks `options` (the one place they are checked: `options.rs`) and starts the runtimes.
    * Throws a `TypeError` or `RangeError` with a stable `code` for options it refuses.
@@ -284,8 +272,10 @@ export interface DroppedMetrics {
  */
 export declare enum EventKind {
   /**
-   * `[kind, id, NativeConnection, request, token]`: a connection is open; `request` is the
-   * object of sluice's own listener, `token` (0 there) the handshake's of a taken-over socket.
+   * `[kind, id, protocol, request, token, extensions]`: a connection is open; `request` is
+   * the object of sluice's own listener, `token` (0 there) the handshake's of a taken-over
+   * socket; `protocol` and `extensions` are what the 101 said (`''` if nothing). Calls on the
+   * connection are the server's `conn*` methods, by id.
    */
   Connection = 0,
   /** `[kind, id, data: Buffer, binary: boolean]`: a message (only while JavaScript listens). */
@@ -389,7 +379,7 @@ export interface InboundMetrics {
 
 /**
  * Inbound events a connection passes to JavaScript, as bits of
- * `NativeConnection.setInterest`: without a listener they never wake the JS thread.
+ * `NativeServer.connSetInterest`: without a listener they never wake the JS thread.
  */
 export declare enum Interest {
   Message = 1,

@@ -835,7 +835,6 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
-module.exports.NativeConnection = nativeBinding.NativeConnection
 module.exports.NativeServer = nativeBinding.NativeServer
 module.exports.DEFAULT_CLOSE_TIMEOUT_MS = nativeBinding.DEFAULT_CLOSE_TIMEOUT_MS
 module.exports.DEFAULT_HANDSHAKE_TIMEOUT_MS = nativeBinding.DEFAULT_HANDSHAKE_TIMEOUT_MS

@@ -1,6 +1,6 @@
 'use strict'
 
-/** `Connection`: one open WebSocket, an EventEmitter over a `NativeConnection`. */
+/** `Connection`: one open WebSocket, an EventEmitter over the native server's `conn*` methods. */
 
 const { EventEmitter } = require('events')
 const { Interest, MAX_CLOSE_REASON } = require('./native')
@@ -39,22 +39,30 @@ class Connection extends EventEmitter {
   /**
    * Made by the server for each connection; not constructed by applications.
    *
-   * @param {import('../index').NativeConnection} native
+   * @param {number} id
    * @param {import('./sluice').Request} request
    * @param {import('./server').Server} server
+   * @param {string} protocol
+   * @param {string} extensions
    */
-  constructor(native, request, server) {
+  constructor(id, request, server, protocol, extensions) {
     super()
     this._events = new Listeners()
-    this._native = native
+    // The native server: calls on this connection are its `conn*` methods, with `id` (no native
+    // object per connection).
+    this._native = server._native
     this._server = server
     /** Server-unique id of this connection. */
-    this.id = native.id
+    this.id = id
     /**
      * The upgrade request: `{ url, method, headers, remoteAddress, remotePort, socket }` from
      * sluice's own listener, or the `http.IncomingMessage` given to `handleUpgrade`.
      */
     this.request = request
+    /** The negotiated subprotocol, `''` if none. */
+    this.protocol = protocol
+    /** The negotiated extensions (the 101's `Sec-WebSocket-Extensions`: permessage-deflate and its parameters), `''` if none. */
+    this.extensions = extensions
     // The native side starts with messages on, so that none is lost before the 'connection'
     // handlers have added their listeners; `_syncInterest` then tells it what is listened to.
     // Listeners are seen by the overrides of EventEmitter's methods below (on the prototype: no
@@ -66,16 +74,6 @@ class Connection extends EventEmitter {
   get remoteAddress() {
     const r = this.request
     return r.remoteAddress ?? (r.socket && r.socket.remoteAddress)
-  }
-
-  /** The negotiated subprotocol, `''` if none. */
-  get protocol() {
-    return this._native.protocol
-  }
-
-  /** The negotiated extensions (the 101's `Sec-WebSocket-Extensions`: permessage-deflate and its parameters), `''` if none. */
-  get extensions() {
-    return this._native.extensions
   }
 
   /** The close event has been reached in the event stream (the connection is closed). */
@@ -148,23 +146,23 @@ class Connection extends EventEmitter {
     const interest = this._bits & 0xff
     if (interest !== (this._bits >> NATIVE_SHIFT) & 0xff) {
       this._bits = (this._bits & ~(0xff << NATIVE_SHIFT)) | (interest << NATIVE_SHIFT)
-      this._native.setInterest(interest)
+      this._native.connSetInterest(this.id, interest)
     }
   }
 
   /** Bytes queued in sluice for this connection and not yet handed to the kernel. */
   get bufferedAmount() {
-    return this._native.bufferedAmount
+    return this._native.connBufferedAmount(this.id)
   }
 
   /** Bytes in the kernel's send queue not yet acknowledged (Linux SIOCOUTQ), or null. */
   get kernelBufferedAmount() {
-    return this._native.kernelBufferedAmount
+    return this._native.connKernelBufferedAmount(this.id)
   }
 
   /** True until the connection starts closing. */
   get isOpen() {
-    return !(this._bits & (CLOSED | PEER_CLOSED)) && this._native.isOpen
+    return !(this._bits & (CLOSED | PEER_CLOSED)) && this._native.connIsOpen(this.id)
   }
 
   /**
@@ -197,7 +195,7 @@ class Connection extends EventEmitter {
       throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_CALLBACK', 'callback must be a function')
     }
     const ack = callback ? this._server._track(callback) : undefined
-    return bytes === null ? this._native.sendText(data, p, ack, opts) : this._native.send(bytes, p, false, ack, opts)
+    return bytes === null ? this._native.connSendText(this.id, data, p, ack, opts) : this._native.connSend(this.id, bytes, p, false, ack, opts)
   }
 
   /**
@@ -205,17 +203,17 @@ class Connection extends EventEmitter {
    * written, 0 when nothing waits. Read synchronously, like `bufferedAmount`.
    */
   get lag() {
-    return this._native.lag
+    return this._native.connLag(this.id)
   }
 
   /** Messages queued for this connection whose `ttl` ran out before they were written. */
   get expired() {
-    return this._native.expired
+    return this._native.connExpired(this.id)
   }
 
   /** Queued messages of this connection replaced by a newer one with the same `key`. */
   get replaced() {
-    return this._native.replaced
+    return this._native.connReplaced(this.id)
   }
 
   /**
@@ -226,7 +224,7 @@ class Connection extends EventEmitter {
    * @throws {RangeError} `ERR_SLUICE_INVALID_DATA`
    */
   ping(data) {
-    return this._native.ping(controlPayload(data), false)
+    return this._native.connPing(this.id, controlPayload(data), false)
   }
 
   /**
@@ -237,7 +235,7 @@ class Connection extends EventEmitter {
    * @throws {RangeError} `ERR_SLUICE_INVALID_DATA`
    */
   pong(data) {
-    return this._native.ping(controlPayload(data), true)
+    return this._native.connPing(this.id, controlPayload(data), true)
   }
 
   /**
@@ -256,7 +254,7 @@ class Connection extends EventEmitter {
    */
   subscribe(topic, options) {
     const t = toTopic(topic)
-    if (options === undefined) return this._native.subscribe(t)
+    if (options === undefined) return this._native.connSubscribe(this.id, t)
     if (options === null || typeof options !== 'object' || options.since === null || typeof options.since !== 'object') {
       throw sluiceError(TypeError, 'ERR_SLUICE_INVALID_OPTIONS', 'options must be { since: { offset, epoch } }')
     }
@@ -271,7 +269,7 @@ class Connection extends EventEmitter {
     const token = server._nextPending++
     let r
     try {
-      r = this._native.resume(t, offset, epoch, token)
+      r = this._native.connResume(this.id, t, offset, epoch, token)
     } catch (err) {
       // ERR_SLUICE_NO_HISTORY, ERR_SLUICE_ALREADY_SUBSCRIBED, ERR_SLUICE_CLOSED
       return Promise.reject(nativeError(err))
@@ -286,7 +284,7 @@ class Connection extends EventEmitter {
    * @throws {TypeError} `ERR_SLUICE_INVALID_TOPIC`
    */
   unsubscribe(topic) {
-    return this._native.unsubscribe(toTopic(topic))
+    return this._native.connUnsubscribe(this.id, toTopic(topic))
   }
 
   /**
@@ -309,7 +307,7 @@ class Connection extends EventEmitter {
     if (Buffer.byteLength(reason) > MAX_CLOSE_REASON) {
       throw sluiceError(RangeError, 'ERR_SLUICE_INVALID_CLOSE_REASON', `reason must be at most ${MAX_CLOSE_REASON} bytes`)
     }
-    return this._native.close(code, reason)
+    return this._native.connClose(this.id, code, reason)
   }
 
   /**
@@ -318,7 +316,7 @@ class Connection extends EventEmitter {
    * @returns {boolean} false if already closed
    */
   terminate() {
-    return this._native.terminate()
+    return this._native.connTerminate(this.id)
   }
 }
 

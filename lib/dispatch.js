@@ -76,7 +76,7 @@ function handleEvent(server, ev) {
     const entry = token ? server._handshakes.get(token) : undefined
     if (entry) server._handshakes.delete(token)
     const req = entry ? entry.req : ownRequest(ev[3], server._options.tls)
-    const conn = new Connection(ev[2], req, server)
+    const conn = new Connection(ev[1], req, server, ev[2], ev[5])
     server._connections.set(ev[1], conn)
     server._updateHold()
     safeEmit(server, 'connection', conn, req)
@@ -136,7 +136,7 @@ function handleEvent(server, ev) {
       // only now does the connection start closing (at once for isOpen, even if the answer
       // waits behind broadcasts still being fanned out).
       conn._markPeerClosed()
-      conn._native.answerClose()
+      conn._native.connAnswerClose(conn.id)
       break
     case EventKind.Ping:
       safeEmit(conn, 'ping', ev[2])

@@ -4,7 +4,7 @@
 import { EventEmitter } from 'events'
 import type { IncomingMessage, Server as HttpServer } from 'http'
 import type { Duplex } from 'stream'
-import type { ServerOptions as NativeServerOptions, ClusterOptions, TlsOptions, Metrics, NativeConnection, PublishResult, ResumeResult } from '../index'
+import type { ServerOptions as NativeServerOptions, ClusterOptions, TlsOptions, Metrics, PublishResult, ResumeResult } from '../index'
 import { Priority, threadCpuTimeNs } from '../index'
 
 export { Priority, threadCpuTimeNs }
@@ -144,7 +144,7 @@ export interface SluiceError extends Error {
 }
 
 export declare class Connection extends EventEmitter {
-  private constructor(native: NativeConnection, request: Request, server: Server)
+  private constructor(id: number, request: Request, server: Server, protocol: string, extensions: string)
   /** Server-unique id. */
   readonly id: number
   /** sluice's request object, or the `IncomingMessage` of a taken-over socket. */

@@ -286,7 +286,7 @@ class WebSocket extends HookedEmitter {
     this._closeRequested = true
     if (code === undefined) {
       // As ws: a close frame without a body (the peer reports 1005), and no reason.
-      this._conn._native.close(NO_STATUS, '')
+      this._conn._native.connClose(this._conn.id, NO_STATUS, '')
     } else {
       this._conn.close(code, reason)
     }

@@ -1,108 +1,73 @@
-//! `NativeConnection`: the native half of `Connection` (send, close, subscribe, resume, getters).
+//! The native half of `Connection` (send, close, subscribe, resume, getters): methods of the
+//! server taking the connection's id. A connection has no JavaScript object of its own on the
+//! native side: a `#[napi]` class instance per connection would cost about 100 bytes of JS heap
+//! (the object, napi's type tag as a BigInt and its property array) and a wrap reference, for
+//! each of thousands of connections.
 
 use super::*;
 
+use super::server::NativeServer;
 use crate::net::routing::{ResumeRefused, Resumed};
 
-/// Native half of `Connection`. It holds the connection weakly: once the connection has ended its
-/// socket is closed at once, whatever JavaScript still holds.
-#[napi]
-pub struct NativeConnection {
-    conn: Weak<Conn>,
-    id: u64,
-    /// To report a `send` callback's drop once the connection is gone.
-    events: Arc<EventSink>,
-}
-
-impl NativeConnection {
-    pub(crate) fn new(conn: &Arc<Conn>) -> Self {
-        Self {
-            conn: Arc::downgrade(conn),
-            id: conn.id,
-            events: conn.server.events.clone(),
-        }
-    }
+/// The connection `id`, if it is still open. Once it has ended its socket is closed at once,
+/// whatever JavaScript still holds, and these calls find nothing.
+fn conn(s: &NativeServer, id: f64) -> Option<Arc<Conn>> {
+    s.shared.conn(id as u64)
 }
 
 #[napi]
-impl NativeConnection {
-    #[napi(getter)]
-    pub fn id(&self) -> f64 {
-        self.id as f64
-    }
-
+impl NativeServer {
     /// Bytes of messages queued and not yet handed to the kernel (the close frame is not
     /// counted); 0 once closed.
-    #[napi(getter)]
-    pub fn buffered_amount(&self) -> f64 {
-        self.conn
-            .upgrade()
-            .map_or(0.0, |c| c.buffered_data() as f64)
+    #[napi]
+    pub fn conn_buffered_amount(&self, id: f64) -> f64 {
+        conn(self, id).map_or(0.0, |c| c.buffered_data() as f64)
     }
 
     /// Bytes in the kernel's send queue not yet acknowledged by the peer (Linux `SIOCOUTQ`);
     /// `null` elsewhere or once closed.
-    #[napi(getter)]
-    pub fn kernel_buffered_amount(&self) -> Option<f64> {
-        self.conn
-            .upgrade()
+    #[napi]
+    pub fn conn_kernel_buffered_amount(&self, id: f64) -> Option<f64> {
+        conn(self, id)
             .and_then(|c| c.kernel_buffered_amount())
             .map(|v| v as f64)
     }
 
     /// Age in ms of the oldest message queued for this connection and not yet written; 0 when
     /// nothing waits, or once closed.
-    #[napi(getter)]
-    pub fn lag(&self) -> f64 {
-        self.conn.upgrade().map_or(0.0, |c| {
+    #[napi]
+    pub fn conn_lag(&self, id: f64) -> f64 {
+        conn(self, id).map_or(0.0, |c| {
             c.lag(tokio::time::Instant::now()).as_secs_f64() * 1000.0
         })
     }
 
     /// Queued messages of this connection whose `ttl` ran out before they were written.
-    #[napi(getter)]
-    pub fn expired(&self) -> f64 {
-        self.conn.upgrade().map_or(0.0, |c| {
+    #[napi]
+    pub fn conn_expired(&self, id: f64) -> f64 {
+        conn(self, id).map_or(0.0, |c| {
             c.expired.load(std::sync::atomic::Ordering::Relaxed) as f64
         })
     }
 
     /// Queued messages of this connection replaced by a newer one with the same key.
-    #[napi(getter)]
-    pub fn replaced(&self) -> f64 {
-        self.conn.upgrade().map_or(0.0, |c| {
+    #[napi]
+    pub fn conn_replaced(&self, id: f64) -> f64 {
+        conn(self, id).map_or(0.0, |c| {
             c.replaced.load(std::sync::atomic::Ordering::Relaxed) as f64
         })
     }
 
     /// True until a close starts.
-    #[napi(getter)]
-    pub fn is_open(&self) -> bool {
-        self.conn.upgrade().is_some_and(|c| c.is_open())
-    }
-
-    /// The negotiated extensions (the 101's `Sec-WebSocket-Extensions`), `''` if none.
-    #[napi(getter)]
-    pub fn extensions(&self) -> String {
-        self.conn
-            .upgrade()
-            .and_then(|c| c.deflate.map(|n| n.response()))
-            .unwrap_or_default()
-    }
-
-    /// The negotiated subprotocol, `''` if none.
-    #[napi(getter)]
-    pub fn protocol(&self) -> String {
-        self.conn
-            .upgrade()
-            .map(|c| c.protocol.clone())
-            .unwrap_or_default()
+    #[napi]
+    pub fn conn_is_open(&self, id: f64) -> bool {
+        conn(self, id).is_some_and(|c| c.is_open())
     }
 
     /// Which inbound events reach JavaScript: bits 1 message, 2 ping, 4 pong.
     #[napi]
-    pub fn set_interest(&self, bits: u32) {
-        if let Some(c) = self.conn.upgrade() {
+    pub fn conn_set_interest(&self, id: f64, bits: u32) {
+        if let Some(c) = conn(self, id) {
             c.set_interest(bits as u8);
         }
     }
@@ -110,8 +75,9 @@ impl NativeConnection {
     /// Queues `data` as one frame. With `ack`, a `sent` event with that token reports whether it
     /// was wholly handed to the kernel or dropped.
     #[napi]
-    pub fn send(
+    pub fn conn_send(
         &self,
+        id: f64,
         data: &[u8],
         priority: Priority,
         text: bool,
@@ -119,22 +85,24 @@ impl NativeConnection {
         options: Option<MessageOptions>,
     ) -> bool {
         let op = if text { OpCode::Text } else { OpCode::Binary };
-        self.deliver(data, op, priority, ack, options)
+        self.deliver(id, data, op, priority, ack, options)
     }
 
     #[napi]
-    pub fn send_text(
+    pub fn conn_send_text(
         &self,
+        id: f64,
         data: String,
         priority: Priority,
         ack: Option<f64>,
         options: Option<MessageOptions>,
     ) -> bool {
-        self.deliver(data.as_bytes(), OpCode::Text, priority, ack, options)
+        self.deliver(id, data.as_bytes(), OpCode::Text, priority, ack, options)
     }
 
     fn deliver(
         &self,
+        id: f64,
         data: &[u8],
         op: OpCode,
         priority: Priority,
@@ -142,10 +110,10 @@ impl NativeConnection {
         options: Option<MessageOptions>,
     ) -> bool {
         let ack = ack.map(|token| {
-            let (events, id, token) = (self.events.clone(), self.id, token as u64);
+            let (events, id, token) = (self.shared.events.clone(), id as u64, token as u64);
             SendAck::new(move |fate| events.push(Event::Sent { id, token, fate }))
         });
-        let Some(c) = self.conn.upgrade() else {
+        let Some(c) = conn(self, id) else {
             // The connection is gone: dropping `ack` reports the send as dropped.
             return false;
         };
@@ -160,41 +128,36 @@ impl NativeConnection {
 
     /// Queues a ping (or, with `pong`, an unsolicited pong) carrying at most 125 bytes.
     #[napi]
-    pub fn ping(&self, data: &[u8], pong: bool) -> Result<bool, ErrorCode> {
+    pub fn conn_ping(&self, id: f64, data: &[u8], pong: bool) -> Result<bool, ErrorCode> {
         if data.len() > MAX_CONTROL_PAYLOAD {
             return Err(coded(
                 ErrorCode::InvalidData,
                 "ping/pong data must be at most 125 bytes",
             ));
         }
-        Ok(self
-            .conn
-            .upgrade()
-            .is_some_and(|c| c.send_control(pong, data)))
+        Ok(conn(self, id).is_some_and(|c| c.send_control(pong, data)))
     }
 
     /// Graceful close after queued data (and after broadcasts made before it). False if already
     /// closing or closed.
     #[napi]
-    pub fn close(&self, code: u32, reason: String) -> bool {
-        self.conn
-            .upgrade()
-            .is_some_and(|c| c.close_ordered(code as u16, &reason))
+    pub fn conn_close(&self, id: f64, code: u32, reason: String) -> bool {
+        conn(self, id).is_some_and(|c| c.close_ordered(code as u16, &reason))
     }
 
     /// Answers the peer's close frame, once the events before it have been handled (internal:
     /// `lib/dispatch.js` calls it when it reaches the close in the event stream).
     #[napi]
-    pub fn answer_close(&self) {
-        if let Some(c) = self.conn.upgrade() {
+    pub fn conn_answer_close(&self, id: f64) {
+        if let Some(c) = conn(self, id) {
             c.answer_peer_close_ordered();
         }
     }
 
     /// Drops the TCP connection now; queued data is discarded (and counted).
     #[napi]
-    pub fn terminate(&self) -> bool {
-        match self.conn.upgrade() {
+    pub fn conn_terminate(&self, id: f64) -> bool {
+        match conn(self, id) {
             Some(c) => {
                 c.end(Some(Termination::Requested));
                 true
@@ -205,23 +168,22 @@ impl NativeConnection {
 
     /// False if already subscribed (or a resume of the topic is under way) or closed.
     #[napi]
-    pub fn subscribe(&self, topic: String) -> bool {
-        self.conn
-            .upgrade()
-            .is_some_and(|c| !c.is_resuming(&topic) && c.server.subscribe(&c, &topic))
+    pub fn conn_subscribe(&self, id: f64, topic: String) -> bool {
+        conn(self, id).is_some_and(|c| !c.is_resuming(&topic) && c.server.subscribe(&c, &topic))
     }
 
     /// Subscribes to a topic with history, first replaying what the client missed after
     /// `offset` of `epoch` (in order with the publishes around it: no gap, no duplicate).
     #[napi]
-    pub fn resume(
+    pub fn conn_resume(
         &self,
+        id: f64,
         topic: String,
         offset: f64,
         epoch: String,
         token: f64,
     ) -> Result<ResumeResult, ErrorCode> {
-        let Some(c) = self.conn.upgrade() else {
+        let Some(c) = conn(self, id) else {
             return Err(coded(ErrorCode::Closed, "the connection is closed"));
         };
         let since = if offset.is_finite() && offset >= 0.0 {
@@ -258,9 +220,7 @@ impl NativeConnection {
     }
 
     #[napi]
-    pub fn unsubscribe(&self, topic: String) -> bool {
-        self.conn
-            .upgrade()
-            .is_some_and(|c| c.server.unsubscribe(&c, &topic))
+    pub fn conn_unsubscribe(&self, id: f64, topic: String) -> bool {
+        conn(self, id).is_some_and(|c| c.server.unsubscribe(&c, &topic))
     }
 }

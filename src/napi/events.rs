@@ -10,7 +10,6 @@ use napi::{sys, Env};
 use napi_derive::napi;
 
 use crate::core::message::Fate;
-use crate::napi::connection::NativeConnection;
 use crate::net::connection::interest;
 use crate::net::events::{Event, EventSink, Wake};
 use crate::wire::handshake::Request;
@@ -19,8 +18,10 @@ use crate::wire::handshake::Request;
 /// element of each event array. The elements after it, by kind:
 #[napi]
 pub enum EventKind {
-    /// `[kind, id, NativeConnection, request, token]`: a connection is open; `request` is the
-    /// object of sluice's own listener, `token` (0 there) the handshake's of a taken-over socket.
+    /// `[kind, id, protocol, request, token, extensions]`: a connection is open; `request` is
+    /// the object of sluice's own listener, `token` (0 there) the handshake's of a taken-over
+    /// socket; `protocol` and `extensions` are what the 101 said (`''` if nothing). Calls on the
+    /// connection are the server's `conn*` methods, by id.
     Connection,
     /// `[kind, id, data: Buffer, binary: boolean]`: a message (only while JavaScript listens).
     Message,
@@ -80,7 +81,7 @@ impl From<Fate> for SendFate {
 }
 
 /// Inbound events a connection passes to JavaScript, as bits of
-/// `NativeConnection.setInterest`: without a listener they never wake the JS thread.
+/// `NativeServer.connSetInterest`: without a listener they never wake the JS thread.
 #[napi]
 pub enum Interest {
     Message = 1,
@@ -183,9 +184,11 @@ impl ToNapiValue for EventBatch {
                 } => {
                     e.set(0, EventKind::Connection)?;
                     e.set(1, conn.id as f64)?;
-                    e.set(2, NativeConnection::new(&conn))?;
+                    e.set(2, conn.protocol.as_str())?;
                     e.set(3, request_object(&env, request)?)?;
                     e.set(4, token as f64)?;
+                    let extensions = conn.deflate.map(|n| n.response());
+                    e.set(5, extensions.as_deref().unwrap_or(""))?;
                 }
                 Event::Message { id, data, binary } => {
                     e.set(0, EventKind::Message)?;

@@ -20,7 +20,7 @@
 //! numbering, routing between local fan-out and the peers): those live in `net` and `core`, so
 //! that they are tested without Node. It may name every layer below it.
 
-use std::sync::{Arc, Once, Weak};
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use napi::bindgen_prelude::*;

@@ -12,7 +12,7 @@ use crate::net::tls;
 /// Native half of `Server`. Use `Server` from `require('sluice')` instead.
 #[napi]
 pub struct NativeServer {
-    shared: Arc<ServerShared>,
+    pub(super) shared: Arc<ServerShared>,
     /// The JS dispatcher the event queue wakes.
     waker: Arc<JsWaker>,
     /// The cluster link, with the `cluster` option (also set as the server's peers).

@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -135,6 +135,10 @@ pub(crate) struct ServerShared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) events: Arc<EventSink>,
     conns: RwLock<Registry>,
+    /// The open connections by id, for JavaScript's calls on one of them (`conn.send`,
+    /// `bufferedAmount`...). Apart from `conns`, whose read lock a fan-out holds while it takes
+    /// its snapshot: a lookup here waits at most for another lookup, an insert or a removal.
+    by_id: Mutex<HashMap<u64, Weak<Conn>>>,
     topics: RwLock<Topics<Arc<Conn>>>,
     next_id: AtomicU64,
     /// Tokens of handshakes JavaScript knows about (taken-over sockets, `verify` events).
@@ -195,6 +199,7 @@ impl ServerShared {
             metrics: Arc::new(Metrics::default()),
             events,
             conns: RwLock::new(BTreeMap::new()),
+            by_id: Mutex::new(HashMap::new()),
             topics: RwLock::new(Topics::new()),
             next_id: AtomicU64::new(1),
             next_token: AtomicU64::new(1),
@@ -236,6 +241,11 @@ impl ServerShared {
         });
         write(&self.histories).insert(Arc::from(topic), h.clone());
         h
+    }
+
+    /// The open connection `id` (JavaScript's handle on it), until it ends.
+    pub(crate) fn conn(&self, id: u64) -> Option<Arc<Conn>> {
+        lock(&self.by_id).get(&id).and_then(Weak::upgrade)
     }
 
     pub(crate) fn history(&self, topic: &str) -> Option<Arc<TopicHistory>> {
@@ -735,6 +745,7 @@ impl ServerShared {
         let missed_close_all = {
             let mut conns = write(&self.conns);
             conns.insert(id, conn.clone());
+            lock(&self.by_id).insert(id, Arc::downgrade(&conn));
             self.closed_all.load(Ordering::Relaxed)
         };
         self.metrics
@@ -786,6 +797,7 @@ impl ServerShared {
 
     fn remove(&self, conn: &Arc<Conn>) {
         write(&self.conns).remove(&conn.id);
+        lock(&self.by_id).remove(&conn.id);
         if conn.deflate.is_some() {
             self.metrics
                 .deflate
