@@ -1,6 +1,6 @@
 //! One WebSocket connection after the handshake: its reader, its writer, its heartbeat and its end.
 //!
-//! Each connection runs as one task on the server's runtime, which polls two futures together:
+//! Each connection runs two tasks on the server's runtime:
 //!
 //! * the **writer** moves frames from the [`Outbox`] into a batch and hands the batch to the kernel
 //!   with one vectored `write` per readiness, however many frames are queued. It counts every
@@ -781,22 +781,15 @@ impl Conn {
     /// Runs the connection until it ends. `leftover` holds bytes read past the handshake; the
     /// reader takes them. Borrowed, not moved: an async fn keeps its arguments for its whole life,
     /// so a moved `Vec` would be kept by every level of the connection's future (24 bytes each).
-    ///
-    /// The reader and the writer are two futures of the connection's one task, polled together:
-    /// a second task would cost its own cell (272 bytes) and a spawn per connection. Each keeps
-    /// its own wake-up ([`Wake`]) and readiness direction: a wake-up for one also polls the
-    /// other, which finds its wait still pending (a few atomic loads, and a lock where it keeps
-    /// the task's waker).
     pub(crate) async fn run(self: &Arc<Self>, leftover: &mut Vec<u8>) {
-        let reader = async {
-            self.read_loop(leftover).await;
-            self.reader_wake.forget();
-            self.end(None);
-        };
-        tokio::join!(reader, self.write_loop());
+        let writer = tokio::spawn(self.clone().write_loop());
+        self.read_loop(leftover).await;
+        self.reader_wake.forget();
+        self.end(None);
+        let _ = writer.await;
     }
 
-    async fn write_loop(&self) {
+    async fn write_loop(self: Arc<Self>) {
         lock(&self.writing).started = true;
         loop {
             let next = {
@@ -1669,7 +1662,7 @@ pub(crate) fn part_sizes(conn: &Arc<Conn>) -> Vec<(&'static str, usize)> {
     let (mut none, mut none_too) = (Vec::new(), Vec::new());
     let run = conn.run(&mut none);
     let read = conn.read_loop(&mut none_too);
-    let write = conn.write_loop();
+    let write = conn.clone().write_loop();
     let cfg = &conn.server.config;
     let sizes = vec![("reader's timer: Sleep", size_of::<tokio::time::Sleep>())];
     let mut v = vec![
