@@ -158,6 +158,10 @@ describe('taking upgrades over from a Node http server', () => {
     expect(req.url).toBe('/ws?room=lobby')
     expect(conn.request).toBe(req)
     expect(conn.remoteAddress).toBe('127.0.0.1')
+    // An application may put its own there (a proxy's forwarded address); it is kept as given.
+    conn.remoteAddress = '203.0.113.7'
+    expect(conn.remoteAddress).toBe('203.0.113.7')
+    expect(req.socket.remoteAddress).toBe('127.0.0.1')
 
     // Both directions work on the taken-over socket, and HTTP keeps working beside it.
     const got = once(ws, 'message')

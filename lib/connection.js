@@ -76,6 +76,11 @@ class Connection extends EventEmitter {
     return r.remoteAddress ?? (r.socket && r.socket.remoteAddress)
   }
 
+  /** An application may set its own (a proxy's forwarded address): it is kept as given. */
+  set remoteAddress(value) {
+    Object.defineProperty(this, 'remoteAddress', { value, writable: true, enumerable: true, configurable: true })
+  }
+
   /** The close event has been reached in the event stream (the connection is closed). */
   _markClosed() {
     this._bits |= CLOSED
