@@ -48,9 +48,6 @@ class Connection extends EventEmitter {
   constructor(id, request, server, protocol, extensions) {
     super()
     this._events = new Listeners()
-    // The native server: calls on this connection are its `conn*` methods, with `id` (no native
-    // object per connection).
-    this._native = server._native
     this._server = server
     /** Server-unique id of this connection. */
     this.id = id
@@ -68,6 +65,14 @@ class Connection extends EventEmitter {
     // Listeners are seen by the overrides of EventEmitter's methods below (on the prototype: no
     // per-connection 'newListener' / 'removeListener' listeners and their closures).
     this._bits = INTEREST.message << NATIVE_SHIFT
+  }
+
+  /**
+   * The native server: calls on this connection are its `conn*` methods, with `id` (no native
+   * object per connection, and no field for it: it is the server's).
+   */
+  get _native() {
+    return this._server._native
   }
 
   /** The client's address (the request's, or its socket's). */
