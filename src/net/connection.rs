@@ -1083,6 +1083,7 @@ impl Conn {
     /// accounting for `wrote` bytes just written, under one lock. Returns false when there was
     /// nothing to take (the outbox then marks the writer idle).
     fn take(&self, w: &mut Writer, one_frame: bool, wrote: Option<usize>) -> bool {
+        let lone = w.batch.len() <= 1;
         w.batch.clear();
         w.done = 0;
         w.offset = 0;
@@ -1107,7 +1108,16 @@ impl Conn {
             self.report_drain(amount);
         }
         w.close_in_batch = taken.close;
-        !w.batch.is_empty()
+        if w.batch.is_empty() {
+            // The writer goes idle. After a lone frame (sparse broadcasts, a client that keeps
+            // up), its batch's storage (480 bytes once grown) is not kept until the next one;
+            // after a burst it is, as the outbox keeps its lanes' (see `Outbox::take_batch`).
+            if lone {
+                w.batch = Vec::new();
+            }
+            return false;
+        }
+        true
     }
 
     async fn read_loop(&self, leftover: &mut Vec<u8>) {
