@@ -168,10 +168,13 @@ describe('inbound memory is bounded by count as well as bytes (rate limits off)'
   })
 
   test('300 connections each leaving a 1 MiB message unfinished hold at most maxPartialMessageBytes (64 MiB)', async () => {
-    const r = await runScenario({ flood: { mode: 'partial', durationMs: FLOOD_MS, connections: 300 } })
+    const r = await runScenario({ flood: { mode: 'partial', durationMs: FLOOD_MS, connections: 300 }, probeAtMs: FLOOD_MS - 400 })
     console.log(`300 unfinished 1 MiB messages: ${summary(r)}`)
     expect(r.flooders[0].opened).toBe(300)
-    const inbound = r.metrics.inbound
+    // Read while the flooder's connections are all open. The final report comes once the flooder
+    // has exited: its connections are closing then, and each one closed has let its reservation
+    // go (a fresh-clone CI run read 30 MiB there: 30 of the 64 messages still held).
+    const inbound = r.probe.metrics.inbound
     expect(inbound.partialMessageBytes).toBeLessThanOrEqual(64 * MiB)
     expect(inbound.partialMessageBytes).toBeGreaterThan(32 * MiB)
     expect(inbound.partialPauses).toBeGreaterThan(100)
