@@ -67,19 +67,19 @@ fn settle(h: &Harness, n: usize) {
     std::thread::sleep(Duration::from_millis(500));
 }
 
-/// Per-connection heap of one window: (bytes with malloc's overhead, the allocations by size
-/// held by at least a quarter of the connections, large bytes).
-fn window(h: &Harness, clients: &mut Vec<std::net::TcpStream>) -> (f64, Vec<(usize, f64)>, f64) {
+/// Opens a counting window: the counters start from zero and count from now.
+fn start_counting() {
     for c in COUNT.iter() {
         c.store(0, Ordering::Relaxed);
     }
     LARGE_BYTES.store(0, Ordering::Relaxed);
-    let before = clients.len();
     ON.store(true, Ordering::SeqCst);
-    for _ in 0..CONNS {
-        clients.push(open(h.addr));
-    }
-    settle(h, before + CONNS);
+}
+
+/// Closes the window and returns what it counted per connection, over [`CONNS`] connections:
+/// (net bytes with malloc's overhead, the allocations by size held by at least a quarter of the
+/// connections, large bytes).
+fn stop_counting() -> (f64, Vec<(usize, f64)>, f64) {
     ON.store(false, Ordering::SeqCst);
     let n = CONNS as f64;
     let mut total = 0f64;
@@ -96,6 +96,17 @@ fn window(h: &Harness, clients: &mut Vec<std::net::TcpStream>) -> (f64, Vec<(usi
     let large = LARGE_BYTES.load(Ordering::Relaxed) as f64;
     total += large;
     (total / n, rows, large / n)
+}
+
+/// Per-connection heap of one window in which [`CONNS`] connections open and settle.
+fn window(h: &Harness, clients: &mut Vec<std::net::TcpStream>) -> (f64, Vec<(usize, f64)>, f64) {
+    let before = clients.len();
+    start_counting();
+    for _ in 0..CONNS {
+        clients.push(open(h.addr));
+    }
+    settle(h, before + CONNS);
+    stop_counting()
 }
 
 fn idle_config() -> Config {
@@ -202,27 +213,15 @@ fn a_connection_keeps_no_storage_once_its_broadcasts_are_written() {
             clients.push(open(h.addr));
         }
         settle(&h, before + CONNS);
-        for c in COUNT.iter() {
-            c.store(0, Ordering::Relaxed);
-        }
-        LARGE_BYTES.store(0, Ordering::Relaxed);
-        ON.store(true, Ordering::SeqCst);
+        start_counting();
         for _ in 0..3 {
             broadcast_and_read(&mut clients, 1);
         }
-        ON.store(false, Ordering::SeqCst);
-        let n = CONNS as f64;
-        let mut total = 0f64;
+        let (per_conn, rows, _) = stop_counting();
         println!("window {run}: | allocation size | net count per new connection |");
-        for (size, c) in COUNT.iter().enumerate().take(EXACT) {
-            let count = c.load(Ordering::Relaxed);
-            total += (count * chunk(size) as i64) as f64;
-            if count.unsigned_abs() as usize >= CONNS / 4 {
-                println!("| {size} | {:.2} |", count as f64 / n);
-            }
+        for (size, count) in rows {
+            println!("| {size} | {count:.2} |");
         }
-        total += LARGE_BYTES.load(Ordering::Relaxed) as f64;
-        let per_conn = total / n;
         println!("window {run}: {per_conn:.0} B per connection kept after its first broadcasts");
         best = best.min(per_conn);
         if best <= 64.0 {
