@@ -772,12 +772,11 @@ impl Outbox {
         if self.critical.is_empty() && self.data.is_empty() {
             self.earliest_deadline = None;
         }
-        // Storage only while it is in use. A client that keeps up with sparse broadcasts finds
-        // one frame queued each time and empties its lanes: what a lane keeps once grown (four
-        // entries, 448 bytes) would otherwise stay with every connection between broadcasts. A
-        // take of several frames is a burst, likely followed by more: its storage is kept (a
-        // malloc and a free per frame cost the storm about 5%) until a lone frame empties it.
-        if t.frames <= 1 {
+        // Storage only while it is in use: when a take finds nothing (the writer goes idle), the
+        // lanes' storage goes. What a lane keeps once grown (four entries, 448 bytes) would
+        // otherwise stay with every connection between broadcasts. While frames keep coming, a
+        // take that empties a lane leaves it its storage for the next push.
+        if t.frames == 0 {
             release_if_empty(&mut self.control);
             release_if_empty(&mut self.critical);
             release_if_empty(&mut self.data);

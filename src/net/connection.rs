@@ -1110,8 +1110,10 @@ impl Conn {
         w.close_in_batch = taken.close;
         if w.batch.is_empty() {
             // The writer goes idle. After a lone frame (sparse broadcasts, a client that keeps
-            // up), its batch's storage (480 bytes once grown) is not kept until the next one;
-            // after a burst it is, as the outbox keeps its lanes' (see `Outbox::take_batch`).
+            // up), its batch's storage (480 bytes once grown) is not kept until the next one, as
+            // the outbox's lanes are not (see `Outbox::take_batch`). After a batch of several
+            // frames it is kept: freeing the lanes at every take and this batch at every idle
+            // cost the storm about 5% (4 alternating pairs).
             if lone {
                 w.batch = Vec::new();
             }
