@@ -252,7 +252,9 @@ pub(crate) struct Outbox {
     /// Where the queued frame of each conflation key is: `(in the critical lane, seq)`.
     keys: LazyMap<Arc<str>, (bool, u64)>,
     next_seq: u64,
-    close_after_data: Option<Frame>,
+    /// Our close frame, queued behind the data (graceful close). Boxed: a frame is 104 bytes,
+    /// and every connection's outbox would carry them for a close that comes once, at its end.
+    close_after_data: Option<Box<Frame>>,
     /// Bytes in the lanes and `close_after_data`.
     queued: usize,
     /// Bytes moved to the writer's batch and not yet reported written.
@@ -660,7 +662,7 @@ impl Outbox {
         }
         self.state = State::Closing;
         self.queued += close.len();
-        self.close_after_data = Some(close);
+        self.close_after_data = Some(Box::new(close));
         Some(std::mem::take(&mut self.writer_idle))
     }
 
@@ -744,7 +746,7 @@ impl Outbox {
             } else if let Some(f) = self.close_after_data.take() {
                 self.close_taken = true;
                 t.close = true;
-                (f, None)
+                (*f, None)
             } else {
                 break;
             };

@@ -1141,7 +1141,7 @@ impl Conn {
         }
         // tungstenite's state machine and its read buffer (1 KiB, more after a large frame),
         // only while a message is under way: between messages it holds nothing that a fresh one
-        // would not (see `Inbound::at_rest`), and an idle connection keeps none. Boxed, so that
+        // would not (see `Inbound::rest`), and an idle connection keeps none. Boxed, so that
         // its 256 bytes are not in the reader's future either.
         let mut ctx: Option<Box<WebSocketContext>> = {
             // Bytes that came with the upgrade request count like any others. They are the
@@ -1293,9 +1293,10 @@ impl Conn {
                                 Some(Stop::RateLimited) => {}
                                 None => {}
                             }
-                            if !peer_closed && inbound.at_rest(returned) {
+                            if !peer_closed && inbound.rest(returned) {
                                 // Every byte read belongs to a message tungstenite has returned:
-                                // its buffer is empty (whatever a large frame grew it to).
+                                // its buffer is empty (whatever a large frame grew it to), and
+                                // `inbound` has let its frame tracker go.
                                 ctx = None;
                             }
                             break;

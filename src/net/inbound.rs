@@ -366,7 +366,14 @@ pub(crate) enum Stop {
 /// One connection's inbound accounting: what it may still read now, and what it holds.
 #[derive(Debug)]
 pub(crate) struct Inbound {
-    tracker: FrameTracker,
+    /// Where the client's byte stream stands in its frames: only while a frame or a message is
+    /// under way, or messages read are not all returned yet ([`Self::rest`] lets it go). Boxed,
+    /// so that an idle connection keeps 8 bytes here, not 112, in its reader's future.
+    tracker: Option<Box<FrameTracker>>,
+    /// Messages complete in the trackers let go so far: [`Self::messages`] goes on from them.
+    messages_before: u64,
+    /// permessage-deflate was negotiated: each new tracker marks compressed messages.
+    deflate: bool,
     bytes: Option<TokenBucket>,
     frames: Option<TokenBucket>,
     budget: Arc<PartialBudget>,
@@ -389,7 +396,9 @@ impl Inbound {
     pub(crate) fn new(limits: RateLimits, budget: Arc<PartialBudget>, now: Instant) -> Self {
         let window = limits.window.as_secs_f64();
         Self {
-            tracker: FrameTracker::default(),
+            tracker: None,
+            messages_before: 0,
+            deflate: false,
             bytes: limits.bytes_per_second.map(|r| {
                 let r = r as f64;
                 // One maxPayload message (and its header) always fits in a burst.
@@ -413,12 +422,15 @@ impl Inbound {
 
     /// permessage-deflate was negotiated: compressed messages are marked (see [`FrameTracker::feed`]).
     pub(crate) fn enable_deflate(&mut self) {
-        self.tracker.deflate = true;
+        self.deflate = true;
+        if let Some(t) = &mut self.tracker {
+            t.deflate = true;
+        }
     }
 
     /// What the next data message tungstenite returns was on the wire.
     pub(crate) fn next_kind(&mut self) -> Kind {
-        self.tracker.next_kind()
+        self.tracker.as_mut().map_or(Kind::Plain, |t| t.next_kind())
     }
 
     /// A new wake-up of the reader: the per-wake-up budget starts again.
@@ -447,7 +459,19 @@ impl Inbound {
     /// Accounts bytes just read from the socket (or left over from the handshake).
     pub(crate) fn consumed(&mut self, bytes: &mut [u8], now: Instant) {
         let len = bytes.len();
-        let frames = self.tracker.feed(bytes);
+        if len == 0 {
+            return;
+        }
+        let deflate = self.deflate;
+        let tracker = self.tracker.get_or_insert_with(|| {
+            Box::new(FrameTracker {
+                deflate,
+                ..FrameTracker::default()
+            })
+        });
+        let frames = tracker.feed(bytes);
+        let held = tracker.message_in_progress();
+        let payload = tracker.message_payload();
         self.wake_bytes += len;
         self.wake_frames += frames;
         if let Some(b) = &mut self.bytes {
@@ -462,14 +486,12 @@ impl Inbound {
                 }
             }
         }
-        let held = self.tracker.message_in_progress();
         if held >= LARGE_FRAME {
             self.large_seen = true;
         }
         // What tungstenite holds for the message in progress, when it is worth reserving. A
         // message over maxPayload is refused by tungstenite as soon as it reads the header that
         // takes it over (1009): nothing to hold.
-        let payload = self.tracker.message_payload();
         let total = if held as usize > PARTIAL_FREE_BYTES && payload <= self.max_payload as u64 {
             held as usize
         } else {
@@ -531,14 +553,32 @@ impl Inbound {
     /// all `returned` of them: its context then holds nothing a fresh one would not (an empty
     /// read buffer, no partial frame or message) and may be dropped until more bytes come.
     pub(crate) fn at_rest(&self, returned: u64) -> bool {
-        self.tracker.at_rest() && self.tracker.messages() == returned
+        self.tracker.as_ref().is_none_or(|t| t.at_rest()) && self.messages() == returned
+    }
+
+    /// [`Self::at_rest`], and then the frame tracker's storage goes too, until more bytes come: a
+    /// fresh one would start where it stands (no partial frame, no message in progress, every
+    /// compressed message's mark taken).
+    pub(crate) fn rest(&mut self, returned: u64) -> bool {
+        if !self.at_rest(returned) {
+            return false;
+        }
+        if let Some(t) = self.tracker.take_if(|t| t.kinds.is_empty()) {
+            self.messages_before += t.messages();
+        }
+        true
+    }
+
+    /// Messages (data messages and control frames) complete so far.
+    fn messages(&self) -> u64 {
+        self.messages_before + self.tracker.as_ref().map_or(0, |t| t.messages())
     }
 
     /// True if a large frame was announced since the last call, every byte read so far belongs
     /// to complete messages, and tungstenite has returned all `returned` of them: its read buffer
     /// then holds nothing, only the capacity that large frame left it, and may be replaced.
     pub(crate) fn take_large_seen(&mut self, returned: u64) -> bool {
-        if self.large_seen && self.tracker.at_rest() && self.tracker.messages() == returned {
+        if self.large_seen && self.at_rest(returned) {
             self.large_seen = false;
             return true;
         }
@@ -844,6 +884,37 @@ mod tests {
         let mut d = Inbound::new(limits(None, None), budget.clone(), now);
         d.consumed(&mut over.to_vec(), now);
         assert_eq!(budget.reserved(), 0);
+    }
+
+    #[test]
+    fn the_frame_tracker_is_kept_only_while_a_message_is_under_way() {
+        let budget = Arc::new(PartialBudget::new(0));
+        let now = Instant::now();
+        let mut i = Inbound::new(limits(None, None), budget, now);
+        assert!(i.tracker.is_none());
+        let f = frame(true, 2, 10);
+        i.consumed(&mut f[..5].to_vec(), now);
+        // A frame half read: not at rest, the tracker stays.
+        assert!(!i.rest(0));
+        assert!(i.tracker.is_some());
+        i.consumed(&mut f[5..].to_vec(), now);
+        // Complete, but not yet returned by tungstenite.
+        assert!(!i.rest(0));
+        assert!(i.tracker.is_some());
+        assert!(i.rest(1));
+        assert!(i.tracker.is_none());
+        // The count goes on across trackers: two more messages, the second in two reads.
+        i.consumed(&mut frame(true, 9, 0), now);
+        i.consumed(&mut f[..3].to_vec(), now);
+        assert!(!i.rest(2));
+        i.consumed(&mut f[3..].to_vec(), now);
+        assert!(!i.rest(2));
+        assert!(i.rest(3));
+        assert!(i.tracker.is_none());
+        // Nothing read: nothing made.
+        i.consumed(&mut [], now);
+        assert!(i.tracker.is_none());
+        assert!(i.rest(3));
     }
 
     #[test]
