@@ -1,9 +1,11 @@
 //! One WebSocket connection after the handshake: its reader, its writer, its heartbeat and its end.
 //!
-//! Each connection runs two tasks on the server's runtime:
+//! Each connection runs as one task on the server's runtime, with two futures in it (see
+//! [`Conn::run`]):
 //!
 //! * the **writer** moves frames from the [`Outbox`] into a batch and hands the batch to the kernel
-//!   with one vectored `write` per readiness, however many frames are queued. It counts every
+//!   with one vectored `write` per readiness, however many frames are queued (up to a batch's
+//!   size; after [`WRITE_BUDGET`] writes it yields). It counts every
 //!   byte the kernel took, which is what brings `bufferedAmount` down. Its work is a synchronous
 //!   step ([`Conn::flush`]) on state of its own behind a lock (`writing`), so that the fan-out can
 //!   do it too: a broadcast that finds a connection's writer idle (and no broadcast waiting
@@ -83,6 +85,12 @@ pub(crate) mod interest {
 /// small enough for any task's stack; the wake-up as a whole is still bounded by
 /// [`READ_BUDGET_BYTES`].
 const DRAIN_CHUNK: usize = 4096;
+
+/// Writes (each up to [`MAX_BATCH_BYTES`] in up to [`MAX_IOVECS`] frames) the writer makes per
+/// wake-up before it yields: to the connection's reader, which shares its task (see
+/// [`Conn::run`]), and to the other connections of its worker thread. Four writes are up to 1 MiB,
+/// a quarter of a millisecond or so of `writev` here.
+const WRITE_BUDGET: usize = 4;
 
 /// How often a reader paused for room (JavaScript's event queue, or the server's budget of partly
 /// received messages) looks again without a wake-up. The room is signalled with
@@ -781,20 +789,29 @@ impl Conn {
     /// Runs the connection until it ends. `leftover` holds bytes read past the handshake; the
     /// reader takes them. Borrowed, not moved: an async fn keeps its arguments for its whole life,
     /// so a moved `Vec` would be kept by every level of the connection's future (24 bytes each).
+    ///
+    /// The reader and the writer are two futures of the connection's one task, polled together:
+    /// a task of its own would cost the writer a cell (272 bytes) and a spawn per connection. Each
+    /// keeps its own wake-up ([`Wake`]) and readiness direction: a wake-up for one also polls the
+    /// other, which finds its wait still pending. Neither may hold the task for long: the reader
+    /// yields after its read budget, the writer after [`WRITE_BUDGET`] writes, so that a backlog
+    /// being written never keeps the reader from a pong (or from reading at the pace the
+    /// byte rate is measured at), and the reverse.
     pub(crate) async fn run(self: &Arc<Self>, leftover: &mut Vec<u8>) {
-        let writer = tokio::spawn(self.clone().write_loop());
-        self.read_loop(leftover).await;
-        self.reader_wake.forget();
-        self.end(None);
-        let _ = writer.await;
+        let reader = async {
+            self.read_loop(leftover).await;
+            self.reader_wake.forget();
+            self.end(None);
+        };
+        tokio::join!(reader, self.write_loop());
     }
 
-    async fn write_loop(self: Arc<Self>) {
+    async fn write_loop(&self) {
         lock(&self.writing).started = true;
         loop {
             let next = {
                 let mut w = lock(&self.writing);
-                self.flush(&mut w, usize::MAX, false)
+                self.flush(&mut w, WRITE_BUDGET, false)
             };
             let woke = match next {
                 Flush::Idle => poll_fn(|cx| self.poll_writer(cx, false, None)).await,
@@ -1675,7 +1692,7 @@ pub(crate) fn part_sizes(conn: &Arc<Conn>) -> Vec<(&'static str, usize)> {
     let (mut none, mut none_too) = (Vec::new(), Vec::new());
     let run = conn.run(&mut none);
     let read = conn.read_loop(&mut none_too);
-    let write = conn.clone().write_loop();
+    let write = conn.write_loop();
     let cfg = &conn.server.config;
     let sizes = vec![("reader's timer: Sleep", size_of::<tokio::time::Sleep>())];
     let mut v = vec![
