@@ -1186,8 +1186,6 @@ impl Conn {
                 &self.server.events,
                 &self.server.metrics,
             );
-            // What tungstenite writes (pongs, its close reply), for this wake-up.
-            let mut captured: Vec<u8> = Vec::new();
             // 1. Consume what the socket has, up to this wake-up's budget (see `inbound.rs`):
             // frames while the protocol runs, discarded bytes once it is over (the lifecycle
             // says which, see `Reading`).
@@ -1196,6 +1194,9 @@ impl Conn {
             let mut wait_room = false; // no room for the message in progress
             inbound.begin_wake();
             if self.reading() == Reading::Parse {
+                // What tungstenite writes (pongs, its close reply), for this wake-up: in this
+                // scope, not kept in the reader's future across its waits.
+                let mut captured: Vec<u8> = Vec::new();
                 let mut handled = 0u64;
                 loop {
                     if inbound.rate_limited() {
