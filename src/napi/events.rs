@@ -184,7 +184,7 @@ impl ToNapiValue for EventBatch {
                 } => {
                     e.set(0, EventKind::Connection)?;
                     e.set(1, conn.id as f64)?;
-                    e.set(2, conn.protocol.as_str())?;
+                    e.set(2, &*conn.protocol)?;
                     e.set(3, request_object(&env, request)?)?;
                     e.set(4, token as f64)?;
                     let extensions = conn.deflate.map(|n| n.response());

@@ -40,7 +40,7 @@
 use std::collections::HashSet;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -112,8 +112,8 @@ struct Resumes {
 pub(crate) struct Conn {
     pub(crate) id: u64,
     pub(crate) server: Arc<ServerShared>,
-    /// The negotiated subprotocol, `""` if none.
-    pub(crate) protocol: String,
+    /// The negotiated subprotocol, `""` if none (no capacity kept: 16 bytes, not a `String`'s 24).
+    pub(crate) protocol: Box<str>,
     /// What permessage-deflate negotiated, if it did (fixed at the 101).
     pub(crate) deflate: Option<Negotiated>,
     /// Which inbound events to pass to JavaScript ([`interest`] bits). Relaxed: the bits publish
@@ -150,8 +150,9 @@ pub(crate) struct Conn {
     /// fan-out writing inline while the writer is idle ([`Conn::kick`]). Taken before `state`,
     /// never the other way round; held across the write system call, never across an await.
     writing: Mutex<Writer>,
-    writer_wake: Wake,
-    reader_wake: Wake,
+    /// The wake-ups of the connection's task, one for its reader ([`Wake::READER`]) and one for
+    /// its writer ([`Wake::WRITER`]).
+    wake: Wake,
     /// The connection has ended: reader and writer stop. Set once, then both are woken (Release: one
     /// that sees it sees what happened before the end).
     killed: AtomicBool,
@@ -212,7 +213,7 @@ impl Conn {
         Arc::new(Self {
             id,
             server,
-            protocol,
+            protocol: protocol.into_boxed_str(),
             deflate,
             // Messages until JavaScript says otherwise: its `connection` handler may add a
             // listener after the first messages have arrived.
@@ -235,8 +236,7 @@ impl Conn {
                 lag,
                 probe_owed: false,
             }),
-            writer_wake: Wake::new(),
-            reader_wake: Wake::new(),
+            wake: Wake::new(),
             killed: AtomicBool::new(false),
             topics: Mutex::new(crate::core::topics::TopicSet::default()),
         })
@@ -308,7 +308,7 @@ impl Conn {
             m.add_drops(&e.drops);
         }
         if e.wake_writer {
-            self.writer_wake.notify();
+            self.wake.notify(Wake::WRITER);
         }
         if e.report_peer_close {
             self.server.events.push(Event::PeerClose { id: self.id });
@@ -327,11 +327,11 @@ impl Conn {
             }
             let _ = sock.shutdown(std::net::Shutdown::Both);
             self.killed.store(true, Ordering::Release);
-            self.writer_wake.notify();
-            self.reader_wake.notify();
+            self.wake.notify(Wake::WRITER);
+            self.wake.notify(Wake::READER);
         }
         if e.wake_reader {
-            self.reader_wake.notify();
+            self.wake.notify(Wake::READER);
         }
     }
 
@@ -694,7 +694,7 @@ impl Conn {
             w
         };
         if wake {
-            self.writer_wake.notify();
+            self.wake.notify(Wake::WRITER);
         }
     }
 
@@ -792,18 +792,18 @@ impl Conn {
     ///
     /// The reader and the writer are two futures of the connection's one task, polled together:
     /// a task of its own would cost the writer a cell (272 bytes) and a spawn per connection. Each
-    /// keeps its own wake-up ([`Wake`]) and readiness direction: a wake-up for one also polls the
-    /// other, which finds its wait still pending. Neither may hold the task for long: the reader
+    /// keeps its own wake-up (a bit of the task's [`Wake`]) and readiness direction: a wake-up for
+    /// one also polls the other, which finds its wait still pending. Neither may hold the task for long: the reader
     /// yields after its read budget, the writer after [`WRITE_BUDGET`] writes, so that a backlog
     /// being written never keeps the reader from a pong (or from reading at the pace the
     /// byte rate is measured at), and the reverse.
     pub(crate) async fn run(self: &Arc<Self>, leftover: &mut Vec<u8>) {
         let reader = async {
             self.read_loop(leftover).await;
-            self.reader_wake.forget();
             self.end(None);
         };
         tokio::join!(reader, self.write_loop());
+        self.wake.forget();
     }
 
     async fn write_loop(&self) {
@@ -843,7 +843,6 @@ impl Conn {
                 }
             }
         }
-        self.writer_wake.forget();
         // The connection ended with frames taken from the outbox but not (completely) written:
         // they are dropped like the ones still queued, and counted. The lagging rule lets go of
         // the connection now, not when the last reference to it goes.
@@ -880,7 +879,7 @@ impl Conn {
                 return Poll::Ready(if r.is_err() { Woke::Failed } else { Woke::Go });
             }
         }
-        if self.writer_wake.poll(cx).is_ready() {
+        if self.wake.poll(Wake::WRITER, cx).is_ready() {
             return Poll::Ready(Woke::Go);
         }
         if let Some(t) = timer {
@@ -907,13 +906,13 @@ impl Conn {
                     let owed = std::mem::take(&mut w.probe_owed);
                     drop(w);
                     if !matches!(next, Flush::Idle | Flush::Over) {
-                        self.writer_wake.notify();
+                        self.wake.notify(Wake::WRITER);
                     }
                     return owed;
                 }
             }
         }
-        self.writer_wake.notify();
+        self.wake.notify(Wake::WRITER);
         false
     }
 
@@ -1412,7 +1411,7 @@ impl Conn {
             // TLS records a read produced (a key update's answer) that the kernel did not take
             // at once: the writer pushes them.
             if self.sock.pending_out() {
-                self.writer_wake.notify();
+                self.wake.notify(Wake::WRITER);
             }
             // 2. Wait for input, a timer, a wake-up (the lifecycle changed: a close, the writer's
             // progress) or the end. After a spent budget, the other tasks of this thread run
@@ -1468,7 +1467,7 @@ impl Conn {
                         return Poll::Ready(Woke::Timer);
                     }
                 }
-                if self.reader_wake.poll(cx).is_ready() {
+                if self.wake.poll(Wake::READER, cx).is_ready() {
                     return Poll::Ready(Woke::Go);
                 }
                 if let Some(r) = room.as_mut() {
@@ -1575,28 +1574,36 @@ pub(crate) async fn killed(rx: &mut watch::Receiver<bool>) {
     std::future::pending::<()>().await
 }
 
-/// A wake-up for one task, the connection's reader or its writer: what `Notify::notify_one`
-/// did for its single waiter, without a waiter node in the waiting future (64 bytes in each of
-/// the task's waits) and without a lock when a wake-up is already pending.
+/// The wake-ups of one task, the connection's, for the two futures in it (its reader and its
+/// writer, see [`Conn::run`]): what `Notify::notify_one` did for a single waiter, without a waiter
+/// node in the waiting future (64 bytes in each of the task's waits) and without a lock when a
+/// wake-up is already pending. Each future has a bit of its own; the task has one waker, kept for
+/// both (32 bytes in all, against 64 for one `Wake` each).
 struct Wake {
-    /// Notified since the task last saw it: kept until then, as a `Notify` permit is.
-    set: AtomicBool,
-    /// The waker of the task's last poll that found nothing set.
+    /// The futures notified since each last saw it (its bit kept until then, as a `Notify`
+    /// permit is).
+    set: AtomicU8,
+    /// The waker of the task's last poll that found its bit not set.
     waker: Mutex<Option<Waker>>,
 }
 
 impl Wake {
+    const READER: u8 = 1;
+    const WRITER: u8 = 2;
+
     fn new() -> Self {
         Self {
-            set: AtomicBool::new(false),
+            set: AtomicU8::new(0),
             waker: Mutex::new(None),
         }
     }
 
-    /// Wakes the task, or has its next poll see the wake-up. When one is already pending, the
-    /// notifier that set it wakes the task (or the task has yet to look): nothing more to do.
-    fn notify(&self) {
-        if !self.set.swap(true, Ordering::AcqRel) {
+    /// Wakes the task for the future of `bit`, or has that future's next poll see the wake-up.
+    /// When one is already pending for it, the notifier that set it woke the task (or the future
+    /// has yet to look): nothing more to do. A wake-up pending for the other future does not stand
+    /// in for this one: the task may have been woken for it already, and stored its waker again.
+    fn notify(&self, bit: u8) {
+        if self.set.fetch_or(bit, Ordering::AcqRel) & bit == 0 {
             let waker = lock(&self.waker).take();
             if let Some(w) = waker {
                 w.wake();
@@ -1612,11 +1619,11 @@ impl Wake {
         drop(waker);
     }
 
-    /// Ready once per wake-up made since the last ready poll; else the task's waker is kept for
-    /// the next one. The flag is looked at again after the waker is stored: a `notify` between
-    /// the two either finds the waker or leaves the flag set for the second look.
-    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.set.swap(false, Ordering::AcqRel) {
+    /// Ready once per wake-up made for `bit` since its last ready poll; else the task's waker is
+    /// kept for the next one. The bit is looked at again after the waker is stored: a `notify`
+    /// between the two either finds the waker or leaves the bit set for the second look.
+    fn poll(&self, bit: u8, cx: &mut Context<'_>) -> Poll<()> {
+        if self.set.fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
             return Poll::Ready(());
         }
         {
@@ -1625,7 +1632,7 @@ impl Wake {
                 *slot = Some(cx.waker().clone());
             }
         }
-        if self.set.swap(false, Ordering::AcqRel) {
+        if self.set.fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -1716,7 +1723,7 @@ pub(crate) fn part_sizes(conn: &Arc<Conn>) -> Vec<(&'static str, usize)> {
             size_of_val(&conn.topics),
         ),
         ("sock: Sock (in Conn)", size_of_val(&conn.sock)),
-        ("Wake (in Conn, x2)", size_of::<Wake>()),
+        ("Wake (in Conn)", size_of::<Wake>()),
         ("run future", size_of_val(&run)),
         ("read_loop future", size_of_val(&read)),
         ("write_loop future", size_of_val(&write)),
@@ -1741,8 +1748,9 @@ mod wake_tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    /// Every wake-up made while the task waits, or before it looks, reaches it; wake-ups made
-    /// while one is pending merge into that one, as `Notify` permits do.
+    /// Every wake-up made while the task waits, or before it looks, reaches the future it was
+    /// made for, whether or not one is pending for the task's other future; wake-ups made for a
+    /// future while one is pending for it merge into that one, as `Notify` permits do.
     #[test]
     fn no_wake_up_is_lost_across_threads() {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1751,37 +1759,57 @@ mod wake_tests {
             .build()
             .unwrap();
         let wake = Arc::new(Wake::new());
-        let seen = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
         const ROUNDS: usize = 20_000;
-        let waiter = {
+        const BITS: [u8; 2] = [Wake::READER, Wake::WRITER];
+        let task = {
             let (wake, seen) = (wake.clone(), seen.clone());
             rt.spawn(async move {
-                for _ in 0..ROUNDS {
-                    tokio::time::timeout(Duration::from_secs(5), poll_fn(|cx| wake.poll(cx)))
-                        .await
-                        .expect("a wake-up was lost");
-                    seen.fetch_add(1, Ordering::Release);
-                }
+                // The two futures of one task, as a connection's reader and writer are.
+                let waiter = |i: usize| {
+                    let (wake, seen) = (wake.clone(), seen.clone());
+                    async move {
+                        for _ in 0..ROUNDS {
+                            tokio::time::timeout(
+                                Duration::from_secs(5),
+                                poll_fn(|cx| wake.poll(BITS[i], cx)),
+                            )
+                            .await
+                            .expect("a wake-up was lost");
+                            seen[i].fetch_add(1, Ordering::Release);
+                        }
+                    }
+                };
+                tokio::join!(waiter(0), waiter(1));
             })
         };
-        // One wake-up per round, each made once the waiter has seen the last: sometimes before
-        // its next poll (kept), sometimes while it is parked (woken).
+        // One wake-up per future per round, each made once that future has seen its last:
+        // sometimes before its next poll (kept), sometimes while the task is parked (woken), in
+        // either order, and sometimes with the other's still pending.
         for round in 0..ROUNDS {
-            while seen.load(Ordering::Acquire) < round {
-                std::hint::spin_loop();
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                while seen[i].load(Ordering::Acquire) < round {
+                    std::hint::spin_loop();
+                }
+                if round % 3 == 0 {
+                    std::thread::yield_now();
+                }
+                wake.notify(BITS[i]);
             }
-            if round % 3 == 0 {
-                std::thread::yield_now();
-            }
-            wake.notify();
         }
-        rt.block_on(waiter).unwrap();
-        assert_eq!(seen.load(Ordering::Acquire), ROUNDS);
-        // Wake-ups made with one pending are one.
-        wake.notify();
-        wake.notify();
+        rt.block_on(task).unwrap();
+        assert_eq!(seen[0].load(Ordering::Acquire), ROUNDS);
+        assert_eq!(seen[1].load(Ordering::Acquire), ROUNDS);
+        // Wake-ups made for a future with one pending are one; the other future's is its own.
+        wake.notify(Wake::READER);
+        wake.notify(Wake::READER);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(wake.poll(&mut cx).is_ready());
-        assert!(wake.poll(&mut cx).is_pending());
+        assert!(wake.poll(Wake::WRITER, &mut cx).is_pending());
+        assert!(wake.poll(Wake::READER, &mut cx).is_ready());
+        assert!(wake.poll(Wake::READER, &mut cx).is_pending());
+        wake.notify(Wake::WRITER);
+        assert!(wake.poll(Wake::READER, &mut cx).is_pending());
+        assert!(wake.poll(Wake::WRITER, &mut cx).is_ready());
     }
 }
