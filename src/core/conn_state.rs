@@ -42,7 +42,7 @@ pub(crate) struct Effects {
     pub(crate) queued_close: bool,
     /// Frames discarded by this input, to be counted as dropped.
     pub(crate) drops: Drops,
-    /// The connection ended: shut the socket down, stop both tasks.
+    /// The connection ended: shut the socket down, stop the reader and the writer.
     pub(crate) end: Option<Ending>,
 }
 

@@ -266,7 +266,8 @@ pub(crate) enum Action {
     /// Shut down the write side (FIN): our close frame is out.
     ShutdownWrite,
     /// End the connection: discard what is queued (counted), shut the socket down (with a reset
-    /// if `reset`: the kernel frees a stalled peer's unsent bytes at once) and stop both tasks.
+    /// if `reset`: the kernel frees a stalled peer's unsent bytes at once) and stop the reader
+    /// and the writer.
     End { reset: bool },
 }
 

@@ -793,10 +793,11 @@ impl Conn {
     /// The reader and the writer are two futures of the connection's one task, polled together:
     /// a task of its own would cost the writer a cell (272 bytes) and a spawn per connection. Each
     /// keeps its own wake-up (a bit of the task's [`Wake`]) and readiness direction: a wake-up for
-    /// one also polls the other, which finds its wait still pending. Neither may hold the task for long: the reader
-    /// yields after its read budget, the writer after [`WRITE_BUDGET`] writes, so that a backlog
-    /// being written never keeps the reader from a pong (or from reading at the pace the
-    /// byte rate is measured at), and the reverse.
+    /// one also polls the other, which finds its wait still pending. Neither may hold the task
+    /// for long: the reader yields after its read budget, the writer after [`WRITE_BUDGET`]
+    /// writes, so that a backlog being written never keeps the reader from a pong (or from
+    /// reading at the pace the byte rate is measured at), and the reverse. A panic in either
+    /// (a bug) now ends both, as one in the reader always did.
     pub(crate) async fn run(self: &Arc<Self>, leftover: &mut Vec<u8>) {
         let reader = async {
             self.read_loop(leftover).await;
