@@ -421,11 +421,13 @@ impl Inbound {
     }
 
     /// permessage-deflate was negotiated: compressed messages are marked (see [`FrameTracker::feed`]).
+    /// Called before any byte is consumed: the trackers made from then on mark them.
     pub(crate) fn enable_deflate(&mut self) {
+        debug_assert!(
+            self.tracker.is_none(),
+            "deflate enabled after bytes were read"
+        );
         self.deflate = true;
-        if let Some(t) = &mut self.tracker {
-            t.deflate = true;
-        }
     }
 
     /// What the next data message tungstenite returns was on the wire.
@@ -552,7 +554,7 @@ impl Inbound {
     /// True if every byte read so far belongs to complete messages and tungstenite has returned
     /// all `returned` of them: its context then holds nothing a fresh one would not (an empty
     /// read buffer, no partial frame or message) and may be dropped until more bytes come.
-    pub(crate) fn at_rest(&self, returned: u64) -> bool {
+    fn at_rest(&self, returned: u64) -> bool {
         self.tracker.as_ref().is_none_or(|t| t.at_rest()) && self.messages() == returned
     }
 
