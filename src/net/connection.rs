@@ -796,8 +796,8 @@ impl Conn {
     /// one also polls the other, which finds its wait still pending. Neither may hold the task
     /// for long: the reader yields after its read budget, the writer after [`WRITE_BUDGET`]
     /// writes, so that a backlog being written never keeps the reader from a pong (or from
-    /// reading at the pace the byte rate is measured at), and the reverse. A panic in either
-    /// (a bug) now ends both, as one in the reader always did.
+    /// reading at the pace the byte rate is measured at), and the reverse. A panic in either (a
+    /// bug) ends both; the caller catches it ([`CatchPanic`], then [`Conn::panicked`]).
     pub(crate) async fn run(self: &Arc<Self>, leftover: &mut Vec<u8>) {
         let reader = async {
             self.read_loop(leftover).await;
@@ -807,9 +807,26 @@ impl Conn {
         self.wake.forget();
     }
 
+    /// The connection's task panicked in [`Conn::run`] (a bug, caught by [`CatchPanic`]): the
+    /// connection ends as a broken one, and the caller removes it as after any other end.
+    pub(crate) fn panicked(&self, panic: Box<dyn std::any::Any + Send>) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(id = self.id, panic = %what, "a connection's task panicked (a bug): the connection is ended");
+        self.end(Some(Termination::Io));
+        self.wake.forget();
+    }
+
     async fn write_loop(&self) {
         lock(&self.writing).started = true;
         loop {
+            #[cfg(test)]
+            if tests::PANIC_IN_WRITER.load(Ordering::Relaxed) == self as *const Self as usize {
+                panic!("test: the writer panics");
+            }
             let next = {
                 let mut w = lock(&self.writing);
                 self.flush(&mut w, WRITE_BUDGET, false)
@@ -1691,6 +1708,38 @@ impl Write for Io<'_> {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// `F`, with a panic in its poll caught and returned as `Err` rather than unwound through the
+/// task: a connection's task must still take the connection out of the registry when its
+/// future panics (a bug), or the connection would stay counted open, among every broadcast's
+/// recipients and without a `'close'`, for the server's whole life. It adds no byte to `F`,
+/// which is a whole connection's future (an async block around it, with `catch_unwind` in a
+/// `poll_fn`, added 40 bytes: a step of tokio's task cell, 128 bytes per connection).
+pub(crate) struct CatchPanic<F>(pub(crate) F);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: structural pinning of the only field: it is never moved out of `self`,
+        // `CatchPanic` is `Unpin` only when `F` is, and it has no `Drop` of its own.
+        let f = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            // A future that panicked is not polled again: its end is returned at once.
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    /// The address of a connection whose writer panics at its next wake-up (the panic test).
+    pub(crate) static PANIC_IN_WRITER: AtomicUsize = AtomicUsize::new(0);
 }
 
 /// Sizes of a connection's parts, for the memory test (`tests/memory.rs`): the futures are made

@@ -30,7 +30,7 @@ use crate::core::config::Config;
 use crate::core::history::{History, HistoryLimits};
 use crate::core::metrics::{Metrics, Termination};
 use crate::core::topics::Topics;
-use crate::net::connection::Conn;
+use crate::net::connection::{CatchPanic, Conn};
 use crate::net::events::{Event, EventSink};
 use crate::net::fanout::Fanout;
 use crate::net::handshake::{self as io_handshake, HeadStream, Refusal};
@@ -108,7 +108,9 @@ async fn run_connection(o: Box<Opened>) {
         // that ran is closed by it, in order with the broadcasts that preceded close().)
         conn.close(CloseCode::GoingAway.code(), "server closing");
     }
-    conn.run(&mut leftover).await;
+    if let Err(panic) = CatchPanic(conn.run(&mut leftover)).await {
+        conn.panicked(panic);
+    }
     conn.server.remove(&conn);
 }
 

@@ -20,11 +20,12 @@
 //! | `terminate()` | nothing | 1006 | `requested` |
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::core::metrics::Termination;
 use crate::net::testkit::{
-    assert_fired, client_frame, config, op, text, ClientOptions, End, Harness, Seen, WAIT,
+    assert_fired, client_frame, config, deliver, op, text, ClientOptions, End, Harness, Seen, WAIT,
 };
 
 /// An application that answers every text message `m` with `re:m`.
@@ -499,6 +500,33 @@ fn eof_or_reset_without_a_close_frame_is_1006() {
         client.reset();
         assert_eq!(h.wait_close(conn.id).await, (1006, String::new()));
         assert_eq!(h.terminated(), vec![("io", 2)]);
+    });
+}
+
+/// A panic in a connection's task (a bug) ends that connection as a broken one and nothing
+/// else: it leaves the registry (no later broadcast counts it), the client's socket is closed,
+/// `'close'` says 1006, `io` counts it, and the server goes on serving the others.
+#[test]
+fn a_panic_in_a_connection_ends_it_and_leaves_the_server_serving() {
+    let h = Harness::start(config());
+    h.run(async {
+        let (mut client, conn) = h.connect().await;
+        let (mut other, _) = h.connect().await;
+        crate::net::connection::tests::PANIC_IN_WRITER
+            .store(Arc::as_ptr(&conn) as usize, Ordering::Relaxed);
+        // Queued without writing inline: the writer is woken, and panics.
+        deliver(&conn, text("boom"));
+        assert_eq!(h.wait_close(conn.id).await, (1006, String::new()));
+        // The socket is closed (FIN or reset: nobody wrote a close frame).
+        let (frames, _) = client.until_end().await;
+        assert!(frames.is_empty(), "{frames:?}");
+        assert_eq!(h.terminated(), vec![("io", 1)]);
+        let mut left = Vec::new();
+        h.server.snapshot_all(&mut left);
+        assert_eq!(left.len(), 1, "only the other connection is registered");
+        assert_eq!(h.server.metrics.open.load(Ordering::Relaxed), 1);
+        deliver(&left[0], text("still here"));
+        assert_eq!(other.next().await.text(), "still here");
     });
 }
 
