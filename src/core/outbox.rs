@@ -191,13 +191,6 @@ struct Entry {
     seq: u64,
 }
 
-/// Frees a lane's storage once it is empty (a `VecDeque` keeps its capacity when drained).
-fn release_if_empty<T>(q: &mut VecDeque<T>) {
-    if q.is_empty() && q.capacity() != 0 {
-        *q = VecDeque::new();
-    }
-}
-
 /// A map that takes 8 bytes in its owner until its first insert: most connections never use
 /// conflation keys or topic offsets, and a `HashMap` is 48 bytes even when empty. Once made it
 /// stays (a connection that used keys goes on using them), cleared rather than freed.
@@ -246,9 +239,10 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> LazyMap<K, V> {
 pub(crate) struct Outbox {
     /// The server's limits, shared by all its connections (8 bytes here instead of 40).
     limits: Arc<Limits>,
-    control: VecDeque<(Frame, ControlKind)>,
-    critical: VecDeque<Entry>,
-    data: VecDeque<Entry>,
+    /// The queued frames: boxed, made at the first push and gone when the writer finds them
+    /// all taken (see `take_batch`). A connection with nothing queued keeps 8 bytes here
+    /// instead of the lanes' 112.
+    lanes: Option<Box<Lanes>>,
     /// Where the queued frame of each conflation key is: `(in the critical lane, seq)`.
     keys: LazyMap<Arc<str>, (bool, u64)>,
     next_seq: u64,
@@ -270,23 +264,51 @@ pub(crate) struct Outbox {
     /// Birth of the writer's next unwritten data frame while bytes are in flight (set from the
     /// batch when it is taken, then by the writer as it gets through the batch).
     in_flight_born: Option<Instant>,
-    /// A lower bound of the deadlines of the queued frames (`None`: no queued frame has one):
-    /// expired frames are looked for only once it has passed, so frames without a `ttl` cost
-    /// nothing. Lowered at each push, made exact by each scan.
-    earliest_deadline: Option<Instant>,
     /// A resync happened and `buffered()` has not yet fallen below the low-water mark.
     resync_pending: bool,
     /// Per topic with history: (offset, epoch) of the newest tagged frame moved to the writer.
     taken_offsets: LazyMap<Arc<str>, (u64, Arc<str>)>,
 }
 
+/// What an outbox has queued, lane by lane, in wire order within each.
+#[derive(Debug, Default)]
+struct Lanes {
+    control: VecDeque<(Frame, ControlKind)>,
+    critical: VecDeque<Entry>,
+    data: VecDeque<Entry>,
+    /// A lower bound of the deadlines of the queued frames (`None`: no queued frame has one):
+    /// expired frames are looked for only once it has passed, so frames without a `ttl` cost
+    /// nothing. Lowered at each push, made exact by each scan.
+    earliest_deadline: Option<Instant>,
+}
+
+impl Lanes {
+    fn lane(&mut self, critical: bool) -> &mut VecDeque<Entry> {
+        if critical {
+            &mut self.critical
+        } else {
+            &mut self.data
+        }
+    }
+
+    fn lower_earliest(&mut self, deadline: Option<Instant>) {
+        if let Some(d) = deadline {
+            if self.earliest_deadline.is_none_or(|e| d < e) {
+                self.earliest_deadline = Some(d);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.control.is_empty() && self.critical.is_empty() && self.data.is_empty()
+    }
+}
+
 impl Outbox {
     pub(crate) fn new(limits: impl Into<Arc<Limits>>) -> Self {
         Self {
             limits: limits.into(),
-            control: VecDeque::new(),
-            critical: VecDeque::new(),
-            data: VecDeque::new(),
+            lanes: None,
             keys: LazyMap::new(),
             next_seq: 0,
             close_after_data: None,
@@ -298,7 +320,6 @@ impl Outbox {
             close_taken: false,
             writer_idle: true,
             in_flight_born: None,
-            earliest_deadline: None,
             resync_pending: false,
             taken_offsets: LazyMap::new(),
         }
@@ -306,16 +327,25 @@ impl Outbox {
 
     /// True if a queued frame may have expired at `now`.
     fn may_have_expired(&self, now: Instant) -> bool {
-        self.earliest_deadline.is_some_and(|d| d <= now)
+        self.lanes
+            .as_ref()
+            .and_then(|l| l.earliest_deadline)
+            .is_some_and(|d| d <= now)
+    }
+
+    /// The lanes, made if there are none.
+    fn lanes_mut(&mut self) -> &mut Lanes {
+        self.lanes.get_or_insert_with(Box::default)
     }
 
     /// Birth of the oldest frame accepted and not yet written (control frames aside), `None` when
     /// nothing waits: its age is the connection's lag.
     pub(crate) fn oldest(&self) -> Option<Instant> {
+        let lanes = self.lanes.as_deref();
         [
             self.in_flight_born,
-            self.critical.front().map(|e| e.frame.born),
-            self.data.front().map(|e| e.frame.born),
+            lanes.and_then(|l| l.critical.front()).map(|e| e.frame.born),
+            lanes.and_then(|l| l.data.front()).map(|e| e.frame.born),
         ]
         .into_iter()
         .flatten()
@@ -368,7 +398,7 @@ impl Outbox {
                     e.frame.born = e.frame.born.min(old.born);
                     let deadline = e.frame.deadline;
                     old.mark_replaced();
-                    self.lower_earliest(deadline);
+                    self.lanes_mut().lower_earliest(deadline);
                     self.queued = self.queued - old_len + len;
                     if old_priority == Priority::Low {
                         self.queued_low -= old_len;
@@ -424,7 +454,10 @@ impl Outbox {
                             // Resync only if the message fits once the Normal and Low frames are
                             // gone; otherwise (Critical frames and the writer's batch fill the
                             // bound) the connection is terminated, and nothing is resynced.
-                            let data: usize = self.data.iter().map(|e| e.frame.len()).sum();
+                            let data: usize = self
+                                .lanes
+                                .as_ref()
+                                .map_or(0, |l| l.data.iter().map(|e| e.frame.len()).sum());
                             if self.buffered() - data + len > self.limits.max_buffered_amount {
                                 Some(Outcome::Overflow)
                             } else {
@@ -447,7 +480,7 @@ impl Outbox {
             }
         }
         self.queued += len;
-        self.lower_earliest(frame.deadline);
+        self.lanes_mut().lower_earliest(frame.deadline);
         let seq = self.next_seq;
         self.next_seq += 1;
         if let Some(key) = &frame.key {
@@ -460,12 +493,12 @@ impl Outbox {
             seq,
         };
         match priority {
-            Priority::Critical => self.critical.push_back(entry),
+            Priority::Critical => self.lanes_mut().critical.push_back(entry),
             Priority::Low => {
                 self.queued_low += len;
-                self.data.push_back(entry);
+                self.lanes_mut().data.push_back(entry);
             }
-            Priority::Normal => self.data.push_back(entry),
+            Priority::Normal => self.lanes_mut().data.push_back(entry),
         }
         let wake = std::mem::take(&mut self.writer_idle);
         let mut p = self.pushed(queued_as, drops, wake);
@@ -475,23 +508,18 @@ impl Outbox {
         p
     }
 
-    fn lane(&mut self, critical: bool) -> &mut VecDeque<Entry> {
-        if critical {
-            &mut self.critical
-        } else {
-            &mut self.data
-        }
-    }
-
     fn entry_mut(&mut self, critical: bool, seq: u64) -> Option<&mut Entry> {
-        let lane = self.lane(critical);
+        let lane = self.lanes.as_deref_mut()?.lane(critical);
         let i = lane.binary_search_by_key(&seq, |e| e.seq).ok()?;
         lane.get_mut(i)
     }
 
     /// Removes a keyed frame that a newer one supersedes (counted as replaced by the caller).
     fn remove_entry(&mut self, critical: bool, seq: u64) {
-        let lane = self.lane(critical);
+        let Some(lanes) = self.lanes.as_deref_mut() else {
+            return;
+        };
+        let lane = lanes.lane(critical);
         let Ok(i) = lane.binary_search_by_key(&seq, |e| e.seq) else {
             return;
         };
@@ -543,21 +571,16 @@ impl Outbox {
         }
     }
 
-    fn lower_earliest(&mut self, deadline: Option<Instant>) {
-        if let Some(d) = deadline {
-            if self.earliest_deadline.is_none_or(|e| d < e) {
-                self.earliest_deadline = Some(d);
-            }
-        }
-    }
-
     /// Removes the queued data frames (both lanes) whose deadline has passed at `now`, marking
     /// them expired, and makes `earliest_deadline` exact. Returns the bytes freed.
     fn evict_expired(&mut self, now: Instant, expired: &mut Drops) -> usize {
         let (mut freed, mut freed_low) = (0, 0);
         let mut earliest: Option<Instant> = None;
         let keys = &mut self.keys;
-        for lane in [&mut self.critical, &mut self.data] {
+        let Some(lanes) = self.lanes.as_deref_mut() else {
+            return 0;
+        };
+        for lane in [&mut lanes.critical, &mut lanes.data] {
             lane.retain(|e| {
                 if !e.frame.expired(now) {
                     if let Some(d) = e.frame.deadline {
@@ -577,7 +600,7 @@ impl Outbox {
         }
         self.queued -= freed;
         self.queued_low -= freed_low;
-        self.earliest_deadline = earliest;
+        lanes.earliest_deadline = earliest;
         freed
     }
 
@@ -585,18 +608,20 @@ impl Outbox {
     /// writer's batch stay.
     fn resync(&mut self) -> Resync {
         let mut drops = Drops::default();
-        for e in self.data.drain(..) {
-            drops.add(e.priority, e.frame.len());
-            Self::unindex(&mut self.keys, &e);
+        let mut at = self.taken_offsets.to_map();
+        if let Some(lanes) = self.lanes.as_deref_mut() {
+            for e in lanes.data.drain(..) {
+                drops.add(e.priority, e.frame.len());
+                Self::unindex(&mut self.keys, &e);
+            }
+            for e in &lanes.critical {
+                if let Some(t) = &e.frame.tag {
+                    at.insert(t.topic.clone(), (t.offset, t.epoch.clone()));
+                }
+            }
         }
         self.queued -= drops.bytes as usize;
         self.queued_low = 0;
-        let mut at = self.taken_offsets.to_map();
-        for e in &self.critical {
-            if let Some(t) = &e.frame.tag {
-                at.insert(t.topic.clone(), (t.offset, t.epoch.clone()));
-            }
-        }
         Resync {
             drops,
             offsets: at.into_iter().map(|(t, (o, e))| (t, o, e)).collect(),
@@ -607,7 +632,10 @@ impl Outbox {
     fn evict_low(&mut self, need: usize, drops: &mut Drops) {
         let mut freed = 0;
         let keys = &mut self.keys;
-        self.data.retain(|e| {
+        let Some(lanes) = self.lanes.as_deref_mut() else {
+            return;
+        };
+        lanes.data.retain(|e| {
             if freed >= need || e.priority != Priority::Low {
                 return true;
             }
@@ -631,14 +659,15 @@ impl Outbox {
         if self.state != State::Open {
             return false;
         }
-        let pongs = || {
-            self.control
+        let lanes = self.lanes.get_or_insert_with(Box::default);
+        let pongs = |l: &Lanes| {
+            l.control
                 .iter()
                 .filter(|(_, k)| *k == ControlKind::Pong)
                 .count()
         };
-        if kind == ControlKind::Pong && pongs() >= MAX_QUEUED_PONGS {
-            if let Some(slot) = self
+        if kind == ControlKind::Pong && pongs(lanes) >= MAX_QUEUED_PONGS {
+            if let Some(slot) = lanes
                 .control
                 .iter_mut()
                 .rev()
@@ -650,7 +679,7 @@ impl Outbox {
             }
         }
         self.queued += frame.len();
-        self.control.push_back((frame, kind));
+        lanes.control.push_back((frame, kind));
         std::mem::take(&mut self.writer_idle)
     }
 
@@ -677,7 +706,9 @@ impl Outbox {
         let drops = self.discard_queued();
         self.state = State::Closing;
         self.queued += close.len();
-        self.control.push_back((close, ControlKind::Close));
+        self.lanes_mut()
+            .control
+            .push_back((close, ControlKind::Close));
         Some((drops, std::mem::take(&mut self.writer_idle)))
     }
 
@@ -699,18 +730,18 @@ impl Outbox {
 
     fn discard_queued(&mut self) -> Drops {
         let mut drops = Drops::default();
-        for e in self.critical.drain(..) {
-            drops.add(Priority::Critical, e.frame.len());
-        }
-        for e in self.data.drain(..) {
-            drops.add(e.priority, e.frame.len());
+        if let Some(lanes) = self.lanes.take() {
+            for e in &lanes.critical {
+                drops.add(Priority::Critical, e.frame.len());
+            }
+            for e in &lanes.data {
+                drops.add(e.priority, e.frame.len());
+            }
         }
         self.keys.clear();
-        self.control.clear();
         self.close_after_data = None;
         self.queued = 0;
         self.queued_low = 0;
-        self.earliest_deadline = None;
         drops
     }
 
@@ -728,16 +759,24 @@ impl Outbox {
         let mut t = Taken::default();
         let mut expired_bytes = 0;
         while !self.close_taken && batch.len() < max_frames && t.bytes < max_bytes {
-            let (frame, priority) = if let Some((f, kind)) = self.control.pop_front() {
+            let (frame, priority) = if let Some((f, kind)) = self
+                .lanes
+                .as_deref_mut()
+                .and_then(|l| l.control.pop_front())
+            {
                 if kind == ControlKind::Close {
                     self.close_taken = true;
                     t.close = true;
                 }
                 (f, None)
-            } else if let Some(e) = self.critical.pop_front() {
+            } else if let Some(e) = self
+                .lanes
+                .as_deref_mut()
+                .and_then(|l| l.critical.pop_front())
+            {
                 Self::unindex(&mut self.keys, &e);
                 (e.frame, Some(Priority::Critical))
-            } else if let Some(e) = self.data.pop_front() {
+            } else if let Some(e) = self.lanes.as_deref_mut().and_then(|l| l.data.pop_front()) {
                 Self::unindex(&mut self.keys, &e);
                 if e.priority == Priority::Low {
                     self.queued_low -= e.frame.len();
@@ -771,17 +810,17 @@ impl Outbox {
         }
         self.queued -= t.bytes + expired_bytes;
         self.in_flight += t.bytes;
-        if self.critical.is_empty() && self.data.is_empty() {
-            self.earliest_deadline = None;
-        }
-        // Storage only while it is in use: when a take finds nothing (the writer goes idle), the
-        // lanes' storage goes. What a lane keeps once grown (four entries, 448 bytes) would
-        // otherwise stay with every connection between broadcasts. While frames keep coming, a
-        // take that empties a lane leaves it its storage for the next push.
-        if t.frames == 0 {
-            release_if_empty(&mut self.control);
-            release_if_empty(&mut self.critical);
-            release_if_empty(&mut self.data);
+        if let Some(lanes) = self.lanes.as_deref_mut() {
+            if lanes.critical.is_empty() && lanes.data.is_empty() {
+                lanes.earliest_deadline = None;
+            }
+            // Storage only while it is in use: when a take finds nothing (the writer goes idle),
+            // the lanes go, with their storage. What a lane keeps once grown (four entries, 448
+            // bytes) would otherwise stay with every connection between broadcasts. While frames
+            // keep coming, a take that empties the lanes leaves them for the next push.
+            if t.frames == 0 && lanes.is_empty() {
+                self.lanes = None;
+            }
         }
         if expired_bytes > 0 {
             // What expired leaves the queue as a write would: the low-water mark may be crossed.
@@ -899,6 +938,43 @@ mod tests {
         let mut order = tags(&batch);
         order.extend(drain_all(&mut o).iter().map(tag));
         assert_eq!(order, vec![0, 9, 1, 2, 3]);
+    }
+
+    /// The lanes exist only while something is queued: made by the first push, kept while frames
+    /// keep coming, gone once a take finds nothing (the writer goes idle).
+    #[test]
+    fn the_lanes_are_made_at_the_first_push_and_go_when_the_writer_finds_nothing() {
+        let mut o = Outbox::new(Limits::default());
+        assert!(o.lanes.is_none());
+        o.push(frame(1, 1000), Priority::Normal);
+        o.push_control(frame(2, 10), ControlKind::Pong);
+        assert!(o.lanes.is_some());
+        let mut batch = Vec::new();
+        let t = o.take_batch(
+            &mut batch,
+            usize::MAX,
+            usize::MAX,
+            &mut Instant::now().into(),
+        );
+        assert_eq!(t.frames, 2);
+        assert!(
+            o.lanes.is_some(),
+            "kept for the next push while frames come"
+        );
+        o.written(1010);
+        batch.clear();
+        let t = o.take_batch(
+            &mut batch,
+            usize::MAX,
+            usize::MAX,
+            &mut Instant::now().into(),
+        );
+        assert_eq!(t.frames, 0);
+        assert!(o.lanes.is_none(), "gone when the writer goes idle");
+        assert_eq!(o.buffered(), 0);
+        // A close queued ahead of everything makes them again.
+        assert!(o.close_now(frame(3, 4)).is_some());
+        assert!(o.lanes.is_some());
     }
 
     #[test]
