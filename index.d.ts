@@ -692,8 +692,8 @@ export interface ServerOptions {
   /** Upgrades beyond this many open connections are refused with 503. Default: no limit. */
   maxConnections?: number
   /**
-   * Runtime worker threads. Default: one less than the number of cores (the JS thread keeps
-   * a core to itself), at least 1. A broadcast to many connections is shared among them.
+   * Runtime worker threads. Default: the number of cores (they yield to the JS thread: see
+   * `workerNice`). A broadcast to many connections is shared among them.
    */
   threads?: number
   /**
@@ -718,7 +718,9 @@ export interface ServerOptions {
   /**
    * Niceness of sluice's threads relative to the JS thread (Linux; 0 to 19). Fan-out is
    * throughput work and the event loop is latency-sensitive: when both want the same core, the
-   * kernel lets the JS thread run first. `0` gives them equal weight. Default `5`.
+   * kernel lets the JS thread run first. Above 0 the threads are also `SCHED_BATCH`: waking
+   * up, they never take a core from a running thread before its time slice ends. `0` gives
+   * them equal weight and the normal policy. Default `5`.
    */
   workerNice?: number
   /**

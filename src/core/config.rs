@@ -205,17 +205,18 @@ impl Default for Config {
     }
 }
 
-/// Runtime worker threads: one core less than the machine has (the JS thread needs one to
-/// itself: with as many workers as cores, a fan-out preempts the JS thread and a cheap
-/// `broadcast()` call then takes milliseconds of wall time), at least 1. There used to be a cap
-/// of 4, from before a fan-out could use more than one worker; now a large fan-out is split into
-/// one shard per worker (`fanout.rs`, at least 1,024 connections each), so more cores write to
-/// more sockets at once (a model, not a measurement beyond 2 cores: README, Performance).
+/// Runtime worker threads: as many as the machine has cores. They yield to the JS thread (nice
+/// 5 and `SCHED_BATCH`, `napi/runtime.rs`), so it needs no core of its own, and a large fan-out
+/// is split into one shard per worker (`fanout.rs`, at least 4,096 connections each), so that
+/// all cores write to sockets at once. Measured on 2 cores (README, Performance): 2 workers
+/// instead of 1 bring the lobby's fast-client latency from about 60 / 130 ms (p50 / p99) to 35 /
+/// 90 ms at the same CPU per message and JS turn; base and slow (5,000 clients, one shard) are
+/// unchanged. Beyond 2 cores it is a model, not a measurement. There used to be a cap of 4, from
+/// before a fan-out could use more than one worker.
 pub(crate) fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
-        .saturating_sub(1)
         .max(1)
 }
 

@@ -71,8 +71,8 @@ pub struct ServerOptions {
     pub max_payload: Option<f64>,
     /// Upgrades beyond this many open connections are refused with 503. Default: no limit.
     pub max_connections: Option<f64>,
-    /// Runtime worker threads. Default: one less than the number of cores (the JS thread keeps
-    /// a core to itself), at least 1. A broadcast to many connections is shared among them.
+    /// Runtime worker threads. Default: the number of cores (they yield to the JS thread: see
+    /// `workerNice`). A broadcast to many connections is shared among them.
     pub threads: Option<u32>,
     /// Unsent bytes the kernel may hold per connection (`TCP_NOTSENT_LOWAT`, Linux) before data
     /// waits in sluice's queue, where `bufferedAmount` counts it and the policy applies. Without
@@ -91,7 +91,9 @@ pub struct ServerOptions {
     pub lagging_kernel_limit: Option<f64>,
     /// Niceness of sluice's threads relative to the JS thread (Linux; 0 to 19). Fan-out is
     /// throughput work and the event loop is latency-sensitive: when both want the same core, the
-    /// kernel lets the JS thread run first. `0` gives them equal weight. Default `5`.
+    /// kernel lets the JS thread run first. Above 0 the threads are also `SCHED_BATCH`: waking
+    /// up, they never take a core from a running thread before its time slice ends. `0` gives
+    /// them equal weight and the normal policy. Default `5`.
     pub worker_nice: Option<u32>,
     /// Browser `Origin`s allowed to connect, compared exactly (ASCII case-insensitively), e.g.
     /// `['https://lobby.example.com']`; an upgrade with another `Origin` gets 403. Requests
