@@ -38,7 +38,8 @@ if (cluster.isPrimary) {
   process.on('SIGTERM', stop)
   process.on('SIGINT', stop) // Ctrl-C also reaches the workers, which close by themselves
 } else {
-  const server = new Server({ port: PORT, reusePort: true, cluster: { redis: REDIS_URL } })
+  // One process per core: one sluice thread each (the default is one per core, per process).
+  const server = new Server({ port: PORT, reusePort: true, threads: 1, cluster: { redis: REDIS_URL } })
   server.on('error', (err) => console.error(`worker ${process.pid}:`, err))
   const timers = []
 
