@@ -3,9 +3,11 @@
 // Argument validation: constructor options, priorities, data, close codes/reasons, listen().
 // Every error must be the right class (TypeError / RangeError / Error) with a stable `code`.
 
+const fs = require('fs')
 const net = require('net')
+const os = require('os')
 const { Server, Priority } = require('..')
-const { Resources, HOST, wsClosed } = require('./util/protocol-helpers')
+const { Resources, HOST, wsClosed, waitUntil } = require('./util/protocol-helpers')
 
 const res = new Resources()
 afterEach(() => res.cleanup())
@@ -155,6 +157,51 @@ describe('constructor options', () => {
     })
     expect(port).toBeGreaterThan(0)
     expect(server.address()).toEqual({ port, address: HOST, family: 'IPv4' })
+  })
+})
+
+// Linux: the runtime threads' policy and niceness, from /proc (stat fields 19 and 41).
+const LINUX = process.platform === 'linux' && fs.existsSync('/proc/self/task')
+const SCHED_OTHER = 0
+const SCHED_BATCH = 3
+
+function runtimeThreads() {
+  const out = new Map()
+  for (const tid of fs.readdirSync('/proc/self/task')) {
+    try {
+      if (fs.readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim() !== 'sluice-rt') continue
+      const stat = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8')
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      out.set(tid, { nice: Number(f[16]), policy: Number(f[38]) })
+    } catch {}
+  }
+  return out
+}
+
+/** The runtime threads a server started with `options` (those that were not there before). */
+async function threadsOf(options) {
+  const before = runtimeThreads()
+  await res.server(options)
+  const want = options.threads ?? os.availableParallelism()
+  return waitUntil(() => {
+    const mine = [...runtimeThreads()].filter(([tid]) => !before.has(tid)).map(([, t]) => t)
+    // A thread names itself, then lowers its priority, once it runs.
+    return mine.length === want && mine.every((t) => t.nice === (options.workerNice ?? 5)) ? mine : null
+  }, 3000, `${want} runtime threads at their priority`)
+}
+
+;(LINUX ? describe : describe.skip)('runtime threads', () => {
+  test('by default one per core, niced 5 and SCHED_BATCH (never preempting the JS thread on wake-up); the JS thread keeps its own', async () => {
+    const mine = await threadsOf({})
+    expect(mine.map((t) => t.policy)).toEqual(mine.map(() => SCHED_BATCH))
+    const main = fs.readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8')
+    const f = main.slice(main.lastIndexOf(')') + 2).split(' ')
+    expect(Number(f[38])).toBe(SCHED_OTHER)
+  })
+
+  test('workerNice 0: the normal policy at equal weight; threads sets their count', async () => {
+    const mine = await threadsOf({ threads: 3, workerNice: 0 })
+    expect(mine).toEqual([0, 0, 0].map(() => ({ nice: 0, policy: SCHED_OTHER })))
   })
 })
 

@@ -22,8 +22,17 @@ fn lower_thread_priority(nice: i32) {
             tracing::debug!(error = %std::io::Error::last_os_error(), "worker nice not set");
         }
         let param = libc::sched_param { sched_priority: 0 };
+        // The system call, not libc's wrapper: musl's `sched_setscheduler` does nothing but fail
+        // with ENOSYS (it holds that the call is per process in POSIX and per thread in Linux).
         // SAFETY: pid 0 is the calling thread; `param` is a local that outlives the call.
-        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_sched_setscheduler,
+                0 as libc::pid_t,
+                libc::SCHED_BATCH,
+                &param as *const libc::sched_param,
+            )
+        };
         if r != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "worker SCHED_BATCH not set");
         }

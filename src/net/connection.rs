@@ -817,6 +817,7 @@ impl Conn {
             .unwrap_or_default();
         tracing::error!(id = self.id, panic = %what, "a connection's task panicked (a bug): the connection is ended");
         self.end(Some(Termination::Io));
+        self.writer_done();
         self.wake.forget();
     }
 
@@ -824,8 +825,16 @@ impl Conn {
         lock(&self.writing).started = true;
         loop {
             #[cfg(test)]
-            if tests::PANIC_IN_WRITER.load(Ordering::Relaxed) == self as *const Self as usize {
-                panic!("test: the writer panics");
+            {
+                // Once: the address may be another test's connection's after this one is freed.
+                let me = self as *const Self as usize;
+                let hook = &tests::PANIC_IN_WRITER;
+                if hook
+                    .compare_exchange(me, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    panic!("test: the writer panics");
+                }
             }
             let next = {
                 let mut w = lock(&self.writing);
@@ -861,9 +870,13 @@ impl Conn {
                 }
             }
         }
-        // The connection ended with frames taken from the outbox but not (completely) written:
-        // they are dropped like the ones still queued, and counted. The lagging rule lets go of
-        // the connection now, not when the last reference to it goes.
+        self.writer_done();
+    }
+
+    /// The writer has ended (or its task panicked). Frames taken from the outbox but not
+    /// (completely) written are dropped like the ones still queued, and counted. The lagging
+    /// rule lets go of the connection now, not when the last reference to it goes.
+    fn writer_done(&self) {
         let mut w = lock(&self.writing);
         let mut drops = Drops::default();
         for b in &w.batch[w.done.min(w.batch.len())..] {
