@@ -24,7 +24,7 @@ const http = require('http')
 const net = require('net')
 const path = require('path')
 const { spawn, execFileSync } = require('child_process')
-const { HOST, once, delay, waitUntil, Resources, rawHttp, closeHttpServers, upgradeRequest, frame, WebSocket } = require('./util/protocol-helpers')
+const { HOST, once, delay, waitUntil, threadStat, threadsNamed, Resources, rawHttp, closeHttpServers, upgradeRequest, frame, WebSocket } = require('./util/protocol-helpers')
 const { Server } = require('..')
 const { protocolList, request, oneRequest } = require('./fixtures/hostile-handshakes')
 
@@ -45,19 +45,12 @@ afterEach(async () => {
 const TICK_MS = LINUX ? 1000 / Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) : 10
 
 function acceptThreads() {
-  const out = new Set()
-  for (const tid of fs.readdirSync('/proc/self/task')) {
-    try {
-      if (fs.readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim() === 'sluice-accept') out.add(tid)
-    } catch {}
-  }
-  return out
+  return new Set(threadsNamed('sluice-accept').keys())
 }
 
 /** utime + stime of one thread of this process, in ms (clock-tick resolution). */
 function threadCpuMs(tid) {
-  const stat = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8')
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  const f = threadStat(tid)
   return (Number(f[11]) + Number(f[12])) * TICK_MS
 }
 

@@ -7,7 +7,7 @@ const fs = require('fs')
 const net = require('net')
 const os = require('os')
 const { Server, Priority } = require('..')
-const { Resources, HOST, wsClosed, waitUntil } = require('./util/protocol-helpers')
+const { Resources, HOST, wsClosed, waitUntil, threadStat, threadsNamed } = require('./util/protocol-helpers')
 
 const res = new Resources()
 afterEach(() => res.cleanup())
@@ -165,17 +165,10 @@ const LINUX = process.platform === 'linux' && fs.existsSync('/proc/self/task')
 const SCHED_OTHER = 0
 const SCHED_BATCH = 3
 
+const priority = (f) => ({ nice: Number(f[16]), policy: Number(f[38]) })
+
 function runtimeThreads() {
-  const out = new Map()
-  for (const tid of fs.readdirSync('/proc/self/task')) {
-    try {
-      if (fs.readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim() !== 'sluice-rt') continue
-      const stat = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8')
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-      out.set(tid, { nice: Number(f[16]), policy: Number(f[38]) })
-    } catch {}
-  }
-  return out
+  return new Map([...threadsNamed('sluice-rt')].map(([tid, f]) => [tid, priority(f)]))
 }
 
 /** The runtime threads a server started with `options` (those that were not there before). */
@@ -194,9 +187,7 @@ async function threadsOf(options) {
   test('by default one per core, niced 5 and SCHED_BATCH (never preempting the JS thread on wake-up); the JS thread keeps its own', async () => {
     const mine = await threadsOf({})
     expect(mine.map((t) => t.policy)).toEqual(mine.map(() => SCHED_BATCH))
-    const main = fs.readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8')
-    const f = main.slice(main.lastIndexOf(')') + 2).split(' ')
-    expect(Number(f[38])).toBe(SCHED_OTHER)
+    expect(priority(threadStat(process.pid)).policy).toBe(SCHED_OTHER)
   })
 
   test('workerNice 0: the normal policy at equal weight; threads sets their count', async () => {

@@ -6,6 +6,7 @@
  * needs to send bytes no well-behaved client would send.
  */
 
+const fs = require('fs')
 const net = require('net')
 const crypto = require('crypto')
 const WebSocket = require('ws')
@@ -53,6 +54,26 @@ async function waitUntil(fn, ms = 3000, what = 'condition') {
     if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
     await delay(10)
   }
+}
+
+/**
+ * The fields of a thread's `/proc/self/task/<tid>/stat` after its name (Linux): field n of
+ * proc(5) is at index n - 3 (utime 11, stime 12, nice 16, policy 38). Throws if the thread is gone.
+ */
+function threadStat(tid) {
+  const stat = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8')
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+}
+
+/** This process's threads named `name` (Linux): tid -> `threadStat`; a thread that ends while read is left out. */
+function threadsNamed(name) {
+  const out = new Map()
+  for (const tid of fs.readdirSync('/proc/self/task')) {
+    try {
+      if (fs.readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim() === name) out.set(tid, threadStat(tid))
+    } catch {}
+  }
+  return out
 }
 
 /** Tracks servers and clients so that afterEach can close everything a test opened. */
@@ -378,6 +399,8 @@ module.exports = {
   delay,
   withTimeout,
   waitUntil,
+  threadStat,
+  threadsNamed,
   Resources,
   wsClosed,
   frame,
